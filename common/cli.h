@@ -1,0 +1,24 @@
+/* cli — subcommand dispatch, --help and --version for both binaries.
+ *
+ * Exit codes (DESIGN.md): 0 ok, 1 runtime failure, 2 usage or configuration
+ * error. A subcommand's function receives argv starting at its own name. */
+#ifndef FL_CLI_H
+#define FL_CLI_H
+
+enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
+
+typedef struct cli_cmd {
+	const char *name;
+	const char *summary; /* one line for the binary's --help */
+	int (*run)(int argc, char **argv);
+} cli_cmd;
+
+/* Handles `prog --help|-h|help`, `prog --version`, `prog CMD ...`; prints
+ * usage to stderr and returns CLI_USAGE for an unknown or missing command. */
+int cli_dispatch(const char *prog, const char *about, const cli_cmd *cmds, int ncmds, int argc,
+                 char **argv);
+
+/* True if argv[1..] contains --help or -h. */
+int cli_wants_help(int argc, char **argv);
+
+#endif

@@ -1,0 +1,218 @@
+/* fileio — see fileio.h. */
+#include "fileio.h"
+
+#include "err.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int write_full(int fd, const void *p, size_t n)
+{
+	const uint8_t *c = p;
+	while (n) {
+		ssize_t k = write(fd, c, n);
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			return FL_EIO;
+		}
+		c += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+int file_fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		LOGE("file", "open directory %s: %s", dir, strerror(errno));
+		return FL_EIO;
+	}
+	int rc = fsync(fd) == 0 ? 0 : FL_EIO;
+	if (rc)
+		LOGE("file", "fsync directory %s: %s", dir, strerror(errno));
+	close(fd);
+	return rc;
+}
+
+static void dir_of(const char *path, char *dir, size_t cap)
+{
+	const char *slash = strrchr(path, '/');
+	if (!slash) {
+		snprintf(dir, cap, ".");
+	} else if (slash == path) {
+		snprintf(dir, cap, "/");
+	} else {
+		size_t n = (size_t)(slash - path);
+		if (n >= cap)
+			n = cap - 1;
+		memcpy(dir, path, n);
+		dir[n] = 0;
+	}
+}
+
+int file_write_atomic_v(const char *path, const file_piece *pieces, size_t npieces)
+{
+	char tmp[PATH_MAX], dir[PATH_MAX];
+	int n = snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+	if (n < 0 || (size_t)n >= sizeof tmp)
+		return FL_EINVAL;
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		LOGE("file", "create %s: %s", tmp, strerror(errno));
+		return FL_EIO;
+	}
+	int rc = 0;
+	for (size_t i = 0; i < npieces && !rc; i++)
+		rc = write_full(fd, pieces[i].p, pieces[i].n);
+	if (!rc && fsync(fd) != 0)
+		rc = FL_EIO;
+	if (rc)
+		LOGE("file", "write %s: %s", tmp, strerror(errno));
+	if (close(fd) != 0 && !rc) {
+		LOGE("file", "close %s: %s", tmp, strerror(errno));
+		rc = FL_EIO;
+	}
+	if (!rc && rename(tmp, path) != 0) {
+		LOGE("file", "rename %s -> %s: %s", tmp, path, strerror(errno));
+		rc = FL_EIO;
+	}
+	if (rc) {
+		unlink(tmp);
+		return rc;
+	}
+	dir_of(path, dir, sizeof dir);
+	return file_fsync_dir(dir);
+}
+
+int file_write_atomic(const char *path, const void *data, size_t n)
+{
+	file_piece p = {data, n};
+	return file_write_atomic_v(path, &p, 1);
+}
+
+int file_append_sync(const char *path, const void *data, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		LOGE("file", "open %s: %s", path, strerror(errno));
+		return FL_EIO;
+	}
+	int rc = write_full(fd, data, n);
+	if (!rc && fdatasync(fd) != 0)
+		rc = FL_EIO;
+	if (rc)
+		LOGE("file", "append %s: %s", path, strerror(errno));
+	close(fd);
+	return rc;
+}
+
+int file_read_all(const char *path, size_t max, uint8_t **out, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? FL_ENOENT : FL_EIO;
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return FL_EIO;
+	}
+	if ((uint64_t)st.st_size > max) {
+		close(fd);
+		return FL_ETOOBIG;
+	}
+	size_t n = (size_t)st.st_size;
+	uint8_t *p = malloc(n + 1);
+	if (!p) {
+		close(fd);
+		return FL_ENOMEM;
+	}
+	size_t got = 0;
+	while (got < n) {
+		ssize_t k = read(fd, p + got, n - got);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;
+		got += (size_t)k;
+	}
+	close(fd);
+	if (got != n) {
+		free(p);
+		return FL_EIO;
+	}
+	p[n] = 0;
+	*out = p;
+	*len = n;
+	return 0;
+}
+
+int file_map_open(const char *path, file_map *m)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? FL_ENOENT : FL_EIO;
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return FL_EIO;
+	}
+	if (st.st_size == 0) {
+		close(fd);
+		m->p = NULL;
+		m->n = 0;
+		return 0;
+	}
+	void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	close(fd);
+	if (p == MAP_FAILED)
+		return FL_EIO;
+	m->p = p;
+	m->n = (size_t)st.st_size;
+	return 0;
+}
+
+void file_map_close(file_map *m)
+{
+	if (m->p)
+		munmap((void *)m->p, m->n);
+	m->p = NULL;
+	m->n = 0;
+}
+
+int file_exists(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0;
+}
+
+int file_mkdirs(const char *path)
+{
+	char tmp[PATH_MAX];
+	size_t n = strlen(path);
+	if (n == 0 || n >= sizeof tmp)
+		return FL_EINVAL;
+	memcpy(tmp, path, n + 1);
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = 0;
+		if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+			return FL_EIO;
+		*p = '/';
+	}
+	if (mkdir(tmp, 0700) != 0 && errno != EEXIST) {
+		LOGE("file", "mkdir %s: %s", tmp, strerror(errno));
+		return FL_EIO;
+	}
+	return 0;
+}

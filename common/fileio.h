@@ -1,0 +1,41 @@
+/* fileio — atomic file writes, bounded whole-file reads, read-only maps.
+ *
+ * Atomic write: data goes to "<path>.tmp.<pid>", is fsync'd, renamed over
+ * <path>, and the directory is fsync'd; a crash at any point leaves either
+ * the old file or the new one, never a mix. Errors are logged with errno. */
+#ifndef FL_FILEIO_H
+#define FL_FILEIO_H
+#include <stddef.h>
+#include <stdint.h>
+
+/* Writes n bytes atomically. */
+int file_write_atomic(const char *path, const void *data, size_t n);
+
+/* Atomic write from several pieces (avoids concatenating big buffers). */
+typedef struct file_piece {
+	const void *p;
+	size_t n;
+} file_piece;
+int file_write_atomic_v(const char *path, const file_piece *pieces, size_t npieces);
+
+/* Appends n bytes and fsyncs (journals). The file is created if missing. */
+int file_append_sync(const char *path, const void *data, size_t n);
+
+/* Reads a whole file into a malloc'd buffer (NUL-terminated for text, the
+ * NUL not counted). FL_ETOOBIG if larger than max. Caller frees *out. */
+int file_read_all(const char *path, size_t max, uint8_t **out, size_t *len);
+
+/* Read-only mapping of a whole file. An empty file maps to p = NULL, n = 0. */
+typedef struct file_map {
+	const uint8_t *p;
+	size_t n;
+} file_map;
+int file_map_open(const char *path, file_map *m);
+void file_map_close(file_map *m);
+
+/* mkdir -p with mode 0700 for created components. */
+int file_mkdirs(const char *path);
+int file_fsync_dir(const char *dir);
+int file_exists(const char *path);
+
+#endif

@@ -1,0 +1,17 @@
+/* fedlora-node — the edge binary: model engine, local training, federation
+ * client, export tools. Subcommands are registered in the table below as
+ * they become real. */
+#include "cli.h"
+
+#include <stddef.h>
+
+static const cli_cmd node_cmds[] = {
+    {NULL, NULL, NULL},
+};
+
+int main(int argc, char **argv)
+{
+	int n = (int)(sizeof node_cmds / sizeof node_cmds[0]) - 1;
+	return cli_dispatch("fedlora-node", "federated LoRA fine-tuning on an edge device",
+	                    node_cmds, n, argc, argv);
+}
