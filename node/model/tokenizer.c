@@ -1241,9 +1241,9 @@ int tok_decode(const tok *t, const int32_t *ids, size_t n, int flags, buf *out)
 			return FL_EINVAL;
 	int strip = (flags & TOK_DECODE_STRIP_PREFIX) && t->add_space_prefix;
 	for (size_t i = 0; i < n; i++) {
-		const char *p;
-		size_t k;
-		tok_piece(t, ids[i], flags, &p, &k);
+		const char *p = NULL;
+		size_t k = 0;
+		tok_piece(t, ids[i], flags, &p, &k); /* ids checked above */
 		if (strip && k) {
 			if (p[0] == ' ') {
 				p++;
