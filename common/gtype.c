@@ -135,7 +135,22 @@ void gtype_dequant_f32(const void *src, float *dst, size_t n)
 	memcpy(dst, src, n * sizeof(float));
 }
 
+#ifdef FL_HAVE_AVX2_BUILD
+void gtype_dequant_f16_avx2(const void *src, float *dst, size_t n);
+#endif
+
 void gtype_dequant_f16(const void *src, float *dst, size_t n)
+{
+#ifdef FL_HAVE_AVX2_BUILD
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) {
+		gtype_dequant_f16_avx2(src, dst, n);
+		return;
+	}
+#endif
+	gtype_dequant_f16_scalar(src, dst, n);
+}
+
+void gtype_dequant_f16_scalar(const void *src, float *dst, size_t n)
 {
 	const uint8_t *p = src;
 	for (size_t i = 0; i < n; i++)
