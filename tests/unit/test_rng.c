@@ -4,6 +4,7 @@
 #include "rng.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 static void test_reproducible(void **s)
 {
