@@ -24,6 +24,8 @@
 #define QUANT_AVX2_BUILT 0
 #endif
 
+_Static_assert(FL_ENUMERIC == -17, "quant_scale_for in quant.h returns -17");
+
 /* ---- implementation selection ---- */
 
 static int g_impl = -1; /* -1: not decided yet */
@@ -82,34 +84,6 @@ int quant_check_params(const quant_params *p)
 		return FL_EINVAL;
 	if (p->round != QUANT_NEAREST && p->round != QUANT_STOCHASTIC)
 		return FL_EINVAL;
-	return 0;
-}
-
-/* Divisor of absmax: the largest level magnitude. */
-static float qdiv(enum qt_fmt fmt)
-{
-	return fmt == QT_Q8 ? 127.0f : fmt == QT_Q4 ? 7.0f : 3.0f;
-}
-
-int quant_scale_for(enum qt_fmt fmt, float absmax, uint16_t *bits, float *s)
-{
-	if (absmax == 0.0f) {
-		*bits = 0;
-		*s = 0.0f;
-		return 0;
-	}
-	float want = absmax / qdiv(fmt);
-	uint16_t h = half_from_f32(want);
-	if (h >= 0x7c00)
-		return FL_ENUMERIC;
-	if (half_to_f32(h) < want)
-		h++; /* next f16 up (positive values: bits are monotonic) */
-	if (h == 0)
-		h = 1; /* want underflowed: smallest subnormal */
-	if (h >= 0x7c00)
-		return FL_ENUMERIC;
-	*bits = h;
-	*s = half_to_f32(h);
 	return 0;
 }
 

@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "half.h"
 #include "qtensor.h"
 #include "tensor.h"
 
@@ -112,9 +113,31 @@ static inline float quant_uniform(uint64_t seed, uint32_t i)
 	h = quant_mix32(h ^ (uint32_t)(seed >> 32));
 	return (float)(h >> 8) * 0x1p-24f;
 }
-/* Smallest f16 scale s >= absmax / qdiv (0 for absmax 0, at least the
- * smallest f16 subnormal otherwise). FL_ENUMERIC when s overflows f16. */
-int quant_scale_for(enum qt_fmt fmt, float absmax, uint16_t *bits, float *s);
+/* Smallest f16 scale s >= absmax / qdiv, qdiv = 127 (q8), 7 (q4), 3 (q2);
+ * 0 for absmax 0, at least the smallest f16 subnormal otherwise.
+ * FL_ENUMERIC (-17) when s overflows f16. Inline so both paths run the
+ * very same code per block. */
+static inline int quant_scale_for(enum qt_fmt fmt, float absmax, uint16_t *bits, float *s)
+{
+	if (absmax == 0.0f) {
+		*bits = 0;
+		*s = 0.0f;
+		return 0;
+	}
+	float want = absmax / (fmt == QT_Q8 ? 127.0f : fmt == QT_Q4 ? 7.0f : 3.0f);
+	uint16_t h = half_from_f32(want);
+	if (h >= 0x7c00)
+		return -17;
+	if (half_to_f32(h) < want)
+		h++; /* next f16 up (positive values: bits are monotonic) */
+	if (h == 0)
+		h = 1; /* want underflowed: smallest subnormal */
+	if (h >= 0x7c00)
+		return -17;
+	*bits = h;
+	*s = half_to_f32(h);
+	return 0;
+}
 /* Scalar kernels on one block (or, for f32/f16, any run) of len elements
  * starting at element i0; data points at the block's first byte. */
 int quant_encode_block(const quant_params *p, const float *a, const float *b, size_t i0, size_t len,
