@@ -1,0 +1,451 @@
+/* test_gtype — ggml tensor types: geometry, row sizes, dequantization of
+ * hand-built blocks whose values are known, and the Q8_0/Q4_0 reference
+ * quantizers (exact bytes on known inputs, round-trip error bounds).
+ *
+ * The blocks are built by packing functions written here from the layout
+ * description (element -> byte/bit position), the inverse of the decoder's
+ * loops, so a layout mistake in either shows up as a mismatch. */
+#include "testutil.h"
+
+#include "err.h"
+#include "gtype.h"
+#include "half.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static void expect_floats(const float *got, const double *want, size_t n, double tol)
+{
+	for (size_t i = 0; i < n; i++) {
+		double e = fabs((double)got[i] - want[i]);
+		if (e > tol) {
+			print_error("element %zu: got %.9g want %.9g (tol %g)\n", i, (double)got[i],
+			            want[i], tol);
+			fail();
+		}
+	}
+}
+
+static void put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+static void test_geometry(void **state)
+{
+	(void)state;
+	struct {
+		uint32_t id;
+		const char *name;
+		size_t elems, bytes;
+	} t[] = {
+	    {0, "F32", 1, 4},       {1, "F16", 1, 2},    {30, "BF16", 1, 2},
+	    {8, "Q8_0", 32, 34},    {2, "Q4_0", 32, 18}, {12, "Q4_K", 256, 144},
+	    {14, "Q6_K", 256, 210},
+	};
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		assert_int_equal(gtype_supported(t[i].id), 1);
+		assert_string_equal(gtype_name(t[i].id), t[i].name);
+		assert_int_equal(gtype_block_elems(t[i].id), t[i].elems);
+		assert_int_equal(gtype_block_bytes(t[i].id), t[i].bytes);
+		assert_non_null(gtype_dequant_fn_of(t[i].id));
+	}
+	/* known but unsupported ids are named, never sized */
+	assert_string_equal(gtype_name(13), "Q5_K");
+	assert_string_equal(gtype_name(3), "Q4_1");
+	assert_string_equal(gtype_name(28), "F64");
+	assert_string_equal(gtype_name(39), "MXFP4");
+	assert_null(gtype_name(40));
+	assert_null(gtype_name(0xffffffffu));
+	for (uint32_t id = 0; id < 64; id++) {
+		int sup =
+		    id == 0 || id == 1 || id == 2 || id == 8 || id == 12 || id == 14 || id == 30;
+		assert_int_equal(gtype_supported(id), sup);
+		if (!sup) {
+			size_t sz = 7;
+			assert_int_equal(gtype_block_bytes(id), 0);
+			assert_null(gtype_dequant_fn_of(id));
+			assert_int_equal(gtype_row_size(id, 256, &sz), FL_EUNSUPPORTED);
+			assert_int_equal(sz, 7);
+		}
+	}
+}
+
+static void test_row_size(void **state)
+{
+	(void)state;
+	size_t sz = 0;
+	assert_int_equal(gtype_row_size(GTYPE_Q4_0, 4096, &sz), 0);
+	assert_int_equal(sz, 128 * 18);
+	assert_int_equal(gtype_row_size(GTYPE_Q8_0, 96, &sz), 0);
+	assert_int_equal(sz, 3 * 34);
+	assert_int_equal(gtype_row_size(GTYPE_Q6_K, 512, &sz), 0);
+	assert_int_equal(sz, 420);
+	assert_int_equal(gtype_row_size(GTYPE_F16, 7, &sz), 0);
+	assert_int_equal(sz, 14);
+	assert_int_equal(gtype_row_size(GTYPE_F32, 0, &sz), 0);
+	assert_int_equal(sz, 0);
+	sz = 99;
+	assert_int_equal(gtype_row_size(GTYPE_Q4_0, 33, &sz), FL_EINVAL);
+	assert_int_equal(gtype_row_size(GTYPE_Q4_K, 128, &sz), FL_EINVAL);
+	assert_int_equal(sz, 99);
+	/* 2^64 - 32 elements of Q8_0: 2^59 - 1 blocks of 34 bytes overflow */
+	assert_int_equal(gtype_row_size(GTYPE_Q8_0, UINT64_MAX - 31, &sz), FL_EOVERFLOW);
+	assert_int_equal(gtype_row_size(GTYPE_F32, UINT64_MAX / 2, &sz), FL_EOVERFLOW);
+	assert_int_equal(sz, 99);
+
+	uint64_t ne[4] = {64, 3, 5, 2};
+	assert_int_equal(gtype_tensor_size(GTYPE_Q8_0, ne, 4, &sz), 0);
+	assert_int_equal(sz, 2 * 34 * 3 * 5 * 2);
+	assert_int_equal(gtype_tensor_size(GTYPE_F32, ne, 1, &sz), 0);
+	assert_int_equal(sz, 256);
+	assert_int_equal(gtype_tensor_size(GTYPE_F32, NULL, 0, &sz), 0);
+	assert_int_equal(sz, 4);
+	uint64_t zero[2] = {32, 0};
+	assert_int_equal(gtype_tensor_size(GTYPE_Q4_0, zero, 2, &sz), 0);
+	assert_int_equal(sz, 0);
+	uint64_t big[3] = {1u << 20, 1u << 20, 1u << 30};
+	sz = 5;
+	assert_int_equal(gtype_tensor_size(GTYPE_F32, big, 3, &sz), FL_EOVERFLOW);
+	uint64_t odd[2] = {31, 2};
+	assert_int_equal(gtype_tensor_size(GTYPE_Q4_0, odd, 2, &sz), FL_EINVAL);
+	assert_int_equal(sz, 5);
+}
+
+static void test_dequant_float_types(void **state)
+{
+	(void)state;
+	/* F32: raw little-endian bytes */
+	uint8_t f32b[12] = {0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x00, 0xc0, 0x00, 0x00, 0x00, 0x00};
+	float out[8];
+	double w32[3] = {1.0, -2.0, 0.0};
+	gtype_dequant_f32(f32b, out, 3);
+	expect_floats(out, w32, 3, 0);
+
+	/* F16 bit patterns with known values */
+	uint16_t h[6] = {0x3c00, 0xc000, 0x3800, 0x7bff, 0x0001, 0x3555};
+	double wh[6] = {1.0, -2.0, 0.5, 65504.0, ldexp(1.0, -24), 0.333251953125};
+	uint8_t hb[12];
+	for (int i = 0; i < 6; i++)
+		put16(hb + 2 * i, h[i]);
+	assert_int_equal(gtype_dequant_row(GTYPE_F16, hb, out, 6), 0);
+	expect_floats(out, wh, 6, 0);
+
+	/* BF16: top half of an f32 */
+	uint16_t bh[4] = {0x3f80, 0xc040, 0x4049, 0x0000};
+	double wb[4] = {1.0, -3.0, 3.140625, 0.0};
+	uint8_t bb[8];
+	for (int i = 0; i < 4; i++)
+		put16(bb + 2 * i, bh[i]);
+	assert_int_equal(gtype_dequant_row(GTYPE_BF16, bb, out, 4), 0);
+	expect_floats(out, wb, 4, 0);
+}
+
+static void test_dequant_q8_0(void **state)
+{
+	(void)state;
+	uint8_t blk[2 * 34];
+	double want[64];
+	/* block 0: d = 0.5, q = j - 16; block 1: d = -0.25, q = extremes */
+	put16(blk, 0x3800);
+	for (int j = 0; j < 32; j++) {
+		blk[2 + j] = (uint8_t)(int8_t)(j - 16);
+		want[j] = 0.5 * (j - 16);
+	}
+	put16(blk + 34, 0xb400);
+	for (int j = 0; j < 32; j++) {
+		int q = (j & 1) ? 127 : -128 + j;
+		blk[36 + j] = (uint8_t)(int8_t)q;
+		want[32 + j] = -0.25 * q;
+	}
+	float out[64];
+	assert_int_equal(gtype_dequant_row(GTYPE_Q8_0, blk, out, 64), 0);
+	expect_floats(out, want, 64, 0);
+	assert_int_equal(gtype_dequant_row(GTYPE_Q8_0, blk, out, 48), FL_EINVAL);
+}
+
+static void test_dequant_q4_0(void **state)
+{
+	(void)state;
+	uint8_t blk[18];
+	double want[32];
+	int v[32];
+	for (int e = 0; e < 32; e++)
+		v[e] = (e * 7 + 3) % 16; /* every nibble value appears */
+	put16(blk, 0x4000);              /* d = 2 */
+	/* element e < 16 in the low nibble of byte e, e >= 16 in the high
+	 * nibble of byte e - 16 */
+	memset(blk + 2, 0, 16);
+	for (int e = 0; e < 32; e++) {
+		if (e < 16)
+			blk[2 + e] |= (uint8_t)v[e];
+		else
+			blk[2 + e - 16] |= (uint8_t)(v[e] << 4);
+		want[e] = 2.0 * (v[e] - 8);
+	}
+	float out[32];
+	assert_int_equal(gtype_dequant_row(GTYPE_Q4_0, blk, out, 32), 0);
+	expect_floats(out, want, 32, 0);
+}
+
+/* Q4_K: 8 sub-blocks of 32; sub-block k has a 6-bit scale sc[k] and a
+ * 6-bit min mn[k]; y = d*sc[k]*q - dmin*mn[k]. Element e = 64g + 32h + l
+ * (sub-block k = 2g + h) has its 4-bit q in byte qs[32g + l], low nibble
+ * for h = 0, high for h = 1. The 12 scale bytes: bytes 0..3 hold sc[0..3]
+ * in bits 0..5 and sc[4..7]'s bits 4..5 in bits 6..7; bytes 4..7 the same
+ * for the mins; bytes 8..11 hold sc[4..7] low 4 bits | mn[4..7] low 4 bits
+ * << 4. */
+static void pack_q4_k(uint8_t *b, uint16_t d, uint16_t dmin, const int sc[8], const int mn[8],
+                      const int q[256])
+{
+	put16(b, d);
+	put16(b + 2, dmin);
+	uint8_t *s = b + 4, *qs = b + 16;
+	for (int j = 0; j < 4; j++) {
+		s[j] = (uint8_t)(sc[j] | (sc[j + 4] >> 4) << 6);
+		s[j + 4] = (uint8_t)(mn[j] | (mn[j + 4] >> 4) << 6);
+		s[j + 8] = (uint8_t)((sc[j + 4] & 15) | (mn[j + 4] & 15) << 4);
+	}
+	memset(qs, 0, 128);
+	for (int e = 0; e < 256; e++) {
+		int g = e / 64, h = (e / 32) % 2, l = e % 32;
+		qs[32 * g + l] |= (uint8_t)(h ? q[e] << 4 : q[e]);
+	}
+}
+
+static void test_dequant_q4_k(void **state)
+{
+	(void)state;
+	/* scales/mins chosen so every one of the 6 bits is exercised */
+	const int sc[8] = {1, 63, 17, 32, 48, 5, 63, 34};
+	const int mn[8] = {0, 21, 63, 2, 33, 62, 16, 47};
+	int q[256];
+	for (int e = 0; e < 256; e++)
+		q[e] = (e * 5 + e / 16) % 16;
+	uint8_t blk[2 * 144];
+	/* block 0: d = 0.5, dmin = 0.25; block 1: d = 1/1024 (0x1400), dmin = 3 */
+	pack_q4_k(blk, 0x3800, 0x3400, sc, mn, q);
+	pack_q4_k(blk + 144, 0x1400, 0x4200, mn, sc, q);
+	double want[512];
+	for (int e = 0; e < 256; e++) {
+		int k = e / 32;
+		want[e] = 0.5 * sc[k] * q[e] - 0.25 * mn[k];
+		want[256 + e] = (1.0 / 1024) * mn[k] * q[e] - 3.0 * sc[k];
+	}
+	float out[512];
+	assert_int_equal(gtype_dequant_row(GTYPE_Q4_K, blk, out, 512), 0);
+	/* all values are exact in f32 */
+	expect_floats(out, want, 512, 0);
+	assert_int_equal(gtype_dequant_row(GTYPE_Q4_K, blk, out, 288), FL_EINVAL);
+}
+
+/* Q6_K: 16 sub-blocks of 16 with signed 8-bit scales; y = d*sc*(q - 32),
+ * q 6-bit. Element e = 128h + 32t + l (half h, quarter t, l < 32): low 4
+ * bits in ql[64h + l + 32(t & 1)] (low nibble for t < 2, high for t >= 2),
+ * high 2 bits in qh[32h + l] at bit 2t, scale sc[8h + 2t + l/16]. */
+static void pack_q6_k(uint8_t *b, uint16_t d, const int sc[16], const int q[256])
+{
+	uint8_t *ql = b, *qh = b + 128;
+	int8_t *s = (int8_t *)(b + 192);
+	memset(b, 0, 192);
+	for (int i = 0; i < 16; i++)
+		s[i] = (int8_t)sc[i];
+	put16(b + 208, d);
+	for (int e = 0; e < 256; e++) {
+		int h = e / 128, t = (e % 128) / 32, l = e % 32;
+		int lo = q[e] & 15, hi = q[e] >> 4;
+		ql[64 * h + l + 32 * (t & 1)] |= (uint8_t)(t < 2 ? lo : lo << 4);
+		qh[32 * h + l] |= (uint8_t)(hi << (2 * t));
+	}
+}
+
+static int q6_scale_index(int e)
+{
+	int h = e / 128, t = (e % 128) / 32, l = e % 32;
+	return 8 * h + 2 * t + l / 16;
+}
+
+static void test_dequant_q6_k(void **state)
+{
+	(void)state;
+	const int sc[16] = {1, -1, 127, -128, 3, 50, -77, 9, 0, 100, -3, 64, 12, -60, 7, 33};
+	int q[256];
+	for (int e = 0; e < 256; e++)
+		q[e] = (e * 37 + 11) % 64; /* every 6-bit value appears */
+	uint8_t blk[210];
+	pack_q6_k(blk, 0x3400 /* 0.25 */, sc, q);
+	double want[256];
+	for (int e = 0; e < 256; e++)
+		want[e] = 0.25 * sc[q6_scale_index(e)] * (q[e] - 32);
+	float out[256];
+	assert_int_equal(gtype_dequant_row(GTYPE_Q6_K, blk, out, 256), 0);
+	expect_floats(out, want, 256, 0);
+	/* sanity of the test's own index map: each scale covers 16 elements */
+	int count[16] = {0};
+	for (int e = 0; e < 256; e++)
+		count[q6_scale_index(e)]++;
+	for (int i = 0; i < 16; i++)
+		assert_int_equal(count[i], 16);
+}
+
+/* Exact bytes of the reference quantizers on inputs whose result can be
+ * worked out by hand. */
+static void test_quant_known(void **state)
+{
+	(void)state;
+	float x[32];
+	for (int j = 0; j < 32; j++)
+		x[j] = (float)(j - 16);
+	/* Q4_0: largest magnitude is x[0] = -16, so d = -16/-8 = 2, and
+	 * q = min(15, floor(x/2 + 8.5)) */
+	uint8_t b4[18];
+	assert_int_equal(gtype_quant_row(GTYPE_Q4_0, x, b4, 32), 0);
+	assert_int_equal(b4[0] | b4[1] << 8, 0x4000);
+	for (int j = 0; j < 16; j++) {
+		int q0 = (int)floor((j - 16) / 2.0 + 8.5), q1 = (int)floor((j) / 2.0 + 8.5);
+		q0 = q0 > 15 ? 15 : q0;
+		q1 = q1 > 15 ? 15 : q1;
+		assert_int_equal(b4[2 + j], q0 | q1 << 4);
+	}
+	/* Q8_0: d = 16/127, q = round-half-away((j-16) * 127/16) */
+	uint8_t b8[34];
+	assert_int_equal(gtype_quant_row(GTYPE_Q8_0, x, b8, 32), 0);
+	assert_int_equal(b8[0] | b8[1] << 8, half_from_f32(16.0f / 127.0f));
+	for (int j = 0; j < 32; j++) {
+		double v = (j - 16) * 127.0 / 16.0;
+		int q = (int)(v < 0 ? -floor(-v + 0.5) : floor(v + 0.5));
+		assert_int_equal((int8_t)b8[2 + j], q);
+	}
+	/* all-zero block: quants 0 (Q4_0 stores the offset 8); Q4_0's d is
+	 * 0/-8 = -0.0, stored as f16 0x8000 exactly as the reference does */
+	float z[32] = {0};
+	assert_int_equal(gtype_quant_row(GTYPE_Q4_0, z, b4, 32), 0);
+	assert_int_equal(b4[0] | b4[1] << 8, 0x8000);
+	for (int j = 0; j < 16; j++)
+		assert_int_equal(b4[2 + j], 0x88);
+	assert_int_equal(gtype_quant_row(GTYPE_Q8_0, z, b8, 32), 0);
+	for (int j = 0; j < 34; j++)
+		assert_int_equal(b8[j], 0);
+	/* F16 / BF16 conversions */
+	float f[3] = {1.0f, -2.5f, 70000.0f};
+	uint8_t hb[6];
+	assert_int_equal(gtype_quant_row(GTYPE_F16, f, hb, 3), 0);
+	assert_int_equal(hb[0] | hb[1] << 8, 0x3c00);
+	assert_int_equal(hb[2] | hb[3] << 8, 0xc100);
+	assert_int_equal(hb[4] | hb[5] << 8, 0x7c00); /* beyond range: Inf */
+	assert_int_equal(gtype_quant_row(GTYPE_BF16, f, hb, 2), 0);
+	assert_int_equal(hb[0] | hb[1] << 8, 0x3f80);
+	assert_int_equal(hb[2] | hb[3] << 8, 0xc020);
+}
+
+static void test_quant_refusals(void **state)
+{
+	(void)state;
+	float x[64] = {0};
+	uint8_t b[128];
+	assert_int_equal(gtype_quant_row(GTYPE_Q4_K, x, b, 32), FL_EUNSUPPORTED);
+	assert_int_equal(gtype_quant_row(GTYPE_Q6_K, x, b, 32), FL_EUNSUPPORTED);
+	assert_int_equal(gtype_quant_row(13, x, b, 32), FL_EUNSUPPORTED);
+	assert_int_equal(gtype_quant_row(GTYPE_Q8_0, x, b, 40), FL_EINVAL);
+	x[5] = NAN;
+	assert_int_equal(gtype_quant_row(GTYPE_Q8_0, x, b, 32), FL_ENUMERIC);
+	x[5] = INFINITY;
+	assert_int_equal(gtype_quant_row(GTYPE_Q4_0, x, b, 32), FL_ENUMERIC);
+	/* subnormal magnitudes: 1/d overflows; must stay defined (UBSan) and
+	 * decode to zeros since d rounds to 0 in f16 */
+	for (int j = 0; j < 32; j++)
+		x[j] = (j % 3 - 1) * 1e-40f;
+	float y[32];
+	assert_int_equal(gtype_quant_row(GTYPE_Q8_0, x, b, 32), 0);
+	gtype_dequant_q8_0(b, y, 32);
+	for (int j = 0; j < 32; j++)
+		assert_true(y[j] == 0.0f);
+	assert_int_equal(gtype_quant_row(GTYPE_Q4_0, x, b, 32), 0);
+	gtype_dequant_q4_0(b, y, 32);
+	for (int j = 0; j < 32; j++)
+		assert_true(y[j] == 0.0f);
+}
+
+/* Round trip on random data: per-block error bounds.
+ *   Q8_0: |x - y| <= d/2 + 127 * |d - f16(d)|, d = amax/127
+ *   Q4_0: |x - y| <= d + 8 * |d - f16(d)|, d = amax/8 (the element opposite
+ *         in sign to the max can clip from +8 to +7: one step) */
+static void test_roundtrip(void **state)
+{
+	(void)state;
+	enum { N = 32 * 64 };
+	static float x[N], y[N];
+	static uint8_t b[N * 2];
+	uint64_t rng = 42;
+	for (int rep = 0; rep < 3; rep++) {
+		double scale = rep == 0 ? 1.0 : rep == 1 ? 1e-3 : 300.0;
+		for (int i = 0; i < N; i++)
+			x[i] = (float)((tu_randu(&rng) * 2 - 1) * scale *
+			               (i % 32 == 7 ? 4 : 1)); /* one outlier per block */
+		for (int t = 0; t < 2; t++) {
+			uint32_t id = t ? GTYPE_Q4_0 : GTYPE_Q8_0;
+			size_t rs = 0;
+			assert_int_equal(gtype_row_size(id, N, &rs), 0);
+			assert_true(rs <= sizeof b);
+			assert_int_equal(gtype_quant_row(id, x, b, N), 0);
+			assert_int_equal(gtype_dequant_row(id, b, y, N), 0);
+			double worst = 0;
+			for (int blk = 0; blk < N / 32; blk++) {
+				double amax = 0;
+				for (int j = 0; j < 32; j++)
+					amax = fmax(amax, fabs(x[blk * 32 + j]));
+				double d = amax / (t ? 8.0 : 127.0);
+				double d16 = half_to_f32(half_from_f32((float)d));
+				double bound =
+				    t ? d + 8 * fabs(d - d16) : d / 2 + 127 * fabs(d - d16);
+				bound = bound * (1 + 1e-6) + 1e-30;
+				for (int j = 0; j < 32; j++) {
+					double e = fabs((double)x[blk * 32 + j] - y[blk * 32 + j]);
+					if (e > bound) {
+						print_error(
+						    "%s block %d elem %d: err %g > bound %g\n",
+						    gtype_name(id), blk, j, e, bound);
+						fail();
+					}
+					worst = fmax(worst, e / bound);
+				}
+			}
+			/* the bound is not vacuous: the worst error reaches a good part of
+			 * it (half a step of Q8_0; Q4_0's bound allows the clipped +8) */
+			print_message("%s scale %g: worst err/bound %.3f\n", gtype_name(id), scale,
+			              worst);
+			assert_true(worst > 0.3 && worst <= 1.0);
+		}
+		/* F16 / BF16 round trip: relative error <= 2^-11 / 2^-8 */
+		for (int t = 0; t < 2; t++) {
+			uint32_t id = t ? GTYPE_BF16 : GTYPE_F16;
+			assert_int_equal(gtype_quant_row(id, x, b, 512), 0);
+			assert_int_equal(gtype_dequant_row(id, b, y, 512), 0);
+			double rel = t ? ldexp(1, -8) : ldexp(1, -11);
+			for (int i = 0; i < 512; i++) {
+				double e = fabs((double)x[i] - y[i]);
+				/* f16 subnormals below 2^-14 have absolute precision 2^-25 */
+				assert_true(e <= rel * fabs(x[i]) + (t ? 0 : ldexp(1, -25)));
+			}
+		}
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_geometry),
+	    cmocka_unit_test(test_row_size),
+	    cmocka_unit_test(test_dequant_float_types),
+	    cmocka_unit_test(test_dequant_q8_0),
+	    cmocka_unit_test(test_dequant_q4_0),
+	    cmocka_unit_test(test_dequant_q4_k),
+	    cmocka_unit_test(test_dequant_q6_k),
+	    cmocka_unit_test(test_quant_known),
+	    cmocka_unit_test(test_quant_refusals),
+	    cmocka_unit_test(test_roundtrip),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
