@@ -410,6 +410,42 @@ static void test_reload(void **state)
 	h_free(h);
 }
 
+/* The optional ZAP handler refuses a TCP peer by address before any byte
+ * of it is buffered, and admits an allowed one. */
+static void test_zap(void **state)
+{
+	(void)state;
+	ct_h *h = h_new();
+	chan_server_opts so;
+	chan_client_opts co;
+	ct_server_opts(&so, g_root);
+	so.ip_deny = "10.0.0.0/8, 127.0.0.1";
+	long mark = ct_log_mark();
+	assert_int_equal(chan_server_new(&so, &h->srv), 0);
+	ct_client_opts(&co, g_root, "pki", "node-01", chan_server_endpoint(h->srv));
+	assert_int_equal(chan_client_new(&co, &h->cli[0]), 0);
+	int ok = CT_WAIT(h, 5000,
+	                 ct_log_has(mark, "connection from 127.0.0.1 refused by the ZAP handler",
+	                            "matches ip_deny"));
+	assert_true(ok);
+	ct_pump(h, 200);
+	chan_server_stats st;
+	chan_server_get_stats(h->srv, &st);
+	assert_true(st.zap_denied >= 1);
+	assert_int_equal(st.hs_ok + st.hs_failed + st.sessions, 0);
+	assert_false(chan_client_is_ready(h->cli[0]));
+	ct_h_fini(h);
+
+	ct_server_opts(&so, g_root);
+	so.ip_allow = "192.168.0.0/16, 127.0.0.0/8";
+	so.ip_deny = "127.0.0.2";
+	assert_int_equal(chan_server_new(&so, &h->srv), 0);
+	ct_client_opts(&co, g_root, "pki", "node-01", chan_server_endpoint(h->srv));
+	assert_int_equal(chan_client_new(&co, &h->cli[0]), 0);
+	assert_true(CT_WAIT(h, 5000, chan_client_is_ready(h->cli[0])));
+	h_free(h);
+}
+
 /* ---- real processes: SIGKILL and restart ---- */
 
 static volatile sig_atomic_t g_hup, g_term;
@@ -647,11 +683,9 @@ int main(int argc, char **argv)
 	if (argc == 5 && strcmp(argv[1], "--node") == 0)
 		return child_node(argv[2], argv[3], argv[4]);
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_roundtrip),
-	    cmocka_unit_test(test_refusals),
-	    cmocka_unit_test(test_reload),
-	    cmocka_unit_test(test_node_killed),
-	    cmocka_unit_test(test_coordinator_killed),
+	    cmocka_unit_test(test_roundtrip),   cmocka_unit_test(test_refusals),
+	    cmocka_unit_test(test_reload),      cmocka_unit_test(test_zap),
+	    cmocka_unit_test(test_node_killed), cmocka_unit_test(test_coordinator_killed),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
