@@ -212,12 +212,16 @@ static void wire_add(wire *w, int i, const char *id, int link_up)
 
 static void wire_free(wire *w)
 {
+	/* Channels first: closing sends frames into the queues. */
 	for (int i = 0; i < NC; i++) {
 		chan_client_free(w->cli[i]);
+		w->cli[i] = NULL;
+	}
+	chan_server_free(w->srv);
+	for (int i = 0; i < NC; i++) {
 		dq_fini(&w->to_cli[i]);
 		ct_evs_clear(&w->cev[i]);
 	}
-	chan_server_free(w->srv);
 	dq_fini(&w->to_srv);
 	ct_evs_clear(&w->sev);
 	free(w);
