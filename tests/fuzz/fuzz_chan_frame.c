@@ -29,6 +29,8 @@
 #include "err.h"
 #include "log.h"
 
+#include "../testpki.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define MAX_MSG 4096
@@ -41,64 +43,6 @@ static uint64_t g_now;
 static uint64_t fake_now(void)
 {
 	return g_now;
-}
-
-/* ---- test PKI made with the OpenSSL API ---- */
-
-static int add_ext(X509 *x, X509V3_CTX *ctx, int nid, const char *v)
-{
-	X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, ctx, nid, v);
-	if (!e)
-		return -1;
-	int ok = X509_add_ext(x, e, -1);
-	X509_EXTENSION_free(e);
-	return ok == 1 ? 0 : -1;
-}
-
-static X509 *make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *ikey, int ca,
-                       const char *eku, const char *san, long serial)
-{
-	X509 *x = X509_new();
-	X509V3_CTX ctx;
-	if (!x)
-		return NULL;
-	X509_set_version(x, 2);
-	ASN1_INTEGER_set(X509_get_serialNumber(x), serial);
-	X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-	X509_gmtime_adj(X509_getm_notAfter(x), 3650L * 86400);
-	X509_set_pubkey(x, key);
-	X509_NAME *n = X509_get_subject_name(x);
-	X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-	X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : n);
-	X509V3_set_ctx_nodb(&ctx);
-	X509V3_set_ctx(&ctx, issuer ? issuer : x, x, NULL, NULL, 0);
-	int bad = 0;
-	bad |=
-	    add_ext(x, &ctx, NID_basic_constraints, ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
-	bad |= add_ext(x, &ctx, NID_key_usage,
-	               ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature");
-	bad |= add_ext(x, &ctx, NID_subject_key_identifier, "hash");
-	if (issuer)
-		bad |= add_ext(x, &ctx, NID_authority_key_identifier, "keyid:always");
-	if (eku)
-		bad |= add_ext(x, &ctx, NID_ext_key_usage, eku);
-	if (san)
-		bad |= add_ext(x, &ctx, NID_subject_alt_name, san);
-	if (bad || !X509_sign(x, ikey ? ikey : key, EVP_sha256())) {
-		X509_free(x);
-		return NULL;
-	}
-	return x;
-}
-
-static int write_pem(const char *path, X509 *x, EVP_PKEY *k)
-{
-	FILE *f = fopen(path, "w");
-	if (!f)
-		return -1;
-	int ok = x ? PEM_write_X509(f, x) : PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
-	fclose(f);
-	return ok == 1 ? 0 : -1;
 }
 
 static void cleanup(void)
@@ -121,15 +65,15 @@ static int init_pki(void)
 	snprintf(g_ckey, sizeof g_ckey, "%s/node.key", g_dir);
 	atexit(cleanup);
 	EVP_PKEY *ck = EVP_EC_gen("P-256"), *sk = EVP_EC_gen("P-256"), *nk = EVP_EC_gen("P-256");
-	X509 *ca = ck ? make_cert(ck, "fuzz CA", NULL, NULL, 1, NULL, NULL, 1) : NULL;
-	X509 *sc = ca && sk ? make_cert(sk, "fuzz-coordinator", ca, ck, 0, "serverAuth",
-	                                "DNS:localhost", 2)
+	X509 *ca = ck ? tp_make_cert(ck, "fuzz CA", NULL, NULL, 1, NULL, NULL, 1) : NULL;
+	X509 *sc = ca && sk ? tp_make_cert(sk, "fuzz-coordinator", ca, ck, 0, "serverAuth",
+	                                   "DNS:localhost", 2)
 	                    : NULL;
-	X509 *nc = ca && nk ? make_cert(nk, "node-01", ca, ck, 0, "clientAuth", NULL, 3) : NULL;
+	X509 *nc = ca && nk ? tp_make_cert(nk, "node-01", ca, ck, 0, "clientAuth", NULL, 3) : NULL;
 	int rc = -1;
-	if (nc && !write_pem(g_ca, ca, NULL) && !write_pem(g_scrt, sc, NULL) &&
-	    !write_pem(g_skey, NULL, sk) && !write_pem(g_ccrt, nc, NULL) &&
-	    !write_pem(g_ckey, NULL, nk))
+	if (nc && !tp_write_pem(g_ca, ca, NULL) && !tp_write_pem(g_scrt, sc, NULL) &&
+	    !tp_write_pem(g_skey, NULL, sk) && !tp_write_pem(g_ccrt, nc, NULL) &&
+	    !tp_write_pem(g_ckey, NULL, nk))
 		rc = 0;
 	X509_free(ca);
 	X509_free(sc);
