@@ -5,6 +5,7 @@
 #include "chantest.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -446,6 +447,59 @@ static void test_zap(void **state)
 	h_free(h);
 }
 
+/* zmq_bind is retried with back-off while the port is still taken (a
+ * restarted coordinator whose predecessor has not let go yet). */
+typedef struct blocker {
+	char ep[128];
+	int bound;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+} blocker;
+
+static void *hold_port(void *arg)
+{
+	blocker *b = arg;
+	void *zc = zmq_ctx_new(), *s = zmq_socket(zc, ZMQ_ROUTER);
+	int zero = 0;
+	size_t n = sizeof b->ep;
+	zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+	zmq_bind(s, "tcp://127.0.0.1:*");
+	zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, b->ep, &n);
+	pthread_mutex_lock(&b->mu);
+	b->bound = 1;
+	pthread_cond_signal(&b->cv);
+	pthread_mutex_unlock(&b->mu);
+	clk_sleep_ms(400);
+	zmq_close(s);
+	zmq_ctx_term(zc);
+	return NULL;
+}
+
+static void test_bind_retry(void **state)
+{
+	(void)state;
+	blocker b = {"", 0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+	pthread_t th;
+	pthread_create(&th, NULL, hold_port, &b);
+	pthread_mutex_lock(&b.mu);
+	while (!b.bound)
+		pthread_cond_wait(&b.cv, &b.mu);
+	pthread_mutex_unlock(&b.mu);
+	chan_server_opts so;
+	chan_server *s = NULL;
+	ct_server_opts(&so, g_root);
+	so.endpoint = b.ep;
+	so.bind_retry_ms = 0;
+	assert_int_equal(chan_server_new(&so, &s), FL_EBUSY);
+	long mark = ct_log_mark();
+	so.bind_retry_ms = 5000;
+	assert_int_equal(chan_server_new(&so, &s), 0);
+	assert_true(ct_log_has(mark, "is in use; retrying", NULL)); /* it did have to wait */
+	assert_string_equal(chan_server_endpoint(s), b.ep);
+	chan_server_free(s);
+	pthread_join(th, NULL);
+}
+
 /* ---- real processes: SIGKILL and restart ---- */
 
 static volatile sig_atomic_t g_hup, g_term;
@@ -683,9 +737,13 @@ int main(int argc, char **argv)
 	if (argc == 5 && strcmp(argv[1], "--node") == 0)
 		return child_node(argv[2], argv[3], argv[4]);
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_roundtrip),   cmocka_unit_test(test_refusals),
-	    cmocka_unit_test(test_reload),      cmocka_unit_test(test_zap),
-	    cmocka_unit_test(test_node_killed), cmocka_unit_test(test_coordinator_killed),
+	    cmocka_unit_test(test_roundtrip),
+	    cmocka_unit_test(test_refusals),
+	    cmocka_unit_test(test_reload),
+	    cmocka_unit_test(test_zap),
+	    cmocka_unit_test(test_bind_retry),
+	    cmocka_unit_test(test_node_killed),
+	    cmocka_unit_test(test_coordinator_killed),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
