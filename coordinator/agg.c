@@ -791,19 +791,21 @@ static int state_name(char *out, size_t cap, char which, const char *name)
 	return (n < 0 || (size_t)n >= cap) ? FL_EINVAL : 0;
 }
 
-int agg_state_export(const agg *a, tset **out)
+int agg_state_export(const agg *a, int pending, tset **out)
 {
 	tset *s = NULL;
 	int rc = tset_new(&s);
 	char nm[TSET_NAME_MAX + 1];
-	for (size_t i = 0; !rc && a->m && i < a->nt; i++) {
-		const tensor *t = tset_find(a->m, a->tl[i]->name);
+	const tset *m = pending && a->have_new ? a->m_new : a->m;
+	const tset *v = pending && a->have_new ? a->v_new : a->v;
+	for (size_t i = 0; !rc && m && i < a->nt; i++) {
+		const tensor *t = tset_find(m, a->tl[i]->name);
 		rc = state_name(nm, sizeof nm, 'm', t->name);
 		if (!rc)
 			rc = tset_insert(s, nm, t->ndim, t->shape, t->data, NULL);
 	}
-	for (size_t i = 0; !rc && a->v && i < a->nt; i++) {
-		const tensor *t = tset_find(a->v, a->tl[i]->name);
+	for (size_t i = 0; !rc && v && i < a->nt; i++) {
+		const tensor *t = tset_find(v, a->tl[i]->name);
 		rc = state_name(nm, sizeof nm, 'v', t->name);
 		if (!rc)
 			rc = tset_insert(s, nm, t->ndim, t->shape, t->data, NULL);

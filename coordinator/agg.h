@@ -128,8 +128,10 @@ int agg_finish(agg *a, tset *step);
 void agg_commit_state(agg *a);
 
 /* Optimiser state as a tensor set ("opt.m.<name>", "opt.v.<name>"; empty
- * for stateless strategies), for the state directory. */
-int agg_state_export(const agg *a, tset **out);
+ * for stateless strategies), for the state directory. pending = 1 exports
+ * the state computed by the last agg_finish if it is not committed yet
+ * (what will be current once the version is on disk), else the current. */
+int agg_state_export(const agg *a, int pending, tset **out);
 /* Loads state exported by agg_state_export for the same strategy and
  * layout; FL_EMISMATCH otherwise (state unchanged). */
 int agg_state_import(agg *a, const tset *st);

@@ -685,7 +685,7 @@ static void test_state_roundtrip(void **s)
 	agg_begin(a);
 	add_ok(a, &u1, 1);
 	assert_int_equal(agg_finish(a, s1), 0);
-	assert_int_equal(agg_state_export(a, &st), 0);
+	assert_int_equal(agg_state_export(a, 0, &st), 0);
 	assert_int_equal(tset_count(st), 8);
 	assert_non_null(tset_find(st, "opt.m.blk.0.attn_q.lora_a"));
 	assert_int_equal(agg_state_import(b, st), 0);
@@ -705,7 +705,7 @@ static void test_state_roundtrip(void **s)
 	o2.strategy = AGG_FEDAVGM;
 	agg *c;
 	assert_int_equal(agg_new(&o2, lay, &c), 0);
-	assert_int_equal(agg_state_export(c, &st), 0);
+	assert_int_equal(agg_state_export(c, 0, &st), 0);
 	assert_int_equal(agg_state_import(a, st), FL_EMISMATCH);
 	tset_free(st);
 	agg_free(c);
