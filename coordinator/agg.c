@@ -382,10 +382,18 @@ static int refuse(agg_result *res, enum agg_verdict v)
 	return 0;
 }
 
+/* Sum of squares in double. Eight independent partial sums keep the adds
+ * from waiting on each other (the order is fixed, so the result is
+ * deterministic). */
 static double sumsq(const float *x, size_t n)
 {
-	double s = 0;
-	for (size_t i = 0; i < n; i++)
+	double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		for (int k = 0; k < 8; k++)
+			p[k] += (double)x[i + k] * (double)x[i + k];
+	double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+	for (; i < n; i++)
 		s += (double)x[i] * (double)x[i];
 	return s;
 }

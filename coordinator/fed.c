@@ -765,7 +765,7 @@ static int spec_matches(const fed *f, const store_info *in, char *why, size_t wh
 		return 0;
 	}
 	if (in->targets[0] && strcmp(in->targets, f->targets_str)) {
-		WHY("targets %s, configured %s", in->targets, f->targets_str);
+		WHY("targets %.60s, configured %.60s", in->targets, f->targets_str);
 		return 0;
 	}
 	if (in->ffa != f->o.spec.ffa) {
