@@ -668,12 +668,52 @@ static void test_kill9(void **st)
 	assert_int_equal(tu_system("grep -q round_restart '%s'", path("state/journal.jsonl")), 0);
 }
 
+/* SIGHUP re-reads the allow-list: a node taken off it loses its session
+ * and cannot come back, the others are untouched. */
+static void test_sighup_allow_list(void **st)
+{
+	(void)st;
+	tu_system("rm -rf '%s' '%s'", path("state"), path("coord.log"));
+	assert_int_equal(
+	    tu_system("printf 'node-01\\nnode-02\\nnode-03\\n' > '%s'", path("allow-hup.txt")), 0);
+	char extra[1024];
+	snprintf(extra, sizeof extra, "[rounds]\nmin_nodes = 5\n[server]\nallow_list = %s\n",
+	         path("allow-hup.txt"));
+	/* [server] appears twice: the INI loader merges sections */
+	write_conf("h.conf", extra);
+	pid_t pid = coord_start("h.conf", NULL);
+	fleet F;
+	fleet_start(&F, 3, 0);
+	assert_true(WAIT(&F, 15000, F.n[0].ready && F.n[1].ready && F.n[2].ready));
+	assert_int_equal(tu_system("printf 'node-01\\nnode-02\\n' > '%s'", path("allow-hup.txt")),
+	                 0);
+	long mark = file_size(path("coord.log"));
+	kill(pid, SIGHUP);
+	assert_true(WAIT(&F, 10000, log_has(mark, "reloaded certificates", NULL)));
+	assert_true(WAIT(&F, 10000, !F.n[2].ready));
+	/* it keeps trying and keeps being refused; the others stay */
+	uint64_t until = clk_mono_ms() + 1500;
+	while (clk_mono_ms() < until) {
+		fleet_pump(&F, 20);
+		assert_false(F.n[2].ready);
+	}
+	assert_true(F.n[0].ready && F.n[1].ready);
+	kill(pid, SIGTERM);
+	int status;
+	uint64_t dl = clk_mono_ms() + 15000;
+	while (waitpid(pid, &status, WNOHANG) != pid && clk_mono_ms() < dl)
+		fleet_pump(&F, 20);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	fleet_stop(&F);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_rounds_deadline_sigterm),
 	    cmocka_unit_test(test_kill9),
+	    cmocka_unit_test(test_sighup_allow_list),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

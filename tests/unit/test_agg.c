@@ -685,7 +685,15 @@ static void test_state_roundtrip(void **s)
 	agg_begin(a);
 	add_ok(a, &u1, 1);
 	assert_int_equal(agg_finish(a, s1), 0);
+	/* pending = 1 exports the uncommitted state, which differs */
+	tset *pend;
+	assert_int_equal(agg_state_export(a, 1, &pend), 0);
 	assert_int_equal(agg_state_export(a, 0, &st), 0);
+	uint8_t fp1[32], fp2[32];
+	assert_int_equal(tset_fingerprint(pend, fp1), 0);
+	assert_int_equal(tset_fingerprint(st, fp2), 0);
+	assert_memory_not_equal(fp1, fp2, 32);
+	tset_free(pend);
 	assert_int_equal(tset_count(st), 8);
 	assert_non_null(tset_find(st, "opt.m.blk.0.attn_q.lora_a"));
 	assert_int_equal(agg_state_import(b, st), 0);
