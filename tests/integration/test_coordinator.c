@@ -487,7 +487,10 @@ static int group_teardown(void **state)
 	(void)state;
 	if (getenv("COORD_SHOWLOG"))
 		tu_system("cat '%s'", path("coord.log"));
-	tu_rmtree(g_root);
+	if (getenv("COORD_KEEP"))
+		fprintf(stderr, "kept %s\n", g_root);
+	else
+		tu_rmtree(g_root);
 	free(g_root);
 	return 0;
 }
@@ -664,8 +667,16 @@ static void test_kill9(void **st)
 		fleet_pump(&F, 20);
 	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	fleet_stop(&F);
-	/* the journal says which rounds were cut short by the kills */
+	/* the journal says which rounds were cut short by the kills, and status
+	 * reports them */
 	assert_int_equal(tu_system("grep -q round_restart '%s'", path("state/journal.jsonl")), 0);
+	assert_int_equal(tu_system("'%s' status --state-dir '%s' --rounds 6 > '%s'", g_bin,
+	                           path("state"), path("status2.txt")),
+	                 0);
+	tu_system("cat '%s' >&2", path("status2.txt"));
+	assert_int_equal(
+	    tu_system("grep -Eq ' [1-9][0-9]* restarted after a crash' '%s'", path("status2.txt")),
+	    0);
 }
 
 /* SIGHUP re-reads the allow-list: a node taken off it loses its session
