@@ -1,0 +1,321 @@
+/* kernels — see kernels.h. */
+#include "kernels.h"
+
+#include "err.h"
+#include "gtype.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <string.h>
+
+/* Query rows per attention work item: bounds the wasted upper-triangle work
+ * of the score sgemm to about QCHUNK/2 keys per query. */
+#define ATT_QCHUNK 64
+
+static pthread_once_t kern_once = PTHREAD_ONCE_INIT;
+
+static void kern_init_once(void)
+{
+#ifdef OPENBLAS_VERSION
+	/* OpenMP threads call sgemm concurrently on disjoint tiles; a threaded
+	 * BLAS inside them would oversubscribe the cores. */
+	openblas_set_num_threads(1);
+#endif
+}
+
+void kern_init(void)
+{
+	pthread_once(&kern_once, kern_init_once);
+}
+
+void kern_set_threads(int n)
+{
+	kern_init();
+	if (n > 0)
+		omp_set_num_threads(n);
+}
+
+int kern_threads(void)
+{
+	return omp_get_max_threads();
+}
+
+int kern_mat_init(kern_mat *m, uint32_t type, const void *data, int rows, int cols)
+{
+	size_t rb;
+	if (rows <= 0 || cols <= 0 || !data)
+		return FL_EINVAL;
+	int rc = gtype_row_size(type, (uint64_t)cols, &rb);
+	if (rc != 0)
+		return rc;
+	m->type = type;
+	m->data = data;
+	m->rows = rows;
+	m->cols = cols;
+	m->row_bytes = rb;
+	return 0;
+}
+
+size_t kern_matmul_scratch(int max_cols, int nthreads)
+{
+	if (max_cols <= 0 || nthreads <= 0)
+		return 0;
+	return (size_t)KERN_TILE_ROWS * (size_t)max_cols * (size_t)nthreads;
+}
+
+/* Rows [o0, o1) of the output, split into 16-row multiples so each thread's
+ * sgemm works on full micro-panels. */
+static void split_rows(int O, int nth, int tid, int *o0, int *o1)
+{
+	int per = (O + nth - 1) / nth;
+	per = (per + 15) / 16 * 16;
+	int a = per * tid, b = a + per;
+	if (a > O)
+		a = O;
+	if (b > O)
+		b = O;
+	*o0 = a;
+	*o1 = b;
+}
+
+static void add_bias(float *out, int ld_out, const float *bias, int N, int o0, int o1)
+{
+	for (int n = 0; n < N; n++) {
+		float *r = out + (size_t)n * (size_t)ld_out;
+#pragma omp simd
+		for (int o = o0; o < o1; o++)
+			r[o] += bias[o];
+	}
+}
+
+int kern_matmul(float *out, int ld_out, const float *inp, int ld_in, const kern_mat *w,
+                const float *bias, int N, float *scratch, size_t scratch_n)
+{
+	kern_init();
+	const int O = w->rows, In = w->cols;
+	if (N <= 0 || ld_in < In || ld_out < O)
+		return FL_EINVAL;
+	int nth = omp_get_max_threads();
+	/* Never more threads than 16-row slices. */
+	if (nth > (O + 15) / 16)
+		nth = (O + 15) / 16;
+	if (nth < 1)
+		nth = 1;
+
+	if (w->type == GTYPE_F32 && w->row_bytes % sizeof(float) == 0) {
+		const float *W = w->data;
+		const int ldw = (int)(w->row_bytes / sizeof(float));
+#pragma omp parallel num_threads(nth)
+		{
+			int o0, o1;
+			split_rows(O, omp_get_num_threads(), omp_get_thread_num(), &o0, &o1);
+			if (o1 > o0) {
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, o1 - o0, In,
+				            1.0f, inp, ld_in, W + (size_t)o0 * (size_t)ldw, ldw,
+				            0.0f, out + o0, ld_out);
+				if (bias)
+					add_bias(out, ld_out, bias, N, o0, o1);
+			}
+		}
+		return 0;
+	}
+
+	gtype_dequant_fn deq = gtype_dequant_fn_of(w->type);
+	if (!deq)
+		return FL_EUNSUPPORTED;
+	size_t per_thread_min = (size_t)16 * (size_t)In;
+	if (!scratch || scratch_n < per_thread_min)
+		return FL_EINVAL;
+	if ((size_t)nth > scratch_n / per_thread_min)
+		nth = (int)(scratch_n / per_thread_min);
+	const size_t per_thread = scratch_n / (size_t)nth;
+	int tile = (int)(per_thread / (size_t)In);
+	if (tile > KERN_TILE_ROWS)
+		tile = KERN_TILE_ROWS;
+	const uint8_t *base = w->data;
+#pragma omp parallel num_threads(nth)
+	{
+		int o0, o1;
+		const int tid = omp_get_thread_num();
+		split_rows(O, omp_get_num_threads(), tid, &o0, &o1);
+		float *tbuf = scratch + (size_t)tid * per_thread;
+		for (int r0 = o0; r0 < o1; r0 += tile) {
+			int nr = o1 - r0 < tile ? o1 - r0 : tile;
+			/* W rows [r0, r0+nr) -> tbuf [nr, I], once for all N rows. */
+			for (int r = 0; r < nr; r++)
+				deq(base + (size_t)(r0 + r) * w->row_bytes, tbuf + (size_t)r * In,
+				    (size_t)In);
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, nr, In, 1.0f, inp,
+			            ld_in, tbuf, In, 0.0f, out + r0, ld_out);
+		}
+		if (bias && o1 > o0)
+			add_bias(out, ld_out, bias, N, o0, o1);
+	}
+	return 0;
+}
+
+void kern_embed(float *out, const int32_t *tokens, const kern_mat *E, int N)
+{
+	gtype_dequant_fn deq = gtype_dequant_fn_of(E->type);
+	const uint8_t *base = E->data;
+	const int C = E->cols;
+#pragma omp parallel for schedule(static)
+	for (int n = 0; n < N; n++)
+		deq(base + (size_t)tokens[n] * E->row_bytes, out + (size_t)n * C, (size_t)C);
+}
+
+void kern_rmsnorm(float *out, float *rstd, const float *x, const float *w, float eps, int N, int C)
+{
+#pragma omp parallel for schedule(static)
+	for (int n = 0; n < N; n++) {
+		const float *xr = x + (size_t)n * C;
+		float *orow = out + (size_t)n * C;
+		double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+		for (int i = 0; i < C; i++)
+			ss += (double)xr[i] * (double)xr[i];
+		float s = (float)(1.0 / sqrt(ss / C + (double)eps));
+#pragma omp simd
+		for (int i = 0; i < C; i++)
+			orow[i] = xr[i] * s * w[i];
+		if (rstd)
+			rstd[n] = s;
+	}
+}
+
+void kern_rope(float *x, int ld, const int32_t *pos, int N, int nh, int hd, int n_rot,
+               float freq_base, int mode)
+{
+	const int half = n_rot / 2;
+#pragma omp parallel for schedule(static)
+	for (int n = 0; n < N; n++) {
+		float *row = x + (size_t)n * (size_t)ld;
+		const double p = (double)pos[n];
+		for (int i = 0; i < half; i++) {
+			double ang = p * pow((double)freq_base, -2.0 * i / n_rot);
+			float c = (float)cos(ang), s = (float)sin(ang);
+			int a = mode == KERN_ROPE_NEOX ? i : 2 * i;
+			int b = mode == KERN_ROPE_NEOX ? i + half : 2 * i + 1;
+			for (int h = 0; h < nh; h++) {
+				float *hx = row + (size_t)h * hd;
+				float x0 = hx[a], x1 = hx[b];
+				hx[a] = x0 * c - x1 * s;
+				hx[b] = x0 * s + x1 * c;
+			}
+		}
+	}
+}
+
+void kern_attention(float *out, float *att, const float *q, const float *k, const float *v,
+                    const kern_attn *s)
+{
+	kern_init();
+	const int B = s->B, Tq = s->Tq, Tk = s->Tk, NH = s->NH, hd = s->hd;
+	const int group = NH / s->NKV;
+	const int nchunk = (Tq + ATT_QCHUNK - 1) / ATT_QCHUNK;
+	const int items = B * NH * nchunk;
+	const float scale = (float)(1.0 / sqrt((double)hd));
+#pragma omp parallel for schedule(dynamic, 1)
+	for (int it = 0; it < items; it++) {
+		const int c = it % nchunk, h = (it / nchunk) % NH, b = it / (nchunk * NH);
+		const int kh = h / group;
+		const int t0 = c * ATT_QCHUNK;
+		const int t1 = t0 + ATT_QCHUNK < Tq ? t0 + ATT_QCHUNK : Tq;
+		const int nk = s->pos0 + t1; /* keys any row of this chunk can see */
+		const float *qb = q + ((size_t)b * Tq + t0) * s->q_ld + (size_t)h * hd;
+		const float *kb = k + (size_t)b * s->kv_bs + (size_t)kh * hd;
+		const float *vb = v + (size_t)b * s->kv_bs + (size_t)kh * hd;
+		float *S = att + (((size_t)b * NH + h) * Tq + t0) * (size_t)Tk;
+		/* S [t1-t0, nk] = scale * Q [t1-t0, hd] @ K [nk, hd]^T */
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t1 - t0, nk, hd, scale, qb,
+		            s->q_ld, kb, s->kv_ld, 0.0f, S, Tk);
+		for (int t = t0; t < t1; t++) {
+			float *r = S + (size_t)(t - t0) * Tk;
+			const int valid = s->pos0 + t + 1;
+			float mx = r[0];
+			for (int j = 1; j < valid; j++)
+				mx = r[j] > mx ? r[j] : mx;
+			double sum = 0.0;
+			for (int j = 0; j < valid; j++) {
+				r[j] = expf(r[j] - mx);
+				sum += r[j];
+			}
+			const float inv = (float)(1.0 / sum);
+#pragma omp simd
+			for (int j = 0; j < valid; j++)
+				r[j] *= inv;
+			memset(r + valid, 0, sizeof(float) * (size_t)(Tk - valid));
+		}
+		/* out [t1-t0, hd] = P [t1-t0, nk] @ V [nk, hd] */
+		float *ob = out + ((size_t)b * Tq + t0) * s->out_ld + (size_t)h * hd;
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t1 - t0, hd, nk, 1.0f, S, Tk,
+		            vb, s->kv_ld, 0.0f, ob, s->out_ld);
+	}
+}
+
+void kern_swiglu(float *out, const float *gate, const float *up, size_t n)
+{
+#pragma omp parallel for schedule(static)
+	for (size_t i = 0; i < n; i++) {
+		float g = gate[i];
+		out[i] = g / (1.0f + expf(-g)) * up[i];
+	}
+}
+
+void kern_add(float *out, const float *a, const float *b, size_t n)
+{
+#pragma omp parallel for simd schedule(static)
+	for (size_t i = 0; i < n; i++)
+		out[i] = a[i] + b[i];
+}
+
+void kern_softmax(float *probs, const float *logits, int N, int V)
+{
+#pragma omp parallel for schedule(static)
+	for (int n = 0; n < N; n++) {
+		const float *x = logits + (size_t)n * V;
+		float *p = probs + (size_t)n * V;
+		float mx = x[0];
+		for (int i = 1; i < V; i++)
+			mx = x[i] > mx ? x[i] : mx;
+		double sum = 0.0;
+		for (int i = 0; i < V; i++) {
+			p[i] = expf(x[i] - mx);
+			sum += p[i];
+		}
+		const float inv = (float)(1.0 / sum);
+#pragma omp simd
+		for (int i = 0; i < V; i++)
+			p[i] *= inv;
+	}
+}
+
+int kern_crossentropy(float *losses, double *sum, const float *logits, const int32_t *targets,
+                      int N, int V)
+{
+	double total = 0.0;
+	int count = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total, count)
+	for (int n = 0; n < N; n++) {
+		const int t = targets[n];
+		if (t < 0) {
+			losses[n] = 0.0f;
+			continue;
+		}
+		const float *x = logits + (size_t)n * V;
+		float mx = x[0];
+		for (int i = 1; i < V; i++)
+			mx = x[i] > mx ? x[i] : mx;
+		double se = 0.0;
+		for (int i = 0; i < V; i++)
+			se += exp((double)(x[i] - mx));
+		double l = (double)mx + log(se) - (double)x[t];
+		losses[n] = (float)l;
+		total += l;
+		count++;
+	}
+	*sum = total;
+	return count;
+}
