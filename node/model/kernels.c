@@ -1,5 +1,6 @@
 /* kernels — see kernels.h. */
 #include "kernels.h"
+#include "kernels_avx2.h"
 
 #include "err.h"
 #include "gtype.h"
@@ -16,8 +17,44 @@
 
 static pthread_once_t kern_once = PTHREAD_ONCE_INIT;
 
+/* AVX2+FMA inner loops (exp-heavy rows) when the CPU has them; set once. */
+static int kern_avx2;
+
+/* x[i] = exp(x[i] - mx), returns the sum. */
+static float exp_sub_sum(float *x, int n, float mx)
+{
+	if (kern_avx2)
+		return kern_avx2_exp_sub_sum(x, n, mx);
+	float sum = 0.0f;
+	for (int i = 0; i < n; i++) {
+		x[i] = expf(x[i] - mx);
+		sum += x[i];
+	}
+	return sum;
+}
+
+static float sum_exp_sub(const float *x, int n, float mx)
+{
+	if (kern_avx2)
+		return kern_avx2_sum_exp_sub(x, n, mx);
+	float sum = 0.0f;
+	for (int i = 0; i < n; i++)
+		sum += expf(x[i] - mx);
+	return sum;
+}
+
+static float row_max(const float *x, int n)
+{
+	float mx = x[0];
+#pragma omp simd reduction(max : mx)
+	for (int i = 1; i < n; i++)
+		mx = x[i] > mx ? x[i] : mx;
+	return mx;
+}
+
 static void kern_init_once(void)
 {
+	kern_avx2 = kern_avx2_usable();
 #ifdef OPENBLAS_VERSION
 	/* OpenMP threads call sgemm concurrently on disjoint tiles; a threaded
 	 * BLAS inside them would oversubscribe the cores. */
@@ -35,6 +72,14 @@ void kern_set_threads(int n)
 	kern_init();
 	if (n > 0)
 		omp_set_num_threads(n);
+}
+
+int kern_use_avx2(int on)
+{
+	kern_init();
+	int prev = kern_avx2;
+	kern_avx2 = on && kern_avx2_usable();
+	return prev;
 }
 
 int kern_threads(void)
@@ -189,12 +234,15 @@ void kern_rope(float *x, int ld, const int32_t *pos, int N, int nh, int hd, int 
                float freq_base, int mode)
 {
 	const int half = n_rot / 2;
+	double inv_freq[KERN_MAX_HEAD_DIM / 2];
+	for (int i = 0; i < half; i++)
+		inv_freq[i] = pow((double)freq_base, -2.0 * i / n_rot);
 #pragma omp parallel for schedule(static)
 	for (int n = 0; n < N; n++) {
 		float *row = x + (size_t)n * (size_t)ld;
 		const double p = (double)pos[n];
 		for (int i = 0; i < half; i++) {
-			double ang = p * pow((double)freq_base, -2.0 * i / n_rot);
+			double ang = p * inv_freq[i];
 			float c = (float)cos(ang), s = (float)sin(ang);
 			int a = mode == KERN_ROPE_NEOX ? i : 2 * i;
 			int b = mode == KERN_ROPE_NEOX ? i + half : 2 * i + 1;
@@ -234,15 +282,7 @@ void kern_attention(float *out, float *att, const float *q, const float *k, cons
 		for (int t = t0; t < t1; t++) {
 			float *r = S + (size_t)(t - t0) * Tk;
 			const int valid = s->pos0 + t + 1;
-			float mx = r[0];
-			for (int j = 1; j < valid; j++)
-				mx = r[j] > mx ? r[j] : mx;
-			double sum = 0.0;
-			for (int j = 0; j < valid; j++) {
-				r[j] = expf(r[j] - mx);
-				sum += r[j];
-			}
-			const float inv = (float)(1.0 / sum);
+			const float inv = 1.0f / exp_sub_sum(r, valid, row_max(r, valid));
 #pragma omp simd
 			for (int j = 0; j < valid; j++)
 				r[j] *= inv;
@@ -257,6 +297,17 @@ void kern_attention(float *out, float *att, const float *q, const float *k, cons
 
 void kern_swiglu(float *out, const float *gate, const float *up, size_t n)
 {
+	kern_init();
+	if (kern_avx2) {
+		/* 4096-element blocks keep the threads' slices cache-line aligned */
+		const size_t blk = 4096, nb = (n + blk - 1) / blk;
+#pragma omp parallel for schedule(static)
+		for (size_t b = 0; b < nb; b++) {
+			size_t o = b * blk, len = n - o < blk ? n - o : blk;
+			kern_avx2_swiglu(out + o, gate + o, up + o, len);
+		}
+		return;
+	}
 #pragma omp parallel for schedule(static)
 	for (size_t i = 0; i < n; i++) {
 		float g = gate[i];
@@ -273,19 +324,15 @@ void kern_add(float *out, const float *a, const float *b, size_t n)
 
 void kern_softmax(float *probs, const float *logits, int N, int V)
 {
+	kern_init();
 #pragma omp parallel for schedule(static)
 	for (int n = 0; n < N; n++) {
 		const float *x = logits + (size_t)n * V;
 		float *p = probs + (size_t)n * V;
-		float mx = x[0];
-		for (int i = 1; i < V; i++)
-			mx = x[i] > mx ? x[i] : mx;
-		double sum = 0.0;
-		for (int i = 0; i < V; i++) {
-			p[i] = expf(x[i] - mx);
-			sum += p[i];
-		}
-		const float inv = (float)(1.0 / sum);
+		const float mx = row_max(x, V);
+		if (p != x)
+			memcpy(p, x, sizeof(float) * (size_t)V);
+		const float inv = 1.0f / exp_sub_sum(p, V, mx);
 #pragma omp simd
 		for (int i = 0; i < V; i++)
 			p[i] *= inv;
@@ -297,6 +344,7 @@ int kern_crossentropy(float *losses, double *sum, const float *logits, const int
 {
 	double total = 0.0;
 	int count = 0;
+	kern_init();
 #pragma omp parallel for schedule(static) reduction(+ : total, count)
 	for (int n = 0; n < N; n++) {
 		const int t = targets[n];
@@ -305,12 +353,8 @@ int kern_crossentropy(float *losses, double *sum, const float *logits, const int
 			continue;
 		}
 		const float *x = logits + (size_t)n * V;
-		float mx = x[0];
-		for (int i = 1; i < V; i++)
-			mx = x[i] > mx ? x[i] : mx;
-		double se = 0.0;
-		for (int i = 0; i < V; i++)
-			se += exp((double)(x[i] - mx));
+		const float mx = row_max(x, V);
+		const double se = sum_exp_sub(x, V, mx);
 		double l = (double)mx + log(se) - (double)x[t];
 		losses[n] = (float)l;
 		total += l;

@@ -19,7 +19,9 @@
 #include <stdint.h>
 
 /* Default rows per dequantized tile (a tile is tile_rows x cols floats). */
-#define KERN_TILE_ROWS 128
+#define KERN_TILE_ROWS    128
+/* Largest head dimension kern_rope accepts. */
+#define KERN_MAX_HEAD_DIM 1024
 
 /* RoPE pairing conventions (as llama.cpp names them):
  *   KERN_ROPE_NORM: pairs (x[2i], x[2i+1]) — GGUF llama (Q/K rows stored
@@ -47,6 +49,11 @@ void kern_init(void);
 /* Threads used by the kernels (OpenMP); n <= 0 keeps the current setting. */
 void kern_set_threads(int n);
 int kern_threads(void);
+/* Whether the AVX2+FMA inner loops (exp in softmax, cross-entropy, SwiGLU)
+ * are used: on by default when the CPU has them. kern_use_avx2(0) forces
+ * the portable loops (tests run both); returns the previous setting, and
+ * asking for 1 on a CPU without AVX2 leaves it off. */
+int kern_use_avx2(int on);
 
 /* Floats of scratch kern_matmul needs to run `nthreads` threads on weights
  * with up to max_cols columns in any non-F32 type (F32 needs none). */

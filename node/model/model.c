@@ -2,12 +2,16 @@
 #include "model.h"
 
 #include "buf.h"
+#include "clock.h"
 #include "err.h"
+#include "gguf.h"
 #include "gtype.h"
 #include "log.h"
 
 #include <math.h>
 #include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,8 +20,8 @@ struct model {
 	model_weights w;
 	model_layer *layers; /* owned copy of w.layers */
 	float *small;        /* owned f32 copies of 1-D parameters (loaded models) */
-	void *gg;            /* gguf handle of a loaded model, or NULL */
-	void (*gg_free)(void *);
+	gguf *gg;            /* reader of a loaded model (owns the mapping), or NULL */
+	model_prof *prof;    /* optional timing sink */
 
 	/* forward arena */
 	float *arena;
@@ -121,9 +125,13 @@ void model_free(model *m)
 	free(m->vc);
 	free(m->layers);
 	free(m->small);
-	if (m->gg && m->gg_free)
-		m->gg_free(m->gg);
+	gguf_free(m->gg);
 	free(m);
+}
+
+void model_set_prof(model *m, model_prof *p)
+{
+	m->prof = p;
 }
 
 const model_config *model_cfg(const model *m)
@@ -136,7 +144,7 @@ const model_weights *model_wts(const model *m)
 	return &m->w;
 }
 
-const void *model_gguf(const model *m)
+const gguf *model_gguf(const model *m)
 {
 	return m->gg;
 }
@@ -377,6 +385,17 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 	const float eps = c->norm_eps;
 	int rc;
 
+	model_prof *pf = m->prof;
+	uint64_t t_mm = 0, t_at = 0, t_all = pf ? clk_mono_ns() : 0, t0 = 0;
+#define TM(acc, stmt)                                                                              \
+	do {                                                                                       \
+		if (pf)                                                                            \
+			t0 = clk_mono_ns();                                                        \
+		stmt;                                                                              \
+		if (pf)                                                                            \
+			acc += clk_mono_ns() - t0;                                                 \
+	} while (0)
+
 	a->B = B;
 	a->T = T;
 	for (int b = 0; b < B; b++)
@@ -397,9 +416,14 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 
 		/* attention block */
 		kern_rmsnorm(ln1, ln1r, resid, y->attn_norm, eps, N, C);
-		if ((rc = kern_matmul(q, QD, ln1, C, &y->wq, y->bq, N, scratch, scratch_n)) != 0 ||
-		    (rc = kern_matmul(k, KVD, ln1, C, &y->wk, y->bk, N, scratch, scratch_n)) != 0 ||
-		    (rc = kern_matmul(v, KVD, ln1, C, &y->wv, y->bv, N, scratch, scratch_n)) != 0)
+		TM(t_mm, rc = kern_matmul(q, QD, ln1, C, &y->wq, y->bq, N, scratch, scratch_n));
+		if (rc == 0)
+			TM(t_mm,
+			   rc = kern_matmul(k, KVD, ln1, C, &y->wk, y->bk, N, scratch, scratch_n));
+		if (rc == 0)
+			TM(t_mm,
+			   rc = kern_matmul(v, KVD, ln1, C, &y->wv, y->bv, N, scratch, scratch_n));
+		if (rc != 0)
 			return rc;
 		if (c->n_rot > 0) {
 			kern_rope(q, QD, a->pos, N, NH, hd, c->n_rot, c->rope_base, c->rope_mode);
@@ -433,26 +457,48 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 			s.Tk = T;
 			s.kv_bs = (size_t)T * KVD;
 		}
-		kern_attention(atty, att, q, ks, vs, &s);
-		if ((rc = kern_matmul(res1, C, atty, QD, &y->wo, NULL, N, scratch, scratch_n)) != 0)
+		TM(t_at, kern_attention(atty, att, q, ks, vs, &s));
+		TM(t_mm, rc = kern_matmul(res1, C, atty, QD, &y->wo, NULL, N, scratch, scratch_n));
+		if (rc != 0)
 			return rc;
 		kern_add(res1, res1, resid, (size_t)N * C);
 
 		/* feed-forward block */
 		kern_rmsnorm(ln2, ln2r, res1, y->ffn_norm, eps, N, C);
-		if ((rc = kern_matmul(gate, F, ln2, C, &y->w_gate, NULL, N, scratch, scratch_n)) !=
-		        0 ||
-		    (rc = kern_matmul(up, F, ln2, C, &y->w_up, NULL, N, scratch, scratch_n)) != 0)
+		TM(t_mm,
+		   rc = kern_matmul(gate, F, ln2, C, &y->w_gate, NULL, N, scratch, scratch_n));
+		if (rc == 0)
+			TM(t_mm,
+			   rc = kern_matmul(up, F, ln2, C, &y->w_up, NULL, N, scratch, scratch_n));
+		if (rc != 0)
 			return rc;
 		kern_swiglu(hmid, gate, up, (size_t)N * F);
-		if ((rc = kern_matmul(res2, C, hmid, F, &y->w_down, NULL, N, scratch, scratch_n)) !=
-		    0)
+		TM(t_mm,
+		   rc = kern_matmul(res2, C, hmid, F, &y->w_down, NULL, N, scratch, scratch_n));
+		if (rc != 0)
 			return rc;
 		kern_add(res2, res2, res1, (size_t)N * C);
 		resid = res2;
 	}
 	kern_rmsnorm(a->lnf, a->lnf_rstd, resid, m->w.output_norm, eps, N, C);
-	return kern_matmul(a->logits, V, a->lnf, C, &m->w.output, NULL, N, scratch, scratch_n);
+	TM(t_mm,
+	   rc = kern_matmul(a->logits, V, a->lnf, C, &m->w.output, NULL, N, scratch, scratch_n));
+#undef TM
+	if (pf && rc == 0) {
+		const double QDd = QD, KVDd = KVD;
+		double per_tok =
+		    c->n_layers * ((double)C * QDd + 2.0 * C * KVDd + QDd * C + 3.0 * C * F) +
+		    (double)C * V;
+		/* causal attention: query t sees pos0+t+1 keys, 2 products of hd */
+		double pairs = (double)T * pos0 + (double)T * (T + 1) / 2.0;
+		pf->f_matmul += 2.0 * N * per_tok;
+		pf->f_attn += 2.0 * 2.0 * c->n_layers * (double)B * NH * hd * pairs;
+		pf->t_matmul += t_mm * 1e-9;
+		pf->t_attn += t_at * 1e-9;
+		pf->t_other += (clk_mono_ns() - t_all - t_mm - t_at) * 1e-9;
+		pf->passes++;
+	}
+	return rc;
 }
 
 int model_forward(model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
@@ -547,4 +593,266 @@ int model_decode(model *m, const int32_t *tokens, int B, int Tn, const float **l
 	m->cpos += Tn;
 	*logits = m->cacts.logits;
 	return 0;
+}
+
+/* ---- loading from GGUF ----------------------------------------------------- */
+
+typedef struct loader {
+	const char *path;
+	gguf *g;
+	char arch[16];
+	char *err;
+	size_t errlen;
+	float *small; /* f32 copies of 1-D tensors */
+	size_t small_used, small_cap;
+} loader;
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static int
+lfail(loader *ld, int rc, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	if (ld->err && ld->errlen)
+		snprintf(ld->err, ld->errlen, "%s: %s", ld->path, msg);
+	else
+		LOGE("model", "%s: %s", ld->path, msg);
+	return rc;
+}
+
+/* Reads `<arch>.<suffix>` as an integer in [lo, hi]; absent -> def (or an
+ * error when def < 0). */
+static int key_int(loader *ld, const char *suffix, int64_t lo, int64_t hi, int64_t def, int *out)
+{
+	char key[96];
+	int64_t v;
+	snprintf(key, sizeof key, "%s.%s", ld->arch, suffix);
+	int rc = gguf_get_int(ld->g, key, &v);
+	if (rc == FL_ENOENT) {
+		if (def < 0)
+			return lfail(ld, FL_EFORMAT, "missing metadata key %s", key);
+		v = def;
+	} else if (rc != 0) {
+		return lfail(ld, FL_EFORMAT, "metadata key %s is not a single integer (%s)", key,
+		             fl_strerror(rc));
+	}
+	if (v < lo || v > hi)
+		return lfail(ld, FL_EFORMAT, "metadata %s = %lld is outside [%lld, %lld]", key,
+		             (long long)v, (long long)lo, (long long)hi);
+	*out = (int)v;
+	return 0;
+}
+
+static int key_float(loader *ld, const char *suffix, double def, float *out)
+{
+	char key[96];
+	double v;
+	snprintf(key, sizeof key, "%s.%s", ld->arch, suffix);
+	int rc = gguf_get_float(ld->g, key, &v);
+	if (rc == FL_ENOENT) {
+		if (def < 0)
+			return lfail(ld, FL_EFORMAT, "missing metadata key %s", key);
+		v = def;
+	} else if (rc != 0) {
+		return lfail(ld, FL_EFORMAT, "metadata key %s is not a float (%s)", key,
+		             fl_strerror(rc));
+	}
+	if (!isfinite(v) || v <= 0.0 || v > 1e12)
+		return lfail(ld, FL_EFORMAT, "metadata %s = %g is not a positive finite value", key,
+		             v);
+	*out = (float)v;
+	return 0;
+}
+
+/* A matrix tensor `name` that must be [rows, cols] (ne = {cols, rows}). */
+static int get_mat(loader *ld, const char *name, int rows, int cols, int optional, kern_mat *m,
+                   int *found)
+{
+	gguf_tensor t;
+	int rc = gguf_tensor_find(ld->g, name, &t);
+	if (found)
+		*found = rc == 0;
+	if (rc == FL_ENOENT && optional)
+		return 0;
+	if (rc != 0)
+		return lfail(ld, FL_EFORMAT, "missing tensor %s", name);
+	if (t.ne[0] != (uint64_t)cols || t.ne[1] != (uint64_t)rows || t.ne[2] != 1 || t.ne[3] != 1)
+		return lfail(ld, FL_EFORMAT,
+		             "tensor %s has shape [%llu, %llu, %llu, %llu], expected [%d, %d]",
+		             name, (unsigned long long)t.ne[0], (unsigned long long)t.ne[1],
+		             (unsigned long long)t.ne[2], (unsigned long long)t.ne[3], cols, rows);
+	if (t.type == GTYPE_F32 && ((uintptr_t)t.data % sizeof(float)) != 0)
+		return lfail(ld, FL_EFORMAT, "tensor %s: f32 data is not 4-byte aligned", name);
+	rc = kern_mat_init(m, t.type, t.data, rows, cols);
+	if (rc != 0)
+		return lfail(ld, rc, "tensor %s: type %s unusable as a matrix (%s)", name,
+		             gtype_name(t.type) ? gtype_name(t.type) : "?", fl_strerror(rc));
+	return 0;
+}
+
+/* A vector tensor of n elements copied to f32 in ld->small; NULL (and 0)
+ * when optional and absent. */
+static int get_vec(loader *ld, const char *name, int n, int optional, const float **out)
+{
+	gguf_tensor t;
+	*out = NULL;
+	int rc = gguf_tensor_find(ld->g, name, &t);
+	if (rc == FL_ENOENT && optional)
+		return 0;
+	if (rc != 0)
+		return lfail(ld, FL_EFORMAT, "missing tensor %s", name);
+	if (t.nelem != (uint64_t)n || t.ne[0] != (uint64_t)n)
+		return lfail(ld, FL_EFORMAT, "tensor %s has %llu elements, expected a vector of %d",
+		             name, (unsigned long long)t.nelem, n);
+	if (ld->small_used + (size_t)n > ld->small_cap)
+		return lfail(ld, FL_EFORMAT, "too many vector tensors"); /* cap computed up front */
+	float *dst = ld->small + ld->small_used;
+	rc = gtype_dequant_row(t.type, t.data, dst, (size_t)n);
+	if (rc != 0)
+		return lfail(ld, rc, "tensor %s: cannot convert type %s to f32", name,
+		             gtype_name(t.type) ? gtype_name(t.type) : "?");
+	ld->small_used += ((size_t)n + 15) & ~(size_t)15;
+	*out = dst;
+	return 0;
+}
+
+static int load_config(loader *ld, model_config *c)
+{
+	gguf_str a;
+	int rc = gguf_get_str(ld->g, "general.architecture", &a);
+	if (rc != 0)
+		return lfail(ld, FL_EFORMAT, "missing string key general.architecture");
+	if (a.n == 5 && memcmp(a.p, "llama", 5) == 0) {
+		c->arch = MODEL_ARCH_LLAMA;
+		c->rope_mode = KERN_ROPE_NORM;
+	} else if (a.n == 5 && memcmp(a.p, "qwen2", 5) == 0) {
+		c->arch = MODEL_ARCH_QWEN2;
+		c->rope_mode = KERN_ROPE_NEOX;
+	} else {
+		return lfail(ld, FL_EUNSUPPORTED,
+		             "architecture '%.*s' is not supported (llama, qwen2 are)",
+		             (int)(a.n > 64 ? 64 : a.n), a.p);
+	}
+	memcpy(ld->arch, a.p, a.n);
+	ld->arch[a.n] = 0;
+	if ((rc = key_int(ld, "embedding_length", 1, MODEL_MAX_DIM, -1, &c->dim)) != 0 ||
+	    (rc = key_int(ld, "block_count", 1, MODEL_MAX_LAYERS, -1, &c->n_layers)) != 0 ||
+	    (rc = key_int(ld, "attention.head_count", 1, MODEL_MAX_HEADS, -1, &c->n_heads)) != 0 ||
+	    (rc = key_int(ld, "attention.head_count_kv", 1, MODEL_MAX_HEADS, c->n_heads,
+	                  &c->n_kv_heads)) != 0 ||
+	    (rc = key_int(ld, "feed_forward_length", 1, 16 * MODEL_MAX_DIM, -1, &c->ffn_dim)) !=
+	        0 ||
+	    (rc = key_int(ld, "context_length", 1, MODEL_MAX_CTX, -1, &c->ctx)) != 0 ||
+	    (rc = key_float(ld, "rope.freq_base", 10000.0, &c->rope_base)) != 0 ||
+	    (rc = key_float(ld, "attention.layer_norm_rms_epsilon", -1, &c->norm_eps)) != 0)
+		return rc;
+	if (c->dim % c->n_heads != 0)
+		return lfail(ld, FL_EFORMAT,
+		             "embedding_length %d is not a multiple of head_count %d", c->dim,
+		             c->n_heads);
+	if (c->n_heads % c->n_kv_heads != 0)
+		return lfail(ld, FL_EFORMAT, "head_count %d is not a multiple of head_count_kv %d",
+		             c->n_heads, c->n_kv_heads);
+	c->head_dim = c->dim / c->n_heads;
+	if ((rc = key_int(ld, "rope.dimension_count", 0, c->head_dim, c->head_dim, &c->n_rot)) != 0)
+		return rc;
+	if (c->n_rot % 2 != 0)
+		return lfail(ld, FL_EFORMAT, "rope.dimension_count %d is odd", c->n_rot);
+	gguf_tensor te;
+	if (gguf_tensor_find(ld->g, "token_embd.weight", &te) != 0)
+		return lfail(ld, FL_EFORMAT, "missing tensor token_embd.weight");
+	if (te.ne[1] < 1 || te.ne[1] > MODEL_MAX_VOCAB)
+		return lfail(ld, FL_EFORMAT, "token_embd.weight has %llu rows (vocabulary), cap %d",
+		             (unsigned long long)te.ne[1], MODEL_MAX_VOCAB);
+	c->vocab = (int)te.ne[1];
+	rc = model_config_check(c);
+	if (rc != 0)
+		return lfail(ld, FL_EFORMAT, "inconsistent hyper-parameters (head_dim %d)",
+		             c->head_dim);
+	return 0;
+}
+
+int model_load(const char *path, model **out, char *err, size_t errlen)
+{
+	loader ld = {.path = path, .err = err, .errlen = errlen};
+	model_config c = {0};
+	model_weights w = {0};
+	model_layer *layers = NULL;
+	model *m = NULL;
+	char gerr[256];
+	int rc = gguf_open(path, &ld.g, gerr, sizeof gerr);
+	if (rc != 0) {
+		if (err && errlen)
+			snprintf(err, errlen, "%s", gerr);
+		else
+			LOGE("model", "%s", gerr);
+		return rc;
+	}
+	if ((rc = load_config(&ld, &c)) != 0)
+		goto out;
+	const int C = c.dim, QD = c.n_heads * c.head_dim, KVD = c.n_kv_heads * c.head_dim;
+	/* 1-D parameters per layer: 2 norms + 3 biases, each rounded to 16 */
+	ld.small_cap = (size_t)(c.n_layers + 1) * (((size_t)2 * C + QD + 2 * KVD) + 5 * 16);
+	ld.small = malloc(sizeof(float) * ld.small_cap);
+	layers = calloc((size_t)c.n_layers, sizeof *layers);
+	if (!ld.small || !layers) {
+		rc = lfail(&ld, FL_ENOMEM, "out of memory");
+		goto out;
+	}
+	int has_out = 0;
+	if ((rc = get_mat(&ld, "token_embd.weight", c.vocab, C, 0, &w.tok_embd, NULL)) != 0 ||
+	    (rc = get_vec(&ld, "output_norm.weight", C, 0, &w.output_norm)) != 0 ||
+	    (rc = get_mat(&ld, "output.weight", c.vocab, C, 1, &w.output, &has_out)) != 0)
+		goto out;
+	if (!has_out) {
+		w.output = w.tok_embd;
+		w.tied = 1;
+	}
+	for (int l = 0; l < c.n_layers; l++) {
+		model_layer *y = &layers[l];
+		char n[GGUF_MAX_NAME + 1];
+#define NM(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
+		if ((rc = get_vec(&ld, NM("attn_norm.weight"), C, 0, &y->attn_norm)) != 0 ||
+		    (rc = get_mat(&ld, NM("attn_q.weight"), QD, C, 0, &y->wq, NULL)) != 0 ||
+		    (rc = get_mat(&ld, NM("attn_k.weight"), KVD, C, 0, &y->wk, NULL)) != 0 ||
+		    (rc = get_mat(&ld, NM("attn_v.weight"), KVD, C, 0, &y->wv, NULL)) != 0 ||
+		    (rc = get_vec(&ld, NM("attn_q.bias"), QD, 1, &y->bq)) != 0 ||
+		    (rc = get_vec(&ld, NM("attn_k.bias"), KVD, 1, &y->bk)) != 0 ||
+		    (rc = get_vec(&ld, NM("attn_v.bias"), KVD, 1, &y->bv)) != 0 ||
+		    (rc = get_mat(&ld, NM("attn_output.weight"), C, QD, 0, &y->wo, NULL)) != 0 ||
+		    (rc = get_vec(&ld, NM("ffn_norm.weight"), C, 0, &y->ffn_norm)) != 0 ||
+		    (rc = get_mat(&ld, NM("ffn_gate.weight"), c.ffn_dim, C, 0, &y->w_gate, NULL)) !=
+		        0 ||
+		    (rc = get_mat(&ld, NM("ffn_up.weight"), c.ffn_dim, C, 0, &y->w_up, NULL)) !=
+		        0 ||
+		    (rc = get_mat(&ld, NM("ffn_down.weight"), C, c.ffn_dim, 0, &y->w_down, NULL)) !=
+		        0)
+			goto out;
+#undef NM
+		if (c.arch == MODEL_ARCH_QWEN2 && (!y->bq || !y->bk || !y->bv)) {
+			rc = lfail(&ld, FL_EFORMAT, "qwen2 layer %d lacks attn_q/k/v.bias", l);
+			goto out;
+		}
+	}
+	w.layers = layers;
+	rc = model_new_from_weights(&c, &w, &m);
+	if (rc != 0) {
+		rc = lfail(&ld, rc, "weights do not match the hyper-parameters");
+		goto out;
+	}
+	m->gg = ld.g;
+	m->small = ld.small;
+	ld.g = NULL;
+	ld.small = NULL;
+	*out = m;
+out:
+	free(layers);
+	free(ld.small);
+	gguf_free(ld.g);
+	return rc;
 }

@@ -13,6 +13,7 @@
  * OpenMP (kern_set_threads). */
 #ifndef FL_MODEL_H
 #define FL_MODEL_H
+#include "gguf.h"
 #include "kernels.h"
 
 #include <stddef.h>
@@ -70,10 +71,14 @@ typedef struct model model;
  * C == NH*hd, n_rot even and <= hd, finite positive eps/base). FL_EINVAL. */
 int model_config_check(const model_config *c);
 
-/* Loads a GGUF file (general.architecture llama or qwen2). Errors name what
- * is wrong (missing key or tensor, wrong shape, unsupported type) in the
- * log: FL_EFORMAT, FL_EUNSUPPORTED, FL_ENOENT, FL_EIO, FL_ENOMEM. */
-int model_load(const char *path, model **out);
+/* Loads a GGUF file (general.architecture llama or qwen2): hyper-parameters
+ * from `<arch>.*` metadata, tensors by their standard names, tied output when
+ * output.weight is absent. Matrices stay in the mapping in their stored type;
+ * 1-D tensors are converted to f32 copies. On failure returns FL_EFORMAT
+ * (missing/invalid key or tensor, wrong shape), FL_EUNSUPPORTED (another
+ * architecture or tensor type), FL_EIO, FL_ENOMEM, and writes a one-line
+ * message naming what is wrong into err (or logs it when err is NULL). */
+int model_load(const char *path, model **out, char *err, size_t errlen);
 
 /* Builds a model over weights the caller keeps alive for the model's life
  * (the struct is copied, the layers array too; the pointed-to data is not).
@@ -84,9 +89,9 @@ void model_free(model *m);
 
 const model_config *model_cfg(const model *m);
 const model_weights *model_wts(const model *m);
-/* The loaded GGUF (opaque `gguf *`), NULL for in-memory models; the
- * tokenizer and other readers of metadata use it. */
-const void *model_gguf(const model *m);
+/* The loaded GGUF reader (owned by the model), NULL for in-memory models;
+ * the tokenizer and other readers of metadata use it. */
+const gguf *model_gguf(const model *m);
 
 /* Total parameter count (elements of all tensors; tied output counted once). */
 size_t model_param_count(const model *m);
@@ -94,6 +99,16 @@ size_t model_param_count(const model *m);
  * 2 flops per multiply-add; attention score and value products over the
  * causal half included). */
 double model_forward_flops(const model_config *c, int B, int T);
+
+/* Optional per-phase timing of forward passes (benchmarks, tuning): while a
+ * profile is attached, every model_forward/model_decode adds its seconds and
+ * flops here. Detach with NULL. */
+typedef struct model_prof {
+	double t_matmul, t_attn, t_other; /* seconds */
+	double f_matmul, f_attn;          /* flops (2 per multiply-add) */
+	long passes;
+} model_prof;
+void model_set_prof(model *m, model_prof *p);
 
 /* Flags for model_prepare. */
 enum {

@@ -436,6 +436,55 @@ static void test_softmax_xent(void **state)
 	check("cross-entropy sum", relerr(&fs, &rsum, 1));
 }
 
+/* The exp-heavy kernels again with the portable loops (the default run
+ * uses the AVX2 ones where the CPU has them). */
+static void test_portable_paths(void **state)
+{
+	int prev = kern_use_avx2(0);
+	printf("  (portable loops; AVX2 loops %s by default on this CPU)\n",
+	       prev ? "used" : "not used");
+	test_attention(state);
+	test_swiglu_add(state);
+	test_softmax_xent(state);
+	kern_use_avx2(prev);
+}
+
+/* Extreme inputs for the exp approximations: large negative gaps underflow
+ * to (near) zero probability, large |gate| saturates silu, NaN propagates. */
+static void test_exp_ranges(void **state)
+{
+	(void)state;
+	for (int mode = 0; mode < 2; mode++) {
+		int prev = kern_use_avx2(mode);
+		enum { V = 21 };
+		float x[V], p[V];
+		double rp[V];
+		for (int i = 0; i < V; i++)
+			x[i] = (float)(i * 10 - 150); /* -150 .. 50 */
+		double z = 0;
+		for (int i = 0; i < V; i++)
+			z += exp((double)x[i] - 50.0);
+		for (int i = 0; i < V; i++)
+			rp[i] = exp((double)x[i] - 50.0) / z;
+		kern_softmax(p, x, 1, V);
+		check(mode ? "softmax wide range (avx2)" : "softmax wide range (portable)",
+		      relerr(p, rp, V));
+		float g[6] = {-200.0f, -90.0f, -20.0f, 20.0f, 90.0f, 200.0f}, u[6], o[6];
+		double ro[6];
+		for (int i = 0; i < 6; i++) {
+			u[i] = 1.5f;
+			ro[i] = (double)g[i] / (1.0 + exp(-(double)g[i])) * 1.5;
+		}
+		kern_swiglu(o, g, u, 6);
+		check(mode ? "swiglu saturation (avx2)" : "swiglu saturation (portable)",
+		      relerr(o, ro, 6));
+		float xn[9] = {0, 1, 2, NAN, 4, 5, 6, 7, 8};
+		kern_softmax(xn, xn, 1, 9);
+		assert_true(isnan(xn[3]));
+		kern_use_avx2(prev);
+	}
+}
+
 int main(void)
 {
 	kern_set_threads(2);
@@ -444,7 +493,8 @@ int main(void)
 	    cmocka_unit_test(test_matmul_errors), cmocka_unit_test(test_embed),
 	    cmocka_unit_test(test_rmsnorm),       cmocka_unit_test(test_rope),
 	    cmocka_unit_test(test_attention),     cmocka_unit_test(test_swiglu_add),
-	    cmocka_unit_test(test_softmax_xent),
+	    cmocka_unit_test(test_softmax_xent),  cmocka_unit_test(test_portable_paths),
+	    cmocka_unit_test(test_exp_ranges),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
