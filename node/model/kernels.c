@@ -15,6 +15,12 @@
  * of the score sgemm to about QCHUNK/2 keys per query. */
 #define ATT_QCHUNK 64
 
+/* Below this many floats touched (or multiply-adds for products), a kernel
+ * runs on the calling thread: waking the team costs more than it saves, and
+ * on a busy machine a descheduled team member stalls every barrier. */
+static size_t PAR_MIN_WORK = 32768;
+static size_t PAR_MIN_MACS = (size_t)1 << 20;
+
 static pthread_once_t kern_once = PTHREAD_ONCE_INIT;
 
 /* AVX2+FMA inner loops (exp-heavy rows) when the CPU has them; set once. */
@@ -82,6 +88,12 @@ int kern_use_avx2(int on)
 	return prev;
 }
 
+void kern_parallel_always(int on)
+{
+	PAR_MIN_WORK = on ? 0 : 32768;
+	PAR_MIN_MACS = on ? 0 : (size_t)1 << 20;
+}
+
 int kern_threads(void)
 {
 	return omp_get_max_threads();
@@ -143,6 +155,8 @@ int kern_matmul(float *out, int ld_out, const float *inp, int ld_in, const kern_
 	if (N <= 0 || ld_in < In || ld_out < O)
 		return FL_EINVAL;
 	int nth = omp_get_max_threads();
+	if ((size_t)N * (size_t)O * (size_t)In < PAR_MIN_MACS)
+		nth = 1;
 	/* Never more threads than 16-row slices. */
 	if (nth > (O + 15) / 16)
 		nth = (O + 15) / 16;
@@ -206,14 +220,14 @@ void kern_embed(float *out, const int32_t *tokens, const kern_mat *E, int N)
 	gtype_dequant_fn deq = gtype_dequant_fn_of(E->type);
 	const uint8_t *base = E->data;
 	const int C = E->cols;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C > PAR_MIN_WORK)
 	for (int n = 0; n < N; n++)
 		deq(base + (size_t)tokens[n] * E->row_bytes, out + (size_t)n * C, (size_t)C);
 }
 
 void kern_rmsnorm(float *out, float *rstd, const float *x, const float *w, float eps, int N, int C)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C > PAR_MIN_WORK)
 	for (int n = 0; n < N; n++) {
 		const float *xr = x + (size_t)n * C;
 		float *orow = out + (size_t)n * C;
@@ -237,7 +251,7 @@ void kern_rope(float *x, int ld, const int32_t *pos, int N, int nh, int hd, int 
 	double inv_freq[KERN_MAX_HEAD_DIM / 2];
 	for (int i = 0; i < half; i++)
 		inv_freq[i] = pow((double)freq_base, -2.0 * i / n_rot);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * nh * n_rot > PAR_MIN_WORK)
 	for (int n = 0; n < N; n++) {
 		float *row = x + (size_t)n * (size_t)ld;
 		const double p = (double)pos[n];
@@ -265,7 +279,9 @@ void kern_attention(float *out, float *att, const float *q, const float *k, cons
 	const int nchunk = (Tq + ATT_QCHUNK - 1) / ATT_QCHUNK;
 	const int items = B * NH * nchunk;
 	const float scale = (float)(1.0 / sqrt((double)hd));
-#pragma omp parallel for schedule(dynamic, 1)
+	/* multiply-adds of the score and value products, roughly */
+	const size_t macs = (size_t)B * NH * Tq * (size_t)(s->pos0 + Tq) * (size_t)hd * 2;
+#pragma omp parallel for schedule(dynamic, 1) if (macs > PAR_MIN_MACS / 4)
 	for (int it = 0; it < items; it++) {
 		const int c = it % nchunk, h = (it / nchunk) % NH, b = it / (nchunk * NH);
 		const int kh = h / group;
@@ -301,14 +317,14 @@ void kern_swiglu(float *out, const float *gate, const float *up, size_t n)
 	if (kern_avx2) {
 		/* 4096-element blocks keep the threads' slices cache-line aligned */
 		const size_t blk = 4096, nb = (n + blk - 1) / blk;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
 		for (size_t b = 0; b < nb; b++) {
 			size_t o = b * blk, len = n - o < blk ? n - o : blk;
 			kern_avx2_swiglu(out + o, gate + o, up + o, len);
 		}
 		return;
 	}
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
 	for (size_t i = 0; i < n; i++) {
 		float g = gate[i];
 		out[i] = g / (1.0f + expf(-g)) * up[i];
@@ -317,7 +333,7 @@ void kern_swiglu(float *out, const float *gate, const float *up, size_t n)
 
 void kern_add(float *out, const float *a, const float *b, size_t n)
 {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN_WORK)
 	for (size_t i = 0; i < n; i++)
 		out[i] = a[i] + b[i];
 }
@@ -325,7 +341,7 @@ void kern_add(float *out, const float *a, const float *b, size_t n)
 void kern_softmax(float *probs, const float *logits, int N, int V)
 {
 	kern_init();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * V > PAR_MIN_WORK)
 	for (int n = 0; n < N; n++) {
 		const float *x = logits + (size_t)n * V;
 		float *p = probs + (size_t)n * V;
@@ -345,7 +361,8 @@ int kern_crossentropy(float *losses, double *sum, const float *logits, const int
 	double total = 0.0;
 	int count = 0;
 	kern_init();
-#pragma omp parallel for schedule(static) reduction(+ : total, count)
+#pragma omp parallel for schedule(static) reduction(+ : total, count)                      \
+    if ((size_t)N * V > PAR_MIN_WORK)
 	for (int n = 0; n < N; n++) {
 		const int t = targets[n];
 		if (t < 0) {

@@ -54,6 +54,10 @@ int kern_threads(void);
  * the portable loops (tests run both); returns the previous setting, and
  * asking for 1 on a CPU without AVX2 leaves it off. */
 int kern_use_avx2(int on);
+/* Kernels run on the calling thread when their work is small (see
+ * kernels.c); kern_parallel_always(1) removes that cut-off so tests cover
+ * the threaded paths on tiny shapes. Not thread-safe: call at start-up. */
+void kern_parallel_always(int on);
 
 /* Floats of scratch kern_matmul needs to run `nthreads` threads on weights
  * with up to max_cols columns in any non-F32 type (F32 needs none). */

@@ -788,9 +788,9 @@ int model_load(const char *path, model **out, char *err, size_t errlen)
 	int rc = gguf_open(path, &ld.g, gerr, sizeof gerr);
 	if (rc != 0) {
 		if (err && errlen)
-			snprintf(err, errlen, "%s", gerr);
+			snprintf(err, errlen, "%s: %s", path, gerr);
 		else
-			LOGE("model", "%s", gerr);
+			LOGE("model", "%s: %s", path, gerr);
 		return rc;
 	}
 	if ((rc = load_config(&ld, &c)) != 0)

@@ -438,6 +438,19 @@ static void test_softmax_xent(void **state)
 
 /* The exp-heavy kernels again with the portable loops (the default run
  * uses the AVX2 ones where the CPU has them). */
+static void test_serial_cutoff(void **state)
+{
+	printf("  (default small-work cut-off: these shapes run on one thread)\n");
+	kern_parallel_always(0);
+	test_matmul_f32(state);
+	test_matmul_quant(state);
+	test_attention(state);
+	test_rmsnorm(state);
+	test_rope(state);
+	test_softmax_xent(state);
+	kern_parallel_always(1);
+}
+
 static void test_portable_paths(void **state)
 {
 	int prev = kern_use_avx2(0);
@@ -488,13 +501,16 @@ static void test_exp_ranges(void **state)
 int main(void)
 {
 	kern_set_threads(2);
+	/* tiny shapes, but the threaded code paths (test_kernels also runs the
+	 * default small-work cut-off) */
+	kern_parallel_always(1);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_matmul_f32),    cmocka_unit_test(test_matmul_quant),
 	    cmocka_unit_test(test_matmul_errors), cmocka_unit_test(test_embed),
 	    cmocka_unit_test(test_rmsnorm),       cmocka_unit_test(test_rope),
 	    cmocka_unit_test(test_attention),     cmocka_unit_test(test_swiglu_add),
 	    cmocka_unit_test(test_softmax_xent),  cmocka_unit_test(test_portable_paths),
-	    cmocka_unit_test(test_exp_ranges),
+	    cmocka_unit_test(test_serial_cutoff), cmocka_unit_test(test_exp_ranges),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

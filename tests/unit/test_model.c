@@ -552,6 +552,9 @@ static void test_bad_args(void **state)
 int main(void)
 {
 	kern_set_threads(2);
+	/* tiny shapes, but the threaded code paths (test_kernels also runs the
+	 * default small-work cut-off) */
+	kern_parallel_always(1);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_forward_llama_gqa_tied),
 	    cmocka_unit_test(test_forward_qwen2_bias),
