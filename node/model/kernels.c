@@ -147,6 +147,24 @@ static void add_bias(float *out, int ld_out, const float *bias, int N, int o0, i
 	}
 }
 
+/* Up to this many input rows a product is N matrix-vector products: sgemm
+ * would pack the whole weight slice for a single row (decode steps). */
+#define GEMV_MAX_N 4
+
+/* out [N, nr] (ld_out) = inp [N, In] (ld_in) @ Wt [nr, In]^T (ldw). */
+static void product(float *out, int ld_out, const float *inp, int ld_in, const float *Wt, int ldw,
+                    int N, int nr, int In)
+{
+	if (N <= GEMV_MAX_N) {
+		for (int n = 0; n < N; n++)
+			cblas_sgemv(CblasRowMajor, CblasNoTrans, nr, In, 1.0f, Wt, ldw,
+			            inp + (size_t)n * ld_in, 1, 0.0f, out + (size_t)n * ld_out, 1);
+		return;
+	}
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, nr, In, 1.0f, inp, ld_in, Wt, ldw,
+	            0.0f, out, ld_out);
+}
+
 int kern_matmul(float *out, int ld_out, const float *inp, int ld_in, const kern_mat *w,
                 const float *bias, int N, float *scratch, size_t scratch_n)
 {
@@ -171,9 +189,8 @@ int kern_matmul(float *out, int ld_out, const float *inp, int ld_in, const kern_
 			int o0, o1;
 			split_rows(O, omp_get_num_threads(), omp_get_thread_num(), &o0, &o1);
 			if (o1 > o0) {
-				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, o1 - o0, In,
-				            1.0f, inp, ld_in, W + (size_t)o0 * (size_t)ldw, ldw,
-				            0.0f, out + o0, ld_out);
+				product(out + o0, ld_out, inp, ld_in, W + (size_t)o0 * (size_t)ldw,
+				        ldw, N, o1 - o0, In);
 				if (bias)
 					add_bias(out, ld_out, bias, N, o0, o1);
 			}
@@ -184,6 +201,23 @@ int kern_matmul(float *out, int ld_out, const float *inp, int ld_in, const kern_
 	gtype_dequant_fn deq = gtype_dequant_fn_of(w->type);
 	if (!deq)
 		return FL_EUNSUPPORTED;
+	if (N <= GEMV_MAX_N && kern_avx2 &&
+	    (w->type == GTYPE_Q8_0 || w->type == GTYPE_Q4_0 ||
+	     (w->type == GTYPE_F16 && In % 16 == 0))) {
+		/* decode steps: one fused pass over the stored rows, no tile */
+		const uint8_t *wb = w->data;
+#pragma omp parallel num_threads(nth)
+		{
+			int o0, o1;
+			split_rows(O, omp_get_num_threads(), omp_get_thread_num(), &o0, &o1);
+			for (int o = o0; o < o1; o++)
+				kern_avx2_row_dots(w->type, wb + (size_t)o * w->row_bytes, In, inp,
+				                   ld_in, N, out + o, ld_out);
+			if (bias && o1 > o0)
+				add_bias(out, ld_out, bias, N, o0, o1);
+		}
+		return 0;
+	}
 	size_t per_thread_min = (size_t)16 * (size_t)In;
 	if (!scratch || scratch_n < per_thread_min)
 		return FL_EINVAL;
@@ -193,6 +227,8 @@ int kern_matmul(float *out, int ld_out, const float *inp, int ld_in, const kern_
 	int tile = (int)(per_thread / (size_t)In);
 	if (tile > KERN_TILE_ROWS)
 		tile = KERN_TILE_ROWS;
+	if (N <= GEMV_MAX_N && tile > 32)
+		tile = 32; /* read once right after dequantizing: keep it in cache */
 	const uint8_t *base = w->data;
 #pragma omp parallel num_threads(nth)
 	{
@@ -206,8 +242,7 @@ int kern_matmul(float *out, int ld_out, const float *inp, int ld_in, const kern_
 			for (int r = 0; r < nr; r++)
 				deq(base + (size_t)(r0 + r) * w->row_bytes, tbuf + (size_t)r * In,
 				    (size_t)In);
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, nr, In, 1.0f, inp,
-			            ld_in, tbuf, In, 0.0f, out + r0, ld_out);
+			product(out + r0, ld_out, inp, ld_in, tbuf, In, N, nr, In);
 		}
 		if (bias && o1 > o0)
 			add_bias(out, ld_out, bias, N, o0, o1);

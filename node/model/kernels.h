@@ -67,7 +67,11 @@ size_t kern_matmul_scratch(int max_cols, int nthreads);
  * inp rows are ld_in floats apart (ld_in >= I), out rows ld_out (>= O).
  * scratch/scratch_n: tile buffer for non-F32 weights; the thread count is
  * reduced to what the scratch holds (at least 16 rows x I per thread is
- * required: returns FL_EINVAL otherwise). out must not alias inp. */
+ * required: returns FL_EINVAL otherwise; always pass it — only the fused
+ * small-batch path below does without). For N <= 4 (decode steps) F32 runs
+ * as matrix-vector products and, on AVX2 CPUs, F16/Q8_0/Q4_0 as fused
+ * row-dot kernels that read each stored row once for all N inputs. out must
+ * not alias inp. */
 int kern_matmul(float *out, int ld_out, const float *inp, int ld_in, const kern_mat *w,
                 const float *bias, int N, float *scratch, size_t scratch_n);
 

@@ -106,6 +106,104 @@ void kern_avx2_swiglu(float *out, const float *g, const float *u, size_t n)
 	}
 }
 
+static inline float f16_to_f32(const unsigned char *p)
+{
+	unsigned short h = (unsigned short)(p[0] | p[1] << 8);
+	return _cvtsh_ss(h);
+}
+
+/* acc[k][s] += w * x_k[j..j+8) for the N vectors; two accumulator slots
+ * per vector break the FMA dependency chain. N is a compile-time constant
+ * at every call of dots_n (see kern_avx2_row_dots), so the k loops unroll
+ * and the accumulators stay in registers. */
+#define ACC8(w, j, s_)                                                                             \
+	do {                                                                                       \
+		for (int k_ = 0; k_ < N; k_++)                                                     \
+			acc[k_][s_] = _mm256_fmadd_ps(                                             \
+			    (w), _mm256_loadu_ps(x + (size_t)k_ * ldx + (j)), acc[k_][s_]);        \
+	} while (0)
+
+static inline __attribute__((always_inline)) void dots_n(unsigned type, const unsigned char *p,
+                                                         int n, const float *x, int ldx,
+                                                         const int N, float *out, int ld_out)
+{
+	__m256 acc[4][2];
+	for (int k = 0; k < 4; k++)
+		acc[k][0] = acc[k][1] = _mm256_setzero_ps();
+	if (type == 1) { /* F16 */
+		for (int j = 0; j < n; j += 16) {
+			__m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * j)));
+			__m256 w1 =
+			    _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * j + 16)));
+			ACC8(w0, j, 0);
+			ACC8(w1, j + 8, 1);
+		}
+	} else if (type == 8) { /* Q8_0: 34-byte blocks */
+		for (int j = 0; j < n; j += 32, p += 34) {
+			const __m256 d = _mm256_set1_ps(f16_to_f32(p));
+			const __m128i q0 = _mm_loadu_si128((const __m128i *)(p + 2));
+			const __m128i q1 = _mm_loadu_si128((const __m128i *)(p + 18));
+			__m256 w0 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)));
+			__m256 w1 = _mm256_mul_ps(
+			    d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))));
+			__m256 w2 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)));
+			__m256 w3 = _mm256_mul_ps(
+			    d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))));
+			ACC8(w0, j, 0);
+			ACC8(w1, j + 8, 1);
+			ACC8(w2, j + 16, 0);
+			ACC8(w3, j + 24, 1);
+		}
+	} else { /* Q4_0: 18-byte blocks, low nibbles are 0..15, high 16..31 */
+		const __m128i lo4 = _mm_set1_epi8(0x0f);
+		const __m256i eight = _mm256_set1_epi32(8);
+		for (int j = 0; j < n; j += 32, p += 18) {
+			const __m256 d = _mm256_set1_ps(f16_to_f32(p));
+			const __m128i q = _mm_loadu_si128((const __m128i *)(p + 2));
+			const __m128i lo = _mm_and_si128(q, lo4);
+			const __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), lo4);
+#define NIB(v)                                                                                     \
+	_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(v), eight)))
+			__m256 w0 = NIB(lo), w1 = NIB(_mm_srli_si128(lo, 8));
+			__m256 w2 = NIB(hi), w3 = NIB(_mm_srli_si128(hi, 8));
+#undef NIB
+			ACC8(w0, j, 0);
+			ACC8(w1, j + 8, 1);
+			ACC8(w2, j + 16, 0);
+			ACC8(w3, j + 24, 1);
+		}
+	}
+	for (int k = 0; k < N; k++)
+		out[(size_t)k * ld_out] = hsum8(_mm256_add_ps(acc[k][0], acc[k][1]));
+}
+#undef ACC8
+
+int kern_avx2_row_dots(unsigned type, const void *row, int n, const float *x, int ldx, int N,
+                       float *out, int ld_out)
+{
+	const unsigned char *p = row;
+	if (type != 1 && type != 8 && type != 2)
+		return -1;
+	if (type == 1 && n % 16 != 0)
+		return -1; /* F16 rows here come in 16-element steps */
+	switch (N) {
+	case 1:
+		dots_n(type, p, n, x, ldx, 1, out, ld_out);
+		return 0;
+	case 2:
+		dots_n(type, p, n, x, ldx, 2, out, ld_out);
+		return 0;
+	case 3:
+		dots_n(type, p, n, x, ldx, 3, out, ld_out);
+		return 0;
+	case 4:
+		dots_n(type, p, n, x, ldx, 4, out, ld_out);
+		return 0;
+	default:
+		return -1;
+	}
+}
+
 #else /* no AVX2 in this build: never usable, never called */
 
 int kern_avx2_usable(void)
@@ -135,6 +233,20 @@ void kern_avx2_swiglu(float *out, const float *g, const float *u, size_t n)
 	(void)g;
 	(void)u;
 	(void)n;
+}
+
+int kern_avx2_row_dots(unsigned type, const void *row, int n, const float *x, int ldx, int N,
+                       float *out, int ld_out)
+{
+	(void)type;
+	(void)row;
+	(void)n;
+	(void)x;
+	(void)ldx;
+	(void)N;
+	(void)out;
+	(void)ld_out;
+	return -1;
 }
 
 #endif

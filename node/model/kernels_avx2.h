@@ -15,4 +15,12 @@ float kern_avx2_sum_exp_sub(const float *x, int n, float mx);
 /* out[i] = silu(g[i]) * u[i]. */
 void kern_avx2_swiglu(float *out, const float *g, const float *u, size_t n);
 
+/* Dot products of one stored weight row (n elements, a multiple of the
+ * type's block size; ggml layouts: F16, Q8_0 {f16 d; i8 q[32]}, Q4_0 {f16 d;
+ * u8 q[16]}; F16 rows need n % 16 == 0) with N <= 4 float vectors x + k*ldx, read once:
+ * out[k * ld_out] = sum_j w[j] * x_k[j]. type is GTYPE_F16/Q8_0/Q4_0;
+ * returns 0, or -1 for another type (nothing written). */
+int kern_avx2_row_dots(unsigned type, const void *row, int n, const float *x, int ldx, int N,
+                       float *out, int ld_out);
+
 #endif

@@ -171,6 +171,10 @@ static void test_matmul_quant(void **state)
 		run_matmul_case(types[t], 9, 64, 45, 70, 47, 1, kern_matmul_scratch(64, 2));
 		/* scratch for exactly 16 rows x 1 thread: many tiles, odd remainder */
 		run_matmul_case(types[t], 11, 96, 83, 96, 83, 0, 16 * 96);
+		/* 1..4 rows: the decode path (fused row dots with AVX2) */
+		for (int n = 1; n <= 4; n++)
+			run_matmul_case(types[t], n, 160, 37, 170, 40, n & 1,
+			                kern_matmul_scratch(160, 2));
 	}
 	run_matmul_case(GTYPE_Q4_K, 6, 256, 37, 256, 37, 1, kern_matmul_scratch(256, 2));
 	run_matmul_case(GTYPE_Q6_K, 6, 512, 29, 512, 29, 0, 16 * 512);
@@ -185,8 +189,8 @@ static void test_matmul_errors(void **state)
 	assert_int_equal(kern_mat_init(&m, GTYPE_Q8_0, w, 2, 20), FL_EINVAL); /* not 32-multiple */
 	assert_int_equal(kern_mat_init(&m, 3 /* Q4_1 */, w, 1, 32), FL_EUNSUPPORTED);
 	assert_int_equal(kern_mat_init(&m, GTYPE_F32, NULL, 1, 32), FL_EINVAL);
-	assert_int_equal(kern_mat_init(&m, GTYPE_Q8_0, w, 1, 32), 0);
-	/* quantized weights without enough scratch for one 16-row tile */
+	assert_int_equal(kern_mat_init(&m, GTYPE_BF16, w, 1, 32), 0);
+	/* tiled weights without enough scratch for one 16-row tile */
 	float small[8];
 	assert_int_equal(kern_matmul(out, 1, inp, 32, &m, NULL, 1, small, 8), FL_EINVAL);
 	assert_int_equal(kern_matmul(out, 1, inp, 32, &m, NULL, 1, NULL, 0), FL_EINVAL);
@@ -456,6 +460,7 @@ static void test_portable_paths(void **state)
 	int prev = kern_use_avx2(0);
 	printf("  (portable loops; AVX2 loops %s by default on this CPU)\n",
 	       prev ? "used" : "not used");
+	test_matmul_quant(state);
 	test_attention(state);
 	test_swiglu_add(state);
 	test_softmax_xent(state);

@@ -496,6 +496,21 @@ static void test_kv_cache(void **state)
 	kv_case(&t, 1, 9, 1, "qwen2");
 	kv_case(&t, 1, 9, 4, "qwen2");
 	free(t.blob);
+	/* quantized weights: decode steps take the small-batch matmul path */
+	qset s;
+	make_tw(&t, MODEL_ARCH_LLAMA, 2, 4, 2, 16, 96, 50, 0, 0);
+	make_qset(&s, &t, GTYPE_Q4_0);
+	kv_case(&s.q, 1, 10, 1, "llama Q4_0");
+	kv_case(&s.q, 2, 10, 3, "llama Q4_0");
+	free(s.qbytes);
+	free(s.dbytes);
+	free(t.blob);
+	make_tw(&t, MODEL_ARCH_QWEN2, 1, 4, 4, 16, 64, 33, 1, 1);
+	make_qset(&s, &t, GTYPE_Q8_0);
+	kv_case(&s.q, 1, 7, 1, "qwen2 Q8_0");
+	free(s.qbytes);
+	free(s.dbytes);
+	free(t.blob);
 }
 
 static void test_bad_args(void **state)
