@@ -14,6 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+void (*fileio_test_hook)(const char *tmp_path);
+
 static int write_full(int fd, const void *p, size_t n)
 {
 	const uint8_t *c = p;
@@ -82,6 +84,8 @@ int file_write_atomic_v(const char *path, const file_piece *pieces, size_t npiec
 		LOGE("file", "close %s: %s", tmp, strerror(errno));
 		rc = FL_EIO;
 	}
+	if (!rc && fileio_test_hook)
+		fileio_test_hook(tmp);
 	if (!rc && rename(tmp, path) != 0) {
 		LOGE("file", "rename %s -> %s: %s", tmp, path, strerror(errno));
 		rc = FL_EIO;

@@ -38,4 +38,8 @@ int file_mkdirs(const char *path);
 int file_fsync_dir(const char *dir);
 int file_exists(const char *path);
 
+/* Tests only: called between the temp file's fsync and the rename, so a test
+ * can kill the writer at exactly that point. NULL in production. */
+extern void (*fileio_test_hook)(const char *tmp_path);
+
 #endif

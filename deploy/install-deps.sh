@@ -14,8 +14,8 @@ build_pkgs=(
   libmicrohttpd-dev
 )
 test_pkgs=(
-  libcmocka-dev clang libclang-rt-14-dev llvm
-  gnuplot-nox iproute2 procps psmisc python3
+  libcmocka-dev clang libclang-rt-14-dev libomp-14-dev llvm
+  gnuplot-nox iproute2 procps psmisc python3 git
 )
 runtime_pkgs=(
   libzmq5 libprotobuf-c1 libssl3 openssl libopenblas0 libinih1 libcjson1

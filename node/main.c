@@ -2,10 +2,12 @@
  * client, export tools. Subcommands are registered in the table below as
  * they become real. */
 #include "cli.h"
+#include "partition.h"
 
 #include <stddef.h>
 
 static const cli_cmd node_cmds[] = {
+    {"partition", "split a corpus into node shards (iid, dirichlet, by-key)", part_main},
     {NULL, NULL, NULL},
 };
 

@@ -19,6 +19,9 @@ const char *tu_src_path(const char *rel);
 /* ../shared/data/<name> or NULL when absent (tests then skip()). */
 const char *tu_shared_data(const char *name);
 /* Runs a shell command, returns its exit status (or -1). */
+#if defined(__GNUC__)
+__attribute__((format(printf, 1, 2)))
+#endif
 int tu_system(const char *fmt, ...);
 /* Deterministic PRNG for tests (splitmix64). */
 uint64_t tu_rand(uint64_t *state);

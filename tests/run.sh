@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The one test command: installs dependencies, builds from scratch, and runs
+# the whole suite in a normal build and under ASan+UBSan, then smoke-runs
+# every libFuzzer target. Exit status is non-zero on any failure.
+#
+# Knobs (environment):
+#   FEDLORA_TEST_JOBS=N      parallel ctest jobs (default 2)
+#   FEDLORA_SKIP_ASAN=1      skip the sanitizer build
+#   FEDLORA_SKIP_FUZZ=1      skip the fuzz smoke runs
+#   FEDLORA_FUZZ_SECONDS=N   seconds per fuzz target (default 10)
+#   FEDLORA_CTEST_ARGS=...   extra ctest arguments (e.g. "-L unit")
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+start=$(date +%s)
+jobs=${FEDLORA_TEST_JOBS:-2}
+fuzz_secs=${FEDLORA_FUZZ_SECONDS:-10}
+pass=0
+fail=0
+failed_steps=()
+
+step() { printf '\n==== %s\n' "$*"; }
+
+# ctest_summary DIR: runs ctest, adds its counts to the totals.
+run_ctest() {
+	local dir=$1 name=$2 log
+	log=$(mktemp)
+	# shellcheck disable=SC2086
+	(cd "$dir" && ctest --output-on-failure -j "$jobs" ${FEDLORA_CTEST_ARGS:-}) 2>&1 | tee "$log"
+	local rc=${PIPESTATUS[0]}
+	local line
+	line=$(grep -E 'tests passed, [0-9]+ tests failed out of [0-9]+' "$log" | tail -1)
+	if [ -n "$line" ]; then
+		local total failed_n
+		failed_n=$(sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\1/' <<<"$line")
+		total=$(sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\2/' <<<"$line")
+		pass=$((pass + total - failed_n))
+		fail=$((fail + failed_n))
+	fi
+	rm -f "$log"
+	if [ "$rc" -ne 0 ]; then
+		failed_steps+=("$name")
+		[ -n "$line" ] || fail=$((fail + 1))
+	fi
+}
+
+step "dependencies"
+if ! bash deploy/install-deps.sh; then
+	echo "tests/run.sh: deploy/install-deps.sh failed" >&2
+	exit 1
+fi
+
+step "build (RelWithDebInfo, gcc)"
+rm -rf build-test
+if cmake -S . -B build-test -DCMAKE_BUILD_TYPE=RelWithDebInfo >build-test.log 2>&1 &&
+	cmake --build build-test -j "$jobs" >>build-test.log 2>&1; then
+	run_ctest build-test "ctest (normal build)"
+else
+	cat build-test.log
+	failed_steps+=("build")
+	fail=$((fail + 1))
+fi
+
+if [ "${FEDLORA_SKIP_ASAN:-0}" != 1 ]; then
+	step "build (ASan + UBSan)"
+	rm -rf build-asan
+	if cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFEDLORA_SANITIZE=address,undefined \
+		-DFEDLORA_BENCH=OFF >build-asan.log 2>&1 &&
+		cmake --build build-asan -j "$jobs" >>build-asan.log 2>&1; then
+		run_ctest build-asan "ctest (ASan+UBSan)"
+	else
+		cat build-asan.log
+		failed_steps+=("asan build")
+		fail=$((fail + 1))
+	fi
+fi
+
+if [ "${FEDLORA_SKIP_FUZZ:-0}" != 1 ] && command -v clang >/dev/null 2>&1; then
+	step "fuzz smoke runs (clang + libFuzzer, ${fuzz_secs}s each)"
+	rm -rf build-fuzz
+	if CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DFEDLORA_FUZZ=ON \
+		-DFEDLORA_BENCH=OFF >build-fuzz.log 2>&1 &&
+		cmake --build build-fuzz -j "$jobs" >>build-fuzz.log 2>&1; then
+		for f in build-fuzz/tests/fuzz_*; do
+			[ -x "$f" ] || continue
+			name=$(basename "$f")
+			short=${name#fuzz_}
+			work=$(mktemp -d)
+			if "$f" -max_total_time="$fuzz_secs" -timeout=10 -rss_limit_mb=2048 \
+				-artifact_prefix="$work/" "$work" "tests/fuzz/corpus/$short" >"$work/log" 2>&1; then
+				echo "fuzz $short: ok ($(grep -Eo 'Done [0-9]+ runs' "$work/log" | tail -1))"
+				pass=$((pass + 1))
+			else
+				echo "fuzz $short: FAILED"
+				tail -40 "$work/log"
+				fail=$((fail + 1))
+				failed_steps+=("fuzz $short")
+			fi
+			rm -rf "$work"
+		done
+	else
+		tail -40 build-fuzz.log
+		failed_steps+=("fuzz build")
+		fail=$((fail + 1))
+	fi
+fi
+
+end=$(date +%s)
+step "summary ($((end - start)) s)"
+if [ ${#failed_steps[@]} -gt 0 ]; then
+	echo "failed steps: ${failed_steps[*]}"
+fi
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ] && [ ${#failed_steps[@]} -eq 0 ]
