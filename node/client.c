@@ -316,12 +316,16 @@ static void send_join(ncl *c)
 	j.adapter_fingerprint.data = c->shape_fp;
 	j.adapter_fingerprint.len = 32;
 	j.have_version = nst_version(c->st);
-	if (j.have_version) {
+	if (nst_global(c->st)) {
 		j.have_sha256.data = (uint8_t *)nst_version_sha(c->st);
 		j.have_sha256.len = 32;
 	}
 	j.lora = &spec;
-	j.last_round_id = nst_counters_get(c->st)->last_round_uploaded;
+	/* With an upload still unacknowledged, say so: the coordinator then
+	 * waits for the resend instead of announcing the round again. */
+	j.last_round_id = c->up.active && !c->up.acked
+	                      ? c->up.round_id
+	                      : nst_counters_get(c->st)->last_round_uploaded;
 	env.body_case = FEDLORA__ENVELOPE__BODY_JOIN;
 	env.join = &j;
 	if (send_env(c, &env) != 0)
@@ -470,10 +474,6 @@ static int apply_payload(ncl *c, const Fedlora__RoundStart *rs, tset **out, char
 		         rs->global_version);
 		return FL_EPROTO;
 	}
-	if (rs->global_version == 0) {
-		snprintf(why, wl, "RoundStart announces version 0");
-		return FL_EPROTO;
-	}
 	if (!p || p->kind == FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_UNSPECIFIED) {
 		if (p && p->n_tensors) {
 			snprintf(why, wl, "adapter payload of unspecified kind");
@@ -501,6 +501,14 @@ static int apply_payload(ncl *c, const Fedlora__RoundStart *rs, tset **out, char
 	if (p->n_tensors > want) {
 		snprintf(why, wl, "payload has %zu tensors, the adapter %zu", p->n_tensors, want);
 		return FL_EPROTO;
+	}
+	if (p->kind == FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA && p->n_tensors == 0 &&
+	    p->from_version == p->to_version && have && hv == rs->global_version) {
+		/* the empty delta: "you already hold it" */
+		if (memcmp(nst_version_sha(c->st), rs->global_sha256.data, 32) == 0)
+			return AP_SAME;
+		snprintf(why, wl, "this node's version %" PRIu64 " has another SHA-256", hv);
+		return FL_EMISMATCH;
 	}
 	if (p->kind == FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA) {
 		if (!have || p->from_version != hv) {

@@ -365,14 +365,9 @@ int nst_open(const char *dir, const uint8_t base_fp[32], const uint8_t shape_fp[
 		uint64_t v = 0;
 		uint8_t sha[32];
 		if (load_adapter(s, "global.safetensors", ST_META_VERSION, 1, &g, &v, sha) == 0) {
-			if (v == 0) {
-				LOGW("state", "ignoring global.safetensors: version 0");
-				tset_free(g);
-			} else {
-				s->global = g;
-				s->version = v;
-				memcpy(s->sha, sha, 32);
-			}
+			s->global = g;
+			s->version = v;
+			memcpy(s->sha, sha, 32);
 		}
 		tset *r = NULL;
 		uint64_t round = 0;
@@ -426,8 +421,6 @@ int nst_set_global(nst *s, uint64_t version, tset *g, const uint8_t sha[32])
 	int rc = tset_fingerprint(g, got);
 	if (!rc && memcmp(got, sha, 32) != 0)
 		rc = FL_EMISMATCH;
-	if (!rc && version == 0)
-		rc = FL_EINVAL;
 	if (!rc)
 		rc = save_adapter(s, "global.safetensors", g, ST_META_VERSION, version, sha);
 	if (rc) {

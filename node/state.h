@@ -50,7 +50,8 @@ int nst_open(const char *dir, const uint8_t base_fp[32], const uint8_t shape_fp[
 void nst_free(nst *s);
 const char *nst_dir(const nst *s);
 
-/* The verified global adapter: version 0 and NULL when none. */
+/* The verified global adapter, NULL when none. Versions start at 0 (the
+ * coordinator's initial adapter v0), so "none" is nst_global() == NULL. */
 uint64_t nst_version(const nst *s);
 const uint8_t *nst_version_sha(const nst *s); /* 32 bytes; zeros when none */
 const tset *nst_global(const nst *s);

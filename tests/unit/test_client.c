@@ -669,6 +669,47 @@ static void test_resend_after_reconnect(void **state)
 	fx_teardown(&f);
 }
 
+/* Versions start at 0 (the coordinator's v0); the empty delta means "you
+ * already hold it". */
+static void test_version_zero_and_empty_delta(void **state)
+{
+	(void)state;
+	fx f;
+	fx_setup(&f, 0);
+	fx_up_welcome(&f, 0);
+	tset *g = make_v0(f.layout, 15);
+	payload p;
+	payload_snapshot(&p, g, 0);
+	feed_round_start(&f, 1, 0, p.sha, &p.ap, QT_Q4, 1);
+	assert_int_equal(f.njobs, 2);
+	assert_non_null(nst_global(f.st));
+	assert_int_equal(nst_version(f.st), 0);
+	fx_run_jobs(&f);
+	feed_ack(&f, 1, 0, FEDLORA__UPDATE_ACK__REASON__REASON_LATE);
+	/* round 2 on the same version: empty delta from 0 to 0 */
+	Fedlora__AdapterPayload empty = FEDLORA__ADAPTER_PAYLOAD__INIT;
+	empty.kind = FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA;
+	empty.to_sha256.data = p.sha;
+	empty.to_sha256.len = 32;
+	feed_round_start(&f, 2, 0, p.sha, &empty, QT_Q4, 1);
+	assert_int_equal(fx_count(&f, FEDLORA__ENVELOPE__BODY_SNAPSHOT_REQUEST), 0);
+	assert_int_equal(f.njobs, 1); /* version 0 already evaluated: train only */
+	assert_int_equal(f.jobs[0]->kind, NCL_JOB_TRAIN);
+	/* a restart still knows it holds version 0 */
+	fx_close_client(&f);
+	fx_open_client(&f);
+	assert_non_null(nst_global(f.st));
+	ncl_on_up(f.c, f.now);
+	fx_drain(&f);
+	const Fedlora__Join *j = fx_last(&f, FEDLORA__ENVELOPE__BODY_JOIN, NULL)->join;
+	assert_int_equal(j->have_version, 0);
+	assert_int_equal(j->have_sha256.len, 32);
+	assert_memory_equal(j->have_sha256.data, p.sha, 32);
+	payload_fini(&p);
+	tset_free(g);
+	fx_teardown(&f);
+}
+
 static void test_rejects(void **state)
 {
 	(void)state;
@@ -921,6 +962,7 @@ int main(void)
 	    cmocka_unit_test(test_rounds_snapshot_delta_restart),
 	    cmocka_unit_test(test_mismatch_snapshot_request),
 	    cmocka_unit_test(test_resend_after_reconnect),
+	    cmocka_unit_test(test_version_zero_and_empty_delta),
 	    cmocka_unit_test(test_rejects),
 	    cmocka_unit_test(test_welcome_spec_mismatch),
 	    cmocka_unit_test(test_ffa_only_b),
