@@ -2,12 +2,17 @@
  * client, export tools. Subcommands are registered in the table below as
  * they become real. */
 #include "cli.h"
+#include "cmd_fingerprint.h"
+#include "datagen.h"
 #include "partition.h"
 
 #include <stddef.h>
 
 static const cli_cmd node_cmds[] = {
     {"partition", "split a corpus into node shards (iid, dirichlet, by-key)", part_main},
+    {"gen-data", "synthetic predictive-maintenance logs of one site (non-IID demo data)",
+     dgen_main},
+    {"fingerprint", "print the base-model fingerprint of a GGUF file", cmd_fingerprint},
     {NULL, NULL, NULL},
 };
 
