@@ -231,7 +231,7 @@ static int p_str(struct pctx *c, gguf_str *s, const char *what)
 static int p_name(struct pctx *c, char **out, size_t max, const char *what)
 {
 	size_t at = ppos(c);
-	gguf_str s;
+	gguf_str s = {NULL, 0};
 	int rc = p_str(c, &s, what);
 	if (rc)
 		return rc;
@@ -266,7 +266,7 @@ static int p_value(struct pctx *c, struct kv *kv)
 	if (rc)
 		return rc;
 	if (kv->type == GGUF_STR) {
-		gguf_str s;
+		gguf_str s = {NULL, 0};
 		rc = p_str(c, &s, "string value");
 		kv->data = (const uint8_t *)s.p;
 		kv->len = s.n;

@@ -103,8 +103,8 @@ static int file_key(const char *path, char *key, size_t n)
 	if (stat(path, &st) != 0)
 		return FL_ENOENT;
 	snprintf(key, n, "%" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRId64 " %ld", (uint64_t)st.st_dev,
-		 (uint64_t)st.st_ino, (uint64_t)st.st_size, (int64_t)st.st_mtim.tv_sec,
-		 (long)st.st_mtim.tv_nsec);
+	         (uint64_t)st.st_ino, (uint64_t)st.st_size, (int64_t)st.st_mtim.tv_sec,
+	         (long)st.st_mtim.tv_nsec);
 	return 0;
 }
 
@@ -141,7 +141,8 @@ int mfp_compute_cached(const char *path, const char *cache_path, uint8_t out[MFP
 		char line[sizeof want + 80], hex[65];
 		hex_encode(fp, MFP_LEN, hex);
 		int m = snprintf(line, sizeof line, "%s%s\n", want, hex);
-		if (m > 0 && (size_t)m < sizeof line && file_write_atomic(cache_path, line, (size_t)m))
+		if (m > 0 && (size_t)m < sizeof line &&
+		    file_write_atomic(cache_path, line, (size_t)m))
 			LOGW("modelfp", "cannot write the fingerprint cache %s", cache_path);
 	}
 	memcpy(out, fp, MFP_LEN);

@@ -2,7 +2,10 @@
  * client, export tools. Subcommands are registered in the table below as
  * they become real. */
 #include "cli.h"
+#include "cmd_eval.h"
 #include "cmd_fingerprint.h"
+#include "cmd_generate.h"
+#include "cmd_init_model.h"
 #include "datagen.h"
 #include "partition.h"
 
@@ -10,6 +13,9 @@
 
 static const cli_cmd node_cmds[] = {
     {"partition", "split a corpus into node shards (iid, dirichlet, by-key)", part_main},
+    {"init-model", "write a randomly initialised Llama-family GGUF model", cmd_init_model},
+    {"eval", "perplexity of a GGUF model over a text file", cmd_eval},
+    {"generate", "continue a prompt with a GGUF model", cmd_generate},
     {"gen-data", "synthetic predictive-maintenance logs of one site (non-IID demo data)",
      dgen_main},
     {"fingerprint", "print the base-model fingerprint of a GGUF file", cmd_fingerprint},
