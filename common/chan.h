@@ -28,11 +28,11 @@
 /* Largest ZeroMQ frame either side sends or accepts (ZMQ_MAXMSGSIZE):
  * application messages are cut into TLS records and the records into
  * frames of at most this many bytes. */
-#define CHAN_FRAME_MAX (256u * 1024u)
+#define CHAN_FRAME_MAX       (256u * 1024u)
 /* Default cap on one application message. */
 #define CHAN_DEFAULT_MAX_MSG (128u << 20)
 /* Poll items a channel needs (socket + monitor/ZAP). */
-#define CHAN_POLLITEMS_MAX 2
+#define CHAN_POLLITEMS_MAX   2
 
 enum chan_event_type {
 	CHAN_EV_PEER_UP = 1,   /* authenticated session up */
@@ -73,23 +73,23 @@ void chan_event_fini(chan_event *ev); /* frees data; ev reusable */
 typedef struct chan_server chan_server;
 
 typedef struct chan_server_opts {
-	const char *endpoint;   /* bind address, e.g. "tcp://0.0.0.0:7777" or tcp://127.0.0.1:* */
-	const char *cert_path;  /* coordinator certificate (EKU serverAuth) */
-	const char *key_path;   /* its private key */
-	const char *ca_path;    /* federation CA: the only trust anchor */
-	const char *crl_path;   /* optional CRL; re-read by chan_server_reload */
-	const char *allow_path; /* optional allow-list of node ids; re-read on reload */
-	size_t max_msg;         /* cap on one inbound application message */
-	size_t out_queue_max;   /* cap on bytes queued for one session */
-	int max_sessions;       /* live sessions, handshaking included */
-	int max_pending;        /* sessions still handshaking */
+	const char *endpoint;     /* bind address, e.g. "tcp://0.0.0.0:7777" or tcp://127.0.0.1:* */
+	const char *cert_path;    /* coordinator certificate (EKU serverAuth) */
+	const char *key_path;     /* its private key */
+	const char *ca_path;      /* federation CA: the only trust anchor */
+	const char *crl_path;     /* optional CRL; re-read by chan_server_reload */
+	const char *allow_path;   /* optional allow-list of node ids; re-read on reload */
+	size_t max_msg;           /* cap on one inbound application message */
+	size_t out_queue_max;     /* cap on bytes queued for one session */
+	int max_sessions;         /* live sessions, handshaking included */
+	int max_pending;          /* sessions still handshaking */
 	int handshake_timeout_ms; /* HELLO to authenticated, else dropped */
 	int idle_timeout_ms;      /* no authenticated traffic for this long: dropped */
 	int heartbeat_ivl_ms;     /* in-TLS keepalive after this long without sending */
 	int zmtp_heartbeat_ivl_ms;     /* ZMTP PING interval (dead TCP links) */
 	int zmtp_heartbeat_timeout_ms; /* ZMTP: no traffic for this long closes the link */
-	int linger_ms;            /* ZMQ_LINGER at close (final Bye) */
-	int bind_retry_ms;        /* keep retrying zmq_bind (EADDRINUSE) this long */
+	int linger_ms;                 /* ZMQ_LINGER at close (final Bye) */
+	int bind_retry_ms;             /* keep retrying zmq_bind (EADDRINUSE) this long */
 	/* Optional ZAP handler for the NULL mechanism: comma-separated IPs or
 	 * CIDR prefixes. A connecting address must match ip_allow (if set) and
 	 * must not match ip_deny. Runs on the server's thread; needs a ZeroMQ
@@ -164,13 +164,13 @@ typedef struct chan_server_stats {
 	uint64_t hs_failed; /* handshakes refused or failed */
 	uint64_t hs_timeout;
 	uint64_t idle_expired;
-	uint64_t replaced;  /* old session of a CN freed by a newer one */
+	uint64_t replaced;    /* old session of a CN freed by a newer one */
 	uint64_t unreachable; /* EHOSTUNREACH: connection gone */
 	uint64_t resets_sent, resets_rcvd;
-	uint64_t bad_frames; /* malformed ZeroMQ messages dropped */
+	uint64_t bad_frames;  /* malformed ZeroMQ messages dropped */
 	uint64_t stale_drops; /* records for unknown/old session ids dropped */
-	uint64_t oversize;   /* sessions ended for an over-cap message */
-	uint64_t tls_errors; /* sessions ended by a TLS error after the handshake */
+	uint64_t oversize;    /* sessions ended for an over-cap message */
+	uint64_t tls_errors;  /* sessions ended by a TLS error after the handshake */
 	uint64_t zap_denied;
 	uint64_t msgs_in, msgs_out, bytes_in, bytes_out; /* application level */
 	uint64_t wire_in, wire_out;                      /* frame bytes */
@@ -185,11 +185,11 @@ void chan_server_get_stats(const chan_server *s, chan_server_stats *st);
 typedef struct chan_client chan_client;
 
 typedef struct chan_client_opts {
-	const char *endpoint;    /* coordinator, e.g. "tcp://coord.example:7777" */
-	const char *cert_path;   /* node certificate (EKU clientAuth, CN = node id) */
+	const char *endpoint;  /* coordinator, e.g. "tcp://coord.example:7777" */
+	const char *cert_path; /* node certificate (EKU clientAuth, CN = node id) */
 	const char *key_path;
-	const char *ca_path;     /* federation CA */
-	const char *crl_path;    /* optional CRL (checks the coordinator's certificate) */
+	const char *ca_path;  /* federation CA */
+	const char *crl_path; /* optional CRL (checks the coordinator's certificate) */
 	/* Name the coordinator's certificate must carry (SAN DNS or IP).
 	 * NULL: the host part of endpoint. */
 	const char *server_name;
@@ -238,9 +238,9 @@ int chan_client_poll(chan_client *c, int timeout_ms);
 int chan_client_next(chan_client *c, chan_event *ev);
 
 typedef struct chan_client_stats {
-	uint64_t attempts;   /* handshakes started */
-	uint64_t ups;        /* sessions that reached UP */
-	uint64_t downs;      /* DOWN events */
+	uint64_t attempts;              /* handshakes started */
+	uint64_t ups;                   /* sessions that reached UP */
+	uint64_t downs;                 /* DOWN events */
 	uint64_t connects, disconnects; /* from the socket monitor */
 	uint64_t resets_rcvd;
 	uint64_t stale_drops;
@@ -257,7 +257,7 @@ void chan_client_get_stats(const chan_client *c, chan_client_stats *st);
  * (would block: the channel retries later) or FL_ECLOSED (peer unreachable,
  * like EHOSTUNREACH). */
 typedef int (*chan_out_fn)(void *arg, const uint8_t *rid, size_t rid_len, const uint8_t *hdr,
-			   size_t hdr_len, const uint8_t *body, size_t body_len);
+                           size_t hdr_len, const uint8_t *body, size_t body_len);
 
 /* One received frame. */
 typedef struct chan_frame {
@@ -269,11 +269,11 @@ typedef struct chan_frame {
  * out(arg, ...), input comes from chan_*_feed (frames as they would arrive
  * from ZeroMQ, without the routing id). Timers run on process(). */
 int chan_server_new_detached(const chan_server_opts *o, chan_out_fn out, void *arg,
-			     chan_server **srv);
+                             chan_server **srv);
 int chan_server_feed(chan_server *s, const void *rid, size_t rid_len, const chan_frame *frames,
-		     int nframes);
+                     int nframes);
 int chan_client_new_detached(const chan_client_opts *o, chan_out_fn out, void *arg,
-			     chan_client **cli);
+                             chan_client **cli);
 int chan_client_feed(chan_client *c, const chan_frame *frames, int nframes);
 /* Detached client: the link came up (starts a handshake) or went down. */
 void chan_client_link_event(chan_client *c, int up);
