@@ -8,10 +8,12 @@
 #include "cmd_init_model.h"
 #include "datagen.h"
 #include "partition.h"
+#include "run.h"
 
 #include <stddef.h>
 
 static const cli_cmd node_cmds[] = {
+    {"run", "join a federation: train locally, upload quantized deltas", nrun_main},
     {"partition", "split a corpus into node shards (iid, dirichlet, by-key)", part_main},
     {"init-model", "write a randomly initialised Llama-family GGUF model", cmd_init_model},
     {"eval", "perplexity of a GGUF model over a text file", cmd_eval},

@@ -716,7 +716,24 @@ int nrun_main(int argc, char **argv)
 			return CLI_USAGE;
 		}
 	}
-	if ((conf && cfg_load_file(c, conf) != 0) || cfg_load_env(c, environ) != 0) {
+	/* FEDLORA_NODE_BIN and FEDLORA_COORD_BIN name the binaries for tests
+	 * and scripts; they are not configuration keys of the [node] section. */
+	size_t ne = 0;
+	while (environ && environ[ne])
+		ne++;
+	char **env = calloc(ne + 1, sizeof *env);
+	if (!env) {
+		cfg_free(c);
+		return CLI_FAIL;
+	}
+	size_t kept = 0;
+	for (size_t i = 0; i < ne; i++)
+		if (strncmp(environ[i], "FEDLORA_NODE_BIN=", 17) != 0 &&
+		    strncmp(environ[i], "FEDLORA_COORD_BIN=", 18) != 0)
+			env[kept++] = environ[i];
+	int envrc = cfg_load_env(c, env);
+	free(env);
+	if ((conf && cfg_load_file(c, conf) != 0) || envrc != 0) {
 		fprintf(stderr, "fedlora-node run: %s\n", cfg_error(c));
 		cfg_free(c);
 		return CLI_USAGE;
