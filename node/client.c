@@ -767,6 +767,16 @@ static void on_round_start(ncl *c, const Fedlora__RoundStart *rs, size_t wire_le
 			k->deltas++;
 		LOGI("client", "global version %" PRIu64 " from a %s verified", rs->global_version,
 		     snap ? "snapshot" : "delta");
+		char hex[65], line[320];
+		hex_encode(c->r.sha, 32, hex);
+		int n = snprintf(line, sizeof line,
+		                 "{\"type\":\"global\",\"unix_ms\":%" PRIu64 ",\"node\":\"%s\","
+		                 "\"round\":%" PRIu64 ",\"version\":%" PRIu64
+		                 ",\"sha256\":\"%s\",\"kind\":\"%s\",\"bytes_down\":%zu}",
+		                 clk_wall_ms(), c->node_id, rs->round_id, rs->global_version, hex,
+		                 snap ? "snapshot" : "delta", wire_len);
+		if (n > 0 && (size_t)n < sizeof line)
+			nst_append_metrics(c->st, line, (size_t)n);
 	}
 	/* Evaluate this version once, then train from it. */
 	if (c->cfg.eval && (k->eval_version != rs->global_version || isnan(k->eval_loss))) {
@@ -1013,6 +1023,13 @@ void ncl_on_eval_done(ncl *c, uint64_t job_id, int rc, double loss, uint64_t now
 		c->r.eval_loss = loss;
 	LOGI("client", "held-out loss of global version %" PRIu64 ": %.5f", c->eval_job_version,
 	     loss);
+	char line[256];
+	int n = snprintf(line, sizeof line,
+	                 "{\"type\":\"eval\",\"unix_ms\":%" PRIu64
+	                 ",\"node\":\"%s\",\"version\":%" PRIu64 ",\"eval_loss\":%.9g}",
+	                 clk_wall_ms(), c->node_id, c->eval_job_version, loss);
+	if (n > 0 && (size_t)n < sizeof line && isfinite(loss))
+		nst_append_metrics(c->st, line, (size_t)n);
 	save_state(c);
 }
 
@@ -1119,8 +1136,9 @@ static void on_round_end(ncl *c, const Fedlora__RoundEnd *e, uint64_t now)
 	buf b;
 	buf_init(&b, 4096);
 	char t[256];
-	int k = snprintf(t, sizeof t, "{\"unix_ms\":%" PRIu64 ",\"node\":\"%.64s\"", clk_wall_ms(),
-	                 c->node_id);
+	int k =
+	    snprintf(t, sizeof t, "{\"type\":\"round\",\"unix_ms\":%" PRIu64 ",\"node\":\"%.64s\"",
+	             clk_wall_ms(), c->node_id);
 	buf_append(&b, t, (size_t)k);
 	jint(&b, "round", e->round_id);
 	jint(&b, "base_version", c->r.version);
