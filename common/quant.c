@@ -15,6 +15,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #if defined(FL_HAVE_AVX2_BUILD) && (defined(__x86_64__) || defined(__i386__))
@@ -28,37 +29,46 @@ _Static_assert(FL_ENUMERIC == -17, "quant_scale_for in quant.h returns -17");
 
 /* ---- implementation selection ---- */
 
-static int g_impl = -1; /* -1: not decided yet */
+/* Process-wide choice, read on every call (relaxed atomics: several
+ * aggregation threads may make the first call at once). -1: not decided. */
+static _Atomic int g_impl = -1;
 
 int quant_have_avx2(void)
 {
 #if QUANT_AVX2_BUILT
-	static int have = -1;
-	if (have < 0) {
+	static _Atomic int have = -1;
+	int h = atomic_load_explicit(&have, memory_order_relaxed);
+	if (h < 0) {
 		unsigned a, b, c, d;
 		int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
 		__builtin_cpu_init();
-		have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+		h = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+		atomic_store_explicit(&have, h, memory_order_relaxed);
 	}
-	return have;
+	return h;
 #else
 	return 0;
 #endif
+}
+
+static void set_impl(int v)
+{
+	atomic_store_explicit(&g_impl, v, memory_order_relaxed);
 }
 
 int quant_set_impl(enum quant_impl impl)
 {
 	switch (impl) {
 	case QUANT_IMPL_AUTO:
-		g_impl = quant_have_avx2() ? QUANT_IMPL_AVX2 : QUANT_IMPL_SCALAR;
+		set_impl(quant_have_avx2() ? QUANT_IMPL_AVX2 : QUANT_IMPL_SCALAR);
 		return 0;
 	case QUANT_IMPL_SCALAR:
-		g_impl = QUANT_IMPL_SCALAR;
+		set_impl(QUANT_IMPL_SCALAR);
 		return 0;
 	case QUANT_IMPL_AVX2:
 		if (!quant_have_avx2())
 			return FL_EUNSUPPORTED;
-		g_impl = QUANT_IMPL_AVX2;
+		set_impl(QUANT_IMPL_AVX2);
 		return 0;
 	}
 	return FL_EINVAL;
@@ -66,9 +76,14 @@ int quant_set_impl(enum quant_impl impl)
 
 enum quant_impl quant_impl_active(void)
 {
-	if (g_impl < 0)
-		quant_set_impl(QUANT_IMPL_AUTO);
-	return (enum quant_impl)g_impl;
+	int v = atomic_load_explicit(&g_impl, memory_order_relaxed);
+	if (v < 0) {
+		v = quant_have_avx2() ? QUANT_IMPL_AVX2 : QUANT_IMPL_SCALAR;
+		int expect = -1; /* keep an explicit choice made meanwhile */
+		atomic_compare_exchange_strong(&g_impl, &expect, v);
+		v = atomic_load_explicit(&g_impl, memory_order_relaxed);
+	}
+	return (enum quant_impl)v;
 }
 
 static int use_avx2(void)

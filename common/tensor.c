@@ -1,4 +1,7 @@
 /* tensor — see tensor.h. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF /* gcc: -std=c11 already means -ffp-contract=off */
+#endif
 #include "tensor.h"
 
 #include "buf.h"

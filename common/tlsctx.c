@@ -17,15 +17,15 @@
 #include <string.h>
 #include <unistd.h>
 
-#define MOD "tls"
+#define MOD            "tls"
 #define ALLOW_FILE_MAX (4u << 20)
 
 struct tlsctx {
 	int refs;
 	enum tlsctx_role role;
 	SSL_CTX *ctx;
-	X509_CRL *crl;  /* owned reference, NULL without CRL */
-	char **allow;   /* sorted node names, NULL without allow-list */
+	X509_CRL *crl; /* owned reference, NULL without CRL */
+	char **allow;  /* sorted node names, NULL without allow-list */
 	size_t nallow;
 	int has_allow;
 };
@@ -57,8 +57,8 @@ void tlsctx_errstr(char *buf, size_t n)
 			r = tmp;
 		}
 		int k = snprintf(buf + off, n - off, "%s%s%s%s", off ? "; " : "", r,
-				 (flags & ERR_TXT_STRING) && data && *data ? ": " : "",
-				 (flags & ERR_TXT_STRING) && data ? data : "");
+		                 (flags & ERR_TXT_STRING) && data && *data ? ": " : "",
+		                 (flags & ERR_TXT_STRING) && data ? data : "");
 		if (k < 0 || (size_t)k >= n - off) {
 			ERR_clear_error();
 			break;
@@ -73,7 +73,8 @@ int tlsctx_valid_name(const char *s, size_t n)
 		return 0;
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
-		int alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+		int alnum =
+		    (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
 		if (i == 0 && !alnum)
 			return 0;
 		if (!alnum && c != '.' && c != '_' && c != '-')
@@ -214,7 +215,7 @@ static int eku_ok(X509 *x, enum tlsctx_role want_peer_role)
 	if (xku == UINT32_MAX)
 		return 0;
 	return want_peer_role == TLSCTX_SERVER ? (xku & XKU_SSL_SERVER) != 0
-					       : (xku & XKU_SSL_CLIENT) != 0;
+	                                       : (xku & XKU_SSL_CLIENT) != 0;
 }
 
 static int verify_cb(int ok, X509_STORE_CTX *xs)
@@ -230,9 +231,10 @@ static int verify_cb(int ok, X509_STORE_CTX *xs)
 		int err = X509_STORE_CTX_get_error(xs);
 		if (note && !note->why[0]) {
 			subject_str(cur, subj, sizeof subj);
-			snprintf(note->why, sizeof note->why, "%s certificate refused: %s (depth %d, %s)",
-				 t && t->role == TLSCTX_SERVER ? "node" : "coordinator",
-				 X509_verify_cert_error_string(err), depth, subj[0] ? subj : "?");
+			snprintf(note->why, sizeof note->why,
+			         "%s certificate refused: %s (depth %d, %s)",
+			         t && t->role == TLSCTX_SERVER ? "node" : "coordinator",
+			         X509_verify_cert_error_string(err), depth, subj[0] ? subj : "?");
 		}
 		return 0;
 	}
@@ -245,9 +247,9 @@ static int verify_cb(int ok, X509_STORE_CTX *xs)
 	char buf[120];
 	if (!eku_ok(cur, peer)) {
 		fail = peer == TLSCTX_SERVER
-			       ? "coordinator certificate lacks extended key usage serverAuth "
-				 "(a node certificate cannot act as coordinator)"
-			       : "node certificate lacks extended key usage clientAuth";
+		           ? "coordinator certificate lacks extended key usage serverAuth "
+		             "(a node certificate cannot act as coordinator)"
+		           : "node certificate lacks extended key usage clientAuth";
 	} else if (peer == TLSCTX_CLIENT && cert_cn(cur, cn) != 0) {
 		fail = "node certificate subject CN missing, repeated or not a valid node id";
 	} else if (peer == TLSCTX_CLIENT && !allowed(t, cn)) {
@@ -258,7 +260,9 @@ static int verify_cb(int ok, X509_STORE_CTX *xs)
 		return 1;
 	if (note && !note->why[0])
 		snprintf(note->why, sizeof note->why, "%s", fail);
-	X509_STORE_CTX_set_error(xs, X509_V_ERR_APPLICATION_VERIFICATION);
+	/* CERT_REJECTED: the node gets a bad_certificate alert (the reason
+	 * itself stays in the coordinator's log). */
+	X509_STORE_CTX_set_error(xs, X509_V_ERR_CERT_REJECTED);
 	return 0;
 }
 
@@ -393,8 +397,8 @@ int tlsctx_new(const tlsctx_opts *o, tlsctx **out)
 		LOGW(MOD, "CA certificate %s is not marked as a CA", o->ca_path);
 	SSL_CTX_set_verify(t->ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, verify_cb);
 	SSL_CTX_set_verify_depth(t->ctx, 2);
-	SSL_CTX_set_purpose(t->ctx,
-			    o->role == TLSCTX_SERVER ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER);
+	SSL_CTX_set_purpose(t->ctx, o->role == TLSCTX_SERVER ? X509_PURPOSE_SSL_CLIENT
+	                                                     : X509_PURPOSE_SSL_SERVER);
 	X509_STORE_set_flags(SSL_CTX_get_cert_store(t->ctx), X509_V_FLAG_X509_STRICT);
 	if (o->role == TLSCTX_SERVER) {
 		cas = SSL_load_client_CA_file(o->ca_path);
@@ -427,12 +431,14 @@ int tlsctx_new(const tlsctx_opts *o, tlsctx **out)
 		}
 		X509 *own = SSL_CTX_get0_certificate(t->ctx);
 		if (own && !eku_ok(own, o->role))
-			LOGW(MOD, "certificate %s lacks extended key usage %s: peers will refuse it",
+			LOGW(MOD,
+			     "certificate %s lacks extended key usage %s: peers will refuse it",
 			     o->cert_path, o->role == TLSCTX_SERVER ? "serverAuth" : "clientAuth");
 		if (own && X509_cmp_current_time(X509_get0_notAfter(own)) < 0)
 			LOGW(MOD, "certificate %s has expired: peers will refuse it", o->cert_path);
 		if (own && X509_cmp_current_time(X509_get0_notBefore(own)) > 0)
-			LOGW(MOD, "certificate %s is not yet valid: peers will refuse it", o->cert_path);
+			LOGW(MOD, "certificate %s is not yet valid: peers will refuse it",
+			     o->cert_path);
 	}
 	if (o->crl_path && *o->crl_path && (rc = load_crl(t, o->crl_path, ca)))
 		goto out;
@@ -441,7 +447,8 @@ int tlsctx_new(const tlsctx_opts *o, tlsctx **out)
 			goto out;
 		t->has_allow = 1;
 		if (t->nallow == 0)
-			LOGW(MOD, "allow-list %s is empty: every node will be refused", o->allow_path);
+			LOGW(MOD, "allow-list %s is empty: every node will be refused",
+			     o->allow_path);
 	}
 	*out = t;
 	t = NULL;
@@ -553,7 +560,8 @@ int tlsctx_recheck(const tlsctx *t, const tlsctx_peer *p, char *why, size_t why_
 		ASN1_INTEGER_free(sn);
 		ERR_clear_error();
 		if (found) {
-			snprintf(why, why_len, "node certificate of '%s' is revoked in the CRL", p->cn);
+			snprintf(why, why_len, "node certificate of '%s' is revoked in the CRL",
+			         p->cn);
 			return FL_EAUTH;
 		}
 	}

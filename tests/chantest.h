@@ -54,12 +54,13 @@ static inline int ct_make_pki(const char *root)
 	return rc;
 }
 
-/* Path helper: static rotating buffers so a few can be used at once. */
+/* Path helper: static rotating buffers so a few can be used at once (the
+ * channel copies option strings; copy a path you keep for longer). */
 static inline const char *ct_path(const char *root, const char *rel)
 {
-	static char b[8][PATH_MAX];
+	static char b[32][PATH_MAX];
 	static int i;
-	char *p = b[i++ % 8];
+	char *p = b[i++ % 32];
 	snprintf(p, PATH_MAX, "%s/%s", root, rel);
 	return p;
 }

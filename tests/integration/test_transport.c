@@ -140,10 +140,282 @@ static void test_roundtrip(void **state)
 	h_free(h);
 }
 
+/* ---- refusals ---- */
+
+/* The good node (client 0) sends a ping, the coordinator echoes it back. */
+static void ping_good(ct_h *h, int i)
+{
+	char m[32];
+	int n = snprintf(m, sizeof m, "ping-%d", i);
+	ct_evs_clear(&h->cev[0]);
+	assert_true(chan_client_is_ready(h->cli[0]));
+	assert_int_equal(chan_client_send(h->cli[0], m, (size_t)n), 0);
+	assert_true(CT_WAIT(h, 5000, ct_evs_find(&h->sev, 0, CHAN_EV_MESSAGE, 0, "node-02") >= 0));
+	int k = ct_evs_find(&h->sev, 0, CHAN_EV_MESSAGE, 0, "node-02");
+	assert_int_equal(h->sev.v[k].len, (size_t)n);
+	assert_int_equal(chan_server_send(h->srv, h->sev.v[k].peer, m, (size_t)n), 0);
+	ct_evs_clear(&h->sev);
+	assert_true(CT_WAIT(h, 5000, ct_evs_find(&h->cev[0], 0, CHAN_EV_MESSAGE, 0, NULL) >= 0));
+	k = ct_evs_find(&h->cev[0], 0, CHAN_EV_MESSAGE, 0, NULL);
+	assert_memory_equal(h->cev[0].v[k].data, m, (size_t)n);
+}
+
+/* Runs a node that must be refused, waits for the coordinator's log line
+ * naming the reason, checks it never came up and the good node still
+ * works. */
+static void refused_node(ct_h *h, const char *pki, const char *id, int no_cert, const char *expect,
+                         int step)
+{
+	chan_client_opts co;
+	long mark = ct_log_mark();
+	ct_client_opts(&co, g_root, pki, id, chan_server_endpoint(h->srv));
+	if (no_cert)
+		co.cert_path = co.key_path = NULL;
+	assert_int_equal(chan_client_new(&co, &h->cli[1]), 0);
+	int ok = CT_WAIT(h, 8000, ct_log_has(mark, "refused node at 127.0.0.1", expect));
+	if (!ok)
+		ct_log_dump(mark);
+	assert_true(ok);
+	/* The node side learns it too (DOWN with FL_EAUTH). */
+	assert_true(CT_WAIT(h, 5000, ct_evs_find(&h->cev[1], 0, CHAN_EV_DOWN, 0, NULL) >= 0));
+	int k = ct_evs_find(&h->cev[1], 0, CHAN_EV_DOWN, 0, NULL);
+	assert_int_equal(h->cev[1].v[k].reason, FL_EAUTH);
+	assert_false(chan_client_is_ready(h->cli[1]));
+	chan_client_free(h->cli[1]);
+	h->cli[1] = NULL;
+	ct_evs_clear(&h->cev[1]);
+	assert_int_equal(ct_evs_find(&h->sev, 0, CHAN_EV_PEER_UP, 0, NULL), -1);
+	ping_good(h, step);
+}
+
+static void test_refusals(void **state)
+{
+	(void)state;
+	ct_h *h = h_new();
+	chan_server_opts so;
+	ct_server_opts(&so, g_root);
+	so.crl_path = ct_path(g_root, "pki/crl.pem");
+	so.allow_path = ct_path(g_root, "allow.txt");
+	so.max_msg = 1u << 20;
+	start_pair(h, &so, "node-02");
+	ct_evs_clear(&h->sev);
+	ping_good(h, 0);
+
+	refused_node(h, "other", "node-01", 0, "unable to get local issuer certificate", 1);
+	refused_node(h, "pki", "node-exp", 0, "certificate has expired", 2);
+	refused_node(h, "pki", "node-future", 0, "certificate is not yet valid", 3);
+	refused_node(h, "pki", "node-rev", 0, "certificate revoked", 4);
+	refused_node(h, "pki", "node-out", 0, "node CN 'node-out' is not in the allow-list", 5);
+	refused_node(h, "pki", "node-01", 1, "peer did not return a certificate", 6);
+
+	/* A fake coordinator holding a node certificate: the node refuses it
+	 * and says why. */
+	{
+		chan_server_opts fo;
+		chan_client_opts co;
+		chan_server *fake = NULL;
+		chan_client *victim = NULL;
+		ct_server_opts(&fo, g_root);
+		fo.cert_path = ct_path(g_root, "pki/nodes/node-03.crt");
+		fo.key_path = ct_path(g_root, "pki/nodes/node-03.key");
+		long mark = ct_log_mark();
+		assert_int_equal(chan_server_new(&fo, &fake), 0);
+		ct_client_opts(&co, g_root, "pki", "node-04", chan_server_endpoint(fake));
+		assert_int_equal(chan_client_new(&co, &victim), 0);
+		uint64_t dl = clk_mono_ms() + 8000;
+		int ok = 0, up = 0;
+		chan_event ev;
+		while (!ok && clk_mono_ms() < dl) {
+			chan_server_poll(fake, 5);
+			chan_client_poll(victim, 5);
+			ct_pump(h, 5);
+			while (chan_server_next(fake, &ev) == 0) {
+				up |= ev.type == CHAN_EV_PEER_UP;
+				chan_event_fini(&ev);
+			}
+			while (chan_client_next(victim, &ev) == 0) {
+				up |= ev.type == CHAN_EV_UP;
+				chan_event_fini(&ev);
+			}
+			ok = ct_log_has(mark, "handshake with", "unsuitable certificate purpose");
+		}
+		if (!ok)
+			ct_log_dump(mark);
+		assert_true(ok);
+		assert_false(up);
+		chan_client_free(victim);
+		chan_server_free(fake);
+		ping_good(h, 7);
+	}
+
+	/* A plain ZeroMQ peer: garbage, wrong frame counts, a HELLO that is
+	 * not TLS, records for a session that does not exist. */
+	{
+		void *zc = zmq_ctx_new();
+		void *d = zmq_socket(zc, ZMQ_DEALER);
+		int linger = 0;
+		zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
+		assert_int_equal(zmq_connect(d, chan_server_endpoint(h->srv)), 0);
+		chan_server_stats st0, st1;
+		chan_server_get_stats(h->srv, &st0);
+		long mark = ct_log_mark();
+		uint8_t junk[300];
+		for (size_t i = 0; i < sizeof junk; i++)
+			junk[i] = (uint8_t)(i * 37 + 11);
+		zmq_send(d, junk, 3, ZMQ_SNDMORE);
+		zmq_send(d, junk, 100, 0);
+		assert_true(CT_WAIT(h, 5000,
+		                    ct_log_has(mark, "malformed message from 127.0.0.1",
+		                               "header frame of 3 bytes")));
+		junk[0] = 9; /* unknown kind */
+		zmq_send(d, junk, 9, ZMQ_SNDMORE);
+		zmq_send(d, junk, 10, 0);
+		assert_true(CT_WAIT(
+		    h, 5000,
+		    ct_log_has(mark, "malformed message from 127.0.0.1", "unknown frame kind 9")));
+		zmq_send(d, junk, 50, 0);
+		assert_true(CT_WAIT(
+		    h, 5000, ct_log_has(mark, "message of 1 frames from 127.0.0.1", "want 2")));
+		zmq_send(d, junk, 9, ZMQ_SNDMORE);
+		zmq_send(d, junk, 9, ZMQ_SNDMORE);
+		zmq_send(d, junk, 9, 0);
+		assert_true(CT_WAIT(
+		    h, 5000, ct_log_has(mark, "message of 3 frames from 127.0.0.1", "want 2")));
+		uint8_t hdr[CHAN_HDR_LEN] = {CHAN_KIND_HELLO, 1, 2, 3, 4, 5, 6, 7, 8};
+		zmq_send(d, hdr, sizeof hdr, ZMQ_SNDMORE);
+		zmq_send(d, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27, 0);
+		int ok = CT_WAIT(
+		    h, 5000, ct_log_has(mark, "refused node at 127.0.0.1", "TLS handshake failed"));
+		if (!ok)
+			ct_log_dump(mark);
+		assert_true(ok);
+		hdr[0] = CHAN_KIND_TLS;
+		hdr[1] = 0x55;
+		zmq_send(d, hdr, sizeof hdr, ZMQ_SNDMORE);
+		zmq_send(d, junk, 200, 0);
+		assert_true(CT_WAIT(
+		    h, 5000,
+		    (chan_server_get_stats(h->srv, &st1), st1.stale_drops > st0.stale_drops)));
+		assert_int_equal(st1.bad_frames - st0.bad_frames, 4);
+		assert_int_equal(st1.hs_failed - st0.hs_failed, 1);
+		assert_int_equal(st1.sessions, 1);
+		zmq_close(d);
+		zmq_ctx_term(zc);
+		ping_good(h, 8);
+	}
+
+	/* An authenticated node sending a message over the cap: refused from
+	 * the length prefix, before any allocation. */
+	{
+		chan_client_opts co;
+		long mark = ct_log_mark();
+		ct_client_opts(&co, g_root, "pki", "node-01", chan_server_endpoint(h->srv));
+		assert_int_equal(chan_client_new(&co, &h->cli[1]), 0);
+		assert_true(CT_WAIT(h, 8000, chan_client_is_ready(h->cli[1])));
+		uint8_t *big = ct_pattern(2u << 20, 9);
+		assert_int_equal(chan_client_send(h->cli[1], big, 2u << 20), 0);
+		free(big);
+		int ok = CT_WAIT(h, 5000,
+		                 ct_log_has(mark,
+		                            "node node-01 (127.0.0.1): application "
+		                            "message of 2097152 bytes is over the cap "
+		                            "of 1048576 bytes",
+		                            NULL));
+		if (!ok)
+			ct_log_dump(mark);
+		assert_true(ok);
+		int k = ct_evs_find(&h->sev, 0, CHAN_EV_PEER_GONE, 0, "node-01");
+		assert_true(k >= 0);
+		assert_int_equal(h->sev.v[k].reason, FL_ETOOBIG);
+		assert_true(
+		    CT_WAIT(h, 5000, ct_evs_find(&h->cev[1], 0, CHAN_EV_DOWN, 0, NULL) >= 0));
+		chan_client_free(h->cli[1]);
+		h->cli[1] = NULL;
+		ct_evs_clear(&h->cev[1]);
+		chan_server_stats st;
+		chan_server_get_stats(h->srv, &st);
+		assert_int_equal(st.oversize, 1);
+		/* Largest inbound buffer: the good node's pings, nothing near 2 MiB. */
+		assert_true(st.max_inbound_alloc <= 16);
+		ping_good(h, 9);
+	}
+
+	chan_server_stats st;
+	chan_server_get_stats(h->srv, &st);
+	assert_int_equal(st.sessions, 1);
+	assert_int_equal(st.pending, 0);
+	h_free(h);
+}
+
+/* Reload (what SIGHUP does): a node revoked in the new CRL and a node
+ * taken off the allow-list are dropped; the other node stays up. A reload
+ * that fails changes nothing. */
+static void test_reload(void **state)
+{
+	(void)state;
+	static const char *ids[3] = {"node-01", "node-02", "node-04"};
+	char allow[PATH_MAX];
+	snprintf(allow, sizeof allow, "%s/allow2.txt", g_root);
+	assert_int_equal(tu_system("printf 'node-01\\nnode-02\\nnode-04\\n' > %s", allow), 0);
+	ct_h *h = h_new();
+	chan_server_opts so;
+	chan_client_opts co;
+	ct_server_opts(&so, g_root);
+	so.crl_path = ct_path(g_root, "pki/crl.pem");
+	so.allow_path = allow;
+	assert_int_equal(chan_server_new(&so, &h->srv), 0);
+	for (int i = 0; i < 3; i++) {
+		ct_client_opts(&co, g_root, "pki", ids[i], chan_server_endpoint(h->srv));
+		assert_int_equal(chan_client_new(&co, &h->cli[i]), 0);
+	}
+	assert_true(CT_WAIT(h, 10000,
+	                    chan_client_is_ready(h->cli[0]) && chan_client_is_ready(h->cli[1]) &&
+	                        chan_client_is_ready(h->cli[2])));
+	ct_evs_clear(&h->sev);
+
+	/* A broken allow-list: reload refused, sessions untouched. */
+	assert_int_equal(tu_system("printf 'node-01\\nnot a name\\n' > %s", allow), 0);
+	assert_int_equal(chan_server_reload(h->srv), FL_ECONFIG);
+	ct_pump(h, 50);
+	assert_int_equal(ct_evs_find(&h->sev, 0, CHAN_EV_PEER_GONE, 0, NULL), -1);
+
+	assert_int_equal(tu_system("bash %s revoke %s/pki node-04 >/dev/null",
+	                           tu_src_path("deploy/certs.sh"), g_root),
+	                 0);
+	assert_int_equal(tu_system("printf 'node-01\\nnode-04\\n' > %s", allow), 0);
+	long mark = ct_log_mark();
+	assert_int_equal(chan_server_reload(h->srv), 0);
+	assert_true(CT_WAIT(h, 2000, h->sev.n >= 2));
+	int k = ct_evs_find(&h->sev, 0, CHAN_EV_PEER_GONE, 0, "node-04");
+	assert_true(k >= 0);
+	assert_int_equal(h->sev.v[k].reason, FL_EAUTH);
+	assert_non_null(strstr(h->sev.v[k].why, "revoked"));
+	k = ct_evs_find(&h->sev, 0, CHAN_EV_PEER_GONE, 0, "node-02");
+	assert_true(k >= 0);
+	assert_non_null(strstr(h->sev.v[k].why, "no longer in the allow-list"));
+	assert_true(ct_log_has(mark, "node node-04", "revoked"));
+	assert_int_equal(ct_evs_find(&h->sev, 0, CHAN_EV_PEER_GONE, 0, "node-01"), -1);
+	/* node-01 is still served. */
+	ct_evs_clear(&h->sev);
+	assert_int_equal(chan_client_send(h->cli[0], "still here", 10), 0);
+	assert_true(CT_WAIT(h, 5000, ct_evs_find(&h->sev, 0, CHAN_EV_MESSAGE, 0, "node-01") >= 0));
+	/* The dropped nodes try again and are refused now. */
+	assert_true(CT_WAIT(h, 5000,
+	                    ct_log_has(mark, "refused node at 127.0.0.1", "certificate revoked") &&
+	                        ct_log_has(mark, "refused node at 127.0.0.1",
+	                                   "node CN 'node-02' is not in the allow-list")));
+	chan_server_stats st;
+	chan_server_get_stats(h->srv, &st);
+	assert_int_equal(st.sessions - st.pending, 1);
+	h_free(h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_roundtrip),
+	    cmocka_unit_test(test_refusals),
+	    cmocka_unit_test(test_reload),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -225,7 +225,6 @@ static void test_validation(void **state)
 	fx.m.data.len = 40;
 	fx.data[39] = 0x17;
 	expect_bad(&fx, FL_EPROTO, "padding");
-	fx_init(&fx);
 	/* a caller's cap */
 	qt_limits lim = {.max_elems = 50};
 	char why[200] = "";

@@ -11,6 +11,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -661,9 +662,58 @@ static void test_fma_semantics(void **state)
 	qt_fini(&q);
 }
 
+/* Several threads decode and accumulate at once (the coordinator's
+ * aggregation workers), including the very first calls that pick the
+ * implementation; every thread gets the single-threaded result. */
+enum { TH = 4, TN = 5000 };
+typedef struct th_arg {
+	const qtensor *q;
+	float acc[TN];
+} th_arg;
+
+static void *th_main(void *p)
+{
+	th_arg *a = p;
+	for (int r = 0; r < 20; r++)
+		if (quant_accumulate(a->q, 0.5f, a->acc, TN) != 0)
+			return p;
+	return NULL;
+}
+
+static void test_threads(void **state)
+{
+	(void)state;
+	float x[TN];
+	uint64_t rs = 8, shape[1] = {TN};
+	fill(x, TN, &rs);
+	qtensor q;
+	qt_init(&q);
+	quant_params p = {QT_Q4, 32, QUANT_NEAREST, 0};
+	assert_int_equal(quant_encode(&p, "t", x, 1, shape, &q), 0);
+	static th_arg args[TH];
+	pthread_t th[TH];
+	for (int i = 0; i < TH; i++) {
+		args[i].q = &q;
+		memset(args[i].acc, 0, sizeof args[i].acc);
+		assert_int_equal(pthread_create(&th[i], NULL, th_main, &args[i]), 0);
+	}
+	for (int i = 0; i < TH; i++) {
+		void *ret = &ret;
+		assert_int_equal(pthread_join(th[i], &ret), 0);
+		assert_null(ret);
+	}
+	float ref[TN] = {0};
+	for (int r = 0; r < 20; r++)
+		assert_int_equal(quant_accumulate(&q, 0.5f, ref, TN), 0);
+	for (int i = 0; i < TH; i++)
+		assert_memory_equal(args[i].acc, ref, sizeof ref);
+	qt_fini(&q);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_threads), /* first: races the lazy set-up */
 	    cmocka_unit_test(test_nearest_bounds),
 	    cmocka_unit_test(test_f16_f32),
 	    cmocka_unit_test(test_special_values),
