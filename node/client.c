@@ -158,7 +158,11 @@ static void cancel_job(ncl *c, uint64_t id)
 /* Queues already-encoded bytes (copied). */
 static int send_bytes(ncl *c, const uint8_t *p, size_t n)
 {
-	ncl_action a = {.kind = NCL_ACT_SEND, .len = n};
+	/* only cached Updates are sent this way */
+	ncl_action a = {.kind = NCL_ACT_SEND,
+	                .len = n,
+	                .body = FEDLORA__ENVELOPE__BODY_UPDATE,
+	                .round_id = c->up.round_id};
 	a.data = malloc(n ? n : 1);
 	if (!a.data)
 		return FL_ENOMEM;
@@ -196,7 +200,7 @@ static int send_env(ncl *c, Fedlora__Envelope *env)
 	int rc = encode(c, env, &p, &n);
 	if (rc)
 		return rc;
-	ncl_action a = {.kind = NCL_ACT_SEND, .data = p, .len = n};
+	ncl_action a = {.kind = NCL_ACT_SEND, .data = p, .len = n, .body = (int)env->body_case};
 	rc = push(c, &a);
 	if (rc) {
 		free(p);

@@ -85,7 +85,9 @@ typedef struct ncl_action {
 	enum ncl_act_kind kind;
 	uint8_t *data; /* SEND: malloc'd, owned by the receiver of the action */
 	size_t len;
-	ncl_job *job; /* JOB: owned by the receiver */
+	int body;          /* SEND: Fedlora__Envelope__BodyCase of data */
+	uint64_t round_id; /* SEND of an Update: its round */
+	ncl_job *job;      /* JOB: owned by the receiver */
 	uint64_t job_id;
 	int code;
 	char why[256];

@@ -347,6 +347,7 @@ typedef struct runner {
 	char fatal_why[256];
 	int stopping;
 	uint64_t stop_at;
+	uint64_t kill_on_upload; /* test hook (FEDLORA_TEST_KILL_ON_UPLOAD=round) */
 } runner;
 
 static int base_fingerprint(runner *r, uint8_t fp[32], char *err, size_t el)
@@ -431,6 +432,16 @@ static void carry_out(runner *r, ncl_action *a)
 			break;
 		}
 		rc = chan_client_send(r->ch, a->data, a->len);
+		if (rc == 0 && a->body == FEDLORA__ENVELOPE__BODY_UPDATE && r->kill_on_upload &&
+		    a->round_id == r->kill_on_upload) {
+			/* test hook: die while the update is on its way */
+			LOGW("run",
+			     "FEDLORA_TEST_KILL_ON_UPLOAD: killing this node during the upload "
+			     "of round %" PRIu64,
+			     a->round_id);
+			chan_client_poll(r->ch, 0);
+			raise(SIGKILL);
+		}
 		if (rc == FL_EAGAIN) {
 			r->pend[r->npend++] = *a;
 			a->data = NULL;
@@ -760,6 +771,9 @@ int nrun_main(int argc, char **argv)
 	memset(&r, 0, sizeof r);
 	r.cfg = c;
 	r.max_msg = (size_t)cfg_size(c, "node.max_message");
+	const char *hook = getenv("FEDLORA_TEST_KILL_ON_UPLOAD");
+	if (hook && *hook)
+		r.kill_on_upload = strtoull(hook, NULL, 10);
 	char err[512] = "";
 	uint8_t base_fp[32], shape_fp[32];
 	int exit_code = CLI_FAIL;
@@ -800,6 +814,16 @@ int nrun_main(int argc, char **argv)
 	nc.max_local_steps = spec.max_steps;
 	if ((rc = ncl_new(&nc, r.st, &r.cl)) != 0)
 		goto out;
+	if (nst_residual(r.st)) {
+		uint8_t rs[32];
+		char rh[65];
+		if (tset_fingerprint(nst_residual(r.st), rs) == 0) {
+			hex_encode(rs, 32, rh);
+			LOGI("run",
+			     "error-feedback residual of round %" PRIu64 " loaded (sha256 %s)",
+			     nst_residual_round(r.st), rh);
+		}
+	}
 	{
 		char hex[65];
 		hex_encode(base_fp, 32, hex);

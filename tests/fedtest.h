@@ -65,12 +65,13 @@ static inline const char *ft_path(const ft *f, const char *fmt, ...)
 {
 	static char b[16][PATH_MAX];
 	static int i;
-	char *p = b[i++ % 16], rel[PATH_MAX / 2];
+	char *p = b[i++ % 16];
+	int k = snprintf(p, PATH_MAX, "%s/", f->dir);
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(rel, sizeof rel, fmt, ap);
+	if (k > 0 && k < PATH_MAX)
+		vsnprintf(p + k, (size_t)(PATH_MAX - k), fmt, ap);
 	va_end(ap);
-	snprintf(p, PATH_MAX, "%s/%s", f->dir, rel);
 	return p;
 }
 
@@ -117,69 +118,72 @@ static inline void ft_setup(ft *f, int nnodes, int ffa)
 	f->ffa = ffa;
 	const char *tr = getenv("FEDLORA_FED_TRAINER");
 	snprintf(f->trainer, sizeof f->trainer, "%s",
-		 tr && *tr ? tr : (ntr_find("lora") ? "lora" : "synth"));
+	         tr && *tr ? tr : (ntr_find("lora") ? "lora" : "synth"));
 	print_message("federation test in %s, trainer %s\n", f->dir, f->trainer);
 	f->port = ft_free_port();
 	assert_true(f->port > 0);
 	const char *sh = tu_src_path("deploy/certs.sh");
 	assert_int_equal(tu_system("bash '%s' init '%s/pki' >/dev/null && bash '%s' coordinator "
-				   "'%s/pki' --ip 127.0.0.1 >/dev/null && bash '%s' node '%s/pki' "
-				   "--count %d >/dev/null",
-				   sh, f->dir, sh, f->dir, sh, f->dir, nnodes),
-			 0);
+	                           "'%s/pki' --ip 127.0.0.1 >/dev/null && bash '%s' node '%s/pki' "
+	                           "--count %d >/dev/null",
+	                           sh, f->dir, sh, f->dir, sh, f->dir, nnodes),
+	                 0);
 	assert_int_equal(tu_system("'%s' init-model --out '%s/base.gguf' --dim %d --layers %d "
-				   "--heads %d --ffn %d --ctx %d --seed 11 >/dev/null",
-				   f->node_bin, f->dir, FT_DIM, FT_LAYERS, FT_HEADS, FT_FFN, FT_CTX),
-			 0);
+	                           "--heads %d --ffn %d --ctx %d --seed 11 >/dev/null",
+	                           f->node_bin, f->dir, FT_DIM, FT_LAYERS, FT_HEADS, FT_FFN,
+	                           FT_CTX),
+	                 0);
 	uint8_t fp[32];
 	assert_int_equal(mfp_compute(ft_path(f, "base.gguf"), fp), 0);
 	hex_encode(fp, 32, f->base_hex);
 	for (int i = 0; i < nnodes; i++)
 		assert_int_equal(tu_system("'%s' gen-data --site %d --seed %d --lines 1500 "
-					   "--eval-lines 200 --out '%s/data/node-%02d' >/dev/null",
-					   f->node_bin, i % 4, i + 1, f->dir, i + 1),
-				 0);
+		                           "--eval-lines 200 --out '%s/data/node-%02d' >/dev/null",
+		                           f->node_bin, i % 4, i + 1, f->dir, i + 1),
+		                 0);
 	FILE *c = fopen(ft_path(f, "coordinator.conf"), "w");
 	assert_non_null(c);
 	/* The base model is named by its fingerprint and explicit shapes
 	 * (the node's definition, common/modelfp.h). */
 	fprintf(c,
-		"[server]\nlisten = tcp://127.0.0.1:%d\ncert = %s/pki/coordinator.crt\n"
-		"key = %s/pki/coordinator.key\nca = %s/pki/ca.crt\nheartbeat_ms = 500\n"
-		"[federation]\nbase_sha256 = %s\nseed = 7\n"
-		"[adapter]\nlayers = %d\ndims = attn_q=%dx%d,attn_v=%dx%d\nn_head = %d\n"
-		"n_head_kv = %d\n"
-		"[lora]\nrank = %d\nalpha = %d\ntargets = attn_q,attn_v\nffa = %s\n"
-		"init_seed = 1\n"
-		"[rounds]\nmin_nodes = %d\nmin_updates = 2\ndeadline_ms = 60000\n"
-		"start_delay_ms = 300\ngone_grace_ms = 1500\n"
-		"[train]\nlocal_steps = 8\nlr = %s\nbatch_size = 4\nctx = %d\n"
-		"uplink_format = q4\nuplink_block = 32\nerror_feedback = true\n"
-		"[aggregation]\nstrategy = fedavg\ndownlink_format = q8\n"
-		"[state]\ndir = %s/coord-state\n[log]\nlevel = info\n",
-		f->port, f->dir, f->dir, f->dir, f->base_hex, FT_LAYERS, FT_DIM, FT_DIM, FT_DIM,
-		FT_DIM, FT_HEADS, FT_HEADS, FT_RANK, 2 * FT_RANK, ffa ? "true" : "false", nnodes,
-		strcmp(f->trainer, "synth") == 0 ? "0.02" : "0.003", FT_CTX, f->dir);
+	        "[server]\nlisten = tcp://127.0.0.1:%d\ncert = %s/pki/coordinator.crt\n"
+	        "key = %s/pki/coordinator.key\nca = %s/pki/ca.crt\nheartbeat_ms = 500\n"
+	        "[federation]\nbase_sha256 = %s\nseed = 7\n"
+	        "[adapter]\nlayers = %d\ndims = attn_q=%dx%d,attn_v=%dx%d\nn_head = %d\n"
+	        "n_head_kv = %d\n"
+	        "[lora]\nrank = %d\nalpha = %d\ntargets = attn_q,attn_v\nffa = %s\n"
+	        "init_seed = 1\n"
+	        "[rounds]\nmin_nodes = %d\nmin_updates = 2\ndeadline_ms = 60000\n"
+	        "start_delay_ms = 300\ngone_grace_ms = 1500\n"
+	        "[train]\nlocal_steps = 8\nlr = %s\nbatch_size = 4\nctx = %d\n"
+	        "uplink_format = q4\nuplink_block = 32\nerror_feedback = true\n"
+	        "[aggregation]\nstrategy = fedavg\ndownlink_format = q8\n"
+	        "[state]\ndir = %s/coord-state\n[log]\nlevel = info\n",
+	        f->port, f->dir, f->dir, f->dir, f->base_hex, FT_LAYERS, FT_DIM, FT_DIM, FT_DIM,
+	        FT_DIM, FT_HEADS, FT_HEADS, FT_RANK, 2 * FT_RANK, ffa ? "true" : "false", nnodes,
+	        strcmp(f->trainer, "synth") == 0 ? "0.02" : "0.003", FT_CTX, f->dir);
 	fclose(c);
 	for (int i = 0; i < nnodes; i++) {
 		FILE *n = fopen(ft_path(f, "node-%02d.conf", i + 1), "w");
 		assert_non_null(n);
-		fprintf(n,
-			"[node]\nstate_dir = %s/node-%02d\ntrainer = %s\nseed = %d\n"
-			"stop_grace_ms = 2000\n"
-			"[coordinator]\nendpoint = tcp://127.0.0.1:%d\n"
-			"[tls]\ncert = %s/pki/nodes/node-%02d.crt\nkey = %s/pki/nodes/node-%02d.key\n"
-			"ca = %s/pki/ca.crt\n"
-			"[reconnect]\nmin_ms = 100\nmax_ms = 1000\nlinger_ms = 300\n"
-			"[model]\npath = %s/base.gguf\nthreads = 1\n"
-			"[data]\ntrain = %s/data/node-%02d/train.txt\neval = %s/data/node-%02d/eval.txt\n"
-			"eval_max_tokens = 4096\nmax_ctx = %d\n"
-			"[lora]\nrank = %d\nalpha = %d\ntargets = attn_q,attn_v\nffa = %s\n"
-			"init_seed = 1\n"
-			"[log]\nlevel = info\n",
-			f->dir, i + 1, f->trainer, i + 1, f->port, f->dir, i + 1, f->dir, i + 1, f->dir,
-			f->dir, f->dir, i + 1, f->dir, i + 1, FT_CTX, FT_RANK, 2 * FT_RANK,
-			ffa ? "true" : "false");
+		fprintf(
+		    n,
+		    "[node]\nstate_dir = %s/node-%02d\ntrainer = %s\nseed = %d\n"
+		    "stop_grace_ms = 2000\n"
+		    "[coordinator]\nendpoint = tcp://127.0.0.1:%d\n"
+		    "[tls]\ncert = %s/pki/nodes/node-%02d.crt\nkey = %s/pki/nodes/node-%02d.key\n"
+		    "ca = %s/pki/ca.crt\n"
+		    "[reconnect]\nmin_ms = 100\nmax_ms = 1000\nlinger_ms = 300\n"
+		    "[model]\npath = %s/base.gguf\nthreads = 1\n"
+		    "[data]\ntrain = %s/data/node-%02d/train.txt\neval = "
+		    "%s/data/node-%02d/eval.txt\n"
+		    "eval_max_tokens = 4096\nmax_ctx = %d\n"
+		    "[lora]\nrank = %d\nalpha = %d\ntargets = attn_q,attn_v\nffa = %s\n"
+		    "init_seed = 1\n"
+		    "[log]\nlevel = info\n",
+		    f->dir, i + 1, f->trainer, i + 1, f->port, f->dir, i + 1, f->dir, i + 1, f->dir,
+		    f->dir, f->dir, i + 1, f->dir, i + 1, FT_CTX, FT_RANK, 2 * FT_RANK,
+		    ffa ? "true" : "false");
 		fclose(n);
 	}
 }
@@ -215,7 +219,8 @@ static inline void ft_start_coord(ft *f, const char *const *extra)
 
 static inline void ft_start_node(ft *f, int i, const char *const *extra)
 {
-	const char *argv[16] = {f->node_bin, "run", "--config", ft_path(f, "node-%02d.conf", i + 1)};
+	const char *argv[16] = {f->node_bin, "run", "--config",
+	                        ft_path(f, "node-%02d.conf", i + 1)};
 	int n = 4;
 	for (int k = 0; extra && extra[k] && n < 15; k++)
 		argv[n++] = extra[k];
@@ -342,7 +347,8 @@ static inline void ft_round_cb(const cJSON *o, void *ud)
 	if (ft_jtrue(o, "committed")) {
 		const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, "accepted");
 		if (r->committed < 64)
-			r->participants[r->committed] = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1;
+			r->participants[r->committed] =
+			    cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1;
 		r->committed++;
 		r->last_version = (uint64_t)ft_jnum(o, "version", 0);
 	} else {
@@ -401,9 +407,9 @@ static inline int ft_wait_log(const ft *f, const char *log, const char *needle, 
 static inline int ft_coord_version_sha(const ft *f, uint64_t v, uint8_t out[32], tset **keep)
 {
 	tset *t = NULL;
-	int rc = st_read_tset(ft_path(f, "coord-state/versions/v%020llu.safetensors",
-				      (unsigned long long)v),
-			      NULL, &t);
+	int rc = st_read_tset(
+	    ft_path(f, "coord-state/versions/v%020llu.safetensors", (unsigned long long)v), NULL,
+	    &t);
 	if (rc)
 		return rc;
 	rc = tset_fingerprint(t, out);
@@ -416,14 +422,14 @@ static inline int ft_coord_version_sha(const ft *f, uint64_t v, uint8_t out[32],
 
 /* Per-node facts from metrics.jsonl. */
 typedef struct ft_node_metrics {
-	int globals;               /* verified versions */
-	uint64_t gver[64];         /* version of each */
-	char gsha[64][65];         /* its SHA-256 as the node computed it */
+	int globals;       /* verified versions */
+	uint64_t gver[64]; /* version of each */
+	char gsha[64][65]; /* its SHA-256 as the node computed it */
 	int evals;
 	uint64_t ever[64];
 	double eloss[64];
-	int rounds;                /* round lines */
-	int uploaded;              /* rounds with an accepted upload */
+	int rounds;   /* round lines */
+	int uploaded; /* rounds with an accepted upload */
 	double bytes_up[64], bytes_fp32[64];
 } ft_node_metrics;
 
@@ -466,6 +472,8 @@ static inline void ft_cleanup(ft *f, int failed)
 	if (failed) {
 		ft_dump_logs(f);
 		fprintf(stderr, "federation test files kept in %s\n", f->dir);
+	} else if (getenv("FEDLORA_FED_KEEP")) {
+		fprintf(stderr, "federation test files kept in %s (FEDLORA_FED_KEEP)\n", f->dir);
 	} else {
 		tu_rmtree(f->dir);
 	}
