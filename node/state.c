@@ -204,7 +204,7 @@ static int parse_state(const char *text, size_t len, uint8_t base_fp[32], uint8_
 		}
 		continue;
 	bad:
-		snprintf(why, wl, "bad value for %s", key);
+		snprintf(why, wl, "bad value for %.40s", key);
 		return FL_EFORMAT;
 	}
 	if (!have_base || !have_shape) {
