@@ -434,12 +434,12 @@ static void carry_out(runner *r, ncl_action *a)
 		rc = chan_client_send(r->ch, a->data, a->len);
 		if (rc == 0 && a->body == FEDLORA__ENVELOPE__BODY_UPDATE && r->kill_on_upload &&
 		    a->round_id == r->kill_on_upload) {
-			/* test hook: die while the update is on its way */
+			/* test hook: die while the update is on its way — queued in
+			 * the channel, before it is flushed to the socket */
 			LOGW("run",
 			     "FEDLORA_TEST_KILL_ON_UPLOAD: killing this node during the upload "
 			     "of round %" PRIu64,
 			     a->round_id);
-			chan_client_poll(r->ch, 0);
 			raise(SIGKILL);
 		}
 		if (rc == FL_EAGAIN) {

@@ -1,7 +1,10 @@
 /* End to end, with faults, all real processes on 127.0.0.1 over mutual TLS:
  *  - a node killed (SIGKILL) mid-training and restarted rejoins, gets the
  *    right version, and its error-feedback residual survives;
- *  - a node killed during its upload: the round completes with the others;
+ *  - a node killed during its upload (FEDLORA_TEST_KILL_ON_UPLOAD: the node
+ *    SIGKILLs itself once its update is queued in the channel, before it is
+ *    flushed, so the coordinator never gets it): the round completes with
+ *    the others;
  *  - the coordinator killed (SIGKILL) mid-round and restarted: the nodes
  *    reconnect by themselves and the federation continues from the last
  *    committed version, every node still bit-identical to it;
