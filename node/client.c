@@ -784,6 +784,8 @@ static void on_round_start(ncl *c, const Fedlora__RoundStart *rs, size_t wire_le
 	}
 	/* Evaluate this version once, then train from it. */
 	if (c->cfg.eval && (k->eval_version != rs->global_version || isnan(k->eval_loss))) {
+		if (c->eval_job && c->eval_job_version != rs->global_version)
+			cancel_job(c, c->eval_job); /* an older version: no longer worth it */
 		ncl_job *e = new_job(c, NCL_JOB_EVAL, nst_global(c->st));
 		if (!e || start_job(c, e) != 0) {
 			fatal(c, FL_ENOMEM, "out of memory starting an evaluation");
