@@ -459,8 +459,13 @@ static void carry_out(runner *r, ncl_action *a)
 		break;
 	case NCL_ACT_JOB: {
 		wmsg m = {.type = W_JOB, .job = a->job};
-		if (wsend(r->pair, &m) == 0)
+		if (wsend(r->pair, &m) == 0) {
 			a->job = NULL;
+		} else if (!r->fatal_code) {
+			r->fatal_code = FL_ENET;
+			snprintf(r->fatal_why, sizeof r->fatal_why,
+			         "cannot hand a job to the training thread");
+		}
 		break;
 	}
 	case NCL_ACT_CANCEL: {
