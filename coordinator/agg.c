@@ -382,10 +382,18 @@ static int refuse(agg_result *res, enum agg_verdict v)
 	return 0;
 }
 
+/* Sum of squares in double. Eight independent partial sums keep the adds
+ * from waiting on each other (the order is fixed, so the result is
+ * deterministic). */
 static double sumsq(const float *x, size_t n)
 {
-	double s = 0;
-	for (size_t i = 0; i < n; i++)
+	double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		for (int k = 0; k < 8; k++)
+			p[k] += (double)x[i + k] * (double)x[i + k];
+	double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+	for (; i < n; i++)
 		s += (double)x[i] * (double)x[i];
 	return s;
 }
@@ -644,6 +652,86 @@ static double robust_reduce(enum agg_strategy s, float *col, size_t K, size_t cu
 	return sum / (double)(K - 2 * cut);
 }
 
+/* Trimmed mean of one tile of up to AGG_TILE coordinates without sorting:
+ * one pass keeps, per coordinate, the cut+1 smallest and cut+1 largest
+ * values in two sorted lists updated with min/max only (branch-free, and
+ * the loops over the tile's coordinates vectorise); their ends are the
+ * values of rank cut (lo) and rank K-1-cut (hi). A second pass sums the
+ * values strictly between, and ties at lo/hi are counted in by rank, so the
+ * result is exactly the mean of ranks cut..K-1-cut (summed in double). */
+#ifndef AGG_FAST_CUT_MAX
+#define AGG_FAST_CUT_MAX 32
+#endif
+static void trimmed_tile(float *const *slots, size_t K, size_t cut, size_t j0, size_t len,
+                         float *out)
+{
+	float lo[AGG_FAST_CUT_MAX + 1][AGG_TILE], hi[AGG_FAST_CUT_MAX + 1][AGG_TILE];
+	float x[AGG_TILE], y[AGG_TILE];
+	for (size_t i = 0; i <= cut; i++)
+		for (size_t j = 0; j < AGG_TILE; j++) {
+			lo[i][j] = INFINITY;
+			hi[i][j] = -INFINITY;
+		}
+	memset(x, 0, sizeof x);
+	for (size_t k = 0; k < K; k++) {
+		memcpy(x, slots[k] + j0, len * sizeof(float));
+		memcpy(y, x, sizeof y);
+		for (size_t i = 0; i <= cut; i++) {
+			float *li = lo[i], *hi_ = hi[i];
+			for (size_t j = 0; j < AGG_TILE; j++) {
+				float a = li[j], v = x[j];
+				float mn = a < v ? a : v, mx = a < v ? v : a;
+				li[j] = mn; /* keep the smaller, pass the larger on */
+				x[j] = mx;
+				float b = hi_[j], w = y[j];
+				float bmx = b > w ? b : w, bmn = b > w ? w : b;
+				hi_[j] = bmx;
+				y[j] = bmn;
+			}
+		}
+		if (len < AGG_TILE) /* padding lanes stay 0 for the next load */
+			memset(x + len, 0, (AGG_TILE - len) * sizeof(float));
+	}
+	double sum[AGG_TILE];
+	int32_t nlt[AGG_TILE], neql[AGG_TILE], ngt[AGG_TILE], neqh[AGG_TILE];
+	memset(sum, 0, sizeof sum);
+	memset(nlt, 0, sizeof nlt);
+	memset(neql, 0, sizeof neql);
+	memset(ngt, 0, sizeof ngt);
+	memset(neqh, 0, sizeof neqh);
+	const float *L = lo[cut], *H = hi[cut];
+	for (size_t k = 0; k < K; k++) {
+		memcpy(x, slots[k] + j0, len * sizeof(float));
+		for (size_t j = 0; j < AGG_TILE; j++) {
+			float v = x[j];
+			int in = (v > L[j]) & (v < H[j]);
+			sum[j] += (double)(v * (float)in); /* v is finite: v * 0 == 0 */
+			nlt[j] += v < L[j];
+			neql[j] += v == L[j];
+			ngt[j] += v > H[j];
+			neqh[j] += v == H[j];
+		}
+	}
+	long a0 = (long)cut, a1 = (long)K - 1 - (long)cut; /* kept ranks */
+	for (size_t j = 0; j < len; j++) {
+		double m;
+		if (L[j] == H[j]) {
+			m = L[j];
+		} else {
+			/* ranks holding lo: [nlt, nlt + neql - 1]; hi: [K - ngt - neqh, K - ngt -
+			 * 1] */
+			long l0 = nlt[j], l1 = (long)nlt[j] + neql[j] - 1;
+			long h0 = (long)K - ngt[j] - neqh[j], h1 = (long)K - 1 - ngt[j];
+			long ml = (l1 < a1 ? l1 : a1) - (l0 > a0 ? l0 : a0) + 1;
+			long mh = (h1 < a1 ? h1 : a1) - (h0 > a0 ? h0 : a0) + 1;
+			m = sum[j] + (ml > 0 ? (double)ml * L[j] : 0.0) +
+			    (mh > 0 ? (double)mh * H[j] : 0.0);
+			m /= (double)(a1 - a0 + 1);
+		}
+		out[j0 + j] = (float)m;
+	}
+}
+
 static int robust_mean(agg *a, float *out)
 {
 	size_t K = a->nslots;
@@ -657,6 +745,15 @@ static int robust_mean(agg *a, float *out)
 	float *const *slots = a->slots;
 	enum agg_strategy s = a->o.strategy;
 	size_t numel = a->numel;
+	if (s == AGG_TRIMMED_MEAN && cut <= AGG_FAST_CUT_MAX) {
+#pragma omp parallel for schedule(static)
+		for (size_t t = 0; t < ntiles; t++) {
+			size_t j0 = t * AGG_TILE;
+			size_t len = numel - j0 < AGG_TILE ? numel - j0 : AGG_TILE;
+			trimmed_tile(slots, K, cut, j0, len, out);
+		}
+		return 0;
+	}
 	int nth = omp_get_max_threads();
 	if (nth < 1)
 		nth = 1;

@@ -765,7 +765,7 @@ static int spec_matches(const fed *f, const store_info *in, char *why, size_t wh
 		return 0;
 	}
 	if (in->targets[0] && strcmp(in->targets, f->targets_str)) {
-		WHY("targets %s, configured %s", in->targets, f->targets_str);
+		WHY("targets %.60s, configured %.60s", in->targets, f->targets_str);
 		return 0;
 	}
 	if (in->ffa != f->o.spec.ffa) {
@@ -853,8 +853,9 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 				     "optimiser state of version %" PRIu64
 				     " does not fit the configured strategy; starting it afresh",
 				     in.version);
-		} else if (agg_strategy_buffers(o->agg.strategy) == 0 &&
-		           (o->agg.strategy != AGG_FEDAVG)) {
+		} else if (in.round > 0 &&
+		           (o->agg.strategy == AGG_FEDAVGM || o->agg.strategy == AGG_FEDADAM ||
+		            o->agg.strategy == AGG_FEDYOGI)) {
 			LOGW(MOD, "no optimiser state for version %" PRIu64 "; starting it afresh",
 			     in.version);
 		}

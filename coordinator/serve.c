@@ -17,7 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/signalfd.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -34,12 +34,27 @@ typedef struct srv {
 	void *wsock; /* loop side of the worker pair */
 	pthread_t worker;
 	int worker_up;
-	int sigfd;
+	int sigpipe[2]; /* self-pipe: the signal handler writes the signal number */
 	int stopping;
 	int forced;
 } srv;
 
 static int g_pause_commit_ms, g_pause_rename_ms;
+static volatile int g_sig_wfd = -1;
+
+/* Async-signal-safe: one byte per signal into the self-pipe. Whatever
+ * thread the kernel picks (sanitizer runtimes add threads of their own),
+ * the loop sees the byte. */
+static void on_signal(int sig)
+{
+	int saved = errno;
+	unsigned char b = (unsigned char)sig;
+	if (g_sig_wfd >= 0) {
+		ssize_t w = write(g_sig_wfd, &b, 1);
+		(void)w;
+	}
+	errno = saved;
+}
 
 /* ---- worker thread ---- */
 
@@ -183,19 +198,20 @@ static void drain_events(srv *S)
 
 static void handle_signals(srv *S)
 {
-	struct signalfd_siginfo si;
-	while (read(S->sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
-		if (si.ssi_signo == SIGHUP) {
+	unsigned char b;
+	while (read(S->sigpipe[0], &b, 1) == 1) {
+		int signo = b;
+		if (signo == SIGHUP) {
 			LOGI(MOD, "SIGHUP: reloading certificates, CRL and allow-list");
 			chan_server_reload(S->ch);
-		} else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+		} else if (signo == SIGTERM || signo == SIGINT) {
 			if (S->stopping) {
 				LOGW(MOD, "second %s: exiting now",
-				     si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+				     signo == SIGTERM ? "SIGTERM" : "SIGINT");
 				S->forced = 1;
 				return;
 			}
-			LOGI(MOD, "%s: finishing", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+			LOGI(MOD, "%s: finishing", signo == SIGTERM ? "SIGTERM" : "SIGINT");
 			S->stopping = 1;
 			fed_shutdown(S->f, clk_mono_ms());
 		}
@@ -230,29 +246,39 @@ int serve_run(const cconf *cc)
 	srv S;
 	memset(&S, 0, sizeof S);
 	S.cc = cc;
-	S.sigfd = -1;
 	int rc = 1;
 	g_pause_commit_ms = env_ms("FEDLORA_TEST_COMMIT_PAUSE_MS");
 	g_pause_rename_ms = env_ms("FEDLORA_TEST_RENAME_PAUSE_MS");
 	if (g_pause_rename_ms >= 0)
 		fileio_test_hook = rename_hook;
 
-	/* signals: blocked here (threads inherit the mask), read via signalfd */
+	/* signals: a handler writes into a self-pipe the loop polls. They are
+	 * blocked while threads are created (so the worker, ZeroMQ and HTTP
+	 * threads never run the handler) and unblocked on the loop thread. */
+	S.sigpipe[0] = S.sigpipe[1] = -1;
+	if (pipe(S.sigpipe) != 0 || fcntl(S.sigpipe[0], F_SETFL, O_NONBLOCK) != 0 ||
+	    fcntl(S.sigpipe[1], F_SETFL, O_NONBLOCK) != 0 ||
+	    fcntl(S.sigpipe[0], F_SETFD, FD_CLOEXEC) != 0 ||
+	    fcntl(S.sigpipe[1], F_SETFD, FD_CLOEXEC) != 0) {
+		LOGE(MOD, "signal pipe: %s", strerror(errno));
+		goto out;
+	}
+	g_sig_wfd = S.sigpipe[1];
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
-	if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) {
-		LOGE(MOD, "cannot block signals");
-		return 1;
-	}
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	S.sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-	if (S.sigfd < 0) {
-		LOGE(MOD, "signalfd: %s", strerror(errno));
-		return 1;
-	}
 
 	if (metrics_new(&S.m)) {
 		LOGE(MOD, "out of memory");
@@ -328,6 +354,7 @@ int serve_run(const cconf *cc)
 		}
 	}
 
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL); /* only the loop thread takes signals */
 	uint64_t last_stats = 0;
 	while (!S.forced) {
 		zmq_pollitem_t it[CHAN_POLLITEMS_MAX + 2];
@@ -337,7 +364,7 @@ int serve_run(const cconf *cc)
 		it[n].events = ZMQ_POLLIN;
 		it[n].revents = 0;
 		it[n + 1].socket = NULL;
-		it[n + 1].fd = S.sigfd;
+		it[n + 1].fd = S.sigpipe[0];
 		it[n + 1].events = ZMQ_POLLIN;
 		it[n + 1].revents = 0;
 		uint64_t now = clk_mono_ms();
@@ -407,8 +434,11 @@ out:
 		zmq_ctx_term(S.zctx);
 	metrics_free(S.m);
 	store_free(S.st);
-	if (S.sigfd >= 0)
-		close(S.sigfd);
+	g_sig_wfd = -1;
+	if (S.sigpipe[0] >= 0) {
+		close(S.sigpipe[0]);
+		close(S.sigpipe[1]);
+	}
 	fileio_test_hook = NULL;
 	return rc;
 }

@@ -3,7 +3,7 @@
  * metrics endpoint and the signals.
  *
  * One event loop over zmq_poll (channel sockets, the aggregation worker's
- * inproc socket, a signalfd) runs every fed_* call; one worker thread runs
+ * inproc socket, a signal self-pipe) runs every fed_* call; one worker thread runs
  * the CPU-heavy jobs (decode + accumulate an update, aggregate + commit a
  * version), receiving job pointers over an inproc PAIR socket, so a long
  * aggregation never stalls heartbeats or handshakes. SIGTERM/SIGINT: the

@@ -372,8 +372,7 @@ int store_load_latest(store *s, tset **adapter, store_info *info)
 		for (size_t i = 0; i < no; i++)
 			if (os[i] > info->version) {
 				char p[PATH_MAX];
-				opt_path(s->dir, os[i], p, sizeof p);
-				if (unlink(p) == 0)
+				if (opt_path(s->dir, os[i], p, sizeof p) == 0 && unlink(p) == 0)
 					LOGW("store", "removed %s: its version was never committed",
 					     p);
 			}
@@ -403,7 +402,8 @@ int store_commit(store *s, const tset *adapter, const store_info *info, const ts
 	}
 	char path[PATH_MAX];
 	if (opt && tset_count(opt)) {
-		opt_path(s->dir, info->version, path, sizeof path);
+		if (opt_path(s->dir, info->version, path, sizeof path))
+			return FL_EINVAL;
 		char vb[24];
 		u64s(vb, sizeof vb, info->version);
 		st_kv om[1] = {{ST_META_VERSION, vb}};
@@ -446,7 +446,8 @@ int store_commit(store *s, const tset *adapter, const store_info *info, const ts
 	    {"fedlora.base_sha256", bsha},
 	};
 	size_t nmeta = sizeof meta / sizeof meta[0] - (info->has_base ? 0 : 1);
-	store_version_path(s->dir, info->version, path, sizeof path);
+	if (store_version_path(s->dir, info->version, path, sizeof path))
+		return FL_EINVAL;
 	rc = st_write(path, adapter, ST_F32, meta, nmeta);
 	if (rc) {
 		LOGE("store", "cannot write version %s (%s)", path, fl_strerror(rc));
@@ -463,11 +464,11 @@ int store_commit(store *s, const tset *adapter, const store_info *info, const ts
 		for (size_t i = 0; i + keep < n; i++) {
 			if (vs[i] >= info->version)
 				break;
-			store_version_path(s->dir, vs[i], path, sizeof path);
-			if (unlink(path) != 0 && errno != ENOENT)
+			if (store_version_path(s->dir, vs[i], path, sizeof path) == 0 &&
+			    unlink(path) != 0 && errno != ENOENT)
 				LOGW("store", "cannot remove %s: %s", path, strerror(errno));
-			opt_path(s->dir, vs[i], path, sizeof path);
-			unlink(path);
+			if (opt_path(s->dir, vs[i], path, sizeof path) == 0)
+				unlink(path);
 		}
 		free(vs);
 	}
@@ -477,11 +478,10 @@ int store_commit(store *s, const tset *adapter, const store_info *info, const ts
 	if (list_numbered(s->dir, ODIR, "opt-", &os, &no) == 0) {
 		for (size_t i = 0; i < no; i++) {
 			char vp[PATH_MAX];
-			store_version_path(s->dir, os[i], vp, sizeof vp);
-			if (os[i] < info->version && !file_exists(vp)) {
-				opt_path(s->dir, os[i], path, sizeof path);
+			if (store_version_path(s->dir, os[i], vp, sizeof vp) == 0 &&
+			    os[i] < info->version && !file_exists(vp) &&
+			    opt_path(s->dir, os[i], path, sizeof path) == 0)
 				unlink(path);
-			}
 		}
 		free(os);
 	}
@@ -491,8 +491,7 @@ int store_commit(store *s, const tset *adapter, const store_info *info, const ts
 int store_load_opt(store *s, uint64_t version, tset **out)
 {
 	char path[PATH_MAX];
-	opt_path(s->dir, version, path, sizeof path);
-	if (!file_exists(path))
+	if (opt_path(s->dir, version, path, sizeof path) || !file_exists(path))
 		return FL_ENOENT;
 	st_file *f = NULL;
 	char why[200];

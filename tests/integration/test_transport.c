@@ -5,6 +5,7 @@
 #include "chantest.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -410,12 +411,339 @@ static void test_reload(void **state)
 	h_free(h);
 }
 
-int main(void)
+/* The optional ZAP handler refuses a TCP peer by address before any byte
+ * of it is buffered, and admits an allowed one. */
+static void test_zap(void **state)
 {
+	(void)state;
+	ct_h *h = h_new();
+	chan_server_opts so;
+	chan_client_opts co;
+	ct_server_opts(&so, g_root);
+	so.ip_deny = "10.0.0.0/8, 127.0.0.1";
+	long mark = ct_log_mark();
+	assert_int_equal(chan_server_new(&so, &h->srv), 0);
+	ct_client_opts(&co, g_root, "pki", "node-01", chan_server_endpoint(h->srv));
+	assert_int_equal(chan_client_new(&co, &h->cli[0]), 0);
+	int ok = CT_WAIT(h, 5000,
+	                 ct_log_has(mark, "connection from 127.0.0.1 refused by the ZAP handler",
+	                            "matches ip_deny"));
+	assert_true(ok);
+	ct_pump(h, 200);
+	chan_server_stats st;
+	chan_server_get_stats(h->srv, &st);
+	assert_true(st.zap_denied >= 1);
+	assert_int_equal(st.hs_ok + st.hs_failed + st.sessions, 0);
+	assert_false(chan_client_is_ready(h->cli[0]));
+	ct_h_fini(h);
+
+	ct_server_opts(&so, g_root);
+	so.ip_allow = "192.168.0.0/16, 127.0.0.0/8";
+	so.ip_deny = "127.0.0.2";
+	assert_int_equal(chan_server_new(&so, &h->srv), 0);
+	ct_client_opts(&co, g_root, "pki", "node-01", chan_server_endpoint(h->srv));
+	assert_int_equal(chan_client_new(&co, &h->cli[0]), 0);
+	assert_true(CT_WAIT(h, 5000, chan_client_is_ready(h->cli[0])));
+	h_free(h);
+}
+
+/* zmq_bind is retried with back-off while the port is still taken (a
+ * restarted coordinator whose predecessor has not let go yet). */
+typedef struct blocker {
+	char ep[128];
+	int bound;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+} blocker;
+
+static void *hold_port(void *arg)
+{
+	blocker *b = arg;
+	void *zc = zmq_ctx_new(), *s = zmq_socket(zc, ZMQ_ROUTER);
+	int zero = 0;
+	size_t n = sizeof b->ep;
+	zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+	zmq_bind(s, "tcp://127.0.0.1:*");
+	zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, b->ep, &n);
+	pthread_mutex_lock(&b->mu);
+	b->bound = 1;
+	pthread_cond_signal(&b->cv);
+	pthread_mutex_unlock(&b->mu);
+	clk_sleep_ms(400);
+	zmq_close(s);
+	zmq_ctx_term(zc);
+	return NULL;
+}
+
+static void test_bind_retry(void **state)
+{
+	(void)state;
+	blocker b = {"", 0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+	pthread_t th;
+	pthread_create(&th, NULL, hold_port, &b);
+	pthread_mutex_lock(&b.mu);
+	while (!b.bound)
+		pthread_cond_wait(&b.cv, &b.mu);
+	pthread_mutex_unlock(&b.mu);
+	chan_server_opts so;
+	chan_server *s = NULL;
+	ct_server_opts(&so, g_root);
+	so.endpoint = b.ep;
+	so.bind_retry_ms = 0;
+	assert_int_equal(chan_server_new(&so, &s), FL_EBUSY);
+	long mark = ct_log_mark();
+	so.bind_retry_ms = 5000;
+	assert_int_equal(chan_server_new(&so, &s), 0);
+	assert_true(ct_log_has(mark, "is in use; retrying", NULL)); /* it did have to wait */
+	assert_string_equal(chan_server_endpoint(s), b.ep);
+	chan_server_free(s);
+	pthread_join(th, NULL);
+}
+
+/* ---- real processes: SIGKILL and restart ---- */
+
+static volatile sig_atomic_t g_hup, g_term;
+static void on_sig(int sig)
+{
+	if (sig == SIGHUP)
+		g_hup = 1;
+	else
+		g_term = 1;
+}
+
+/* Child: a coordinator answering PEER_UP with WELCOME and echoing every
+ * message; prints its endpoint; SIGHUP reloads, SIGTERM ends. */
+static int child_coord(const char *root, const char *endpoint)
+{
+	chan_server_opts so;
+	chan_server *s = NULL;
+	ct_log_to(root);
+	log_set_name("coord-child");
+	signal(SIGHUP, on_sig);
+	signal(SIGTERM, on_sig);
+	ct_server_opts(&so, root);
+	so.endpoint = endpoint;
+	so.crl_path = ct_path(root, "pki/crl.pem");
+	if (chan_server_new(&so, &s) != 0)
+		return 1;
+	printf("%s\n", chan_server_endpoint(s));
+	fflush(stdout);
+	while (!g_term) {
+		chan_event ev;
+		chan_server_poll(s, 100);
+		if (g_hup) {
+			g_hup = 0;
+			chan_server_reload(s);
+		}
+		while (chan_server_next(s, &ev) == 0) {
+			if (ev.type == CHAN_EV_PEER_UP)
+				chan_server_send(s, ev.peer, CT_WELCOME, strlen(CT_WELCOME));
+			else if (ev.type == CHAN_EV_MESSAGE)
+				chan_server_send(s, ev.peer, ev.data, ev.len);
+			chan_event_fini(&ev);
+		}
+	}
+	chan_server_free(s);
+	return 0;
+}
+
+/* Child: a node that becomes ready on WELCOME and then says hello. */
+static int child_node(const char *root, const char *id, const char *endpoint)
+{
+	chan_client_opts co;
+	chan_client *c = NULL;
+	ct_log_to(root);
+	log_set_name("node-child");
+	signal(SIGTERM, on_sig);
+	ct_client_opts(&co, root, "pki", id, endpoint);
+	if (chan_client_new(&co, &c) != 0)
+		return 1;
+	while (!g_term) {
+		chan_event ev;
+		chan_client_poll(c, 100);
+		while (chan_client_next(c, &ev) == 0) {
+			if (ev.type == CHAN_EV_MESSAGE && ev.len == strlen(CT_WELCOME) &&
+			    memcmp(ev.data, CT_WELCOME, ev.len) == 0) {
+				chan_client_set_ready(c);
+				chan_client_send(c, "hello", 5);
+				printf("READY %llu\n", (unsigned long long)ev.peer);
+				fflush(stdout);
+			}
+			chan_event_fini(&ev);
+		}
+	}
+	chan_client_free(c);
+	return 0;
+}
+
+/* Starts this test binary in a child mode; its stdout comes back on *fd
+ * (non-blocking). */
+static pid_t spawn(const char *mode, const char *a, const char *b, const char *c, int *fd)
+{
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		dup2(p[1], 1);
+		close(p[0]);
+		close(p[1]);
+		execl("/proc/self/exe", "test_transport", mode, a, b, c, (char *)NULL);
+		_exit(127);
+	}
+	close(p[1]);
+	fcntl(p[0], F_SETFL, O_NONBLOCK);
+	*fd = p[0];
+	return pid;
+}
+
+/* Appends what the child printed to acc; 1 if acc now contains needle. */
+static int child_said(int fd, char *acc, size_t cap, const char *needle)
+{
+	size_t n = strlen(acc);
+	ssize_t k;
+	while (n + 1 < cap && (k = read(fd, acc + n, cap - 1 - n)) > 0)
+		n += (size_t)k;
+	acc[n] = '\0';
+	return strstr(acc, needle) != NULL;
+}
+
+static void reap(pid_t pid, int fd, int sig)
+{
+	int st;
+	kill(pid, sig);
+	waitpid(pid, &st, 0);
+	close(fd);
+}
+
+/* A node process killed with SIGKILL: its session is freed (the keepalive
+ * finds the connection gone); a restarted node gets a new session, and an
+ * old session still around when the new one comes up is replaced. */
+static void test_node_killed(void **state)
+{
+	(void)state;
+	ct_h *h = h_new();
+	chan_server_opts so;
+	char acc[4096] = "";
+	int fd;
+	ct_server_opts(&so, g_root);
+	so.heartbeat_ivl_ms = 300;
+	assert_int_equal(chan_server_new(&so, &h->srv), 0);
+	const char *ep = chan_server_endpoint(h->srv);
+
+	pid_t pid = spawn("--node", g_root, "node-03", ep, &fd);
+	assert_true(CT_WAIT(h, 10000, ct_evs_find(&h->sev, 0, CHAN_EV_MESSAGE, 0, "node-03") >= 0));
+	uint64_t h1 = h->sev.v[ct_evs_find(&h->sev, 0, CHAN_EV_PEER_UP, 0, "node-03")].peer;
+	reap(pid, fd, SIGKILL);
+	/* Not restarted: freed as unreachable within a few keepalive periods. */
+	assert_true(CT_WAIT(h, 5000, ct_evs_find(&h->sev, 0, CHAN_EV_PEER_GONE, h1, NULL) >= 0));
+	int k = ct_evs_find(&h->sev, 0, CHAN_EV_PEER_GONE, h1, NULL);
+	assert_int_equal(h->sev.v[k].reason, FL_ENET);
+	chan_server_stats st;
+	chan_server_get_stats(h->srv, &st);
+	assert_int_equal(st.sessions, 0);
+	assert_true(st.unreachable >= 1);
+	ct_evs_clear(&h->sev);
+
+	/* Restarted: a new session. */
+	acc[0] = '\0';
+	pid = spawn("--node", g_root, "node-03", ep, &fd);
+	assert_true(CT_WAIT(h, 10000, ct_evs_find(&h->sev, 0, CHAN_EV_MESSAGE, 0, "node-03") >= 0));
+	uint64_t h2 = h->sev.v[ct_evs_find(&h->sev, 0, CHAN_EV_PEER_UP, 0, "node-03")].peer;
+	assert_true(h2 != h1);
+	assert_true(CT_WAIT(h, 5000, child_said(fd, acc, sizeof acc, "READY 1")));
+
+	/* Killed and restarted at once: the old session is freed (replaced or
+	 * unreachable, whichever comes first), the new one serves. */
+	reap(pid, fd, SIGKILL);
+	ct_evs_clear(&h->sev);
+	pid = spawn("--node", g_root, "node-03", ep, &fd);
+	assert_true(CT_WAIT(h, 10000,
+	                    ct_evs_find(&h->sev, 0, CHAN_EV_MESSAGE, 0, "node-03") >= 0 &&
+	                        ct_evs_find(&h->sev, 0, CHAN_EV_PEER_GONE, h2, NULL) >= 0));
+	k = ct_evs_find(&h->sev, 0, CHAN_EV_MESSAGE, 0, "node-03");
+	uint64_t h3 = h->sev.v[k].peer;
+	assert_true(h3 != h2 && h3 != h1);
+	assert_int_equal(chan_server_send(h->srv, h3, "pong", 4), 0);
+	assert_true(CT_WAIT(h, 2000, (chan_server_get_stats(h->srv, &st), st.sessions == 1)));
+	chan_server_get_stats(h->srv, &st);
+	assert_int_equal(st.sessions, 1);
+	assert_int_equal(st.pending, 0);
+	reap(pid, fd, SIGTERM);
+	h_free(h);
+}
+
+/* The coordinator process killed with SIGKILL and restarted on the same
+ * port: every node notices, reconnects and re-handshakes by itself. */
+static void test_coordinator_killed(void **state)
+{
+	(void)state;
+	ct_h *h = h_new();
+	char acc[4096] = "", ep[256];
+	int fd;
+	pid_t pid = spawn("--coord", g_root, "tcp://127.0.0.1:*", "-", &fd);
+	assert_true(CT_WAIT(h, 10000, child_said(fd, acc, sizeof acc, "\n")));
+	snprintf(ep, sizeof ep, "%.*s", (int)strcspn(acc, "\n"), acc);
+	static const char *ids[3] = {"node-01", "node-02", "node-03"};
+	for (int i = 0; i < 3; i++) {
+		chan_client_opts co;
+		ct_client_opts(&co, g_root, "pki", ids[i], ep);
+		assert_int_equal(chan_client_new(&co, &h->cli[i]), 0);
+	}
+	assert_true(CT_WAIT(h, 10000,
+	                    chan_client_is_ready(h->cli[0]) && chan_client_is_ready(h->cli[1]) &&
+	                        chan_client_is_ready(h->cli[2])));
+	/* SIGHUP reload in the child keeps the sessions. */
+	kill(pid, SIGHUP);
+	ct_pump(h, 300);
+	assert_true(chan_client_is_ready(h->cli[0]) && chan_client_is_ready(h->cli[1]) &&
+	            chan_client_is_ready(h->cli[2]));
+
+	for (int round = 0; round < 2; round++) {
+		reap(pid, fd, SIGKILL);
+		assert_true(CT_WAIT(h, 5000,
+		                    !chan_client_is_ready(h->cli[0]) &&
+		                        !chan_client_is_ready(h->cli[1]) &&
+		                        !chan_client_is_ready(h->cli[2])));
+		uint64_t t0 = clk_mono_ms();
+		acc[0] = '\0';
+		pid = spawn("--coord", g_root, ep, "-", &fd);
+		int ok =
+		    CT_WAIT(h, 10000,
+		            chan_client_is_ready(h->cli[0]) && chan_client_is_ready(h->cli[1]) &&
+		                chan_client_is_ready(h->cli[2]));
+		uint64_t dt = clk_mono_ms() - t0;
+		print_message("coordinator restart %d: all 3 nodes ready again after %llu ms\n",
+		              round + 1, (unsigned long long)dt);
+		assert_true(ok);
+		/* The new sessions carry traffic (the child echoes). */
+		ct_evs_clear(&h->cev[2]);
+		assert_int_equal(chan_client_send(h->cli[2], "echo?", 5), 0);
+		assert_true(
+		    CT_WAIT(h, 5000, ct_evs_find(&h->cev[2], 0, CHAN_EV_MESSAGE, 0, NULL) >= 0));
+	}
+	chan_client_stats cs;
+	chan_client_get_stats(h->cli[0], &cs);
+	assert_true(cs.ups >= 3);
+	assert_true(cs.disconnects >= 2);
+	reap(pid, fd, SIGTERM);
+	h_free(h);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 5 && strcmp(argv[1], "--coord") == 0)
+		return child_coord(argv[2], argv[3]);
+	if (argc == 5 && strcmp(argv[1], "--node") == 0)
+		return child_node(argv[2], argv[3], argv[4]);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_roundtrip),
 	    cmocka_unit_test(test_refusals),
 	    cmocka_unit_test(test_reload),
+	    cmocka_unit_test(test_zap),
+	    cmocka_unit_test(test_bind_retry),
+	    cmocka_unit_test(test_node_killed),
+	    cmocka_unit_test(test_coordinator_killed),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -311,7 +311,8 @@ static int cmp_d(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static void run_robust(enum agg_strategy strat, int K, double trim)
+/* dup: every even update is the same one (many exact ties) */
+static void run_robust_ex(enum agg_strategy strat, int K, double trim, int dup, enum qt_fmt fmt)
 {
 	tset *lay = mk_layout();
 	agg_opts o;
@@ -325,7 +326,9 @@ static void run_robust(enum agg_strategy strat, int K, double trim)
 	agg_begin(a);
 	for (int i = 0; i < K; i++) {
 		/* a couple of outliers to make trimming matter */
-		upd_make(&u[i], lay, i % 3 ? QT_Q4 : QT_F32, i == 1 ? 50.0 : 0.1, &seed);
+		uint64_t same = 4242;
+		upd_make(&u[i], lay, i % 3 ? fmt : QT_F32, i == 1 ? 50.0 : 0.1,
+		         dup && i % 2 == 0 ? &same : &seed);
 		add_ok(a, &u[i], (uint64_t)(i + 1) * 7); /* weights ignored here */
 	}
 	tset *step;
@@ -362,6 +365,11 @@ static void run_robust(enum agg_strategy strat, int K, double trim)
 	tset_free(lay);
 }
 
+static void run_robust(enum agg_strategy strat, int K, double trim)
+{
+	run_robust_ex(strat, K, trim, 0, QT_Q4);
+}
+
 static void test_median(void **s)
 {
 	(void)s;
@@ -378,6 +386,12 @@ static void test_trimmed_mean(void **s)
 	run_robust(AGG_TRIMMED_MEAN, 40, 0.1);
 	run_robust(AGG_TRIMMED_MEAN, 10, 0.0);
 	run_robust(AGG_TRIMMED_MEAN, 10, 0.49);
+	/* ties at the cut (identical updates, q2 levels) */
+	run_robust_ex(AGG_TRIMMED_MEAN, 12, 0.25, 1, QT_Q2);
+	run_robust_ex(AGG_TRIMMED_MEAN, 9, 0.3, 1, QT_Q2);
+	run_robust_ex(AGG_MEDIAN, 12, 0, 1, QT_Q2);
+	/* cut above the branch-free path's limit: the selection path */
+	run_robust(AGG_TRIMMED_MEAN, 70, 0.49);
 }
 
 /* ---- clipping and refusals ---- */
@@ -685,7 +699,15 @@ static void test_state_roundtrip(void **s)
 	agg_begin(a);
 	add_ok(a, &u1, 1);
 	assert_int_equal(agg_finish(a, s1), 0);
+	/* pending = 1 exports the uncommitted state, which differs */
+	tset *pend;
+	assert_int_equal(agg_state_export(a, 1, &pend), 0);
 	assert_int_equal(agg_state_export(a, 0, &st), 0);
+	uint8_t fp1[32], fp2[32];
+	assert_int_equal(tset_fingerprint(pend, fp1), 0);
+	assert_int_equal(tset_fingerprint(st, fp2), 0);
+	assert_memory_not_equal(fp1, fp2, 32);
+	tset_free(pend);
 	assert_int_equal(tset_count(st), 8);
 	assert_non_null(tset_find(st, "opt.m.blk.0.attn_q.lora_a"));
 	assert_int_equal(agg_state_import(b, st), 0);
