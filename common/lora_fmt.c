@@ -224,12 +224,6 @@ int lfmt_check(const tset *ad, const gguf *base, uint32_t *rank, char *why, size
 		int rc = base_shape(base, l, tg, &out_rows, &in_cols, why, whylen);
 		if (rc != 0)
 			return rc;
-		char other[64];
-		canon_name(other, sizeof other, l, tg, !is_b);
-		const tensor *o = tset_find(ad, other);
-		if (!o)
-			return fail(why, whylen, FL_EFORMAT, "adapter tensor %s has no partner %s",
-			            t->name, other);
 		uint64_t tr = is_b ? t->shape[1] : t->shape[0];
 		uint64_t dim = is_b ? t->shape[0] : t->shape[1];
 		uint64_t want = is_b ? out_rows : in_cols;
@@ -251,6 +245,11 @@ int lfmt_check(const tset *ad, const gguf *base, uint32_t *rank, char *why, size
 			return fail(why, whylen, FL_EFORMAT,
 			            "adapter tensor %s has rank %" PRIu64 ", others have %" PRIu32,
 			            t->name, tr, r);
+		char other[64];
+		canon_name(other, sizeof other, l, tg, !is_b);
+		if (!tset_find(ad, other))
+			return fail(why, whylen, FL_EFORMAT, "adapter tensor %s has no partner %s",
+			            t->name, other);
 		for (size_t k = 0; k < t->n; k++)
 			if (!isfinite(t->data[k]))
 				return fail(why, whylen, FL_ENUMERIC,
