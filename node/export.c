@@ -438,6 +438,49 @@ static int chunk_ffn_mid(const model_config *c, const model_layer *y, cbuf *b, c
 	return 0;
 }
 
+int exp_forward_final(model *m, const int32_t *tokens, int S, int T, int batch, float *out)
+{
+	const model_config *c = model_cfg(m);
+	const model_weights *mw = model_wts(m);
+	const int C = c->dim, QD = c->n_heads * c->head_dim, F = c->ffn_dim;
+	if (S < 1 || T < 1 || T > c->ctx || !tokens || !out)
+		return FL_EINVAL;
+	for (size_t k = 0; k < (size_t)S * T; k++)
+		if (tokens[k] < 0 || tokens[k] >= c->vocab)
+			return FL_EINVAL;
+	const int Bmax = batch > 0 && batch < S ? batch : S;
+	cbuf b;
+	float *att = malloc(sizeof(float) * (size_t)Bmax * T * QD);
+	if (!att || cbuf_alloc(&b, c, Bmax, T) != 0) {
+		free(att);
+		return FL_ENOMEM;
+	}
+	int rc = 0;
+	kern_embed(out, tokens, &mw->tok_embd, S * T);
+	for (int s0 = 0; s0 < S && rc == 0; s0 += Bmax) {
+		int Bc = S - s0 < Bmax ? S - s0 : Bmax, N = Bc * T;
+		float *xs = out + (size_t)s0 * T * C;
+		for (int l = 0; l < c->n_layers && rc == 0; l++) {
+			const model_layer *y = &mw->layers[l];
+			if ((rc = chunk_attn(c, y, &b, xs, att, Bc, T)) != 0 ||
+			    (rc = kern_matmul(b.tmp, C, att, QD, &y->wo, NULL, N, b.scratch,
+			                      b.scratch_n)) != 0)
+				break;
+			kern_add(xs, xs, b.tmp, (size_t)N * C);
+			if ((rc = chunk_ffn_mid(c, y, &b, xs, N)) != 0 ||
+			    (rc = kern_matmul(b.tmp, C, b.gate, F, &y->w_down, NULL, N, b.scratch,
+			                      b.scratch_n)) != 0)
+				break;
+			kern_add(xs, xs, b.tmp, (size_t)N * C);
+		}
+		if (rc == 0)
+			kern_rmsnorm(xs, NULL, xs, mw->output_norm, c->norm_eps, N, C);
+	}
+	cbuf_free(&b);
+	free(att);
+	return rc;
+}
+
 static int run_gptq(ctx *x)
 {
 	const exp_opts *o = x->o;

@@ -78,4 +78,10 @@ int exp_calib_tokens(const tok *tk, const void *text, size_t n, int n_seq, int s
  * gets the number of predicted tokens. Used by tests and benchmarks. */
 int exp_eval_nll(model *m, const int32_t *ids, size_t n, int ctx, double *nll, size_t *count);
 
+/* The final-norm outputs [S * T, C] of S sequences of T tokens, computed
+ * with m's own weights by the same chunked per-layer code (batch sequences
+ * at a time) that feeds GPTQ its calibration inputs; tests compare it with
+ * model_forward. */
+int exp_forward_final(model *m, const int32_t *tokens, int S, int T, int batch, float *out);
+
 #endif
