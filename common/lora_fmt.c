@@ -1084,3 +1084,21 @@ out:
 	tset_free(s);
 	return rc;
 }
+
+int lfmt_export(const tset *ad, const char *base_path, const lfmt_params *p, enum lfmt_format fmt,
+                uint32_t type, const char *out, char *why, size_t whylen)
+{
+	gguf *g = NULL;
+	char gerr[256];
+	int rc = gguf_open(base_path, &g, gerr, sizeof gerr);
+	if (rc != 0)
+		return fail(why, whylen, rc, "%s: %s", base_path, gerr);
+	if (fmt == LFMT_GGUF_LORA)
+		rc = lfmt_write_gguf_lora(ad, g, p, type, out, why, whylen);
+	else if (fmt == LFMT_PEFT)
+		rc = lfmt_write_peft(ad, g, p, out, why, whylen);
+	else
+		rc = fail(why, whylen, FL_EINVAL, "unknown adapter format %d", (int)fmt);
+	gguf_free(g);
+	return rc;
+}
