@@ -220,7 +220,7 @@ int lfmt_check(const tset *ad, const gguf *base, uint32_t *rank, char *why, size
 			return fail(why, whylen, FL_EFORMAT,
 			            "adapter tensor %s has %" PRIu32 " dimensions, expected 2",
 			            t->name, t->ndim);
-		uint64_t out_rows, in_cols;
+		uint64_t out_rows = 0, in_cols = 0;
 		int rc = base_shape(base, l, tg, &out_rows, &in_cols, why, whylen);
 		if (rc != 0)
 			return rc;
