@@ -3,6 +3,7 @@
  * they become real. */
 #include "cli.h"
 #include "cmd_eval.h"
+#include "cmd_export.h"
 #include "cmd_generate.h"
 #include "cmd_init_model.h"
 #include "partition.h"
@@ -14,6 +15,7 @@ static const cli_cmd node_cmds[] = {
     {"init-model", "write a randomly initialised Llama-family GGUF model", cmd_init_model},
     {"eval", "perplexity of a GGUF model over a text file", cmd_eval},
     {"generate", "continue a prompt with a GGUF model", cmd_generate},
+    {"export", "adapter as GGUF LoRA / PEFT, or the merged model (F32..Q4_0, GPTQ)", cmd_export},
     {NULL, NULL, NULL},
 };
 
