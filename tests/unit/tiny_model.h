@@ -12,6 +12,8 @@
 #include "gtype.h"
 #include "model/adapter.h"
 #include "model/model.h"
+#include "model/tokenizer.h"
+#include "gguf.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -333,6 +335,94 @@ static inline double tm_relerr(const float *got, const double *ref, size_t n)
 		den = fabs(ref[i]) > den ? fabs(ref[i]) : den;
 	}
 	return den > 0 ? num / den : num;
+}
+
+/* Writes t as a GGUF file (llama or qwen2 keys, the built-in byte vocabulary:
+ * t->c.vocab must be TOK_BYTE_VOCAB_SIZE), matrices in `type` (F32, F16,
+ * Q8_0, Q4_0: quantized from the f32 values), vectors f32. Returns 0. */
+static inline int tm_write_gguf(const tm_model *t, const char *path, uint32_t type)
+{
+	const model_config *c = &t->c;
+	const char *arch = c->arch == MODEL_ARCH_QWEN2 ? "qwen2" : "llama";
+	char key[128], nm[64];
+	gguf_writer *w = gguf_writer_new();
+	assert_non_null(w);
+	assert_int_equal(c->vocab, TOK_BYTE_VOCAB_SIZE);
+	assert_int_equal(gguf_set_str(w, "general.architecture", arch), 0);
+	assert_int_equal(gguf_set_str(w, "general.name", "tiny"), 0);
+	assert_int_equal(gguf_set_u32(w, "general.file_type", type == GTYPE_F32 ? 0 : 7), 0);
+#define TMU(k, v)                                                                                  \
+	(snprintf(key, sizeof key, "%s." k, arch), assert_int_equal(gguf_set_u32(w, key, (v)), 0))
+#define TMF(k, v)                                                                                  \
+	(snprintf(key, sizeof key, "%s." k, arch), assert_int_equal(gguf_set_f32(w, key, (v)), 0))
+	TMU("embedding_length", (uint32_t)c->dim);
+	TMU("block_count", (uint32_t)c->n_layers);
+	TMU("attention.head_count", (uint32_t)c->n_heads);
+	TMU("attention.head_count_kv", (uint32_t)c->n_kv_heads);
+	TMU("feed_forward_length", (uint32_t)c->ffn_dim);
+	TMU("context_length", (uint32_t)c->ctx);
+	TMU("rope.dimension_count", (uint32_t)c->n_rot);
+	TMF("attention.layer_norm_rms_epsilon", c->norm_eps);
+	TMF("rope.freq_base", c->rope_base);
+#undef TMU
+#undef TMF
+	assert_int_equal(tok_write_byte_vocab(w), 0);
+	/* borrowed data must live until the write: collect owned copies */
+	const model_weights *mw = &t->w;
+#define TMMAT(name, km)                                                                            \
+	do {                                                                                       \
+		const kern_mat *k_ = (km);                                                         \
+		size_t rb_;                                                                        \
+		assert_int_equal(gtype_row_size(type, (uint64_t)k_->cols, &rb_), 0);               \
+		uint8_t *d_ = malloc(rb_ * k_->rows);                                              \
+		for (int r_ = 0; r_ < k_->rows; r_++)                                              \
+			assert_int_equal(                                                          \
+			    gtype_quant_row(type, (const float *)k_->data + (size_t)r_ * k_->cols, \
+			                    d_ + rb_ * r_, (size_t)k_->cols),                      \
+			    0);                                                                    \
+		uint64_t ne_[2] = {(uint64_t)k_->cols, (uint64_t)k_->rows};                        \
+		assert_int_equal(gguf_add_tensor_own(w, (name), type, 2, ne_, d_, rb_ * k_->rows), \
+		                 0);                                                               \
+	} while (0)
+#define TMVEC(name, p, n)                                                                          \
+	do {                                                                                       \
+		float *d_ = malloc(sizeof(float) * (n));                                           \
+		memcpy(d_, (p), sizeof(float) * (n));                                              \
+		uint64_t ne_[1] = {(uint64_t)(n)};                                                 \
+		assert_int_equal(                                                                  \
+		    gguf_add_tensor_own(w, (name), GTYPE_F32, 1, ne_, d_, sizeof(float) * (n)),    \
+		    0);                                                                            \
+	} while (0)
+	const size_t C = (size_t)c->dim, QD = (size_t)c->n_heads * c->head_dim,
+	             KVD = (size_t)c->n_kv_heads * c->head_dim;
+	TMMAT("token_embd.weight", &mw->tok_embd);
+	for (int l = 0; l < c->n_layers; l++) {
+		const model_layer *y = &mw->layers[l];
+#define TMN(x) (snprintf(nm, sizeof nm, "blk.%d." x, l), nm)
+		TMVEC(TMN("attn_norm.weight"), y->attn_norm, C);
+		TMMAT(TMN("attn_q.weight"), &y->wq);
+		TMMAT(TMN("attn_k.weight"), &y->wk);
+		TMMAT(TMN("attn_v.weight"), &y->wv);
+		if (y->bq) {
+			TMVEC(TMN("attn_q.bias"), y->bq, QD);
+			TMVEC(TMN("attn_k.bias"), y->bk, KVD);
+			TMVEC(TMN("attn_v.bias"), y->bv, KVD);
+		}
+		TMMAT(TMN("attn_output.weight"), &y->wo);
+		TMVEC(TMN("ffn_norm.weight"), y->ffn_norm, C);
+		TMMAT(TMN("ffn_gate.weight"), &y->w_gate);
+		TMMAT(TMN("ffn_up.weight"), &y->w_up);
+		TMMAT(TMN("ffn_down.weight"), &y->w_down);
+#undef TMN
+	}
+	TMVEC("output_norm.weight", mw->output_norm, C);
+	if (!mw->tied)
+		TMMAT("output.weight", &mw->output);
+#undef TMMAT
+#undef TMVEC
+	int rc = gguf_writer_write(w, path);
+	gguf_writer_free(w);
+	return rc;
 }
 
 #endif
