@@ -144,11 +144,11 @@ static void test_init_layout(void **state)
 	tm_free(&t);
 }
 
-/* Logits of m over tok [B, T] (a copy). */
-static float *logits_of(model *m, const int32_t *tok, int B, int T)
+/* Logits of m over ids [B, T] (a copy). */
+static float *logits_of(model *m, const int32_t *ids, int B, int T)
 {
 	const int V = model_cfg(m)->vocab;
-	assert_int_equal(model_forward(m, tok, NULL, B, T, NULL), 0);
+	assert_int_equal(model_forward(m, ids, NULL, B, T, NULL), 0);
 	float *p = malloc(sizeof(float) * (size_t)B * T * V);
 	memcpy(p, model_logits(m), sizeof(float) * (size_t)B * T * V);
 	return p;
@@ -160,19 +160,19 @@ static void b_zero_equals_base(int arch, int NKV, int tied, int bias)
 	tm_make(&t, arch, 2, 4, NKV, 6, 20, 23, tied, bias, 11);
 	const int B = 2, T = 9, V = t.c.vocab;
 	uint64_t s = 5;
-	int32_t tok[18];
-	tm_rand_ids(tok, B * T, V, &s);
+	int32_t ids[18];
+	tm_rand_ids(ids, B * T, V, &s);
 	model *m = NULL;
 	assert_int_equal(model_new_from_weights(&t.c, &t.w, &m), 0);
 	assert_int_equal(model_prepare(m, B, T, MODEL_KEEP_ACTS), 0);
-	float *base = logits_of(m, tok, B, T);
+	float *base = logits_of(m, ids, B, T);
 	adp_spec sp = {.rank = 4, .alpha = 8, .targets = ADP_ALL_TARGETS};
 	tset *ad = NULL;
 	adp_binding *bd = NULL;
 	assert_int_equal(adp_init(&t.c, &sp, 3, &ad), 0);
 	assert_int_equal(adp_bind(&t.c, &sp, ad, B * T, &bd), 0);
 	assert_int_equal(model_set_lora(m, adp_binding_lora(bd)), 0);
-	float *lo = logits_of(m, tok, B, T);
+	float *lo = logits_of(m, ids, B, T);
 	size_t diff = 0;
 	for (size_t i = 0; i < (size_t)B * T * V; i++)
 		diff += !(lo[i] == base[i]);
@@ -188,7 +188,7 @@ static void b_zero_equals_base(int arch, int NKV, int tied, int bias)
 		for (int t0 = 0; t0 < T; t0 += 4) {
 			int n = T - t0 < 4 ? T - t0 : 4;
 			for (int b = 0; b < B; b++)
-				memcpy(step + b * n, tok + b * T + t0, sizeof(int32_t) * n);
+				memcpy(step + b * n, ids + b * T + t0, sizeof(int32_t) * n);
 			const float *dl = NULL;
 			assert_int_equal(model_decode(m, step, B, n, &dl), 0);
 			for (int b = 0; b < B; b++)
@@ -230,8 +230,8 @@ static void lora_vs_ref(int arch, int NKV, uint32_t targets, int rslora)
 	tm_make(&t, arch, 2, 4, NKV, 6, 20, 23, 1, arch == MODEL_ARCH_QWEN2, 21);
 	const int B = 2, T = 11, V = t.c.vocab, C = t.c.dim;
 	uint64_t s = 9;
-	int32_t tok[22];
-	tm_rand_ids(tok, B * T, V, &s);
+	int32_t ids[22];
+	tm_rand_ids(ids, B * T, V, &s);
 	adp_spec sp = {.rank = 5, .alpha = 7, .targets = targets, .rslora = rslora};
 	tset *ad = NULL;
 	adp_binding *bd = NULL;
@@ -242,15 +242,15 @@ static void lora_vs_ref(int arch, int NKV, uint32_t targets, int rslora)
 	assert_int_equal(model_new_from_weights(&t.c, &t.w, &m), 0);
 	assert_int_equal(model_prepare(m, B, T, 0), 0);
 	assert_int_equal(model_set_lora(m, adp_binding_lora(bd)), 0);
-	float *got = logits_of(m, tok, B, T);
+	float *got = logits_of(m, ids, B, T);
 
 	/* double reference of the adapted model */
 	tm_lora dl;
 	tm_lora_from(&dl, &t.c, &sp, ad);
 	double *ref = malloc(sizeof(double) * (size_t)B * T * V);
 	int32_t tgt[22];
-	memcpy(tgt, tok, sizeof tgt);
-	tm_ref_loss(&t, &dl, tok, tgt, B, T, ref);
+	memcpy(tgt, ids, sizeof tgt);
+	tm_ref_loss(&t, &dl, ids, tgt, B, T, ref);
 	char what[128];
 	snprintf(what, sizeof what, "LoRA logits vs double ref (arch %d, targets 0x%02x%s)", arch,
 	         targets, rslora ? ", rslora" : "");
@@ -283,7 +283,7 @@ static void lora_vs_ref(int arch, int NKV, uint32_t targets, int rslora)
 	model *mf = NULL;
 	assert_int_equal(model_new_from_weights(&f.c, &f.w, &mf), 0);
 	assert_int_equal(model_prepare(mf, B, T, 0), 0);
-	float *merged = logits_of(mf, tok, B, T);
+	float *merged = logits_of(mf, ids, B, T);
 	double num = 0, den = 0;
 	for (size_t i = 0; i < (size_t)B * T * V; i++) {
 		num = fmax(num, fabs((double)got[i] - merged[i]));
@@ -299,7 +299,7 @@ static void lora_vs_ref(int arch, int NKV, uint32_t targets, int rslora)
 		int n = T - t0 < 3 ? T - t0 : 3;
 		int32_t step[6];
 		for (int b = 0; b < B; b++)
-			memcpy(step + b * n, tok + b * T + t0, sizeof(int32_t) * n);
+			memcpy(step + b * n, ids + b * T + t0, sizeof(int32_t) * n);
 		const float *dlog = NULL;
 		assert_int_equal(model_decode(m, step, B, n, &dlog), 0);
 		for (int b = 0; b < B; b++)

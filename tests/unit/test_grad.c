@@ -39,14 +39,14 @@ static void check(const char *what, double err, double tol)
 typedef struct fd_ctx {
 	const tm_model *t;
 	const tm_lora *lo;
-	const int32_t *tok, *tgt;
+	const int32_t *ids, *tgt;
 	int B, T;
 	double scale;
 } fd_ctx;
 
 static double loss_of(const fd_ctx *c)
 {
-	return c->scale * tm_ref_loss(c->t, c->lo, c->tok, c->tgt, c->B, c->T, NULL);
+	return c->scale * tm_ref_loss(c->t, c->lo, c->ids, c->tgt, c->B, c->T, NULL);
 }
 
 /* FD gradient of the reference loss at p[0..n) vs got[0..n). */
@@ -83,8 +83,8 @@ static void lora_grads(const char *name, tm_model *t, model *m, int ffa, uint32_
 {
 	const int B = 2, T = 6, V = t->c.vocab;
 	uint64_t s = 31;
-	int32_t tok[12], tgt[12];
-	tm_rand_ids(tok, B * T, V, &s);
+	int32_t ids[12], tgt[12];
+	tm_rand_ids(ids, B * T, V, &s);
 	tm_rand_ids(tgt, B * T, V, &s);
 	tgt[3] = -1;
 	tgt[8] = -1;
@@ -100,20 +100,20 @@ static void lora_grads(const char *name, tm_model *t, model *m, int ffa, uint32_
 	assert_int_equal(model_set_lora(m, adp_binding_lora(bd)), 0);
 	assert_int_equal(grad_ws_new(m, B, T, 3, &ws), 0);
 	float loss = 0;
-	assert_int_equal(model_forward(m, tok, tgt, B, T, &loss), 0);
+	assert_int_equal(model_forward(m, ids, tgt, B, T, &loss), 0);
 	float *da[TM_MAXL * 7], *db[TM_MAXL * 7];
 	adp_ptrs(&t->c, g, 0, da);
 	adp_ptrs(&t->c, g, 1, db);
 	grad_lora gl = {.da = ffa ? NULL : da, .db = db};
 	int cnt = 0;
 	const float lscale = 0.75f;
-	assert_int_equal(grad_backward(ws, m, tok, tgt, B, T, lscale, &gl, NULL, &cnt), 0);
+	assert_int_equal(grad_backward(ws, m, ids, tgt, B, T, lscale, &gl, NULL, &cnt), 0);
 	assert_int_equal(cnt, B * T - 2);
 
 	tm_lora dl;
 	tm_lora_from(&dl, &t->c, &sp, ad);
-	fd_ctx c = {.t = t, .lo = &dl, .tok = tok, .tgt = tgt, .B = B, .T = T, .scale = lscale};
-	double ref = tm_ref_loss(t, &dl, tok, tgt, B, T, NULL);
+	fd_ctx c = {.t = t, .lo = &dl, .ids = ids, .tgt = tgt, .B = B, .T = T, .scale = lscale};
+	double ref = tm_ref_loss(t, &dl, ids, tgt, B, T, NULL);
 	printf("  %s: loss %.6f, reference %.6f\n", name, loss, ref);
 	assert_true(fabs(loss - ref) < 1e-4 * fabs(ref));
 	double worst_a = 0, worst_b = 0;
@@ -234,8 +234,8 @@ static void full_grads(const char *name, tm_model *t)
 {
 	const int B = 2, T = 5, V = t->c.vocab;
 	uint64_t s = 77;
-	int32_t tok[10], tgt[10];
-	tm_rand_ids(tok, B * T, V, &s);
+	int32_t ids[10], tgt[10];
+	tm_rand_ids(ids, B * T, V, &s);
 	tm_rand_ids(tgt, B * T, V, &s);
 	tgt[0] = -1;
 	model *m = NULL;
@@ -267,9 +267,9 @@ static void full_grads(const char *name, tm_model *t)
 	                   .layers = gl};
 #undef G
 	float loss;
-	assert_int_equal(model_forward(m, tok, tgt, B, T, &loss), 0);
-	assert_int_equal(grad_backward(ws, m, tok, tgt, B, T, 1.0f, NULL, &gw, NULL), 0);
-	fd_ctx c = {.t = t, .tok = tok, .tgt = tgt, .B = B, .T = T, .scale = 1.0};
+	assert_int_equal(model_forward(m, ids, tgt, B, T, &loss), 0);
+	assert_int_equal(grad_backward(ws, m, ids, tgt, B, T, 1.0f, NULL, &gw, NULL), 0);
+	fd_ctx c = {.t = t, .ids = ids, .tgt = tgt, .B = B, .T = T, .scale = 1.0};
 	/* every tensor of the blob, by region */
 	region reg[64];
 	int nr = 0;
@@ -342,21 +342,21 @@ static void test_args(void **state)
 	assert_int_equal(model_new_from_weights(&t.c, &t.w, &m), 0);
 	assert_int_equal(grad_ws_new(m, 1, 4, 0, &ws), 0);
 	assert_true(grad_ws_bytes(ws) > 0);
-	int32_t tok[4] = {1, 2, 3, 4}, tgt[4] = {2, 3, 4, 5}, none[4] = {-1, -1, -1, -1};
+	int32_t ids[4] = {1, 2, 3, 4}, tgt[4] = {2, 3, 4, 5}, none[4] = {-1, -1, -1, -1};
 	float *gb = calloc(t.n, sizeof(float));
 	grad_layer gl[2] = {{0}};
 	grad_weights gw = {.tok_embd = gb, .layers = gl};
 	/* inference arena (activations not kept) */
 	assert_int_equal(model_prepare(m, 1, 4, 0), 0);
-	assert_int_equal(model_forward(m, tok, tgt, 1, 4, NULL), 0);
-	assert_int_equal(grad_backward(ws, m, tok, tgt, 1, 4, 1, NULL, &gw, NULL), FL_EINVAL);
+	assert_int_equal(model_forward(m, ids, tgt, 1, 4, NULL), 0);
+	assert_int_equal(grad_backward(ws, m, ids, tgt, 1, 4, 1, NULL, &gw, NULL), FL_EINVAL);
 	assert_int_equal(model_prepare(m, 1, 4, MODEL_KEEP_ACTS), 0);
-	assert_int_equal(model_forward(m, tok, none, 1, 4, NULL), 0);
-	assert_int_equal(grad_backward(ws, m, tok, none, 1, 4, 1, NULL, &gw, NULL), FL_ENUMERIC);
+	assert_int_equal(model_forward(m, ids, none, 1, 4, NULL), 0);
+	assert_int_equal(grad_backward(ws, m, ids, none, 1, 4, 1, NULL, &gw, NULL), FL_ENUMERIC);
 	/* shape other than the forward's */
-	assert_int_equal(model_forward(m, tok, tgt, 1, 4, NULL), 0);
-	assert_int_equal(grad_backward(ws, m, tok, tgt, 1, 3, 1, NULL, &gw, NULL), FL_EINVAL);
-	assert_int_equal(grad_backward(ws, m, tok, tgt, 1, 4, 1, NULL, &gw, NULL), 0);
+	assert_int_equal(model_forward(m, ids, tgt, 1, 4, NULL), 0);
+	assert_int_equal(grad_backward(ws, m, ids, tgt, 1, 3, 1, NULL, &gw, NULL), FL_EINVAL);
+	assert_int_equal(grad_backward(ws, m, ids, tgt, 1, 4, 1, NULL, &gw, NULL), 0);
 	/* flops: backward of LoRA training ~ forward, full ~ twice */
 	double f0 = model_forward_flops(&t.c, 2, 8);
 	double f1 = grad_backward_flops(&t.c, 2, 8, 0), f2 = grad_backward_flops(&t.c, 2, 8, 1);

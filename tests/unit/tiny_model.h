@@ -16,6 +16,7 @@
 #include "gguf.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -186,7 +187,7 @@ static inline void tm_rope(double *x, int nh, const model_config *c, int p)
 
 /* Mean cross-entropy over targets >= 0 of the model t (double parameters)
  * with optional LoRA lo; logits [B*T, V] out when non-NULL. */
-static inline double tm_ref_loss(const tm_model *t, const tm_lora *lo, const int32_t *tok,
+static inline double tm_ref_loss(const tm_model *t, const tm_lora *lo, const int32_t *ids,
                                  const int32_t *tgt, int B, int T, double *logits)
 {
 	const model_config *c = &t->c;
@@ -206,7 +207,7 @@ static inline double tm_ref_loss(const tm_model *t, const tm_lora *lo, const int
 	for (int b = 0; b < B; b++) {
 		for (int tt = 0; tt < T; tt++)
 			for (int i = 0; i < C; i++)
-				x[tt * C + i] = E[(size_t)tok[b * T + tt] * C + i];
+				x[tt * C + i] = E[(size_t)ids[b * T + tt] * C + i];
 		for (int l = 0; l < c->n_layers; l++) {
 			const model_layer *y = &t->w.layers[l];
 			const int ix = l * MODEL_LORA_NT;
