@@ -6,6 +6,7 @@
 #include "err.h"
 #include "gtype.h"
 #include "log.h"
+#include "lora_fmt.h"
 #include "model/grad.h"
 #include "optim.h"
 #include "rng.h"
@@ -468,6 +469,7 @@ struct trainer {
 	uint32_t *idx, *order;
 	size_t nidx;
 	size_t bytes;
+	int in_train; /* inside trn_train (progress callbacks may eval live) */
 };
 
 trn_hparams trn_defaults(void)
@@ -800,6 +802,7 @@ int trn_train(trainer *t, tset *adapter, const tset *global, const ds *data, con
 	uint64_t epoch = 0, t0 = clk_mono_ns();
 	size_t cursor = 0;
 	epoch_order(t, hp->seed, epoch);
+	t->in_train = 1;
 	for (long s = 0; s < hp->steps; s++) {
 		const float lr = optim_lr(&sc, s);
 		if (t->o.full)
@@ -877,24 +880,20 @@ int trn_train(trainer *t, tset *adapter, const tset *global, const ds *data, con
 	if (mt)
 		*mt = m;
 out:
+	t->in_train = 0;
 	model_set_lora(t->m, NULL);
 	return rc;
 }
 
-int trn_eval(trainer *t, const tset *adapter, const ds *data, int ctx, int batch,
-             uint64_t max_targets, double *nll, uint64_t *count, trn_progress_fn cb, void *arg)
+/* Mean NLL over data's windows with whatever is attached now. */
+static int eval_windows(trainer *t, const ds *data, int ctx, int batch, uint64_t max_targets,
+                        double *nll, uint64_t *count, trn_progress_fn cb, void *arg)
 {
-	if (ctx < 2 || ctx > t->o.max_ctx || batch < 1 || batch > t->o.max_batch || !nll)
-		return FL_EINVAL;
-	if (!t->o.full && adapter && adp_check(&t->cfg, &t->o.lora, adapter, NULL, 0) != 0)
-		return FL_EMISMATCH;
-	int rc = attach(t, adapter);
-	if (rc != 0)
-		return rc;
 	const size_t nw = ds_n_windows(data, ctx);
 	double sum = 0.0;
 	uint64_t cnt = 0, t0 = clk_mono_ns();
 	size_t w = 0;
+	int rc;
 	while (w < nw && (max_targets == 0 || cnt < max_targets)) {
 		int B = 0, c = 0;
 		while (B < batch && w < nw) {
@@ -905,7 +904,7 @@ int trn_eval(trainer *t, const tset *adapter, const ds *data, int ctx, int batch
 		if (c == 0)
 			continue;
 		if ((rc = model_forward(t->m, t->inp, t->tgt, B, ctx, NULL)) != 0)
-			goto out;
+			return rc;
 		const float *ls = model_losses(t->m);
 		for (int i = 0; i < B * ctx; i++)
 			if (t->tgt[i] >= 0)
@@ -917,20 +916,110 @@ int trn_eval(trainer *t, const tset *adapter, const ds *data, int ctx, int batch
 			                  .loss = sum / cnt,
 			                  .tokens = cnt,
 			                  .seconds = (clk_mono_ns() - t0) * 1e-9};
-			if (cb(arg, &p) != 0) {
-				rc = FL_EINTR;
-				goto out;
-			}
+			if (cb(arg, &p) != 0)
+				return FL_EINTR;
 		}
 	}
-	if (cnt == 0) {
-		rc = FL_EINVAL;
-		goto out;
-	}
+	if (cnt == 0)
+		return FL_EINVAL;
 	*nll = sum / (double)cnt;
 	if (count)
 		*count = cnt;
-out:
+	return 0;
+}
+
+int trn_eval(trainer *t, const tset *adapter, const ds *data, int ctx, int batch,
+             uint64_t max_targets, double *nll, uint64_t *count, trn_progress_fn cb, void *arg)
+{
+	if (ctx < 2 || ctx > t->o.max_ctx || batch < 1 || batch > t->o.max_batch || !nll ||
+	    t->in_train)
+		return FL_EINVAL;
+	if (!t->o.full && adapter && adp_check(&t->cfg, &t->o.lora, adapter, NULL, 0) != 0)
+		return FL_EMISMATCH;
+	int rc = attach(t, adapter);
+	if (rc == 0)
+		rc = eval_windows(t, data, ctx, batch, max_targets, nll, count, cb, arg);
 	model_set_lora(t->m, NULL);
 	return rc;
+}
+
+int trn_eval_live(trainer *t, const ds *data, int ctx, int batch, uint64_t max_targets, double *nll,
+                  uint64_t *count)
+{
+	if (!t->in_train)
+		return FL_ESTATE;
+	if (ctx < 2 || ctx > t->o.max_ctx || batch < 1 || batch > t->o.max_batch || !nll)
+		return FL_EINVAL;
+	return eval_windows(t, data, ctx, batch, max_targets, nll, count, NULL, NULL);
+}
+
+/* ---- adapter files ------------------------------------------------------------------ */
+
+struct trn_adapter {
+	tset *ad;
+	adp_binding *bd;
+};
+
+int trn_adapter_open(model *m, const char *path, float alpha, trn_adapter **out, char *desc,
+                     size_t desclen, char *err, size_t errlen)
+{
+	const gguf *g = model_gguf(m);
+	if (!g)
+		return fail(err, errlen, FL_EINVAL,
+		            "the model has no GGUF to check the adapter against");
+	lfmt_override ov = {.has_alpha = alpha > 0.0f, .alpha = alpha, .rank = 0, .rslora = -1};
+	lfmt_params lp;
+	tset *ad = NULL;
+	char why[256];
+	int rc = lfmt_load(path, g, &ov, &ad, &lp, why, sizeof why);
+	if (rc != 0)
+		return fail(err, errlen, rc, "%s: %s", path, why);
+	adp_spec s = {.alpha = lp.alpha, .rslora = lp.rslora};
+	const model_config *c = model_cfg(m);
+	if ((rc = adp_spec_from_tset(c, ad, &s, why, sizeof why)) != 0 ||
+	    (rc = adp_spec_check(&s, why, sizeof why)) != 0) {
+		tset_free(ad);
+		return fail(err, errlen, rc, "%s: %s", path, why);
+	}
+	trn_adapter *a = calloc(1, sizeof *a);
+	if (!a) {
+		tset_free(ad);
+		return fail(err, errlen, FL_ENOMEM, "out of memory");
+	}
+	a->ad = ad;
+	if ((rc = adp_bind(c, &s, ad, 0, &a->bd)) != 0 ||
+	    (rc = model_set_lora(m, adp_binding_lora(a->bd))) != 0) {
+		trn_adapter_close(m, a);
+		return fail(err, errlen, rc, "%s: %s", path, fl_strerror(rc));
+	}
+	if (desc && desclen) {
+		char tg[128];
+		adp_targets_format(s.targets, tg, sizeof tg);
+		snprintf(desc, desclen, "rank %u, alpha %g%s, %s", s.rank, (double)s.alpha,
+		         s.rslora ? " (rsLoRA)" : "", tg);
+	}
+	*out = a;
+	return 0;
+}
+
+void trn_adapter_close(model *m, trn_adapter *a)
+{
+	if (!a)
+		return;
+	if (m)
+		model_set_lora(m, NULL);
+	adp_binding_free(a->bd);
+	tset_free(a->ad);
+	free(a);
+}
+
+int trn_adapter_save_peft(const tset *ad, const adp_spec *s, const gguf *g, const char *dir,
+                          char *err, size_t errlen)
+{
+	lfmt_params p = {.alpha = s->alpha, .rank = s->rank, .rslora = s->rslora};
+	char why[256];
+	int rc = lfmt_write_peft(ad, g, &p, dir, why, sizeof why);
+	if (rc != 0)
+		return fail(err, errlen, rc, "%s: %s", dir, why);
+	return 0;
 }

@@ -134,6 +134,30 @@ int trn_train(trainer *t, tset *adapter, const tset *global, const ds *data, con
 int trn_eval(trainer *t, const tset *adapter, const ds *data, int ctx, int batch,
              uint64_t max_targets, double *nll, uint64_t *count, trn_progress_fn cb, void *arg);
 
+/* An adapter file attached to a model for inference (eval, generate):
+ * a PEFT directory, a GGUF LoRA adapter, or a safetensors file
+ * (common/lora_fmt.h lfmt_load), checked against m's GGUF. alpha > 0 is
+ * used when the file does not say (a canonical safetensors without
+ * metadata); a contradicting value is refused. The adapter stays attached
+ * (model_set_lora) until trn_adapter_close. desc gets "rank 8, alpha 16,
+ * attn_q,attn_v" for messages. */
+typedef struct trn_adapter trn_adapter;
+int trn_adapter_open(model *m, const char *path, float alpha, trn_adapter **out, char *desc,
+                     size_t desclen, char *err, size_t errlen);
+void trn_adapter_close(model *m, trn_adapter *a);
+
+/* Writes a trained adapter as PEFT (dir/adapter_model.safetensors with
+ * Hugging Face names and q/k rows, dir/adapter_config.json) for the base
+ * whose GGUF is g. */
+int trn_adapter_save_peft(const tset *ad, const adp_spec *s, const gguf *g, const char *dir,
+                          char *err, size_t errlen);
+
+/* The same for the weights being trained, from inside a progress callback
+ * of trn_train (the adapter as trained so far, or the current weights in
+ * full training); FL_ESTATE elsewhere. Does not disturb the training. */
+int trn_eval_live(trainer *t, const ds *data, int ctx, int batch, uint64_t max_targets, double *nll,
+                  uint64_t *count);
+
 /* Optimiser steps for `epochs` passes over data's windows at this batch
  * shape: ceil(epochs * windows / (batch * accum)), at least 1; 0 when the
  * data has no window with a target. */
