@@ -17,6 +17,7 @@
 #include "dataset.h"
 #include "err.h"
 #include "gtype.h"
+#include "lora_fmt.h"
 #include "model/tokenizer.h"
 #include "optim.h"
 #include "train.h"
@@ -367,6 +368,68 @@ static void test_prox_cancel_eval(void **state)
 	trn_base_free(b);
 }
 
+/* PEFT export: reloads to the same canonical tensors (q/k rows permuted to
+ * Hugging Face order and back) and evaluates identically, also through
+ * trn_adapter_open (the eval/generate --adapter path). */
+static void test_peft_roundtrip(void **state)
+{
+	(void)state;
+	trn_base *b = NULL;
+	char err[256];
+	assert_int_equal(trn_base_load(f32_path, NULL, 0, &b, err, sizeof err), 0);
+	trainer *t = make_trainer(b, 0, 0, 2, 32);
+	ds *d = text_ds(PARA);
+	tset *ad = NULL, *back = NULL;
+	assert_int_equal(trn_adapter_init(t, 3, &ad), 0);
+	trn_hparams h = hp_for(10, 1e-2f, 2, 32);
+	assert_int_equal(trn_train(t, ad, NULL, d, &h, NULL, NULL, NULL, err, sizeof err), 0);
+	char pdir[600];
+	snprintf(pdir, sizeof pdir, "%s/peft", dir);
+	adp_spec sp = {.rank = 8, .alpha = 16, .targets = ADP_ALL_TARGETS};
+	assert_int_equal(trn_adapter_save_peft(ad, &sp, trn_base_gguf(b), pdir, err, sizeof err),
+	                 0);
+	lfmt_params lp;
+	char why[256];
+	assert_int_equal(lfmt_load(pdir, trn_base_gguf(b), NULL, &back, &lp, why, sizeof why), 0);
+	assert_float_equal(lp.alpha, 16, 0);
+	assert_int_equal(lp.rank, 8);
+	uint8_t f1[32], f2[32];
+	tset_fingerprint(ad, f1);
+	tset_fingerprint(back, f2);
+	assert_memory_equal(f1, f2, 32);
+	double e1, e2;
+	assert_int_equal(trn_eval(t, ad, d, 32, 2, 0, &e1, NULL, NULL, NULL), 0);
+	assert_int_equal(trn_eval(t, back, d, 32, 2, 0, &e2, NULL, NULL, NULL), 0);
+	assert_true(e1 == e2);
+	/* through the inference attachment */
+	trn_free(t);
+	model *m = trn_base_model(b);
+	trn_adapter *ta = NULL;
+	char desc[160];
+	assert_int_equal(trn_adapter_open(m, pdir, 0, &ta, desc, sizeof desc, err, sizeof err), 0);
+	printf("  PEFT reload: %s; eval %.6f == %.6f\n", desc, e1, e2);
+	assert_int_equal(model_prepare(m, 1, 32, 0), 0);
+	int32_t in[32], tg[32];
+	double sum = 0;
+	uint64_t cnt = 0;
+	for (size_t w = 0; w < ds_n_windows(d, 32); w++) {
+		int k = ds_window(d, 32, w, in, tg);
+		assert_int_equal(model_forward(m, in, tg, 1, 32, NULL), 0);
+		for (int i = 0; i < 32; i++)
+			if (tg[i] >= 0)
+				sum += model_losses(m)[i];
+		cnt += (uint64_t)k;
+	}
+	printf("  through trn_adapter_open: %.6f\n", sum / cnt);
+	assert_true(fabs(sum / cnt - e1) < 1e-6);
+	trn_adapter_close(m, ta);
+	assert_null(model_get_lora(m));
+	tset_free(ad);
+	tset_free(back);
+	ds_free(d);
+	trn_base_free(b);
+}
+
 static void test_errors(void **state)
 {
 	(void)state;
@@ -425,11 +488,9 @@ static void test_errors(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_lora_memorise_and_q8),
-	    cmocka_unit_test(test_full_memorise_save),
-	    cmocka_unit_test(test_ffa_repro_accum),
-	    cmocka_unit_test(test_prox_cancel_eval),
-	    cmocka_unit_test(test_errors),
+	    cmocka_unit_test(test_lora_memorise_and_q8), cmocka_unit_test(test_full_memorise_save),
+	    cmocka_unit_test(test_ffa_repro_accum),      cmocka_unit_test(test_prox_cancel_eval),
+	    cmocka_unit_test(test_peft_roundtrip),       cmocka_unit_test(test_errors),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
