@@ -9,6 +9,7 @@
 #include "err.h"
 
 extern const ntr_ops ntr_synth_ops;
+extern const ntr_ops ntr_lora_ops;
 
 static const char *const target_names[NTR_T_COUNT] = {
     "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down",
@@ -201,10 +202,12 @@ const ntr_ops *ntr_find(const char *name)
 		return NULL;
 	if (strcmp(name, ntr_synth_ops.name) == 0)
 		return &ntr_synth_ops;
+	if (strcmp(name, ntr_lora_ops.name) == 0)
+		return &ntr_lora_ops;
 	return NULL;
 }
 
 const char *ntr_names(void)
 {
-	return "synth";
+	return "lora|synth";
 }
