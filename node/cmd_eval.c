@@ -16,6 +16,7 @@
 #include "gtype.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
+#include "train.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -40,10 +41,14 @@ static void usage(FILE *f)
 	        "                    only tokens not scored before\n"
 	        "  --max-tokens N    use only the first N tokens of the file\n"
 	        "  --batch B         windows per forward pass (default 1)\n"
-	        "  --threads N       threads (default: OpenMP default)\n");
+	        "  --threads N       threads (default: OpenMP default)\n"
+	        "  --adapter PATH    LoRA adapter: PEFT directory, GGUF LoRA or safetensors\n"
+	        "  --alpha A         the adapter's alpha when its file does not say\n");
 }
 
 typedef struct opts {
+	const char *adapter;
+	float alpha;
 	const char *model, *data;
 	int ctx, stride, max_tokens, batch, threads;
 } opts;
@@ -71,6 +76,11 @@ static int parse(int argc, char **argv, opts *o)
 			         : cmdu_int(CMD, "--max-tokens", v, 2, 2000000000, &o->max_tokens);
 		else if ((r = cmdu_opt(CMD, argc, argv, &i, "--batch", &v)) != 0)
 			rc = r < 0 ? CLI_USAGE : cmdu_int(CMD, "--batch", v, 1, 1024, &o->batch);
+		else if ((r = cmdu_opt(CMD, argc, argv, &i, "--adapter", &v)) != 0)
+			rc = r < 0 ? CLI_USAGE : (o->adapter = v, 0);
+		else if ((r = cmdu_opt(CMD, argc, argv, &i, "--alpha", &v)) != 0)
+			rc =
+			    r < 0 ? CLI_USAGE : cmdu_float(CMD, "--alpha", v, 1e-6, 1e6, &o->alpha);
 		else if ((r = cmdu_opt(CMD, argc, argv, &i, "--threads", &v)) != 0)
 			rc =
 			    r < 0 ? CLI_USAGE : cmdu_int(CMD, "--threads", v, 0, 1024, &o->threads);
@@ -121,6 +131,7 @@ int cmd_eval(int argc, char **argv)
 	cmdu_threads(o.threads);
 
 	model *m = NULL;
+	trn_adapter *adapter = NULL;
 	tok *tk = NULL;
 	uint8_t *text = NULL;
 	int32_t *ids = NULL;
@@ -132,6 +143,15 @@ int cmd_eval(int argc, char **argv)
 	if ((rc = model_load(o.model, &m, err, sizeof err)) != 0) {
 		fprintf(stderr, "fedlora-node eval: %s\n", err);
 		goto out;
+	}
+	if (o.adapter) {
+		char desc[160];
+		if ((rc = trn_adapter_open(m, o.adapter, o.alpha, &adapter, desc, sizeof desc, err,
+		                           sizeof err)) != 0) {
+			fprintf(stderr, "fedlora-node eval: --adapter %s\n", err);
+			goto out;
+		}
+		fprintf(stderr, "adapter %s: %s\n", o.adapter, desc);
 	}
 	const model_config *c = model_cfg(m);
 	if (o.ctx == 0)
@@ -243,6 +263,7 @@ out:
 	free(ids);
 	free(text);
 	tok_free(tk);
+	trn_adapter_close(m, adapter);
 	model_free(m);
 	return ret;
 }

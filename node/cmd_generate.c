@@ -13,6 +13,7 @@
 #include "model/model.h"
 #include "model/sample.h"
 #include "model/tokenizer.h"
+#include "train.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,8 @@ static void usage(FILE *f)
 }
 
 typedef struct opts {
+	const char *adapter;
+	float alpha;
 	const char *model, *prompt;
 	int n, top_k, threads, have_seed;
 	float temp;
@@ -69,6 +72,11 @@ static int parse(int argc, char **argv, opts *o)
 		else if ((r = cmdu_opt(CMD, argc, argv, &i, "--seed", &v)) != 0)
 			rc = r < 0 ? CLI_USAGE
 			           : (o->have_seed = 1, cmdu_u64(CMD, "--seed", v, &o->seed));
+		else if ((r = cmdu_opt(CMD, argc, argv, &i, "--adapter", &v)) != 0)
+			rc = r < 0 ? CLI_USAGE : (o->adapter = v, 0);
+		else if ((r = cmdu_opt(CMD, argc, argv, &i, "--alpha", &v)) != 0)
+			rc =
+			    r < 0 ? CLI_USAGE : cmdu_float(CMD, "--alpha", v, 1e-6, 1e6, &o->alpha);
 		else if ((r = cmdu_opt(CMD, argc, argv, &i, "--threads", &v)) != 0)
 			rc =
 			    r < 0 ? CLI_USAGE : cmdu_int(CMD, "--threads", v, 0, 1024, &o->threads);
@@ -100,6 +108,7 @@ int cmd_generate(int argc, char **argv)
 		o.seed = clk_wall_ms() ^ (clk_mono_ns() << 16);
 
 	model *m = NULL;
+	trn_adapter *adapter = NULL;
 	tok *tk = NULL;
 	int32_t *ids = NULL;
 	float *work = NULL;
@@ -110,6 +119,15 @@ int cmd_generate(int argc, char **argv)
 	if ((rc = model_load(o.model, &m, err, sizeof err)) != 0) {
 		fprintf(stderr, "fedlora-node generate: %s\n", err);
 		goto out;
+	}
+	if (o.adapter) {
+		char desc[160];
+		if ((rc = trn_adapter_open(m, o.adapter, o.alpha, &adapter, desc, sizeof desc, err,
+		                           sizeof err)) != 0) {
+			fprintf(stderr, "fedlora-node generate: --adapter %s\n", err);
+			goto out;
+		}
+		fprintf(stderr, "adapter %s: %s\n", o.adapter, desc);
 	}
 	const model_config *c = model_cfg(m);
 	if ((rc = tok_from_gguf(model_gguf(m), &tk, err, sizeof err)) != 0) {
@@ -205,6 +223,7 @@ out:
 	free(ids);
 	free(work);
 	tok_free(tk);
+	trn_adapter_close(m, adapter);
 	model_free(m);
 	return ret;
 }

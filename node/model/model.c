@@ -7,6 +7,7 @@
 #include "gguf.h"
 #include "gtype.h"
 #include "log.h"
+#include "train_kern.h"
 
 #include <math.h>
 #include <omp.h>
@@ -39,6 +40,12 @@ struct model {
 	model_acts cacts;
 	float *cscratch;
 	size_t cscratch_n;
+
+	/* LoRA (model_set_lora) and its [rows, rank] scratch for u = x A^T */
+	model_lora lora;
+	int has_lora;
+	float *lora_tmp;
+	size_t lora_tmp_n;
 };
 
 int model_config_check(const model_config *c)
@@ -123,6 +130,7 @@ void model_free(model *m)
 	free(m->carena);
 	free(m->kc);
 	free(m->vc);
+	free(m->lora_tmp);
 	free(m->layers);
 	free(m->small);
 	gguf_free(m->gg);
@@ -176,6 +184,8 @@ double model_forward_flops(const model_config *c, int B, int T)
 	    (double)c->n_layers * B * c->n_heads * 2.0 * c->head_dim * ((double)T * (T + 1) / 2.0);
 	return 2.0 * (N * per_tok + att);
 }
+
+static int lora_fit(model *m);
 
 /* ---- activation arena ---------------------------------------------------- */
 
@@ -341,7 +351,7 @@ int model_prepare(model *m, int B, int T, int flags)
 	bind(&m->acts, p, &o);
 	m->scratch = p + o.scratch;
 	m->scratch_n = o.scratch_n;
-	return 0;
+	return lora_fit(m);
 }
 
 size_t model_arena_bytes(const model *m)
@@ -372,6 +382,85 @@ static int check_ids(const int32_t *ids, size_t n, int V, int allow_neg)
 	return 0;
 }
 
+/* ---- LoRA ------------------------------------------------------------------ */
+
+void model_lora_dims(const model_config *c, int t, int *in, int *out)
+{
+	const int C = c->dim, QD = c->n_heads * c->head_dim, KVD = c->n_kv_heads * c->head_dim;
+	static const int ins[MODEL_LORA_NT] = {0, 0, 0, 1, 0, 0, 2};  /* 0 C, 1 QD, 2 F */
+	static const int outs[MODEL_LORA_NT] = {1, 3, 3, 0, 2, 2, 0}; /* 3 KVD */
+	const int w[4] = {C, QD, c->ffn_dim, KVD};
+	*in = w[ins[t]];
+	*out = w[outs[t]];
+}
+
+/* Sizes the u scratch for the largest row count of the arena and cache. */
+static int lora_fit(model *m)
+{
+	if (!m->has_lora)
+		return 0;
+	size_t rows = (size_t)m->aB * m->aT, cr = (size_t)m->cB * m->cchunk, n;
+	if (cr > rows)
+		rows = cr;
+	if (rows == 0)
+		rows = 1;
+	if (sz_mul(rows, (size_t)m->lora.rank, &n) != 0)
+		return FL_EOVERFLOW;
+	if (n <= m->lora_tmp_n)
+		return 0;
+	float *p = malloc(sizeof(float) * n);
+	if (!p)
+		return FL_ENOMEM;
+	free(m->lora_tmp);
+	m->lora_tmp = p;
+	m->lora_tmp_n = n;
+	return 0;
+}
+
+int model_set_lora(model *m, const model_lora *lo)
+{
+	if (!lo) {
+		m->has_lora = 0;
+		memset(&m->lora, 0, sizeof m->lora);
+		return 0;
+	}
+	if (lo->rank < 1 || !isfinite(lo->scale) || !lo->a || !lo->b)
+		return FL_EINVAL;
+	model_lora prev = m->lora;
+	int had = m->has_lora;
+	m->lora = *lo;
+	m->has_lora = 1;
+	int rc = lora_fit(m);
+	if (rc != 0) {
+		m->lora = prev;
+		m->has_lora = had;
+	}
+	return rc;
+}
+
+const model_lora *model_get_lora(const model *m)
+{
+	return m->has_lora ? &m->lora : NULL;
+}
+
+/* out [N, O] += s * B (A x) for projection t of layer l, when adapted; keep:
+ * store u in the caller's buffer (full forward) if it gave one. */
+static void lora_add(model *m, int l, int t, float *out, int ld_out, const float *x, int ld_x,
+                     int N, int keep)
+{
+	if (!m->has_lora)
+		return;
+	const model_lora *lo = &m->lora;
+	const size_t i = (size_t)l * MODEL_LORA_NT + (size_t)t;
+	const float *A = lo->a[i], *B = lo->b[i];
+	if (!A || !B)
+		return;
+	int in, o;
+	model_lora_dims(&m->cfg, t, &in, &o);
+	float *u = keep && lo->u && lo->u[i] ? lo->u[i] : m->lora_tmp;
+	tk_lora_forward(out, ld_out, x, ld_x, A, B, lo->rank, in, o, lo->scale, N, u);
+}
+
 /* The forward pass proper. With use_cache the new K/V rows go to the cache
  * at positions pos0.. and attention reads the cache; otherwise attention
  * reads this batch's K/V (pos0 must be 0). */
@@ -386,7 +475,7 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 	int rc;
 
 	model_prof *pf = m->prof;
-	uint64_t t_mm = 0, t_at = 0, t_all = pf ? clk_mono_ns() : 0, t0 = 0;
+	uint64_t t_mm = 0, t_at = 0, t_lo = 0, t_all = pf ? clk_mono_ns() : 0, t0 = 0;
 #define TM(acc, stmt)                                                                              \
 	do {                                                                                       \
 		if (pf)                                                                            \
@@ -425,6 +514,11 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 			   rc = kern_matmul(v, KVD, ln1, C, &y->wv, y->bv, N, scratch, scratch_n));
 		if (rc != 0)
 			return rc;
+		if (m->has_lora) {
+			TM(t_lo, lora_add(m, l, 0, q, QD, ln1, C, N, !use_cache));
+			TM(t_lo, lora_add(m, l, 1, k, KVD, ln1, C, N, !use_cache));
+			TM(t_lo, lora_add(m, l, 2, v, KVD, ln1, C, N, !use_cache));
+		}
 		if (c->n_rot > 0) {
 			kern_rope(q, QD, a->pos, N, NH, hd, c->n_rot, c->rope_base, c->rope_mode);
 			kern_rope(k, KVD, a->pos, N, NKV, hd, c->n_rot, c->rope_base, c->rope_mode);
@@ -461,6 +555,8 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 		TM(t_mm, rc = kern_matmul(res1, C, atty, QD, &y->wo, NULL, N, scratch, scratch_n));
 		if (rc != 0)
 			return rc;
+		if (m->has_lora)
+			TM(t_lo, lora_add(m, l, 3, res1, C, atty, QD, N, !use_cache));
 		kern_add(res1, res1, resid, (size_t)N * C);
 
 		/* feed-forward block */
@@ -472,11 +568,17 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 			   rc = kern_matmul(up, F, ln2, C, &y->w_up, NULL, N, scratch, scratch_n));
 		if (rc != 0)
 			return rc;
+		if (m->has_lora) {
+			TM(t_lo, lora_add(m, l, 4, gate, F, ln2, C, N, !use_cache));
+			TM(t_lo, lora_add(m, l, 5, up, F, ln2, C, N, !use_cache));
+		}
 		kern_swiglu(hmid, gate, up, (size_t)N * F);
 		TM(t_mm,
 		   rc = kern_matmul(res2, C, hmid, F, &y->w_down, NULL, N, scratch, scratch_n));
 		if (rc != 0)
 			return rc;
+		if (m->has_lora)
+			TM(t_lo, lora_add(m, l, 6, res2, C, hmid, F, N, !use_cache));
 		kern_add(res2, res2, res1, (size_t)N * C);
 		resid = res2;
 	}
@@ -495,7 +597,8 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 		pf->f_attn += 2.0 * 2.0 * c->n_layers * (double)B * NH * hd * pairs;
 		pf->t_matmul += t_mm * 1e-9;
 		pf->t_attn += t_at * 1e-9;
-		pf->t_other += (clk_mono_ns() - t_all - t_mm - t_at) * 1e-9;
+		pf->t_lora += t_lo * 1e-9;
+		pf->t_other += (clk_mono_ns() - t_all - t_mm - t_at - t_lo) * 1e-9;
 		pf->passes++;
 	}
 	return rc;
@@ -566,7 +669,7 @@ int model_cache_init(model *m, int B, int max_T, int chunk)
 	bind(&m->cacts, p, &o);
 	m->cscratch = p + o.scratch;
 	m->cscratch_n = o.scratch_n;
-	return 0;
+	return lora_fit(m);
 }
 
 void model_cache_reset(model *m)

@@ -105,10 +105,39 @@ double model_forward_flops(const model_config *c, int B, int T);
  * flops here. Detach with NULL. */
 typedef struct model_prof {
 	double t_matmul, t_attn, t_other; /* seconds */
+	double t_lora;                    /* seconds in LoRA terms (model_set_lora) */
 	double f_matmul, f_attn;          /* flops (2 per multiply-add) */
 	long passes;
 } model_prof;
 void model_set_prof(model *m, model_prof *p);
+
+/* LoRA on the seven projections of every layer (docs/TRAINING.md):
+ *   y = W x (+ bias) + scale * B (A x),   A [rank, in], B [out, rank]
+ * Targets, in this order (index t of a[l * MODEL_LORA_NT + t]): attn_q,
+ * attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down. The LoRA term of
+ * q and k is added before RoPE (it is part of the projection). */
+#define MODEL_LORA_NT 7
+typedef struct model_lora {
+	int rank;    /* r >= 1 */
+	float scale; /* s: alpha / r, or alpha / sqrt(r) (rsLoRA) */
+	/* [L * MODEL_LORA_NT] each; a NULL pair leaves that projection alone */
+	const float *const *a; /* A [rank, in] */
+	const float *const *b; /* B [out, rank] */
+	/* Optional [L * MODEL_LORA_NT]: when u[i] is non-NULL, model_forward
+	 * keeps u = x A^T [N, rank] of that projection there (N = B*T of the
+	 * call) for the backward pass. NULL: not kept. */
+	float *const *u;
+} model_lora;
+
+/* Attaches LoRA to every following forward and decode; NULL detaches. The
+ * struct is copied; the arrays and the tensors they point to must stay
+ * valid (and u buffers large enough for the prepared [B, T]) while
+ * attached. FL_EINVAL for rank < 1 or a non-finite scale, FL_ENOMEM. */
+int model_set_lora(model *m, const model_lora *lo);
+/* The attached LoRA or NULL. */
+const model_lora *model_get_lora(const model *m);
+/* In/out width of LoRA target t (0..MODEL_LORA_NT-1) under config c. */
+void model_lora_dims(const model_config *c, int t, int *in, int *out);
 
 /* Flags for model_prepare. */
 enum {

@@ -1,0 +1,1384 @@
+/* client — see client.h. */
+#include "client.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "clock.h"
+#include "err.h"
+#include "log.h"
+#include "qtensor.h"
+#include "quant.h"
+#include "sha.h"
+#include "wire.h"
+
+#define NCL_DEFAULT_HB_MS 5000u
+#define NCL_MIN_HB_MS     50u
+#define NCL_MAX_CAPS      32
+
+enum rstate { R_SYNC = 1, R_TRAIN, R_UPLOAD, R_DONE };
+
+typedef struct nround {
+	int active;
+	enum rstate st;
+	uint64_t id, version;
+	uint8_t sha[32];
+	Fedlora__TrainParams params;
+	uint64_t start_ms;
+	uint64_t bytes_down;
+	int snapshot_requested;
+	uint64_t train_job;
+	int trained;
+	ntr_result res;
+	double eval_loss; /* held-out loss of global `version` (NaN: none) */
+	uint32_t step, steps;
+	double step_loss;
+} nround;
+
+typedef struct nupload {
+	int active; /* bytes hold the Update for round_id */
+	int acked;  /* an answer came (accepted, duplicate or refused) */
+	int accepted;
+	uint64_t round_id, base_version;
+	uint8_t *bytes;
+	size_t len, fp32_len;
+	tset *residual_new; /* committed when accepted */
+} nupload;
+
+struct ncl {
+	ncl_config cfg;
+	nst *st;
+	uint8_t shape_fp[32];
+	int session_up, welcomed, stopping, stopped;
+	uint64_t stop_deadline;
+	uint32_t hb_ms;
+	uint64_t next_hb, hb_seq, env_seq;
+	char node_id[128];
+	uint64_t next_job;
+	uint64_t eval_job, eval_job_version;
+	nround r;
+	nupload up;
+	/* action queue */
+	ncl_action *q;
+	size_t qhead, qlen, qcap;
+	/* Join capabilities */
+	char *caps[NCL_MAX_CAPS];
+	size_t ncaps;
+	char *caps_extra;
+};
+
+static const char *const base_caps[] = {"f32", "f16", "q8", "q4", "q2", "ef", "sr", "ffa", "eval"};
+
+/* ---- small helpers ---- */
+
+void ncl_job_free(ncl_job *j)
+{
+	if (!j)
+		return;
+	tset_free(j->adapter);
+	free(j);
+}
+
+void ncl_action_fini(ncl_action *a)
+{
+	free(a->data);
+	a->data = NULL;
+	ncl_job_free(a->job);
+	a->job = NULL;
+}
+
+static int push(ncl *c, const ncl_action *a)
+{
+	if (c->qhead > 0 && c->qhead == c->qlen) {
+		c->qhead = c->qlen = 0;
+	}
+	if (c->qlen == c->qcap) {
+		if (c->qhead > 0) {
+			memmove(c->q, c->q + c->qhead, (c->qlen - c->qhead) * sizeof *c->q);
+			c->qlen -= c->qhead;
+			c->qhead = 0;
+		} else {
+			size_t nc = c->qcap ? c->qcap * 2 : 16;
+			ncl_action *nq = realloc(c->q, nc * sizeof *nq);
+			if (!nq)
+				return FL_ENOMEM;
+			c->q = nq;
+			c->qcap = nc;
+		}
+	}
+	c->q[c->qlen++] = *a;
+	return 0;
+}
+
+int ncl_next(ncl *c, ncl_action *a)
+{
+	if (c->qhead == c->qlen)
+		return FL_EAGAIN;
+	*a = c->q[c->qhead++];
+	return 0;
+}
+
+static void fatal(ncl *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fatal(ncl *c, int code, const char *fmt, ...)
+{
+	ncl_action a = {.kind = NCL_ACT_FATAL, .code = code};
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(a.why, sizeof a.why, fmt, ap);
+	va_end(ap);
+	LOGE("client", "%s", a.why);
+	c->stopped = 1;
+	if (push(c, &a) != 0)
+		LOGE("client", "out of memory queueing a fatal stop");
+}
+
+static void act_simple(ncl *c, enum ncl_act_kind k, const char *why)
+{
+	ncl_action a = {.kind = k};
+	if (why)
+		snprintf(a.why, sizeof a.why, "%s", why);
+	if (push(c, &a) != 0)
+		fatal(c, FL_ENOMEM, "out of memory");
+}
+
+static void cancel_job(ncl *c, uint64_t id)
+{
+	if (!id)
+		return;
+	ncl_action a = {.kind = NCL_ACT_CANCEL, .job_id = id};
+	if (push(c, &a) != 0)
+		fatal(c, FL_ENOMEM, "out of memory");
+}
+
+/* Queues already-encoded bytes (copied). */
+static int send_bytes(ncl *c, const uint8_t *p, size_t n)
+{
+	/* only cached Updates are sent this way */
+	ncl_action a = {.kind = NCL_ACT_SEND,
+	                .len = n,
+	                .body = FEDLORA__ENVELOPE__BODY_UPDATE,
+	                .round_id = c->up.round_id};
+	a.data = malloc(n ? n : 1);
+	if (!a.data)
+		return FL_ENOMEM;
+	memcpy(a.data, p, n);
+	int rc = push(c, &a);
+	if (rc) {
+		free(a.data);
+		return rc;
+	}
+	nst_counters_mut(c->st)->bytes_up += n;
+	return 0;
+}
+
+/* Encodes env into a malloc'd buffer. */
+static int encode(ncl *c, Fedlora__Envelope *env, uint8_t **out, size_t *len)
+{
+	buf b;
+	buf_init(&b, c->cfg.max_msg);
+	env->seq = ++c->env_seq;
+	int rc = wire_encode(env, c->cfg.max_msg, &b);
+	if (rc) {
+		buf_fini(&b);
+		LOGE("client", "cannot encode %s: %s", wire_body_name(env), fl_strerror(rc));
+		return rc;
+	}
+	*out = b.data;
+	*len = b.len;
+	return 0;
+}
+
+static int send_env(ncl *c, Fedlora__Envelope *env)
+{
+	uint8_t *p = NULL;
+	size_t n = 0;
+	int rc = encode(c, env, &p, &n);
+	if (rc)
+		return rc;
+	ncl_action a = {.kind = NCL_ACT_SEND, .data = p, .len = n, .body = (int)env->body_case};
+	rc = push(c, &a);
+	if (rc) {
+		free(p);
+		return rc;
+	}
+	nst_counters_mut(c->st)->bytes_up += n;
+	return 0;
+}
+
+static void send_error(ncl *c, Fedlora__Error__Code code, const char *detail)
+{
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__Error e = FEDLORA__ERROR__INIT;
+	e.code = code;
+	e.detail = (char *)detail;
+	env.body_case = FEDLORA__ENVELOPE__BODY_ERROR;
+	env.error = &e;
+	if (c->welcomed)
+		send_env(c, &env);
+}
+
+static void hex32(const uint8_t *p, size_t n, char out[65])
+{
+	if (n != 32) {
+		snprintf(out, 65, "(%zu bytes)", n);
+		return;
+	}
+	hex_encode(p, 32, out);
+}
+
+static void save_state(ncl *c)
+{
+	if (nst_save(c->st) != 0)
+		LOGW("client", "node state not saved (see above); continuing");
+}
+
+static void drop_upload(ncl *c)
+{
+	free(c->up.bytes);
+	tset_free(c->up.residual_new);
+	memset(&c->up, 0, sizeof c->up);
+}
+
+/* ---- lifecycle ---- */
+
+int ncl_new(const ncl_config *cfg, nst *st, ncl **out)
+{
+	if (!cfg || !cfg->layout || !st || !cfg->sample_count)
+		return FL_EINVAL;
+	ncl *c = calloc(1, sizeof *c);
+	if (!c)
+		return FL_ENOMEM;
+	c->cfg = *cfg;
+	if (!c->cfg.max_msg)
+		c->cfg.max_msg = 128u << 20;
+	if (!c->cfg.software_version)
+		c->cfg.software_version = FEDLORA_VERSION;
+	c->st = st;
+	c->r.eval_loss = NAN;
+	int rc = tset_shape_fingerprint(cfg->layout, c->shape_fp);
+	if (rc) {
+		free(c);
+		return rc;
+	}
+	for (size_t i = 0; i < sizeof base_caps / sizeof base_caps[0]; i++)
+		c->caps[c->ncaps++] = (char *)base_caps[i];
+	if (cfg->capabilities && *cfg->capabilities) {
+		c->caps_extra = strdup(cfg->capabilities);
+		if (!c->caps_extra) {
+			free(c);
+			return FL_ENOMEM;
+		}
+		char *p = c->caps_extra;
+		while (*p && c->ncaps < NCL_MAX_CAPS) {
+			while (*p == ',' || *p == ' ')
+				*p++ = 0;
+			if (!*p)
+				break;
+			c->caps[c->ncaps++] = p;
+			while (*p && *p != ',' && *p != ' ')
+				p++;
+		}
+	}
+	c->hb_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : NCL_DEFAULT_HB_MS;
+	*out = c;
+	return 0;
+}
+
+void ncl_free(ncl *c)
+{
+	if (!c)
+		return;
+	ncl_action a;
+	while (ncl_next(c, &a) == 0)
+		ncl_action_fini(&a);
+	free(c->q);
+	drop_upload(c);
+	free(c->caps_extra);
+	free(c);
+}
+
+/* ---- session ---- */
+
+static void send_join(ncl *c)
+{
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__Join j = FEDLORA__JOIN__INIT;
+	Fedlora__LoraSpec spec;
+	char *names[NTR_T_COUNT];
+	ntr_lora_to_proto(&c->cfg.lora, &spec, names);
+	j.software_version = (char *)c->cfg.software_version;
+	j.capabilities = c->caps;
+	j.n_capabilities = c->ncaps;
+	j.sample_count = c->cfg.sample_count;
+	j.base_fingerprint.data = c->cfg.base_fp;
+	j.base_fingerprint.len = 32;
+	j.adapter_fingerprint.data = c->shape_fp;
+	j.adapter_fingerprint.len = 32;
+	j.have_version = nst_version(c->st);
+	if (nst_global(c->st)) {
+		j.have_sha256.data = (uint8_t *)nst_version_sha(c->st);
+		j.have_sha256.len = 32;
+	}
+	j.lora = &spec;
+	/* With an upload still unacknowledged, say so: the coordinator then
+	 * waits for the resend instead of announcing the round again. */
+	j.last_round_id = c->up.active && !c->up.acked
+	                      ? c->up.round_id
+	                      : nst_counters_get(c->st)->last_round_uploaded;
+	env.body_case = FEDLORA__ENVELOPE__BODY_JOIN;
+	env.join = &j;
+	if (send_env(c, &env) != 0)
+		fatal(c, FL_ENOMEM, "cannot queue Join");
+	LOGI("client", "session up: joining (have version %" PRIu64 ", %" PRIu64 " samples)",
+	     j.have_version, j.sample_count);
+}
+
+void ncl_on_up(ncl *c, uint64_t now_ms)
+{
+	(void)now_ms;
+	if (c->stopped)
+		return;
+	c->session_up = 1;
+	c->welcomed = 0;
+	send_join(c);
+}
+
+void ncl_on_down(ncl *c, uint64_t now_ms, const char *why)
+{
+	(void)now_ms;
+	if (c->session_up)
+		LOGI("client", "session down: %s", why ? why : "");
+	c->session_up = 0;
+	c->welcomed = 0;
+}
+
+static void on_welcome(ncl *c, const Fedlora__Welcome *w, uint64_t now)
+{
+	if (c->welcomed) {
+		LOGW("client", "second Welcome on one session ignored");
+		return;
+	}
+	snprintf(c->node_id, sizeof c->node_id, "%s", w->node_id ? w->node_id : "");
+	for (char *p = c->node_id; *p; p++) /* goes into JSON lines and logs */
+		if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '_';
+	if (w->lora && w->lora->n_targets) {
+		ntr_lora fed;
+		char err[200];
+		if (ntr_lora_from_proto(w->lora, &fed, err, sizeof err) != 0) {
+			fatal(c, FL_EPROTO, "coordinator sent an invalid LoRA spec: %s", err);
+			return;
+		}
+		if (ntr_lora_compare(&c->cfg.lora, &fed, err, sizeof err) != 0) {
+			fatal(c, FL_ECONFIG,
+			      "this node's LoRA spec differs from the federation's (%s, node vs "
+			      "coordinator): fix [lora] in the node config",
+			      err);
+			return;
+		}
+	}
+	c->welcomed = 1;
+	if (!c->cfg.heartbeat_ms && w->heartbeat_ms)
+		c->hb_ms = w->heartbeat_ms < NCL_MIN_HB_MS ? NCL_MIN_HB_MS : w->heartbeat_ms;
+	c->next_hb = now + c->hb_ms;
+	nst_counters_mut(c->st)->sessions++;
+	act_simple(c, NCL_ACT_READY, NULL);
+	LOGI("client",
+	     "welcomed as '%s' by coordinator %s: global version %" PRIu64 " (have %" PRIu64 ")",
+	     c->node_id, w->coordinator_version ? w->coordinator_version : "?", w->global_version,
+	     nst_version(c->st));
+	/* An upload cut by the disconnect: resend while its round can still be
+	 * open (the global has not moved), else skip the round. */
+	if (c->up.active && !c->up.acked) {
+		if (w->global_version == c->up.base_version) {
+			LOGI("client", "resending the update for round %" PRIu64 " after reconnect",
+			     c->up.round_id);
+			if (send_bytes(c, c->up.bytes, c->up.len) == 0)
+				nst_counters_mut(c->st)->updates_sent++;
+		} else {
+			LOGI("client",
+			     "round %" PRIu64 " closed while offline (global now %" PRIu64
+			     "): its update is dropped",
+			     c->up.round_id, w->global_version);
+			if (c->r.active && c->r.id == c->up.round_id)
+				c->r.active = 0;
+			drop_upload(c);
+		}
+	}
+	if (c->r.active && c->r.st == R_TRAIN && w->global_version != c->r.version) {
+		LOGI("client",
+		     "round %" PRIu64 " closed while offline (global now %" PRIu64
+		     "): local training abandoned",
+		     c->r.id, w->global_version);
+		cancel_job(c, c->r.train_job);
+		c->r.active = 0;
+	}
+	if (c->r.active && c->r.st == R_SYNC)
+		c->r.active = 0; /* the request died with the session */
+	save_state(c);
+}
+
+static void on_reject(ncl *c, const Fedlora__Reject *r)
+{
+	const char *d = r->detail && *r->detail ? r->detail : "no detail";
+	switch (r->reason) {
+	case FEDLORA__REJECT__REASON__REASON_BASE_MISMATCH:
+		fatal(c, FL_EMISMATCH,
+		      "coordinator rejected this node: base model mismatch (%s); the node's "
+		      "[model] path must be the federation's base model",
+		      d);
+		return;
+	case FEDLORA__REJECT__REASON__REASON_ADAPTER_MISMATCH:
+		fatal(c, FL_EMISMATCH,
+		      "coordinator rejected this node: adapter layout or LoRA spec mismatch (%s)",
+		      d);
+		return;
+	case FEDLORA__REJECT__REASON__REASON_VERSION:
+		fatal(c, FL_EUNSUPPORTED,
+		      "coordinator rejected this node: software version not supported (%s)", d);
+		return;
+	case FEDLORA__REJECT__REASON__REASON_NOT_ALLOWED:
+		fatal(c, FL_EAUTH, "coordinator rejected this node: identity not allowed (%s)", d);
+		return;
+	default:
+		LOGW("client", "coordinator refused the session (%s: %s); retrying after back-off",
+		     r->reason == FEDLORA__REJECT__REASON__REASON_FULL            ? "full"
+		     : r->reason == FEDLORA__REJECT__REASON__REASON_SHUTTING_DOWN ? "shutting down"
+		                                                                  : "unspecified",
+		     d);
+		c->welcomed = 0;
+		act_simple(c, NCL_ACT_RESET, "rejected by the coordinator");
+	}
+}
+
+/* ---- bringing the global adapter to a version ---- */
+
+/* Result of apply_payload besides errors. */
+enum { AP_SAME = 1, AP_NEW = 2 };
+
+/* Decodes the payload into a new verified adapter (*out), or says the held
+ * one already is the announced version. FL_EMISMATCH: a gap or a hash
+ * mismatch (ask for a snapshot); FL_EPROTO: malformed. */
+static int apply_payload(ncl *c, const Fedlora__RoundStart *rs, tset **out, char *why, size_t wl)
+{
+	const Fedlora__AdapterPayload *p = rs->adapter;
+	const tset *have = nst_global(c->st);
+	uint64_t hv = nst_version(c->st);
+	tset *t = NULL;
+	qtensor *qs = NULL;
+	size_t nq = 0;
+	int rc = 0;
+	if (rs->global_sha256.len != 32) {
+		snprintf(why, wl, "RoundStart carries no SHA-256 of version %" PRIu64,
+		         rs->global_version);
+		return FL_EPROTO;
+	}
+	if (!p || p->kind == FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_UNSPECIFIED) {
+		if (p && p->n_tensors) {
+			snprintf(why, wl, "adapter payload of unspecified kind");
+			return FL_EPROTO;
+		}
+		if (have && hv == rs->global_version &&
+		    memcmp(nst_version_sha(c->st), rs->global_sha256.data, 32) == 0)
+			return AP_SAME;
+		snprintf(why, wl,
+		         "no adapter sent but this node holds version %" PRIu64 ", not %" PRIu64,
+		         hv, rs->global_version);
+		return FL_EMISMATCH;
+	}
+	if (p->to_version != rs->global_version) {
+		snprintf(why, wl, "payload leads to version %" PRIu64 ", round announces %" PRIu64,
+		         p->to_version, rs->global_version);
+		return FL_EPROTO;
+	}
+	if (p->to_sha256.len && (p->to_sha256.len != 32 ||
+	                         memcmp(p->to_sha256.data, rs->global_sha256.data, 32) != 0)) {
+		snprintf(why, wl, "payload and round announce different SHA-256");
+		return FL_EPROTO;
+	}
+	size_t want = tset_count(c->cfg.layout);
+	if (p->n_tensors > want) {
+		snprintf(why, wl, "payload has %zu tensors, the adapter %zu", p->n_tensors, want);
+		return FL_EPROTO;
+	}
+	if (p->kind == FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA && p->n_tensors == 0 &&
+	    p->from_version == p->to_version && have && hv == rs->global_version) {
+		/* the empty delta: "you already hold it" */
+		if (memcmp(nst_version_sha(c->st), rs->global_sha256.data, 32) == 0)
+			return AP_SAME;
+		snprintf(why, wl, "this node's version %" PRIu64 " has another SHA-256", hv);
+		return FL_EMISMATCH;
+	}
+	if (p->kind == FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA) {
+		if (!have || p->from_version != hv) {
+			snprintf(why, wl,
+			         "delta from version %" PRIu64 " but this node holds %" PRIu64,
+			         p->from_version, hv);
+			return FL_EMISMATCH;
+		}
+		if ((rc = tset_clone(have, &t)) != 0)
+			return rc;
+	} else if (p->kind == FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_SNAPSHOT) {
+		if (p->n_tensors != want) {
+			snprintf(why, wl, "snapshot has %zu tensors, the adapter %zu", p->n_tensors,
+			         want);
+			return FL_EPROTO;
+		}
+		if ((rc = tset_zeros_like(c->cfg.layout, &t)) != 0)
+			return rc;
+	} else {
+		snprintf(why, wl, "unknown adapter payload kind %d", (int)p->kind);
+		return FL_EPROTO;
+	}
+	qs = calloc(p->n_tensors ? p->n_tensors : 1, sizeof *qs);
+	if (!qs) {
+		rc = FL_ENOMEM;
+		goto out;
+	}
+	for (nq = 0; nq < p->n_tensors; nq++) {
+		qt_init(&qs[nq]);
+		const Fedlora__QTensor *m = p->tensors[nq];
+		const char *nm = m && m->name ? m->name : "";
+		const tensor *lt = tset_find(c->cfg.layout, nm);
+		if (!lt) {
+			snprintf(why, wl, "payload tensor '%.80s' is not part of the adapter", nm);
+			rc = FL_EPROTO;
+			nq++;
+			goto out;
+		}
+		qt_limits lim = {lt->n};
+		char qwhy[160];
+		if ((rc = qt_view_proto(m, &lim, &qs[nq], qwhy, sizeof qwhy)) != 0) {
+			snprintf(why, wl, "payload tensor '%.80s': %s", nm, qwhy);
+			rc = FL_EPROTO;
+			nq++;
+			goto out;
+		}
+	}
+	if (p->kind == FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA) {
+		/* checks names, shapes and duplicates before touching t */
+		if ((rc = quant_apply_set(t, qs, nq)) != 0) {
+			snprintf(why, wl, "delta does not fit the adapter: %s", fl_strerror(rc));
+			rc = FL_EPROTO;
+			goto out;
+		}
+	} else {
+		for (size_t i = 0; i < nq; i++) {
+			tensor *dt = tset_find(t, qs[i].name);
+			int dup = 0;
+			for (size_t k = 0; k < i; k++)
+				dup |= strcmp(qs[k].name, qs[i].name) == 0;
+			if (dup || qs[i].ndim != dt->ndim ||
+			    memcmp(qs[i].shape, dt->shape, dt->ndim * sizeof(uint64_t)) != 0 ||
+			    quant_decode(&qs[i], dt->data, dt->n) != 0) {
+				snprintf(why, wl, "snapshot tensor '%.80s' %s", qs[i].name,
+				         dup ? "appears twice" : "has the wrong shape");
+				rc = FL_EPROTO;
+				goto out;
+			}
+		}
+	}
+	uint8_t got[32];
+	if ((rc = tset_fingerprint(t, got)) != 0)
+		goto out;
+	if (memcmp(got, rs->global_sha256.data, 32) != 0) {
+		char a[65], b[65];
+		hex32(got, 32, a);
+		hex32(rs->global_sha256.data, 32, b);
+		snprintf(why, wl,
+		         "version %" PRIu64 " after applying the %s has SHA-256 %.16s..., "
+		         "announced %.16s...",
+		         rs->global_version,
+		         p->kind == FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA ? "delta"
+		                                                               : "snapshot",
+		         a, b);
+		rc = FL_EMISMATCH;
+		goto out;
+	}
+	*out = t;
+	t = NULL;
+	rc = AP_NEW;
+out:
+	for (size_t i = 0; i < nq; i++)
+		qt_fini(&qs[i]);
+	free(qs);
+	tset_free(t);
+	return rc;
+}
+
+static void request_snapshot(ncl *c, uint64_t round_id)
+{
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__SnapshotRequest sr = FEDLORA__SNAPSHOT_REQUEST__INIT;
+	sr.have_version = nst_version(c->st);
+	sr.round_id = round_id;
+	env.body_case = FEDLORA__ENVELOPE__BODY_SNAPSHOT_REQUEST;
+	env.snapshot_request = &sr;
+	send_env(c, &env);
+}
+
+static ncl_job *new_job(ncl *c, enum ncl_job_kind kind, const tset *src)
+{
+	ncl_job *j = calloc(1, sizeof *j);
+	if (!j)
+		return NULL;
+	if (tset_clone(src, &j->adapter) != 0) {
+		free(j);
+		return NULL;
+	}
+	j->id = ++c->next_job;
+	j->kind = kind;
+	j->version = nst_version(c->st);
+	fedlora__train_params__init(&j->params);
+	return j;
+}
+
+static int start_job(ncl *c, ncl_job *j)
+{
+	ncl_action a = {.kind = NCL_ACT_JOB, .job = j, .job_id = j->id};
+	int rc = push(c, &a);
+	if (rc)
+		ncl_job_free(j);
+	return rc;
+}
+
+static int params_ok(const ncl *c, const Fedlora__TrainParams *p, char *why, size_t wl)
+{
+	if (!p) {
+		snprintf(why, wl, "RoundStart without training parameters");
+		return FL_EPROTO;
+	}
+	if (qt_check_fmt_block((enum qt_fmt)p->uplink_format, p->uplink_block) != 0) {
+		snprintf(why, wl, "uplink format %d with block %u is not valid",
+		         (int)p->uplink_format, p->uplink_block);
+		return FL_EPROTO;
+	}
+	if (p->local_steps == 0) {
+		snprintf(why, wl, "RoundStart asks for 0 local steps");
+		return FL_EPROTO;
+	}
+	if (c->cfg.max_local_steps && p->local_steps > c->cfg.max_local_steps) {
+		snprintf(why, wl, "RoundStart asks for %u local steps, this node allows %u",
+		         p->local_steps, c->cfg.max_local_steps);
+		return FL_EPROTO;
+	}
+	if (!isfinite(p->lr) || p->lr <= 0) {
+		snprintf(why, wl, "learning rate %g is not a positive number", (double)p->lr);
+		return FL_EPROTO;
+	}
+	return 0;
+}
+
+static void on_round_start(ncl *c, const Fedlora__RoundStart *rs, size_t wire_len, uint64_t now)
+{
+	char why[300] = "";
+	if (c->stopping) {
+		LOGI("client", "round %" PRIu64 " ignored: stopping", rs->round_id);
+		return;
+	}
+	/* The same round again (a coordinator that restarted the round, or
+	 * our own SnapshotRequest answered with a snapshot). */
+	if (c->up.active && c->up.round_id == rs->round_id &&
+	    c->up.base_version == rs->global_version) {
+		LOGI("client", "round %" PRIu64 " announced again: resending its update",
+		     rs->round_id);
+		if (send_bytes(c, c->up.bytes, c->up.len) == 0)
+			nst_counters_mut(c->st)->updates_sent++;
+		c->up.acked = 0;
+		c->up.accepted = 0;
+		return;
+	}
+	if (c->r.active && c->r.id == rs->round_id && c->r.version == rs->global_version &&
+	    c->r.st == R_TRAIN) {
+		LOGI("client", "round %" PRIu64 " announced again while training: carrying on",
+		     rs->round_id);
+		return;
+	}
+	int again = c->r.active && c->r.id == rs->round_id && c->r.snapshot_requested;
+	if (c->r.active && c->r.id != rs->round_id) {
+		if (c->r.st == R_TRAIN) {
+			LOGI("client",
+			     "round %" PRIu64 " superseded by round %" PRIu64
+			     ": local training abandoned",
+			     c->r.id, rs->round_id);
+			cancel_job(c, c->r.train_job);
+		}
+	}
+	if (c->up.active && c->up.round_id != rs->round_id)
+		drop_upload(c);
+	if (params_ok(c, rs->params, why, sizeof why) != 0) {
+		LOGW("client", "round %" PRIu64 " refused: %s", rs->round_id, why);
+		send_error(c, FEDLORA__ERROR__CODE__CODE_MALFORMED, why);
+		c->r.active = 0;
+		return;
+	}
+	memset(&c->r, 0, sizeof c->r);
+	c->r.active = 1;
+	c->r.id = rs->round_id;
+	c->r.version = rs->global_version;
+	c->r.params = *rs->params;
+	c->r.start_ms = now;
+	c->r.bytes_down = wire_len;
+	c->r.eval_loss = NAN;
+	c->r.snapshot_requested = again;
+	if (rs->global_sha256.len == 32)
+		memcpy(c->r.sha, rs->global_sha256.data, 32);
+	nst_counters *k = nst_counters_mut(c->st);
+	k->rounds_started++;
+
+	tset *g = NULL;
+	int rc = apply_payload(c, rs, &g, why, sizeof why);
+	if (rc == FL_EMISMATCH || rc == FL_EPROTO) {
+		k->hash_mismatches += rc == FL_EMISMATCH;
+		if (!c->r.snapshot_requested) {
+			LOGW("client", "round %" PRIu64 ": %s; asking for a snapshot", rs->round_id,
+			     why);
+			c->r.snapshot_requested = 1;
+			c->r.st = R_SYNC;
+			request_snapshot(c, rs->round_id);
+		} else {
+			LOGE("client",
+			     "round %" PRIu64 ": %s, even after a snapshot; skipping the round",
+			     rs->round_id, why);
+			send_error(c, FEDLORA__ERROR__CODE__CODE_MALFORMED, why);
+			c->r.st = R_DONE;
+		}
+		save_state(c);
+		return;
+	}
+	if (rc < 0) {
+		LOGE("client", "round %" PRIu64 ": cannot apply the global adapter: %s",
+		     rs->round_id, fl_strerror(rc));
+		c->r.st = R_DONE;
+		return;
+	}
+	if (rc == AP_NEW) {
+		int snap = rs->adapter->kind == FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_SNAPSHOT;
+		if ((rc = nst_set_global(c->st, rs->global_version, g, c->r.sha)) != 0) {
+			LOGE("client", "cannot store global version %" PRIu64 ": %s",
+			     rs->global_version, fl_strerror(rc));
+			c->r.st = R_DONE;
+			return;
+		}
+		if (snap)
+			k->snapshots++;
+		else
+			k->deltas++;
+		LOGI("client", "global version %" PRIu64 " from a %s verified", rs->global_version,
+		     snap ? "snapshot" : "delta");
+		char hex[65], line[320];
+		hex_encode(c->r.sha, 32, hex);
+		int n = snprintf(line, sizeof line,
+		                 "{\"type\":\"global\",\"unix_ms\":%" PRIu64 ",\"node\":\"%s\","
+		                 "\"round\":%" PRIu64 ",\"version\":%" PRIu64
+		                 ",\"sha256\":\"%s\",\"kind\":\"%s\",\"bytes_down\":%zu}",
+		                 clk_wall_ms(), c->node_id, rs->round_id, rs->global_version, hex,
+		                 snap ? "snapshot" : "delta", wire_len);
+		if (n > 0 && (size_t)n < sizeof line)
+			nst_append_metrics(c->st, line, (size_t)n);
+	}
+	/* Evaluate this version once, then train from it. */
+	if (c->cfg.eval && (k->eval_version != rs->global_version || isnan(k->eval_loss))) {
+		if (c->eval_job && c->eval_job_version != rs->global_version)
+			cancel_job(c, c->eval_job); /* an older version: no longer worth it */
+		ncl_job *e = new_job(c, NCL_JOB_EVAL, nst_global(c->st));
+		if (!e || start_job(c, e) != 0) {
+			fatal(c, FL_ENOMEM, "out of memory starting an evaluation");
+			return;
+		}
+		c->eval_job = e->id;
+		c->eval_job_version = rs->global_version;
+	} else if (k->eval_version == rs->global_version) {
+		c->r.eval_loss = k->eval_loss;
+	}
+	ncl_job *j = new_job(c, NCL_JOB_TRAIN, nst_global(c->st));
+	if (!j) {
+		fatal(c, FL_ENOMEM, "out of memory starting training");
+		return;
+	}
+	j->round_id = rs->round_id;
+	j->params = *rs->params;
+	c->r.train_job = j->id;
+	c->r.st = R_TRAIN;
+	c->r.steps = rs->params->local_steps;
+	if (start_job(c, j) != 0) {
+		fatal(c, FL_ENOMEM, "out of memory starting training");
+		return;
+	}
+	LOGI("client", "round %" PRIu64 ": training %u steps from version %" PRIu64, rs->round_id,
+	     rs->params->local_steps, rs->global_version);
+	save_state(c);
+}
+
+/* ---- building the update ---- */
+
+static int residual_for(ncl *c, const tset *delta, int ffa, tset **out)
+{
+	tset *r = NULL;
+	int rc = tset_new(&r);
+	if (rc)
+		return rc;
+	const tset *old = nst_residual(c->st);
+	int reuse = old != NULL;
+	for (size_t i = 0; i < tset_count(delta) && !rc; i++) {
+		const tensor *t = tset_at(delta, i);
+		if (ffa && !ntr_is_lora_b(t->name))
+			continue;
+		const tensor *o = old ? tset_find(old, t->name) : NULL;
+		if (old && (!o || o->ndim != t->ndim ||
+		            memcmp(o->shape, t->shape, t->ndim * sizeof(uint64_t)) != 0))
+			reuse = 0;
+		rc = tset_insert(r, t->name, t->ndim, t->shape, o && reuse ? o->data : NULL, NULL);
+	}
+	if (!rc && old && (!reuse || tset_count(old) != tset_count(r))) {
+		LOGW("client", "stored residual does not match the exchanged tensors; starting "
+		               "from zero");
+		for (size_t i = 0; i < tset_count(r); i++) {
+			tensor *t = tset_at(r, i);
+			memset(t->data, 0, t->n * sizeof(float));
+		}
+	}
+	if (rc) {
+		tset_free(r);
+		return rc;
+	}
+	*out = r;
+	return 0;
+}
+
+static void add_metric(Fedlora__Metric *m, Fedlora__Metric **pm, size_t *n, const char *name,
+                       double v)
+{
+	if (!isfinite(v))
+		return;
+	fedlora__metric__init(&m[*n]);
+	m[*n].name = (char *)name;
+	m[*n].value = v;
+	pm[*n] = &m[*n];
+	(*n)++;
+}
+
+static int build_update(ncl *c, tset *delta, const ntr_result *res)
+{
+	const Fedlora__TrainParams *p = &c->r.params;
+	int ffa = c->cfg.lora.ffa, ef = p->error_feedback, rc = 0;
+	tset *resid = NULL;
+	size_t nt = tset_count(delta), nq = 0;
+	qtensor *qs = calloc(nt ? nt : 1, sizeof *qs);
+	Fedlora__QTensor *m = calloc(nt ? nt : 1, sizeof *m);
+	Fedlora__QTensor **pm = calloc(nt ? nt : 1, sizeof *pm);
+	Fedlora__QTensor *m32 = calloc(nt ? nt : 1, sizeof *m32);
+	Fedlora__QTensor **pm32 = calloc(nt ? nt : 1, sizeof *pm32);
+	uint8_t *bytes = NULL;
+	size_t len = 0;
+	if (!qs || !m || !pm || !m32 || !pm32) {
+		rc = FL_ENOMEM;
+		goto out;
+	}
+	if (ef && (rc = residual_for(c, delta, ffa, &resid)) != 0)
+		goto out;
+	uint64_t seed = p->seed ^ (c->cfg.node_seed * 0x9e3779b97f4a7c15ULL);
+	for (size_t i = 0; i < nt; i++) {
+		const tensor *t = tset_at(delta, i);
+		if (ffa && !ntr_is_lora_b(t->name))
+			continue;
+		quant_params qp = {(enum qt_fmt)p->uplink_format, p->uplink_block,
+		                   p->stochastic_rounding ? QUANT_STOCHASTIC : QUANT_NEAREST,
+		                   quant_seed_derive(seed, t->name)};
+		qt_init(&qs[nq]);
+		if (ef)
+			rc = quant_encode_tensor_ef(&qp, t, tset_find(resid, t->name), &qs[nq]);
+		else
+			rc = quant_encode_tensor(&qp, t, &qs[nq]);
+		nq++;
+		if (rc) {
+			LOGE("client", "cannot quantize %s: %s", t->name, fl_strerror(rc));
+			goto out;
+		}
+		qt_to_proto(&qs[nq - 1], &m[nq - 1]);
+		pm[nq - 1] = &m[nq - 1];
+		/* f32 equivalent: same header, raw f32 data (sizes only) */
+		m32[nq - 1] = m[nq - 1];
+		m32[nq - 1].format = FEDLORA__QFORMAT__QFORMAT_F32;
+		m32[nq - 1].block_size = 0;
+		m32[nq - 1].stochastic = 0;
+		m32[nq - 1].scales.len = 0;
+		m32[nq - 1].scales.data = NULL;
+		m32[nq - 1].data.len = t->n * sizeof(float);
+		pm32[nq - 1] = &m32[nq - 1];
+	}
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__Update u = FEDLORA__UPDATE__INIT;
+	Fedlora__AdapterPayload ap = FEDLORA__ADAPTER_PAYLOAD__INIT;
+	Fedlora__Metric mm[12], *pmm[12];
+	size_t nm = 0;
+	add_metric(mm, pmm, &nm, "train_loss", res->train_loss);
+	add_metric(mm, pmm, &nm, "first_loss", res->first_loss);
+	add_metric(mm, pmm, &nm, "steps", (double)res->steps);
+	add_metric(mm, pmm, &nm, "seconds", res->seconds);
+	if (res->seconds > 0)
+		add_metric(mm, pmm, &nm, "tokens_per_s", (double)res->tokens / res->seconds);
+	if (!isnan(c->r.eval_loss)) {
+		add_metric(mm, pmm, &nm, "eval_loss", c->r.eval_loss);
+		add_metric(mm, pmm, &nm, "eval_version", (double)c->r.version);
+	}
+	ap.kind = FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA;
+	ap.from_version = c->r.version;
+	ap.n_tensors = nq;
+	ap.tensors = pm;
+	u.round_id = c->r.id;
+	u.base_version = c->r.version;
+	u.sample_count = res->samples ? res->samples : c->cfg.sample_count;
+	u.tokens = res->tokens;
+	u.metrics = pmm;
+	u.n_metrics = nm;
+	u.delta = &ap;
+	env.body_case = FEDLORA__ENVELOPE__BODY_UPDATE;
+	env.update = &u;
+	if ((rc = encode(c, &env, &bytes, &len)) != 0)
+		goto out;
+	ap.tensors = pm32;
+	size_t len32 = wire_size(&env);
+	drop_upload(c);
+	c->up.active = 1;
+	c->up.round_id = c->r.id;
+	c->up.base_version = c->r.version;
+	c->up.bytes = bytes;
+	c->up.len = len;
+	c->up.fp32_len = len32;
+	c->up.residual_new = resid;
+	resid = NULL;
+	bytes = NULL;
+out:
+	for (size_t i = 0; i < nq; i++)
+		qt_fini(&qs[i]);
+	free(qs);
+	free(m);
+	free(pm);
+	free(m32);
+	free(pm32);
+	free(bytes);
+	tset_free(resid);
+	return rc;
+}
+
+void ncl_on_train_done(ncl *c, uint64_t job_id, int rc, tset *local, const ntr_result *res,
+                       uint64_t now_ms)
+{
+	(void)now_ms;
+	if (!c->r.active || c->r.st != R_TRAIN || job_id != c->r.train_job || c->stopped) {
+		tset_free(local);
+		return;
+	}
+	c->r.train_job = 0;
+	if (rc || !local) {
+		LOGW("client", "round %" PRIu64 ": local training failed: %s", c->r.id,
+		     fl_strerror(rc ? rc : FL_EINVAL));
+		c->r.st = R_DONE;
+		tset_free(local);
+		return;
+	}
+	const tset *g = nst_global(c->st);
+	if (!g || nst_version(c->st) != c->r.version || (rc = tset_diff(local, local, g)) != 0) {
+		LOGW("client", "round %" PRIu64 ": global changed under training; result dropped",
+		     c->r.id);
+		c->r.st = R_DONE;
+		tset_free(local);
+		return;
+	}
+	c->r.res = *res;
+	c->r.trained = 1;
+	nst_counters_mut(c->st)->rounds_trained++;
+	rc = build_update(c, local, res);
+	tset_free(local);
+	if (rc) {
+		LOGE("client", "round %" PRIu64 ": no update sent: %s", c->r.id, fl_strerror(rc));
+		c->r.st = R_DONE;
+		return;
+	}
+	c->r.st = R_UPLOAD;
+	LOGI("client",
+	     "round %" PRIu64
+	     ": trained (loss %.4f -> %.4f), uploading %zu bytes (f32 would be %zu)",
+	     c->r.id, res->first_loss, res->train_loss, c->up.len, c->up.fp32_len);
+	if (c->welcomed && send_bytes(c, c->up.bytes, c->up.len) == 0)
+		nst_counters_mut(c->st)->updates_sent++;
+	save_state(c);
+}
+
+void ncl_on_eval_done(ncl *c, uint64_t job_id, int rc, double loss, uint64_t now_ms)
+{
+	(void)now_ms;
+	if (job_id != c->eval_job)
+		return;
+	c->eval_job = 0;
+	if (rc) {
+		LOGW("client", "held-out evaluation of version %" PRIu64 " failed: %s",
+		     c->eval_job_version, fl_strerror(rc));
+		return;
+	}
+	nst_counters *k = nst_counters_mut(c->st);
+	k->eval_version = c->eval_job_version;
+	k->eval_loss = loss;
+	if (c->r.active && c->r.version == c->eval_job_version)
+		c->r.eval_loss = loss;
+	LOGI("client", "held-out loss of global version %" PRIu64 ": %.5f", c->eval_job_version,
+	     loss);
+	char line[256];
+	int n = snprintf(line, sizeof line,
+	                 "{\"type\":\"eval\",\"unix_ms\":%" PRIu64
+	                 ",\"node\":\"%s\",\"version\":%" PRIu64 ",\"eval_loss\":%.9g}",
+	                 clk_wall_ms(), c->node_id, c->eval_job_version, loss);
+	if (n > 0 && (size_t)n < sizeof line && isfinite(loss))
+		nst_append_metrics(c->st, line, (size_t)n);
+	save_state(c);
+}
+
+void ncl_on_progress(ncl *c, uint64_t job_id, uint32_t step, uint32_t total, double loss)
+{
+	if (c->r.active && job_id == c->r.train_job) {
+		c->r.step = step;
+		c->r.steps = total;
+		c->r.step_loss = loss;
+	}
+}
+
+static const char *ack_reason(Fedlora__UpdateAck__Reason r)
+{
+	switch (r) {
+	case FEDLORA__UPDATE_ACK__REASON__REASON_LATE:
+		return "late";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_WRONG_ROUND:
+		return "wrong round";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_DUPLICATE:
+		return "duplicate";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_NOT_SAMPLED:
+		return "not sampled";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_STALE:
+		return "stale base version";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_MALFORMED:
+		return "malformed";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_NON_FINITE:
+		return "non-finite";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_NORM:
+		return "norm bound";
+	default:
+		return "unspecified";
+	}
+}
+
+static void on_update_ack(ncl *c, const Fedlora__UpdateAck *a)
+{
+	if (!c->up.active || a->round_id != c->up.round_id) {
+		LOGW("client",
+		     "UpdateAck for round %" PRIu64 " but no update of that round is pending",
+		     a->round_id);
+		return;
+	}
+	nst_counters *k = nst_counters_mut(c->st);
+	int dup = a->reason == FEDLORA__UPDATE_ACK__REASON__REASON_DUPLICATE;
+	if (c->up.acked) {
+		LOGI("client", "round %" PRIu64 ": repeated acknowledgement (%s)", a->round_id,
+		     a->accepted ? "accepted" : ack_reason(a->reason));
+		return;
+	}
+	c->up.acked = 1;
+	if (a->accepted || dup) {
+		c->up.accepted = 1;
+		k->updates_accepted++;
+		k->last_round_uploaded = a->round_id;
+		if (c->up.residual_new) {
+			tset *r = c->up.residual_new;
+			c->up.residual_new = NULL;
+			if (nst_commit_residual(c->st, r, a->round_id) != 0)
+				LOGW("client", "error-feedback residual not persisted");
+		}
+		LOGI("client", "round %" PRIu64 ": update accepted%s", a->round_id,
+		     dup ? " (duplicate of an earlier send)" : "");
+	} else {
+		k->updates_rejected++;
+		tset_free(c->up.residual_new);
+		c->up.residual_new = NULL;
+		LOGW("client", "round %" PRIu64 ": update refused (%s%s%s)", a->round_id,
+		     ack_reason(a->reason), a->detail && *a->detail ? ": " : "",
+		     a->detail ? a->detail : "");
+	}
+	if (c->r.active && c->r.id == a->round_id)
+		c->r.st = R_DONE;
+	save_state(c);
+}
+
+static void jnum(buf *b, const char *key, double v)
+{
+	char t[96];
+	int k = isfinite(v) ? snprintf(t, sizeof t, ",\"%s\":%.9g", key, v)
+	                    : snprintf(t, sizeof t, ",\"%s\":null", key);
+	buf_append(b, t, (size_t)k);
+}
+
+static void jint(buf *b, const char *key, uint64_t v)
+{
+	char t[96];
+	int k = snprintf(t, sizeof t, ",\"%s\":%" PRIu64, key, v);
+	buf_append(b, t, (size_t)k);
+}
+
+static void on_round_end(ncl *c, const Fedlora__RoundEnd *e, uint64_t now)
+{
+	if (!c->r.active || c->r.id != e->round_id) {
+		LOGD("client", "RoundEnd of round %" PRIu64 " (not ours)", e->round_id);
+		return;
+	}
+	char sha[65] = "";
+	hex32(e->sha256.data, e->sha256.len, sha);
+	LOGI("client", "round %" PRIu64 " %s: version %" PRIu64 ", %u participants%s%s",
+	     e->round_id, e->committed ? "committed" : "abandoned", e->version, e->participants,
+	     e->detail && *e->detail ? ", " : "", e->detail ? e->detail : "");
+	buf b;
+	buf_init(&b, 4096);
+	char t[256];
+	int k =
+	    snprintf(t, sizeof t, "{\"type\":\"round\",\"unix_ms\":%" PRIu64 ",\"node\":\"%.64s\"",
+	             clk_wall_ms(), c->node_id);
+	buf_append(&b, t, (size_t)k);
+	jint(&b, "round", e->round_id);
+	jint(&b, "base_version", c->r.version);
+	k = snprintf(
+	    t, sizeof t, ",\"committed\":%s,\"uploaded\":%s", e->committed ? "true" : "false",
+	    c->up.active && c->up.round_id == e->round_id && c->up.accepted ? "true" : "false");
+	buf_append(&b, t, (size_t)k);
+	jint(&b, "version", e->version);
+	k = snprintf(t, sizeof t, ",\"sha256\":\"%s\"", sha);
+	buf_append(&b, t, (size_t)k);
+	jint(&b, "participants", e->participants);
+	jnum(&b, "eval_loss", c->r.eval_loss);
+	jnum(&b, "first_loss", c->r.trained ? c->r.res.first_loss : NAN);
+	jnum(&b, "train_loss", c->r.trained ? c->r.res.train_loss : NAN);
+	jint(&b, "steps", c->r.trained ? c->r.res.steps : 0);
+	jint(&b, "tokens", c->r.trained ? c->r.res.tokens : 0);
+	jnum(&b, "train_seconds", c->r.trained ? c->r.res.seconds : NAN);
+	int up = c->up.active && c->up.round_id == e->round_id;
+	jint(&b, "bytes_up", up ? c->up.len : 0);
+	jint(&b, "bytes_up_fp32", up ? c->up.fp32_len : 0);
+	jint(&b, "bytes_down", c->r.bytes_down);
+	jint(&b, "round_ms", now - c->r.start_ms);
+	buf_append(&b, "}", 1);
+	if (b.len && b.data[b.len - 1] == '}' &&
+	    nst_append_metrics(c->st, (char *)b.data, b.len) != 0)
+		LOGW("client", "metrics line not written");
+	buf_fini(&b);
+	if (c->r.st == R_TRAIN)
+		cancel_job(c, c->r.train_job);
+	c->r.active = 0;
+}
+
+void ncl_on_envelope(ncl *c, const Fedlora__Envelope *env, size_t wire_len, uint64_t now_ms)
+{
+	if (c->stopped)
+		return;
+	nst_counters_mut(c->st)->bytes_down += wire_len;
+	if (!c->session_up) {
+		LOGW("client", "message without a session ignored");
+		return;
+	}
+	if (!c->welcomed) {
+		switch (env->body_case) {
+		case FEDLORA__ENVELOPE__BODY_WELCOME:
+			on_welcome(c, env->welcome, now_ms);
+			return;
+		case FEDLORA__ENVELOPE__BODY_REJECT:
+			on_reject(c, env->reject);
+			return;
+		case FEDLORA__ENVELOPE__BODY_ERROR:
+			break;
+		default:
+			LOGW("client", "%s before Welcome: resetting the session",
+			     wire_body_name(env));
+			act_simple(c, NCL_ACT_RESET, "unexpected message before Welcome");
+			return;
+		}
+	}
+	switch (env->body_case) {
+	case FEDLORA__ENVELOPE__BODY_ROUND_START:
+		on_round_start(c, env->round_start, wire_len, now_ms);
+		break;
+	case FEDLORA__ENVELOPE__BODY_UPDATE_ACK:
+		on_update_ack(c, env->update_ack);
+		break;
+	case FEDLORA__ENVELOPE__BODY_ROUND_END:
+		on_round_end(c, env->round_end, now_ms);
+		break;
+	case FEDLORA__ENVELOPE__BODY_HEARTBEAT:
+		break;
+	case FEDLORA__ENVELOPE__BODY_BYE:
+		LOGI("client", "coordinator says goodbye: %s",
+		     env->bye->reason ? env->bye->reason : "");
+		break;
+	case FEDLORA__ENVELOPE__BODY_REJECT:
+		on_reject(c, env->reject);
+		break;
+	case FEDLORA__ENVELOPE__BODY_ERROR: {
+		const char *d = env->error->detail ? env->error->detail : "";
+		if (env->error->code == FEDLORA__ERROR__CODE__CODE_PROTOCOL_VERSION)
+			fatal(c, FL_EUNSUPPORTED, "coordinator speaks another protocol version: %s",
+			      d);
+		else
+			LOGW("client", "coordinator reports an error (code %d): %s",
+			     (int)env->error->code, d);
+		break;
+	}
+	case FEDLORA__ENVELOPE__BODY_WELCOME:
+		LOGW("client", "second Welcome ignored");
+		break;
+	default:
+		LOGW("client", "unexpected %s from the coordinator ignored", wire_body_name(env));
+		send_error(c, FEDLORA__ERROR__CODE__CODE_UNEXPECTED, "unexpected message");
+		break;
+	}
+}
+
+/* ---- timers, stop ---- */
+
+static Fedlora__Heartbeat__State hb_state(const ncl *c)
+{
+	if (c->up.active && !c->up.acked)
+		return FEDLORA__HEARTBEAT__STATE__STATE_UPLOADING;
+	if (c->r.active && c->r.st == R_TRAIN)
+		return FEDLORA__HEARTBEAT__STATE__STATE_TRAINING;
+	return FEDLORA__HEARTBEAT__STATE__STATE_IDLE;
+}
+
+void ncl_tick(ncl *c, uint64_t now_ms)
+{
+	if (c->stopped || !c->welcomed || now_ms < c->next_hb)
+		return;
+	c->next_hb = now_ms + c->hb_ms;
+	const nst_counters *k = nst_counters_get(c->st);
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__Heartbeat h = FEDLORA__HEARTBEAT__INIT;
+	Fedlora__Metric mm[8], *pmm[8];
+	size_t nm = 0;
+	if (!isnan(k->eval_loss) && k->eval_version) {
+		add_metric(mm, pmm, &nm, "eval_loss", k->eval_loss);
+		add_metric(mm, pmm, &nm, "eval_version", (double)k->eval_version);
+	}
+	if (c->r.active && c->r.st == R_TRAIN) {
+		add_metric(mm, pmm, &nm, "train_step", c->r.step);
+		add_metric(mm, pmm, &nm, "train_steps", c->r.steps);
+		if (c->r.step)
+			add_metric(mm, pmm, &nm, "train_loss", c->r.step_loss);
+	}
+	h.seq = ++c->hb_seq;
+	h.unix_ms = clk_wall_ms();
+	h.state = hb_state(c);
+	h.metrics = pmm;
+	h.n_metrics = nm;
+	env.body_case = FEDLORA__ENVELOPE__BODY_HEARTBEAT;
+	env.heartbeat = &h;
+	send_env(c, &env);
+}
+
+int ncl_timeout(const ncl *c, uint64_t now_ms)
+{
+	int64_t t = -1;
+	if (c->welcomed && !c->stopped)
+		t = c->next_hb > now_ms ? (int64_t)(c->next_hb - now_ms) : 0;
+	if (c->stopping && c->stop_deadline) {
+		int64_t s = c->stop_deadline > now_ms ? (int64_t)(c->stop_deadline - now_ms) : 0;
+		if (t < 0 || s < t)
+			t = s;
+	}
+	return t > INT32_MAX ? INT32_MAX : (int)t;
+}
+
+void ncl_stop(ncl *c, uint64_t now_ms, uint32_t grace_ms)
+{
+	if (c->stopping)
+		return;
+	c->stopping = 1;
+	c->stop_deadline = now_ms + grace_ms;
+	if (c->r.active && c->r.st == R_TRAIN) {
+		cancel_job(c, c->r.train_job);
+		c->r.active = 0;
+	}
+	if (c->eval_job) {
+		cancel_job(c, c->eval_job);
+		c->eval_job = 0;
+	}
+	if (c->up.active && !c->up.acked)
+		LOGI("client", "stopping: waiting up to %u ms for the ack of round %" PRIu64,
+		     grace_ms, c->up.round_id);
+	save_state(c);
+}
+
+int ncl_stop_done(const ncl *c, uint64_t now_ms)
+{
+	if (c->stopped)
+		return 1;
+	if (!c->stopping)
+		return 0;
+	if (c->up.active && !c->up.acked && c->welcomed && now_ms < c->stop_deadline)
+		return 0;
+	return 1;
+}
+
+void ncl_bye(ncl *c, const char *reason)
+{
+	if (c->welcomed && !c->stopped) {
+		Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+		Fedlora__Bye b = FEDLORA__BYE__INIT;
+		b.reason = (char *)(reason ? reason : "stopping");
+		env.body_case = FEDLORA__ENVELOPE__BODY_BYE;
+		env.bye = &b;
+		send_env(c, &env);
+	}
+	if (c->up.active && !c->up.acked)
+		LOGW("client",
+		     "stopped before round %" PRIu64 " was acknowledged; its update is "
+		     "abandoned (the residual stays as it was)",
+		     c->up.round_id);
+	c->stopped = 1;
+	save_state(c);
+}
+
+/* ---- introspection ---- */
+
+enum ncl_phase ncl_phase(const ncl *c)
+{
+	if (c->stopped)
+		return NCL_STOPPED;
+	if (!c->session_up)
+		return NCL_OFFLINE;
+	if (!c->welcomed)
+		return NCL_JOINING;
+	if (c->up.active && !c->up.acked)
+		return NCL_UPLOADING;
+	if (c->r.active && c->r.st == R_SYNC)
+		return NCL_SYNCING;
+	if (c->r.active && c->r.st == R_TRAIN)
+		return NCL_TRAINING;
+	return NCL_IDLE;
+}
+
+const char *ncl_phase_name(enum ncl_phase p)
+{
+	static const char *const names[] = {"offline",  "joining",   "idle",   "syncing",
+	                                    "training", "uploading", "stopped"};
+	return (unsigned)p < sizeof names / sizeof names[0] ? names[p] : "?";
+}
+
+uint64_t ncl_round(const ncl *c)
+{
+	return c->r.active ? c->r.id : 0;
+}
+
+void ncl_last_upload(const ncl *c, size_t *bytes, size_t *fp32_bytes)
+{
+	*bytes = c->up.active ? c->up.len : 0;
+	*fp32_bytes = c->up.active ? c->up.fp32_len : 0;
+}

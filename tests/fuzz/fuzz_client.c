@@ -1,0 +1,154 @@
+/* fuzz_client — a hostile coordinator against the node's protocol machine.
+ *
+ * Input: a sequence of messages, each a u32le length and that many bytes.
+ * The node is welcomed with a fixed Welcome, then every message that
+ * decodes as an Envelope is fed to the client (undecodable ones are what
+ * run.c drops before the client sees them). Jobs the client starts run on
+ * the synth trainer (rounds may ask for at most 4 local steps), so
+ * snapshots, deltas, hash checks, training, quantization and the
+ * Update/ack paths are all reachable. State lives in a fresh directory
+ * under /dev/shm (or /tmp) for every input. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "client.h"
+#include "log.h"
+#include "state.h"
+#include "trainer_synth.h"
+#include "wire.h"
+
+static void *g_tr;
+static tset *g_layout;
+static char g_dir[64];
+
+static void init(void)
+{
+	log_set_level(LOG_LVL_OFF);
+	ntr_spec spec;
+	memset(&spec, 0, sizeof spec);
+	spec.lora.rank = 2;
+	spec.lora.alpha = 4;
+	spec.lora.targets = 1u << NTR_T_ATTN_Q;
+	spec.lora.init_seed = 1;
+	spec.max_steps = 4;
+	spec.max_batch = 4;
+	char err[128];
+	if (ntr_synth_ops.open(&spec, &g_tr, err, sizeof err) ||
+	    ntr_synth_ops.layout(g_tr, &g_layout))
+		abort();
+	snprintf(g_dir, sizeof g_dir, "%s/fuzz_client.XXXXXX",
+	         access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
+	if (!mkdtemp(g_dir))
+		abort();
+}
+
+static void clean_dir(void)
+{
+	static const char *const files[] = {"node.state", "global.safetensors",
+	                                    "residual.safetensors", "metrics.jsonl"};
+	char p[128];
+	for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+		snprintf(p, sizeof p, "%s/%s", g_dir, files[i]);
+		unlink(p);
+	}
+}
+
+static void run_actions(ncl *c)
+{
+	ncl_action a;
+	while (ncl_next(c, &a) == 0) {
+		if (a.kind == NCL_ACT_JOB && a.job) {
+			ncl_job *j = a.job;
+			if (j->kind == NCL_JOB_TRAIN) {
+				tset *local = NULL;
+				ntr_result res;
+				memset(&res, 0, sizeof res);
+				int rc = tset_zeros_like(j->adapter, &local);
+				if (!rc)
+					rc = ntr_synth_ops.train(g_tr, j->adapter, &j->params,
+					                         local, &res, NULL, NULL);
+				ncl_on_train_done(c, j->id, rc, rc ? NULL : local, &res, 1000);
+				if (rc)
+					tset_free(local);
+			} else {
+				double loss = 0;
+				int rc = ntr_synth_ops.eval(g_tr, j->adapter, &loss, NULL, NULL);
+				ncl_on_eval_done(c, j->id, rc, loss, 1000);
+			}
+		}
+		ncl_action_fini(&a);
+	}
+}
+
+static void feed(ncl *c, const uint8_t *p, size_t n)
+{
+	wire_msg *m = NULL;
+	if (wire_decode(p, n, 1u << 24, 0, &m) != 0)
+		return;
+	ncl_on_envelope(c, wire_env(m), n, 1000);
+	wire_free(m);
+	run_actions(c);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (!g_tr)
+		init();
+	clean_dir();
+	uint8_t fp[32] = {1}, sfp[32];
+	if (tset_shape_fingerprint(g_layout, sfp))
+		abort();
+	nst *st = NULL;
+	if (nst_open(g_dir, fp, sfp, &st))
+		return 0;
+	ncl_config cfg;
+	memset(&cfg, 0, sizeof cfg);
+	memcpy(cfg.base_fp, fp, 32);
+	cfg.lora.rank = 2;
+	cfg.lora.alpha = 4;
+	cfg.lora.targets = 1u << NTR_T_ATTN_Q;
+	cfg.layout = g_layout;
+	cfg.sample_count = 10;
+	cfg.eval = 1;
+	cfg.max_msg = 1u << 24;
+	cfg.max_local_steps = 4;
+	ncl *c = NULL;
+	if (ncl_new(&cfg, st, &c)) {
+		nst_free(st);
+		return 0;
+	}
+	ncl_on_up(c, 0);
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__Welcome w = FEDLORA__WELCOME__INIT;
+	w.node_id = "fuzz";
+	env.body_case = FEDLORA__ENVELOPE__BODY_WELCOME;
+	env.welcome = &w;
+	buf b;
+	buf_init(&b, 0);
+	if (wire_encode(&env, 0, &b) == 0)
+		feed(c, b.data, b.len);
+	buf_fini(&b);
+	size_t off = 0;
+	while (off + 4 <= size) {
+		uint32_t n = (uint32_t)data[off] | (uint32_t)data[off + 1] << 8 |
+		             (uint32_t)data[off + 2] << 16 | (uint32_t)data[off + 3] << 24;
+		off += 4;
+		if (n > size - off)
+			n = (uint32_t)(size - off);
+		feed(c, data + off, n);
+		off += n;
+		ncl_tick(c, 1000 + off);
+		run_actions(c);
+	}
+	ncl_on_down(c, 2000, "fuzz");
+	ncl_stop(c, 2000, 0);
+	ncl_bye(c, "fuzz");
+	run_actions(c);
+	ncl_free(c);
+	nst_free(st);
+	return 0;
+}
