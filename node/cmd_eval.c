@@ -113,6 +113,7 @@ int cmd_eval(int argc, char **argv)
 		usage(stdout);
 		return CLI_OK;
 	}
+	cmdu_passive_openmp(argv);
 	opts o;
 	int rc = parse(argc, argv, &o);
 	if (rc != 0)

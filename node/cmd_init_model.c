@@ -284,6 +284,7 @@ int cmd_init_model(int argc, char **argv)
 		usage(stdout);
 		return CLI_OK;
 	}
+	cmdu_passive_openmp(argv);
 	opts o;
 	int rc = parse(argc, argv, &o);
 	if (rc != 0)

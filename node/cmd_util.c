@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int cmdu_usage(const char *cmd, const char *fmt, ...)
 {
@@ -80,4 +81,16 @@ int cmdu_float(const char *cmd, const char *opt, const char *s, double lo, doubl
 void cmdu_threads(int n)
 {
 	kern_set_threads(n);
+}
+
+void cmdu_passive_openmp(char **argv)
+{
+	if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT"))
+		return; /* the user chose */
+	if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0)
+		return;
+	fflush(NULL);
+	execv("/proc/self/exe", argv - 1);
+	/* no /proc or exec refused: carry on with the default policy */
+	unsetenv("OMP_WAIT_POLICY");
 }

@@ -30,4 +30,14 @@ int cmdu_usage(const char *cmd, const char *fmt, ...);
 /* Applies --threads (0 = leave the OpenMP default) to the model kernels. */
 void cmdu_threads(int n);
 
+/* Model subcommands want OpenMP threads that sleep rather than spin at
+ * barriers (OMP_WAIT_POLICY=passive): on a device shared with other busy
+ * processes, a spinning team whose partner was descheduled runs an order of
+ * magnitude slower, and passive costs nothing measurable on an idle machine.
+ * The policy is read only when the OpenMP runtime loads, so when the
+ * environment does not set it this re-executes the program (/proc/self/exe)
+ * with it set. argv is the subcommand's argv as cli_dispatch passed it (the
+ * program's argv + 1). Returns only when no re-exec happened. */
+void cmdu_passive_openmp(char **argv);
+
 #endif

@@ -5,6 +5,7 @@
 #include "err.h"
 #include "gtype.h"
 
+#include <assert.h>
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -284,6 +285,7 @@ void kern_rope(float *x, int ld, const int32_t *pos, int N, int nh, int hd, int 
 {
 	const int half = n_rot / 2;
 	double inv_freq[KERN_MAX_HEAD_DIM / 2];
+	assert(half <= KERN_MAX_HEAD_DIM / 2); /* callers validate head sizes */
 	for (int i = 0; i < half; i++)
 		inv_freq[i] = pow((double)freq_base, -2.0 * i / n_rot);
 #pragma omp parallel for schedule(static) if ((size_t)N * nh * n_rot > PAR_MIN_WORK)

@@ -85,7 +85,7 @@ void kern_rmsnorm(float *out, float *rstd, const float *x, const float *w, float
 
 /* In-place rotary embedding on x [N, nh, hd] (row stride ld floats,
  * ld >= nh*hd): token n at position pos[n]; the first n_rot dims of each head
- * rotate (n_rot even, <= hd), the rest pass through. */
+ * rotate (n_rot even, <= hd <= KERN_MAX_HEAD_DIM), the rest pass through. */
 void kern_rope(float *x, int ld, const int32_t *pos, int N, int nh, int hd, int n_rot,
                float freq_base, int mode);
 

@@ -154,14 +154,15 @@ int main(int argc, char **argv)
 		const shape *s = &shapes[si];
 		if (only && strcmp(only, s->name) != 0)
 			continue;
-		if (!s->byte_vocab && access(vocab, R_OK) != 0) {
-			printf("%-6s skipped: vocabulary %s not found (--vocab)\n", s->name, vocab);
-			continue;
-		}
 		int Ts = T > s->ctx ? s->ctx : T;
 		for (int ti = 0; ti < 3; ti++) {
 			char path[PATH_MAX], cmd[3 * PATH_MAX];
 			snprintf(path, sizeof path, "%s/%s-%s.gguf", dir, s->name, types[ti]);
+			if (access(path, R_OK) != 0 && !s->byte_vocab && access(vocab, R_OK) != 0) {
+				printf("%-6s %-5s skipped: vocabulary %s not found (--vocab)\n",
+				       s->name, types[ti], vocab);
+				continue;
+			}
 			if (access(path, R_OK) != 0) {
 				int n = snprintf(
 				    cmd, sizeof cmd,

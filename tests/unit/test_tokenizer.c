@@ -169,6 +169,15 @@ static void test_vectors_gpt2(void **state)
  * implementation (the npm package gpt-3-encoder 1.1.4, JavaScript regex
  * with V8's Unicode tables); U+0085 and U+FEFF left out, where JavaScript's
  * \s differs from Unicode White_Space. Made by tests/unit/data/gen_gpt2.js. */
+/* 300 random strings tokenized by an independent LLaMA SentencePiece
+ * implementation (npm llama-tokenizer-js 1.2.2, which carries its own copy
+ * of the vocabulary). Made by tests/unit/data/gen_llama.mjs. */
+static void test_vectors_llama_random(void **state)
+{
+	(void)state;
+	check_vectors("vocab/ggml-vocab-llama-spm.gguf", "tests/unit/data/llama-random", 1, 250);
+}
+
 static void test_vectors_gpt2_random(void **state)
 {
 	(void)state;
@@ -584,15 +593,11 @@ static void test_refusals(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_vectors_llama_spm),
-	    cmocka_unit_test(test_vectors_gpt2),
-	    cmocka_unit_test(test_vectors_gpt2_random),
-	    cmocka_unit_test(test_roundtrip_llama_spm),
-	    cmocka_unit_test(test_roundtrip_gpt2),
-	    cmocka_unit_test(test_special_tokens),
-	    cmocka_unit_test(test_byte_vocab),
-	    cmocka_unit_test(test_small_vocabs),
-	    cmocka_unit_test(test_refusals),
+	    cmocka_unit_test(test_vectors_llama_spm),   cmocka_unit_test(test_vectors_gpt2),
+	    cmocka_unit_test(test_vectors_gpt2_random), cmocka_unit_test(test_vectors_llama_random),
+	    cmocka_unit_test(test_roundtrip_llama_spm), cmocka_unit_test(test_roundtrip_gpt2),
+	    cmocka_unit_test(test_special_tokens),      cmocka_unit_test(test_byte_vocab),
+	    cmocka_unit_test(test_small_vocabs),        cmocka_unit_test(test_refusals),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
