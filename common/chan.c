@@ -1,0 +1,382 @@
+/* chan — pieces shared by both ends of the channel: events, the clock
+ * hook, randomness, keyed hashing, the wire header, shared messages and a
+ * small hash map. See chan.h for the API and chan_int.h for the internals. */
+#include "chan_int.h"
+
+#include "buf.h"
+#include "clock.h"
+#include "err.h"
+#include "log.h"
+
+#include <openssl/rand.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- clock ---- */
+
+static uint64_t (*g_clock)(void);
+
+void chan_test_set_clock(uint64_t (*now_ms)(void))
+{
+	g_clock = now_ms;
+}
+
+uint64_t chan_now_ms(void)
+{
+	return g_clock ? g_clock() : clk_mono_ms();
+}
+
+int chan_random(void *p, size_t n)
+{
+	if (n > (size_t)INT32_MAX || RAND_bytes(p, (int)n) != 1) {
+		LOGE(CHAN_MOD, "random generator failed");
+		return FL_ECRYPTO;
+	}
+	return 0;
+}
+
+/* ---- SipHash-2-4 (Aumasson & Bernstein), keyed once per process ---- */
+
+static uint64_t g_k0, g_k1;
+static pthread_once_t g_key_once = PTHREAD_ONCE_INIT;
+
+static void init_key(void)
+{
+	uint8_t k[16];
+	if (RAND_bytes(k, sizeof k) != 1) {
+		/* Still a working hash, only predictable. */
+		uint64_t t = clk_mono_ns();
+		memcpy(k, &t, 8);
+		memcpy(k + 8, &t, 8);
+	}
+	g_k0 = ld_u64le(k);
+	g_k1 = ld_u64le(k + 8);
+}
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                                   \
+	do {                                                                                       \
+		v0 += v1;                                                                          \
+		v1 = ROTL(v1, 13);                                                                 \
+		v1 ^= v0;                                                                          \
+		v0 = ROTL(v0, 32);                                                                 \
+		v2 += v3;                                                                          \
+		v3 = ROTL(v3, 16);                                                                 \
+		v3 ^= v2;                                                                          \
+		v0 += v3;                                                                          \
+		v3 = ROTL(v3, 21);                                                                 \
+		v3 ^= v0;                                                                          \
+		v2 += v1;                                                                          \
+		v1 = ROTL(v1, 17);                                                                 \
+		v1 ^= v2;                                                                          \
+		v2 = ROTL(v2, 32);                                                                 \
+	} while (0)
+
+uint64_t chan_hash(const void *data, size_t n)
+{
+	pthread_once(&g_key_once, init_key);
+	const uint8_t *p = data;
+	uint64_t v0 = 0x736f6d6570736575ull ^ g_k0;
+	uint64_t v1 = 0x646f72616e646f6dull ^ g_k1;
+	uint64_t v2 = 0x6c7967656e657261ull ^ g_k0;
+	uint64_t v3 = 0x7465646279746573ull ^ g_k1;
+	size_t full = n & ~(size_t)7;
+	for (size_t i = 0; i < full; i += 8) {
+		uint64_t m = ld_u64le(p + i);
+		v3 ^= m;
+		SIPROUND;
+		SIPROUND;
+		v0 ^= m;
+	}
+	uint64_t b = (uint64_t)n << 56;
+	for (size_t i = full; i < n; i++)
+		b |= (uint64_t)p[i] << (8 * (i - full));
+	v3 ^= b;
+	SIPROUND;
+	SIPROUND;
+	v0 ^= b;
+	v2 ^= 0xff;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* ---- header ---- */
+
+void chan_hdr_put(uint8_t hdr[CHAN_HDR_LEN], enum chan_kind k, uint64_t sid)
+{
+	hdr[0] = (uint8_t)k;
+	st_u64le(hdr + 1, sid);
+}
+
+const char *chan_kind_name(int k)
+{
+	switch (k) {
+	case CHAN_KIND_HELLO:
+		return "HELLO";
+	case CHAN_KIND_TLS:
+		return "TLS";
+	case CHAN_KIND_RESET:
+		return "RESET";
+	default:
+		return "?";
+	}
+}
+
+int chan_hdr_get(const void *p, size_t n, enum chan_kind *k, uint64_t *sid, char *why,
+                 size_t why_len)
+{
+	const uint8_t *h = p;
+	if (n != CHAN_HDR_LEN) {
+		snprintf(why, why_len, "header frame of %zu bytes (want %d)", n, CHAN_HDR_LEN);
+		return FL_EPROTO;
+	}
+	if (h[0] != CHAN_KIND_HELLO && h[0] != CHAN_KIND_TLS && h[0] != CHAN_KIND_RESET) {
+		snprintf(why, why_len, "unknown frame kind %u", h[0]);
+		return FL_EPROTO;
+	}
+	*k = (enum chan_kind)h[0];
+	*sid = ld_u64le(h + 1);
+	return 0;
+}
+
+/* ---- events ---- */
+
+void chan_event_fini(chan_event *ev)
+{
+	if (!ev)
+		return;
+	free(ev->data);
+	ev->data = NULL;
+	ev->len = 0;
+}
+
+int chan_evq_push(chan_evq *q, chan_event *ev)
+{
+	if (q->n == q->cap) {
+		size_t ncap = q->cap ? q->cap * 2 : 16;
+		chan_event *nv = malloc(ncap * sizeof *nv);
+		if (!nv) {
+			LOGE(CHAN_MOD, "out of memory: event of type %d lost", (int)ev->type);
+			chan_event_fini(ev);
+			return FL_ENOMEM;
+		}
+		for (size_t i = 0; i < q->n; i++)
+			nv[i] = q->v[(q->head + i) % q->cap];
+		free(q->v);
+		q->v = nv;
+		q->cap = ncap;
+		q->head = 0;
+	}
+	q->v[(q->head + q->n) % q->cap] = *ev;
+	q->n++;
+	ev->data = NULL;
+	return 0;
+}
+
+int chan_evq_pop(chan_evq *q, chan_event *ev)
+{
+	if (q->n == 0)
+		return FL_EAGAIN;
+	*ev = q->v[q->head];
+	q->head = (q->head + 1) % q->cap;
+	q->n--;
+	if (q->n == 0)
+		q->head = 0;
+	return 0;
+}
+
+void chan_evq_fini(chan_evq *q)
+{
+	chan_event ev;
+	while (chan_evq_pop(q, &ev) == 0)
+		chan_event_fini(&ev);
+	free(q->v);
+	memset(q, 0, sizeof *q);
+}
+
+void chan_ev_gone(chan_event *ev, uint64_t peer, const char *cn, const char *addr, int reason,
+                  const char *why, int was_up)
+{
+	memset(ev, 0, sizeof *ev);
+	ev->type = CHAN_EV_PEER_GONE;
+	ev->peer = peer;
+	snprintf(ev->cn, sizeof ev->cn, "%s", cn ? cn : "");
+	snprintf(ev->addr, sizeof ev->addr, "%s", addr ? addr : "");
+	ev->reason = reason;
+	snprintf(ev->why, sizeof ev->why, "%s", why ? why : "");
+	ev->was_up = was_up;
+}
+
+/* ---- rate limit ---- */
+
+int chan_ratelog_allow(chan_ratelog *r)
+{
+	uint64_t now = chan_now_ms();
+	if (now - r->t0 >= 1000) {
+		if (r->dropped)
+			LOGW(CHAN_MOD, "%u similar lines about unauthenticated peers suppressed",
+			     r->dropped);
+		r->t0 = now;
+		r->n = 0;
+		r->dropped = 0;
+	}
+	if (r->n < 20) {
+		r->n++;
+		return 1;
+	}
+	r->dropped++;
+	return 0;
+}
+
+/* ---- shared messages ---- */
+
+int chan_shared_new(const void *data, size_t len, chan_shared **out)
+{
+	size_t sz;
+	if (!out || (len && !data))
+		return FL_EINVAL;
+	if (len > CHAN_MAX_SEND_LEN)
+		return FL_ETOOBIG;
+	if (sz_add(sizeof(chan_shared), len, &sz))
+		return FL_EOVERFLOW;
+	chan_shared *m = malloc(sz);
+	if (!m)
+		return FL_ENOMEM;
+	m->refs = 1;
+	m->len = len;
+	if (len)
+		memcpy(m->data, data, len);
+	*out = m;
+	return 0;
+}
+
+chan_shared *chan_shared_ref(chan_shared *m)
+{
+	m->refs++;
+	return m;
+}
+
+void chan_shared_release(chan_shared *m)
+{
+	if (m && --m->refs == 0)
+		free(m);
+}
+
+/* ---- hash map ---- */
+
+#define LINK(m, it) ((void **)((char *)(it) + (m)->link_off))
+
+int chan_hmap_init(chan_hmap *m, size_t link_off,
+                   void (*key)(const void *item, const uint8_t **k, size_t *kn))
+{
+	memset(m, 0, sizeof *m);
+	m->link_off = link_off;
+	m->key = key;
+	m->nslots = 64;
+	m->slots = calloc(m->nslots, sizeof *m->slots);
+	return m->slots ? 0 : FL_ENOMEM;
+}
+
+void chan_hmap_fini(chan_hmap *m)
+{
+	free(m->slots);
+	memset(m, 0, sizeof *m);
+}
+
+static size_t slot_of(const chan_hmap *m, const void *k, size_t kn)
+{
+	return (size_t)(chan_hash(k, kn) & (m->nslots - 1));
+}
+
+void *chan_hmap_get(const chan_hmap *m, const void *k, size_t kn)
+{
+	for (void *it = m->slots[slot_of(m, k, kn)]; it; it = *LINK(m, it)) {
+		const uint8_t *ik;
+		size_t ikn;
+		m->key(it, &ik, &ikn);
+		if (ikn == kn && memcmp(ik, k, kn) == 0)
+			return it;
+	}
+	return NULL;
+}
+
+static void grow(chan_hmap *m)
+{
+	size_t nn = m->nslots * 2;
+	void **ns = calloc(nn, sizeof *ns);
+	if (!ns)
+		return; /* stays correct, only slower */
+	void **old = m->slots;
+	size_t on = m->nslots;
+	m->slots = ns;
+	m->nslots = nn;
+	for (size_t i = 0; i < on; i++) {
+		void *it = old[i];
+		while (it) {
+			void *next = *LINK(m, it);
+			const uint8_t *k;
+			size_t kn;
+			m->key(it, &k, &kn);
+			size_t s = slot_of(m, k, kn);
+			*LINK(m, it) = ns[s];
+			ns[s] = it;
+			it = next;
+		}
+	}
+	free(old);
+}
+
+int chan_hmap_put(chan_hmap *m, void *item)
+{
+	const uint8_t *k;
+	size_t kn;
+	if (m->n >= m->nslots)
+		grow(m);
+	m->key(item, &k, &kn);
+	size_t s = slot_of(m, k, kn);
+	*LINK(m, item) = m->slots[s];
+	m->slots[s] = item;
+	m->n++;
+	return 0;
+}
+
+void chan_hmap_del(chan_hmap *m, void *item)
+{
+	const uint8_t *k;
+	size_t kn;
+	m->key(item, &k, &kn);
+	void **pp = &m->slots[slot_of(m, k, kn)];
+	while (*pp) {
+		if (*pp == item) {
+			*pp = *LINK(m, item);
+			*LINK(m, item) = NULL;
+			m->n--;
+			return;
+		}
+		pp = LINK(m, *pp);
+	}
+}
+
+/* ---- ZeroMQ helpers ---- */
+
+int chan_zmq_setint(void *sock, int opt, int v, const char *name)
+{
+	if (zmq_setsockopt(sock, opt, &v, sizeof v) != 0) {
+		LOGE(CHAN_MOD, "zmq_setsockopt(%s=%d): %s", name, v, zmq_strerror(errno));
+		return FL_ENET;
+	}
+	return 0;
+}
+
+void chan_zmq_free_body(void *data, void *hint)
+{
+	(void)hint;
+	free(data);
+}

@@ -1,0 +1,217 @@
+/* chan_int.h — internals shared by the channel's source files: chan.c
+ * (events, clock, hashing, shared messages), chan_sess.c (one TLS session
+ * over memory BIOs with length-prefixed messages inside), chan_server.c,
+ * chan_client.c and chan_zap.c. Not an API: only those files include it
+ * (and the fuzz target, for its test hook). */
+#ifndef FL_CHAN_INT_H
+#define FL_CHAN_INT_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "chan.h"
+#include "tlsctx.h"
+
+#include <openssl/ssl.h>
+
+#define CHAN_MOD "chan"
+
+/* Length prefix reserved for the in-TLS keepalive (no body follows). */
+#define CHAN_KEEPALIVE_LEN   0xFFFFFFFFu
+/* Largest application message: the prefix is a u32 and one value is taken. */
+#define CHAN_MAX_SEND_LEN    0xFFFFFFFEu
+/* Plaintext bytes per TLS record and an upper bound of a TLS 1.3 record's
+ * overhead (5 header + 1 content type + 16 tag, rounded up). */
+#define CHAN_REC_PLAIN       16384u
+#define CHAN_REC_OVERHEAD    32u
+/* Received frames are fed to OpenSSL in pieces of this size, so the read
+ * BIO never grows past about this much. */
+#define CHAN_FEED_CHUNK      (64u * 1024u)
+/* The write BIO is emptied into the frame whenever it holds this much. */
+#define CHAN_DRAIN_AT        (64u * 1024u)
+/* An idle session's memory BIO holding more capacity than this is replaced
+ * by a fresh one (after a large transfer). */
+#define CHAN_BIO_KEEP        4096u
+/* First allocation for an inbound message; grows by doubling to its length. */
+#define CHAN_MSG_FIRST_ALLOC (1u << 20)
+/* ZeroMQ messages handled per process() call and socket, so one busy peer
+ * cannot starve timers or other work. */
+#define CHAN_RECV_BUDGET     256
+/* Frame bytes one session may hand to ZeroMQ per process() call. */
+#define CHAN_SEND_BUDGET     (8u << 20)
+/* ZeroMQ high-water marks (messages of up to CHAN_FRAME_MAX bytes). */
+#define CHAN_HWM             64
+
+/* ---- clock, randomness, hashing ---- */
+uint64_t chan_now_ms(void);
+/* Cryptographic randomness (RAND_bytes); FL_ECRYPTO if it fails. */
+int chan_random(void *p, size_t n);
+/* Keyed hash (SipHash-2-4 with a per-process random key): routing ids come
+ * from unauthenticated peers. */
+uint64_t chan_hash(const void *p, size_t n);
+
+/* ---- wire header ---- */
+void chan_hdr_put(uint8_t hdr[CHAN_HDR_LEN], enum chan_kind k, uint64_t sid);
+/* 0 and fields, or FL_EPROTO with a reason in why. */
+int chan_hdr_get(const void *p, size_t n, enum chan_kind *k, uint64_t *sid, char *why,
+                 size_t why_len);
+const char *chan_kind_name(int k);
+
+/* ---- events ---- */
+typedef struct chan_evq {
+	chan_event *v;
+	size_t cap, head, n;
+} chan_evq;
+/* Moves *ev into the queue (the queue owns ev->data afterwards, even on
+ * failure, when the data is freed and the loss logged). */
+int chan_evq_push(chan_evq *q, chan_event *ev);
+int chan_evq_pop(chan_evq *q, chan_event *ev); /* 0 or FL_EAGAIN */
+void chan_evq_fini(chan_evq *q);
+/* Fills a PEER_GONE/DOWN event. */
+void chan_ev_gone(chan_event *ev, uint64_t peer, const char *cn, const char *addr, int reason,
+                  const char *why, int was_up);
+
+/* ---- log rate limit for unauthenticated events ---- */
+typedef struct chan_ratelog {
+	uint64_t t0;
+	unsigned n;
+	unsigned dropped;
+} chan_ratelog;
+/* 1 if one more line may be logged now (at most 20 per second; the count
+ * of suppressed lines is logged when the next window opens). */
+int chan_ratelog_allow(chan_ratelog *r);
+
+/* ---- shared messages ---- */
+struct chan_shared {
+	unsigned refs;
+	size_t len;
+	uint8_t data[];
+};
+chan_shared *chan_shared_ref(chan_shared *m);
+
+/* ---- intrusive hash map (chained) ---- */
+typedef struct chan_hmap {
+	void **slots;
+	size_t nslots, n;
+	size_t link_off; /* offset of the item's `void *next` link */
+	/* key of an item */
+	void (*key)(const void *item, const uint8_t **k, size_t *kn);
+} chan_hmap;
+int chan_hmap_init(chan_hmap *m, size_t link_off,
+                   void (*key)(const void *item, const uint8_t **k, size_t *kn));
+void chan_hmap_fini(chan_hmap *m);
+void *chan_hmap_get(const chan_hmap *m, const void *k, size_t kn);
+int chan_hmap_put(chan_hmap *m, void *item); /* item's key must not be present */
+void chan_hmap_del(chan_hmap *m, void *item);
+
+/* ---- one TLS session ---- */
+typedef struct chan_counters {
+	uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
+	size_t max_alloc;
+} chan_counters;
+
+typedef struct chan_oitem {
+	struct chan_oitem *next;
+	chan_shared *sh; /* NULL: bytes follow the struct */
+	const uint8_t *data;
+	size_t len; /* message bytes */
+	size_t off; /* stream bytes already written: 0 .. 4 + len */
+	int ka;     /* keepalive (len 0, prefix CHAN_KEEPALIVE_LEN) */
+	uint8_t pfx[4];
+} chan_oitem;
+
+typedef struct chan_sess_cb {
+	void *arg;
+	/* Handshake finished (peer certificate verified by this side). */
+	int (*on_up)(void *arg);
+	/* One whole message; data (malloc'd, may be NULL when len is 0) now
+	 * belongs to the callee, also when it fails. */
+	int (*on_msg)(void *arg, uint8_t *data, size_t len);
+} chan_sess_cb;
+
+typedef struct chan_sess {
+	SSL *ssl;
+	tlsctx *tls; /* reference: the verify callback reads it */
+	tlsctx_note note;
+	size_t max_msg, out_max;
+	chan_counters *ctr;
+	int hs_done;
+	int shut; /* close_notify written: no more application data */
+	int dead; /* fatal error: err and why say what */
+	int err;
+	char why[200];
+	/* inbound: length prefix, then the message */
+	uint8_t lenbuf[4];
+	unsigned lenget;
+	uint8_t *msg;
+	size_t msg_len, msg_got, msg_cap;
+	/* outbound plaintext, prefixed messages in order */
+	chan_oitem *oq_head, *oq_tail;
+	size_t oq_bytes; /* stream bytes not yet written into TLS */
+	/* one produced frame ZeroMQ did not take yet (EAGAIN) */
+	uint8_t *pend;
+	size_t pend_len;
+	enum chan_kind next_kind; /* kind of the next frame (client: HELLO first) */
+	uint64_t last_in_ms;      /* last authenticated inbound record */
+	uint64_t last_out_ms;     /* last frame handed to ZeroMQ */
+} chan_sess;
+
+/* server_name: client side only. ctr must outlive the session. */
+int chan_sess_init(chan_sess *s, tlsctx *t, const char *server_name, size_t max_msg, size_t out_max,
+                   chan_counters *ctr);
+void chan_sess_fini(chan_sess *s);
+/* Client: writes the first flight (ClientHello) into the write BIO. */
+int chan_sess_start(chan_sess *s);
+/* Feeds received TLS bytes: advances the handshake, delivers messages
+ * through cb. 0, or a negative code with s->why (s->dead set). */
+int chan_sess_input(chan_sess *s, const uint8_t *p, size_t n, const chan_sess_cb *cb);
+/* Queues a message (copied unless sh is given: then referenced). FL_EAGAIN
+ * when the queue would pass out_max, FL_ETOOBIG when the message alone
+ * does, FL_ESTATE after close_notify. */
+int chan_sess_queue(chan_sess *s, const void *data, size_t len, chan_shared *sh);
+int chan_sess_queue_keepalive(chan_sess *s);
+/* Bytes queued and not yet handed to ZeroMQ (plaintext + pending frame). */
+size_t chan_sess_queued(const chan_sess *s);
+/* Produces the next frame body (at most CHAN_FRAME_MAX bytes of TLS
+ * records, malloc'd, owned by the caller): 0, FL_EAGAIN when there is
+ * nothing to send, or a fatal error. */
+int chan_sess_produce(chan_sess *s, uint8_t **out, size_t *len);
+/* Sends a frame: kind, body (ownership passes to the callee on 0 only).
+ * Returns 0, FL_EAGAIN (keep it, retry later) or FL_ECLOSED (unreachable). */
+typedef int (*chan_sendfn)(void *arg, enum chan_kind kind, uint8_t *body, size_t len);
+/* Hands frames to send until the queue is empty (0), ZeroMQ pushes back
+ * (FL_EAGAIN), budget bytes went out (FL_EBUSY: call again), or an error
+ * (FL_ECLOSED from send, or a TLS failure with s->why). */
+int chan_sess_flush(chan_sess *s, chan_sendfn send, void *arg, size_t budget);
+/* Writes close_notify (queued messages that were not yet encrypted are
+ * dropped: flush first when they matter). */
+void chan_sess_shutdown(chan_sess *s);
+/* Whether nothing is buffered: no partial message in or out. */
+int chan_sess_idle(const chan_sess *s);
+/* Replaces large empty memory BIOs with fresh ones (idle sessions small). */
+void chan_sess_shrink(chan_sess *s);
+/* Test hook (fuzzing): writes raw plaintext into TLS, bypassing the
+ * length prefix. */
+int chan_sess_write_raw(chan_sess *s, const void *p, size_t n);
+
+/* ---- ZAP (IP allow/deny on the NULL mechanism) ---- */
+typedef struct chan_zap chan_zap;
+/* Parses the lists (comma-separated IPs or CIDR prefixes) and binds the
+ * handler in ctx. FL_ECONFIG naming the bad entry, FL_EBUSY when the
+ * context already has a ZAP handler. */
+int chan_zap_new(void *zctx, const char *allow, const char *deny, chan_zap **out);
+void chan_zap_free(chan_zap *z);
+void *chan_zap_socket(chan_zap *z);
+/* Answers pending requests; adds denials to *denied. */
+void chan_zap_process(chan_zap *z, uint64_t *denied);
+/* 1 if the address string passes the lists (for tests of the matcher). */
+int chan_zap_check(const chan_zap *z, const char *addr);
+
+/* ---- ZeroMQ helpers ---- */
+int chan_zmq_setint(void *sock, int opt, int v, const char *name);
+/* zero-copy message with a malloc'd body freed by ZeroMQ */
+void chan_zmq_free_body(void *data, void *hint);
+
+/* Test hook: the client's current session (NULL when none). */
+chan_sess *chan_client_test_sess(chan_client *c);
+
+#endif
