@@ -22,6 +22,9 @@
  * one export per variant (each takes seconds to minutes); the forward
  * reference is the median of 3.
  *
+ * OpenMP waits passively (OMP_WAIT_POLICY=passive unless the environment
+ * sets it), as the fedlora-node model subcommands do.
+ *
  * Usage: bench_gptq [--shape small|large] [--vocab GGUF] [--threads N]
  *                   [--calib-seqs S] [--held-seqs H] [--seq T] [--dir DIR]
  *                   [--model M.gguf --calib-text F --held-text G]
@@ -352,6 +355,12 @@ static int32_t *text_tokens(model *m, const char *path, size_t *n)
 
 int main(int argc, char **argv)
 {
+	/* sleeping, not spinning, OpenMP waits (see cmdu_passive_openmp): read
+	 * when the runtime loads, so re-execute once with it set */
+	if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "passive", 1) == 0) {
+		execv("/proc/self/exe", argv);
+		unsetenv("OMP_WAIT_POLICY");
+	}
 	if (argc >= 9 && strcmp(argv[1], "--child-export") == 0)
 		return child_export(argv + 2);
 	const char *shape = "small", *vocab = NULL, *dir = NULL, *model_in = NULL;
