@@ -257,6 +257,34 @@ int chan_shared_new(const void *data, size_t len, chan_shared **out)
 	return 0;
 }
 
+int chan_shared_alloc(size_t len, chan_shared **out)
+{
+	size_t sz;
+	if (!out)
+		return FL_EINVAL;
+	if (len > CHAN_MAX_SEND_LEN)
+		return FL_ETOOBIG;
+	if (sz_add(sizeof(chan_shared), len, &sz))
+		return FL_EOVERFLOW;
+	chan_shared *m = malloc(sz);
+	if (!m)
+		return FL_ENOMEM;
+	m->refs = 1;
+	m->len = len;
+	*out = m;
+	return 0;
+}
+
+uint8_t *chan_shared_data(chan_shared *m)
+{
+	return m->data;
+}
+
+size_t chan_shared_len(const chan_shared *m)
+{
+	return m->len;
+}
+
 chan_shared *chan_shared_ref(chan_shared *m)
 {
 	m->refs++;

@@ -635,6 +635,15 @@ int chan_client_send(chan_client *c, const void *data, size_t len)
 	return chan_sess_queue(c->cs, data, len, NULL);
 }
 
+int chan_client_send_shared(chan_client *c, chan_shared *m)
+{
+	if (!c || !m)
+		return FL_EINVAL;
+	if (!c->cs || !c->up)
+		return FL_ESTATE;
+	return chan_sess_queue(c->cs, m->data, m->len, m);
+}
+
 int chan_client_set_ready(chan_client *c)
 {
 	if (!c || !c->cs || !c->up)

@@ -1,6 +1,6 @@
 /* chan_int.h — internals shared by the channel's source files: chan.c
  * (events, clock, hashing, shared messages), chan_sess.c (one TLS session
- * over memory BIOs with length-prefixed messages inside), chan_server.c,
+ * over an in-memory BIO with length-prefixed messages inside), chan_server.c,
  * chan_client.c and chan_zap.c. Not an API: only those files include it
  * (and the fuzz target, for its test hook). */
 #ifndef FL_CHAN_INT_H
@@ -16,30 +16,20 @@
 #define CHAN_MOD "chan"
 
 /* Length prefix reserved for the in-TLS keepalive (no body follows). */
-#define CHAN_KEEPALIVE_LEN   0xFFFFFFFFu
+#define CHAN_KEEPALIVE_LEN 0xFFFFFFFFu
 /* Largest application message: the prefix is a u32 and one value is taken. */
-#define CHAN_MAX_SEND_LEN    0xFFFFFFFEu
+#define CHAN_MAX_SEND_LEN  0xFFFFFFFEu
 /* Plaintext bytes per TLS record and an upper bound of a TLS 1.3 record's
  * overhead (5 header + 1 content type + 16 tag, rounded up). */
-#define CHAN_REC_PLAIN       16384u
-#define CHAN_REC_OVERHEAD    32u
-/* Received frames are fed to OpenSSL in pieces of this size, so the read
- * BIO never grows past about this much. */
-#define CHAN_FEED_CHUNK      (64u * 1024u)
-/* The write BIO is emptied into the frame whenever it holds this much. */
-#define CHAN_DRAIN_AT        (64u * 1024u)
-/* An idle session's memory BIO holding more capacity than this is replaced
- * by a fresh one (after a large transfer). */
-#define CHAN_BIO_KEEP        4096u
-/* First allocation for an inbound message; grows by doubling to its length. */
-#define CHAN_MSG_FIRST_ALLOC (1u << 20)
+#define CHAN_REC_PLAIN     16384u
+#define CHAN_REC_OVERHEAD  32u
 /* ZeroMQ messages handled per process() call and socket, so one busy peer
  * cannot starve timers or other work. */
-#define CHAN_RECV_BUDGET     256
+#define CHAN_RECV_BUDGET   256
 /* Frame bytes one session may hand to ZeroMQ per process() call. */
-#define CHAN_SEND_BUDGET     (8u << 20)
+#define CHAN_SEND_BUDGET   (8u << 20)
 /* ZeroMQ high-water marks (messages of up to CHAN_FRAME_MAX bytes). */
-#define CHAN_HWM             64
+#define CHAN_HWM           64
 
 /* ---- clock, randomness, hashing ---- */
 uint64_t chan_now_ms(void);
@@ -147,6 +137,12 @@ typedef struct chan_sess {
 	/* outbound plaintext, prefixed messages in order */
 	chan_oitem *oq_head, *oq_tail;
 	size_t oq_bytes; /* stream bytes not yet written into TLS */
+	/* the BIO: the frame being read (borrowed while feeding) and the
+	 * frame being written (owned, handed to ZeroMQ as it is) */
+	const uint8_t *in_p;
+	size_t in_n;
+	uint8_t *wb;
+	size_t wlen, wcap;
 	/* one produced frame ZeroMQ did not take yet (EAGAIN) */
 	uint8_t *pend;
 	size_t pend_len;
@@ -187,7 +183,7 @@ int chan_sess_flush(chan_sess *s, chan_sendfn send, void *arg, size_t budget);
 void chan_sess_shutdown(chan_sess *s);
 /* Whether nothing is buffered: no partial message in or out. */
 int chan_sess_idle(const chan_sess *s);
-/* Replaces large empty memory BIOs with fresh ones (idle sessions small). */
+/* Frees buffers an idle session does not need (idle sessions small). */
 void chan_sess_shrink(chan_sess *s);
 /* Test hook (fuzzing): writes raw plaintext into TLS, bypassing the
  * length prefix. */
