@@ -145,7 +145,7 @@ typedef struct chan_sess {
 	size_t wlen, wcap;
 	/* one produced frame ZeroMQ did not take yet (EAGAIN) */
 	uint8_t *pend;
-	size_t pend_len;
+	size_t pend_len, pend_cap;
 	enum chan_kind next_kind; /* kind of the next frame (client: HELLO first) */
 	uint64_t last_in_ms;      /* last authenticated inbound record */
 	uint64_t last_out_ms;     /* last frame handed to ZeroMQ */
@@ -168,12 +168,14 @@ int chan_sess_queue_keepalive(chan_sess *s);
 /* Bytes queued and not yet handed to ZeroMQ (plaintext + pending frame). */
 size_t chan_sess_queued(const chan_sess *s);
 /* Produces the next frame body (at most CHAN_FRAME_MAX bytes of TLS
- * records, malloc'd, owned by the caller): 0, FL_EAGAIN when there is
- * nothing to send, or a fatal error. */
-int chan_sess_produce(chan_sess *s, uint8_t **out, size_t *len);
-/* Sends a frame: kind, body (ownership passes to the callee on 0 only).
+ * records in a buffer of *cap bytes, owned by the caller, released with
+ * chan_frame_put): 0, FL_EAGAIN when there is nothing to send, or a fatal
+ * error. */
+int chan_sess_produce(chan_sess *s, uint8_t **out, size_t *len, size_t *cap);
+/* Sends a frame: kind, body of len bytes in a buffer of cap bytes
+ * (ownership passes to the callee on 0 only; release with chan_frame_put).
  * Returns 0, FL_EAGAIN (keep it, retry later) or FL_ECLOSED (unreachable). */
-typedef int (*chan_sendfn)(void *arg, enum chan_kind kind, uint8_t *body, size_t len);
+typedef int (*chan_sendfn)(void *arg, enum chan_kind kind, uint8_t *body, size_t len, size_t cap);
 /* Hands frames to send until the queue is empty (0), ZeroMQ pushes back
  * (FL_EAGAIN), budget bytes went out (FL_EBUSY: call again), or an error
  * (FL_ECLOSED from send, or a TLS failure with s->why). */
@@ -204,7 +206,16 @@ int chan_zap_check(const chan_zap *z, const char *addr);
 
 /* ---- ZeroMQ helpers ---- */
 int chan_zmq_setint(void *sock, int opt, int v, const char *name);
-/* zero-copy message with a malloc'd body freed by ZeroMQ */
+/* Frame buffers of CHAN_FRAME_MAX bytes are recycled (a small process-wide
+ * pool, thread-safe: ZeroMQ's I/O threads give them back), so bulk
+ * transfers do not map and fault in fresh pages for every frame. */
+uint8_t *chan_frame_get(void);               /* CHAN_FRAME_MAX bytes, or NULL */
+void chan_frame_put(uint8_t *p, size_t cap); /* any malloc'd buffer; NULL ok */
+/* Frees the pooled buffers once none was taken for 2 s (or at once with
+ * force): called from the channels' timers, so idle processes give the
+ * memory back. */
+void chan_frame_pool_trim(int force);
+/* ZeroMQ free callback for zero-copy frames; hint is the capacity. */
 void chan_zmq_free_body(void *data, void *hint);
 
 /* Test hook: the client's current session (NULL when none). */

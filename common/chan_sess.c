@@ -147,7 +147,7 @@ void chan_sess_fini(chan_sess *s)
 		return;
 	SSL_free(s->ssl); /* frees the BIO */
 	s->ssl = NULL;
-	free(s->wb);
+	chan_frame_put(s->wb, s->wcap);
 	s->wb = NULL;
 	s->wlen = s->wcap = 0;
 	tlsctx_unref(s->tls);
@@ -161,7 +161,7 @@ void chan_sess_fini(chan_sess *s)
 	}
 	s->oq_head = s->oq_tail = NULL;
 	s->oq_bytes = 0;
-	free(s->pend);
+	chan_frame_put(s->pend, s->pend_cap);
 	s->pend = NULL;
 	ERR_clear_error();
 }
@@ -478,7 +478,7 @@ static int reserve(chan_sess *s, size_t want)
 {
 	if (s->wcap >= want)
 		return 0;
-	uint8_t *nb = realloc(s->wb, want);
+	uint8_t *nb = !s->wb && want == CHAN_FRAME_MAX ? chan_frame_get() : realloc(s->wb, want);
 	if (!nb)
 		return FL_ENOMEM;
 	s->wb = nb;
@@ -486,7 +486,7 @@ static int reserve(chan_sess *s, size_t want)
 	return 0;
 }
 
-int chan_sess_produce(chan_sess *s, uint8_t **out, size_t *outlen)
+int chan_sess_produce(chan_sess *s, uint8_t **out, size_t *outlen, size_t *outcap)
 {
 	size_t plain = s->hs_done && !s->shut && !s->dead ? s->oq_bytes : 0;
 	int rc;
@@ -517,13 +517,18 @@ int chan_sess_produce(chan_sess *s, uint8_t **out, size_t *outlen)
 	if (s->wlen <= CHAN_FRAME_MAX) {
 		/* The buffer itself becomes the frame. */
 		uint8_t *f = s->wb;
-		if (s->wcap - s->wlen > 4096) {
+		size_t cap = s->wcap;
+		if (cap - s->wlen > 4096 &&
+		    (cap != CHAN_FRAME_MAX || s->wlen < CHAN_FRAME_MAX / 2)) {
 			uint8_t *nf = realloc(f, s->wlen);
-			if (nf)
+			if (nf) {
 				f = nf;
+				cap = s->wlen;
+			}
 		}
 		*out = f;
 		*outlen = s->wlen;
+		*outcap = cap;
 		s->wb = NULL;
 		s->wlen = s->wcap = 0;
 		return 0;
@@ -531,7 +536,7 @@ int chan_sess_produce(chan_sess *s, uint8_t **out, size_t *outlen)
 	/* More than a frame at once (never in practice: records are sized to
 	 * fit): cut, keep the rest. TLS is a byte stream; records may span
 	 * frames. */
-	uint8_t *f = malloc(CHAN_FRAME_MAX);
+	uint8_t *f = chan_frame_get();
 	if (!f)
 		return fail(s, FL_ENOMEM, "out of memory for an outbound frame");
 	memcpy(f, s->wb, CHAN_FRAME_MAX);
@@ -539,6 +544,7 @@ int chan_sess_produce(chan_sess *s, uint8_t **out, size_t *outlen)
 	s->wlen -= CHAN_FRAME_MAX;
 	*out = f;
 	*outlen = CHAN_FRAME_MAX;
+	*outcap = CHAN_FRAME_MAX;
 	return 0;
 }
 
@@ -547,7 +553,7 @@ int chan_sess_flush(chan_sess *s, chan_sendfn send, void *arg, size_t budget)
 	size_t sent = 0;
 	for (;;) {
 		if (!s->pend) {
-			int rc = chan_sess_produce(s, &s->pend, &s->pend_len);
+			int rc = chan_sess_produce(s, &s->pend, &s->pend_len, &s->pend_cap);
 			if (rc == FL_EAGAIN) {
 				s->pend = NULL;
 				s->pend_len = 0;
@@ -560,7 +566,7 @@ int chan_sess_flush(chan_sess *s, chan_sendfn send, void *arg, size_t budget)
 			}
 		}
 		size_t n = s->pend_len;
-		int rc = send(arg, s->next_kind, s->pend, n);
+		int rc = send(arg, s->next_kind, s->pend, n, s->pend_cap);
 		if (rc)
 			return rc;
 		s->pend = NULL;
@@ -594,7 +600,7 @@ void chan_sess_shrink(chan_sess *s)
 {
 	/* Only an unused frame buffer can be left over here. */
 	if (s->wb && s->wlen == 0) {
-		free(s->wb);
+		chan_frame_put(s->wb, s->wcap);
 		s->wb = NULL;
 		s->wcap = 0;
 	}

@@ -11,7 +11,8 @@
  * Every figure is the median of several runs. Never run by ctest.
  *
  * usage: bench_transport [--reps N] [--sessions N] [--xfer-sessions K]
- *                        [--skip-throughput] [--skip-memory] */
+ *                        [--skip-throughput] [--skip-memory]
+ *                        [--tls-only] [--size 1|16|64]   (for profiling) */
 #include "chan.h"
 #include "clock.h"
 #include "err.h"
@@ -927,7 +928,8 @@ static void memory_bench(int n, int k)
 
 int main(int argc, char **argv)
 {
-	int reps = 5, sessions = 1000, xfer = 50, skip_tp = 0, skip_mem = 0;
+	int reps = 5, sessions = 1000, xfer = 50, skip_tp = 0, skip_mem = 0, tls_only = 0;
+	int only_size = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--reps") && i + 1 < argc)
 			reps = (int)strtol(argv[++i], NULL, 10);
@@ -939,6 +941,10 @@ int main(int argc, char **argv)
 			skip_tp = 1;
 		else if (!strcmp(argv[i], "--skip-memory"))
 			skip_mem = 1;
+		else if (!strcmp(argv[i], "--tls-only")) /* for profiling */
+			tls_only = 1;
+		else if (!strcmp(argv[i], "--size") && i + 1 < argc)
+			only_size = (int)strtol(argv[++i], NULL, 10);
 		else {
 			fprintf(stderr,
 			        "usage: %s [--reps N] [--sessions N] [--xfer-sessions K] "
@@ -954,7 +960,7 @@ int main(int argc, char **argv)
 	log_set_level(LOG_LVL_ERROR);
 	signal(SIGPIPE, SIG_IGN);
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (make_pki(sessions)) {
+	if (make_pki(skip_mem ? 1 : sessions)) {
 		fprintf(stderr, "cannot make the test certificates\n");
 		return 1;
 	}
@@ -974,9 +980,13 @@ int main(int argc, char **argv)
 		       "TLS MiB/s", "ceiling", "TLS/plain", "TLS/ceiling");
 		int below = 0;
 		for (int i = 0; i < 3; i++) {
-			double tu, td;
-			double pu = plaintext_rate(data, sizes[i], counts[i], 1, reps);
-			double pd = plaintext_rate(data, sizes[i], counts[i], 0, reps);
+			double tu, td, pu = 1, pd = 1;
+			if (only_size && (size_t)only_size << 20 != sizes[i])
+				continue;
+			if (!tls_only) {
+				pu = plaintext_rate(data, sizes[i], counts[i], 1, reps);
+				pd = plaintext_rate(data, sizes[i], counts[i], 0, reps);
+			}
 			if (tls_rates(data, sizes[i], counts[i], reps, &tu, &td)) {
 				fprintf(stderr, "TLS run failed\n");
 				return 1;
