@@ -12,7 +12,8 @@
  *
  * usage: bench_transport [--reps N] [--sessions N] [--xfer-sessions K]
  *                        [--skip-throughput] [--skip-memory]
- *                        [--tls-only] [--size 1|16|64]   (for profiling) */
+ *                        [--tls-only] [--size 1|16|64] [--skip-handshakes]
+ *                        [--default-malloc] */
 #include "chan.h"
 #include "clock.h"
 #include "err.h"
@@ -30,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -101,6 +103,15 @@ static int make_pki(int nodes)
 	EVP_PKEY_free(sk);
 	g_nodes = nodes;
 	return rc;
+}
+
+/* CPU seconds of the whole process (all threads, user + system). */
+static double cpu_s(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 +
+	       (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
 }
 
 static int cmp_d(const void *a, const void *b)
@@ -266,8 +277,10 @@ static void *pt_coord(void *arg)
 	return NULL;
 }
 
-static double plaintext_rate(const uint8_t *data, size_t len, int count, int up, int reps)
+static double plaintext_rate(const uint8_t *data, size_t len, int count, int up, int reps,
+                             double *cpu_gib)
 {
+	double cpu[32];
 	void *c1 = zmq_ctx_new(), *c2 = zmq_ctx_new();
 	pt_peer a = {zmq_socket(c1, ZMQ_ROUTER), 1, {0}, 0},
 	        b = {zmq_socket(c2, ZMQ_DEALER), 0, {0}, 0};
@@ -293,6 +306,7 @@ static double plaintext_rate(const uint8_t *data, size_t len, int count, int up,
 	pthread_create(&th, NULL, pt_coord, &j);
 	pt_small(&b, "hello");
 	for (int r = 0; r < reps; r++) {
+		double c0 = cpu_s();
 		if (up) {
 			double t0 = clk_seconds();
 			pt_send(&b, data, len, count);
@@ -303,7 +317,9 @@ static double plaintext_rate(const uint8_t *data, size_t len, int count, int up,
 			pt_recv(&b, len, count);
 			pt_small(&b, "A");
 		}
+		cpu[r] = (cpu_s() - c0) / ((double)len * count / (MIB * 1024));
 	}
+	*cpu_gib = median(cpu, reps);
 	pthread_join(th, NULL);
 	int zero = 0;
 	zmq_setsockopt(a.sock, ZMQ_LINGER, &zero, sizeof zero);
@@ -401,8 +417,11 @@ static chan_event wait_msg(chan_client *c)
 	}
 }
 
-static int tls_rates(const uint8_t *data, size_t len, int count, int reps, double *up, double *down)
+static int tls_rates(const uint8_t *data, size_t len, int count, int reps, double *up, double *down,
+                     double *cpu_up, double *cpu_down)
 {
+	double cu[32], cd[32];
+	const double gib = (double)len * count / (MIB * 1024);
 	chan_server_opts so;
 	chan_client_opts co;
 	tls_srv t = {NULL, data, len, 0};
@@ -428,6 +447,7 @@ static int tls_rates(const uint8_t *data, size_t len, int count, int reps, doubl
 	char cmd[64];
 	for (int r = 0; r < reps; r++) {
 		/* up */
+		double c0 = cpu_s();
 		double t0 = clk_seconds();
 		int k = snprintf(cmd, sizeof cmd, "U %zu %d", len, count);
 		chan_client_send(c, cmd, (size_t)k);
@@ -436,7 +456,9 @@ static int tls_rates(const uint8_t *data, size_t len, int count, int reps, doubl
 				chan_client_poll(c, 1);
 		ev = wait_msg(c);
 		ru[r] = (double)len * count / (clk_seconds() - t0);
+		cu[r] = (cpu_s() - c0) / gib;
 		chan_event_fini(&ev);
+		c0 = cpu_s();
 		/* down */
 		k = snprintf(cmd, sizeof cmd, "D %zu %d", len, count);
 		chan_client_send(c, cmd, (size_t)k);
@@ -458,6 +480,7 @@ static int tls_rates(const uint8_t *data, size_t len, int count, int reps, doubl
 		if (sscanf(tbuf, "T %lf", &s) != 1 || s <= 0)
 			s = 1e9;
 		rd[r] = (double)len * count / s;
+		cd[r] = (cpu_s() - c0) / gib;
 		chan_event_fini(&ev);
 	}
 	chan_client_send(c, "Q", 1);
@@ -469,6 +492,8 @@ static int tls_rates(const uint8_t *data, size_t len, int count, int reps, doubl
 	chan_server_free(t.s);
 	*up = median(ru, reps);
 	*down = median(rd, reps);
+	*cpu_up = median(cu, reps);
+	*cpu_down = median(cd, reps);
 	return 0;
 }
 
@@ -929,7 +954,7 @@ static void memory_bench(int n, int k)
 int main(int argc, char **argv)
 {
 	int reps = 5, sessions = 1000, xfer = 50, skip_tp = 0, skip_mem = 0, tls_only = 0;
-	int only_size = 0;
+	int only_size = 0, skip_hs = 0, malloc_tuning = 1;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--reps") && i + 1 < argc)
 			reps = (int)strtol(argv[++i], NULL, 10);
@@ -943,6 +968,10 @@ int main(int argc, char **argv)
 			skip_mem = 1;
 		else if (!strcmp(argv[i], "--tls-only")) /* for profiling */
 			tls_only = 1;
+		else if (!strcmp(argv[i], "--skip-handshakes"))
+			skip_hs = 1;
+		else if (!strcmp(argv[i], "--default-malloc"))
+			malloc_tuning = 0;
 		else if (!strcmp(argv[i], "--size") && i + 1 < argc)
 			only_size = (int)strtol(argv[++i], NULL, 10);
 		else {
@@ -965,6 +994,16 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	printf("bench_transport: medians of %d runs; MiB/s = 2^20 bytes per second\n", reps);
+	if (malloc_tuning) {
+		/* Receivers keep a message or two of up to 16 MiB alive; with
+		 * glibc's defaults the heap is trimmed and refaulted between
+		 * them, which costs more than the crypto. Same settings for
+		 * the plaintext and the TLS runs; 64 MiB buffers are mmap'd
+		 * either way. --default-malloc to compare. */
+		mallopt(M_MMAP_THRESHOLD, 32 << 20);
+		mallopt(M_TRIM_THRESHOLD, 512 << 20);
+		printf("malloc: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 512 MiB (both paths)\n");
+	}
 	/* Memory first: it forks, and wants no threads around. */
 	if (!skip_mem)
 		memory_bench(sessions, xfer);
@@ -972,6 +1011,9 @@ int main(int argc, char **argv)
 	double aes = aes_rate(reps);
 	printf("\nAES-256-GCM, one core, EVP, 16 KiB records: %.0f MiB/s\n", aes / MIB);
 	if (!skip_tp) {
+		/* Every repetition measures AES-GCM, plaintext and TLS back to
+		 * back, and the ratios are taken per repetition: the machine's
+		 * load changes between repetitions, not within one. */
 		static const size_t sizes[3] = {1u << 20, 16u << 20, 64u << 20};
 		static const int counts[3] = {64, 8, 4};
 		uint8_t *data = malloc(64u << 20);
@@ -980,30 +1022,64 @@ int main(int argc, char **argv)
 		       "TLS MiB/s", "ceiling", "TLS/plain", "TLS/ceiling");
 		int below = 0;
 		for (int i = 0; i < 3; i++) {
-			double tu, td, pu = 1, pd = 1;
+			double aesr[32];
 			if (only_size && (size_t)only_size << 20 != sizes[i])
 				continue;
-			if (!tls_only) {
-				pu = plaintext_rate(data, sizes[i], counts[i], 1, reps);
-				pd = plaintext_rate(data, sizes[i], counts[i], 0, reps);
+			double pl[2][32], tl[2][32], ce[2][32], rp[2][32], rc[2][32];
+			double cpl[2][32], ctl[2][32], cex[2][32];
+			for (int r = 0; r < reps; r++) {
+				double a = aes_rate(1), pu = 1, pd = 1, tu, td;
+				double cpu_pu = 0, cpu_pd = 0, cpu_tu, cpu_td;
+				if (!tls_only) {
+					pu = plaintext_rate(data, sizes[i], counts[i], 1, 1,
+					                    &cpu_pu);
+					pd = plaintext_rate(data, sizes[i], counts[i], 0, 1,
+					                    &cpu_pd);
+				}
+				if (tls_rates(data, sizes[i], counts[i], 1, &tu, &td, &cpu_tu,
+				              &cpu_td)) {
+					fprintf(stderr, "TLS run failed\n");
+					return 1;
+				}
+				double p2[2] = {pu, pd}, t2[2] = {tu, td};
+				double cp2[2] = {cpu_pu, cpu_pd}, ct2[2] = {cpu_tu, cpu_td};
+				for (int d = 0; d < 2; d++) {
+					cpl[d][r] = cp2[d];
+					ctl[d][r] = ct2[d];
+					/* extra CPU of TLS in units of one AES-GCM pass */
+					cex[d][r] = (ct2[d] - cp2[d]) / (MIB * 1024 / a);
+					pl[d][r] = p2[d];
+					tl[d][r] = t2[d];
+					ce[d][r] = 1.0 / (1.0 / p2[d] + 1.0 / a);
+					rp[d][r] = t2[d] / p2[d];
+					rc[d][r] = t2[d] / ce[d][r];
+				}
+				aesr[r] = a;
 			}
-			if (tls_rates(data, sizes[i], counts[i], reps, &tu, &td)) {
-				fprintf(stderr, "TLS run failed\n");
-				return 1;
-			}
-			double pl[2] = {pu, pd}, tl[2] = {tu, td};
 			for (int d = 0; d < 2; d++) {
-				double ceil_ = 1.0 / (1.0 / pl[d] + 1.0 / aes);
-				below += tl[d] / ceil_ < 0.8;
+				double mrc = median(rc[d], reps);
+				below += mrc < 0.8;
 				printf("%3zu MiB %-5s %12.0f %12.0f %12.0f %10.2f %11.2f\n",
-				       sizes[i] >> 20, d ? "down" : "up", pl[d] / MIB, tl[d] / MIB,
-				       ceil_ / MIB, tl[d] / pl[d], tl[d] / ceil_);
+				       sizes[i] >> 20, d ? "down" : "up", median(pl[d], reps) / MIB,
+				       median(tl[d], reps) / MIB, median(ce[d], reps) / MIB,
+				       median(rp[d], reps), mrc);
 			}
+			printf("        (AES-256-GCM during these runs: %.0f MiB/s)\n",
+			       median(aesr, reps) / MIB);
+			for (int d = 0; d < 2; d++)
+				printf("        CPU, all threads, %-4s: plain %.2f s/GiB, TLS %.2f "
+				       "s/GiB: "
+				       "TLS adds %.1f AES-GCM passes' worth (2 = encrypt + "
+				       "decrypt)\n",
+				       d ? "down" : "up", median(cpl[d], reps),
+				       median(ctl[d], reps), median(cex[d], reps));
 		}
 		printf("target TLS >= 0.8 x ceiling: %s\n",
 		       below ? "NOT met on some rows" : "met on every row");
 		free(data);
 	}
+	if (skip_hs)
+		return 0;
 	double srv_us = 0;
 	double hm = hs_memory(200, &srv_us);
 	printf("\nhandshakes, both ends in one thread, frames in memory: %.0f/s "
