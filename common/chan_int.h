@@ -28,8 +28,11 @@
 #define CHAN_RECV_BUDGET   256
 /* Frame bytes one session may hand to ZeroMQ per process() call. */
 #define CHAN_SEND_BUDGET   (8u << 20)
-/* ZeroMQ high-water marks (messages of up to CHAN_FRAME_MAX bytes). */
-#define CHAN_HWM           64
+/* ZeroMQ high-water marks, in frames of up to CHAN_FRAME_MAX bytes: 16 MiB
+ * may wait to be sent per connection; at most 4 MiB is buffered from a
+ * peer before the channel reads it (unauthenticated peers included). */
+#define CHAN_SNDHWM        64
+#define CHAN_RCVHWM        16
 
 /* ---- clock, randomness, hashing ---- */
 uint64_t chan_now_ms(void);

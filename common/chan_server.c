@@ -199,8 +199,8 @@ static int setup_socket(chan_server *s)
 	}
 	if ((rc = chan_zmq_setint(s->sock, ZMQ_ROUTER_MANDATORY, 1, "ZMQ_ROUTER_MANDATORY")) ||
 	    (rc = chan_zmq_setint(s->sock, ZMQ_LINGER, o->linger_ms, "ZMQ_LINGER")) ||
-	    (rc = chan_zmq_setint(s->sock, ZMQ_SNDHWM, CHAN_HWM, "ZMQ_SNDHWM")) ||
-	    (rc = chan_zmq_setint(s->sock, ZMQ_RCVHWM, CHAN_HWM, "ZMQ_RCVHWM")))
+	    (rc = chan_zmq_setint(s->sock, ZMQ_SNDHWM, CHAN_SNDHWM, "ZMQ_SNDHWM")) ||
+	    (rc = chan_zmq_setint(s->sock, ZMQ_RCVHWM, CHAN_RCVHWM, "ZMQ_RCVHWM")))
 		return rc;
 	if (o->zmtp_heartbeat_ivl_ms > 0 &&
 	    ((rc = chan_zmq_setint(s->sock, ZMQ_HEARTBEAT_IVL, o->zmtp_heartbeat_ivl_ms,

@@ -284,15 +284,15 @@ static double plaintext_rate(const uint8_t *data, size_t len, int count, int up,
 	void *c1 = zmq_ctx_new(), *c2 = zmq_ctx_new();
 	pt_peer a = {zmq_socket(c1, ZMQ_ROUTER), 1, {0}, 0},
 	        b = {zmq_socket(c2, ZMQ_DEALER), 0, {0}, 0};
-	int hwm = 64;
+	int shwm = 64, rhwm = 16; /* as the channel */
 	int64_t maxmsg = FRAME;
 	char ep[128];
 	size_t epl = sizeof ep;
 	double secs[32];
 	for (int i = 0; i < 2; i++) {
 		void *s = i ? b.sock : a.sock;
-		zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
-		zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
+		zmq_setsockopt(s, ZMQ_SNDHWM, &shwm, sizeof shwm);
+		zmq_setsockopt(s, ZMQ_RCVHWM, &rhwm, sizeof rhwm);
 		zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
 	}
 	/* As the channel: a full pipe blocks (here) instead of dropping. */
@@ -804,14 +804,14 @@ static int read_line(FILE *f, char *buf, size_t n, const char *prefix)
 static int plain_coord(int fd, int n)
 {
 	void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER);
-	int one = 1, hwm = 64, hb = 2000, hbt = 6000;
+	int one = 1, shwm = 64, rhwm = 16, hb = 2000, hbt = 6000;
 	int64_t maxmsg = FRAME;
 	long rss, heap;
 	char ep[256];
 	size_t epl = sizeof ep;
 	zmq_setsockopt(r, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
-	zmq_setsockopt(r, ZMQ_SNDHWM, &hwm, sizeof hwm);
-	zmq_setsockopt(r, ZMQ_RCVHWM, &hwm, sizeof hwm);
+	zmq_setsockopt(r, ZMQ_SNDHWM, &shwm, sizeof shwm);
+	zmq_setsockopt(r, ZMQ_RCVHWM, &rhwm, sizeof rhwm);
 	zmq_setsockopt(r, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
 	zmq_setsockopt(r, ZMQ_HEARTBEAT_IVL, &hb, sizeof hb);
 	zmq_setsockopt(r, ZMQ_HEARTBEAT_TIMEOUT, &hbt, sizeof hbt);
