@@ -591,7 +591,7 @@ static void test_close_after_flush_and_shared(void **state)
 }
 
 /* After a large transfer an idle session holds no transfer buffers. */
-static void test_bio_shrink(void **state)
+static void test_idle_buffers(void **state)
 {
 	(void)state;
 	chan_server_opts so;
@@ -718,7 +718,7 @@ int main(void)
 	    cmocka_unit_test(test_backpressure_and_unreachable),
 	    cmocka_unit_test(test_limits),
 	    cmocka_unit_test(test_close_after_flush_and_shared),
-	    cmocka_unit_test(test_bio_shrink),
+	    cmocka_unit_test(test_idle_buffers),
 	    cmocka_unit_test(test_client_bad_frames),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
