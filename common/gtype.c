@@ -135,7 +135,24 @@ void gtype_dequant_f32(const void *src, float *dst, size_t n)
 	memcpy(dst, src, n * sizeof(float));
 }
 
+#ifdef FL_HAVE_AVX2_BUILD
+void gtype_dequant_f16_avx2(const void *src, float *dst, size_t n);
+#endif
+
 void gtype_dequant_f16(const void *src, float *dst, size_t n)
+{
+#ifdef FL_HAVE_AVX2_BUILD
+	/* every AVX2 CPU has F16C (it came a generation earlier); clang's
+	 * __builtin_cpu_supports does not know "f16c" */
+	if (__builtin_cpu_supports("avx2")) {
+		gtype_dequant_f16_avx2(src, dst, n);
+		return;
+	}
+#endif
+	gtype_dequant_f16_scalar(src, dst, n);
+}
+
+void gtype_dequant_f16_scalar(const void *src, float *dst, size_t n)
 {
 	const uint8_t *p = src;
 	for (size_t i = 0; i < n; i++)

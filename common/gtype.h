@@ -61,7 +61,8 @@ typedef void (*gtype_dequant_fn)(const void *src, float *dst, size_t n);
 gtype_dequant_fn gtype_dequant_fn_of(uint32_t id);
 
 void gtype_dequant_f32(const void *src, float *dst, size_t n);
-void gtype_dequant_f16(const void *src, float *dst, size_t n);
+void gtype_dequant_f16(const void *src, float *dst, size_t n); /* F16C when available */
+void gtype_dequant_f16_scalar(const void *src, float *dst, size_t n);
 void gtype_dequant_bf16(const void *src, float *dst, size_t n);
 void gtype_dequant_q8_0(const void *src, float *dst, size_t n);
 void gtype_dequant_q4_0(const void *src, float *dst, size_t n);

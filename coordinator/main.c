@@ -1,11 +1,609 @@
 /* fedlora-coordinator — the federation server: registry, rounds,
- * aggregation, state, metrics. Subcommands are registered in the table below
- * as they become real. */
+ * aggregation, state, metrics. Subcommands: serve, status, export,
+ * check-config. Exit codes: 0 ok, 1 runtime failure, 2 usage or
+ * configuration error. */
+#include "cconf.h"
 #include "cli.h"
+#include "err.h"
+#include "journal.h"
+#include "log.h"
+#include "lora.h"
+#include "serve.h"
+#include "sha.h"
+#include "store.h"
 
-#include <stddef.h>
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+/* ---- small argument helpers ---- */
+
+/* "--name VALUE" or "--name=VALUE" at argv[*i]; advances *i. */
+static int opt_val(int argc, char **argv, int *i, const char *name, const char **out)
+{
+	size_t n = strlen(name);
+	const char *a = argv[*i];
+	if (strncmp(a, name, n) != 0)
+		return 0;
+	if (a[n] == '=') {
+		*out = a + n + 1;
+		return 1;
+	}
+	if (a[n] == 0) {
+		if (*i + 1 >= argc) {
+			fprintf(stderr, "%s needs a value\n", name);
+			*out = NULL;
+			return -1;
+		}
+		*out = argv[++*i];
+		return 1;
+	}
+	return 0;
+}
+
+static int setup_log(const char *level, const char *format)
+{
+	enum log_level lv;
+	enum log_format lf;
+	if (level && log_parse_level(level, &lv)) {
+		fprintf(stderr, "unknown log level '%s' (debug|info|warn|error)\n", level);
+		return CLI_USAGE;
+	}
+	if (format && log_parse_format(format, &lf)) {
+		fprintf(stderr, "unknown log format '%s' (text|json)\n", format);
+		return CLI_USAGE;
+	}
+	if (level)
+		log_set_level(lv);
+	if (format)
+		log_set_format(lf);
+	return 0;
+}
+
+/* Common parsing of serve/check-config: --config, --log-*, --print-config
+ * and --section.key=value. */
+typedef struct cfg_args {
+	const char *config;
+	const char *log_level, *log_format;
+	int print;
+} cfg_args;
+
+static int parse_cfg_args(const char *cmd, int *argc, char **argv, cfg_args *a)
+{
+	memset(a, 0, sizeof *a);
+	int k = 1;
+	for (int i = 1; i < *argc; i++) {
+		const char *v;
+		int r;
+		if ((r = opt_val(*argc, argv, &i, "--config", &v)) != 0) {
+			if (r < 0)
+				return CLI_USAGE;
+			a->config = v;
+		} else if ((r = opt_val(*argc, argv, &i, "--log-level", &v)) != 0) {
+			if (r < 0)
+				return CLI_USAGE;
+			a->log_level = v;
+		} else if ((r = opt_val(*argc, argv, &i, "--log-format", &v)) != 0) {
+			if (r < 0)
+				return CLI_USAGE;
+			a->log_format = v;
+		} else if (strcmp(argv[i], "--print-config") == 0) {
+			a->print = 1;
+		} else if (strncmp(argv[i], "--", 2) == 0 && strchr(argv[i], '.')) {
+			argv[k++] = argv[i]; /* --section.key=value: for cfg_load_args */
+		} else {
+			fprintf(stderr, "%s: unexpected argument '%s' (try --help)\n", cmd,
+			        argv[i]);
+			return CLI_USAGE;
+		}
+	}
+	*argc = k;
+	argv[k] = NULL;
+	return 0;
+}
+
+static int load_conf(const char *cmd, int argc, char **argv, cfg **c, cconf *cc, cfg_args *a)
+{
+	int rc = parse_cfg_args(cmd, &argc, argv, a);
+	if (rc)
+		return rc;
+	if (setup_log(a->log_level, a->log_format))
+		return CLI_USAGE;
+	char why[600];
+	if (cconf_load(a->config, &argc, argv, environ, c, why, sizeof why)) {
+		fprintf(stderr, "%s: configuration error: %s\n", cmd, why);
+		return CLI_USAGE;
+	}
+	/* the config's log settings, unless flags gave them */
+	if (setup_log(a->log_level ? a->log_level : cfg_str(*c, "log.level"),
+	              a->log_format ? a->log_format : cfg_str(*c, "log.format"))) {
+		cfg_free(*c);
+		return CLI_USAGE;
+	}
+	rc = cconf_build(*c, cc, why, sizeof why);
+	if (rc) {
+		fprintf(stderr, "%s: configuration error: %s\n", cmd, why);
+		cfg_free(*c);
+		return rc == FL_ECONFIG || rc == FL_ENOENT ? CLI_USAGE : CLI_FAIL;
+	}
+	return 0;
+}
+
+/* ---- serve ---- */
+
+static void serve_help(void)
+{
+	printf("Usage: fedlora-coordinator serve --config FILE [--section.key=value ...]\n"
+	       "                                 [--log-level L] [--log-format text|json]\n"
+	       "                                 [--print-config]\n\n"
+	       "Runs the federation: admits nodes by certificate, runs rounds, aggregates,\n"
+	       "keeps the global adapter in state.dir, serves metrics. SIGTERM/SIGINT stop\n"
+	       "cleanly (the open round is abandoned, a commit in progress is finished);\n"
+	       "SIGHUP reloads the certificates, CRL and allow-list.\n\n"
+	       "Every key can also be set as FEDLORA_<SECTION>_<KEY> in the environment;\n"
+	       "precedence: defaults < file < environment < flags.\n\nKeys:");
+	cfg_help(cconf_schema, cconf_nkeys, stdout);
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+	if (cli_wants_help(argc, argv)) {
+		serve_help();
+		return CLI_OK;
+	}
+	log_set_name("coord");
+	cfg *c = NULL;
+	cconf cc;
+	cfg_args a;
+	int rc = load_conf("serve", argc, argv, &c, &cc, &a);
+	if (rc)
+		return rc;
+	if (a.print)
+		cfg_dump(c, stdout);
+	if (!cc.cert || !cc.key || !cc.ca) {
+		fprintf(stderr, "serve: configuration error: server.cert, server.key and server.ca "
+		                "are required\n");
+		cfg_free(c);
+		return CLI_USAGE;
+	}
+	rc = serve_run(&cc) ? CLI_FAIL : CLI_OK;
+	cfg_free(c);
+	return rc;
+}
+
+/* ---- check-config ---- */
+
+static int cmd_check(int argc, char **argv)
+{
+	if (cli_wants_help(argc, argv)) {
+		printf(
+		    "Usage: fedlora-coordinator check-config --config FILE [--section.key=value "
+		    "...] [--print-config]\n\n"
+		    "Loads the configuration exactly as serve would (file, environment, flags),\n"
+		    "reads the base GGUF header if configured, checks every key, prints a\n"
+		    "summary and exits 0; on a problem prints the key at fault and exits 2.\n");
+		return CLI_OK;
+	}
+	log_set_level(LOG_LVL_WARN);
+	cfg *c = NULL;
+	cconf cc;
+	cfg_args a;
+	int rc = load_conf("check-config", argc, argv, &c, &cc, &a);
+	if (rc)
+		return rc;
+	if (a.print)
+		cfg_dump(c, stdout);
+	tset *lay = NULL;
+	if (lora_layout(&cc.fed.spec, &cc.fed.arch, &lay)) {
+		fprintf(stderr, "check-config: the LoRA spec does not fit the adapter shapes\n");
+		cfg_free(c);
+		return CLI_USAGE;
+	}
+	char tg[128], bh[65];
+	lora_targets_str(cc.fed.spec.targets, tg, sizeof tg);
+	hex_encode(cc.fed.base_sha, 32, bh);
+	printf("configuration ok\n");
+	printf("  adapter: %u layers, rank %u, targets %s%s: %zu tensors, %zu parameters\n",
+	       cc.fed.arch.n_layers, cc.fed.spec.rank, tg, cc.fed.spec.ffa ? " (FFA-LoRA)" : "",
+	       tset_count(lay), tset_numel(lay));
+	printf("  base fingerprint: %s\n", bh);
+	printf("  rounds: min_nodes %u, %s%u sampled, min_updates %u, deadline %u ms\n",
+	       cc.fed.min_nodes, cc.fed.nodes_per_round ? "" : "fraction-based, at least ",
+	       cc.fed.nodes_per_round ? cc.fed.nodes_per_round : 1, cc.fed.min_updates,
+	       cc.fed.round_timeout_ms);
+	printf("  aggregation: %s; uplink %s, downlink %s\n",
+	       agg_strategy_name(cc.fed.agg.strategy), qt_fmt_name(cc.fed.train.uplink_fmt),
+	       qt_fmt_name(cc.fed.down_fmt));
+	printf("  server: %s; state: %s; metrics: %s\n", cc.listen, cc.state_dir,
+	       cc.metrics_listen && *cc.metrics_listen ? cc.metrics_listen : "off");
+	if (!cc.cert || !cc.key || !cc.ca)
+		printf("  note: server.cert, server.key and server.ca must be set to serve\n");
+	tset_free(lay);
+	cfg_free(c);
+	return CLI_OK;
+}
+
+/* ---- status ---- */
+
+typedef struct stat_acc {
+	uint64_t committed, abandoned, restarted, starts;
+	uint64_t accepted, rejected;
+	cJSON *rej; /* reason -> count */
+	double bytes_in, bytes_out;
+	double last_eval, last_train;
+	int has_eval, has_train;
+	uint64_t eval_round;
+	cJSON *last; /* array of the last N round_end records */
+	int keep;
+} stat_acc;
+
+static double num(const cJSON *o, const char *k, double def)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+	return cJSON_IsNumber(v) ? v->valuedouble : def;
+}
+
+static int status_cb(const cJSON *o, void *ud)
+{
+	stat_acc *s = ud;
+	const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "type");
+	if (!cJSON_IsString(t))
+		return 0;
+	if (strcmp(t->valuestring, "start") == 0) {
+		s->starts++;
+	} else if (strcmp(t->valuestring, "round_restart") == 0) {
+		s->restarted++;
+	} else if (strcmp(t->valuestring, "round_end") == 0) {
+		int com = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "committed"));
+		if (com)
+			s->committed++;
+		else
+			s->abandoned++;
+		const cJSON *ac = cJSON_GetObjectItemCaseSensitive(o, "accepted");
+		s->accepted += (uint64_t)(cJSON_IsArray(ac) ? cJSON_GetArraySize(ac) : 0);
+		const cJSON *rj = cJSON_GetObjectItemCaseSensitive(o, "rejected");
+		const cJSON *e;
+		cJSON_ArrayForEach(e, rj)
+		{
+			if (!cJSON_IsNumber(e) || !e->string)
+				continue;
+			s->rejected += (uint64_t)e->valuedouble;
+			cJSON *cur = cJSON_GetObjectItemCaseSensitive(s->rej, e->string);
+			if (cur)
+				cJSON_SetNumberValue(cur, cur->valuedouble + e->valuedouble);
+			else
+				cJSON_AddNumberToObject(s->rej, e->string, e->valuedouble);
+		}
+		s->bytes_in += num(o, "bytes_in", 0);
+		s->bytes_out += num(o, "bytes_out", 0);
+		const cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "metrics");
+		if (com && cJSON_GetObjectItemCaseSensitive(m, "eval_loss")) {
+			s->last_eval = num(m, "eval_loss", 0);
+			s->has_eval = 1;
+			s->eval_round = (uint64_t)num(o, "round", 0);
+		}
+		if (com && cJSON_GetObjectItemCaseSensitive(m, "train_loss")) {
+			s->last_train = num(m, "train_loss", 0);
+			s->has_train = 1;
+		}
+		cJSON_AddItemToArray(s->last, cJSON_Duplicate(o, 1));
+		while (cJSON_GetArraySize(s->last) > s->keep)
+			cJSON_DeleteItemFromArray(s->last, 0);
+	}
+	return 0;
+}
+
+static void human_bytes(double b, char *out, size_t cap)
+{
+	const char *u[] = {"B", "KB", "MB", "GB", "TB"};
+	int i = 0;
+	while (b >= 1000 && i < 4) {
+		b /= 1000;
+		i++;
+	}
+	snprintf(out, cap, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+}
+
+static int cmd_status(int argc, char **argv)
+{
+	if (cli_wants_help(argc, argv)) {
+		printf("Usage: fedlora-coordinator status --state-dir DIR [--rounds N] [--json]\n\n"
+		       "Prints the current global version (verified against its fingerprint),\n"
+		       "the last N rounds (default 10) and totals from the round journal. Safe to\n"
+		       "run while the coordinator is serving.\n");
+		return CLI_OK;
+	}
+	const char *dir = NULL, *nr = "10";
+	int json = 0;
+	for (int i = 1; i < argc; i++) {
+		int r;
+		if ((r = opt_val(argc, argv, &i, "--state-dir", &dir)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--rounds", &nr)) != 0) {
+			if (r < 0)
+				return CLI_USAGE;
+		} else if (strcmp(argv[i], "--json") == 0) {
+			json = 1;
+		} else {
+			fprintf(stderr, "status: unexpected argument '%s' (try --help)\n", argv[i]);
+			return CLI_USAGE;
+		}
+	}
+	int64_t keep;
+	if (!dir) {
+		fprintf(stderr, "status: --state-dir is required\n");
+		return CLI_USAGE;
+	}
+	if (cfg_parse_int(nr, &keep) || keep < 0 || keep > 100000) {
+		fprintf(stderr, "status: --rounds must be a number 0..100000\n");
+		return CLI_USAGE;
+	}
+	log_set_level(LOG_LVL_ERROR);
+	uint64_t *vs = NULL;
+	size_t nv = 0;
+	char jpath[4096];
+	snprintf(jpath, sizeof jpath, "%s/journal.jsonl", dir);
+	if (store_list_versions(dir, &vs, &nv) || (nv == 0 && access(jpath, R_OK) != 0)) {
+		fprintf(stderr,
+		        "status: %s is not a coordinator state directory (no versions, no "
+		        "journal)\n",
+		        dir);
+		free(vs);
+		return CLI_FAIL;
+	}
+	tset *g = NULL;
+	store_info in;
+	int have = 0;
+	char why[400] = "";
+	for (size_t i = nv; i-- > 0;) {
+		if (store_read_version(dir, vs[i], &g, &in, why, sizeof why) == 0) {
+			have = 1;
+			break;
+		}
+		fprintf(stderr, "status: warning: version %" PRIu64 " does not verify: %s\n", vs[i],
+		        why);
+	}
+	stat_acc s;
+	memset(&s, 0, sizeof s);
+	s.rej = cJSON_CreateObject();
+	s.last = cJSON_CreateArray();
+	s.keep = (int)keep;
+	size_t nl = 0, nb = 0;
+	journal_read(jpath, status_cb, &s, &nl, &nb);
+	int rc = have ? CLI_OK : CLI_FAIL;
+	char sha[65] = "";
+	if (have)
+		hex_encode(in.sha, 32, sha);
+	if (json) {
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "state_dir", dir);
+		if (have) {
+			cJSON_AddNumberToObject(o, "version", (double)in.version);
+			cJSON_AddStringToObject(o, "sha256", sha);
+			cJSON_AddNumberToObject(o, "round", (double)in.round);
+			cJSON_AddNumberToObject(o, "parameters", (double)tset_numel(g));
+			cJSON_AddNumberToObject(o, "committed_ms", (double)in.wall_ms);
+		}
+		cJSON *va = cJSON_AddArrayToObject(o, "versions_kept");
+		for (size_t i = 0; i < nv; i++)
+			cJSON_AddItemToArray(va, cJSON_CreateNumber((double)vs[i]));
+		cJSON_AddNumberToObject(o, "rounds_committed", (double)s.committed);
+		cJSON_AddNumberToObject(o, "rounds_abandoned", (double)s.abandoned);
+		cJSON_AddNumberToObject(o, "rounds_restarted", (double)s.restarted);
+		cJSON_AddNumberToObject(o, "updates_accepted", (double)s.accepted);
+		cJSON_AddItemToObject(o, "updates_rejected", s.rej);
+		s.rej = NULL;
+		cJSON_AddNumberToObject(o, "bytes_in", s.bytes_in);
+		cJSON_AddNumberToObject(o, "bytes_out", s.bytes_out);
+		if (s.has_eval)
+			cJSON_AddNumberToObject(o, "global_loss", s.last_eval);
+		if (s.has_train)
+			cJSON_AddNumberToObject(o, "train_loss", s.last_train);
+		cJSON_AddItemToObject(o, "last_rounds", s.last);
+		s.last = NULL;
+		cJSON_AddNumberToObject(o, "journal_bad_lines", (double)nb);
+		char *t = cJSON_Print(o);
+		if (t)
+			printf("%s\n", t);
+		free(t);
+		cJSON_Delete(o);
+	} else {
+		printf("state directory: %s\n", dir);
+		if (have) {
+			char when[64] = "?";
+			time_t tt = (time_t)(in.wall_ms / 1000);
+			struct tm tmv;
+			if (in.wall_ms && gmtime_r(&tt, &tmv))
+				strftime(when, sizeof when, "%Y-%m-%d %H:%M:%SZ", &tmv);
+			printf("current version: %" PRIu64
+			       " (sha256 %.16s..., verified), round %" PRIu64
+			       ", committed %s, %zu parameters\n",
+			       in.version, sha, in.round, when, tset_numel(g));
+		} else {
+			printf("current version: none verifies\n");
+		}
+		printf("versions kept: %zu", nv);
+		if (nv)
+			printf(" (%" PRIu64 "..%" PRIu64 ")", vs[0], vs[nv - 1]);
+		printf("\nrounds: %" PRIu64 " committed, %" PRIu64 " abandoned, %" PRIu64
+		       " restarted after a crash\n",
+		       s.committed, s.abandoned, s.restarted);
+		printf("updates: %" PRIu64 " accepted, %" PRIu64 " rejected", s.accepted,
+		       s.rejected);
+		const cJSON *e;
+		int first = 1;
+		cJSON_ArrayForEach(e, s.rej)
+		{
+			printf("%s%s %.0f", first ? " (" : ", ", e->string, e->valuedouble);
+			first = 0;
+		}
+		printf("%s\n", first ? "" : ")");
+		char bi[32], bo[32];
+		human_bytes(s.bytes_in, bi, sizeof bi);
+		human_bytes(s.bytes_out, bo, sizeof bo);
+		printf("bytes: %s in, %s out\n", bi, bo);
+		if (s.has_eval)
+			printf("global loss: %.4f (round %" PRIu64 ")\n", s.last_eval,
+			       s.eval_round);
+		if (s.has_train)
+			printf("train loss: %.4f\n", s.last_train);
+		if (cJSON_GetArraySize(s.last)) {
+			printf("\n%7s %-10s %8s %9s %10s %10s %10s %9s\n", "round", "outcome",
+			       "version", "accepted", "bytes_in", "bytes_out", "train_loss",
+			       "round_ms");
+			cJSON_ArrayForEach(e, s.last)
+			{
+				const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "metrics");
+				const cJSON *tm = cJSON_GetObjectItemCaseSensitive(e, "timings");
+				const cJSON *ac = cJSON_GetObjectItemCaseSensitive(e, "accepted");
+				const cJSON *pa =
+				    cJSON_GetObjectItemCaseSensitive(e, "participants");
+				int com =
+				    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "committed"));
+				char acc[32], b1[32], b2[32], tl[32] = "-";
+				snprintf(acc, sizeof acc, "%d/%d",
+				         cJSON_IsArray(ac) ? cJSON_GetArraySize(ac) : 0,
+				         cJSON_IsArray(pa) ? cJSON_GetArraySize(pa) : 0);
+				human_bytes(num(e, "bytes_in", 0), b1, sizeof b1);
+				human_bytes(num(e, "bytes_out", 0), b2, sizeof b2);
+				if (cJSON_GetObjectItemCaseSensitive(m, "train_loss"))
+					snprintf(tl, sizeof tl, "%.4f", num(m, "train_loss", 0));
+				printf("%7.0f %-10s %8.0f %9s %10s %10s %10s %9.0f\n",
+				       num(e, "round", 0),
+				       com ? "committed"
+				           : (cJSON_IsTrue(
+				                  cJSON_GetObjectItemCaseSensitive(e, "recovered"))
+				                  ? "recovered"
+				                  : "abandoned"),
+				       num(e, "version", 0), acc, b1, b2, tl,
+				       num(tm, "round_ms", 0));
+				const cJSON *d = cJSON_GetObjectItemCaseSensitive(e, "detail");
+				if (!com && cJSON_IsString(d))
+					printf("        %s\n", d->valuestring);
+			}
+		}
+		if (nb)
+			printf("\njournal: %zu unreadable line(s) skipped\n", nb);
+	}
+	cJSON_Delete(s.rej);
+	cJSON_Delete(s.last);
+	tset_free(g);
+	free(vs);
+	return rc;
+}
+
+/* ---- export ---- */
+
+static int cmd_export(int argc, char **argv)
+{
+	if (cli_wants_help(argc, argv)) {
+		printf(
+		    "Usage: fedlora-coordinator export --state-dir DIR --version V|latest --out "
+		    "OUT\n"
+		    "                                  [--n-head N] [--n-head-kv N] "
+		    "[--no-unpermute]\n"
+		    "                                  [--base-name NAME]\n\n"
+		    "Writes a committed version as a PEFT adapter: OUT/adapter_model.safetensors\n"
+		    "(base_model.model.model.layers.N.<module>.lora_A/lora_B.weight) and\n"
+		    "OUT/adapter_config.json. The version's fingerprint is verified first. The\n"
+		    "q/k lora_B rows are put back into Hugging Face order using the head counts\n"
+		    "recorded with the version (or --n-head/--n-head-kv); --no-unpermute keeps\n"
+		    "GGUF order (non-llama bases).\n");
+		return CLI_OK;
+	}
+	const char *dir = NULL, *ver = NULL, *out = NULL, *nh = NULL, *nhkv = NULL, *base = NULL;
+	int unpermute = 1;
+	for (int i = 1; i < argc; i++) {
+		int r;
+		if ((r = opt_val(argc, argv, &i, "--state-dir", &dir)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--version", &ver)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--out", &out)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--n-head-kv", &nhkv)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--n-head", &nh)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--base-name", &base)) != 0) {
+			if (r < 0)
+				return CLI_USAGE;
+		} else if (strcmp(argv[i], "--no-unpermute") == 0) {
+			unpermute = 0;
+		} else {
+			fprintf(stderr, "export: unexpected argument '%s' (try --help)\n", argv[i]);
+			return CLI_USAGE;
+		}
+	}
+	if (!dir || !ver || !out) {
+		fprintf(stderr, "export: --state-dir, --version and --out are required\n");
+		return CLI_USAGE;
+	}
+	int64_t x;
+	uint64_t v = 0;
+	if (strcmp(ver, "latest") != 0) {
+		if (cfg_parse_int(ver, &x) || x < 0) {
+			fprintf(stderr, "export: --version must be a number or 'latest'\n");
+			return CLI_USAGE;
+		}
+		v = (uint64_t)x;
+	}
+	int64_t h = 0, hkv = 0;
+	if ((nh && (cfg_parse_int(nh, &h) || h < 1 || h > 1048576)) ||
+	    (nhkv && (cfg_parse_int(nhkv, &hkv) || hkv < 1 || hkv > 1048576))) {
+		fprintf(stderr, "export: --n-head/--n-head-kv must be positive numbers\n");
+		return CLI_USAGE;
+	}
+	log_set_level(LOG_LVL_WARN);
+	uint64_t *vs = NULL;
+	size_t nv = 0;
+	if (store_list_versions(dir, &vs, &nv) || nv == 0) {
+		fprintf(stderr, "export: no versions in %s/versions\n", dir);
+		free(vs);
+		return CLI_FAIL;
+	}
+	if (strcmp(ver, "latest") == 0)
+		v = vs[nv - 1];
+	free(vs);
+	tset *g = NULL;
+	store_info in;
+	char why[400];
+	if (store_read_version(dir, v, &g, &in, why, sizeof why)) {
+		fprintf(stderr, "export: version %" PRIu64 ": %s\n", v, why);
+		return CLI_FAIL;
+	}
+	lora_spec sp;
+	memset(&sp, 0, sizeof sp);
+	sp.rank = in.rank;
+	sp.alpha = in.alpha;
+	sp.rslora = in.rslora;
+	sp.ffa = in.ffa;
+	sp.init_seed = in.init_seed;
+	if (!in.targets[0] || lora_targets_parse(in.targets, &sp.targets, why, sizeof why))
+		sp.targets = 0; /* the export derives them from the tensor names */
+	if (!sp.rank && tset_count(g))
+		sp.rank = (uint32_t)tset_at(g, 0)->shape[0];
+	if (sp.alpha <= 0)
+		sp.alpha = (float)sp.rank;
+	uint32_t hh = h ? (uint32_t)h : in.n_head;
+	uint32_t hk = hkv ? (uint32_t)hkv : (in.n_head_kv ? in.n_head_kv : hh);
+	int rc = lora_export_peft(g, &sp, hh, hk, unpermute, base, out);
+	tset_free(g);
+	if (rc) {
+		fprintf(stderr, "export: failed (%s); see the message above\n", fl_strerror(rc));
+		return rc == FL_EINVAL ? CLI_USAGE : CLI_FAIL;
+	}
+	char sha[65];
+	hex_encode(in.sha, 32, sha);
+	printf("exported version %" PRIu64 " (sha256 %.16s...) to %s\n", v, sha, out);
+	return CLI_OK;
+}
 
 static const cli_cmd coord_cmds[] = {
+    {"serve", "run the federation server", cmd_serve},
+    {"status", "current version, last rounds and totals from a state directory", cmd_status},
+    {"export", "write a committed version as a PEFT adapter", cmd_export},
+    {"check-config", "check a configuration file and print what it sets up", cmd_check},
     {NULL, NULL, NULL},
 };
 

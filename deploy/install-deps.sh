@@ -15,7 +15,7 @@ build_pkgs=(
 )
 test_pkgs=(
   libcmocka-dev clang libclang-rt-14-dev libomp-14-dev llvm
-  gnuplot-nox iproute2 procps psmisc python3 git
+  gnuplot-nox iproute2 procps psmisc python3 git curl docker-compose
 )
 runtime_pkgs=(
   libzmq5 libprotobuf-c1 libssl3 openssl libopenblas0 libinih1 libcjson1

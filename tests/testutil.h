@@ -22,6 +22,9 @@ const char *tu_shared_data(const char *name);
 #if defined(__GNUC__)
 __attribute__((format(printf, 1, 2)))
 #endif
+#if defined(__GNUC__)
+__attribute__((format(printf, 1, 2)))
+#endif
 int tu_system(const char *fmt, ...);
 /* Deterministic PRNG for tests (splitmix64). */
 uint64_t tu_rand(uint64_t *state);

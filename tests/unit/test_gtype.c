@@ -290,6 +290,32 @@ static void test_dequant_q6_k(void **state)
 		assert_int_equal(count[i], 16);
 }
 
+/* Every f16 bit pattern: the dispatched (possibly F16C) kernel equals the
+ * scalar one and half_to_f32; NaN stays NaN. Odd length covers the tail. */
+static void test_f16_all_patterns(void **state)
+{
+	(void)state;
+	enum { N = 65536 + 3 };
+	static uint8_t b[2 * N];
+	static float a[N], s[N];
+	for (uint32_t i = 0; i < N; i++)
+		put16(b + 2 * i, (uint16_t)i);
+	gtype_dequant_f16(b, a, N);
+	gtype_dequant_f16_scalar(b, s, N);
+	for (uint32_t i = 0; i < N; i++) {
+		float w = half_to_f32((uint16_t)i);
+		if (isnan(w)) {
+			assert_true(isnan(a[i]) && isnan(s[i]));
+			continue;
+		}
+		if (memcmp(&a[i], &w, 4) != 0 || memcmp(&s[i], &w, 4) != 0) {
+			print_error("f16 0x%04x: got %g / %g want %g\n", i & 0xffff, (double)a[i],
+			            (double)s[i], (double)w);
+			fail();
+		}
+	}
+}
+
 /* Exact bytes of the reference quantizers on inputs whose result can be
  * worked out by hand. */
 static void test_quant_known(void **state)
@@ -443,6 +469,7 @@ int main(void)
 	    cmocka_unit_test(test_dequant_q4_0),
 	    cmocka_unit_test(test_dequant_q4_k),
 	    cmocka_unit_test(test_dequant_q6_k),
+	    cmocka_unit_test(test_f16_all_patterns),
 	    cmocka_unit_test(test_quant_known),
 	    cmocka_unit_test(test_quant_refusals),
 	    cmocka_unit_test(test_roundtrip),

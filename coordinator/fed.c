@@ -1,0 +1,2299 @@
+/* fed — see fed.h. */
+#include "fed.h"
+
+#include "buf.h"
+#include "clock.h"
+#include "err.h"
+#include "journal.h"
+#include "log.h"
+#include "quant.h"
+#include "rng.h"
+#include "sha.h"
+
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "fed.c sends f32 snapshots straight from memory: little-endian hosts only"
+#endif
+
+#define MOD "fed"
+
+/* ------------------------------------------------------------------ */
+/* small open-addressing maps                                          */
+
+typedef struct hslot {
+	uint64_t h; /* 0 = empty */
+	void *p;
+} hslot;
+
+typedef struct hmap {
+	hslot *s;
+	size_t cap, n;
+} hmap;
+
+static uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdull;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ull;
+	x ^= x >> 33;
+	return x ? x : 1;
+}
+
+static uint64_t str_hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (; *s; s++) {
+		h ^= (uint8_t)*s;
+		h *= 1099511628211ull;
+	}
+	return mix64(h);
+}
+
+typedef int (*hm_eq)(const void *item, const void *key);
+
+static void *hm_get(const hmap *m, uint64_t h, hm_eq eq, const void *key)
+{
+	if (!m->cap)
+		return NULL;
+	for (size_t i = h & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+		if (!m->s[i].h)
+			return NULL;
+		if (m->s[i].h == h && eq(m->s[i].p, key))
+			return m->s[i].p;
+	}
+}
+
+static int hm_grow(hmap *m)
+{
+	size_t nc = m->cap ? m->cap * 2 : 64;
+	hslot *ns = calloc(nc, sizeof *ns);
+	if (!ns)
+		return FL_ENOMEM;
+	for (size_t i = 0; i < m->cap; i++) {
+		if (!m->s[i].h)
+			continue;
+		size_t j = m->s[i].h & (nc - 1);
+		while (ns[j].h)
+			j = (j + 1) & (nc - 1);
+		ns[j] = m->s[i];
+	}
+	free(m->s);
+	m->s = ns;
+	m->cap = nc;
+	return 0;
+}
+
+static int hm_put(hmap *m, uint64_t h, void *p)
+{
+	if ((m->n + 1) * 2 > m->cap && hm_grow(m))
+		return FL_ENOMEM;
+	size_t i = h & (m->cap - 1);
+	while (m->s[i].h)
+		i = (i + 1) & (m->cap - 1);
+	m->s[i].h = h;
+	m->s[i].p = p;
+	m->n++;
+	return 0;
+}
+
+/* Removes the slot holding p (backward-shift deletion). */
+static void hm_del(hmap *m, uint64_t h, const void *p)
+{
+	if (!m->cap)
+		return;
+	size_t mask = m->cap - 1, i = h & mask;
+	for (;; i = (i + 1) & mask) {
+		if (!m->s[i].h)
+			return;
+		if (m->s[i].p == p)
+			break;
+	}
+	m->n--;
+	size_t j = i;
+	for (;;) {
+		m->s[i].h = 0;
+		m->s[i].p = NULL;
+		for (;;) {
+			j = (j + 1) & mask;
+			if (!m->s[j].h)
+				return;
+			size_t k = m->s[j].h & mask;
+			/* move j back to i unless its home k lies cyclically in (i, j] */
+			if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+				continue;
+			break;
+		}
+		m->s[i] = m->s[j];
+		i = j;
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* state                                                               */
+
+enum nstate { N_IDLE = 0, N_TRAINING, N_UPLOADING, N_GONE };
+static const char *const nstate_names[] = {"idle", "training", "uploading", "gone"};
+
+typedef struct fnode {
+	char cn[65];
+	uint64_t peer; /* 0 = no session */
+	char sw[64];
+	char caps[256];
+	uint64_t samples;
+	uint64_t joined_ms, last_seen;
+	enum nstate st;
+	int held_known;
+	uint64_t held_version;
+	uint8_t held_sha[32];
+	double eval_loss;
+	int has_eval_loss;
+	uint64_t part_round; /* round it participates in (0 = none) */
+	size_t part_idx;
+} fnode;
+
+typedef struct part {
+	fnode *n;
+	int answered, accepted, pending, dropped;
+	int reason;
+	uint64_t gone_at; /* 0 = connected */
+	uint64_t samples;
+	uint64_t bytes_in;
+	double norm, scale;
+	double train_loss, eval_loss;
+	int has_train_loss, has_eval_loss;
+} part;
+
+typedef struct sess {
+	uint64_t peer;
+	char cn[65];
+	fnode *node; /* NULL until a valid Join */
+} sess;
+
+enum job_type { JOB_UPDATE = 1, JOB_COMMIT = 2 };
+
+struct fed_job {
+	fed *f;
+	enum job_type type;
+	/* update */
+	uint64_t round_id;
+	size_t part_idx;
+	wire_msg *msg;
+	uint64_t samples;
+	agg_result res;
+	/* commit */
+	uint64_t version, parent;
+	tset *new_global;
+	uint8_t sha[32];
+	buf snap, delta;
+	double agg_secs, commit_secs;
+	int rc;
+	char detail[256];
+};
+
+struct fed {
+	fed_opts o;
+	fed_io io;
+	store *st;
+	metrics *m;
+	agg *agg;
+	uint8_t shape_sha[32];
+	char targets_str[128];
+	/* the global adapter and its encodings */
+	tset *global;
+	uint64_t version, parent;
+	uint8_t sha[32], parent_sha[32];
+	int has_parent;
+	buf snap, delta, empty; /* encoded AdapterPayloads */
+	tset *step;             /* scratch for the commit job */
+	qtensor *dq;            /* downlink-quantized step, one per exchanged tensor */
+	size_t ndq;
+	/* registry */
+	hmap sess_by_peer, node_by_cn;
+	fnode **nodes;
+	size_t nnodes, nodes_cap;
+	size_t connected;
+	/* rounds */
+	enum fed_state state;
+	int stopping;
+	uint64_t round_id;
+	uint64_t round_version;
+	uint64_t round_started, deadline;
+	int ready; /* IDLE: enough nodes; the next round may start at ready_at */
+	uint64_t ready_at;
+	uint64_t gap_until;
+	part *parts;
+	size_t nparts, parts_cap;
+	size_t answered;
+	size_t jobs;
+	uint64_t seq;
+	uint64_t committed, abandoned;
+	uint64_t bytes_in, bytes_out; /* this round */
+	uint64_t rejected[16];        /* this round, by UpdateAck reason */
+	uint64_t collect_ms;
+};
+
+static uint64_t wall(const fed *f)
+{
+	return f->o.wall_ms ? f->o.wall_ms() : clk_wall_ms();
+}
+
+static int sess_eq(const void *item, const void *key)
+{
+	return ((const sess *)item)->peer == *(const uint64_t *)key;
+}
+
+static int node_eq(const void *item, const void *key)
+{
+	return strcmp(((const fnode *)item)->cn, (const char *)key) == 0;
+}
+
+static sess *sess_get(const fed *f, uint64_t peer)
+{
+	return hm_get(&f->sess_by_peer, mix64(peer), sess_eq, &peer);
+}
+
+static fnode *node_get(const fed *f, const char *cn)
+{
+	return hm_get(&f->node_by_cn, str_hash(cn), node_eq, cn);
+}
+
+/* ------------------------------------------------------------------ */
+/* options                                                             */
+
+void fed_opts_default(fed_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->min_nodes = 2;
+	o->fraction = 1.0;
+	o->min_updates = 1;
+	o->round_timeout_ms = 60000;
+	o->start_delay_ms = 1000;
+	o->gone_grace_ms = 5000;
+	o->heartbeat_ms = 5000;
+	o->max_nodes = 10000;
+	o->seed = 1;
+	o->train.local_steps = 10;
+	o->train.lr = 1e-4f;
+	o->train.batch_size = 4;
+	o->train.ctx = 256;
+	o->train.uplink_fmt = QT_Q4;
+	o->train.uplink_block = 32;
+	o->train.error_feedback = 1;
+	o->down_fmt = QT_Q8;
+	o->down_block = 32;
+	agg_opts_default(&o->agg);
+	o->keep_versions = 5;
+	o->max_msg = 256u << 20;
+}
+
+#define WHY(...)                                                                                   \
+	do {                                                                                       \
+		if (why && whylen)                                                                 \
+			snprintf(why, whylen, __VA_ARGS__);                                        \
+	} while (0)
+
+int fed_opts_check(const fed_opts *o, char *why, size_t whylen)
+{
+	if (o->min_nodes < 1) {
+		WHY("rounds.min_nodes must be >= 1");
+		return FL_EINVAL;
+	}
+	if (o->min_updates < 1) {
+		WHY("rounds.min_updates must be >= 1");
+		return FL_EINVAL;
+	}
+	if (o->min_updates > o->min_nodes) {
+		WHY("rounds.min_updates (%u) must not exceed rounds.min_nodes (%u)", o->min_updates,
+		    o->min_nodes);
+		return FL_EINVAL;
+	}
+	if (o->nodes_per_round && o->nodes_per_round < o->min_updates) {
+		WHY("rounds.nodes_per_round (%u) is below rounds.min_updates (%u): no round "
+		    "could commit",
+		    o->nodes_per_round, o->min_updates);
+		return FL_EINVAL;
+	}
+	if (!(o->fraction > 0 && o->fraction <= 1)) {
+		WHY("rounds.fraction must be in (0, 1], not %g", o->fraction);
+		return FL_EINVAL;
+	}
+	if (o->round_timeout_ms < 1) {
+		WHY("rounds.deadline_ms must be >= 1");
+		return FL_EINVAL;
+	}
+	if (o->max_nodes < 1) {
+		WHY("server.max_nodes must be >= 1");
+		return FL_EINVAL;
+	}
+	if (o->keep_versions < 1) {
+		WHY("state.keep_versions must be >= 1");
+		return FL_EINVAL;
+	}
+	if (qt_check_fmt_block(o->down_fmt, o->down_block)) {
+		WHY("downlink format %s with block %u is not valid (q8/q4/q2 need 32, 64 or 128; "
+		    "f32/f16 need 0)",
+		    qt_fmt_name(o->down_fmt), o->down_block);
+		return FL_EINVAL;
+	}
+	if (qt_check_fmt_block(o->train.uplink_fmt, o->train.uplink_block)) {
+		WHY("uplink format %s with block %u is not valid", qt_fmt_name(o->train.uplink_fmt),
+		    o->train.uplink_block);
+		return FL_EINVAL;
+	}
+	if (o->spec.rank < 1 || o->spec.rank > LORA_MAX_RANK) {
+		WHY("lora.rank must be in 1..%d", LORA_MAX_RANK);
+		return FL_EINVAL;
+	}
+	if (!(o->spec.alpha > 0) || !isfinite(o->spec.alpha)) {
+		WHY("lora.alpha must be > 0");
+		return FL_EINVAL;
+	}
+	if (o->agg.ffa != o->spec.ffa) {
+		WHY("aggregation FFA flag and lora.ffa disagree");
+		return FL_EINVAL;
+	}
+	return agg_opts_check(&o->agg, why, whylen);
+}
+
+const char *fed_state_name(enum fed_state s)
+{
+	static const char *const n[] = {"idle", "collecting", "closing", "committing", "stopped"};
+	return (unsigned)s <= FED_STOPPED ? n[s] : "?";
+}
+
+/* ------------------------------------------------------------------ */
+/* metrics                                                             */
+
+static void met_declare(fed *f)
+{
+	if (!f->m)
+		return;
+	metrics_declare(f->m, "fedlora_rounds_total", METRICS_COUNTER,
+	                "Rounds finished, by outcome (committed or abandoned)");
+	metrics_declare(f->m, "fedlora_round_id", METRICS_GAUGE, "Latest round started");
+	metrics_declare(f->m, "fedlora_global_version", METRICS_GAUGE,
+	                "Committed global adapter version");
+	metrics_declare(f->m, "fedlora_nodes_connected", METRICS_GAUGE,
+	                "Nodes with a joined session");
+	metrics_declare(f->m, "fedlora_nodes_known", METRICS_GAUGE, "Nodes in the registry");
+	metrics_declare(f->m, "fedlora_round_participants", METRICS_GAUGE,
+	                "Nodes sampled for the latest round");
+	metrics_declare(f->m, "fedlora_updates_accepted_total", METRICS_COUNTER,
+	                "Updates accepted into an aggregate");
+	metrics_declare(f->m, "fedlora_updates_rejected_total", METRICS_COUNTER,
+	                "Updates refused, by reason");
+	metrics_declare(f->m, "fedlora_updates_clipped_total", METRICS_COUNTER,
+	                "Accepted updates scaled down to the norm bound");
+	metrics_declare(f->m, "fedlora_joins_rejected_total", METRICS_COUNTER,
+	                "Joins refused, by reason");
+	metrics_declare(f->m, "fedlora_bytes_total", METRICS_COUNTER,
+	                "Application bytes by direction (in, out)");
+	metrics_declare(f->m, "fedlora_aggregation_seconds", METRICS_HISTOGRAM,
+	                "Time to aggregate, quantize, apply and fingerprint a round");
+	metrics_declare(f->m, "fedlora_commit_seconds", METRICS_HISTOGRAM,
+	                "Time to write a version to the state directory");
+	metrics_declare(f->m, "fedlora_round_seconds", METRICS_HISTOGRAM,
+	                "Round duration from RoundStart to RoundEnd");
+	metrics_declare(f->m, "fedlora_update_seconds", METRICS_HISTOGRAM,
+	                "Time to validate and accumulate one update");
+	metrics_declare(f->m, "fedlora_global_loss", METRICS_GAUGE,
+	                "Sample-weighted eval_loss reported with the latest committed round");
+	metrics_declare(f->m, "fedlora_train_loss", METRICS_GAUGE,
+	                "Sample-weighted train_loss of the latest committed round");
+}
+
+static void met_add(fed *f, const char *name, const char *labels, double v)
+{
+	if (f->m)
+		metrics_add(f->m, name, labels, v);
+}
+
+static void met_set(fed *f, const char *name, const char *labels, double v)
+{
+	if (f->m)
+		metrics_set(f->m, name, labels, v);
+}
+
+static void met_observe(fed *f, const char *name, double v)
+{
+	if (f->m)
+		metrics_observe(f->m, name, NULL, v);
+}
+
+/* ------------------------------------------------------------------ */
+/* output                                                              */
+
+static void send_env(fed *f, const uint64_t *peers, size_t n, Fedlora__Envelope *env)
+{
+	if (n == 0 || !f->io.send)
+		return;
+	buf b;
+	buf_init(&b, 0);
+	env->seq = ++f->seq;
+	if (wire_encode(env, 0, &b) == 0) {
+		f->io.send(f->io.ud, peers, n, b.data, b.len);
+		f->bytes_out += (uint64_t)b.len * n;
+		met_add(f, "fedlora_bytes_total", "direction=\"out\"", (double)b.len * (double)n);
+	} else {
+		LOGE(MOD, "cannot encode %s", wire_body_name(env));
+	}
+	buf_fini(&b);
+}
+
+static void send_error(fed *f, uint64_t peer, Fedlora__Error__Code code, const char *detail)
+{
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__Error e = FEDLORA__ERROR__INIT;
+	e.code = code;
+	e.detail = (char *)detail;
+	env.body_case = FEDLORA__ENVELOPE__BODY_ERROR;
+	env.error = &e;
+	send_env(f, &peer, 1, &env);
+}
+
+static void close_peer(fed *f, uint64_t peer, const char *why)
+{
+	if (f->io.close)
+		f->io.close(f->io.ud, peer, why);
+}
+
+static const char *ack_reason_name(int r)
+{
+	switch (r) {
+	case FEDLORA__UPDATE_ACK__REASON__REASON_NONE:
+		return "none";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_LATE:
+		return "late";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_WRONG_ROUND:
+		return "wrong_round";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_DUPLICATE:
+		return "duplicate";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_NOT_SAMPLED:
+		return "not_sampled";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_STALE:
+		return "stale";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_MALFORMED:
+		return "malformed";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_NON_FINITE:
+		return "non_finite";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_NORM:
+		return "norm";
+	}
+	return "other";
+}
+
+static void send_ack(fed *f, uint64_t peer, uint64_t round_id, int reason, const char *detail)
+{
+	int accepted = reason == FEDLORA__UPDATE_ACK__REASON__REASON_NONE;
+	if (accepted) {
+		met_add(f, "fedlora_updates_accepted_total", NULL, 1);
+	} else {
+		char lab[64];
+		snprintf(lab, sizeof lab, "reason=\"%s\"", ack_reason_name(reason));
+		met_add(f, "fedlora_updates_rejected_total", lab, 1);
+		if ((unsigned)reason < 16)
+			f->rejected[reason]++;
+	}
+	if (!peer)
+		return;
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__UpdateAck a = FEDLORA__UPDATE_ACK__INIT;
+	a.round_id = round_id;
+	a.accepted = accepted;
+	a.reason = (Fedlora__UpdateAck__Reason)reason;
+	a.detail = (char *)(detail ? detail : "");
+	env.body_case = FEDLORA__ENVELOPE__BODY_UPDATE_ACK;
+	env.update_ack = &a;
+	send_env(f, &peer, 1, &env);
+}
+
+static void reject_join(fed *f, uint64_t peer, Fedlora__Reject__Reason reason, const char *label,
+                        const char *detail)
+{
+	LOGW(MOD, "join refused (%s): %s", label, detail);
+	char lab[64];
+	snprintf(lab, sizeof lab, "reason=\"%s\"", label);
+	met_add(f, "fedlora_joins_rejected_total", lab, 1);
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__Reject r = FEDLORA__REJECT__INIT;
+	r.reason = reason;
+	r.detail = (char *)detail;
+	env.body_case = FEDLORA__ENVELOPE__BODY_REJECT;
+	env.reject = &r;
+	send_env(f, &peer, 1, &env);
+	close_peer(f, peer, detail);
+}
+
+static void send_bye(fed *f, uint64_t peer, const char *reason)
+{
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__Bye b = FEDLORA__BYE__INIT;
+	b.reason = (char *)reason;
+	env.body_case = FEDLORA__ENVELOPE__BODY_BYE;
+	env.bye = &b;
+	send_env(f, &peer, 1, &env);
+}
+
+/* ------------------------------------------------------------------ */
+/* payload encodings                                                   */
+
+static size_t varint_put(uint8_t *p, uint64_t v)
+{
+	size_t n = 0;
+	while (v >= 0x80) {
+		p[n++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	p[n++] = (uint8_t)v;
+	return n;
+}
+
+int fed_encode_round_start(const Fedlora__RoundStart *rs, uint64_t seq, const uint8_t *payload,
+                           size_t payload_len, buf *out)
+{
+	if (rs->adapter)
+		return FL_EINVAL;
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	env.protocol_version = WIRE_PROTOCOL_VERSION;
+	env.seq = seq;
+	size_t hl = fedlora__envelope__get_packed_size(&env);
+	size_t rl = fedlora__round_start__get_packed_size(rs);
+	uint8_t v1[10], v2[10];
+	size_t n2 = varint_put(v2, payload_len);
+	size_t rs_total;
+	if (sz_add(rl, 1 + n2, &rs_total) || sz_add(rs_total, payload_len, &rs_total))
+		return FL_EOVERFLOW;
+	size_t n1 = varint_put(v1, rs_total);
+	size_t total;
+	if (sz_add(hl + 1 + n1, rs_total, &total))
+		return FL_EOVERFLOW;
+	int rc = buf_reserve(out, total);
+	if (rc)
+		return rc;
+	uint8_t *p = out->data + out->len;
+	p += fedlora__envelope__pack(&env, p);
+	*p++ = (13 << 3) | 2; /* Envelope.round_start, length-delimited */
+	memcpy(p, v1, n1);
+	p += n1;
+	p += fedlora__round_start__pack(rs, p);
+	*p++ = (15 << 3) | 2; /* RoundStart.adapter, length-delimited */
+	memcpy(p, v2, n2);
+	p += n2;
+	if (payload_len)
+		memcpy(p, payload, payload_len);
+	out->len += total;
+	return 0;
+}
+
+static int pack_payload(const Fedlora__AdapterPayload *p, buf *out)
+{
+	size_t n = fedlora__adapter_payload__get_packed_size(p);
+	buf_clear(out);
+	int rc = buf_reserve(out, n ? n : 1);
+	if (rc)
+		return rc;
+	out->len = fedlora__adapter_payload__pack(p, out->data);
+	return 0;
+}
+
+/* Full adapter as f32 tensors (exact). */
+static int build_snapshot(const tset *g, uint64_t version, const uint8_t sha[32], buf *out)
+{
+	size_t n = tset_count(g);
+	Fedlora__QTensor *qm = calloc(n ? n : 1, sizeof *qm);
+	Fedlora__QTensor **qp = calloc(n ? n : 1, sizeof *qp);
+	uint64_t(*shapes)[TSET_MAX_DIM] = calloc(n ? n : 1, sizeof *shapes);
+	int rc = FL_ENOMEM;
+	if (!qm || !qp || !shapes)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		const tensor *t = tset_at(g, i);
+		fedlora__qtensor__init(&qm[i]);
+		qm[i].name = (char *)t->name;
+		for (uint32_t d = 0; d < t->ndim; d++)
+			shapes[i][d] = t->shape[d];
+		qm[i].n_shape = t->ndim;
+		qm[i].shape = shapes[i];
+		qm[i].format = FEDLORA__QFORMAT__QFORMAT_F32;
+		qm[i].block_size = 0;
+		qm[i].data.data = (uint8_t *)t->data;
+		qm[i].data.len = t->n * sizeof(float);
+		qp[i] = &qm[i];
+	}
+	Fedlora__AdapterPayload p = FEDLORA__ADAPTER_PAYLOAD__INIT;
+	p.kind = FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_SNAPSHOT;
+	p.from_version = 0;
+	p.to_version = version;
+	p.to_sha256.data = (uint8_t *)sha;
+	p.to_sha256.len = 32;
+	p.n_tensors = n;
+	p.tensors = qp;
+	rc = pack_payload(&p, out);
+out:
+	free(qm);
+	free(qp);
+	free(shapes);
+	return rc;
+}
+
+static int build_delta(const qtensor *dq, size_t nq, uint64_t from, uint64_t to,
+                       const uint8_t sha[32], buf *out)
+{
+	Fedlora__QTensor *qm = calloc(nq ? nq : 1, sizeof *qm);
+	Fedlora__QTensor **qp = calloc(nq ? nq : 1, sizeof *qp);
+	int rc = FL_ENOMEM;
+	if (!qm || !qp)
+		goto out;
+	for (size_t i = 0; i < nq; i++) {
+		qt_to_proto(&dq[i], &qm[i]);
+		qp[i] = &qm[i];
+	}
+	Fedlora__AdapterPayload p = FEDLORA__ADAPTER_PAYLOAD__INIT;
+	p.kind = FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA;
+	p.from_version = from;
+	p.to_version = to;
+	p.to_sha256.data = (uint8_t *)sha;
+	p.to_sha256.len = 32;
+	p.n_tensors = nq;
+	p.tensors = qp;
+	rc = pack_payload(&p, out);
+out:
+	free(qm);
+	free(qp);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* journal                                                             */
+
+static void journal_rec(fed *f, cJSON *o)
+{
+	if (f->st && o)
+		store_journal(f->st, o);
+	cJSON_Delete(o);
+}
+
+static void add_hex(cJSON *o, const char *key, const uint8_t *p, size_t n)
+{
+	char h[129];
+	hex_encode(p, n, h);
+	cJSON_AddStringToObject(o, key, h);
+}
+
+typedef struct jscan {
+	uint64_t max_round;
+	uint64_t last_start, last_end;
+	uint64_t last_start_version;
+	int ended_version_round; /* a round_end for the latest version's round exists */
+	uint64_t want_round;
+} jscan;
+
+static int jscan_cb(const cJSON *o, void *ud)
+{
+	jscan *j = ud;
+	const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "type");
+	const cJSON *r = cJSON_GetObjectItemCaseSensitive(o, "round");
+	if (!cJSON_IsString(t) || !cJSON_IsNumber(r) || r->valuedouble < 0 || r->valuedouble > 9e15)
+		return 0;
+	uint64_t rid = (uint64_t)r->valuedouble;
+	if (rid > j->max_round)
+		j->max_round = rid;
+	if (strcmp(t->valuestring, "round_start") == 0) {
+		j->last_start = rid;
+		const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "version");
+		j->last_start_version = cJSON_IsNumber(v) ? (uint64_t)v->valuedouble : 0;
+	} else if (strcmp(t->valuestring, "round_end") == 0 ||
+	           strcmp(t->valuestring, "round_restart") == 0) {
+		if (rid > j->last_end)
+			j->last_end = rid;
+		const cJSON *c = cJSON_GetObjectItemCaseSensitive(o, "committed");
+		if (rid == j->want_round && cJSON_IsTrue(c))
+			j->ended_version_round = 1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* construction                                                        */
+
+static int set_global_encodings(fed *f)
+{
+	int rc = build_snapshot(f->global, f->version, f->sha, &f->snap);
+	if (rc)
+		return rc;
+	Fedlora__AdapterPayload p = FEDLORA__ADAPTER_PAYLOAD__INIT;
+	p.kind = FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA;
+	p.from_version = f->version;
+	p.to_version = f->version;
+	p.to_sha256.data = f->sha;
+	p.to_sha256.len = 32;
+	return pack_payload(&p, &f->empty);
+}
+
+static void fill_info(const fed *f, store_info *in, uint64_t version, uint64_t round,
+                      uint64_t parent, const uint8_t sha[32])
+{
+	memset(in, 0, sizeof *in);
+	in->version = version;
+	in->round = round;
+	in->parent = parent;
+	memcpy(in->sha, sha, 32);
+	memcpy(in->shape_sha, f->shape_sha, 32);
+	in->rank = f->o.spec.rank;
+	in->alpha = f->o.spec.alpha;
+	snprintf(in->targets, sizeof in->targets, "%s", f->targets_str);
+	in->rslora = f->o.spec.rslora;
+	in->ffa = f->o.spec.ffa;
+	in->init_seed = f->o.spec.init_seed;
+	in->n_head = f->o.arch.n_head;
+	in->n_head_kv = f->o.arch.n_head_kv;
+	memcpy(in->base_sha, f->o.base_sha, 32);
+	in->has_base = 1;
+}
+
+static int spec_matches(const fed *f, const store_info *in, char *why, size_t whylen)
+{
+	if (in->rank && in->rank != f->o.spec.rank) {
+		WHY("rank %u, configured %u", in->rank, f->o.spec.rank);
+		return 0;
+	}
+	if (in->targets[0] && strcmp(in->targets, f->targets_str)) {
+		WHY("targets %.60s, configured %.60s", in->targets, f->targets_str);
+		return 0;
+	}
+	if (in->ffa != f->o.spec.ffa) {
+		WHY("ffa %d, configured %d", in->ffa, f->o.spec.ffa);
+		return 0;
+	}
+	if (in->has_base && memcmp(in->base_sha, f->o.base_sha, 32)) {
+		WHY("a different base-model fingerprint");
+		return 0;
+	}
+	return 1;
+}
+
+int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **out)
+{
+	char why[256];
+	if (fed_opts_check(o, why, sizeof why)) {
+		LOGE(MOD, "bad configuration: %s", why);
+		return FL_EINVAL;
+	}
+	fed *f = calloc(1, sizeof *f);
+	if (!f)
+		return FL_ENOMEM;
+	f->o = *o;
+	if (io)
+		f->io = *io;
+	f->st = st;
+	f->m = m;
+	buf_init(&f->snap, 0);
+	buf_init(&f->delta, 0);
+	buf_init(&f->empty, 0);
+	lora_targets_str(o->spec.targets, f->targets_str, sizeof f->targets_str);
+	met_declare(f);
+	tset *layout = NULL, *loaded = NULL, *optst = NULL;
+	int rc = lora_layout(&o->spec, &o->arch, &layout);
+	if (rc) {
+		LOGE(MOD, "cannot build the adapter layout from the LoRA spec");
+		goto fail;
+	}
+	rc = tset_shape_fingerprint(layout, f->shape_sha);
+	if (!rc)
+		rc = agg_new(&o->agg, layout, &f->agg);
+	if (!rc)
+		rc = tset_zeros_like(agg_layout(f->agg), &f->step);
+	if (rc)
+		goto fail;
+	f->ndq = tset_count(f->step);
+	f->dq = calloc(f->ndq, sizeof *f->dq);
+	if (!f->dq) {
+		rc = FL_ENOMEM;
+		goto fail;
+	}
+	for (size_t i = 0; i < f->ndq; i++)
+		qt_init(&f->dq[i]);
+
+	store_info in;
+	int have = 0;
+	if (st) {
+		rc = store_load_latest(st, &loaded, &in);
+		if (rc == 0) {
+			if (memcmp(in.shape_sha, f->shape_sha, 32) ||
+			    !spec_matches(f, &in, why, sizeof why)) {
+				if (memcmp(in.shape_sha, f->shape_sha, 32))
+					snprintf(why, sizeof why, "a different adapter layout");
+				LOGE(MOD,
+				     "state directory %s holds version %" PRIu64
+				     " of another federation (%s); refusing to mix them",
+				     store_dir(st), in.version, why);
+				rc = FL_EMISMATCH;
+				goto fail;
+			}
+			have = 1;
+		} else if (rc != FL_ENOENT) {
+			goto fail;
+		}
+	}
+	if (have) {
+		f->global = loaded;
+		loaded = NULL;
+		f->version = in.version;
+		memcpy(f->sha, in.sha, 32);
+		if (store_load_opt(st, in.version, &optst) == 0) {
+			if (agg_state_import(f->agg, optst))
+				LOGW(MOD,
+				     "optimiser state of version %" PRIu64
+				     " does not fit the configured strategy; starting it afresh",
+				     in.version);
+		} else if (in.round > 0 &&
+		           (o->agg.strategy == AGG_FEDAVGM || o->agg.strategy == AGG_FEDADAM ||
+		            o->agg.strategy == AGG_FEDYOGI)) {
+			LOGW(MOD, "no optimiser state for version %" PRIu64 "; starting it afresh",
+			     in.version);
+		}
+		LOGI(MOD, "resumed at version %" PRIu64 " (round %" PRIu64 ") from %s", in.version,
+		     in.round, store_dir(st));
+	} else {
+		rc = lora_init(&o->spec, &o->arch, &f->global);
+		if (rc)
+			goto fail;
+		f->version = st ? store_max_version(st) : 0;
+		if (st && f->version) {
+			/* every version file was unreadable: start again above them */
+			f->version++;
+			LOGE(MOD, "no valid version in %s; starting again at version %" PRIu64,
+			     store_dir(st), f->version);
+		}
+		rc = tset_fingerprint(f->global, f->sha);
+		if (rc)
+			goto fail;
+		if (st) {
+			fill_info(f, &in, f->version, 0, 0, f->sha);
+			rc = store_commit(st, f->global, &in, NULL, o->keep_versions);
+			if (rc)
+				goto fail;
+			cJSON *j = cJSON_CreateObject();
+			cJSON_AddStringToObject(j, "type", "init");
+			cJSON_AddNumberToObject(j, "version", (double)f->version);
+			add_hex(j, "sha256", f->sha, 32);
+			cJSON_AddNumberToObject(j, "params", (double)tset_numel(f->global));
+			journal_rec(f, j);
+		}
+		in.round = 0;
+		LOGI(MOD, "initial adapter v%" PRIu64 ": %zu tensors, %zu parameters", f->version,
+		     tset_count(f->global), tset_numel(f->global));
+	}
+	rc = set_global_encodings(f);
+	if (rc)
+		goto fail;
+	if (st) {
+		jscan js = {0};
+		js.want_round = in.round;
+		size_t nl, nb;
+		journal_read(store_journal_path(st), jscan_cb, &js, &nl, &nb);
+		f->round_id = js.max_round > in.round ? js.max_round : in.round;
+		if (in.round && !js.ended_version_round) {
+			/* committed, but the process died before the journal said so */
+			cJSON *j = cJSON_CreateObject();
+			cJSON_AddStringToObject(j, "type", "round_end");
+			cJSON_AddNumberToObject(j, "round", (double)in.round);
+			cJSON_AddBoolToObject(j, "committed", 1);
+			cJSON_AddBoolToObject(j, "recovered", 1);
+			cJSON_AddNumberToObject(j, "version", (double)in.version);
+			add_hex(j, "sha256", in.sha, 32);
+			journal_rec(f, j);
+			if (js.last_end < in.round)
+				js.last_end = in.round;
+		}
+		if (js.last_start > js.last_end) {
+			LOGW(MOD,
+			     "round %" PRIu64 " was open when the coordinator stopped; a new round "
+			     "starts from version %" PRIu64,
+			     js.last_start, f->version);
+			cJSON *j = cJSON_CreateObject();
+			cJSON_AddStringToObject(j, "type", "round_restart");
+			cJSON_AddNumberToObject(j, "round", (double)js.last_start);
+			cJSON_AddNumberToObject(j, "version", (double)f->version);
+			cJSON_AddStringToObject(
+			    j, "detail",
+			    "coordinator restarted during the round; its updates "
+			    "are discarded");
+			journal_rec(f, j);
+		}
+		cJSON *j = cJSON_CreateObject();
+		cJSON_AddStringToObject(j, "type", "start");
+		cJSON_AddNumberToObject(j, "version", (double)f->version);
+		cJSON_AddNumberToObject(j, "round", (double)f->round_id);
+		cJSON_AddStringToObject(j, "strategy", agg_strategy_name(o->agg.strategy));
+		journal_rec(f, j);
+	}
+	met_set(f, "fedlora_global_version", NULL, (double)f->version);
+	met_set(f, "fedlora_round_id", NULL, (double)f->round_id);
+	tset_free(layout);
+	tset_free(optst);
+	*out = f;
+	return 0;
+fail:
+	tset_free(layout);
+	tset_free(loaded);
+	tset_free(optst);
+	f->jobs = 0;
+	fed_free(f);
+	return rc;
+}
+
+void fed_free(fed *f)
+{
+	if (!f)
+		return;
+	for (size_t i = 0; i < f->nnodes; i++)
+		free(f->nodes[i]);
+	free(f->nodes);
+	for (size_t i = 0; i < f->sess_by_peer.cap; i++)
+		if (f->sess_by_peer.s[i].h)
+			free(f->sess_by_peer.s[i].p);
+	free(f->sess_by_peer.s);
+	free(f->node_by_cn.s);
+	free(f->parts);
+	if (f->dq) {
+		for (size_t i = 0; i < f->ndq; i++)
+			qt_fini(&f->dq[i]);
+		free(f->dq);
+	}
+	tset_free(f->step);
+	tset_free(f->global);
+	agg_free(f->agg);
+	buf_fini(&f->snap);
+	buf_fini(&f->delta);
+	buf_fini(&f->empty);
+	free(f);
+}
+
+/* ------------------------------------------------------------------ */
+/* sessions and registry                                               */
+
+static void set_connected_gauge(fed *f)
+{
+	met_set(f, "fedlora_nodes_connected", NULL, (double)f->connected);
+	met_set(f, "fedlora_nodes_known", NULL, (double)f->nnodes);
+}
+
+void fed_peer_up(fed *f, uint64_t peer, const char *cn, uint64_t now_ms)
+{
+	(void)now_ms;
+	if (sess_get(f, peer))
+		return;
+	sess *s = calloc(1, sizeof *s);
+	if (!s) {
+		close_peer(f, peer, "out of memory");
+		return;
+	}
+	s->peer = peer;
+	snprintf(s->cn, sizeof s->cn, "%s", cn ? cn : "");
+	if (hm_put(&f->sess_by_peer, mix64(peer), s)) {
+		free(s);
+		close_peer(f, peer, "out of memory");
+		return;
+	}
+	LOGD(MOD, "session %" PRIu64 " up (%s)", peer, s->cn);
+}
+
+static part *part_of(fed *f, fnode *n)
+{
+	if (!n || n->part_round != f->round_id || f->state == FED_IDLE || f->state == FED_STOPPED ||
+	    n->part_idx >= f->nparts || f->parts[n->part_idx].n != n)
+		return NULL;
+	return &f->parts[n->part_idx];
+}
+
+static void maybe_close_round(fed *f, uint64_t now_ms);
+
+void fed_peer_gone(fed *f, uint64_t peer, uint64_t now_ms)
+{
+	sess *s = sess_get(f, peer);
+	if (!s)
+		return;
+	hm_del(&f->sess_by_peer, mix64(peer), s);
+	fnode *n = s->node;
+	free(s);
+	if (!n || n->peer != peer)
+		return; /* replaced by a newer session, or never joined */
+	n->peer = 0;
+	n->st = N_GONE;
+	n->last_seen = now_ms;
+	if (f->connected)
+		f->connected--;
+	set_connected_gauge(f);
+	LOGI(MOD, "node %s disconnected", n->cn);
+	part *p = part_of(f, n);
+	if (p && !p->answered)
+		p->gone_at = now_ms ? now_ms : 1;
+	maybe_close_round(f, now_ms);
+}
+
+static fnode *node_new(fed *f, const char *cn)
+{
+	if (f->nnodes == f->nodes_cap) {
+		/* evict the longest-gone node that is not in the current round */
+		fnode *victim = NULL;
+		size_t vi = 0;
+		if (f->nnodes >= (size_t)f->o.max_nodes * 4) {
+			for (size_t i = 0; i < f->nnodes; i++) {
+				fnode *c = f->nodes[i];
+				if (c->peer || part_of(f, c))
+					continue;
+				if (!victim || c->last_seen < victim->last_seen) {
+					victim = c;
+					vi = i;
+				}
+			}
+		}
+		if (victim) {
+			hm_del(&f->node_by_cn, str_hash(victim->cn), victim);
+			free(victim);
+			f->nodes[vi] = f->nodes[--f->nnodes];
+		} else {
+			size_t nc = f->nodes_cap ? f->nodes_cap * 2 : 64;
+			fnode **nn = realloc(f->nodes, nc * sizeof *nn);
+			if (!nn)
+				return NULL;
+			f->nodes = nn;
+			f->nodes_cap = nc;
+		}
+	}
+	fnode *n = calloc(1, sizeof *n);
+	if (!n)
+		return NULL;
+	snprintf(n->cn, sizeof n->cn, "%s", cn);
+	if (hm_put(&f->node_by_cn, str_hash(n->cn), n)) {
+		free(n);
+		return NULL;
+	}
+	f->nodes[f->nnodes++] = n;
+	return n;
+}
+
+static void send_round_start(fed *f, fnode **nodes, size_t n, uint64_t now_ms);
+static void update_ready(fed *f, uint64_t now_ms);
+
+static void handle_join(fed *f, sess *s, const Fedlora__Join *j, uint64_t now_ms)
+{
+	char d[256];
+	uint64_t peer = s->peer;
+	if (s->node) {
+		send_error(f, peer, FEDLORA__ERROR__CODE__CODE_UNEXPECTED, "already joined");
+		return;
+	}
+	if (!s->cn[0]) {
+		reject_join(f, peer, FEDLORA__REJECT__REASON__REASON_NOT_ALLOWED, "no_identity",
+		            "session has no certificate identity");
+		return;
+	}
+	if (f->state == FED_STOPPED || f->stopping) {
+		reject_join(f, peer, FEDLORA__REJECT__REASON__REASON_SHUTTING_DOWN, "shutting_down",
+		            "coordinator is shutting down");
+		return;
+	}
+	if (j->base_fingerprint.len != 32 || memcmp(j->base_fingerprint.data, f->o.base_sha, 32)) {
+		char h1[65] = "(none)", h2[65];
+		if (j->base_fingerprint.len == 32)
+			hex_encode(j->base_fingerprint.data, 32, h1);
+		hex_encode(f->o.base_sha, 32, h2);
+		snprintf(d, sizeof d,
+		         "base model fingerprint %.16s... differs from the federation's %.16s...",
+		         h1, h2);
+		reject_join(f, peer, FEDLORA__REJECT__REASON__REASON_BASE_MISMATCH, "base", d);
+		return;
+	}
+	if (j->lora) {
+		const Fedlora__LoraSpec *l = j->lora;
+		uint32_t mask = 0;
+		int bad_target = 0;
+		for (size_t i = 0; i < l->n_targets; i++) {
+			int t;
+			if (!l->targets[i] || lora_target_parse(l->targets[i], &t))
+				bad_target = 1;
+			else
+				mask |= 1u << t;
+		}
+		const char *what = NULL;
+		if (l->rank != f->o.spec.rank)
+			what = "rank";
+		else if (l->alpha != f->o.spec.alpha)
+			what = "alpha";
+		else if (bad_target || mask != f->o.spec.targets)
+			what = "targets";
+		else if ((l->rslora != 0) != (f->o.spec.rslora != 0))
+			what = "rslora";
+		else if ((l->ffa != 0) != (f->o.spec.ffa != 0))
+			what = "ffa";
+		else if (l->init_seed != f->o.spec.init_seed)
+			what = "init_seed";
+		if (what) {
+			snprintf(
+			    d, sizeof d,
+			    "LoRA spec differs from the federation's in %s (federation: rank %u "
+			    "alpha %g targets %s rslora %d ffa %d init_seed %" PRIu64 ")",
+			    what, f->o.spec.rank, (double)f->o.spec.alpha, f->targets_str,
+			    f->o.spec.rslora, f->o.spec.ffa, f->o.spec.init_seed);
+			reject_join(f, peer, FEDLORA__REJECT__REASON__REASON_ADAPTER_MISMATCH,
+			            "adapter", d);
+			return;
+		}
+	}
+	if (j->adapter_fingerprint.len != 32 ||
+	    memcmp(j->adapter_fingerprint.data, f->shape_sha, 32)) {
+		char h1[65] = "(none)", h2[65];
+		if (j->adapter_fingerprint.len == 32)
+			hex_encode(j->adapter_fingerprint.data, 32, h1);
+		hex_encode(f->shape_sha, 32, h2);
+		snprintf(
+		    d, sizeof d,
+		    "adapter shape fingerprint %.16s... differs from the federation's %.16s... "
+		    "(layers, targets or rank)",
+		    h1, h2);
+		reject_join(f, peer, FEDLORA__REJECT__REASON__REASON_ADAPTER_MISMATCH, "adapter",
+		            d);
+		return;
+	}
+	fnode *n = node_get(f, s->cn);
+	if (!n) {
+		size_t joined = 0;
+		for (size_t i = 0; i < f->nnodes; i++)
+			joined += f->nodes[i]->peer != 0;
+		if (joined >= f->o.max_nodes) {
+			snprintf(d, sizeof d, "coordinator at capacity (%u nodes)", f->o.max_nodes);
+			reject_join(f, peer, FEDLORA__REJECT__REASON__REASON_FULL, "full", d);
+			return;
+		}
+		n = node_new(f, s->cn);
+		if (!n) {
+			send_error(f, peer, FEDLORA__ERROR__CODE__CODE_INTERNAL, "out of memory");
+			close_peer(f, peer, "out of memory");
+			return;
+		}
+		n->joined_ms = now_ms;
+	}
+	if (n->peer && n->peer != peer) {
+		/* a newer session of the same node replaces the old one */
+		sess *old = sess_get(f, n->peer);
+		if (old)
+			old->node = NULL;
+		close_peer(f, n->peer, "replaced by a newer session of the same node");
+		if (f->connected)
+			f->connected--;
+	}
+	n->peer = peer;
+	s->node = n;
+	f->connected++;
+	snprintf(n->sw, sizeof n->sw, "%s", j->software_version ? j->software_version : "");
+	n->caps[0] = 0;
+	size_t k = 0;
+	for (size_t i = 0; i < j->n_capabilities && k + 2 < sizeof n->caps; i++) {
+		int w = snprintf(n->caps + k, sizeof n->caps - k, "%s%s", k ? "," : "",
+		                 j->capabilities[i] ? j->capabilities[i] : "");
+		if (w < 0)
+			break;
+		k += (size_t)w;
+	}
+	n->samples = j->sample_count;
+	n->last_seen = now_ms;
+	n->st = N_IDLE;
+	n->held_known = j->have_sha256.len == 32;
+	if (n->held_known) {
+		n->held_version = j->have_version;
+		memcpy(n->held_sha, j->have_sha256.data, 32);
+	}
+	set_connected_gauge(f);
+	char held[32] = "no version";
+	if (n->held_known)
+		snprintf(held, sizeof held, "v%" PRIu64, n->held_version);
+	LOGI(MOD, "node %s joined (software %s, %" PRIu64 " samples, holds %s)", n->cn,
+	     n->sw[0] ? n->sw : "?", n->samples, held);
+
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__Welcome w = FEDLORA__WELCOME__INIT;
+	Fedlora__LoraSpec ls = FEDLORA__LORA_SPEC__INIT;
+	char *tg[LORA_NTARGETS];
+	size_t nt = 0;
+	for (int t = 0; t < LORA_NTARGETS; t++)
+		if (f->o.spec.targets & (1u << t))
+			tg[nt++] = (char *)lora_target_name(t);
+	ls.rank = f->o.spec.rank;
+	ls.alpha = f->o.spec.alpha;
+	ls.n_targets = nt;
+	ls.targets = tg;
+	ls.rslora = f->o.spec.rslora;
+	ls.ffa = f->o.spec.ffa;
+	ls.init_seed = f->o.spec.init_seed;
+	w.node_id = n->cn;
+	w.coordinator_version = FEDLORA_VERSION;
+	w.heartbeat_ms = f->o.heartbeat_ms;
+	w.global_version = f->version;
+	w.global_sha256.data = f->sha;
+	w.global_sha256.len = 32;
+	w.lora = &ls;
+	env.body_case = FEDLORA__ENVELOPE__BODY_WELCOME;
+	env.welcome = &w;
+	send_env(f, &peer, 1, &env);
+
+	/* a participant coming back during its round: give it the round again
+	 * unless it says it already uploaded for it (it will resend) */
+	part *p = part_of(f, n);
+	if (p) {
+		p->gone_at = 0;
+		p->dropped = 0;
+		if (f->state == FED_COLLECTING && !p->answered && !p->pending &&
+		    j->last_round_id != f->round_id) {
+			fnode *one = n;
+			send_round_start(f, &one, 1, now_ms);
+		}
+	}
+	update_ready(f, now_ms);
+}
+
+/* ------------------------------------------------------------------ */
+/* rounds                                                              */
+
+static size_t eligible_nodes(fed *f, fnode ***out)
+{
+	fnode **e = malloc((f->nnodes ? f->nnodes : 1) * sizeof *e);
+	size_t k = 0;
+	if (!e) {
+		*out = NULL;
+		return 0;
+	}
+	for (size_t i = 0; i < f->nnodes; i++)
+		if (f->nodes[i]->peer)
+			e[k++] = f->nodes[i];
+	*out = e;
+	return k;
+}
+
+static void update_ready(fed *f, uint64_t now_ms)
+{
+	if (f->state != FED_IDLE || f->stopping)
+		return;
+	if (f->connected >= f->o.min_nodes) {
+		if (!f->ready) {
+			uint64_t t = now_ms + f->o.start_delay_ms;
+			f->ready_at = t > f->gap_until ? t : f->gap_until;
+			f->ready = 1;
+		}
+	} else {
+		f->ready = 0;
+	}
+}
+
+static int cmp_node_cn(const void *a, const void *b)
+{
+	return strcmp((*(fnode *const *)a)->cn, (*(fnode *const *)b)->cn);
+}
+
+typedef struct wkey {
+	double key;
+	fnode *n;
+} wkey;
+
+static int cmp_wkey_desc(const void *a, const void *b)
+{
+	double x = ((const wkey *)a)->key, y = ((const wkey *)b)->key;
+	if (x != y)
+		return x > y ? -1 : 1;
+	return strcmp(((const wkey *)a)->n->cn, ((const wkey *)b)->n->cn);
+}
+
+/* Picks the round's participants into f->parts. */
+static int sample(fed *f, fnode **e, size_t ne)
+{
+	qsort(e, ne, sizeof *e, cmp_node_cn); /* independent of arrival order */
+	size_t k;
+	if (f->o.nodes_per_round)
+		k = f->o.nodes_per_round;
+	else
+		k = (size_t)ceil(f->o.fraction * (double)ne);
+	if (k < f->o.min_updates)
+		k = f->o.min_updates;
+	if (k > ne)
+		k = ne;
+	if (k < 1)
+		k = 1;
+	rng r;
+	rng_seed(&r, f->o.seed ^ (f->round_id * 0x9e3779b97f4a7c15ull));
+	if (f->o.sampling_weighted) {
+		/* Efraimidis-Spirakis: keys u^(1/w), keep the k largest (as logs) */
+		wkey *w = malloc(ne * sizeof *w);
+		if (!w)
+			return FL_ENOMEM;
+		for (size_t i = 0; i < ne; i++) {
+			double u = rng_uniform(&r);
+			double wt = e[i]->samples ? (double)e[i]->samples : 1.0;
+			w[i].key = log(u > 0 ? u : 1e-300) / wt;
+			w[i].n = e[i];
+		}
+		qsort(w, ne, sizeof *w, cmp_wkey_desc);
+		for (size_t i = 0; i < k; i++)
+			e[i] = w[i].n;
+		free(w);
+	} else {
+		/* partial Fisher-Yates */
+		for (size_t i = 0; i < k; i++) {
+			size_t j = i + (size_t)rng_below(&r, ne - i);
+			fnode *t = e[i];
+			e[i] = e[j];
+			e[j] = t;
+		}
+	}
+	if (k > f->parts_cap) {
+		part *np = realloc(f->parts, k * sizeof *np);
+		if (!np)
+			return FL_ENOMEM;
+		f->parts = np;
+		f->parts_cap = k;
+	}
+	f->nparts = k;
+	for (size_t i = 0; i < k; i++) {
+		memset(&f->parts[i], 0, sizeof f->parts[i]);
+		f->parts[i].n = e[i];
+		e[i]->part_round = f->round_id;
+		e[i]->part_idx = i;
+	}
+	return 0;
+}
+
+static uint64_t round_seed(const fed *f)
+{
+	uint64_t x = f->o.seed + f->round_id * 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+enum { PL_EMPTY = 0, PL_DELTA, PL_SNAP };
+
+static int payload_kind(const fed *f, const fnode *n)
+{
+	if (n->held_known && n->held_version == f->version && !memcmp(n->held_sha, f->sha, 32))
+		return PL_EMPTY;
+	if (n->held_known && f->has_parent && f->delta.len && n->held_version == f->parent &&
+	    !memcmp(n->held_sha, f->parent_sha, 32))
+		return PL_DELTA;
+	return PL_SNAP;
+}
+
+/* RoundStart to the given participants, grouped by payload so each
+ * encoding is sent once with the list of its peers. */
+static void send_round_start(fed *f, fnode **nodes, size_t n, uint64_t now_ms)
+{
+	uint64_t remaining = f->deadline > now_ms ? f->deadline - now_ms : 0;
+	Fedlora__TrainParams tp = FEDLORA__TRAIN_PARAMS__INIT;
+	tp.local_steps = f->o.train.local_steps;
+	tp.lr = f->o.train.lr;
+	tp.batch_size = f->o.train.batch_size;
+	tp.ctx = f->o.train.ctx;
+	tp.weight_decay = f->o.train.weight_decay;
+	tp.max_grad_norm = f->o.train.max_grad_norm;
+	tp.fedprox_mu = f->o.train.fedprox_mu;
+	tp.seed = round_seed(f);
+	tp.uplink_format = (Fedlora__QFormat)f->o.train.uplink_fmt;
+	tp.uplink_block = f->o.train.uplink_block;
+	tp.stochastic_rounding = f->o.train.stochastic_rounding;
+	tp.error_feedback = f->o.train.error_feedback;
+	Fedlora__RoundStart rs = FEDLORA__ROUND_START__INIT;
+	rs.round_id = f->round_id;
+	rs.global_version = f->version;
+	rs.global_sha256.data = f->sha;
+	rs.global_sha256.len = 32;
+	rs.params = &tp;
+	rs.deadline_ms = remaining > UINT32_MAX ? UINT32_MAX : (uint32_t)remaining;
+	rs.deadline_unix_ms = wall(f) + remaining;
+	uint64_t *peers = malloc((n ? n : 1) * sizeof *peers);
+	if (!peers)
+		return;
+	for (int kind = PL_EMPTY; kind <= PL_SNAP; kind++) {
+		size_t np = 0;
+		for (size_t i = 0; i < n; i++)
+			if (nodes[i]->peer && payload_kind(f, nodes[i]) == kind)
+				peers[np++] = nodes[i]->peer;
+		if (!np)
+			continue;
+		const buf *pl = kind == PL_EMPTY   ? &f->empty
+		                : kind == PL_DELTA ? &f->delta
+		                                   : &f->snap;
+		buf b;
+		buf_init(&b, 0);
+		if (fed_encode_round_start(&rs, ++f->seq, pl->data, pl->len, &b) == 0) {
+			if (f->io.send)
+				f->io.send(f->io.ud, peers, np, b.data, b.len);
+			f->bytes_out += (uint64_t)b.len * np;
+			met_add(f, "fedlora_bytes_total", "direction=\"out\"",
+			        (double)b.len * (double)np);
+		} else {
+			LOGE(MOD, "cannot encode RoundStart");
+		}
+		buf_fini(&b);
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (!nodes[i]->peer)
+			continue;
+		nodes[i]->held_known = 1;
+		nodes[i]->held_version = f->version;
+		memcpy(nodes[i]->held_sha, f->sha, 32);
+		nodes[i]->st = N_TRAINING;
+	}
+	free(peers);
+}
+
+static void start_round(fed *f, uint64_t now_ms)
+{
+	fnode **e;
+	size_t ne = eligible_nodes(f, &e);
+	if (ne < f->o.min_nodes) {
+		free(e);
+		f->ready = 0;
+		return;
+	}
+	f->round_id++;
+	if (sample(f, e, ne)) {
+		LOGE(MOD, "out of memory sampling round %" PRIu64, f->round_id);
+		free(e);
+		f->ready = 1;
+		f->ready_at = now_ms + 1000;
+		return;
+	}
+	free(e);
+	agg_begin(f->agg);
+	f->state = FED_COLLECTING;
+	f->ready = 0;
+	f->round_version = f->version;
+	f->round_started = now_ms;
+	f->deadline = now_ms + f->o.round_timeout_ms;
+	f->answered = 0;
+	f->bytes_in = f->bytes_out = 0;
+	memset(f->rejected, 0, sizeof f->rejected);
+	LOGI(MOD,
+	     "round %" PRIu64 ": %zu of %zu nodes sampled, version %" PRIu64 ", deadline %u ms",
+	     f->round_id, f->nparts, ne, f->version, f->o.round_timeout_ms);
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "round_start");
+	cJSON_AddNumberToObject(j, "round", (double)f->round_id);
+	cJSON_AddNumberToObject(j, "version", (double)f->version);
+	cJSON_AddNumberToObject(j, "eligible", (double)ne);
+	cJSON_AddNumberToObject(j, "deadline_ms", f->o.round_timeout_ms);
+	cJSON *pa = cJSON_AddArrayToObject(j, "participants");
+	fnode **ps = malloc(f->nparts * sizeof *ps);
+	for (size_t i = 0; i < f->nparts; i++) {
+		if (pa)
+			cJSON_AddItemToArray(pa, cJSON_CreateString(f->parts[i].n->cn));
+		if (ps)
+			ps[i] = f->parts[i].n;
+	}
+	journal_rec(f, j);
+	met_set(f, "fedlora_round_id", NULL, (double)f->round_id);
+	met_set(f, "fedlora_round_participants", NULL, (double)f->nparts);
+	if (ps)
+		send_round_start(f, ps, f->nparts, now_ms);
+	free(ps);
+}
+
+static void submit(fed *f, fed_job *job, uint64_t now_ms)
+{
+	f->jobs++;
+	if (f->io.submit) {
+		f->io.submit(f->io.ud, job);
+	} else {
+		fed_job_run(job);
+		fed_job_done(f, job, now_ms);
+	}
+}
+
+static void round_end_msg(fed *f, int committed, const char *detail, size_t accepted,
+                          double train_loss, double eval_loss, int has_train, int has_eval)
+{
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__RoundEnd re = FEDLORA__ROUND_END__INIT;
+	Fedlora__Metric mt[2], *mp[2];
+	size_t nm = 0;
+	if (has_train) {
+		fedlora__metric__init(&mt[nm]);
+		mt[nm].name = "train_loss";
+		mt[nm].value = train_loss;
+		mp[nm] = &mt[nm];
+		nm++;
+	}
+	if (has_eval) {
+		fedlora__metric__init(&mt[nm]);
+		mt[nm].name = "eval_loss";
+		mt[nm].value = eval_loss;
+		mp[nm] = &mt[nm];
+		nm++;
+	}
+	re.round_id = f->round_id;
+	re.committed = committed;
+	re.version = f->version;
+	re.sha256.data = f->sha;
+	re.sha256.len = 32;
+	re.participants = (uint32_t)accepted;
+	re.detail = (char *)(detail ? detail : "");
+	re.n_metrics = nm;
+	re.metrics = mp;
+	env.body_case = FEDLORA__ENVELOPE__BODY_ROUND_END;
+	env.round_end = &re;
+	uint64_t *peers = malloc((f->nparts ? f->nparts : 1) * sizeof *peers);
+	size_t np = 0;
+	for (size_t i = 0; peers && i < f->nparts; i++) {
+		if (f->parts[i].n->peer)
+			peers[np++] = f->parts[i].n->peer;
+		if (f->parts[i].n->st != N_GONE)
+			f->parts[i].n->st = N_IDLE;
+	}
+	send_env(f, peers, np, &env);
+	free(peers);
+}
+
+static void round_journal(fed *f, int committed, const char *detail, uint64_t now_ms,
+                          const fed_job *job, double tl, double el, int ht, int he)
+{
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "round_end");
+	cJSON_AddNumberToObject(j, "round", (double)f->round_id);
+	cJSON_AddBoolToObject(j, "committed", committed);
+	cJSON_AddNumberToObject(j, "version", (double)f->version);
+	if (committed) {
+		cJSON_AddNumberToObject(j, "parent", (double)f->parent);
+		add_hex(j, "sha256", f->sha, 32);
+	} else {
+		cJSON_AddStringToObject(j, "detail", detail ? detail : "");
+	}
+	cJSON_AddStringToObject(j, "strategy", agg_strategy_name(f->o.agg.strategy));
+	cJSON *pa = cJSON_AddArrayToObject(j, "participants");
+	cJSON *ac = cJSON_AddArrayToObject(j, "accepted");
+	size_t nacc = 0, nclip = 0;
+	double nsum = 0;
+	for (size_t i = 0; i < f->nparts; i++) {
+		part *p = &f->parts[i];
+		cJSON_AddItemToArray(pa, cJSON_CreateString(p->n->cn));
+		if (p->accepted) {
+			cJSON_AddItemToArray(ac, cJSON_CreateString(p->n->cn));
+			nacc++;
+			nsum += p->norm;
+			nclip += p->scale < 1.0;
+		}
+	}
+	cJSON *rj = cJSON_AddObjectToObject(j, "rejected");
+	for (int r = 1; r < 16; r++)
+		if (f->rejected[r])
+			cJSON_AddNumberToObject(rj, ack_reason_name(r), (double)f->rejected[r]);
+	cJSON_AddNumberToObject(j, "bytes_in", (double)f->bytes_in);
+	cJSON_AddNumberToObject(j, "bytes_out", (double)f->bytes_out);
+	cJSON *mj = cJSON_AddObjectToObject(j, "metrics");
+	if (ht)
+		cJSON_AddNumberToObject(mj, "train_loss", tl);
+	if (he)
+		cJSON_AddNumberToObject(mj, "eval_loss", el);
+	if (nacc) {
+		cJSON_AddNumberToObject(mj, "mean_update_norm", nsum / (double)nacc);
+		cJSON_AddNumberToObject(mj, "clipped", (double)nclip);
+	}
+	cJSON *tj = cJSON_AddObjectToObject(j, "timings");
+	cJSON_AddNumberToObject(tj, "collect_ms", (double)f->collect_ms);
+	if (job) {
+		cJSON_AddNumberToObject(tj, "aggregate_ms", job->agg_secs * 1e3);
+		cJSON_AddNumberToObject(tj, "commit_ms", job->commit_secs * 1e3);
+	}
+	cJSON_AddNumberToObject(tj, "round_ms", (double)(now_ms - f->round_started));
+	journal_rec(f, j);
+}
+
+static void round_losses(const fed *f, double *tl, double *el, int *ht, int *he)
+{
+	double ts = 0, tw = 0, es = 0, ew = 0;
+	for (size_t i = 0; i < f->nparts; i++) {
+		const part *p = &f->parts[i];
+		if (!p->accepted)
+			continue;
+		double w = p->samples ? (double)p->samples : 1.0;
+		if (p->has_train_loss) {
+			ts += w * p->train_loss;
+			tw += w;
+		}
+		if (p->has_eval_loss) {
+			es += w * p->eval_loss;
+			ew += w;
+		}
+	}
+	*ht = tw > 0;
+	*he = ew > 0;
+	*tl = *ht ? ts / tw : 0;
+	*el = *he ? es / ew : 0;
+}
+
+static void say_goodbye(fed *f, const char *why)
+{
+	for (size_t i = 0; i < f->nnodes; i++)
+		if (f->nodes[i]->peer)
+			send_bye(f, f->nodes[i]->peer, why);
+}
+
+static void after_round(fed *f, uint64_t now_ms)
+{
+	f->state = FED_IDLE;
+	f->gap_until = now_ms + f->o.round_gap_ms;
+	f->ready = 0;
+	if (f->stopping) {
+		f->state = FED_STOPPED;
+		say_goodbye(f, "coordinator shutting down");
+		return;
+	}
+	if (f->o.max_rounds && f->committed >= f->o.max_rounds) {
+		LOGI(MOD, "federation finished: %" PRIu64 " rounds committed", f->committed);
+		f->state = FED_STOPPED;
+		say_goodbye(f, "federation finished");
+		return;
+	}
+	update_ready(f, now_ms);
+}
+
+static void abandon_round(fed *f, const char *detail, uint64_t now_ms)
+{
+	size_t acc = agg_count(f->agg);
+	LOGW(MOD, "round %" PRIu64 " abandoned: %s (version stays %" PRIu64 ")", f->round_id,
+	     detail, f->version);
+	f->abandoned++;
+	met_add(f, "fedlora_rounds_total", "outcome=\"abandoned\"", 1);
+	met_observe(f, "fedlora_round_seconds", (double)(now_ms - f->round_started) / 1e3);
+	round_end_msg(f, 0, detail, acc, 0, 0, 0, 0);
+	round_journal(f, 0, detail, now_ms, NULL, 0, 0, 0, 0);
+	after_round(f, now_ms);
+}
+
+/* Collection is over: commit or abandon once in-flight updates are done. */
+static void finish_round(fed *f, uint64_t now_ms)
+{
+	if (f->state != FED_CLOSING || f->jobs)
+		return;
+	if (f->stopping) {
+		abandon_round(f, "coordinator shutting down", now_ms);
+		return;
+	}
+	size_t acc = agg_count(f->agg);
+	if (acc < f->o.min_updates) {
+		char d[160];
+		snprintf(d, sizeof d, "%zu update%s accepted, rounds.min_updates is %u", acc,
+		         acc == 1 ? "" : "s", f->o.min_updates);
+		abandon_round(f, d, now_ms);
+		return;
+	}
+	fed_job *job = calloc(1, sizeof *job);
+	if (!job) {
+		abandon_round(f, "out of memory", now_ms);
+		return;
+	}
+	job->f = f;
+	job->type = JOB_COMMIT;
+	job->round_id = f->round_id;
+	job->parent = f->version;
+	uint64_t mv = f->st ? store_max_version(f->st) : 0;
+	job->version = (mv > f->version ? mv : f->version) + 1;
+	buf_init(&job->snap, 0);
+	buf_init(&job->delta, 0);
+	f->state = FED_COMMITTING;
+	submit(f, job, now_ms);
+}
+
+static void maybe_close_round(fed *f, uint64_t now_ms)
+{
+	if (f->state != FED_COLLECTING)
+		return;
+	int all = 1;
+	for (size_t i = 0; i < f->nparts && all; i++) {
+		part *p = &f->parts[i];
+		if (p->answered)
+			continue;
+		if (p->pending) {
+			all = 0;
+			continue;
+		}
+		if (p->gone_at && now_ms >= p->gone_at + f->o.gone_grace_ms) {
+			if (!p->dropped) {
+				p->dropped = 1;
+				LOGI(MOD,
+				     "round %" PRIu64 ": no longer waiting for %s (disconnected)",
+				     f->round_id, p->n->cn);
+			}
+			continue;
+		}
+		all = 0;
+	}
+	int expired = now_ms >= f->deadline;
+	if (!all && !expired)
+		return;
+	if (expired && !all)
+		LOGI(MOD, "round %" PRIu64 ": deadline passed with %zu of %zu answers", f->round_id,
+		     f->answered, f->nparts);
+	f->collect_ms = now_ms - f->round_started;
+	f->state = FED_CLOSING;
+	finish_round(f, now_ms);
+}
+
+/* ------------------------------------------------------------------ */
+/* updates                                                             */
+
+static void handle_update(fed *f, sess *s, wire_msg *m, size_t wire_len, uint64_t now_ms)
+{
+	const Fedlora__Update *u = wire_env(m)->update;
+	fnode *n = s->node;
+	uint64_t peer = s->peer;
+	char d[200];
+	f->bytes_in += wire_len;
+	n->last_seen = now_ms;
+	int open = f->state == FED_COLLECTING && now_ms < f->deadline;
+	if (u->round_id != f->round_id || f->round_id == 0) {
+		snprintf(d, sizeof d, "round %" PRIu64 " is not the current round %" PRIu64,
+		         u->round_id, f->round_id);
+		send_ack(f, peer, u->round_id, FEDLORA__UPDATE_ACK__REASON__REASON_WRONG_ROUND, d);
+		goto drop;
+	}
+	if (!open) {
+		snprintf(d, sizeof d, "round %" PRIu64 " is closed", u->round_id);
+		send_ack(f, peer, u->round_id, FEDLORA__UPDATE_ACK__REASON__REASON_LATE, d);
+		goto drop;
+	}
+	part *p = part_of(f, n);
+	if (!p) {
+		snprintf(d, sizeof d, "node %s is not a participant of round %" PRIu64, n->cn,
+		         u->round_id);
+		send_ack(f, peer, u->round_id, FEDLORA__UPDATE_ACK__REASON__REASON_NOT_SAMPLED, d);
+		goto drop;
+	}
+	if (p->answered || p->pending) {
+		snprintf(d, sizeof d, "an update from %s for round %" PRIu64 " was already %s",
+		         n->cn, u->round_id,
+		         p->pending ? "received" : (p->accepted ? "accepted" : "refused"));
+		send_ack(f, peer, u->round_id, FEDLORA__UPDATE_ACK__REASON__REASON_DUPLICATE, d);
+		goto drop;
+	}
+	p->bytes_in = wire_len;
+	if (u->base_version != f->round_version) {
+		snprintf(d, sizeof d,
+		         "trained from version %" PRIu64 ", round %" PRIu64
+		         " is on version %" PRIu64,
+		         u->base_version, u->round_id, f->round_version);
+		p->answered = 1;
+		p->reason = FEDLORA__UPDATE_ACK__REASON__REASON_STALE;
+		f->answered++;
+		send_ack(f, peer, u->round_id, p->reason, d);
+		n->st = N_IDLE;
+		maybe_close_round(f, now_ms);
+		goto drop;
+	}
+	if (!u->delta || u->delta->from_version != u->base_version) {
+		snprintf(d, sizeof d, "%s",
+		         !u->delta ? "update carries no delta"
+		                   : "delta.from_version differs from base_version");
+		p->answered = 1;
+		p->reason = FEDLORA__UPDATE_ACK__REASON__REASON_MALFORMED;
+		f->answered++;
+		send_ack(f, peer, u->round_id, p->reason, d);
+		n->st = N_IDLE;
+		maybe_close_round(f, now_ms);
+		goto drop;
+	}
+	/* metrics the node reports with its update */
+	for (size_t i = 0; i < u->n_metrics; i++) {
+		const Fedlora__Metric *mt = u->metrics[i];
+		if (!mt || !mt->name || !isfinite(mt->value))
+			continue;
+		if (strcmp(mt->name, "train_loss") == 0) {
+			p->train_loss = mt->value;
+			p->has_train_loss = 1;
+		} else if (strcmp(mt->name, "eval_loss") == 0) {
+			p->eval_loss = mt->value;
+			p->has_eval_loss = 1;
+			n->eval_loss = mt->value;
+			n->has_eval_loss = 1;
+		}
+	}
+	fed_job *job = calloc(1, sizeof *job);
+	if (!job) {
+		send_ack(f, peer, u->round_id, FEDLORA__UPDATE_ACK__REASON__REASON_MALFORMED,
+		         "coordinator out of memory");
+		goto drop;
+	}
+	job->f = f;
+	job->type = JOB_UPDATE;
+	job->round_id = u->round_id;
+	job->part_idx = n->part_idx;
+	job->msg = m;
+	job->samples = u->sample_count;
+	p->pending = 1;
+	p->samples = u->sample_count;
+	n->st = N_UPLOADING;
+	submit(f, job, now_ms);
+	return;
+drop:
+	wire_free(m);
+}
+
+static void handle_snapshot_request(fed *f, sess *s, const Fedlora__SnapshotRequest *r,
+                                    uint64_t now_ms)
+{
+	fnode *n = s->node;
+	LOGI(MOD, "node %s asks for a snapshot (holds v%" PRIu64 ")", n->cn, r->have_version);
+	n->held_known = 0;
+	part *p = part_of(f, n);
+	if (p && f->state == FED_COLLECTING && !p->answered && !p->pending) {
+		fnode *one = n;
+		send_round_start(f, &one, 1, now_ms);
+	}
+}
+
+void fed_on_message(fed *f, uint64_t peer, wire_msg *m, size_t wire_len, uint64_t now_ms)
+{
+	sess *s = sess_get(f, peer);
+	if (!s) {
+		wire_free(m);
+		return;
+	}
+	met_add(f, "fedlora_bytes_total", "direction=\"in\"", (double)wire_len);
+	const Fedlora__Envelope *env = wire_env(m);
+	if (env->body_case == FEDLORA__ENVELOPE__BODY_JOIN) {
+		handle_join(f, s, env->join, now_ms);
+		wire_free(m);
+		return;
+	}
+	if (!s->node) {
+		char d[96];
+		snprintf(d, sizeof d, "%s before join", wire_body_name(env));
+		send_error(f, peer, FEDLORA__ERROR__CODE__CODE_UNEXPECTED, d);
+		close_peer(f, peer, d);
+		wire_free(m);
+		return;
+	}
+	fnode *n = s->node;
+	n->last_seen = now_ms;
+	switch (env->body_case) {
+	case FEDLORA__ENVELOPE__BODY_UPDATE:
+		handle_update(f, s, m, wire_len, now_ms);
+		return; /* handle_update owns m */
+	case FEDLORA__ENVELOPE__BODY_HEARTBEAT: {
+		const Fedlora__Heartbeat *h = env->heartbeat;
+		if (h->state == FEDLORA__HEARTBEAT__STATE__STATE_TRAINING)
+			n->st = N_TRAINING;
+		else if (h->state == FEDLORA__HEARTBEAT__STATE__STATE_UPLOADING)
+			n->st = N_UPLOADING;
+		else if (h->state == FEDLORA__HEARTBEAT__STATE__STATE_IDLE)
+			n->st = N_IDLE;
+		for (size_t i = 0; i < h->n_metrics; i++)
+			if (h->metrics[i] && h->metrics[i]->name &&
+			    strcmp(h->metrics[i]->name, "eval_loss") == 0 &&
+			    isfinite(h->metrics[i]->value)) {
+				n->eval_loss = h->metrics[i]->value;
+				n->has_eval_loss = 1;
+			}
+		break;
+	}
+	case FEDLORA__ENVELOPE__BODY_SNAPSHOT_REQUEST:
+		handle_snapshot_request(f, s, env->snapshot_request, now_ms);
+		break;
+	case FEDLORA__ENVELOPE__BODY_BYE:
+		LOGI(MOD, "node %s says bye: %s", n->cn, env->bye->reason ? env->bye->reason : "");
+		close_peer(f, peer, "node said bye");
+		break;
+	case FEDLORA__ENVELOPE__BODY_ERROR:
+		LOGW(MOD, "node %s reports error %d: %s", n->cn, (int)env->error->code,
+		     env->error->detail ? env->error->detail : "");
+		break;
+	default: {
+		char d[96];
+		snprintf(d, sizeof d, "unexpected %s from a node", wire_body_name(env));
+		send_error(f, peer, FEDLORA__ERROR__CODE__CODE_UNEXPECTED, d);
+		break;
+	}
+	}
+	wire_free(m);
+}
+
+void fed_on_bytes(fed *f, uint64_t peer, const uint8_t *data, size_t len, uint64_t now_ms)
+{
+	wire_msg *m = NULL;
+	int rc = wire_decode(data, len, f->o.max_msg, 0, &m);
+	if (rc) {
+		const char *d = rc == FL_EUNSUPPORTED ? "unsupported protocol version"
+		                : rc == FL_ETOOBIG    ? "message too large"
+		                                      : "message is not a valid Envelope";
+		LOGW(MOD, "session %" PRIu64 ": %s (%zu bytes)", peer, d, len);
+		send_error(f, peer,
+		           rc == FL_EUNSUPPORTED ? FEDLORA__ERROR__CODE__CODE_PROTOCOL_VERSION
+		                                 : FEDLORA__ERROR__CODE__CODE_MALFORMED,
+		           d);
+		close_peer(f, peer, d);
+		return;
+	}
+	fed_on_message(f, peer, m, len, now_ms);
+}
+
+/* ------------------------------------------------------------------ */
+/* jobs                                                                */
+
+static void hook(fed *f, const char *stage)
+{
+	if (f->o.commit_hook)
+		f->o.commit_hook(stage, f->o.commit_hook_ud);
+}
+
+static void run_commit(fed_job *job)
+{
+	fed *f = job->f;
+	double t0 = clk_seconds();
+	tset *ng = NULL;
+	int rc = agg_finish(f->agg, f->step);
+	if (rc) {
+		snprintf(job->detail, sizeof job->detail, "aggregation failed: %s",
+		         rc == FL_ENUMERIC ? "result not finite" : fl_strerror(rc));
+		goto out;
+	}
+	hook(f, "aggregated");
+	/* exact versions: quantize the step with the downlink format and apply
+	 * the dequantized values, as every node will */
+	quant_params qp = {.fmt = f->o.down_fmt, .block = f->o.down_block, .round = QUANT_NEAREST};
+	for (size_t i = 0; i < f->ndq && !rc; i++)
+		rc = quant_encode_tensor(&qp, tset_at(f->step, i), &f->dq[i]);
+	if (rc) {
+		snprintf(job->detail, sizeof job->detail,
+		         "cannot quantize the step with the downlink format (%s)", fl_strerror(rc));
+		goto out;
+	}
+	rc = tset_clone(f->global, &ng);
+	if (!rc)
+		rc = quant_apply_set(ng, f->dq, f->ndq);
+	if (rc) {
+		snprintf(job->detail, sizeof job->detail, "cannot apply the step (%s)",
+		         fl_strerror(rc));
+		goto out;
+	}
+	const tensor *bad;
+	if (!tset_all_finite(ng, &bad)) {
+		snprintf(job->detail, sizeof job->detail, "new global is not finite (tensor %.64s)",
+		         bad ? bad->name : "?");
+		rc = FL_ENUMERIC;
+		goto out;
+	}
+	rc = tset_fingerprint(ng, job->sha);
+	if (!rc)
+		rc = build_snapshot(ng, job->version, job->sha, &job->snap);
+	if (!rc)
+		rc = build_delta(f->dq, f->ndq, job->parent, job->version, job->sha, &job->delta);
+	if (rc) {
+		snprintf(job->detail, sizeof job->detail, "cannot encode the new version (%s)",
+		         fl_strerror(rc));
+		goto out;
+	}
+	double t1 = clk_seconds();
+	job->agg_secs = t1 - t0;
+	if (f->st) {
+		tset *opt = NULL;
+		rc = agg_state_export(f->agg, 1, &opt);
+		hook(f, "optimizer");
+		if (!rc) {
+			store_info in;
+			fill_info(f, &in, job->version, job->round_id, job->parent, job->sha);
+			rc = store_commit(f->st, ng, &in, opt, f->o.keep_versions);
+		}
+		tset_free(opt);
+		if (rc) {
+			snprintf(job->detail, sizeof job->detail,
+			         "cannot write version %" PRIu64 " to the state directory (%s)",
+			         job->version, fl_strerror(rc));
+			goto out;
+		}
+		hook(f, "written");
+	}
+	job->commit_secs = clk_seconds() - t1;
+	job->new_global = ng;
+	ng = NULL;
+out:
+	tset_free(ng);
+	job->rc = rc;
+}
+
+void fed_job_run(fed_job *job)
+{
+	if (job->type == JOB_UPDATE) {
+		double t0 = clk_seconds();
+		const Fedlora__Update *u = wire_env(job->msg)->update;
+		job->rc = agg_add_payload(job->f->agg, u->delta, job->samples, &job->res);
+		job->agg_secs = clk_seconds() - t0;
+		/* the bulk is no longer needed: free it on the worker */
+		wire_free(job->msg);
+		job->msg = NULL;
+	} else {
+		run_commit(job);
+	}
+}
+
+static int verdict_reason(enum agg_verdict v)
+{
+	switch (v) {
+	case AGG_ACCEPTED:
+		return FEDLORA__UPDATE_ACK__REASON__REASON_NONE;
+	case AGG_NON_FINITE:
+		return FEDLORA__UPDATE_ACK__REASON__REASON_NON_FINITE;
+	case AGG_NORM:
+		return FEDLORA__UPDATE_ACK__REASON__REASON_NORM;
+	case AGG_MALFORMED:
+	case AGG_FULL:
+		break;
+	}
+	return FEDLORA__UPDATE_ACK__REASON__REASON_MALFORMED;
+}
+
+static void done_update(fed *f, fed_job *job, uint64_t now_ms)
+{
+	part *p = job->part_idx < f->nparts ? &f->parts[job->part_idx] : NULL;
+	if (!p || job->round_id != f->round_id) { /* cannot happen: rounds wait for jobs */
+		LOGE(MOD, "update job for a round that is gone");
+		return;
+	}
+	fnode *n = p->n;
+	p->pending = 0;
+	p->answered = 1;
+	f->answered++;
+	int reason;
+	const char *detail;
+	if (job->rc) {
+		reason = FEDLORA__UPDATE_ACK__REASON__REASON_MALFORMED;
+		detail = "coordinator could not process the update";
+		LOGE(MOD, "update from %s: %s", n->cn, fl_strerror(job->rc));
+	} else {
+		reason = verdict_reason(job->res.verdict);
+		detail = job->res.verdict == AGG_ACCEPTED ? "" : job->res.why;
+	}
+	p->reason = reason;
+	p->accepted = reason == FEDLORA__UPDATE_ACK__REASON__REASON_NONE;
+	p->norm = job->res.norm;
+	p->scale = job->res.scale;
+	if (p->accepted) {
+		LOGI(MOD,
+		     "round %" PRIu64 ": update from %s accepted (norm %.4g%s, %" PRIu64
+		     " samples, %.1f ms)",
+		     f->round_id, n->cn, p->norm, p->scale < 1 ? ", clipped" : "", p->samples,
+		     job->agg_secs * 1e3);
+		if (p->scale < 1)
+			met_add(f, "fedlora_updates_clipped_total", NULL, 1);
+	} else {
+		LOGW(MOD, "round %" PRIu64 ": update from %s refused (%s): %s", f->round_id, n->cn,
+		     ack_reason_name(reason), detail);
+	}
+	met_observe(f, "fedlora_update_seconds", job->agg_secs);
+	if (n->st == N_UPLOADING)
+		n->st = N_IDLE;
+	send_ack(f, n->peer, job->round_id, reason, detail);
+	if (f->state == FED_COLLECTING)
+		maybe_close_round(f, now_ms);
+	else
+		finish_round(f, now_ms);
+}
+
+static void done_commit(fed *f, fed_job *job, uint64_t now_ms)
+{
+	if (job->rc || !job->new_global) {
+		f->state = FED_CLOSING; /* for abandon_round's bookkeeping */
+		abandon_round(f, job->detail[0] ? job->detail : "commit failed", now_ms);
+		return;
+	}
+	agg_commit_state(f->agg);
+	tset_free(f->global);
+	f->global = job->new_global;
+	job->new_global = NULL;
+	f->parent = job->parent;
+	memcpy(f->parent_sha, f->sha, 32);
+	f->has_parent = 1;
+	f->version = job->version;
+	memcpy(f->sha, job->sha, 32);
+	buf t = f->snap;
+	f->snap = job->snap;
+	job->snap = t;
+	t = f->delta;
+	f->delta = job->delta;
+	job->delta = t;
+	Fedlora__AdapterPayload p = FEDLORA__ADAPTER_PAYLOAD__INIT;
+	p.kind = FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA;
+	p.from_version = f->version;
+	p.to_version = f->version;
+	p.to_sha256.data = f->sha;
+	p.to_sha256.len = 32;
+	pack_payload(&p, &f->empty);
+	f->committed++;
+	double tl, el;
+	int ht, he;
+	round_losses(f, &tl, &el, &ht, &he);
+	char h[65];
+	hex_encode(f->sha, 32, h);
+	LOGI(MOD,
+	     "round %" PRIu64 " committed version %" PRIu64 " (%.16s...) from %zu updates; "
+	     "aggregate %.1f ms, write %.1f ms%s",
+	     f->round_id, f->version, h, agg_count(f->agg), job->agg_secs * 1e3,
+	     job->commit_secs * 1e3, he ? "" : "");
+	met_add(f, "fedlora_rounds_total", "outcome=\"committed\"", 1);
+	met_set(f, "fedlora_global_version", NULL, (double)f->version);
+	met_observe(f, "fedlora_aggregation_seconds", job->agg_secs);
+	met_observe(f, "fedlora_commit_seconds", job->commit_secs);
+	met_observe(f, "fedlora_round_seconds", (double)(now_ms - f->round_started) / 1e3);
+	if (he)
+		met_set(f, "fedlora_global_loss", NULL, el);
+	if (ht)
+		met_set(f, "fedlora_train_loss", NULL, tl);
+	round_end_msg(f, 1, "", agg_count(f->agg), tl, el, ht, he);
+	round_journal(f, 1, NULL, now_ms, job, tl, el, ht, he);
+	after_round(f, now_ms);
+}
+
+void fed_job_done(fed *f, fed_job *job, uint64_t now_ms)
+{
+	if (f->jobs)
+		f->jobs--;
+	if (job->type == JOB_UPDATE)
+		done_update(f, job, now_ms);
+	else
+		done_commit(f, job, now_ms);
+	wire_free(job->msg);
+	tset_free(job->new_global);
+	buf_fini(&job->snap);
+	buf_fini(&job->delta);
+	free(job);
+}
+
+/* ------------------------------------------------------------------ */
+/* timers, shutdown, introspection                                     */
+
+void fed_tick(fed *f, uint64_t now_ms)
+{
+	switch (f->state) {
+	case FED_IDLE:
+		update_ready(f, now_ms);
+		if (f->ready && now_ms >= f->ready_at)
+			start_round(f, now_ms);
+		break;
+	case FED_COLLECTING:
+		maybe_close_round(f, now_ms);
+		break;
+	default:
+		break;
+	}
+}
+
+int64_t fed_timeout(const fed *f, uint64_t now_ms)
+{
+	uint64_t due = UINT64_MAX;
+	if (f->state == FED_IDLE && f->ready)
+		due = f->ready_at;
+	if (f->state == FED_COLLECTING) {
+		due = f->deadline;
+		for (size_t i = 0; i < f->nparts; i++) {
+			const part *p = &f->parts[i];
+			if (p->gone_at && !p->answered && !p->dropped &&
+			    p->gone_at + f->o.gone_grace_ms < due)
+				due = p->gone_at + f->o.gone_grace_ms;
+		}
+	}
+	if (due == UINT64_MAX)
+		return -1;
+	return due > now_ms ? (int64_t)(due - now_ms) : 0;
+}
+
+void fed_shutdown(fed *f, uint64_t now_ms)
+{
+	if (f->stopping || f->state == FED_STOPPED) {
+		f->stopping = 1;
+		return;
+	}
+	f->stopping = 1;
+	LOGI(MOD, "shutting down (state %s)", fed_state_name(f->state));
+	switch (f->state) {
+	case FED_IDLE:
+		f->state = FED_STOPPED;
+		say_goodbye(f, "coordinator shutting down");
+		break;
+	case FED_COLLECTING:
+		f->collect_ms = now_ms - f->round_started;
+		f->state = FED_CLOSING;
+		finish_round(f, now_ms); /* abandons once in-flight updates are done */
+		break;
+	default: /* closing or committing: finishes, then stops (after_round) */
+		break;
+	}
+}
+
+int fed_done(const fed *f)
+{
+	return f->state == FED_STOPPED && f->jobs == 0;
+}
+
+int fed_idle(const fed *f)
+{
+	return f->jobs == 0;
+}
+
+enum fed_state fed_get_state(const fed *f)
+{
+	return f->state;
+}
+
+uint64_t fed_version(const fed *f)
+{
+	return f->version;
+}
+
+void fed_version_sha(const fed *f, uint8_t out[32])
+{
+	memcpy(out, f->sha, 32);
+}
+
+const tset *fed_global(const fed *f)
+{
+	return f->global;
+}
+
+uint64_t fed_round_id(const fed *f)
+{
+	return f->round_id;
+}
+
+uint64_t fed_rounds_committed(const fed *f)
+{
+	return f->committed;
+}
+
+uint64_t fed_rounds_abandoned(const fed *f)
+{
+	return f->abandoned;
+}
+
+size_t fed_nodes_connected(const fed *f)
+{
+	return f->connected;
+}
+
+size_t fed_participants(const fed *f, const char **cns, size_t cap)
+{
+	for (size_t i = 0; i < f->nparts && i < cap; i++)
+		cns[i] = f->parts[i].n->cn;
+	return f->nparts;
+}
+
+const char *fed_node_state(const fed *f, const char *cn)
+{
+	const fnode *n = node_get(f, cn);
+	if (!n)
+		return NULL;
+	return nstate_names[n->peer ? n->st : N_GONE];
+}

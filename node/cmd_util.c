@@ -1,0 +1,96 @@
+/* cmd_util — see cmd_util.h. */
+#include "cmd_util.h"
+
+#include "cli.h"
+#include "model/kernels.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int cmdu_usage(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+	fprintf(stderr, "fedlora-node %s: ", cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nRun 'fedlora-node %s --help' for usage.\n", cmd);
+	return CLI_USAGE;
+}
+
+int cmdu_opt(const char *cmd, int argc, char **argv, int *i, const char *name, const char **val)
+{
+	const char *a = argv[*i];
+	size_t n = strlen(name);
+	if (strncmp(a, name, n) != 0)
+		return 0;
+	if (a[n] == '=') {
+		*val = a + n + 1;
+		return 1;
+	}
+	if (a[n] != 0)
+		return 0;
+	if (*i + 1 >= argc) {
+		cmdu_usage(cmd, "option %s needs a value", name);
+		return -1;
+	}
+	*val = argv[++*i];
+	return 1;
+}
+
+int cmdu_int(const char *cmd, const char *opt, const char *s, long long lo, long long hi, int *out)
+{
+	char *end;
+	errno = 0;
+	long long v = strtoll(s, &end, 10);
+	if (errno != 0 || end == s || *end != 0 || v < lo || v > hi)
+		return cmdu_usage(cmd, "%s: expected an integer in [%lld, %lld], got '%s'", opt, lo,
+		                  hi, s);
+	*out = (int)v;
+	return 0;
+}
+
+int cmdu_u64(const char *cmd, const char *opt, const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno != 0 || end == s || *end != 0 || s[0] == '-')
+		return cmdu_usage(cmd, "%s: expected an unsigned integer, got '%s'", opt, s);
+	*out = (uint64_t)v;
+	return 0;
+}
+
+int cmdu_float(const char *cmd, const char *opt, const char *s, double lo, double hi, float *out)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (errno != 0 || end == s || *end != 0 || !isfinite(v) || v < lo || v > hi)
+		return cmdu_usage(cmd, "%s: expected a number in [%g, %g], got '%s'", opt, lo, hi,
+		                  s);
+	*out = (float)v;
+	return 0;
+}
+
+void cmdu_threads(int n)
+{
+	kern_set_threads(n);
+}
+
+void cmdu_passive_openmp(char **argv)
+{
+	if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT"))
+		return; /* the user chose */
+	if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0)
+		return;
+	fflush(NULL);
+	execv("/proc/self/exe", argv - 1);
+	/* no /proc or exec refused: carry on with the default policy */
+	unsetenv("OMP_WAIT_POLICY");
+}

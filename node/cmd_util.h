@@ -1,0 +1,43 @@
+/* cmd_util — option parsing shared by the fedlora-node subcommands
+ * (cmd_*.c): `--opt value` and `--opt=value` forms, typed values with
+ * range checks, and usage errors that name the option at fault.
+ *
+ * Every parser prints its own message to stderr ("<cmd>: --dim: ...") and
+ * returns CLI_USAGE (2) on a bad value, so a subcommand can simply
+ * `return rc;`. */
+#ifndef FL_CMD_UTIL_H
+#define FL_CMD_UTIL_H
+#include <stdint.h>
+
+/* If argv[*i] is the option `name` ("--dim"), sets *val to its value (the
+ * next argument, or the text after '=') and advances *i past it; returns 1.
+ * Returns 0 when argv[*i] is another option. A missing value prints an error
+ * and returns -1. */
+int cmdu_opt(const char *cmd, int argc, char **argv, int *i, const char *name, const char **val);
+
+/* Integer / unsigned / float in [lo, hi]; 0 or CLI_USAGE. */
+int cmdu_int(const char *cmd, const char *opt, const char *s, long long lo, long long hi, int *out);
+int cmdu_u64(const char *cmd, const char *opt, const char *s, uint64_t *out);
+int cmdu_float(const char *cmd, const char *opt, const char *s, double lo, double hi, float *out);
+
+/* Prints "<cmd>: <message>\nRun 'fedlora-node <cmd> --help' for usage." and
+ * returns CLI_USAGE. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+int cmdu_usage(const char *cmd, const char *fmt, ...);
+
+/* Applies --threads (0 = leave the OpenMP default) to the model kernels. */
+void cmdu_threads(int n);
+
+/* Model subcommands want OpenMP threads that sleep rather than spin at
+ * barriers (OMP_WAIT_POLICY=passive): on a device shared with other busy
+ * processes, a spinning team whose partner was descheduled runs an order of
+ * magnitude slower, and passive costs nothing measurable on an idle machine.
+ * The policy is read only when the OpenMP runtime loads, so when the
+ * environment does not set it this re-executes the program (/proc/self/exe)
+ * with it set. argv is the subcommand's argv as cli_dispatch passed it (the
+ * program's argv + 1). Returns only when no re-exec happened. */
+void cmdu_passive_openmp(char **argv);
+
+#endif

@@ -1,0 +1,179 @@
+/* model — Llama-family decoder (architectures `llama` and `qwen2`): weights
+ * from a GGUF file (mmapped, kept in their stored type) or from memory,
+ * batched forward over [B, T] token ids to logits and mean cross-entropy,
+ * and incremental decoding with a KV cache.
+ *
+ * Memory, llm.c style: the weights are views (kern_mat) into the mapping or
+ * the caller's buffers; the small 1-D parameters (norms, biases) are copied
+ * once to f32; all activations of a forward pass live in one arena sized
+ * once for [B, T] (model_prepare) and are laid out below; the KV cache and
+ * its own small activation arena are a second allocation (model_cache_init).
+ *
+ * Threads: a model is used by one thread at a time; the kernels inside use
+ * OpenMP (kern_set_threads). */
+#ifndef FL_MODEL_H
+#define FL_MODEL_H
+#include "gguf.h"
+#include "kernels.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum model_arch { MODEL_ARCH_LLAMA = 0, MODEL_ARCH_QWEN2 = 1 };
+
+/* Caps on shapes accepted from files (bigger is refused, not allocated). */
+#define MODEL_MAX_DIM      65536
+#define MODEL_MAX_LAYERS   512
+#define MODEL_MAX_HEADS    1024
+#define MODEL_MAX_HEAD_DIM 1024
+#define MODEL_MAX_VOCAB    1048576
+#define MODEL_MAX_CTX      1048576
+
+typedef struct model_config {
+	int arch;        /* enum model_arch */
+	int dim;         /* C: embedding_length */
+	int n_layers;    /* L: block_count */
+	int n_heads;     /* NH: attention.head_count */
+	int n_kv_heads;  /* NKV: attention.head_count_kv (NH % NKV == 0) */
+	int head_dim;    /* hd = C / NH */
+	int ffn_dim;     /* F: feed_forward_length */
+	int vocab;       /* V: rows of token_embd */
+	int ctx;         /* context_length: the longest position we accept */
+	int n_rot;       /* rope.dimension_count (default hd) */
+	int rope_mode;   /* enum kern_rope_mode: NORM for llama, NEOX for qwen2 */
+	float rope_base; /* rope.freq_base (default 10000) */
+	float norm_eps;  /* attention.layer_norm_rms_epsilon (default 1e-5) */
+} model_config;
+
+/* One decoder block's parameters. Shapes as [out, in]. */
+typedef struct model_layer {
+	const float *attn_norm;    /* [C] */
+	kern_mat wq;               /* [NH*hd, C] */
+	kern_mat wk, wv;           /* [NKV*hd, C] */
+	const float *bq, *bk, *bv; /* [NH*hd], [NKV*hd], [NKV*hd]; qwen2 only, else NULL */
+	kern_mat wo;               /* [C, NH*hd] */
+	const float *ffn_norm;     /* [C] */
+	kern_mat w_gate, w_up;     /* [F, C] */
+	kern_mat w_down;           /* [C, F] */
+} model_layer;
+
+typedef struct model_weights {
+	kern_mat tok_embd;        /* [V, C] */
+	model_layer *layers;      /* [L] */
+	const float *output_norm; /* [C] */
+	kern_mat output;          /* [V, C]; a copy of tok_embd when tied */
+	int tied;                 /* 1 when output is the embedding table */
+} model_weights;
+
+typedef struct model model;
+
+/* Checks a configuration (positive sizes within the caps, NH % NKV == 0,
+ * C == NH*hd, n_rot even and <= hd, finite positive eps/base). FL_EINVAL. */
+int model_config_check(const model_config *c);
+
+/* Loads a GGUF file (general.architecture llama or qwen2): hyper-parameters
+ * from `<arch>.*` metadata, tensors by their standard names, tied output when
+ * output.weight is absent. Matrices stay in the mapping in their stored type;
+ * 1-D tensors are converted to f32 copies. On failure returns FL_EFORMAT
+ * (missing/invalid key or tensor, wrong shape), FL_EUNSUPPORTED (another
+ * architecture or tensor type), FL_EIO, FL_ENOMEM, and writes a one-line
+ * message naming what is wrong into err (or logs it when err is NULL). */
+int model_load(const char *path, model **out, char *err, size_t errlen);
+
+/* Builds a model over weights the caller keeps alive for the model's life
+ * (the struct is copied, the layers array too; the pointed-to data is not).
+ * Shapes are checked against cfg. */
+int model_new_from_weights(const model_config *cfg, const model_weights *w, model **out);
+
+void model_free(model *m);
+
+const model_config *model_cfg(const model *m);
+const model_weights *model_wts(const model *m);
+/* The loaded GGUF reader (owned by the model), NULL for in-memory models;
+ * the tokenizer and other readers of metadata use it. */
+const gguf *model_gguf(const model *m);
+
+/* Total parameter count (elements of all tensors; tied output counted once). */
+size_t model_param_count(const model *m);
+/* Floating-point operations of one forward pass over [B, T] (matmuls only,
+ * 2 flops per multiply-add; attention score and value products over the
+ * causal half included). */
+double model_forward_flops(const model_config *c, int B, int T);
+
+/* Optional per-phase timing of forward passes (benchmarks, tuning): while a
+ * profile is attached, every model_forward/model_decode adds its seconds and
+ * flops here. Detach with NULL. */
+typedef struct model_prof {
+	double t_matmul, t_attn, t_other; /* seconds */
+	double f_matmul, f_attn;          /* flops (2 per multiply-add) */
+	long passes;
+} model_prof;
+void model_set_prof(model *m, model_prof *p);
+
+/* Flags for model_prepare. */
+enum {
+	MODEL_KEEP_ACTS = 1, /* keep every layer's activations (backward pass) */
+};
+
+/* Sizes the forward arena for batches up to [B, T] (T <= ctx). Replaces an
+ * earlier arena. Without MODEL_KEEP_ACTS the layers share one set of
+ * per-layer buffers (inference). FL_ENOMEM, FL_EINVAL, FL_EOVERFLOW. */
+int model_prepare(model *m, int B, int T, int flags);
+/* Bytes of the forward arena (0 before model_prepare). */
+size_t model_arena_bytes(const model *m);
+
+/* Forward over tokens [B, T] (B, T within the prepared arena), positions
+ * 0..T-1 in every sequence. Logits [B, T, V] stay in the arena
+ * (model_logits). If targets [B, T] is non-NULL, *loss gets the mean
+ * cross-entropy over targets >= 0 (targets < 0 are ignored; NAN when none
+ * counts). Token or target ids >= V -> FL_EINVAL (nothing computed). */
+int model_forward(model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
+                  float *loss);
+/* Logits [B, T, V] of the last model_forward. */
+const float *model_logits(const model *m);
+/* Per-position losses [B, T] of the last model_forward with targets. */
+const float *model_losses(const model *m);
+
+/* Activation arena layout, exposed for the backward pass. Per-layer pointers
+ * are `base + l * layer_stride` (stride 0 without MODEL_KEEP_ACTS). N = B*T
+ * of the prepared arena. */
+typedef struct model_acts {
+	int B, T;        /* current batch shape (<= prepared) */
+	float *encoded;  /* [N, C] token embeddings */
+	float *ln1;      /* [L, N, C] attn RMSNorm output */
+	float *ln1_rstd; /* [L, N] */
+	float *q;        /* [L, N, NH*hd] after bias and RoPE */
+	float *k;        /* [L, N, NKV*hd] after bias and RoPE */
+	float *v;        /* [L, N, NKV*hd] */
+	float *att;      /* [L, B, NH, T, T] softmax probabilities */
+	float *atty;     /* [L, N, NH*hd] attention output */
+	float *res1;     /* [L, N, C] residual after attention */
+	float *ln2;      /* [L, N, C] ffn RMSNorm output */
+	float *ln2_rstd; /* [L, N] */
+	float *gate;     /* [L, N, F] pre-activation */
+	float *up;       /* [L, N, F] */
+	float *hmid;     /* [L, N, F] silu(gate) * up */
+	float *res2;     /* [L, N, C] residual after the block */
+	float *lnf;      /* [N, C] */
+	float *lnf_rstd; /* [N] */
+	float *logits;   /* [N, V] */
+	float *losses;   /* [N] */
+	int32_t *pos;    /* [N] positions */
+	size_t stride_C, stride_N, stride_QD, stride_KVD, stride_att, stride_F; /* per-layer */
+} model_acts;
+const model_acts *model_get_acts(const model *m);
+
+/* KV cache for incremental decoding of B sequences of up to max_T tokens
+ * (<= ctx), processed in steps of up to chunk tokens per model_decode call.
+ * Replaces an earlier cache. */
+int model_cache_init(model *m, int B, int max_T, int chunk);
+/* Drops the cached positions (keeps the allocation). */
+void model_cache_reset(model *m);
+/* Tokens already in the cache (the position of the next one). */
+int model_cache_pos(const model *m);
+/* Appends tokens [B, Tn] (Tn <= chunk, pos + Tn <= max_T) to every sequence
+ * and computes their logits [B, Tn, V] into *logits (valid until the next
+ * call). FL_EINVAL for bad ids or shapes, FL_ETOOBIG when the cache is full. */
+int model_decode(model *m, const int32_t *tokens, int B, int Tn, const float **logits);
+
+#endif

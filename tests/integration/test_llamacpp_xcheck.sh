@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# test_llamacpp_xcheck — optional cross-check against llama.cpp: models made
+# by `fedlora-node init-model` (llama and qwen2, F32, a high-gain init so the
+# next-token distribution is peaked) must load in llama.cpp and give the same
+# greedy continuation as `fedlora-node generate --temp 0`.
+#
+# Skipped (exit 77) unless FEDLORA_LLAMACPP_NODE_DIR names a directory where
+# the npm package node-llama-cpp (3.x, which bundles llama.cpp) is installed
+# (`npm install node-llama-cpp` there), `node` is on PATH, and the shared
+# llama-spm vocabulary is present. Not run in CI: it needs that install.
+set -u
+BIN=${FEDLORA_NODE_BIN:?FEDLORA_NODE_BIN not set}
+NLDIR=${FEDLORA_LLAMACPP_NODE_DIR:-}
+VOCAB=${FEDLORA_SHARED:-/nonexistent}/data/vocab/ggml-vocab-llama-spm.gguf
+if [ -z "$NLDIR" ] || [ ! -d "$NLDIR/node_modules/node-llama-cpp" ] || ! command -v node >/dev/null; then
+	echo "skip: set FEDLORA_LLAMACPP_NODE_DIR to a directory with node-llama-cpp installed"
+	exit 77
+fi
+if [ ! -r "$VOCAB" ]; then
+	echo "skip: $VOCAB not found (set FEDLORA_SHARED)"
+	exit 77
+fi
+DIR=$(mktemp -d /tmp/fltest.XXXXXX)
+trap 'rm -rf "$DIR"' EXIT
+cat >"$NLDIR/fl_xcheck.mjs" <<'JS'
+import {getLlama} from "node-llama-cpp";
+const [modelPath, prompt, n] = process.argv.slice(2);
+const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});
+const model = await llama.loadModel({modelPath});
+const ctx = await model.createContext({contextSize: 64, batchSize: 64, threads: 2,
+	flashAttention: false, experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32"});
+const seq = ctx.getSequence();
+let toks = model.tokenize(prompt);
+if (model.tokens.shouldPrependBosToken)
+	toks = [model.tokens.bos, ...toks];
+const out = [];
+for (let i = 0; i < Number(n); i++) {
+	const r = await seq.controlledEvaluate(toks.map((t, j) =>
+		j === toks.length - 1 ? [t, {generateNext: {token: true, options: {temperature: 0}}}] : t));
+	const next = r[toks.length - 1].next.token;
+	out.push(next);
+	toks = [next];
+}
+process.stdout.write(prompt + model.detokenize(out));
+JS
+fails=0
+for arch in llama qwen2; do
+	extra=""
+	[ "$arch" = qwen2 ] && extra="--tie-embeddings"
+	"$BIN" init-model --out "$DIR/$arch.gguf" --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 96 \
+		--ctx 64 --vocab-from "$VOCAB" --std 0.5 --seed 3 --arch $arch $extra >/dev/null || exit 1
+	ours=$("$BIN" generate --model "$DIR/$arch.gguf" --prompt "Once upon a time" -n 16 --temp 0 2>/dev/null)
+	theirs=$(cd "$NLDIR" && node fl_xcheck.mjs "$DIR/$arch.gguf" "Once upon a time" 16)
+	echo "$arch fedlora : $ours"
+	echo "$arch llama.cpp: $theirs"
+	# llama.cpp's detokenize drops the leading space of the first piece (a
+	# SentencePiece display convention); compare without spaces
+	if [ "${ours// /}" = "${theirs// /}" ]; then echo "ok   - $arch greedy continuation matches llama.cpp"; else
+		echo "FAIL - $arch greedy continuation differs"; fails=$((fails + 1)); fi
+done
+rm -f "$NLDIR/fl_xcheck.mjs"
+[ "$fails" = 0 ]
