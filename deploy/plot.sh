@@ -63,10 +63,8 @@ nn=$(($(wc -l <"$out/nodes.csv") - 1))
 awk -F, 'NR > 1 { up[$1] += $5; f32[$1] += $6; down[$1] += $7; seen[$1] = 1 }
 END { for (r in seen) printf "%s %s %s %s\n", r, up[r], f32[r], down[r] }' \
 	"$out/nodes.csv" | sort -n >"$out/.bytes.dat"
-# One data block per node for the loss chart.
-awk -F, 'NR > 1 && $3 != "NaN" { print $2, $1, $3 }' "$out/nodes.csv" | sort -k1,1 -k2,2n |
-	awk 'BEGIN { prev = "" } { if ($1 != prev && prev != "") print "\n"; print $2, $3, $1; prev = $1 }' \
-	>"$out/.nodeloss.dat"
+# One data file per node for the loss chart.
+awk -F, -v dir="$out" 'NR > 1 && $3 != "NaN" { print $1, $3 > (dir "/.node-" $2 ".dat") }' "$out/nodes.csv"
 awk -F, 'NR > 1 && $6 != "NaN" { print $1, $6 }' "$out/rounds.csv" >"$out/.globalloss.dat"
 awk -F, 'NR > 1 && $7 != "NaN" { print $1, $7 / 1000 }' "$out/rounds.csv" >"$out/.time.dat"
 if [ ! -s "$out/.time.dat" ]; then # no journal: node-side round times
@@ -81,16 +79,19 @@ loss_cmd="set output '$out/loss.png'; set title 'held-out loss per round'; set x
 set ylabel 'mean NLL per token'; set key outside right; set grid;"
 plots=()
 [ -s "$out/.globalloss.dat" ] && plots+=("'$out/.globalloss.dat' using 1:2 with linespoints lw 3 title 'global (coordinator)'")
-[ -s "$out/.nodeloss.dat" ] && plots+=("for [i=0:999] '$out/.nodeloss.dat' index i using 1:2 with linespoints title columnhead(3)")
+for f in "$out"/.node-*.dat; do
+	[ -s "$f" ] || continue
+	name=${f##*/.node-}
+	name=${name%.dat}
+	sort -n "$f" -o "$f"
+	plots+=("'$f' using 1:2 with linespoints title '$name'")
+done
 if [ ${#plots[@]} -gt 0 ]; then
-	# columnhead cannot name blocks here: label nodes by their block instead
-	p=$(IFS=,; echo "${plots[*]}")
-	p=${p//title columnhead(3)/notitle}
-	gp "$loss_cmd plot $p" >/dev/null
+	gp "$loss_cmd plot $(IFS=,; echo "${plots[*]}")" >/dev/null
 fi
 if [ -s "$out/.bytes.dat" ]; then
 	gp "set output '$out/bytes.png'; set title 'bytes per round (all nodes)'; set xlabel 'round';
-set ylabel 'bytes'; set grid; set key outside right; set style data linespoints;
+set ylabel 'bytes'; set yrange [0:*]; set grid; set key outside right; set style data linespoints;
 plot '$out/.bytes.dat' using 1:2 title 'uploaded', '' using 1:3 title 'upload if f32', '' using 1:4 title 'downloaded'" >/dev/null
 fi
 if [ -s "$out/.time.dat" ]; then
@@ -98,7 +99,7 @@ if [ -s "$out/.time.dat" ]; then
 set ylabel 'seconds'; set grid; set style fill solid 0.5;
 plot '$out/.time.dat' using 1:2 with boxes notitle" >/dev/null
 fi
-rm -f "$out"/.*.dat
+rm -f "$out"/.*.dat "$out"/.node-*.dat
 ok=0
 for png in loss bytes round_time; do
 	if [ -s "$out/$png.png" ]; then echo "$out/$png.png"; else echo "$prog: $png.png not drawn (no data)" >&2; ok=1; fi
