@@ -17,7 +17,7 @@ static const char *long_steps(const ft *f)
 {
 	/* long enough that "mid-training" is a wide window */
 	return strcmp(f->trainer, "synth") == 0 ? "--train.local_steps=1500"
-	                                        : "--train.local_steps=60";
+	                                        : "--train.local_steps=30";
 }
 
 /* Every version a node verified equals the coordinator's file. */
