@@ -37,7 +37,7 @@ const cfg_key cconf_schema[] = {
      "session dropped after this long without traffic"},
     /* federation */
     {"federation", "base_gguf", CFG_STR, NULL, 0, 0, NULL,
-     "base model GGUF: shapes and fingerprint (SHA-256 of the file)"},
+     "base model GGUF: shapes and fingerprint (common/modelfp.h)"},
     {"federation", "base_sha256", CFG_STR, NULL, 0, 0, NULL,
      "base-model fingerprint as 64 hex digits (when base_gguf is not given)"},
     {"federation", "base_name", CFG_STR, "", 0, 0, NULL,
@@ -218,15 +218,13 @@ int cconf_build(const cfg *c, cconf *o, char *why, size_t whylen)
 			WHY("federation.base_gguf: %s", w2);
 			return rc == FL_ENOENT ? FL_ENOENT : FL_ECONFIG;
 		}
-		rc = mfp_compute(gg, f->base_sha);
+		rc = mfp_compute(gg, f->base_sha); /* the nodes' definition */
 		if (rc) {
 			WHY("federation.base_gguf: cannot read %s", gg);
 			return rc;
 		}
 		if (have_hex && memcmp(hex_sha, f->base_sha, 32)) {
-			WHY("federation.base_sha256 does not match the base-model fingerprint of %s "
-			    "(fedlora-node fingerprint --model FILE)",
-			    gg);
+			WHY("federation.base_sha256 does not match the fingerprint of %s", gg);
 			return FL_ECONFIG;
 		}
 		/* explicit head counts override the GGUF's if given */

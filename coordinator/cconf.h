@@ -5,8 +5,7 @@
  *
  * Loading reads the base GGUF's header (shapes) and computes its base-model
  * fingerprint (common/modelfp.h, the definition nodes use) when
- * federation.base_gguf is set. Start-up only; not
- * thread-safe. */
+ * federation.base_gguf is set. Start-up only; not thread-safe. */
 #ifndef FL_CCONF_H
 #define FL_CCONF_H
 #include <stddef.h>
