@@ -33,7 +33,7 @@ sites=(harbor foundry mill plant)
 t_start=$(date +%s)
 
 # The base model: a small Llama with the byte vocabulary.
-dim=128 layers=4 heads=4 ffn=384 ctx=128 mseed=7 pre_steps=400
+dim=128 layers=4 heads=4 ffn=384 ctx=128 mseed=7 pre_steps=250
 
 say() { printf '%s\n' "$*"; }
 step() { printf '\n== %s (%ds)\n' "$*" "$(($(date +%s) - t_start))"; }
@@ -119,9 +119,9 @@ else
       tail -n 20 "$work/pretrain.log" >&2
       die "pretraining failed"
     }
-    out=$(ls "$work/cache/pretrain"/*.gguf 2>/dev/null | head -n 1)
-    [[ -n $out ]] || die "pretraining wrote no GGUF model into $work/cache/pretrain"
-    mv "$out" "$base"
+    [[ -f $work/cache/pretrain/model.gguf ]] ||
+      die "pretraining wrote no $work/cache/pretrain/model.gguf"
+    mv "$work/cache/pretrain/model.gguf" "$base"
   else
     say "NOTE: this build has no 'fedlora-node train' yet: the base model stays randomly"
     say "      initialised and the nodes use the synth trainer (a stand-in learning problem)."
