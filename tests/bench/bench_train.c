@@ -469,7 +469,7 @@ int main(int argc, char **argv)
 	}
 	double peak2 = sgemm_peak(threads, 5);
 	printf("\nreference again at the end: sgemm peak %.1f GFLOP/s\n", peak2);
-	printf("GFLOP/s: matmul, attention (full square in the backward) and LoRA flops of a "
+	printf("GFLOP/s: matmul, attention (causal chunks) and LoRA flops of a "
 	       "step (forward +\nbackward input gradients + LoRA) over the step's wall time; "
 	       "mm = inside the matrix products\nof both passes; vs f32 = step time over the F32 "
 	       "base's; peak RSS of the process that ran the case.\n");

@@ -229,26 +229,34 @@ static double glu_loss(void *p)
 static void test_swiglu(void **state)
 {
 	(void)state;
-	glu_ctx c;
-	size_t n = 301;
-	c.gate = vnew(n, 6.0);
-	c.up = vnew(n, 2.0);
-	c.g = vnew(n, 1.0);
-	float *dg = malloc(sizeof(float) * n), *du = malloc(sizeof(float) * n);
-	tk_swiglu_bwd(dg, du, c.g.f, c.gate.f, c.up.f, n);
-	fd_check("swiglu dgate", glu_loss, &c, c.gate.d, n, dg, 100000);
-	fd_check("swiglu dup", glu_loss, &c, c.up.d, n, du, 100000);
-	/* in place over dh */
-	float *dh = malloc(sizeof(float) * n);
-	memcpy(dh, c.g.f, sizeof(float) * n);
-	tk_swiglu_bwd(dh, du, dh, c.gate.f, c.up.f, n);
-	assert_memory_equal(dh, dg, sizeof(float) * n);
-	free(dg);
-	free(du);
-	free(dh);
-	vfree(&c.gate);
-	vfree(&c.up);
-	vfree(&c.g);
+	for (int avx = 0; avx < 2; avx++) {
+		int prev = tk_use_avx2(avx);
+		glu_ctx c;
+		size_t n = 301;
+		c.gate = vnew(n, 6.0);
+		c.up = vnew(n, 2.0);
+		c.g = vnew(n, 1.0);
+		c.gate.f[0] = c.gate.d[0] = 95.0f; /* beyond the exp clamp both ways */
+		c.gate.f[1] = c.gate.d[1] = -95.0f;
+		float *dg = malloc(sizeof(float) * n), *du = malloc(sizeof(float) * n);
+		tk_swiglu_bwd(dg, du, c.g.f, c.gate.f, c.up.f, n);
+		fd_check(avx ? "swiglu dgate (avx2 exp)" : "swiglu dgate (libm)", glu_loss, &c,
+		         c.gate.d, n, dg, 100000);
+		fd_check(avx ? "swiglu dup (avx2 exp)" : "swiglu dup (libm)", glu_loss, &c, c.up.d,
+		         n, du, 100000);
+		/* in place over dh */
+		float *dh = malloc(sizeof(float) * n);
+		memcpy(dh, c.g.f, sizeof(float) * n);
+		tk_swiglu_bwd(dh, du, dh, c.gate.f, c.up.f, n);
+		assert_memory_equal(dh, dg, sizeof(float) * n);
+		free(dg);
+		free(du);
+		free(dh);
+		vfree(&c.gate);
+		vfree(&c.up);
+		vfree(&c.g);
+		tk_use_avx2(prev);
+	}
 }
 
 /* ---- attention ------------------------------------------------------------------- */
@@ -350,7 +358,8 @@ static void test_attention(void **state)
 	(void)state;
 	att_case(2, 9, 6, 2, 3, 100000); /* GQA 6 on 2 */
 	att_case(1, 7, 3, 3, 4, 100000); /* MHA */
-	att_case(1, 70, 4, 1, 3, 150);   /* beyond the forward's 64-query chunk, MQA */
+	att_case(1, 70, 4, 1, 3, 150);   /* beyond the 64-query chunk, MQA */
+	att_case(2, 140, 4, 2, 2, 150);  /* three chunks, GQA */
 }
 
 /* ---- cross-entropy ------------------------------------------------------------------ */
