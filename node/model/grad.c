@@ -115,6 +115,8 @@ double grad_backward_flops(const model_config *c, int B, int T, int full)
 	const double N = (double)B * T;
 	double per_tok = c->n_layers * (C * QD + 2 * C * KVD + QD * C + 3 * C * F) + C * c->vocab;
 	double mm = 2.0 * N * per_tok * (full ? 2.0 : 1.0);
+	if (!full) /* layer 0's q/k/v input gradient is skipped */
+		mm -= 2.0 * N * (C * QD + 2 * C * KVD);
 	/* attention: four products per head over query chunks of 64 that see
 	 * the keys up to their end (as tk_attention_bwd computes them) */
 	double pairs = 0;
