@@ -27,7 +27,7 @@
 # Environment (defaults in brackets):
 #   FEDLORA_BUILD [<repo>/build]   FEDLORA_SHARED [/work/shared/data]
 #   CACHE [<build>/quality-cache]  OUT [<build>/quality-out]   IMG [unset]
-#   NODES [20] PER_ROUND [10] ROUNDS [8] LOCAL_STEPS [10] BATCH [8] CTX [64]
+#   NODES [20] PER_ROUND [10] ROUNDS [6] LOCAL_STEPS [8] BATCH [8] CTX [64]
 #   LR [0.003] RANK [16] ALPHA [32] TARGETS [attn_q,attn_v] EVAL_TOKENS [4096]
 #   DIM [128] LAYERS [4] HEADS [4] FFN [384] MCTX [128] PRE_STEPS [800]
 #   PRE_DATA [warpeace.txt] TASK_DATA [tinyshakespeare.txt]
@@ -39,8 +39,8 @@ shared=${FEDLORA_SHARED:-/work/shared/data}
 CACHE=${CACHE:-$build/quality-cache}
 OUT=${OUT:-$build/quality-out}
 IMG=${IMG:-}
-NODES=${NODES:-20} PER_ROUND=${PER_ROUND:-10} ROUNDS=${ROUNDS:-8}
-LOCAL_STEPS=${LOCAL_STEPS:-10} BATCH=${BATCH:-8} CTX=${CTX:-64} LR=${LR:-0.003}
+NODES=${NODES:-20} PER_ROUND=${PER_ROUND:-10} ROUNDS=${ROUNDS:-6}
+LOCAL_STEPS=${LOCAL_STEPS:-8} BATCH=${BATCH:-8} CTX=${CTX:-64} LR=${LR:-0.003}
 RANK=${RANK:-16} ALPHA=${ALPHA:-32} TARGETS=${TARGETS:-attn_q,attn_v}
 EVAL_TOKENS=${EVAL_TOKENS:-4096}
 DIM=${DIM:-128} LAYERS=${LAYERS:-4} HEADS=${HEADS:-4} FFN=${FFN:-384} MCTX=${MCTX:-128}
@@ -48,7 +48,7 @@ PRE_STEPS=${PRE_STEPS:-800} PRE_DATA=${PRE_DATA:-warpeace.txt}
 TASK_DATA=${TASK_DATA:-tinyshakespeare.txt}
 node_bin=$build/fedlora-node
 coord_bin=$build/fedlora-coordinator
-all_runs="central local f32 q8 q4ef q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef"
+all_runs="central local f32 q4ef q8 q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef"
 runs=${*:-$all_runs}
 
 die() {
@@ -123,7 +123,7 @@ score() {
     xargs -P 2 -I{} bash -c '
       i=$1; ad=$2; a=(); if [[ $ad != - ]]; then a=(--adapter "$(printf "$ad" "$i")"); fi
       l=$("$3" eval --model "$4" --data "$5/$(printf node-%03d $((i - 1)))/eval.txt" --ctx "$6" \
-          --max-tokens "$7" --batch 8 --threads 1 "${a[@]}" | awk "/^result/ {print \$3}")
+          --max-tokens "$7" --batch 8 --threads 1 "${a[@]}" 2>/dev/null | awk "/^result/ {print \$3}")
       echo "$i $l"' _ {} "$ad" "$node_bin" "$base" "$shards" "$CTX" "$EVAL_TOKENS" |
     sort -n >"$OUT/$name.evals"
   [[ $(awk 'NF == 2' "$OUT/$name.evals" | wc -l) == "$NODES" ]] || die "$name: scoring failed"
