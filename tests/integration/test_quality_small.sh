@@ -13,6 +13,7 @@ set -euo pipefail
 src=${FEDLORA_SRC:-$(cd "$(dirname "$0")/../.." && pwd)}
 build=${FEDLORA_BUILD:-$src/build}
 shared=${FEDLORA_SHARED:-}
+[[ -n $shared && -d $shared/data ]] && shared=$shared/data
 if [[ -z $shared || ! -f $shared/warpeace.txt || ! -f $shared/tinyshakespeare.txt ]]; then
   echo "SKIP: FEDLORA_SHARED with warpeace.txt and tinyshakespeare.txt is not set"
   exit 77
