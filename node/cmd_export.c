@@ -208,6 +208,7 @@ int cmd_export(int argc, char **argv)
 		usage(stdout);
 		return CLI_OK;
 	}
+	cmdu_passive_openmp(argv);
 	opts o;
 	int rc = parse(argc, argv, &o);
 	if (rc != 0)

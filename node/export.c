@@ -104,37 +104,6 @@ int exp_calib_tokens(const tok *tk, const void *text, size_t n, int n_seq, int s
 	return 0;
 }
 
-int exp_eval_nll(model *m, const int32_t *ids, size_t n, int ctx, double *nll, size_t *count)
-{
-	if (!m || !ids || n < 2 || ctx < 1 || ctx > model_cfg(m)->ctx)
-		return FL_EINVAL;
-	int rc = model_prepare(m, 1, ctx, 0);
-	if (rc != 0)
-		return rc;
-	int32_t *tg = malloc(sizeof(int32_t) * (size_t)ctx);
-	if (!tg)
-		return FL_ENOMEM;
-	double sum = 0.0;
-	size_t cnt = 0;
-	for (size_t st = 0; st + 1 < n; st += (size_t)ctx) {
-		size_t len = n - 1 - st < (size_t)ctx ? n - 1 - st : (size_t)ctx;
-		memcpy(tg, ids + st + 1, sizeof(int32_t) * len);
-		if ((rc = model_forward(m, ids + st, tg, 1, (int)len, NULL)) != 0)
-			break;
-		const float *ls = model_losses(m);
-		for (size_t j = 0; j < len; j++)
-			sum += ls[j];
-		cnt += len;
-	}
-	free(tg);
-	if (rc != 0)
-		return rc;
-	*nll = sum / (double)cnt;
-	if (count)
-		*count = cnt;
-	return 0;
-}
-
 /* ------------------------------------------------------------------ */
 /* the merged export                                                    */
 

@@ -72,12 +72,6 @@ void exp_fold(float *W, int rows, int cols, const float *A, const float *B, int 
 int exp_calib_tokens(const tok *tk, const void *text, size_t n, int n_seq, int seq_len,
                      int32_t **out, size_t *n_avail, char *why, size_t whylen);
 
-/* Mean cross-entropy (nats/token) of m over ids[0..n): consecutive
- * windows of ctx + 1 tokens overlapping by one, so every token after the
- * first is predicted exactly once, from the start of its window. *count
- * gets the number of predicted tokens. Used by tests and benchmarks. */
-int exp_eval_nll(model *m, const int32_t *ids, size_t n, int ctx, double *nll, size_t *count);
-
 /* The final-norm outputs [S * T, C] of S sequences of T tokens, computed
  * with m's own weights by the same chunked per-layer code (batch sequences
  * at a time) that feeds GPTQ its calibration inputs; tests compare it with

@@ -667,6 +667,12 @@ fail:
 	return rc;
 }
 
+void trn_set_prof(trainer *t, model_prof *fp, grad_prof *gp)
+{
+	model_set_prof(t->m, fp);
+	grad_set_prof(t->ws, gp);
+}
+
 int trn_adapter_layout(const trainer *t, tset **out)
 {
 	if (t->o.full)

@@ -28,6 +28,7 @@
 #include "dataset.h"
 #include "gguf.h"
 #include "model/adapter.h"
+#include "model/grad.h"
 #include "model/model.h"
 #include "tensor.h"
 
@@ -111,6 +112,10 @@ int trn_new(trn_base *b, const trn_opts *o, trainer **out, char *err, size_t err
 void trn_free(trainer *t);
 /* Bytes of the trainer's own buffers (arena, workspace, adapter, moments). */
 size_t trn_bytes(const trainer *t);
+
+/* Optional per-phase timing (benchmarks): every following forward adds to
+ * fp and every backward to gp (either may be NULL: detached). */
+void trn_set_prof(trainer *t, model_prof *fp, grad_prof *gp);
 
 /* A zero adapter / the initial adapter (PEFT init, seed) of the trainer's
  * spec. */

@@ -115,9 +115,16 @@ double grad_backward_flops(const model_config *c, int B, int T, int full)
 	const double N = (double)B * T;
 	double per_tok = c->n_layers * (C * QD + 2 * C * KVD + QD * C + 3 * C * F) + C * c->vocab;
 	double mm = 2.0 * N * per_tok * (full ? 2.0 : 1.0);
-	/* attention: four T x T x hd products per head (full square, causal
-	 * half is zeros but computed) */
-	double att = 2.0 * 4.0 * c->n_layers * (double)B * c->n_heads * c->head_dim * (double)T * T;
+	if (!full) /* layer 0's q/k/v input gradient is skipped */
+		mm -= 2.0 * N * (C * QD + 2 * C * KVD);
+	/* attention: four products per head over query chunks of 64 that see
+	 * the keys up to their end (as tk_attention_bwd computes them) */
+	double pairs = 0;
+	for (int t0 = 0; t0 < T; t0 += 64) {
+		int t1 = t0 + 64 < T ? t0 + 64 : T;
+		pairs += (double)(t1 - t0) * t1;
+	}
+	double att = 2.0 * 4.0 * c->n_layers * (double)B * c->n_heads * c->head_dim * pairs;
 	return mm + att;
 }
 

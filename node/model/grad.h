@@ -70,9 +70,10 @@ int grad_backward(grad_ws *ws, model *m, const int32_t *tokens, const int32_t *t
                   int *n_counted);
 
 /* Floating-point operations of one backward over [B, T] (2 per
- * multiply-add; matmuls and attention): input gradients of every
- * projection, attention, and with full the weight gradients. LoRA terms
- * excluded. */
+ * multiply-add): the input gradient of every projection and the output
+ * layer, attention over its causal chunks, and with full the weight
+ * gradients; without full, layer 0's q/k/v input gradients are left out
+ * (the pass stops there when layer 0 is adapted). LoRA terms excluded. */
 double grad_backward_flops(const model_config *c, int B, int T, int full);
 
 /* Optional timing (benchmarks): seconds inside the matrix products of the

@@ -1,5 +1,7 @@
 /* train_kern — see train_kern.h. */
 #include "train_kern.h"
+#include "kernels_avx2.h"
+#include "train_kern_avx2.h"
 
 #include "err.h"
 #include "gtype.h"
@@ -9,9 +11,29 @@
 #include <omp.h>
 #include <string.h>
 
+/* Query rows per chunk of the attention backward (as the forward). */
+#define ATT_BWD_QCHUNK 64
+
 /* Same cut-offs as kernels.c: small work stays on the calling thread. */
 static size_t PAR_MIN_WORK = 32768;
 static size_t PAR_MIN_MACS = (size_t)1 << 20;
+
+/* AVX2 loops: -1 not decided yet (first use asks the CPU), 0 off, 1 on. */
+static int tk_avx2 = -1;
+
+int tk_use_avx2(int on)
+{
+	int prev = tk_avx2 < 0 ? kern_avx2_usable() : tk_avx2;
+	tk_avx2 = on && kern_avx2_usable();
+	return prev;
+}
+
+static int avx2_on(void)
+{
+	if (tk_avx2 < 0)
+		tk_avx2 = kern_avx2_usable();
+	return tk_avx2;
+}
 
 void tk_parallel_always(int on)
 {
@@ -298,6 +320,16 @@ void tk_rope_bwd(float *dx, int ld, const int32_t *pos, int N, int nh, int hd, i
 void tk_swiglu_bwd(float *dgate, float *dup, const float *dh, const float *gate, const float *up,
                    size_t n)
 {
+	if (avx2_on()) {
+		/* 4096-element blocks keep the threads' slices cache-line aligned */
+		const size_t blk = 4096, nb = (n + blk - 1) / blk;
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
+		for (size_t b = 0; b < nb; b++) {
+			size_t o = b * blk, len = n - o < blk ? n - o : blk;
+			tk_avx2_swiglu_bwd(dgate + o, dup + o, dh + o, gate + o, up + o, len);
+		}
+		return;
+	}
 #pragma omp parallel for simd schedule(static) if (n > PAR_MIN_WORK)
 	for (size_t i = 0; i < n; i++) {
 		const float g = gate[i];
@@ -313,7 +345,8 @@ void tk_swiglu_bwd(float *dgate, float *dup, const float *dh, const float *gate,
 
 size_t tk_attention_bwd_scratch(int B, int T, int NH, int NKV, int hd, int nthreads)
 {
-	size_t n = (size_t)T * (size_t)T * (size_t)nthreads;
+	const size_t qc = T < ATT_BWD_QCHUNK ? (size_t)T : ATT_BWD_QCHUNK;
+	size_t n = qc * (size_t)T * (size_t)nthreads; /* dP of one query chunk */
 	if (NKV != NH) /* per-head dK, dV before summing each group */
 		n += 2 * (size_t)B * (size_t)T * (size_t)NH * (size_t)hd;
 	return n;
@@ -328,25 +361,26 @@ void tk_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const 
 	const int group = NH / NKV, QD = NH * hd;
 	const float scale = (float)(1.0 / sqrt((double)hd));
 	const int items = B * NH;
-	const size_t macs = (size_t)items * T * (size_t)T * (size_t)hd * 4;
+	const size_t macs = (size_t)items * T * (size_t)T * (size_t)hd * 2;
 	int nth = nthreads_for(macs, items);
 	size_t extra = NKV != NH ? 2 * (size_t)B * T * (size_t)QD : 0;
-	while (nth > 1 && extra + (size_t)T * T * nth > scratch_n)
+	const size_t per = (size_t)(T < ATT_BWD_QCHUNK ? T : ATT_BWD_QCHUNK) * (size_t)T;
+	while (nth > 1 && extra + per * nth > scratch_n)
 		nth--;
 	/* Per-head dK, dV: straight into dk/dv without GQA, else [B, T, NH*hd]
 	 * buffers summed per group afterwards. */
 	float *dkh = dk, *dvh = dv;
 	int kh_ld = s->kv_ld;
 	if (NKV != NH) {
-		dkh = scratch + (size_t)T * T * nth;
+		dkh = scratch + per * nth;
 		dvh = dkh + (size_t)B * T * QD;
 		kh_ld = QD;
 	}
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
 	for (int it = 0; it < items; it++) {
 		const int h = it % NH, b = it / NH, kv = h / group;
-		float *dP = scratch + (size_t)omp_get_thread_num() * T * T;
-		const float *P = att + ((size_t)b * NH + h) * (size_t)T * Tk;
+		float *dP = scratch + (size_t)omp_get_thread_num() * per;
+		const float *Pb = att + ((size_t)b * NH + h) * (size_t)T * Tk;
 		const float *dO = dout + (size_t)b * T * s->out_ld + (size_t)h * hd;
 		const float *Q = q + (size_t)b * T * s->q_ld + (size_t)h * hd;
 		const float *K = k + (size_t)b * s->kv_bs + (size_t)kv * hd;
@@ -355,30 +389,43 @@ void tk_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const 
 		float *dK = dkh + (size_t)b * T * kh_ld + (size_t)hc * hd;
 		float *dV = dvh + (size_t)b * T * kh_ld + (size_t)hc * hd;
 		float *dQ = dq + (size_t)b * T * s->q_ld + (size_t)h * hd;
-		/* dV [T, hd] = P^T [T, T] @ dO [T, hd] */
-		cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, Tk, dO,
-		            s->out_ld, 0.0f, dV, kh_ld);
-		/* dP [T, T] = dO @ V^T */
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dO, s->out_ld,
-		            V, s->kv_ld, 0.0f, dP, T);
-		/* dS = P * (dP - rowsum(P * dP)), causal part only */
 		for (int t = 0; t < T; t++) {
-			const float *pr = P + (size_t)t * Tk;
-			float *dr = dP + (size_t)t * T;
-			double dot = 0.0;
-			for (int j = 0; j <= t; j++)
-				dot += (double)pr[j] * dr[j];
-			const float d = (float)dot;
-#pragma omp simd
-			for (int j = 0; j <= t; j++)
-				dr[j] = pr[j] * (dr[j] - d);
-			memset(dr + t + 1, 0, sizeof(float) * (size_t)(T - t - 1));
+			memset(dK + (size_t)t * kh_ld, 0, sizeof(float) * (size_t)hd);
+			memset(dV + (size_t)t * kh_ld, 0, sizeof(float) * (size_t)hd);
 		}
-		/* dQ [T, hd] = scale * dS @ K ; dK [T, hd] = scale * dS^T @ Q */
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dP, T, K,
-		            s->kv_ld, 0.0f, dQ, s->q_ld);
-		cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dP, T, Q,
-		            s->q_ld, 0.0f, dK, kh_ld);
+		/* query chunks: chunk [t0, t1) sees keys [0, t1) only (causal), so
+		 * the products skip the zero upper triangle but for the diagonal
+		 * blocks */
+		for (int t0 = 0; t0 < T; t0 += ATT_BWD_QCHUNK) {
+			const int t1 = t0 + ATT_BWD_QCHUNK < T ? t0 + ATT_BWD_QCHUNK : T;
+			const int m = t1 - t0, nk = t1;
+			const float *P = Pb + (size_t)t0 * Tk;
+			/* dV [nk, hd] += P^T [nk, m] @ dO [m, hd] */
+			cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hd, m, 1.0f, P, Tk,
+			            dO + (size_t)t0 * s->out_ld, s->out_ld, 1.0f, dV, kh_ld);
+			/* dP [m, nk] = dO [m, hd] @ V [nk, hd]^T */
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, hd, 1.0f,
+			            dO + (size_t)t0 * s->out_ld, s->out_ld, V, s->kv_ld, 0.0f, dP,
+			            nk);
+			/* dS = P * (dP - rowsum(P * dP)), causal part only */
+			for (int t = t0; t < t1; t++) {
+				const float *pr = Pb + (size_t)t * Tk;
+				float *dr = dP + (size_t)(t - t0) * nk;
+				double dot = 0.0;
+				for (int j = 0; j <= t; j++)
+					dot += (double)pr[j] * dr[j];
+				const float d = (float)dot;
+#pragma omp simd
+				for (int j = 0; j <= t; j++)
+					dr[j] = pr[j] * (dr[j] - d);
+				memset(dr + t + 1, 0, sizeof(float) * (size_t)(nk - t - 1));
+			}
+			/* dQ [m, hd] = scale * dS @ K [nk, hd]; dK [nk, hd] += scale * dS^T @ Q */
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, hd, nk, scale, dP,
+			            nk, K, s->kv_ld, 0.0f, dQ + (size_t)t0 * s->q_ld, s->q_ld);
+			cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hd, m, scale, dP,
+			            nk, Q + (size_t)t0 * s->q_ld, s->q_ld, 1.0f, dK, kh_ld);
+		}
 	}
 	if (NKV == NH)
 		return;

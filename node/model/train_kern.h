@@ -19,6 +19,10 @@
 /* Like kern_parallel_always for these kernels (tests cover the threaded
  * paths on tiny shapes). Not thread-safe: call at start-up. */
 void tk_parallel_always(int on);
+/* Whether the AVX2+FMA loops (SwiGLU backward) are used: on by default when
+ * the CPU has them; 0 forces the portable loops (tests run both). Returns
+ * the previous setting; asking for 1 without AVX2 leaves it off. */
+int tk_use_avx2(int on);
 
 /* LoRA forward of one projection:
  *   u [N, r] = x [N, in] (row stride ld_x) @ A [r, in]^T      (overwrite)
@@ -83,7 +87,8 @@ size_t tk_attention_bwd_scratch(int B, int T, int NH, int NKV, int hd, int nthre
  * given dout [B, T, NH*hd] (s->out_ld) and the forward's q, k, v and att,
  * writes (overwrite) dq [B, T, NH*hd] (row stride s->q_ld) and dk, dv
  * [B, T, NKV*hd] (row stride s->kv_ld), summing the query heads that share
- * a KV head. Per (sequence, head):
+ * a KV head. Per (sequence, head), in chunks of 64 queries that see the
+ * keys up to the chunk's end (the causal part, as the forward):
  *   dV += P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(P * dP)),
  *   dQ = scale * dS K,  dK += scale * dS^T Q,  scale = 1/sqrt(hd). */
 void tk_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,

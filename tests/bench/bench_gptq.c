@@ -22,6 +22,9 @@
  * one export per variant (each takes seconds to minutes); the forward
  * reference is the median of 3.
  *
+ * OpenMP waits passively (OMP_WAIT_POLICY=passive unless the environment
+ * sets it), as the fedlora-node model subcommands do.
+ *
  * Usage: bench_gptq [--shape small|large] [--vocab GGUF] [--threads N]
  *                   [--calib-seqs S] [--held-seqs H] [--seq T] [--dir DIR]
  *                   [--model M.gguf --calib-text F --held-text G]
@@ -273,17 +276,26 @@ static double seq_nll(model *m, const int32_t *seq, int S, int T)
 	return sum / (double)cnt;
 }
 
+/* non-negative decimal int, -1 on anything else */
+static int num(const char *s)
+{
+	char *end;
+	long v = strtol(s, &end, 10);
+	return (*s && !*end && v >= 0 && v <= 1000000) ? (int)v : -1;
+}
+
 /* ---- child: one export ------------------------------------------------- */
 
 static int child_export(char **a)
 {
 	/* a: out type(0 q8 / 1 q4) gptq model calib.bin S T */
 	const char *out = a[0], *mp = a[3], *cb = a[4];
-	uint32_t type = atoi(a[1]) ? GTYPE_Q4_0 : GTYPE_Q8_0;
-	int gptq = atoi(a[2]), S = atoi(a[5]), T = atoi(a[6]);
+	uint32_t type = num(a[1]) ? GTYPE_Q4_0 : GTYPE_Q8_0;
+	int gptq = num(a[2]), S = num(a[5]), T = num(a[6]);
 	uint8_t *raw = NULL;
 	size_t n = 0;
-	if (file_read_all(cb, (size_t)1 << 30, &raw, &n) != 0 || n != sizeof(int32_t) * S * T) {
+	if (S < 1 || T < 2 || file_read_all(cb, (size_t)1 << 30, &raw, &n) != 0 ||
+	    n != sizeof(int32_t) * S * T) {
 		fprintf(stderr, "bench_gptq child: bad calibration file\n");
 		return 1;
 	}
@@ -343,6 +355,12 @@ static int32_t *text_tokens(model *m, const char *path, size_t *n)
 
 int main(int argc, char **argv)
 {
+	/* sleeping, not spinning, OpenMP waits (see cmdu_passive_openmp): read
+	 * when the runtime loads, so re-execute once with it set */
+	if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "passive", 1) == 0) {
+		execv("/proc/self/exe", argv);
+		unsetenv("OMP_WAIT_POLICY");
+	}
 	if (argc >= 9 && strcmp(argv[1], "--child-export") == 0)
 		return child_export(argv + 2);
 	const char *shape = "small", *vocab = NULL, *dir = NULL, *model_in = NULL;
@@ -356,13 +374,13 @@ int main(int argc, char **argv)
 		else if (strcmp(argv[i], "--dir") == 0)
 			dir = argv[i + 1];
 		else if (strcmp(argv[i], "--threads") == 0)
-			threads = atoi(argv[i + 1]);
+			threads = num(argv[i + 1]);
 		else if (strcmp(argv[i], "--calib-seqs") == 0)
-			S = atoi(argv[i + 1]);
+			S = num(argv[i + 1]);
 		else if (strcmp(argv[i], "--held-seqs") == 0)
-			H = atoi(argv[i + 1]);
+			H = num(argv[i + 1]);
 		else if (strcmp(argv[i], "--seq") == 0)
-			T = atoi(argv[i + 1]);
+			T = num(argv[i + 1]);
 		else if (strcmp(argv[i], "--model") == 0)
 			model_in = argv[i + 1];
 		else if (strcmp(argv[i], "--calib-text") == 0)
@@ -373,6 +391,11 @@ int main(int argc, char **argv)
 			fprintf(stderr, "bench_gptq: unknown option %s\n", argv[i]);
 			return 2;
 		}
+	}
+	if (threads < 1 || S < 0 || H < 0 || T < 0) {
+		fprintf(stderr,
+		        "bench_gptq: --threads/--calib-seqs/--held-seqs/--seq need numbers\n");
+		return 2;
 	}
 	int large = strcmp(shape, "large") == 0;
 	if (!S)

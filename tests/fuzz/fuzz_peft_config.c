@@ -27,7 +27,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	uint32_t layer;
 	int target, is_b;
 	if (lfmt_parse_name(name, &layer, &target, &is_b) == 0) {
-		if (layer >= LFMT_MAX_LAYERS || !lfmt_target_name(target) || (is_b != 0 && is_b != 1))
+		if (layer >= LFMT_MAX_LAYERS || !lfmt_target_name(target) ||
+		    (is_b != 0 && is_b != 1))
 			abort();
 	}
 	return 0;

@@ -56,7 +56,7 @@ static void test_text(void **state)
 	assert_int_equal(ds_n_windows(tr, 3), 3);
 	assert_int_equal(ds_n_windows(tr, 8), 1);
 	assert_int_equal(ds_n_windows(tr, 5), 2);
-	int32_t in[5], tg[5];
+	int32_t in[9], tg[9];
 	assert_int_equal(ds_window(tr, 3, 0, in, tg), 3);
 	assert_int_equal(in[0], 1);
 	assert_int_equal(tg[0], id_of('a'));

@@ -11,6 +11,7 @@
 
 #include "err.h"
 #include "gtype.h"
+#include "half.h"
 #include "model/kernels.h"
 #include "model/train_kern.h"
 
@@ -229,26 +230,34 @@ static double glu_loss(void *p)
 static void test_swiglu(void **state)
 {
 	(void)state;
-	glu_ctx c;
-	size_t n = 301;
-	c.gate = vnew(n, 6.0);
-	c.up = vnew(n, 2.0);
-	c.g = vnew(n, 1.0);
-	float *dg = malloc(sizeof(float) * n), *du = malloc(sizeof(float) * n);
-	tk_swiglu_bwd(dg, du, c.g.f, c.gate.f, c.up.f, n);
-	fd_check("swiglu dgate", glu_loss, &c, c.gate.d, n, dg, 100000);
-	fd_check("swiglu dup", glu_loss, &c, c.up.d, n, du, 100000);
-	/* in place over dh */
-	float *dh = malloc(sizeof(float) * n);
-	memcpy(dh, c.g.f, sizeof(float) * n);
-	tk_swiglu_bwd(dh, du, dh, c.gate.f, c.up.f, n);
-	assert_memory_equal(dh, dg, sizeof(float) * n);
-	free(dg);
-	free(du);
-	free(dh);
-	vfree(&c.gate);
-	vfree(&c.up);
-	vfree(&c.g);
+	for (int avx = 0; avx < 2; avx++) {
+		int prev = tk_use_avx2(avx);
+		glu_ctx c;
+		size_t n = 301;
+		c.gate = vnew(n, 6.0);
+		c.up = vnew(n, 2.0);
+		c.g = vnew(n, 1.0);
+		c.gate.f[0] = c.gate.d[0] = 95.0f; /* beyond the exp clamp both ways */
+		c.gate.f[1] = c.gate.d[1] = -95.0f;
+		float *dg = malloc(sizeof(float) * n), *du = malloc(sizeof(float) * n);
+		tk_swiglu_bwd(dg, du, c.g.f, c.gate.f, c.up.f, n);
+		fd_check(avx ? "swiglu dgate (avx2 exp)" : "swiglu dgate (libm)", glu_loss, &c,
+		         c.gate.d, n, dg, 100000);
+		fd_check(avx ? "swiglu dup (avx2 exp)" : "swiglu dup (libm)", glu_loss, &c, c.up.d,
+		         n, du, 100000);
+		/* in place over dh */
+		float *dh = malloc(sizeof(float) * n);
+		memcpy(dh, c.g.f, sizeof(float) * n);
+		tk_swiglu_bwd(dh, du, dh, c.gate.f, c.up.f, n);
+		assert_memory_equal(dh, dg, sizeof(float) * n);
+		free(dg);
+		free(du);
+		free(dh);
+		vfree(&c.gate);
+		vfree(&c.up);
+		vfree(&c.g);
+		tk_use_avx2(prev);
+	}
 }
 
 /* ---- attention ------------------------------------------------------------------- */
@@ -350,7 +359,8 @@ static void test_attention(void **state)
 	(void)state;
 	att_case(2, 9, 6, 2, 3, 100000); /* GQA 6 on 2 */
 	att_case(1, 7, 3, 3, 4, 100000); /* MHA */
-	att_case(1, 70, 4, 1, 3, 150);   /* beyond the forward's 64-query chunk, MQA */
+	att_case(1, 70, 4, 1, 3, 150);   /* beyond the 64-query chunk, MQA */
+	att_case(2, 140, 4, 2, 2, 150);  /* three chunks, GQA */
 }
 
 /* ---- cross-entropy ------------------------------------------------------------------ */
@@ -431,15 +441,37 @@ static void mm_case(uint32_t type, int N, int O, int In, size_t scratch_n)
 	c.x = vnew((size_t)N * In, 1.0);
 	c.W = vnew((size_t)O * In, 1.0);
 	c.g = vnew((size_t)N * O, 1.0);
-	/* store W in `type`, and use its dequantized values as the truth */
+	/* store W in `type`, and use its dequantized values as the truth; the
+	 * K-quants (dequantization only) get random blocks with small scales */
 	size_t rb = 0;
 	assert_int_equal(gtype_row_size(type, (uint64_t)In, &rb), 0);
 	uint8_t *Wq = malloc(rb * O);
 	for (int o = 0; o < O; o++) {
-		assert_int_equal(
-		    gtype_quant_row(type, c.W.f + (size_t)o * In, Wq + rb * o, (size_t)In), 0);
-		assert_int_equal(
-		    gtype_dequant_row(type, Wq + rb * o, c.W.f + (size_t)o * In, (size_t)In), 0);
+		uint8_t *row = Wq + rb * o;
+		if (type == GTYPE_Q4_K || type == GTYPE_Q6_K) {
+			for (size_t i = 0; i < rb; i++)
+				row[i] = (uint8_t)(tu_rand(&rs) >> 24);
+			const size_t bb = gtype_block_bytes(type);
+			for (size_t blk = 0; blk < rb / bb; blk++) {
+				uint8_t *p = row + blk * bb;
+				/* Q4_K: f16 d, dmin first; Q6_K: f16 d last */
+				uint16_t d = half_from_f32(0.01f), dm = half_from_f32(0.004f);
+				if (type == GTYPE_Q4_K) {
+					p[0] = (uint8_t)d;
+					p[1] = (uint8_t)(d >> 8);
+					p[2] = (uint8_t)dm;
+					p[3] = (uint8_t)(dm >> 8);
+				} else {
+					p[bb - 2] = (uint8_t)d;
+					p[bb - 1] = (uint8_t)(d >> 8);
+				}
+			}
+		} else {
+			assert_int_equal(
+			    gtype_quant_row(type, c.W.f + (size_t)o * In, row, (size_t)In), 0);
+		}
+		assert_int_equal(gtype_dequant_row(type, row, c.W.f + (size_t)o * In, (size_t)In),
+		                 0);
 	}
 	for (size_t i = 0; i < c.W.n; i++)
 		c.W.d[i] = c.W.f[i];
@@ -502,6 +534,9 @@ static void test_matmul(void **state)
 	mm_case(GTYPE_Q8_0, 9, 45, 96, big);
 	mm_case(GTYPE_Q4_0, 9, 45, 96, big);
 	mm_case(GTYPE_F16, 5, 19, 64, big);
+	size_t big2 = tk_matmul_dx_scratch(768, 4);
+	mm_case(GTYPE_Q4_K, 7, 40, 768, big2); /* 3 super-blocks over 2-3 threads */
+	mm_case(GTYPE_Q6_K, 7, 40, 512, big2);
 	/* a scratch of 16 rows per thread forces many tiles per slice */
 	mm_case(GTYPE_Q8_0, 6, 70, 64, 16 * 64);
 	mm_case(GTYPE_Q4_0, 6, 70, 128, 2 * 16 * 64);
