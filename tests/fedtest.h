@@ -489,7 +489,9 @@ static inline int ft_teardown(void **state)
 static inline void ft_cleanup(ft *f, int failed)
 {
 	ft_stop_all(f);
-	if (failed) {
+	/* a sanitizer report in any process fails the test */
+	int san = tu_system("grep -l -E 'Sanitizer|runtime error:' '%s'/*.log >&2", f->dir) == 0;
+	if (failed || san) {
 		ft_dump_logs(f);
 		fprintf(stderr, "federation test files kept in %s\n", f->dir);
 	} else if (getenv("FEDLORA_FED_KEEP")) {
@@ -497,6 +499,8 @@ static inline void ft_cleanup(ft *f, int failed)
 	} else {
 		tu_rmtree(f->dir);
 	}
+	if (san && !failed)
+		fail_msg("a process of the federation reported a sanitizer error (logs above)");
 }
 
 #endif
