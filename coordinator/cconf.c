@@ -2,6 +2,7 @@
 #include "cconf.h"
 
 #include "err.h"
+#include "modelfp.h"
 #include "sha.h"
 
 #include <math.h>
@@ -217,13 +218,15 @@ int cconf_build(const cfg *c, cconf *o, char *why, size_t whylen)
 			WHY("federation.base_gguf: %s", w2);
 			return rc == FL_ENOENT ? FL_ENOENT : FL_ECONFIG;
 		}
-		rc = lora_file_sha256(gg, f->base_sha);
+		rc = mfp_compute(gg, f->base_sha);
 		if (rc) {
 			WHY("federation.base_gguf: cannot read %s", gg);
 			return rc;
 		}
 		if (have_hex && memcmp(hex_sha, f->base_sha, 32)) {
-			WHY("federation.base_sha256 does not match the SHA-256 of %s", gg);
+			WHY("federation.base_sha256 does not match the base-model fingerprint of %s "
+			    "(fedlora-node fingerprint --model FILE)",
+			    gg);
 			return FL_ECONFIG;
 		}
 		/* explicit head counts override the GGUF's if given */
