@@ -40,8 +40,10 @@ run() { # name, command...
   shift
   printf '== %s: %s\n' "$name" "$*" >&2
   local t0=$SECONDS
-  "$@" >"$out/$name.txt" 2>"$out/$name.err"
+  # a hung benchmark is stopped after $limit s; its partial output stays
+  timeout "$limit" stdbuf -oL "$@" >"$out/$name.txt" 2>"$out/$name.err"
   local rc=$?
+  ((rc == 124)) && echo "stopped after ${limit}s (timeout)" >>"$out/$name.err"
   printf '   %ds, exit %d, output %s\n' "$((SECONDS - t0))" "$rc" "$out/$name.txt" >&2
   return $rc
 }
@@ -53,6 +55,7 @@ if ((quick)); then
   agg_args=(--sizes 1,4 --updates 20 --reps 3)
   gptq_args=(--shape small --calib-seqs 16 --held-seqs 8)
   train_steps=10
+  limit=300
 else
   tr_args=()
   codec_args=()
@@ -60,6 +63,7 @@ else
   agg_args=()
   gptq_args=(--shape small)
   train_steps=30
+  limit=1800
 fi
 
 # ---------------------------------------------------------------- transport
@@ -76,7 +80,7 @@ if run transport "$bd/bench_transport" "${tr_args[@]}"; then
     done
   done
 else
-  row "transport" "FAILED (see $out/transport.err)" "-" "-" "-"
+  row "transport" "FAILED or timed out (see $out/transport.err)" "-" "-" "-"
 fi
 
 # ---------------------------------------------------------------- codec
@@ -96,7 +100,7 @@ if run forward "$bd/bench_forward" "${fwd_args[@]}"; then
   peak=$(awk '/^reference: sgemm/ {for (i = 1; i <= NF; i++) if ($i == "GFLOP/s") {print $(i-1); exit}}' "$f")
   while read -r shape type params tps gf _; do
     row "forward" "$shape $type ($params), $tps tokens/s" "$gf GFLOP/s" "sgemm peak $peak GFLOP/s" "$(ratio "$gf" "$peak")"
-  done < <(awk '($1 == "small" || $1 == "large") && ($2 == "F32" || $2 == "Q8_0" || $2 == "Q4_0") && NF >= 8' "$f")
+  done < <(awk '($1 == "small" || $1 == "large") && tolower($2) ~ /^(f32|q8_0|q4_0)$/ && NF >= 8' "$f")
 else
   row "forward" "FAILED (see $out/forward.err)" "-" "-" "-"
 fi
