@@ -18,12 +18,12 @@
 #   --quick   fewer repetitions and smaller cases (minutes instead of tens
 #             of minutes); the summary says which mode ran.
 # Environment: FEDLORA_BUILD [<repo>/build] (benchmarks in $FEDLORA_BUILD/tests),
-#   FEDLORA_SHARED [/work/shared/data], BENCH_OUT [<build>/bench-out] raw logs.
+#   FEDLORA_SHARED [<repo>/../shared] (data in its data/), BENCH_OUT [<build>/bench-out] raw logs.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 build=${FEDLORA_BUILD:-$here/build}
-export FEDLORA_SHARED=${FEDLORA_SHARED:-/work/shared/data}
+export FEDLORA_SHARED=${FEDLORA_SHARED:-$here/../shared}
 out=${BENCH_OUT:-$build/bench-out}
 quick=0
 [[ ${1:-} == --quick ]] && quick=1
@@ -60,7 +60,7 @@ else
   tr_args=()
   codec_args=()
   fwd_args=()
-  agg_args=()
+  agg_args=(--max-buffer-mb 2000)
   gptq_args=(--shape small)
   train_steps=30
   limit=1800
@@ -110,7 +110,7 @@ tdir=$out/train-work
 rm -rf "$tdir" && mkdir -p "$tdir"
 if "$node" init-model --out "$tdir/small.gguf" --dim 288 --layers 6 --heads 6 --ffn 768 \
   --ctx 256 --seed 1 >/dev/null 2>&1; then
-  head -c 2000000 "$FEDLORA_SHARED/warpeace.txt" >"$tdir/data.txt"
+  head -c 2000000 "$FEDLORA_SHARED/data/warpeace.txt" >"$tdir/data.txt"
   params=$(awk '/params/ {for (i = 1; i <= NF; i++) if ($i ~ /M$/ && $(i+1) ~ /^params/) {sub(/M$/, "", $i); print $i; exit}}' \
     < <("$node" eval --model "$tdir/small.gguf" --data "$tdir/data.txt" --max-tokens 64 --ctx 32 2>&1))
   for mode in lora full; do

@@ -25,7 +25,7 @@
 #
 # Usage: tests/bench/quality/run.sh [RUN ...]    (default: every run)
 # Environment (defaults in brackets):
-#   FEDLORA_BUILD [<repo>/build]   FEDLORA_SHARED [/work/shared/data]
+#   FEDLORA_BUILD [<repo>/build]   FEDLORA_SHARED [<repo>/../shared] (data in its data/)
 #   CACHE [<build>/quality-cache]  OUT [<build>/quality-out]   IMG [unset]
 #   NODES [20] PER_ROUND [10] ROUNDS [6] LOCAL_STEPS [8] BATCH [8] CTX [64]
 #   LR [0.003] RANK [16] ALPHA [32] TARGETS [attn_q,attn_v] EVAL_TOKENS [4096]
@@ -35,7 +35,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 build=${FEDLORA_BUILD:-$here/build}
-shared=${FEDLORA_SHARED:-/work/shared/data}
+shared=${FEDLORA_SHARED:-$here/../shared}/data
 CACHE=${CACHE:-$build/quality-cache}
 OUT=${OUT:-$build/quality-out}
 IMG=${IMG:-}
