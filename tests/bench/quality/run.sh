@@ -31,6 +31,8 @@
 #   LR [0.003] RANK [16] ALPHA [32] TARGETS [attn_q,attn_v] EVAL_TOKENS [4096]
 #   DIM [128] LAYERS [4] HEADS [4] FFN [384] MCTX [128] PRE_STEPS [800]
 #   PRE_DATA [warpeace.txt] TASK_DATA [tinyshakespeare.txt]
+# word splitting of $(stats ...) and $b into fields is intended
+# shellcheck disable=SC2046
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
