@@ -18,12 +18,12 @@
 #   --quick   fewer repetitions and smaller cases (minutes instead of tens
 #             of minutes); the summary says which mode ran.
 # Environment: FEDLORA_BUILD [<repo>/build] (benchmarks in $FEDLORA_BUILD/tests),
-#   FEDLORA_SHARED [/work/shared/data], BENCH_OUT [<build>/bench-out] raw logs.
+#   FEDLORA_SHARED [<repo>/../shared] (data in its data/), BENCH_OUT [<build>/bench-out] raw logs.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 build=${FEDLORA_BUILD:-$here/build}
-export FEDLORA_SHARED=${FEDLORA_SHARED:-/work/shared/data}
+export FEDLORA_SHARED=${FEDLORA_SHARED:-$here/../shared}
 out=${BENCH_OUT:-$build/bench-out}
 quick=0
 [[ ${1:-} == --quick ]] && quick=1
@@ -40,8 +40,10 @@ run() { # name, command...
   shift
   printf '== %s: %s\n' "$name" "$*" >&2
   local t0=$SECONDS
-  "$@" >"$out/$name.txt" 2>"$out/$name.err"
+  # a hung benchmark is stopped after $limit s; its partial output stays
+  timeout "$limit" stdbuf -oL "$@" >"$out/$name.txt" 2>"$out/$name.err"
   local rc=$?
+  ((rc == 124)) && echo "stopped after ${limit}s (timeout)" >>"$out/$name.err"
   printf '   %ds, exit %d, output %s\n' "$((SECONDS - t0))" "$rc" "$out/$name.txt" >&2
   return $rc
 }
@@ -53,13 +55,15 @@ if ((quick)); then
   agg_args=(--sizes 1,4 --updates 20 --reps 3)
   gptq_args=(--shape small --calib-seqs 16 --held-seqs 8)
   train_steps=10
+  limit=300
 else
   tr_args=()
   codec_args=()
   fwd_args=()
-  agg_args=()
+  agg_args=(--max-buffer-mb 2000)
   gptq_args=(--shape small)
   train_steps=30
+  limit=1800
 fi
 
 # ---------------------------------------------------------------- transport
@@ -76,7 +80,7 @@ if run transport "$bd/bench_transport" "${tr_args[@]}"; then
     done
   done
 else
-  row "transport" "FAILED (see $out/transport.err)" "-" "-" "-"
+  row "transport" "FAILED or timed out (see $out/transport.err)" "-" "-" "-"
 fi
 
 # ---------------------------------------------------------------- codec
@@ -96,7 +100,7 @@ if run forward "$bd/bench_forward" "${fwd_args[@]}"; then
   peak=$(awk '/^reference: sgemm/ {for (i = 1; i <= NF; i++) if ($i == "GFLOP/s") {print $(i-1); exit}}' "$f")
   while read -r shape type params tps gf _; do
     row "forward" "$shape $type ($params), $tps tokens/s" "$gf GFLOP/s" "sgemm peak $peak GFLOP/s" "$(ratio "$gf" "$peak")"
-  done < <(awk '($1 == "small" || $1 == "large") && ($2 == "F32" || $2 == "Q8_0" || $2 == "Q4_0") && NF >= 8' "$f")
+  done < <(awk '($1 == "small" || $1 == "large") && tolower($2) ~ /^(f32|q8_0|q4_0)$/ && NF >= 8' "$f")
 else
   row "forward" "FAILED (see $out/forward.err)" "-" "-" "-"
 fi
@@ -106,7 +110,7 @@ tdir=$out/train-work
 rm -rf "$tdir" && mkdir -p "$tdir"
 if "$node" init-model --out "$tdir/small.gguf" --dim 288 --layers 6 --heads 6 --ffn 768 \
   --ctx 256 --seed 1 >/dev/null 2>&1; then
-  head -c 2000000 "$FEDLORA_SHARED/warpeace.txt" >"$tdir/data.txt"
+  head -c 2000000 "$FEDLORA_SHARED/data/warpeace.txt" >"$tdir/data.txt"
   params=$(awk '/params/ {for (i = 1; i <= NF; i++) if ($i ~ /M$/ && $(i+1) ~ /^params/) {sub(/M$/, "", $i); print $i; exit}}' \
     < <("$node" eval --model "$tdir/small.gguf" --data "$tdir/data.txt" --max-tokens 64 --ctx 32 2>&1))
   for mode in lora full; do

@@ -13,9 +13,8 @@ set -euo pipefail
 src=${FEDLORA_SRC:-$(cd "$(dirname "$0")/../.." && pwd)}
 build=${FEDLORA_BUILD:-$src/build}
 shared=${FEDLORA_SHARED:-}
-[[ -n $shared && -d $shared/data ]] && shared=$shared/data
-if [[ -z $shared || ! -f $shared/warpeace.txt || ! -f $shared/tinyshakespeare.txt ]]; then
-  echo "SKIP: FEDLORA_SHARED with warpeace.txt and tinyshakespeare.txt is not set"
+if [[ -z $shared || ! -f $shared/data/warpeace.txt || ! -f $shared/data/tinyshakespeare.txt ]]; then
+  echo "SKIP: FEDLORA_SHARED/data/ with warpeace.txt and tinyshakespeare.txt not found (FEDLORA_SHARED=$shared)"
   exit 77
 fi
 for b in fedlora-node fedlora-coordinator; do

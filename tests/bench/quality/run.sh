@@ -25,20 +25,19 @@
 #
 # Usage: tests/bench/quality/run.sh [RUN ...]    (default: every run)
 # Environment (defaults in brackets):
-#   FEDLORA_BUILD [<repo>/build]   FEDLORA_SHARED [<repo>/../shared] (its data/ folder is used)
+#   FEDLORA_BUILD [<repo>/build]   FEDLORA_SHARED [<repo>/../shared] (data in its data/)
 #   CACHE [<build>/quality-cache]  OUT [<build>/quality-out]   IMG [unset]
 #   NODES [20] PER_ROUND [10] ROUNDS [6] LOCAL_STEPS [8] BATCH [8] CTX [64]
 #   LR [0.003] RANK [16] ALPHA [32] TARGETS [attn_q,attn_v] EVAL_TOKENS [4096]
 #   DIM [128] LAYERS [4] HEADS [4] FFN [384] MCTX [128] PRE_STEPS [800]
 #   PRE_DATA [warpeace.txt] TASK_DATA [tinyshakespeare.txt]
+# word splitting of $(stats ...) and $b into fields is intended
+# shellcheck disable=SC2046
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 build=${FEDLORA_BUILD:-$here/build}
-shared=${FEDLORA_SHARED:-$(cd "$(dirname "$0")/../../.." && pwd)/../shared}
-# FEDLORA_SHARED names the shared folder (as in the test suite); its data/
-# subfolder holds the corpora. A path to data/ itself is accepted too.
-[[ -d $shared/data ]] && shared=$shared/data
+shared=${FEDLORA_SHARED:-$here/../shared}/data
 CACHE=${CACHE:-$build/quality-cache}
 OUT=${OUT:-$build/quality-out}
 IMG=${IMG:-}
