@@ -19,6 +19,7 @@
 #             of minutes); the summary says which mode ran.
 # Environment: FEDLORA_BUILD [<repo>/build] (benchmarks in $FEDLORA_BUILD/tests),
 #   FEDLORA_SHARED [<repo>/../shared] (data in its data/), BENCH_OUT [<build>/bench-out] raw logs.
+# shellcheck disable=SC2054 # "1,4" is one argument (--sizes 1,4)
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
