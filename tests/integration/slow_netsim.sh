@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The network-namespace simulator with a real federation: 8 nodes behind
+# The network-namespace simulator with a real federation: 8 nodes (or
+# FEDLORA_NETSIM_NODES) behind
 # 10 Mbit/s links (tbf), a coordinator in its own namespace, mutual TLS,
 # 3 rounds, node 3's link taken down during round 2. Checks: every round
 # commits, node 3 rejoins and takes part in round 3, and nothing is left
@@ -19,7 +20,7 @@ ip netns del flprobe$$
 work=$(mktemp -d /tmp/fltest.XXXXXX)
 prefix="fln$$"
 prefix=${prefix:0:8}
-nodes=8
+nodes=${FEDLORA_NETSIM_NODES:-8} # set 50 to try a bigger fleet (min 4, max 99)
 trap '[ "${FEDLORA_KEEP:-0}" = 1 ] || rm -rf "$work"' EXIT
 
 bash "$src/deploy/certs.sh" init "$work/pki" >/dev/null
@@ -29,8 +30,9 @@ bash "$src/deploy/certs.sh" node "$work/pki" --count $nodes >/dev/null
 	--seed 3 >/dev/null
 sites=(harbor foundry mill plant)
 for i in $(seq 1 $nodes); do
+	id=$(printf 'node-%02d' "$i")
 	"$node_bin" gen-data --site "${sites[$(((i - 1) % 4))]}" --seed "$i" --lines 400 \
-		--eval-lines 60 --out "$work/data/node-0$i" >/dev/null
+		--eval-lines 60 --out "$work/data/$id" >/dev/null
 done
 
 cat >"$work/coordinator.conf" <<CONF
@@ -65,9 +67,10 @@ uplink_format = q4
 dir = $work/coord-state
 CONF
 for i in $(seq 1 $nodes); do
-	cat >"$work/node-0$i.conf" <<CONF
+	id=$(printf 'node-%02d' "$i")
+	cat >"$work/$id.conf" <<CONF
 [node]
-state_dir = $work/node-0$i
+state_dir = $work/$id
 seed = $i
 [coordinator]
 endpoint = tcp://10.213.0.1:7777
@@ -75,15 +78,15 @@ endpoint = tcp://10.213.0.1:7777
 min_ms = 200
 max_ms = 2000
 [tls]
-cert = $work/pki/nodes/node-0$i.crt
-key = $work/pki/nodes/node-0$i.key
+cert = $work/pki/nodes/$id.crt
+key = $work/pki/nodes/$id.key
 ca = $work/pki/ca.crt
 [model]
 path = $work/base.gguf
 threads = 1
 [data]
-train = $work/data/node-0$i/train.txt
-eval = $work/data/node-0$i/eval.txt
+train = $work/data/$id/train.txt
+eval = $work/data/$id/eval.txt
 eval_max_tokens = 2048
 [lora]
 rank = 4
@@ -124,7 +127,7 @@ show_logs() {
 # nothing left behind
 if ip netns list | grep -q "^$prefix-"; then fail "namespaces left: $(ip netns list | grep "^$prefix-")"; fi
 if ip link | grep -q "vn[0-9]*@\|${prefix}"; then fail "veth interfaces left behind"; fi
-if pgrep -f "$work/node-0" >/dev/null || pgrep -f "$work/coordinator.conf" >/dev/null; then
+if pgrep -f "$work/node-[0-9]" >/dev/null || pgrep -f "$work/coordinator.conf" >/dev/null; then
 	fail "fedlora processes left behind"
 fi
 
