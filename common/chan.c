@@ -257,6 +257,34 @@ int chan_shared_new(const void *data, size_t len, chan_shared **out)
 	return 0;
 }
 
+int chan_shared_alloc(size_t len, chan_shared **out)
+{
+	size_t sz;
+	if (!out)
+		return FL_EINVAL;
+	if (len > CHAN_MAX_SEND_LEN)
+		return FL_ETOOBIG;
+	if (sz_add(sizeof(chan_shared), len, &sz))
+		return FL_EOVERFLOW;
+	chan_shared *m = malloc(sz);
+	if (!m)
+		return FL_ENOMEM;
+	m->refs = 1;
+	m->len = len;
+	*out = m;
+	return 0;
+}
+
+uint8_t *chan_shared_data(chan_shared *m)
+{
+	return m->data;
+}
+
+size_t chan_shared_len(const chan_shared *m)
+{
+	return m->len;
+}
+
 chan_shared *chan_shared_ref(chan_shared *m)
 {
 	m->refs++;
@@ -375,8 +403,57 @@ int chan_zmq_setint(void *sock, int opt, int v, const char *name)
 	return 0;
 }
 
+#define POOL_MAX     32
+#define POOL_IDLE_MS 2000
+static uint8_t *g_pool[POOL_MAX];
+static int g_npool;
+static uint64_t g_pool_used_ms; /* last time a buffer was taken */
+static pthread_mutex_t g_pool_mu = PTHREAD_MUTEX_INITIALIZER;
+
+uint8_t *chan_frame_get(void)
+{
+	uint8_t *p = NULL;
+	uint64_t now = clk_mono_ms();
+	pthread_mutex_lock(&g_pool_mu);
+	if (g_npool)
+		p = g_pool[--g_npool];
+	g_pool_used_ms = now;
+	pthread_mutex_unlock(&g_pool_mu);
+	return p ? p : malloc(CHAN_FRAME_MAX);
+}
+
+void chan_frame_put(uint8_t *p, size_t cap)
+{
+	if (!p)
+		return;
+	if (cap == CHAN_FRAME_MAX) {
+		pthread_mutex_lock(&g_pool_mu);
+		if (g_npool < POOL_MAX) {
+			g_pool[g_npool++] = p;
+			p = NULL;
+		}
+		pthread_mutex_unlock(&g_pool_mu);
+	}
+	free(p);
+}
+
+void chan_frame_pool_trim(int force)
+{
+	uint8_t *v[POOL_MAX];
+	int n = 0;
+	uint64_t now = clk_mono_ms();
+	pthread_mutex_lock(&g_pool_mu);
+	if (force || now - g_pool_used_ms >= POOL_IDLE_MS) {
+		n = g_npool;
+		memcpy(v, g_pool, (size_t)n * sizeof *v);
+		g_npool = 0;
+	}
+	pthread_mutex_unlock(&g_pool_mu);
+	for (int i = 0; i < n; i++)
+		free(v[i]);
+}
+
 void chan_zmq_free_body(void *data, void *hint)
 {
-	(void)hint;
-	free(data);
+	chan_frame_put(data, (size_t)(uintptr_t)hint);
 }

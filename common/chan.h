@@ -119,7 +119,8 @@ const char *chan_server_endpoint(const chan_server *s);
  * data is copied. FL_ENOENT: no such (or no longer UP) peer; FL_EAGAIN: the
  * session's outbound queue would pass out_queue_max (try again after
  * the queue drains; chan_server_queued tells how full it is); FL_ETOOBIG:
- * over 4 GiB - 1 (the frame length limit). */
+ * the message alone is over out_queue_max, or over 4 GiB - 2 (the length
+ * prefix is a u32 and 0xFFFFFFFF marks a keepalive). */
 int chan_server_send(chan_server *s, uint64_t peer, const void *data, size_t len);
 
 /* A reference-counted message for sending the same bytes to many peers
@@ -128,6 +129,12 @@ int chan_server_send(chan_server *s, uint64_t peer, const void *data, size_t len
  * queued. All on the channel's thread. */
 typedef struct chan_shared chan_shared;
 int chan_shared_new(const void *data, size_t len, chan_shared **out);
+/* A shared message of len bytes to fill in place (no copy at all, e.g.
+ * encode an envelope straight into it): write chan_shared_data(m) before
+ * the first send, never after. */
+int chan_shared_alloc(size_t len, chan_shared **out);
+uint8_t *chan_shared_data(chan_shared *m);
+size_t chan_shared_len(const chan_shared *m);
 void chan_shared_release(chan_shared *m); /* NULL ok */
 int chan_server_send_shared(chan_server *s, uint64_t peer, chan_shared *m);
 
@@ -217,9 +224,12 @@ int chan_client_new(const chan_client_opts *o, chan_client **out);
 /* Flushes queued messages (within linger), sends close_notify, closes. */
 void chan_client_free(chan_client *c);
 
-/* Queues a message on the current session. FL_ESTATE when no session is
- * UP, FL_EAGAIN when the queue would pass out_queue_max. */
+/* Queues a message on the current session (the data is copied).
+ * FL_ESTATE when no session is UP, FL_EAGAIN when the queue would pass
+ * out_queue_max, FL_ETOOBIG when the message alone does. */
 int chan_client_send(chan_client *c, const void *data, size_t len);
+/* The same without the copy (see chan_shared_alloc). */
+int chan_client_send_shared(chan_client *c, chan_shared *m);
 /* The application received and accepted the coordinator's Welcome: the
  * session is up for real (in TLS 1.3 the node's handshake completes before
  * the coordinator has judged the node's certificate). Stops the

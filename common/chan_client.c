@@ -187,8 +187,8 @@ int chan_client_new(const chan_client_opts *o, chan_client **out)
 	 * coordinator. */
 	if ((rc = chan_zmq_setint(c->sock, ZMQ_IMMEDIATE, 1, "ZMQ_IMMEDIATE")) ||
 	    (rc = chan_zmq_setint(c->sock, ZMQ_LINGER, o->linger_ms, "ZMQ_LINGER")) ||
-	    (rc = chan_zmq_setint(c->sock, ZMQ_SNDHWM, CHAN_HWM, "ZMQ_SNDHWM")) ||
-	    (rc = chan_zmq_setint(c->sock, ZMQ_RCVHWM, CHAN_HWM, "ZMQ_RCVHWM")) ||
+	    (rc = chan_zmq_setint(c->sock, ZMQ_SNDHWM, CHAN_SNDHWM, "ZMQ_SNDHWM")) ||
+	    (rc = chan_zmq_setint(c->sock, ZMQ_RCVHWM, CHAN_RCVHWM, "ZMQ_RCVHWM")) ||
 	    (rc = chan_zmq_setint(c->sock, ZMQ_RECONNECT_IVL, o->reconnect_ivl_ms,
 	                          "ZMQ_RECONNECT_IVL")) ||
 	    (rc = chan_zmq_setint(c->sock, ZMQ_RECONNECT_IVL_MAX, o->reconnect_ivl_max_ms,
@@ -252,14 +252,15 @@ int chan_client_new_detached(const chan_client_opts *o, chan_out_fn outfn, void 
 
 /* ---- frames ---- */
 
-static int send_frame(chan_client *c, enum chan_kind kind, uint64_t sid, uint8_t *body, size_t len)
+static int send_frame(chan_client *c, enum chan_kind kind, uint64_t sid, uint8_t *body, size_t len,
+                      size_t cap)
 {
 	uint8_t hdr[CHAN_HDR_LEN];
 	chan_hdr_put(hdr, kind, sid);
 	if (c->detached) {
 		int rc = c->out(c->out_arg, NULL, 0, hdr, sizeof hdr, body, len);
 		if (rc == 0)
-			free(body);
+			chan_frame_put(body, cap);
 		return rc == 0 || rc == FL_EAGAIN || rc == FL_ECLOSED ? rc : FL_ECLOSED;
 	}
 	if (zmq_send(c->sock, hdr, sizeof hdr, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
@@ -269,9 +270,10 @@ static int send_frame(chan_client *c, enum chan_kind kind, uint64_t sid, uint8_t
 		return FL_ECLOSED;
 	}
 	zmq_msg_t m;
-	if (len == 0 || zmq_msg_init_data(&m, body, len, chan_zmq_free_body, NULL) != 0) {
+	if (len == 0 ||
+	    zmq_msg_init_data(&m, body, len, chan_zmq_free_body, (void *)(uintptr_t)cap) != 0) {
 		zmq_msg_init(&m);
-		free(body);
+		chan_frame_put(body, cap);
 	}
 	if (zmq_msg_send(&m, c->sock, ZMQ_DONTWAIT) < 0) {
 		LOGW(CHAN_MOD, "zmq_msg_send(body): %s", zmq_strerror(errno));
@@ -280,10 +282,10 @@ static int send_frame(chan_client *c, enum chan_kind kind, uint64_t sid, uint8_t
 	return 0;
 }
 
-static int sess_send(void *arg, enum chan_kind kind, uint8_t *body, size_t len)
+static int sess_send(void *arg, enum chan_kind kind, uint8_t *body, size_t len, size_t cap)
 {
 	chan_client *c = arg;
-	return send_frame(c, kind, c->sid, body, len);
+	return send_frame(c, kind, c->sid, body, len, cap);
 }
 
 /* ---- session life ---- */
@@ -311,7 +313,7 @@ static void drop(chan_client *c, int reason, const char *why, int flush, int res
 	if (flush)
 		(void)chan_sess_flush(c->cs, sess_send, c, CHAN_FRAME_MAX);
 	if (reset)
-		(void)send_frame(c, CHAN_KIND_RESET, c->sid, NULL, 0);
+		(void)send_frame(c, CHAN_KIND_RESET, c->sid, NULL, 0, 0);
 	chan_sess_fini(c->cs);
 	free(c->cs);
 	c->cs = NULL;
@@ -635,6 +637,15 @@ int chan_client_send(chan_client *c, const void *data, size_t len)
 	return chan_sess_queue(c->cs, data, len, NULL);
 }
 
+int chan_client_send_shared(chan_client *c, chan_shared *m)
+{
+	if (!c || !m)
+		return FL_EINVAL;
+	if (!c->cs || !c->up)
+		return FL_ESTATE;
+	return chan_sess_queue(c->cs, m->data, m->len, m);
+}
+
 int chan_client_set_ready(chan_client *c)
 {
 	if (!c || !c->cs || !c->up)
@@ -731,6 +742,7 @@ int chan_client_process(chan_client *c, const zmq_pollitem_t *items, int n)
 		flush(c);
 	if (now >= c->next_sweep) {
 		timers(c);
+		chan_frame_pool_trim(0);
 		c->next_sweep = now + (uint64_t)c->sweep_ms;
 		if (c->cs && !c->blocked)
 			flush(c);

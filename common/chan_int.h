@@ -1,6 +1,6 @@
 /* chan_int.h — internals shared by the channel's source files: chan.c
  * (events, clock, hashing, shared messages), chan_sess.c (one TLS session
- * over memory BIOs with length-prefixed messages inside), chan_server.c,
+ * over an in-memory BIO with length-prefixed messages inside), chan_server.c,
  * chan_client.c and chan_zap.c. Not an API: only those files include it
  * (and the fuzz target, for its test hook). */
 #ifndef FL_CHAN_INT_H
@@ -16,30 +16,23 @@
 #define CHAN_MOD "chan"
 
 /* Length prefix reserved for the in-TLS keepalive (no body follows). */
-#define CHAN_KEEPALIVE_LEN   0xFFFFFFFFu
+#define CHAN_KEEPALIVE_LEN 0xFFFFFFFFu
 /* Largest application message: the prefix is a u32 and one value is taken. */
-#define CHAN_MAX_SEND_LEN    0xFFFFFFFEu
+#define CHAN_MAX_SEND_LEN  0xFFFFFFFEu
 /* Plaintext bytes per TLS record and an upper bound of a TLS 1.3 record's
  * overhead (5 header + 1 content type + 16 tag, rounded up). */
-#define CHAN_REC_PLAIN       16384u
-#define CHAN_REC_OVERHEAD    32u
-/* Received frames are fed to OpenSSL in pieces of this size, so the read
- * BIO never grows past about this much. */
-#define CHAN_FEED_CHUNK      (64u * 1024u)
-/* The write BIO is emptied into the frame whenever it holds this much. */
-#define CHAN_DRAIN_AT        (64u * 1024u)
-/* An idle session's memory BIO holding more capacity than this is replaced
- * by a fresh one (after a large transfer). */
-#define CHAN_BIO_KEEP        4096u
-/* First allocation for an inbound message; grows by doubling to its length. */
-#define CHAN_MSG_FIRST_ALLOC (1u << 20)
+#define CHAN_REC_PLAIN     16384u
+#define CHAN_REC_OVERHEAD  32u
 /* ZeroMQ messages handled per process() call and socket, so one busy peer
  * cannot starve timers or other work. */
-#define CHAN_RECV_BUDGET     256
+#define CHAN_RECV_BUDGET   256
 /* Frame bytes one session may hand to ZeroMQ per process() call. */
-#define CHAN_SEND_BUDGET     (8u << 20)
-/* ZeroMQ high-water marks (messages of up to CHAN_FRAME_MAX bytes). */
-#define CHAN_HWM             64
+#define CHAN_SEND_BUDGET   (8u << 20)
+/* ZeroMQ high-water marks, in frames of up to CHAN_FRAME_MAX bytes: 16 MiB
+ * may wait to be sent per connection; at most 4 MiB is buffered from a
+ * peer before the channel reads it (unauthenticated peers included). */
+#define CHAN_SNDHWM        64
+#define CHAN_RCVHWM        16
 
 /* ---- clock, randomness, hashing ---- */
 uint64_t chan_now_ms(void);
@@ -147,9 +140,15 @@ typedef struct chan_sess {
 	/* outbound plaintext, prefixed messages in order */
 	chan_oitem *oq_head, *oq_tail;
 	size_t oq_bytes; /* stream bytes not yet written into TLS */
+	/* the BIO: the frame being read (borrowed while feeding) and the
+	 * frame being written (owned, handed to ZeroMQ as it is) */
+	const uint8_t *in_p;
+	size_t in_n;
+	uint8_t *wb;
+	size_t wlen, wcap;
 	/* one produced frame ZeroMQ did not take yet (EAGAIN) */
 	uint8_t *pend;
-	size_t pend_len;
+	size_t pend_len, pend_cap;
 	enum chan_kind next_kind; /* kind of the next frame (client: HELLO first) */
 	uint64_t last_in_ms;      /* last authenticated inbound record */
 	uint64_t last_out_ms;     /* last frame handed to ZeroMQ */
@@ -172,12 +171,14 @@ int chan_sess_queue_keepalive(chan_sess *s);
 /* Bytes queued and not yet handed to ZeroMQ (plaintext + pending frame). */
 size_t chan_sess_queued(const chan_sess *s);
 /* Produces the next frame body (at most CHAN_FRAME_MAX bytes of TLS
- * records, malloc'd, owned by the caller): 0, FL_EAGAIN when there is
- * nothing to send, or a fatal error. */
-int chan_sess_produce(chan_sess *s, uint8_t **out, size_t *len);
-/* Sends a frame: kind, body (ownership passes to the callee on 0 only).
+ * records in a buffer of *cap bytes, owned by the caller, released with
+ * chan_frame_put): 0, FL_EAGAIN when there is nothing to send, or a fatal
+ * error. */
+int chan_sess_produce(chan_sess *s, uint8_t **out, size_t *len, size_t *cap);
+/* Sends a frame: kind, body of len bytes in a buffer of cap bytes
+ * (ownership passes to the callee on 0 only; release with chan_frame_put).
  * Returns 0, FL_EAGAIN (keep it, retry later) or FL_ECLOSED (unreachable). */
-typedef int (*chan_sendfn)(void *arg, enum chan_kind kind, uint8_t *body, size_t len);
+typedef int (*chan_sendfn)(void *arg, enum chan_kind kind, uint8_t *body, size_t len, size_t cap);
 /* Hands frames to send until the queue is empty (0), ZeroMQ pushes back
  * (FL_EAGAIN), budget bytes went out (FL_EBUSY: call again), or an error
  * (FL_ECLOSED from send, or a TLS failure with s->why). */
@@ -187,7 +188,7 @@ int chan_sess_flush(chan_sess *s, chan_sendfn send, void *arg, size_t budget);
 void chan_sess_shutdown(chan_sess *s);
 /* Whether nothing is buffered: no partial message in or out. */
 int chan_sess_idle(const chan_sess *s);
-/* Replaces large empty memory BIOs with fresh ones (idle sessions small). */
+/* Frees buffers an idle session does not need (idle sessions small). */
 void chan_sess_shrink(chan_sess *s);
 /* Test hook (fuzzing): writes raw plaintext into TLS, bypassing the
  * length prefix. */
@@ -208,7 +209,16 @@ int chan_zap_check(const chan_zap *z, const char *addr);
 
 /* ---- ZeroMQ helpers ---- */
 int chan_zmq_setint(void *sock, int opt, int v, const char *name);
-/* zero-copy message with a malloc'd body freed by ZeroMQ */
+/* Frame buffers of CHAN_FRAME_MAX bytes are recycled (a small process-wide
+ * pool, thread-safe: ZeroMQ's I/O threads give them back), so bulk
+ * transfers do not map and fault in fresh pages for every frame. */
+uint8_t *chan_frame_get(void);               /* CHAN_FRAME_MAX bytes, or NULL */
+void chan_frame_put(uint8_t *p, size_t cap); /* any malloc'd buffer; NULL ok */
+/* Frees the pooled buffers once none was taken for 2 s (or at once with
+ * force): called from the channels' timers, so idle processes give the
+ * memory back. */
+void chan_frame_pool_trim(int force);
+/* ZeroMQ free callback for zero-copy frames; hint is the capacity. */
 void chan_zmq_free_body(void *data, void *hint);
 
 /* Test hook: the client's current session (NULL when none). */

@@ -199,8 +199,8 @@ static int setup_socket(chan_server *s)
 	}
 	if ((rc = chan_zmq_setint(s->sock, ZMQ_ROUTER_MANDATORY, 1, "ZMQ_ROUTER_MANDATORY")) ||
 	    (rc = chan_zmq_setint(s->sock, ZMQ_LINGER, o->linger_ms, "ZMQ_LINGER")) ||
-	    (rc = chan_zmq_setint(s->sock, ZMQ_SNDHWM, CHAN_HWM, "ZMQ_SNDHWM")) ||
-	    (rc = chan_zmq_setint(s->sock, ZMQ_RCVHWM, CHAN_HWM, "ZMQ_RCVHWM")))
+	    (rc = chan_zmq_setint(s->sock, ZMQ_SNDHWM, CHAN_SNDHWM, "ZMQ_SNDHWM")) ||
+	    (rc = chan_zmq_setint(s->sock, ZMQ_RCVHWM, CHAN_RCVHWM, "ZMQ_RCVHWM")))
 		return rc;
 	if (o->zmtp_heartbeat_ivl_ms > 0 &&
 	    ((rc = chan_zmq_setint(s->sock, ZMQ_HEARTBEAT_IVL, o->zmtp_heartbeat_ivl_ms,
@@ -297,7 +297,7 @@ const char *chan_server_endpoint(const chan_server *s)
 /* ---- sending frames ---- */
 
 static int send_frame(chan_server *s, const uint8_t *rid, size_t rid_len, enum chan_kind kind,
-                      uint64_t sid, uint8_t *body, size_t len)
+                      uint64_t sid, uint8_t *body, size_t len, size_t cap)
 {
 	uint8_t hdr[CHAN_HDR_LEN];
 	chan_hdr_put(hdr, kind, sid);
@@ -305,7 +305,7 @@ static int send_frame(chan_server *s, const uint8_t *rid, size_t rid_len, enum c
 		int rc = s->out(s->out_arg, rid, rid_len, hdr, sizeof hdr, body, len);
 		if (rc == 0) {
 			s->st.wire_out += sizeof hdr + len;
-			free(body);
+			chan_frame_put(body, cap);
 		}
 		return rc == 0 || rc == FL_EAGAIN || rc == FL_ECLOSED ? rc : FL_ECLOSED;
 	}
@@ -321,11 +321,12 @@ static int send_frame(chan_server *s, const uint8_t *rid, size_t rid_len, enum c
 	zmq_msg_t m;
 	if (zmq_send(s->sock, hdr, sizeof hdr, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
 		LOGW(CHAN_MOD, "zmq_send(header): %s", zmq_strerror(errno));
-	if (len == 0 || zmq_msg_init_data(&m, body, len, chan_zmq_free_body, NULL) != 0) {
+	if (len == 0 ||
+	    zmq_msg_init_data(&m, body, len, chan_zmq_free_body, (void *)(uintptr_t)cap) != 0) {
 		if (len)
 			LOGW(CHAN_MOD, "zmq_msg_init_data: %s", zmq_strerror(errno));
 		zmq_msg_init(&m);
-		free(body);
+		chan_frame_put(body, cap);
 		len = 0;
 	}
 	if (zmq_msg_send(&m, s->sock, ZMQ_DONTWAIT) < 0) {
@@ -336,15 +337,15 @@ static int send_frame(chan_server *s, const uint8_t *rid, size_t rid_len, enum c
 	return 0;
 }
 
-static int sess_send(void *arg, enum chan_kind kind, uint8_t *body, size_t len)
+static int sess_send(void *arg, enum chan_kind kind, uint8_t *body, size_t len, size_t cap)
 {
 	srv_sess *ss = arg;
-	return send_frame(ss->srv, ss->rid, ss->rid_len, kind, ss->sid, body, len);
+	return send_frame(ss->srv, ss->rid, ss->rid_len, kind, ss->sid, body, len, cap);
 }
 
 static void send_reset(chan_server *s, const uint8_t *rid, size_t rid_len, uint64_t sid)
 {
-	if (send_frame(s, rid, rid_len, CHAN_KIND_RESET, sid, NULL, 0) == 0)
+	if (send_frame(s, rid, rid_len, CHAN_KIND_RESET, sid, NULL, 0, 0) == 0)
 		s->st.resets_sent++;
 }
 
@@ -967,6 +968,7 @@ int chan_server_process(chan_server *s, const zmq_pollitem_t *items, int n)
 	uint64_t now = chan_now_ms();
 	if (now >= s->next_sweep) {
 		sweep(s);
+		chan_frame_pool_trim(0);
 		s->next_sweep = now + (uint64_t)s->sweep_ms;
 		if (s->dirty)
 			flush_all(s, 0);

@@ -1,6 +1,17 @@
-/* chan_sess — one TLS 1.3 session over OpenSSL memory BIOs, carrying
+/* chan_sess — one TLS 1.3 session over an in-memory BIO, carrying
  * length-prefixed application messages (see chan_int.h). Both ends of the
- * channel use it; they only move frames between it and ZeroMQ. */
+ * channel use it; they only move frames between it and ZeroMQ.
+ *
+ * The session's BIO is our own memory BIO (one object for both
+ * directions). Reading, it hands OpenSSL the bytes of the frame being fed
+ * without copying them first, and when they run out it says "retry", never
+ * EOF (what BIO_set_mem_eof_return(rbio, -1) does for BIO_s_mem). Writing,
+ * it appends to the frame under construction, whose buffer then goes to
+ * ZeroMQ as it is (zero-copy). It keeps nothing between frames: an idle
+ * session holds no BIO memory at all, whatever it transferred before
+ * (where BIO_s_mem buffers have to be replaced or shrunk). Against
+ * BIO_s_mem this saves one copy of every byte on each side (docs/TRANSPORT.md
+ * has the figures). */
 #include "chan_int.h"
 
 #include "buf.h"
@@ -10,39 +21,109 @@
 #include <openssl/err.h>
 
 #include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static BIO *new_mem_bio(void)
+static BIO_METHOD *g_meth;
+static pthread_once_t g_meth_once = PTHREAD_ONCE_INIT;
+
+static int bio_write(BIO *b, const char *data, size_t n, size_t *written)
 {
-	BIO *b = BIO_new(BIO_s_mem());
-	/* An empty read BIO means "no more bytes yet" (retry), not EOF: the
-	 * default (0) would make OpenSSL see a truncated stream. */
-	if (b)
-		BIO_set_mem_eof_return(b, -1);
-	return b;
+	chan_sess *s = BIO_get_data(b);
+	BIO_clear_retry_flags(b);
+	if (n > s->wcap - s->wlen) {
+		size_t need, ncap;
+		if (sz_add(s->wlen, n, &need))
+			return 0;
+		ncap = s->wcap ? s->wcap : 4096;
+		while (ncap < need)
+			ncap = ncap > SIZE_MAX / 2 ? need : ncap * 2;
+		uint8_t *nb = realloc(s->wb, ncap);
+		if (!nb)
+			return 0;
+		s->wb = nb;
+		s->wcap = ncap;
+	}
+	memcpy(s->wb + s->wlen, data, n);
+	s->wlen += n;
+	*written = n;
+	return 1;
+}
+
+static int bio_read(BIO *b, char *out, size_t n, size_t *readbytes)
+{
+	chan_sess *s = BIO_get_data(b);
+	BIO_clear_retry_flags(b);
+	if (s->in_n == 0) {
+		BIO_set_retry_read(b); /* more bytes later, not the end */
+		*readbytes = 0;
+		return 0;
+	}
+	size_t k = n < s->in_n ? n : s->in_n;
+	memcpy(out, s->in_p, k);
+	s->in_p += k;
+	s->in_n -= k;
+	*readbytes = k;
+	return 1;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	chan_sess *s = BIO_get_data(b);
+	(void)num;
+	(void)ptr;
+	switch (cmd) {
+	case BIO_CTRL_FLUSH:
+		return 1;
+	case BIO_CTRL_PENDING:
+		return s ? (long)s->in_n : 0;
+	case BIO_CTRL_WPENDING:
+		return s ? (long)s->wlen : 0;
+	default:
+		return 0;
+	}
+}
+
+static int bio_create(BIO *b)
+{
+	BIO_set_init(b, 1);
+	return 1;
+}
+
+static void init_meth(void)
+{
+	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "fedlora chan");
+	if (m && BIO_meth_set_write_ex(m, bio_write) && BIO_meth_set_read_ex(m, bio_read) &&
+	    BIO_meth_set_ctrl(m, bio_ctrl) && BIO_meth_set_create(m, bio_create)) {
+		g_meth = m;
+		return;
+	}
+	BIO_meth_free(m);
 }
 
 int chan_sess_init(chan_sess *s, tlsctx *t, const char *server_name, size_t max_msg, size_t out_max,
                    chan_counters *ctr)
 {
 	SSL *ssl = NULL;
-	BIO *r = NULL, *w = NULL;
+	BIO *b = NULL;
 	memset(s, 0, sizeof *s);
+	pthread_once(&g_meth_once, init_meth);
+	if (!g_meth)
+		return FL_ECRYPTO;
 	int rc = tlsctx_ssl_new(t, server_name, &s->note, &ssl);
 	if (rc)
 		return rc;
-	r = new_mem_bio();
-	w = new_mem_bio();
-	if (!r || !w) {
-		BIO_free(r);
-		BIO_free(w);
+	b = BIO_new(g_meth);
+	if (!b) {
 		SSL_free(ssl);
 		ERR_clear_error();
 		return FL_ENOMEM;
 	}
-	SSL_set_bio(ssl, r, w);
+	BIO_set_data(b, s);
+	SSL_set_bio(ssl, b, b); /* one BIO both ways: one reference */
 	s->ssl = ssl;
 	s->tls = tlsctx_ref(t);
 	s->max_msg = max_msg;
@@ -64,8 +145,11 @@ void chan_sess_fini(chan_sess *s)
 {
 	if (!s)
 		return;
-	SSL_free(s->ssl); /* frees both BIOs */
+	SSL_free(s->ssl); /* frees the BIO */
 	s->ssl = NULL;
+	chan_frame_put(s->wb, s->wcap);
+	s->wb = NULL;
+	s->wlen = s->wcap = 0;
 	tlsctx_unref(s->tls);
 	s->tls = NULL;
 	free(s->msg);
@@ -77,7 +161,7 @@ void chan_sess_fini(chan_sess *s)
 	}
 	s->oq_head = s->oq_tail = NULL;
 	s->oq_bytes = 0;
-	free(s->pend);
+	chan_frame_put(s->pend, s->pend_cap);
 	s->pend = NULL;
 	ERR_clear_error();
 }
@@ -172,33 +256,18 @@ static int read_app(chan_sess *s, const chan_sess_cb *cb)
 						return rc;
 					continue;
 				}
-				size_t cap =
-				    len < CHAN_MSG_FIRST_ALLOC ? len : CHAN_MSG_FIRST_ALLOC;
-				s->msg = malloc(cap);
+				s->msg = malloc(len);
 				if (!s->msg)
 					return fail(s, FL_ENOMEM,
 					            "out of memory for a %u-byte message", len);
-				if (cap > s->ctr->max_alloc)
-					s->ctr->max_alloc = cap;
-				s->msg_cap = cap;
+				if (len > s->ctr->max_alloc)
+					s->ctr->max_alloc = len;
+				s->msg_cap = len;
 				s->msg_len = len;
 				s->msg_got = 0;
 				continue;
 			}
 		} else {
-			if (s->msg_got == s->msg_cap) {
-				size_t ncap =
-				    s->msg_cap > s->msg_len / 2 ? s->msg_len : s->msg_cap * 2;
-				uint8_t *nm = realloc(s->msg, ncap);
-				if (!nm)
-					return fail(s, FL_ENOMEM,
-					            "out of memory for a %zu-byte message",
-					            s->msg_len);
-				s->msg = nm;
-				s->msg_cap = ncap;
-				if (ncap > s->ctr->max_alloc)
-					s->ctr->max_alloc = ncap;
-			}
 			size_t want = s->msg_cap - s->msg_got;
 			if (want > INT_MAX)
 				want = INT_MAX;
@@ -263,25 +332,20 @@ int chan_sess_start(chan_sess *s)
 
 int chan_sess_input(chan_sess *s, const uint8_t *p, size_t n, const chan_sess_cb *cb)
 {
-	size_t off = 0;
 	if (s->dead)
 		return s->err;
-	do {
-		size_t k = n - off > CHAN_FEED_CHUNK ? CHAN_FEED_CHUNK : n - off;
-		if (k) {
-			ERR_clear_error();
-			if (BIO_write(SSL_get_rbio(s->ssl), p + off, (int)k) != (int)k)
-				return fail(s, FL_ENOMEM, "out of memory buffering TLS records");
-			off += k;
-		}
-		int rc = pump(s, cb);
-		if (rc) {
-			if (!s->dead)
-				s->dead = 1, s->err = rc;
-			return rc;
-		}
-	} while (off < n);
-	return 0;
+	/* OpenSSL reads the frame through the BIO; a record cut at the end of
+	 * the frame waits inside OpenSSL for the next frame. */
+	s->in_p = p;
+	s->in_n = n;
+	int rc = pump(s, cb);
+	s->in_p = NULL;
+	s->in_n = 0;
+	if (rc && !s->dead) {
+		s->dead = 1;
+		s->err = rc;
+	}
+	return rc;
 }
 
 static int enqueue(chan_sess *s, chan_oitem *it)
@@ -409,69 +473,79 @@ static int write_record(chan_sess *s)
 	return 0;
 }
 
-static int drain(BIO *w, uint8_t *f, size_t *flen, size_t fcap)
+/* Makes sure the frame buffer takes want bytes without growing. */
+static int reserve(chan_sess *s, size_t want)
 {
-	size_t pend = BIO_ctrl_pending(w);
-	size_t k = pend < fcap - *flen ? pend : fcap - *flen;
-	if (k == 0)
+	if (s->wcap >= want)
 		return 0;
-	int r = BIO_read(w, f + *flen, (int)k);
-	if (r != (int)k)
-		return FL_ECRYPTO;
-	*flen += k;
+	uint8_t *nb = !s->wb && want == CHAN_FRAME_MAX ? chan_frame_get() : realloc(s->wb, want);
+	if (!nb)
+		return FL_ENOMEM;
+	s->wb = nb;
+	s->wcap = want;
 	return 0;
 }
 
-int chan_sess_produce(chan_sess *s, uint8_t **out, size_t *outlen)
+int chan_sess_produce(chan_sess *s, uint8_t **out, size_t *outlen, size_t *outcap)
 {
-	BIO *w = SSL_get_wbio(s->ssl);
-	size_t pend = BIO_ctrl_pending(w);
 	size_t plain = s->hs_done && !s->shut && !s->dead ? s->oq_bytes : 0;
-	size_t est, flen = 0;
-	uint8_t *f;
 	int rc;
 
-	if (pend == 0 && plain == 0)
+	if (s->wlen == 0 && plain == 0)
 		return FL_EAGAIN;
-	if (plain > CHAN_FRAME_MAX)
-		est = CHAN_FRAME_MAX;
-	else
-		est = pend + plain + (plain / CHAN_REC_PLAIN + 1) * CHAN_REC_OVERHEAD;
-	if (est > CHAN_FRAME_MAX)
-		est = CHAN_FRAME_MAX;
-	f = malloc(est);
-	if (!f)
-		return fail(s, FL_ENOMEM, "out of memory for an outbound frame");
-	if ((rc = drain(w, f, &flen, est)))
-		goto bad;
-	while (s->hs_done && !s->shut && !s->dead && s->oq_head) {
+	if (plain) {
+		/* Room for this frame's records: exact for small messages, a
+		 * whole frame for bulk. */
+		size_t est =
+		    plain > CHAN_FRAME_MAX
+		        ? CHAN_FRAME_MAX
+		        : s->wlen + plain + (plain / CHAN_REC_PLAIN + 1) * CHAN_REC_OVERHEAD;
+		if (est > CHAN_FRAME_MAX)
+			est = CHAN_FRAME_MAX;
+		if (reserve(s, est))
+			return fail(s, FL_ENOMEM, "out of memory for an outbound frame");
+	}
+	while (plain && s->oq_head && !s->dead) {
 		size_t chunk = s->oq_bytes < CHAN_REC_PLAIN ? s->oq_bytes : CHAN_REC_PLAIN;
-		if (flen + BIO_ctrl_pending(w) + chunk + CHAN_REC_OVERHEAD > est)
+		if (s->wlen + chunk + CHAN_REC_OVERHEAD > CHAN_FRAME_MAX)
 			break;
 		if ((rc = write_record(s)))
-			goto out_err;
-		if (BIO_ctrl_pending(w) >= CHAN_DRAIN_AT && (rc = drain(w, f, &flen, est)))
-			goto bad;
+			return rc;
 	}
-	if ((rc = drain(w, f, &flen, est)))
-		goto bad;
-	if (flen == 0) {
-		free(f);
+	if (s->wlen == 0)
 		return FL_EAGAIN;
+	if (s->wlen <= CHAN_FRAME_MAX) {
+		/* The buffer itself becomes the frame. */
+		uint8_t *f = s->wb;
+		size_t cap = s->wcap;
+		if (cap - s->wlen > 4096 &&
+		    (cap != CHAN_FRAME_MAX || s->wlen < CHAN_FRAME_MAX / 2)) {
+			uint8_t *nf = realloc(f, s->wlen);
+			if (nf) {
+				f = nf;
+				cap = s->wlen;
+			}
+		}
+		*out = f;
+		*outlen = s->wlen;
+		*outcap = cap;
+		s->wb = NULL;
+		s->wlen = s->wcap = 0;
+		return 0;
 	}
-	if (est - flen > 4096) {
-		uint8_t *nf = realloc(f, flen);
-		if (nf)
-			f = nf;
-	}
+	/* More than a frame at once (never in practice: records are sized to
+	 * fit): cut, keep the rest. TLS is a byte stream; records may span
+	 * frames. */
+	uint8_t *f = chan_frame_get();
+	if (!f)
+		return fail(s, FL_ENOMEM, "out of memory for an outbound frame");
+	memcpy(f, s->wb, CHAN_FRAME_MAX);
+	memmove(s->wb, s->wb + CHAN_FRAME_MAX, s->wlen - CHAN_FRAME_MAX);
+	s->wlen -= CHAN_FRAME_MAX;
 	*out = f;
-	*outlen = flen;
+	*outlen = CHAN_FRAME_MAX;
+	*outcap = CHAN_FRAME_MAX;
 	return 0;
-bad:
-	rc = fail(s, FL_ECRYPTO, "reading TLS output failed");
-out_err:
-	free(f);
-	return rc;
 }
 
 int chan_sess_flush(chan_sess *s, chan_sendfn send, void *arg, size_t budget)
@@ -479,7 +553,7 @@ int chan_sess_flush(chan_sess *s, chan_sendfn send, void *arg, size_t budget)
 	size_t sent = 0;
 	for (;;) {
 		if (!s->pend) {
-			int rc = chan_sess_produce(s, &s->pend, &s->pend_len);
+			int rc = chan_sess_produce(s, &s->pend, &s->pend_len, &s->pend_cap);
 			if (rc == FL_EAGAIN) {
 				s->pend = NULL;
 				s->pend_len = 0;
@@ -492,7 +566,7 @@ int chan_sess_flush(chan_sess *s, chan_sendfn send, void *arg, size_t budget)
 			}
 		}
 		size_t n = s->pend_len;
-		int rc = send(arg, s->next_kind, s->pend, n);
+		int rc = send(arg, s->next_kind, s->pend, n, s->pend_cap);
 		if (rc)
 			return rc;
 		s->pend = NULL;
@@ -522,31 +596,14 @@ int chan_sess_idle(const chan_sess *s)
 	return !s->msg && s->lenget == 0 && !s->oq_head && !s->pend;
 }
 
-static int bio_big_empty(BIO *b)
-{
-	BUF_MEM *bm = NULL;
-	if (BIO_ctrl_pending(b) != 0)
-		return 0;
-	BIO_get_mem_ptr(b, &bm);
-	return bm && bm->max > CHAN_BIO_KEEP;
-}
-
 void chan_sess_shrink(chan_sess *s)
 {
-	if (!s->ssl || !s->hs_done)
-		return;
-	BIO *r = SSL_get_rbio(s->ssl), *w = SSL_get_wbio(s->ssl);
-	if (r && bio_big_empty(r)) {
-		BIO *nb = new_mem_bio();
-		if (nb)
-			SSL_set0_rbio(s->ssl, nb);
+	/* Only an unused frame buffer can be left over here. */
+	if (s->wb && s->wlen == 0) {
+		chan_frame_put(s->wb, s->wcap);
+		s->wb = NULL;
+		s->wcap = 0;
 	}
-	if (w && bio_big_empty(w)) {
-		BIO *nb = new_mem_bio();
-		if (nb)
-			SSL_set0_wbio(s->ssl, nb);
-	}
-	ERR_clear_error();
 }
 
 int chan_sess_write_raw(chan_sess *s, const void *p, size_t n)

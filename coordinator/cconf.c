@@ -2,6 +2,7 @@
 #include "cconf.h"
 
 #include "err.h"
+#include "modelfp.h"
 #include "sha.h"
 
 #include <math.h>
@@ -36,7 +37,7 @@ const cfg_key cconf_schema[] = {
      "session dropped after this long without traffic"},
     /* federation */
     {"federation", "base_gguf", CFG_STR, NULL, 0, 0, NULL,
-     "base model GGUF: shapes and fingerprint (SHA-256 of the file)"},
+     "base model GGUF: shapes and fingerprint (common/modelfp.h)"},
     {"federation", "base_sha256", CFG_STR, NULL, 0, 0, NULL,
      "base-model fingerprint as 64 hex digits (when base_gguf is not given)"},
     {"federation", "base_name", CFG_STR, "", 0, 0, NULL,
@@ -217,13 +218,13 @@ int cconf_build(const cfg *c, cconf *o, char *why, size_t whylen)
 			WHY("federation.base_gguf: %s", w2);
 			return rc == FL_ENOENT ? FL_ENOENT : FL_ECONFIG;
 		}
-		rc = lora_file_sha256(gg, f->base_sha);
+		rc = mfp_compute(gg, f->base_sha); /* the nodes' definition */
 		if (rc) {
 			WHY("federation.base_gguf: cannot read %s", gg);
 			return rc;
 		}
 		if (have_hex && memcmp(hex_sha, f->base_sha, 32)) {
-			WHY("federation.base_sha256 does not match the SHA-256 of %s", gg);
+			WHY("federation.base_sha256 does not match the fingerprint of %s", gg);
 			return FL_ECONFIG;
 		}
 		/* explicit head counts override the GGUF's if given */

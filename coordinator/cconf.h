@@ -3,9 +3,9 @@
  * documents every key) and its translation into the options of the
  * federation (fed_opts), the channel and the process.
  *
- * Loading reads the base GGUF's header (shapes) and hashes the whole file
- * (base fingerprint) when federation.base_gguf is set. Start-up only; not
- * thread-safe. */
+ * Loading reads the base GGUF's header (shapes) and computes its base-model
+ * fingerprint (common/modelfp.h, the definition nodes use) when
+ * federation.base_gguf is set. Start-up only; not thread-safe. */
 #ifndef FL_CCONF_H
 #define FL_CCONF_H
 #include <stddef.h>

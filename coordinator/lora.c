@@ -342,41 +342,6 @@ int lora_init(const lora_spec *spec, const lora_arch *arch, tset **out)
 	return build(spec, arch, 1, out);
 }
 
-int lora_file_sha256(const char *path, uint8_t out[32])
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		LOGE("lora", "open %s: %s", path, strerror(errno));
-		return errno == ENOENT ? FL_ENOENT : FL_EIO;
-	}
-	sha256_ctx *c = NULL;
-	int rc = sha256_new(&c);
-	uint8_t *b = malloc(1 << 20);
-	if (!b && !rc)
-		rc = FL_ENOMEM;
-	while (!rc) {
-		ssize_t n = read(fd, b, 1 << 20);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			LOGE("lora", "read %s: %s", path, strerror(errno));
-			rc = FL_EIO;
-			break;
-		}
-		if (n == 0)
-			break;
-		rc = sha256_update(c, b, (size_t)n);
-	}
-	if (!rc) {
-		rc = sha256_final(c, out);
-		c = NULL;
-	}
-	sha256_free(c);
-	free(b);
-	close(fd);
-	return rc;
-}
-
 static int perm_check(uint64_t rows, uint32_t n_head)
 {
 	if (n_head == 0 || rows % (2ull * n_head))

@@ -75,9 +75,6 @@ int lora_layout(const lora_spec *spec, const lora_arch *arch, tset **out);
  * quant_seed_derive(init_seed, name), lora_b = 0. Same seed, same bytes. */
 int lora_init(const lora_spec *spec, const lora_arch *arch, tset **out);
 
-/* SHA-256 of a whole file (the base-model fingerprint nodes send in Join). */
-int lora_file_sha256(const char *path, uint8_t out[32]);
-
 /* Row order of llama q/k projections: GGUF stores each head's rows
  * interleaved (rotary pairs), Hugging Face stores the two halves one after
  * the other. Within a head of dim d, GGUF row g holds HF row

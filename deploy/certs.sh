@@ -66,7 +66,11 @@ need_ca() {
 }
 
 # openssl ca reads its directory from the environment so DIR can be moved.
-ca_env() { export FEDLORA_CA_DIR="$(cd "$1" && pwd)"; }
+ca_env() {
+  local d
+  d=$(cd "$1" && pwd) || die "cannot enter $1"
+  export FEDLORA_CA_DIR=$d
+}
 
 write_cnf() {
   cat >"$1" <<'EOF'

@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -107,9 +108,14 @@ static inline int ft_bins(ft *f)
 	return tu_system("'%s' serve --help >/dev/null 2>&1", f->coord_bin) == 0 ? 0 : -1;
 }
 
-/* Certificates, base model (`model` = seed), data shards. */
+/* The federation of the running test, stopped by ft_teardown even when an
+ * assertion ended the test early. */
+static ft *ft_current;
+
+/* Certificates, base model, data shards. */
 static inline void ft_setup(ft *f, int nnodes, int ffa)
 {
+	ft_current = f;
 	char *d = tu_mkdtemp();
 	assert_non_null(d);
 	snprintf(f->dir, sizeof f->dir, "%s", d);
@@ -195,6 +201,10 @@ static inline pid_t ft_spawn(const char *log, const char *const *argv)
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
+		/* never outlive the test, whatever way it ends */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() == 1)
+			_exit(127);
 		FILE *o = freopen(log, "a", stdout);
 		FILE *e = freopen(log, "a", stderr);
 		(void)o;
@@ -466,10 +476,22 @@ static inline ft_node_metrics ft_node(const ft *f, int i)
 	return m;
 }
 
+/* cmocka teardown: stops whatever the test left running. */
+static inline int ft_teardown(void **state)
+{
+	(void)state;
+	if (ft_current)
+		ft_stop_all(ft_current);
+	ft_current = NULL;
+	return 0;
+}
+
 static inline void ft_cleanup(ft *f, int failed)
 {
 	ft_stop_all(f);
-	if (failed) {
+	/* a sanitizer report in any process fails the test */
+	int san = tu_system("grep -l -E 'Sanitizer|runtime error:' '%s'/*.log >&2", f->dir) == 0;
+	if (failed || san) {
 		ft_dump_logs(f);
 		fprintf(stderr, "federation test files kept in %s\n", f->dir);
 	} else if (getenv("FEDLORA_FED_KEEP")) {
@@ -477,6 +499,8 @@ static inline void ft_cleanup(ft *f, int failed)
 	} else {
 		tu_rmtree(f->dir);
 	}
+	if (san && !failed)
+		fail_msg("a process of the federation reported a sanitizer error (logs above)");
 }
 
 #endif

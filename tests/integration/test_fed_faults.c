@@ -9,14 +9,15 @@
  *    reconnect by themselves and the federation continues from the last
  *    committed version, every node still bit-identical to it;
  *  - a node with a different base model is refused, with a clear message
- *    on both sides. */
+ *    on both sides, while one with the federation's model (fingerprinted
+ *    by the coordinator from the same GGUF) is admitted. */
 #include "fedtest.h"
 
 static const char *long_steps(const ft *f)
 {
 	/* long enough that "mid-training" is a wide window */
 	return strcmp(f->trainer, "synth") == 0 ? "--train.local_steps=1500"
-	                                        : "--train.local_steps=60";
+	                                        : "--train.local_steps=30";
 }
 
 /* Every version a node verified equals the coordinator's file. */
@@ -46,7 +47,7 @@ static int count_in_log(const ft *f, const char *log, const char *needle)
 static void test_node_killed_mid_training(void **state)
 {
 	(void)state;
-	ft f;
+	static ft f; /* static: ft_teardown reaches it after a failed assertion */
 	memset(&f, 0, sizeof f);
 	if (ft_bins(&f) != 0)
 		skip();
@@ -94,7 +95,7 @@ static void test_node_killed_mid_training(void **state)
 static void test_node_killed_mid_upload(void **state)
 {
 	(void)state;
-	ft f;
+	static ft f; /* static: ft_teardown reaches it after a failed assertion */
 	memset(&f, 0, sizeof f);
 	if (ft_bins(&f) != 0)
 		skip();
@@ -142,7 +143,7 @@ static void test_node_killed_mid_upload(void **state)
 static void test_coordinator_restart_mid_round(void **state)
 {
 	(void)state;
-	ft f;
+	static ft f; /* static: ft_teardown reaches it after a failed assertion */
 	memset(&f, 0, sizeof f);
 	if (ft_bins(&f) != 0)
 		skip();
@@ -191,7 +192,7 @@ static void test_coordinator_restart_mid_round(void **state)
 static void test_other_base_model_rejected(void **state)
 {
 	(void)state;
-	ft f;
+	static ft f; /* static: ft_teardown reaches it after a failed assertion */
 	memset(&f, 0, sizeof f);
 	if (ft_bins(&f) != 0)
 		skip();
@@ -200,11 +201,22 @@ static void test_other_base_model_rejected(void **state)
 	                           "--heads %d --ffn %d --ctx %d --seed 12 >/dev/null",
 	                           f.node_bin, f.dir, FT_DIM, FT_LAYERS, FT_HEADS, FT_FFN, FT_CTX),
 	                 0);
-	ft_start_coord(&f, NULL);
-	char flag[PATH_MAX + 32];
+	/* The coordinator derives the fingerprint from the GGUF itself here
+	 * (and checks it against the configured hex): both sides use the same
+	 * definition, so the node with the right model is admitted. */
+	char gflag[PATH_MAX + 64];
+	snprintf(gflag, sizeof gflag, "--federation.base_gguf=%s/base.gguf", f.dir);
+	const char *cx[] = {gflag, NULL};
+	ft_start_coord(&f, cx);
+	ft_start_node(&f, 0, NULL);
+	char flag[PATH_MAX + 64];
 	snprintf(flag, sizeof flag, "--model.path=%s/other.gguf", f.dir);
 	const char *nx[] = {flag, NULL};
 	ft_start_node(&f, 1, nx);
+	if (!ft_wait_log(&f, "node-01.log", "welcomed as 'node-01'", 1, 30000)) {
+		ft_cleanup(&f, 1);
+		fail_msg("node-01 with the federation's base model was not admitted");
+	}
 	int st = ft_wait_pid(f.node[1], 30000);
 	f.node[1] = 0;
 	if (st != 1) {
@@ -223,10 +235,10 @@ static void test_other_base_model_rejected(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_other_base_model_rejected),
-	    cmocka_unit_test(test_node_killed_mid_upload),
-	    cmocka_unit_test(test_node_killed_mid_training),
-	    cmocka_unit_test(test_coordinator_restart_mid_round),
+	    cmocka_unit_test_teardown(test_other_base_model_rejected, ft_teardown),
+	    cmocka_unit_test_teardown(test_node_killed_mid_upload, ft_teardown),
+	    cmocka_unit_test_teardown(test_node_killed_mid_training, ft_teardown),
+	    cmocka_unit_test_teardown(test_coordinator_restart_mid_round, ft_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

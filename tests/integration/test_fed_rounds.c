@@ -14,7 +14,7 @@
 static void test_rounds(void **state)
 {
 	(void)state;
-	ft f;
+	static ft f; /* static: ft_teardown reaches it after a failed assertion */
 	memset(&f, 0, sizeof f);
 	if (ft_bins(&f) != 0)
 		skip();
@@ -74,9 +74,8 @@ static void test_rounds(void **state)
 		/* the node's state holds the last one, verified again on disk */
 		tset *g = NULL;
 		uint8_t gs[32];
-		assert_int_equal(st_read_tset(ft_path(&f, "node-%02d/global.safetensors", i + 1), NULL,
-					      &g),
-				 0);
+		assert_int_equal(
+		    st_read_tset(ft_path(&f, "node-%02d/global.safetensors", i + 1), NULL, &g), 0);
 		assert_int_equal(tset_fingerprint(g, gs), 0);
 		assert_memory_equal(gs, csha[ROUNDS - 1], 32);
 		tset_free(g);
@@ -94,11 +93,11 @@ static void test_rounds(void **state)
 			assert_true(m.bytes_up[k] <= 0.15 * m.bytes_fp32[k]);
 		}
 		print_message("%4d  %8.4f  %8.4f  %11.0f  %9.0f  %5.3f\n", i + 1, m.eloss[0],
-			      m.eloss[ROUNDS - 1], m.bytes_up[0], m.bytes_fp32[0],
-			      m.bytes_up[0] / m.bytes_fp32[0]);
+		              m.eloss[ROUNDS - 1], m.bytes_up[0], m.bytes_fp32[0],
+		              m.bytes_up[0] / m.bytes_fp32[0]);
 	}
 	print_message("mean held-out loss: v0 %.4f -> v%d %.4f (q4 payload %zu bytes per update)\n",
-		      loss0, ROUNDS - 1, loss_last, payload);
+	              loss0, ROUNDS - 1, loss_last, payload);
 	assert_true(loss_last < loss0);
 	tset_free(v0);
 	ft_cleanup(&f, 0);
@@ -107,7 +106,7 @@ static void test_rounds(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_rounds),
+	    cmocka_unit_test_teardown(test_rounds, ft_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -181,6 +182,7 @@ static pid_t spawn_node(const char *conf, const char *log)
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the test */
 		FILE *f = freopen(log, "a", stderr);
 		(void)f;
 		execl(g_bin, g_bin, "run", "--config", conf, (char *)NULL);

@@ -20,8 +20,7 @@
 static float wa[64], wb[32];
 
 /* Writes a two-tensor GGUF; `swap` adds them in the other order. */
-static void write_model(const char *path, int swap, const char *arch, const char *name,
-			float poke)
+static void write_model(const char *path, int swap, const char *arch, const char *name, float poke)
 {
 	gguf_writer *w = gguf_writer_new();
 	assert_non_null(w);
@@ -34,19 +33,17 @@ static void write_model(const char *path, int swap, const char *arch, const char
 	wb[5] += poke;
 	uint64_t nea[2] = {32, 2}, neb[1] = {32};
 	if (!swap) {
-		assert_int_equal(gguf_add_tensor(w, "blk.0.attn_q.weight", GTYPE_F32, 2, nea, wa,
-						 sizeof wa),
-				 0);
-		assert_int_equal(gguf_add_tensor(w, "blk.0.attn_norm.weight", GTYPE_F32, 1, neb, wb,
-						 sizeof wb),
-				 0);
+		assert_int_equal(
+		    gguf_add_tensor(w, "blk.0.attn_q.weight", GTYPE_F32, 2, nea, wa, sizeof wa), 0);
+		assert_int_equal(
+		    gguf_add_tensor(w, "blk.0.attn_norm.weight", GTYPE_F32, 1, neb, wb, sizeof wb),
+		    0);
 	} else {
-		assert_int_equal(gguf_add_tensor(w, "blk.0.attn_norm.weight", GTYPE_F32, 1, neb, wb,
-						 sizeof wb),
-				 0);
-		assert_int_equal(gguf_add_tensor(w, "blk.0.attn_q.weight", GTYPE_F32, 2, nea, wa,
-						 sizeof wa),
-				 0);
+		assert_int_equal(
+		    gguf_add_tensor(w, "blk.0.attn_norm.weight", GTYPE_F32, 1, neb, wb, sizeof wb),
+		    0);
+		assert_int_equal(
+		    gguf_add_tensor(w, "blk.0.attn_q.weight", GTYPE_F32, 2, nea, wa, sizeof wa), 0);
 	}
 	assert_int_equal(gguf_writer_write(w, path), 0);
 	gguf_writer_free(w);

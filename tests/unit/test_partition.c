@@ -69,7 +69,7 @@ static void collect(const char *out, int nodes, seen *sn)
 		sn->shard_of_key[k] = -1;
 	for (int s = 0; s < nodes; s++) {
 		for (int ev = 0; ev < 2; ev++) {
-			char p[512];
+			char p[1100];
 			snprintf(p, sizeof p, "%s/node-%03d/%s.txt", out, s, ev ? "eval" : "train");
 			uint8_t *d;
 			size_t n;

@@ -1,0 +1,377 @@
+#!/usr/bin/env bash
+# tests/bench/quality/run.sh — the federated-learning quality experiment.
+#
+# Everything with the project's own binaries, on 127.0.0.1, over mutual TLS:
+#   1. base model: `fedlora-node init-model` (byte vocabulary) then
+#      `fedlora-node train --full` on warpeace.txt (last 5 % held out);
+#      cached in $CACHE, so reruns skip it.
+#   2. task: tinyshakespeare.txt split by speaking role into $NODES shards
+#      (`fedlora-node partition --mode by-key --key speaker`, 10 % of every
+#      shard held out): non-IID, shards differ in size and style.
+#   3. runs from the same base, the same LoRA spec and the same total number
+#      of local training tokens (ROUNDS x PER_ROUND x LOCAL_STEPS x BATCH x CTX):
+#        central   one LoRA on the pooled training data of all shards
+#        local     every node alone (LOCAL_STEPS x ROUNDS x PER_ROUND / NODES
+#                  steps each), scored on its own held-out data
+#        f32 q8 q4ef q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef
+#                  `fedlora-coordinator serve` + NODES `fedlora-node run`
+#                  (trainer lora, 1 thread each), PER_ROUND nodes sampled a round
+#   4. every run's final adapter is scored on every node's held-out split
+#      (`fedlora-node eval --adapter`), next to the base model on the same data.
+#
+# Writes into $OUT: table.md (the results table), <run>.curve (per-round mean
+# held-out loss), <run>.evals (per-node final losses), charts (PNG, gnuplot)
+# into $IMG when set.
+#
+# Usage: tests/bench/quality/run.sh [RUN ...]    (default: every run)
+# Environment (defaults in brackets):
+#   FEDLORA_BUILD [<repo>/build]   FEDLORA_SHARED [/work/shared/data]
+#   CACHE [<build>/quality-cache]  OUT [<build>/quality-out]   IMG [unset]
+#   NODES [20] PER_ROUND [10] ROUNDS [6] LOCAL_STEPS [8] BATCH [8] CTX [64]
+#   LR [0.003] RANK [16] ALPHA [32] TARGETS [attn_q,attn_v] EVAL_TOKENS [4096]
+#   DIM [128] LAYERS [4] HEADS [4] FFN [384] MCTX [128] PRE_STEPS [800]
+#   PRE_DATA [warpeace.txt] TASK_DATA [tinyshakespeare.txt]
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+build=${FEDLORA_BUILD:-$here/build}
+shared=${FEDLORA_SHARED:-/work/shared/data}
+CACHE=${CACHE:-$build/quality-cache}
+OUT=${OUT:-$build/quality-out}
+IMG=${IMG:-}
+NODES=${NODES:-20} PER_ROUND=${PER_ROUND:-10} ROUNDS=${ROUNDS:-6}
+LOCAL_STEPS=${LOCAL_STEPS:-8} BATCH=${BATCH:-8} CTX=${CTX:-64} LR=${LR:-0.003}
+RANK=${RANK:-16} ALPHA=${ALPHA:-32} TARGETS=${TARGETS:-attn_q,attn_v}
+EVAL_TOKENS=${EVAL_TOKENS:-4096}
+DIM=${DIM:-128} LAYERS=${LAYERS:-4} HEADS=${HEADS:-4} FFN=${FFN:-384} MCTX=${MCTX:-128}
+PRE_STEPS=${PRE_STEPS:-800} PRE_DATA=${PRE_DATA:-warpeace.txt}
+TASK_DATA=${TASK_DATA:-tinyshakespeare.txt}
+node_bin=$build/fedlora-node
+coord_bin=$build/fedlora-coordinator
+all_runs="central local f32 q4ef q8 q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef"
+runs=${*:-$all_runs}
+
+die() {
+  printf 'quality: %s\n' "$*" >&2
+  exit 1
+}
+say() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+[[ -x $node_bin && -x $coord_bin ]] || die "build fedlora-node and fedlora-coordinator in $build first"
+[[ -f $shared/$PRE_DATA && -f $shared/$TASK_DATA ]] || die "data missing in $shared"
+
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+mkdir -p "$CACHE" "$OUT"
+
+# ------------------------------------------------------------------ base model
+base=$CACHE/base-d$DIM-l$LAYERS-h$HEADS-f$FFN-c$MCTX-p$PRE_STEPS.gguf
+if [[ ! -f $base ]]; then
+  say "pretraining the base model ($PRE_STEPS steps on $PRE_DATA)"
+  f=$shared/$PRE_DATA
+  n=$(wc -l <"$f")
+  k=$((n * 95 / 100))
+  head -n "$k" "$f" >"$CACHE/pre-train.txt"
+  tail -n +"$((k + 1))" "$f" >"$CACHE/pre-eval.txt"
+  "$node_bin" init-model --out "$CACHE/init.gguf" --dim "$DIM" --layers "$LAYERS" \
+    --heads "$HEADS" --ffn "$FFN" --ctx "$MCTX" --seed 7 >/dev/null
+  rm -rf "$CACHE/pre"
+  "$node_bin" train --full --model "$CACHE/init.gguf" --data "$CACHE/pre-train.txt" \
+    --eval-data "$CACHE/pre-eval.txt" --eval-tokens 16384 --out "$CACHE/pre" \
+    --steps "$PRE_STEPS" --ctx "$MCTX" --batch 8 --lr 3e-3 --seed 1 --log-every 50 \
+    >"$CACHE/pretrain.log" 2>&1 || die "pretraining failed, see $CACHE/pretrain.log"
+  mv "$CACHE/pre/model.gguf" "$base"
+fi
+if [[ ! -f $CACHE/base-eval.txt ]]; then
+  "$node_bin" eval --model "$base" --data "$CACHE/pre-eval.txt" --ctx "$MCTX" \
+    --max-tokens 65536 --batch 8 >"$CACHE/base-eval.txt"
+fi
+base_pre_loss=$(awk '/^result/ {print $3}' "$CACHE/base-eval.txt")
+say "base model $base: held-out loss on $PRE_DATA $base_pre_loss"
+
+# ------------------------------------------------------------------ shards
+shards=$CACHE/shards-$NODES
+if [[ ! -f $shards/partition.json ]]; then
+  "$node_bin" partition --input "$shared/$TASK_DATA" --out "$shards" --nodes "$NODES" \
+    --mode by-key --key speaker --holdout 0.1 --seed 1 >"$CACHE/partition-$NODES.log"
+fi
+shard() { printf '%s/node-%03d' "$shards" "$(($1 - 1))"; }
+nid() { printf 'node-%0*d' "$(((NODES > 99) ? ${#NODES} : 2))" "$1"; }
+pool=$CACHE/pool-$NODES.txt
+[[ -f $pool ]] || for i in $(seq 1 "$NODES"); do cat "$(shard "$i")/train.txt"; done >"$pool"
+
+# ------------------------------------------------------------------ PKI
+pki=$CACHE/pki-$NODES
+if [[ ! -f $pki/ca.crt ]]; then
+  bash "$here/deploy/certs.sh" init "$pki" >/dev/null
+  bash "$here/deploy/certs.sh" coordinator "$pki" --ip 127.0.0.1 --dns localhost >/dev/null
+  bash "$here/deploy/certs.sh" node "$pki" --count "$NODES" >/dev/null
+fi
+
+# ------------------------------------------------------------------ scoring
+# score RUN ADAPTER|-: held-out loss of every node's split -> $OUT/RUN.evals
+# (one line per node: "i loss"); ADAPTER may hold %d for per-node adapters.
+score() {
+  local name=$1 ad=$2 i
+  for i in $(seq 1 "$NODES"); do echo "$i"; done |
+    xargs -P 2 -I{} bash -c '
+      i=$1; ad=$2; a=(); if [[ $ad != - ]]; then a=(--adapter "$(printf "$ad" "$i")"); fi
+      l=$("$3" eval --model "$4" --data "$5/$(printf node-%03d $((i - 1)))/eval.txt" --ctx "$6" \
+          --max-tokens "$7" --batch 8 --threads 1 "${a[@]}" 2>/dev/null | awk "/^result/ {print \$3}")
+      echo "$i $l"' _ {} "$ad" "$node_bin" "$base" "$shards" "$CTX" "$EVAL_TOKENS" |
+    sort -n >"$OUT/$name.evals"
+  [[ $(awk 'NF == 2' "$OUT/$name.evals" | wc -l) == "$NODES" ]] || die "$name: scoring failed"
+}
+stats() { awk '{s += $2; if ($2 > w) w = $2} END {printf "%.4f %.4f", s / NR, w}' "$1"; }
+
+if [[ ! -f $OUT/base.evals ]]; then
+  say "scoring the base model on every node's held-out split"
+  score base -
+fi
+
+# the federation's base fingerprint and adapter shapes (as deploy/quickstart.sh)
+fp=$("$node_bin" fingerprint --model "$base")
+dims=""
+for t in ${TARGETS//,/ }; do
+  case $t in
+  attn_q | attn_k | attn_v | attn_output) s="${DIM}x$DIM" ;;
+  ffn_gate | ffn_up) s="${FFN}x$DIM" ;;
+  ffn_down) s="${DIM}x$FFN" ;;
+  *) die "unknown target $t" ;;
+  esac
+  dims+="${dims:+,}$t=$s"
+done
+
+tokens_total=$((ROUNDS * PER_ROUND * LOCAL_STEPS * BATCH * CTX))
+steps_central=$((ROUNDS * PER_ROUND * LOCAL_STEPS))
+steps_local=$(((steps_central + NODES - 1) / NODES))
+
+# result line: name mean worst up down up_f32 up_per_node_round down_per_node_round secs
+res() { echo "$*" >"$OUT/$1.res"; }
+
+lora_train() { # data out steps
+  OMP_NUM_THREADS=1 "$node_bin" train --model "$base" --data "$1" --out "$2" --steps "$3" \
+    --batch "$BATCH" --ctx "$CTX" --lr "$LR" --schedule constant --warmup 0 --clip 1 \
+    --rank "$RANK" --alpha "$ALPHA" --targets "$TARGETS" --seed 1 --threads 1 --quiet \
+    >"$2.log" 2>&1
+}
+
+run_central() {
+  local t0=$SECONDS d=$OUT/work/central
+  rm -rf "$d" && mkdir -p "$OUT/work"
+  say "central: LoRA on the pooled data, $steps_central steps"
+  lora_train "$pool" "$d" "$steps_central" || die "central training failed ($d.log)"
+  score central "$d"
+  res central $(stats "$OUT/central.evals") 0 0 0 0 0 $((SECONDS - t0))
+}
+
+run_local() {
+  local t0=$SECONDS d=$OUT/work/local i
+  rm -rf "$d" && mkdir -p "$d"
+  say "local: every node alone, $steps_local steps each"
+  for i in $(seq 1 "$NODES"); do echo "$i"; done |
+    xargs -P 2 -I{} bash -c "$(declare -f lora_train); base=$base BATCH=$BATCH CTX=$CTX LR=$LR \
+      RANK=$RANK ALPHA=$ALPHA TARGETS=$TARGETS node_bin=$node_bin; \
+      lora_train $shards/\$(printf node-%03d \$(({} - 1)))/train.txt $d/n{} $steps_local" ||
+    die "local training failed (logs in $d)"
+  score local "$d/n%d"
+  res local $(stats "$OUT/local.evals") 0 0 0 0 0 $((SECONDS - t0))
+}
+
+# run_fed NAME UPLINK EF FFA STRATEGY
+run_fed() {
+  local name=$1 fmt=$2 ef=$3 ffa=$4 strat=$5 t0=$SECONDS
+  local d=$OUT/work/$name i blk=32 extra=""
+  [[ $fmt == f32 || $fmt == f16 ]] && blk=0
+  [[ $strat == fedadam ]] && extra=$'server_lr = 0.01\nbeta1 = 0.9\nbeta2 = 0.99\ntau = 1e-3'
+  [[ $strat == trimmed_mean ]] && extra="trim = 0.2"
+  rm -rf "$d" && mkdir -p "$d"
+  say "$name: $ROUNDS rounds, $NODES nodes, $PER_ROUND a round, uplink $fmt ef=$ef ffa=$ffa, $strat"
+  cat >"$d/coordinator.conf" <<EOF
+[server]
+listen = tcp://127.0.0.1:*
+endpoint_file = $d/endpoint
+cert = $pki/coordinator.crt
+key = $pki/coordinator.key
+ca = $pki/ca.crt
+heartbeat_ms = 2000
+idle_timeout_ms = 120000
+[federation]
+base_sha256 = $fp
+seed = 1
+[adapter]
+layers = $LAYERS
+dims = $dims
+n_head = $HEADS
+n_head_kv = $HEADS
+[lora]
+rank = $RANK
+alpha = $ALPHA
+targets = $TARGETS
+ffa = $ffa
+init_seed = 1
+[rounds]
+min_nodes = $NODES
+nodes_per_round = $PER_ROUND
+min_updates = $((PER_ROUND - 2 > 0 ? PER_ROUND - 2 : 1))
+deadline_ms = 900000
+start_delay_ms = 300
+max_rounds = $ROUNDS
+[train]
+local_steps = $LOCAL_STEPS
+lr = $LR
+batch_size = $BATCH
+ctx = $CTX
+max_grad_norm = 1.0
+uplink_format = $fmt
+uplink_block = $blk
+error_feedback = $ef
+[aggregation]
+strategy = $strat
+downlink_format = q8
+$extra
+[state]
+dir = $d/coord-state
+keep_versions = 1000
+[log]
+level = info
+EOF
+  "$coord_bin" serve --config "$d/coordinator.conf" >"$d/coordinator.log" 2>&1 &
+  local cpid=$!
+  pids+=("$cpid")
+  for _ in $(seq 1 100); do
+    [[ -s $d/endpoint ]] && break
+    sleep 0.1
+  done
+  [[ -s $d/endpoint ]] || die "$name: coordinator did not start ($d/coordinator.log)"
+  for i in $(seq 1 "$NODES"); do
+    cat >"$d/n$i.conf" <<EOF
+[node]
+state_dir = $d/n$i
+trainer = lora
+seed = $i
+[coordinator]
+endpoint = $(cat "$d/endpoint")
+[tls]
+cert = $pki/nodes/$(nid "$i").crt
+key = $pki/nodes/$(nid "$i").key
+ca = $pki/ca.crt
+[model]
+path = $base
+threads = 1
+[data]
+train = $(shard "$i")/train.txt
+eval = $(shard "$i")/eval.txt
+eval_max_tokens = $EVAL_TOKENS
+[lora]
+rank = $RANK
+alpha = $ALPHA
+targets = $TARGETS
+ffa = $ffa
+init_seed = 1
+EOF
+    OMP_NUM_THREADS=1 "$node_bin" run --config "$d/n$i.conf" >"$d/n$i.log" 2>&1 &
+    pids+=("$!")
+  done
+  # the coordinator exits after ROUNDS rounds; stop early if every node died
+  while kill -0 "$cpid" 2>/dev/null; do
+    local alive=0 p
+    for p in "${pids[@]:1}"; do kill -0 "$p" 2>/dev/null && alive=$((alive + 1)); done
+    ((alive >= PER_ROUND)) || die "$name: only $alive nodes left ($(grep -h error "$d"/n*.log | tail -n 1))"
+    sleep 1
+  done
+  wait "$cpid" || die "$name: coordinator failed ($d/coordinator.log)"
+  local secs=$((SECONDS - t0))
+  cleanup
+  "$coord_bin" export --state-dir "$d/coord-state" --version latest --out "$d/final" \
+    >"$d/export.log" 2>&1 || die "$name: export failed ($d/export.log)"
+  score "$name" "$d/final"
+  # per-round curve: mean held-out loss (of the version each round starts
+  # from) over the round's sampled nodes; last line: all nodes, final version
+  cat "$d"/n*/metrics.jsonl >"$d/metrics.all"
+  awk '/"type":"round"/ && /"eval_loss":[0-9]/ {
+      match($0, /"round":[0-9]+/); r = substr($0, RSTART + 8, RLENGTH - 8) + 0
+      match($0, /"eval_loss":[0-9.eE+-]+/); l = substr($0, RSTART + 12, RLENGTH - 12) + 0
+      s[r] += l; c[r]++; if (r > m) m = r }
+    END { for (r = 1; r <= m; r++) if (c[r]) printf "%d %.5f\n", r, s[r] / c[r] }' \
+    "$d/metrics.all" >"$OUT/$name.curve"
+  echo "$((ROUNDS + 1)) $(stats "$OUT/$name.evals" | cut -d' ' -f1)" >>"$OUT/$name.curve"
+  local b
+  b=$(awk 'function num(k,   m) { if (match($0, "\"" k "\":[0-9]+")) { m = substr($0, RSTART, RLENGTH); sub(/^"[^"]*":/, "", m); return m + 0 } return 0 }
+    /"type":"round"/ { up += num("bytes_up"); f += num("bytes_up_fp32"); dn += num("bytes_down"); n++ }
+    END { printf "%d %d %d %d %d", up, dn, f, n ? up / n : 0, n ? dn / n : 0 }' "$d/metrics.all")
+  res "$name" $(stats "$OUT/$name.evals") $b "$secs"
+}
+
+for r in $runs; do
+  case $r in
+  central) run_central ;;
+  local) run_local ;;
+  f32) run_fed f32 f32 false false fedavg ;;
+  q8) run_fed q8 q8 false false fedavg ;;
+  q4ef) run_fed q4ef q4 true false fedavg ;;
+  q4) run_fed q4 q4 false false fedavg ;;
+  q2ef) run_fed q2ef q2 true false fedavg ;;
+  ffa_q4ef) run_fed ffa_q4ef q4 true true fedavg ;;
+  trim_q4ef) run_fed trim_q4ef q4 true false trimmed_mean ;;
+  fedadam_q4ef) run_fed fedadam_q4ef q4 true false fedadam ;;
+  *) die "unknown run '$r' (runs: $all_runs)" ;;
+  esac
+  say "$r: $(cat "$OUT/$r.res")"
+done
+
+# ------------------------------------------------------------------ table
+base_stats=$(stats "$OUT/base.evals")
+{
+  echo "Base model: $base_pre_loss nats/byte held-out on $PRE_DATA; on the $NODES Shakespeare held-out"
+  echo "splits: mean $(echo "$base_stats" | cut -d' ' -f1), worst $(echo "$base_stats" | cut -d' ' -f2)."
+  echo "Each run: $tokens_total local training tokens ($ROUNDS rounds x $PER_ROUND nodes x $LOCAL_STEPS steps x $BATCH x $CTX)."
+  echo
+  echo "| run | mean held-out | worst node | vs base (mean) | vs f32 (mean) | bytes up total | bytes down total | up / node / round | down / node / round | up vs f32 | wall s |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  f32m=$(awk '{print $2}' "$OUT/f32.res" 2>/dev/null || true)
+  f32up=$(awk '{print $4}' "$OUT/f32.res" 2>/dev/null || true)
+  bm=$(echo "$base_stats" | cut -d' ' -f1)
+  for r in $all_runs; do
+    [[ -f $OUT/$r.res ]] || continue
+    read -r _ m w up dn upf upn dnn s <"$OUT/$r.res"
+    awk -v r="$r" -v m="$m" -v w="$w" -v up="$up" -v dn="$dn" -v upf="$upf" -v upn="$upn" \
+      -v dnn="$dnn" -v s="$s" -v bm="$bm" -v fm="$f32m" -v fu="$f32up" 'BEGIN {
+      d = (fm != "" && r != "central" && r != "local") ? sprintf("%+.4f", m - fm) : "-"
+      if (r == "f32") d = "0"
+      ratio = (upf > 0) ? sprintf("%.1f%%", 100 * up / upf) : "-"
+      if (up == 0) { printf "| %s | %.4f | %.4f | %+.4f | %s | - | - | - | - | - | %d |\n", r, m, w, m - bm, d, s }
+      else printf "| %s | %.4f | %.4f | %+.4f | %s | %d | %d | %d | %d | %s | %d |\n", r, m, w, m - bm, d, up, dn, upn, dnn, ratio, s }'
+  done
+} >"$OUT/table.md"
+cat "$OUT/table.md"
+
+# ------------------------------------------------------------------ charts
+if [[ -n $IMG ]] && command -v gnuplot >/dev/null; then
+  mkdir -p "$IMG"
+  plots=""
+  for r in f32 q8 q4ef q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef; do
+    [[ -s $OUT/$r.curve ]] && plots+="${plots:+, }'$OUT/$r.curve' using 1:2 with linespoints title '$r'"
+  done
+  if [[ -n $plots ]]; then
+    gnuplot <<EOF
+set terminal pngcairo size 720,420 font ",10" noenhanced
+set output '$IMG/quality-loss-per-round.png'
+set title 'Held-out loss per round (mean over sampled nodes; last point: all $NODES nodes, final version)'
+set xlabel 'round'
+set ylabel 'held-out loss (nats/byte)'
+set key outside right
+set grid
+plot $plots, $bm with lines dt 2 lc rgb 'black' title 'base', \
+  $(awk '{print $2}' "$OUT/local.res" 2>/dev/null || echo NaN) with lines dt 3 lc rgb 'gray40' title 'local-only', \
+  $(awk '{print $2}' "$OUT/central.res" 2>/dev/null || echo NaN) with lines dt 4 lc rgb 'dark-green' title 'central'
+EOF
+    say "chart: $IMG/quality-loss-per-round.png"
+  fi
+fi
