@@ -1,6 +1,8 @@
 /* lora — see lora.h. */
 #include "lora.h"
 
+#include "lora_fmt.h"
+
 #include "err.h"
 #include "fileio.h"
 #include "gguf.h"
@@ -342,41 +344,17 @@ int lora_init(const lora_spec *spec, const lora_arch *arch, tset **out)
 	return build(spec, arch, 1, out);
 }
 
-static int perm_check(uint64_t rows, uint32_t n_head)
-{
-	if (n_head == 0 || rows % (2ull * n_head))
-		return FL_EINVAL;
-	return 0;
-}
-
+/* The q/k row permutation is defined once, in common/lora_fmt. */
 int lora_rows_gguf_to_hf(const float *src, float *dst, uint64_t rows, uint64_t cols,
                          uint32_t n_head)
 {
-	if (perm_check(rows, n_head))
-		return FL_EINVAL;
-	uint64_t d = rows / n_head;
-	for (uint64_t h = 0; h < n_head; h++)
-		for (uint64_t g = 0; g < d; g++) {
-			uint64_t hf = (g % 2) * (d / 2) + g / 2;
-			memcpy(dst + (h * d + hf) * cols, src + (h * d + g) * cols,
-			       cols * sizeof(float));
-		}
-	return 0;
+	return lfmt_rows_gguf_to_hf(src, dst, rows, cols, n_head);
 }
 
 int lora_rows_hf_to_gguf(const float *src, float *dst, uint64_t rows, uint64_t cols,
                          uint32_t n_head)
 {
-	if (perm_check(rows, n_head))
-		return FL_EINVAL;
-	uint64_t d = rows / n_head;
-	for (uint64_t h = 0; h < n_head; h++)
-		for (uint64_t g = 0; g < d; g++) {
-			uint64_t hf = (g % 2) * (d / 2) + g / 2;
-			memcpy(dst + (h * d + g) * cols, src + (h * d + hf) * cols,
-			       cols * sizeof(float));
-		}
-	return 0;
+	return lfmt_rows_hf_to_gguf(src, dst, rows, cols, n_head);
 }
 
 /* Parses "blk.N.<target>.lora_[ab]". */
