@@ -5,6 +5,8 @@
  *     and back ("down"), over plaintext ZeroMQ (same ROUTER/DEALER pair,
  *     same 256 KiB frames, zero-copy sends) and over the TLS channel;
  *     the crypto-bound ceiling 1 / (1/plaintext + 1/aesgcm) and the ratios;
+ *   - the channel alone: CPU per GiB for encrypting and decrypting with
+ *     both ends in one thread and no ZeroMQ, in AES-GCM passes;
  *   - handshakes per second (in memory, and over TCP);
  *   - coordinator memory per idle session (N nodes in another process)
  *     and per session after a 16 MiB transfer each way.
@@ -13,7 +15,7 @@
  * usage: bench_transport [--reps N] [--sessions N] [--xfer-sessions K]
  *                        [--skip-throughput] [--skip-memory]
  *                        [--tls-only] [--size 1|16|64] [--skip-handshakes]
- *                        [--default-malloc] */
+ *                        [--default-malloc] [--inmem-only] */
 #include "chan.h"
 #include "clock.h"
 #include "err.h"
@@ -504,6 +506,7 @@ typedef struct mem_wire {
 	size_t upn[64], downn[64];
 	uint8_t uph[64][CHAN_HDR_LEN], downh[64][CHAN_HDR_LEN];
 	int nu, nd;
+	chan_server *direct; /* set: the client's frames go straight into it */
 } mem_wire;
 
 static int mw_srv_out(void *arg, const uint8_t *rid, size_t rid_len, const uint8_t *hdr, size_t hn,
@@ -527,6 +530,11 @@ static int mw_cli_out(void *arg, const uint8_t *rid, size_t rid_len, const uint8
 	mem_wire *w = arg;
 	(void)rid;
 	(void)rid_len;
+	if (w->direct) {
+		uint8_t id = 1;
+		chan_frame fr[2] = {{hdr, hn}, {body, bn}};
+		return chan_server_feed(w->direct, &id, 1, fr, 2);
+	}
 	if (w->nu == 64 || hn != CHAN_HDR_LEN)
 		return FL_EAGAIN;
 	w->up[w->nu] = malloc(bn ? bn : 1);
@@ -604,6 +612,94 @@ static double hs_memory(int n, double *srv_us)
 		free(w.down[k]);
 	*srv_us = ups ? srv_t / ups * 1e6 : 0;
 	return ups / dt;
+}
+
+/* The channel's own cost per byte, without ZeroMQ, threads or a second
+ * core: one node session and one coordinator session in this thread, each
+ * frame the node produces fed straight into the coordinator, count
+ * messages of len bytes sent with chan_client_send_shared. Returns CPU
+ * seconds per GiB for encrypting and decrypting (both ends). */
+static double inmem_cpu(const uint8_t *data, size_t len, int count)
+{
+	chan_server_opts so;
+	chan_client_opts co;
+	chan_server *s = NULL;
+	chan_client *c = NULL;
+	chan_shared *sh = NULL;
+	mem_wire w;
+	double res = -1;
+	memset(&w, 0, sizeof w);
+	server_opts(&so);
+	so.endpoint = NULL;
+	client_opts(&co, NULL, 0);
+	co.server_name = "127.0.0.1";
+	if (chan_server_new_detached(&so, mw_srv_out, &w, &s))
+		return -1;
+	if (chan_client_new_detached(&co, mw_cli_out, &w, &c))
+		goto out;
+	chan_client_link_event(c, 1);
+	for (int round = 0; round < 20 && !chan_client_is_ready(c); round++) {
+		uint8_t rid = 1;
+		chan_event ev;
+		chan_client_process(c, NULL, 0);
+		for (int k = 0; k < w.nu; k++) {
+			chan_frame fr[2] = {{w.uph[k], CHAN_HDR_LEN}, {w.up[k], w.upn[k]}};
+			chan_server_feed(s, &rid, 1, fr, 2);
+			free(w.up[k]);
+		}
+		w.nu = 0;
+		chan_server_process(s, NULL, 0);
+		while (chan_server_next(s, &ev) == 0) {
+			if (ev.type == CHAN_EV_PEER_UP) {
+				chan_server_send(s, ev.peer, "WELCOME", 7);
+				chan_server_process(s, NULL, 0);
+			}
+			chan_event_fini(&ev);
+		}
+		for (int k = 0; k < w.nd; k++) {
+			chan_frame fr[2] = {{w.downh[k], CHAN_HDR_LEN}, {w.down[k], w.downn[k]}};
+			chan_client_feed(c, fr, 2);
+			free(w.down[k]);
+		}
+		w.nd = 0;
+		while (chan_client_next(c, &ev) == 0) {
+			if (ev.type == CHAN_EV_MESSAGE)
+				chan_client_set_ready(c);
+			chan_event_fini(&ev);
+		}
+	}
+	if (!chan_client_is_ready(c) || chan_shared_new(data, len, &sh))
+		goto out;
+	w.direct = s;
+	int got = 0, sent = 0;
+	double c0 = cpu_s();
+	while (got < count) {
+		chan_event ev;
+		while (sent < count && chan_client_send_shared(c, sh) == 0)
+			sent++;
+		chan_client_process(c, NULL, 0);
+		while (chan_server_next(s, &ev) == 0) {
+			if (ev.type == CHAN_EV_MESSAGE) {
+				if (ev.len != len) {
+					fprintf(stderr, "bench: got %zu bytes, want %zu\n", ev.len,
+					        len);
+					exit(1);
+				}
+				got++;
+			}
+			chan_event_fini(&ev);
+		}
+	}
+	res = (cpu_s() - c0) / ((double)len * count / (MIB * 1024));
+out:
+	chan_shared_release(sh);
+	chan_client_free(c);
+	chan_server_free(s);
+	for (int k = 0; k < w.nu; k++)
+		free(w.up[k]);
+	for (int k = 0; k < w.nd; k++)
+		free(w.down[k]);
+	return res;
 }
 
 /* Sequential connects over TCP: new node, handshake, WELCOME, free. */
@@ -958,7 +1054,7 @@ static void memory_bench(int n, int k)
 int main(int argc, char **argv)
 {
 	int reps = 5, sessions = 1000, xfer = 50, skip_tp = 0, skip_mem = 0, tls_only = 0;
-	int only_size = 0, skip_hs = 0, malloc_tuning = 1;
+	int only_size = 0, skip_hs = 0, malloc_tuning = 1, inmem_only = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--reps") && i + 1 < argc)
 			reps = (int)strtol(argv[++i], NULL, 10);
@@ -972,6 +1068,8 @@ int main(int argc, char **argv)
 			skip_mem = 1;
 		else if (!strcmp(argv[i], "--tls-only")) /* for profiling */
 			tls_only = 1;
+		else if (!strcmp(argv[i], "--inmem-only")) /* for profiling */
+			inmem_only = 1;
 		else if (!strcmp(argv[i], "--skip-handshakes"))
 			skip_hs = 1;
 		else if (!strcmp(argv[i], "--default-malloc"))
@@ -1028,7 +1126,7 @@ int main(int argc, char **argv)
 		int below = 0;
 		for (int i = 0; i < 3; i++) {
 			double aesr[32];
-			if (only_size && (size_t)only_size << 20 != sizes[i])
+			if (inmem_only || (only_size && (size_t)only_size << 20 != sizes[i]))
 				continue;
 			double pl[2][32], tl[2][32], ce[2][32], rp[2][32], rc[2][32];
 			double cpl[2][32], ctl[2][32], cex[2][32];
@@ -1081,6 +1179,20 @@ int main(int argc, char **argv)
 		}
 		printf("target TLS >= 0.8 x ceiling: %s\n",
 		       below ? "NOT met on some rows" : "met on every row");
+		/* The channel's own CPU per byte, apart from ZeroMQ and threads. */
+		printf("\nchannel alone (one thread, both ends, frames fed in memory, no "
+		       "ZeroMQ):\n");
+		for (int i = 0; i < 2; i++) {
+			double cv[32], av[32];
+			for (int r = 0; r < reps; r++) {
+				av[r] = aes_rate(1);
+				cv[r] = inmem_cpu(data, sizes[i], i ? 16 : 256);
+			}
+			double cpu = median(cv, reps), aes1 = MIB * 1024 / median(av, reps);
+			printf("  %2zu MiB messages: %.3f s/GiB = %.2f AES-GCM passes (2.00 = "
+			       "encrypt + decrypt and nothing else)\n",
+			       sizes[i] >> 20, cpu, cpu / aes1);
+		}
 		free(data);
 	}
 	if (skip_hs)
