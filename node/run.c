@@ -18,6 +18,7 @@
 #include "cli.h"
 #include "client.h"
 #include "clock.h"
+#include "cmd_util.h"
 #include "err.h"
 #include "fileio.h"
 #include "log.h"
@@ -711,6 +712,9 @@ int nrun_main(int argc, char **argv)
 		usage(stdout);
 		return CLI_OK;
 	}
+	/* As the model subcommands: the training thread's OpenMP team must not
+	 * spin while the node shares its cores (docs/ENGINE.md, Threads). */
+	cmdu_passive_openmp(argv);
 	if (cfg_new(schema, (int)(sizeof schema / sizeof schema[0]), &c) != 0)
 		return CLI_FAIL;
 	if (cfg_load_args(c, &argc, argv) != 0) {
