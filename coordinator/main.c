@@ -5,15 +5,19 @@
 #include "cconf.h"
 #include "cli.h"
 #include "err.h"
+#include "gtype.h"
 #include "journal.h"
 #include "log.h"
 #include "lora.h"
+#include "lora_fmt.h"
+#include "modelfp.h"
 #include "serve.h"
 #include "sha.h"
 #include "store.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -499,110 +503,280 @@ static int cmd_status(int argc, char **argv)
 
 /* ---- export ---- */
 
-static int cmd_export(int argc, char **argv)
+static void export_help(void)
 {
-	if (cli_wants_help(argc, argv)) {
-		printf(
-		    "Usage: fedlora-coordinator export --state-dir DIR --version V|latest --out "
-		    "OUT\n"
-		    "                                  [--n-head N] [--n-head-kv N] "
-		    "[--no-unpermute]\n"
-		    "                                  [--base-name NAME]\n\n"
-		    "Writes a committed version as a PEFT adapter: OUT/adapter_model.safetensors\n"
-		    "(base_model.model.model.layers.N.<module>.lora_A/lora_B.weight) and\n"
-		    "OUT/adapter_config.json. The version's fingerprint is verified first. The\n"
-		    "q/k lora_B rows are put back into Hugging Face order using the head counts\n"
-		    "recorded with the version (or --n-head/--n-head-kv); --no-unpermute keeps\n"
-		    "GGUF order (non-llama bases).\n");
-		return CLI_OK;
-	}
-	const char *dir = NULL, *ver = NULL, *out = NULL, *nh = NULL, *nhkv = NULL, *base = NULL;
-	int unpermute = 1;
+	printf("Usage: fedlora-coordinator export --state-dir DIR --version V|latest --out OUT\n"
+	       "                                  [--format peft|gguf-lora] [--base BASE.gguf]\n"
+	       "                                  [--type f32|f16]\n"
+	       "                                  [--n-head N] [--n-head-kv N] [--no-unpermute]\n"
+	       "                                  [--base-name NAME]\n\n"
+	       "Writes a committed version (its fingerprint verified first) as an adapter:\n\n"
+	       "  --format peft       (default) OUT/adapter_model.safetensors\n"
+	       "                      (base_model.model.model.layers.N.<module>.lora_A/B.weight)\n"
+	       "                      and OUT/adapter_config.json\n"
+	       "  --format gguf-lora  OUT is a llama.cpp GGUF LoRA adapter (--lora in llama.cpp);\n"
+	       "                      needs --base\n"
+	       "  --base BASE.gguf    the federation's base model. Its fingerprint must equal the\n"
+	       "                      one recorded with the version and the adapter must fit its\n"
+	       "                      tensors; architecture, head counts and general.name come\n"
+	       "                      from its header, and the file is written by the same code\n"
+	       "                      as `fedlora-node export` (identical layout)\n"
+	       "  --type T            gguf-lora tensors: f32 (default) or f16\n\n"
+	       "Without --base (peft only) the q/k lora_B rows are put back into Hugging Face\n"
+	       "order using the head counts recorded with the version (or --n-head/--n-head-kv);\n"
+	       "--no-unpermute keeps GGUF order (non-llama bases); --base-name sets\n"
+	       "base_model_name_or_path. With --base these come from the base's header.\n\n"
+	       "The scale is the federation's: alpha and rank (and rsLoRA) recorded with the\n"
+	       "version.\n\n"
+	       "A merged model needs the model engine, which is in fedlora-node:\n"
+	       "  fedlora-coordinator export --state-dir DIR --version V --format gguf-lora \\\n"
+	       "      --base BASE.gguf --out a.gguf\n"
+	       "  fedlora-node export --model BASE.gguf --adapter a.gguf --format merged \\\n"
+	       "      --out merged.gguf [--type f16|q8_0|q4_0 | --quantize ...]\n");
+}
+
+typedef struct export_args {
+	const char *dir, *ver, *out, *nh, *nhkv, *base_name, *format, *base, *type;
+	int unpermute;
+	enum lfmt_format fmt;
+	uint32_t gtype;
+	uint64_t version; /* when ver is not "latest" */
+} export_args;
+
+static int export_parse(int argc, char **argv, export_args *a)
+{
+	memset(a, 0, sizeof *a);
+	a->unpermute = 1;
 	for (int i = 1; i < argc; i++) {
 		int r;
-		if ((r = opt_val(argc, argv, &i, "--state-dir", &dir)) != 0 ||
-		    (r = opt_val(argc, argv, &i, "--version", &ver)) != 0 ||
-		    (r = opt_val(argc, argv, &i, "--out", &out)) != 0 ||
-		    (r = opt_val(argc, argv, &i, "--n-head-kv", &nhkv)) != 0 ||
-		    (r = opt_val(argc, argv, &i, "--n-head", &nh)) != 0 ||
-		    (r = opt_val(argc, argv, &i, "--base-name", &base)) != 0) {
+		if ((r = opt_val(argc, argv, &i, "--state-dir", &a->dir)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--version", &a->ver)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--out", &a->out)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--n-head-kv", &a->nhkv)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--n-head", &a->nh)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--base-name", &a->base_name)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--format", &a->format)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--base", &a->base)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--type", &a->type)) != 0) {
 			if (r < 0)
 				return CLI_USAGE;
 		} else if (strcmp(argv[i], "--no-unpermute") == 0) {
-			unpermute = 0;
+			a->unpermute = 0;
 		} else {
 			fprintf(stderr, "export: unexpected argument '%s' (try --help)\n", argv[i]);
 			return CLI_USAGE;
 		}
 	}
-	if (!dir || !ver || !out) {
+	const char *f = a->format ? a->format : "peft";
+	if (strcmp(f, "merged") == 0) {
+		/* the engine that folds W + s*B*A lives in node/; the binaries
+		 * never include each other (DESIGN.md) */
+		fprintf(stderr,
+		        "export: --format merged is done by fedlora-node (it needs the model "
+		        "engine); export in two steps:\n"
+		        "  fedlora-coordinator export --state-dir %s --version %s --format "
+		        "gguf-lora --base %s --out a.gguf\n"
+		        "  fedlora-node export --model %s --adapter a.gguf --format merged --out "
+		        "%s [--type ... | --quantize ...]\n",
+		        a->dir ? a->dir : "DIR", a->ver ? a->ver : "V",
+		        a->base ? a->base : "BASE.gguf", a->base ? a->base : "BASE.gguf",
+		        a->out ? a->out : "merged.gguf");
+		return CLI_USAGE;
+	}
+	if (strcmp(f, "peft") == 0) {
+		a->fmt = LFMT_PEFT;
+	} else if (strcmp(f, "gguf-lora") == 0) {
+		a->fmt = LFMT_GGUF_LORA;
+	} else {
+		fprintf(stderr, "export: --format: expected peft or gguf-lora, got '%s'\n", f);
+		return CLI_USAGE;
+	}
+	if (!a->dir || !a->ver || !a->out) {
 		fprintf(stderr, "export: --state-dir, --version and --out are required\n");
 		return CLI_USAGE;
 	}
-	int64_t x;
-	uint64_t v = 0;
-	if (strcmp(ver, "latest") != 0) {
-		if (cfg_parse_int(ver, &x) || x < 0) {
+	if (strcmp(a->ver, "latest") != 0) {
+		int64_t x;
+		if (cfg_parse_int(a->ver, &x) || x < 0) {
 			fprintf(stderr, "export: --version must be a number or 'latest'\n");
 			return CLI_USAGE;
 		}
-		v = (uint64_t)x;
+		a->version = (uint64_t)x;
 	}
+	a->gtype = GTYPE_F32;
+	if (a->type) {
+		if (a->fmt != LFMT_GGUF_LORA) {
+			fprintf(stderr,
+			        "export: --type applies to --format gguf-lora only (PEFT is "
+			        "written in f32)\n");
+			return CLI_USAGE;
+		}
+		if (strcmp(a->type, "f16") == 0) {
+			a->gtype = GTYPE_F16;
+		} else if (strcmp(a->type, "f32") != 0) {
+			fprintf(stderr, "export: --type: expected f32 or f16, got '%s'\n", a->type);
+			return CLI_USAGE;
+		}
+	}
+	if (a->fmt == LFMT_GGUF_LORA && !a->base) {
+		fprintf(stderr,
+		        "export: --format gguf-lora needs --base BASE.gguf (the federation's "
+		        "base model: the adapter takes its architecture and "
+		        "hyper-parameters)\n");
+		return CLI_USAGE;
+	}
+	if (a->base && (a->nh || a->nhkv || !a->unpermute || a->base_name)) {
+		fprintf(stderr,
+		        "export: --n-head, --n-head-kv, --no-unpermute and --base-name are "
+		        "for exports without --base; with --base they come from %s\n",
+		        a->base);
+		return CLI_USAGE;
+	}
+	return 0;
+}
+
+/* Today's PEFT path without a base: head counts recorded with the version
+ * (or given), coordinator/lora's writer. */
+static int export_peft_nobase(const export_args *a, const tset *g, const store_info *in)
+{
 	int64_t h = 0, hkv = 0;
-	if ((nh && (cfg_parse_int(nh, &h) || h < 1 || h > 1048576)) ||
-	    (nhkv && (cfg_parse_int(nhkv, &hkv) || hkv < 1 || hkv > 1048576))) {
+	if ((a->nh && (cfg_parse_int(a->nh, &h) || h < 1 || h > 1048576)) ||
+	    (a->nhkv && (cfg_parse_int(a->nhkv, &hkv) || hkv < 1 || hkv > 1048576))) {
 		fprintf(stderr, "export: --n-head/--n-head-kv must be positive numbers\n");
 		return CLI_USAGE;
 	}
-	log_set_level(LOG_LVL_WARN);
-	uint64_t *vs = NULL;
-	size_t nv = 0;
-	if (store_list_versions(dir, &vs, &nv) || nv == 0) {
-		fprintf(stderr, "export: no versions in %s/versions\n", dir);
-		free(vs);
-		return CLI_FAIL;
-	}
-	if (strcmp(ver, "latest") == 0)
-		v = vs[nv - 1];
-	free(vs);
-	tset *g = NULL;
-	store_info in;
 	char why[400];
-	if (store_read_version(dir, v, &g, &in, why, sizeof why)) {
-		fprintf(stderr, "export: version %" PRIu64 ": %s\n", v, why);
-		return CLI_FAIL;
-	}
 	lora_spec sp;
 	memset(&sp, 0, sizeof sp);
-	sp.rank = in.rank;
-	sp.alpha = in.alpha;
-	sp.rslora = in.rslora;
-	sp.ffa = in.ffa;
-	sp.init_seed = in.init_seed;
-	if (!in.targets[0] || lora_targets_parse(in.targets, &sp.targets, why, sizeof why))
+	sp.rank = in->rank;
+	sp.alpha = in->alpha;
+	sp.rslora = in->rslora;
+	sp.ffa = in->ffa;
+	sp.init_seed = in->init_seed;
+	if (!in->targets[0] || lora_targets_parse(in->targets, &sp.targets, why, sizeof why))
 		sp.targets = 0; /* the export derives them from the tensor names */
 	if (!sp.rank && tset_count(g))
 		sp.rank = (uint32_t)tset_at(g, 0)->shape[0];
 	if (sp.alpha <= 0)
 		sp.alpha = (float)sp.rank;
-	uint32_t hh = h ? (uint32_t)h : in.n_head;
-	uint32_t hk = hkv ? (uint32_t)hkv : (in.n_head_kv ? in.n_head_kv : hh);
-	int rc = lora_export_peft(g, &sp, hh, hk, unpermute, base, out);
-	tset_free(g);
+	uint32_t hh = h ? (uint32_t)h : in->n_head;
+	uint32_t hk = hkv ? (uint32_t)hkv : (in->n_head_kv ? in->n_head_kv : hh);
+	int rc = lora_export_peft(g, &sp, hh, hk, a->unpermute, a->base_name, a->out);
 	if (rc) {
 		fprintf(stderr, "export: failed (%s); see the message above\n", fl_strerror(rc));
 		return rc == FL_EINVAL ? CLI_USAGE : CLI_FAIL;
 	}
+	return CLI_OK;
+}
+
+static int all_zero(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i])
+			return 0;
+	return 1;
+}
+
+/* With --base: the base must be the one the federation trained on (the
+ * fingerprint recorded with the version, when there is one), then
+ * common/lora_fmt writes the file, the same writer as `fedlora-node export`. */
+static int export_with_base(const export_args *a, const tset *g, const store_info *in)
+{
+	uint8_t fp[MFP_LEN];
+	char have[2 * MFP_LEN + 1], want[2 * MFP_LEN + 1];
+	int rc = mfp_compute(a->base, fp);
+	if (rc) {
+		fprintf(stderr, "export: --base %s: cannot read the base model (%s)\n", a->base,
+		        fl_strerror(rc));
+		return CLI_FAIL;
+	}
+	hex_encode(fp, MFP_LEN, have);
+	int recorded = in->has_base && !all_zero(in->base_sha, sizeof in->base_sha);
+	if (recorded) {
+		hex_encode(in->base_sha, MFP_LEN, want);
+		if (memcmp(fp, in->base_sha, MFP_LEN) != 0) {
+			fprintf(stderr,
+			        "export: --base %s is not the federation's base model: its "
+			        "fingerprint is %.16s..., version %" PRIu64
+			        " was trained on base %.16s...\n",
+			        a->base, have, in->version, want);
+			return CLI_FAIL;
+		}
+	} else {
+		fprintf(stderr,
+		        "export: warning: version %" PRIu64 " records no base fingerprint; "
+		        "%s (%.16s...) is checked by its tensor shapes only\n",
+		        in->version, a->base, have);
+	}
+	/* the federation's scale: s = alpha / r, or alpha / sqrt(r) with rsLoRA,
+	 * the same definition as lfmt_scale (fed.c records all three) */
+	if (!(in->alpha > 0) || !isfinite(in->alpha)) {
+		fprintf(stderr,
+		        "export: version %" PRIu64 " records no usable LoRA alpha "
+		        "(fedlora.lora_alpha); the adapter's scale is unknown\n",
+		        in->version);
+		return CLI_FAIL;
+	}
+	lfmt_params p = {.alpha = in->alpha, .rank = in->rank, .rslora = in->rslora != 0};
+	char why[1024] = "";
+	rc = lfmt_export(g, a->base, &p, a->fmt, a->gtype, a->out, why, sizeof why);
+	if (rc == FL_EMISMATCH) {
+		fprintf(stderr, "export: version %" PRIu64 " does not fit --base %s: %s\n",
+		        in->version, a->base, why);
+		return CLI_FAIL;
+	}
+	if (rc) {
+		fprintf(stderr, "export: %s\n", why);
+		return CLI_FAIL;
+	}
+	printf("base %s: fingerprint %.16s...%s\n", a->base, have,
+	       recorded ? " (matches the version's)" : "");
+	return CLI_OK;
+}
+
+static int cmd_export(int argc, char **argv)
+{
+	if (cli_wants_help(argc, argv)) {
+		export_help();
+		return CLI_OK;
+	}
+	export_args a;
+	int rc = export_parse(argc, argv, &a);
+	if (rc)
+		return rc;
+	log_set_level(LOG_LVL_WARN);
+	uint64_t *vs = NULL;
+	size_t nv = 0;
+	if (store_list_versions(a.dir, &vs, &nv) || nv == 0) {
+		fprintf(stderr, "export: no versions in %s/versions\n", a.dir);
+		free(vs);
+		return CLI_FAIL;
+	}
+	uint64_t v = strcmp(a.ver, "latest") == 0 ? vs[nv - 1] : a.version;
+	free(vs);
+	tset *g = NULL;
+	store_info in;
+	char why[400];
+	if (store_read_version(a.dir, v, &g, &in, why, sizeof why)) {
+		fprintf(stderr, "export: version %" PRIu64 ": %s\n", v, why);
+		return CLI_FAIL;
+	}
+	rc = a.base ? export_with_base(&a, g, &in) : export_peft_nobase(&a, g, &in);
+	tset_free(g);
+	if (rc)
+		return rc;
 	char sha[65];
 	hex_encode(in.sha, 32, sha);
-	printf("exported version %" PRIu64 " (sha256 %.16s...) to %s\n", v, sha, out);
+	printf("exported version %" PRIu64 " (sha256 %.16s...) as %s%s to %s\n", v, sha,
+	       a.fmt == LFMT_GGUF_LORA ? "gguf-lora" : "peft",
+	       a.fmt != LFMT_GGUF_LORA ? "" : (a.gtype == GTYPE_F16 ? " (f16)" : " (f32)"), a.out);
 	return CLI_OK;
 }
 
 static const cli_cmd coord_cmds[] = {
     {"serve", "run the federation server", cmd_serve},
     {"status", "current version, last rounds and totals from a state directory", cmd_status},
-    {"export", "write a committed version as a PEFT adapter", cmd_export},
+    {"export", "write a committed version as a PEFT or llama.cpp GGUF LoRA adapter", cmd_export},
     {"check-config", "check a configuration file and print what it sets up", cmd_check},
     {NULL, NULL, NULL},
 };

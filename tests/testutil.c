@@ -1,6 +1,8 @@
 /* testutil — see testutil.h. */
 #include "testutil.h"
 
+#include "fileio.h"
+
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +43,15 @@ const char *tu_shared_data(const char *name)
 	if (access(p, R_OK) != 0)
 		return NULL;
 	return p;
+}
+
+char *tu_read_text(const char *path)
+{
+	uint8_t *p = NULL;
+	size_t n;
+	if (file_read_all(path, 1 << 20, &p, &n) != 0)
+		return strdup("");
+	return (char *)p;
 }
 
 int tu_system(const char *fmt, ...)

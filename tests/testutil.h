@@ -18,6 +18,9 @@ void tu_rmtree(const char *path);
 const char *tu_src_path(const char *rel);
 /* ../shared/data/<name> or NULL when absent (tests then skip()). */
 const char *tu_shared_data(const char *name);
+/* A text file (at most 1 MiB) as a malloc'd NUL-terminated string; "" (also
+ * malloc'd) when it cannot be read. Caller frees. */
+char *tu_read_text(const char *path);
 /* Runs a shell command, returns its exit status (or -1). */
 #if defined(__GNUC__)
 __attribute__((format(printf, 1, 2)))

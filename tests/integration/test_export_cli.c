@@ -26,15 +26,6 @@ static const char *node_bin(void)
 	return b ? b : "./fedlora-node";
 }
 
-static char *slurp(const char *path)
-{
-	uint8_t *p = NULL;
-	size_t n;
-	if (file_read_all(path, 1 << 20, &p, &n) != 0)
-		return strdup("");
-	return (char *)p;
-}
-
 /* Runs the binary with args, stdout+stderr to dir/log; returns the exit code
  * and the log text in *log (caller frees). */
 static int run(const char *dir, char **log, const char *args)
@@ -42,7 +33,7 @@ static int run(const char *dir, char **log, const char *args)
 	int rc = tu_system("%s %s > '%s/log' 2>&1", node_bin(), args, dir);
 	char p[600];
 	snprintf(p, sizeof p, "%s/log", dir);
-	*log = slurp(p);
+	*log = tu_read_text(p);
 	return rc;
 }
 

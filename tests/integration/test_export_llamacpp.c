@@ -52,15 +52,6 @@ static const char JS[] =
 
 #define PROMPT "Once upon a time"
 
-static char *slurp(const char *path)
-{
-	uint8_t *p = NULL;
-	size_t n;
-	if (file_read_all(path, 1 << 20, &p, &n) != 0)
-		return strdup("");
-	return (char *)p;
-}
-
 /* text without spaces (llama.cpp's detokenize drops the first piece's
  * leading space) */
 static void squeeze(char *s)
@@ -81,7 +72,7 @@ static char *run_capture(const char *dir, const char *cmd)
 		print_error("command failed (%d): %s\n", rc, cmd);
 		fail();
 	}
-	return slurp(out);
+	return tu_read_text(out);
 }
 
 static void test_llamacpp(void **state)
