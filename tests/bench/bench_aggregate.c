@@ -18,6 +18,7 @@
 #include "fedlora.pb-c.h"
 #include "log.h"
 #include "quant.h"
+#include "bench_util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -36,18 +37,6 @@ typedef struct result {
 	double update_bytes;
 	int ok;
 } result;
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof *v, cmp_d);
-	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static tset *layout(size_t mparams)
 {
@@ -177,11 +166,11 @@ static result run(size_t mparams, enum agg_strategy strat, int updates, int reps
 		t1 = clk_seconds();
 		ma[rep] = (t1 - t0) / updates * 1e3;
 	}
-	r.per_update_ms = median(pu, reps);
-	r.finish_ms = median(fi, reps);
-	r.total_s = median(tt, reps);
-	r.memcpy_update_ms = median(mu, reps);
-	r.memcpy_acc_ms = median(ma, reps);
+	r.per_update_ms = bench_median(pu, reps);
+	r.finish_ms = bench_median(fi, reps);
+	r.total_s = bench_median(tt, reps);
+	r.memcpy_update_ms = bench_median(mu, reps);
+	r.memcpy_acc_ms = bench_median(ma, reps);
 	r.ok = tset_all_finite(step, NULL);
 	volatile float sink = acc1[3] + (float)dst[0]; /* the copies are used */
 	(void)sink;

@@ -11,23 +11,12 @@
 #include "clock.h"
 #include "qtensor.h"
 #include "quant.h"
+#include "bench_util.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof *v, cmp_d);
-	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static volatile float g_sink;
 
@@ -64,7 +53,7 @@ int main(int argc, char **argv)
 		g_sink = out[r];
 	}
 	double bytes = (double)n * 4;
-	double mc = bytes / median(t, reps) / 1e9;
+	double mc = bytes / bench_median(t, reps) / 1e9;
 	printf("bench_codec: n = %zu elements (%.0f MiB of f32), %d reps, medians\n", n,
 	       bytes / 1048576.0, reps);
 	printf("memcpy bandwidth (same run, %.0f MiB): %.2f GB/s\n\n", bytes / 1048576.0, mc);
@@ -116,7 +105,7 @@ int main(int argc, char **argv)
 					p.round = QUANT_NEAREST;
 					quant_encode(&p, "bench", x, 2, shape, &q);
 				}
-				gb[op] = bytes / median(t, reps) / 1e9;
+				gb[op] = bytes / bench_median(t, reps) / 1e9;
 			}
 			char name[16];
 			snprintf(name, sizeof name, "%s%s%u", qt_fmt_name(fmts[fi].f),

@@ -20,6 +20,7 @@
 #include "err.h"
 #include "model/model.h"
 #include "model/sample.h"
+#include "bench_util.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -27,51 +28,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof *v, cmp_d);
-	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static double sgemm_peak(int threads, int reps)
-{
-	const int n = 2048;
-	float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n);
-	float *c = malloc(sizeof(float) * n * n);
-	for (size_t i = 0; i < (size_t)n * n; i++) {
-		a[i] = (float)(i % 17) * 0.01f;
-		b[i] = (float)(i % 13) * 0.01f;
-	}
-#ifdef OPENBLAS_VERSION
-	openblas_set_num_threads(threads);
-#else
-	(void)threads;
-#endif
-	double t[16];
-	if (reps > 16)
-		reps = 16;
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-	for (int r = 0; r < reps; r++) {
-		uint64_t t0 = clk_mono_ns();
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c,
-		            n);
-		t[r] = 2.0 * n * n * (double)n / ((clk_mono_ns() - t0) * 1e-9) / 1e9;
-	}
-#ifdef OPENBLAS_VERSION
-	openblas_set_num_threads(1); /* back to the engine's setting */
-#endif
-	free(a);
-	free(b);
-	free(c);
-	return median(t, reps);
-}
 
 static int run_cmd(const char *cmd)
 {
@@ -137,7 +93,7 @@ int main(int argc, char **argv)
 		}
 	}
 	kern_set_threads(threads);
-	double peak = sgemm_peak(threads, 5);
+	double peak = bench_sgemm_peak(threads, 5);
 	clk_sleep_ms(300);
 	printf("bench_forward: %d threads, batch B=%d T=%d (%d tokens/forward), median of %d\n",
 	       threads, B, T, B * T, reps);
@@ -205,7 +161,7 @@ int main(int argc, char **argv)
 			for (int rep = 0; rep < reps; rep++) {
 				/* a peak sample right before each forward: on a shared
 				 * machine the ratio then compares like with like */
-				pk[rep] = sgemm_peak(threads, 1);
+				pk[rep] = bench_sgemm_peak(threads, 1);
 				clk_sleep_ms(300); /* let OpenBLAS's own workers stop spinning */
 				model_prof p = {0};
 				model_set_prof(m, &p);
@@ -233,9 +189,11 @@ int main(int argc, char **argv)
 				    "%-6s %-5s %7.1fM %10.0f %9.1f %6.1f%% %9.1f %6.1f%% %5.1f%% "
 				    "%5.1f%% %5.1f%% %7.1f\n",
 				    s->name, types[ti], model_param_count(m) / 1e6,
-				    median(tps, reps), median(gf, reps), median(rg, reps),
-				    median(mmgf, reps), median(rmm, reps), median(fm, reps),
-				    median(fa, reps), median(fo, reps), median(pk, reps));
+				    bench_median(tps, reps), bench_median(gf, reps),
+				    bench_median(rg, reps), bench_median(mmgf, reps),
+				    bench_median(rmm, reps), bench_median(fm, reps),
+				    bench_median(fa, reps), bench_median(fo, reps),
+				    bench_median(pk, reps));
 				fflush(stdout);
 			}
 			free(tok);

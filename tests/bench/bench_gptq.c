@@ -39,6 +39,7 @@
 #include "model/model.h"
 #include "model/sample.h"
 #include "model/tokenizer.h"
+#include "bench_util.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -47,44 +48,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double sgemm_peak(int threads)
-{
-	const int n = 2048, reps = 3;
-	float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n);
-	float *c = malloc(sizeof(float) * n * n);
-	for (size_t i = 0; i < (size_t)n * n; i++) {
-		a[i] = (float)(i % 17) * 0.01f;
-		b[i] = (float)(i % 13) * 0.01f;
-	}
-#ifdef OPENBLAS_VERSION
-	openblas_set_num_threads(threads);
-#else
-	(void)threads;
-#endif
-	double t[3];
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-	for (int r = 0; r < reps; r++) {
-		uint64_t t0 = clk_mono_ns();
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c,
-		            n);
-		t[r] = 2.0 * n * n * (double)n / ((clk_mono_ns() - t0) * 1e-9) / 1e9;
-	}
-#ifdef OPENBLAS_VERSION
-	openblas_set_num_threads(1);
-#endif
-	free(a);
-	free(b);
-	free(c);
-	qsort(t, 3, sizeof t[0], cmp_d);
-	return t[1];
-}
 
 /* ---- the structured model ------------------------------------------------ */
 
@@ -423,7 +386,7 @@ int main(int argc, char **argv)
 	}
 	setenv("OMP_NUM_THREADS", "2", 0);
 	kern_set_threads(threads);
-	double peak = sgemm_peak(threads);
+	double peak = bench_sgemm_peak(threads, 3);
 
 	model *m = NULL;
 	char err[512];
@@ -481,8 +444,7 @@ int main(int argc, char **argv)
 			return 1;
 		fw[r] = (clk_mono_ns() - a) * 1e-9;
 	}
-	qsort(fw, 3, sizeof fw[0], cmp_d);
-	double fwd = fw[1];
+	double fwd = bench_median(fw, 3);
 	double nll32 = seq_nll(m, held, H, T);
 	model_free(m);
 

@@ -31,6 +31,7 @@
 #include "model/tokenizer.h"
 #include "optim.h"
 #include "train.h"
+#include "bench_util.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -40,51 +41,6 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof *v, cmp_d);
-	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static double sgemm_peak(int threads, int reps)
-{
-	const int n = 2048;
-	float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n);
-	float *c = malloc(sizeof(float) * n * n);
-	for (size_t i = 0; i < (size_t)n * n; i++) {
-		a[i] = (float)(i % 17) * 0.01f;
-		b[i] = (float)(i % 13) * 0.01f;
-	}
-#ifdef OPENBLAS_VERSION
-	openblas_set_num_threads(threads);
-#else
-	(void)threads;
-#endif
-	double t[16];
-	if (reps > 16)
-		reps = 16;
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-	for (int r = 0; r < reps; r++) {
-		uint64_t t0 = clk_mono_ns();
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c,
-		            n);
-		t[r] = 2.0 * n * n * (double)n / ((clk_mono_ns() - t0) * 1e-9) / 1e9;
-	}
-#ifdef OPENBLAS_VERSION
-	openblas_set_num_threads(1);
-#endif
-	free(a);
-	free(b);
-	free(c);
-	return median(t, reps);
-}
 
 /* What a child reports for one model type. */
 typedef struct result {
@@ -227,7 +183,7 @@ static void time_cases(char paths[NTYPES][PATH_MAX], int threads, int B, int T, 
 		if (k[i].tr && kase_run(&k[i], B, T, 1, 1, &dt, NULL, NULL) != 0)
 			goto out;
 	}
-	peaks[np++] = sgemm_peak(threads, 3);
+	peaks[np++] = bench_sgemm_peak(threads, 3);
 	for (int r = 0; r < reps; r++) {
 		for (int i = 0; i < NTYPES; i++) {
 			if (!k[i].tr)
@@ -250,7 +206,7 @@ static void time_cases(char paths[NTYPES][PATH_MAX], int threads, int B, int T, 
 			fa[i][r] = (fp.t_attn + gp.t_attn) / dt;
 			fl[i][r] = (fp.t_lora + gp.t_lora) / dt;
 		}
-		peaks[np++] = sgemm_peak(threads, 3);
+		peaks[np++] = bench_sgemm_peak(threads, 3);
 	}
 	for (int i = 0; i < NTYPES; i++) {
 		if (!k[i].tr)
@@ -259,18 +215,18 @@ static void time_cases(char paths[NTYPES][PATH_MAX], int threads, int B, int T, 
 		q->params_m = model_param_count(trn_base_model(k[i].b)) / 1e6;
 		q->weight_mib = trn_base_weight_bytes(k[i].b) / 1048576.0;
 		q->buf_mib = trn_bytes(k[i].tr) / 1048576.0;
-		q->tps = median(tps[i], reps);
-		q->gflops = median(gf[i], reps);
-		q->mm_gflops = median(mmgf[i], reps);
-		q->step_s = median(st[i], reps);
-		q->f_mm = median(fm[i], reps);
-		q->f_att = median(fa[i], reps);
-		q->f_lora = median(fl[i], reps);
+		q->tps = bench_median(tps[i], reps);
+		q->gflops = bench_median(gf[i], reps);
+		q->mm_gflops = bench_median(mmgf[i], reps);
+		q->step_s = bench_median(st[i], reps);
+		q->f_mm = bench_median(fm[i], reps);
+		q->f_att = bench_median(fa[i], reps);
+		q->f_lora = bench_median(fl[i], reps);
 		q->f_other = 1.0 - q->f_mm - q->f_att - q->f_lora;
 		q->ok = 1;
 	}
 out:;
-	double pk = median(peaks, np > 0 ? np : 1);
+	double pk = bench_median(peaks, np > 0 ? np : 1);
 	if (np == 0)
 		pk = 0;
 	if (write(fd, res, sizeof res) != (ssize_t)sizeof res ||
@@ -351,7 +307,7 @@ int main(int argc, char **argv)
 		}
 	}
 	kern_set_threads(threads);
-	double peak = sgemm_peak(threads, 5);
+	double peak = bench_sgemm_peak(threads, 5);
 	printf("bench_train: LoRA r=8 on all 7 projections, %d threads, batch B=%d x T=%d "
 	       "(%d tokens/step), %d steps per timed run, median of %d runs\n",
 	       threads, B, T, B * T, steps, reps);
@@ -467,7 +423,7 @@ int main(int argc, char **argv)
 		       s->name, lpk);
 		fflush(stdout);
 	}
-	double peak2 = sgemm_peak(threads, 5);
+	double peak2 = bench_sgemm_peak(threads, 5);
 	printf("\nreference again at the end: sgemm peak %.1f GFLOP/s\n", peak2);
 	printf("GFLOP/s: matmul, attention (causal chunks) and LoRA flops of a "
 	       "step (forward +\nbackward input gradients + LoRA) over the step's wall time; "

@@ -22,6 +22,7 @@
 #include "log.h"
 
 #include "../testpki.h"
+#include "bench_util.h"
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -116,18 +117,6 @@ static double cpu_s(void)
 	       (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof *v, cmp_d);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 static void server_opts(chan_server_opts *o)
 {
 	chan_server_opts_default(o);
@@ -173,7 +162,7 @@ static double aes_rate(int reps)
 	EVP_CIPHER_CTX_free(ctx);
 	free(src);
 	free(dst);
-	return median(r, reps < 16 ? reps : 16);
+	return bench_median(r, reps < 16 ? reps : 16);
 }
 
 /* ---- plaintext ZeroMQ: same sockets and framing, no TLS ---- */
@@ -321,7 +310,7 @@ static double plaintext_rate(const uint8_t *data, size_t len, int count, int up,
 		}
 		cpu[r] = (cpu_s() - c0) / ((double)len * count / (MIB * 1024));
 	}
-	*cpu_gib = median(cpu, reps);
+	*cpu_gib = bench_median(cpu, reps);
 	pthread_join(th, NULL);
 	int zero = 0;
 	zmq_setsockopt(a.sock, ZMQ_LINGER, &zero, sizeof zero);
@@ -333,7 +322,7 @@ static double plaintext_rate(const uint8_t *data, size_t len, int count, int up,
 	double rates[32];
 	for (int r = 0; r < reps; r++)
 		rates[r] = (double)len * count / secs[r];
-	return median(rates, reps);
+	return bench_median(rates, reps);
 }
 
 /* ---- the TLS channel ---- */
@@ -492,10 +481,10 @@ static int tls_rates(const uint8_t *data, size_t len, int count, int reps, doubl
 	chan_shared_release(sh);
 	chan_client_free(c);
 	chan_server_free(t.s);
-	*up = median(ru, reps);
-	*down = median(rd, reps);
-	*cpu_up = median(cu, reps);
-	*cpu_down = median(cd, reps);
+	*up = bench_median(ru, reps);
+	*down = bench_median(rd, reps);
+	*cpu_up = bench_median(cu, reps);
+	*cpu_down = bench_median(cd, reps);
 	return 0;
 }
 
@@ -1160,22 +1149,24 @@ int main(int argc, char **argv)
 				aesr[r] = a;
 			}
 			for (int d = 0; d < 2; d++) {
-				double mrc = median(rc[d], reps);
+				double mrc = bench_median(rc[d], reps);
 				below += mrc < 0.8;
 				printf("%3zu MiB %-5s %12.0f %12.0f %12.0f %10.2f %11.2f\n",
-				       sizes[i] >> 20, d ? "down" : "up", median(pl[d], reps) / MIB,
-				       median(tl[d], reps) / MIB, median(ce[d], reps) / MIB,
-				       median(rp[d], reps), mrc);
+				       sizes[i] >> 20, d ? "down" : "up",
+				       bench_median(pl[d], reps) / MIB,
+				       bench_median(tl[d], reps) / MIB,
+				       bench_median(ce[d], reps) / MIB, bench_median(rp[d], reps),
+				       mrc);
 			}
 			printf("        (AES-256-GCM during these runs: %.0f MiB/s)\n",
-			       median(aesr, reps) / MIB);
+			       bench_median(aesr, reps) / MIB);
 			for (int d = 0; d < 2; d++)
 				printf("        CPU, all threads, %-4s: plain %.2f s/GiB, TLS %.2f "
 				       "s/GiB: "
 				       "TLS adds %.1f AES-GCM passes' worth (2 = encrypt + "
 				       "decrypt)\n",
-				       d ? "down" : "up", median(cpl[d], reps),
-				       median(ctl[d], reps), median(cex[d], reps));
+				       d ? "down" : "up", bench_median(cpl[d], reps),
+				       bench_median(ctl[d], reps), bench_median(cex[d], reps));
 		}
 		printf("target TLS >= 0.8 x ceiling: %s\n",
 		       below ? "NOT met on some rows" : "met on every row");
@@ -1188,7 +1179,8 @@ int main(int argc, char **argv)
 				av[r] = aes_rate(1);
 				cv[r] = inmem_cpu(data, sizes[i], i ? 16 : 256);
 			}
-			double cpu = median(cv, reps), aes1 = MIB * 1024 / median(av, reps);
+			double cpu = bench_median(cv, reps),
+			       aes1 = MIB * 1024 / bench_median(av, reps);
 			printf("  %2zu MiB messages: %.3f s/GiB = %.2f AES-GCM passes (2.00 = "
 			       "encrypt + decrypt and nothing else)\n",
 			       sizes[i] >> 20, cpu, cpu / aes1);
