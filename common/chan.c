@@ -403,6 +403,40 @@ int chan_zmq_setint(void *sock, int opt, int v, const char *name)
 	return 0;
 }
 
+int chan_zmq_recv_parts(void *sock, zmq_msg_t *part, int max)
+{
+	int n = 0, more = 1;
+	for (int i = 0; i < max; i++)
+		zmq_msg_init(&part[i]);
+	while (more) {
+		zmq_msg_t tmp;
+		zmq_msg_init(&tmp);
+		if (zmq_msg_recv(&tmp, sock, n ? 0 : ZMQ_DONTWAIT) < 0) {
+			zmq_msg_close(&tmp);
+			if (n == 0 && errno != EAGAIN && errno != EINTR)
+				LOGW(CHAN_MOD, "zmq_msg_recv: %s", zmq_strerror(errno));
+			break;
+		}
+		more = zmq_msg_more(&tmp);
+		if (n < max)
+			zmq_msg_move(&part[n], &tmp);
+		n++;
+		zmq_msg_close(&tmp);
+	}
+	return n;
+}
+
+int chan_zmq_poll(zmq_pollitem_t *it, int n, int timeout_ms)
+{
+	if (n > 0 && zmq_poll(it, n, timeout_ms) < 0) {
+		if (errno == EINTR)
+			return FL_EINTR;
+		LOGE(CHAN_MOD, "zmq_poll: %s", zmq_strerror(errno));
+		return FL_ENET;
+	}
+	return 0;
+}
+
 #define POOL_MAX     32
 #define POOL_IDLE_MS 2000
 static uint8_t *g_pool[POOL_MAX];

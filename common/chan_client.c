@@ -474,37 +474,19 @@ static void recv_all(chan_client *c)
 {
 	for (int budget = 0; budget < CHAN_RECV_BUDGET; budget++) {
 		zmq_msg_t part[2];
-		int n = 0, more = 1;
-		zmq_msg_init(&part[0]);
-		zmq_msg_init(&part[1]);
-		if (zmq_msg_recv(&part[0], c->sock, ZMQ_DONTWAIT) < 0) {
-			zmq_msg_close(&part[0]);
-			zmq_msg_close(&part[1]);
-			return;
-		}
-		n = 1;
-		more = zmq_msg_more(&part[0]);
-		while (more) {
-			zmq_msg_t tmp;
-			zmq_msg_init(&tmp);
-			if (zmq_msg_recv(&tmp, c->sock, 0) < 0) {
-				zmq_msg_close(&tmp);
-				break;
+		int n = chan_zmq_recv_parts(c->sock, part, 2);
+		if (n > 0) {
+			chan_frame fr[2];
+			for (int i = 0; i < 2; i++) {
+				fr[i].p = zmq_msg_data(&part[i]);
+				fr[i].n = zmq_msg_size(&part[i]);
 			}
-			more = zmq_msg_more(&tmp);
-			if (n < 2)
-				zmq_msg_move(&part[n], &tmp);
-			n++;
-			zmq_msg_close(&tmp);
+			dispatch(c, n, fr);
 		}
-		chan_frame fr[2];
-		for (int i = 0; i < 2; i++) {
-			fr[i].p = zmq_msg_data(&part[i]);
-			fr[i].n = zmq_msg_size(&part[i]);
-		}
-		dispatch(c, n, fr);
 		zmq_msg_close(&part[0]);
 		zmq_msg_close(&part[1]);
+		if (n == 0)
+			return;
 	}
 }
 
@@ -759,12 +741,9 @@ int chan_client_poll(chan_client *c, int timeout_ms)
 	int t = chan_client_timeout(c);
 	if (timeout_ms >= 0 && timeout_ms < t)
 		t = timeout_ms;
-	if (n > 0 && zmq_poll(it, n, t) < 0) {
-		if (errno == EINTR)
-			return FL_EINTR;
-		LOGE(CHAN_MOD, "zmq_poll: %s", zmq_strerror(errno));
-		return FL_ENET;
-	}
+	int rc = chan_zmq_poll(it, n, t);
+	if (rc)
+		return rc;
 	return chan_client_process(c, it, n);
 }
 

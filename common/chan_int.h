@@ -209,6 +209,14 @@ int chan_zap_check(const chan_zap *z, const char *addr);
 
 /* ---- ZeroMQ helpers ---- */
 int chan_zmq_setint(void *sock, int opt, int v, const char *name);
+/* Receives one whole ZeroMQ message without waiting: its first `max`
+ * parts into part[0..max) (each initialised here; the caller closes all
+ * `max`), the rest read and dropped. Returns the number of parts the
+ * message had, 0 when none was waiting (or on an error, logged unless
+ * EAGAIN/EINTR). */
+int chan_zmq_recv_parts(void *sock, zmq_msg_t *part, int max);
+/* zmq_poll with the channel's error handling: FL_EINTR, FL_ENET (logged). */
+int chan_zmq_poll(zmq_pollitem_t *it, int n, int timeout_ms);
 /* Frame buffers of CHAN_FRAME_MAX bytes are recycled (a small process-wide
  * pool, thread-safe: ZeroMQ's I/O threads give them back), so bulk
  * transfers do not map and fault in fresh pages for every frame. */

@@ -642,29 +642,11 @@ static void recv_all(chan_server *s)
 {
 	for (int budget = 0; budget < CHAN_RECV_BUDGET; budget++) {
 		zmq_msg_t part[3];
-		int n = 0, more = 1;
-		for (int i = 0; i < 3; i++)
-			zmq_msg_init(&part[i]);
-		if (zmq_msg_recv(&part[0], s->sock, ZMQ_DONTWAIT) < 0) {
-			zmq_msg_close(&part[0]);
-			if (errno != EAGAIN && errno != EINTR)
-				LOGW(CHAN_MOD, "zmq_msg_recv: %s", zmq_strerror(errno));
+		int n = chan_zmq_recv_parts(s->sock, part, 3);
+		if (n == 0) {
+			for (int i = 0; i < 3; i++)
+				zmq_msg_close(&part[i]);
 			return;
-		}
-		n = 1;
-		more = zmq_msg_more(&part[0]);
-		while (more) {
-			zmq_msg_t tmp;
-			zmq_msg_init(&tmp);
-			if (zmq_msg_recv(&tmp, s->sock, 0) < 0) {
-				zmq_msg_close(&tmp);
-				break;
-			}
-			more = zmq_msg_more(&tmp);
-			if (n < 3)
-				zmq_msg_move(&part[n], &tmp);
-			n++;
-			zmq_msg_close(&tmp);
 		}
 		char addr[64] = "?";
 		if (n > 1) {
@@ -985,12 +967,9 @@ int chan_server_poll(chan_server *s, int timeout_ms)
 	int t = chan_server_timeout(s);
 	if (timeout_ms >= 0 && timeout_ms < t)
 		t = timeout_ms;
-	if (n > 0 && zmq_poll(it, n, t) < 0) {
-		if (errno == EINTR)
-			return FL_EINTR;
-		LOGE(CHAN_MOD, "zmq_poll: %s", zmq_strerror(errno));
-		return FL_ENET;
-	}
+	int rc = chan_zmq_poll(it, n, t);
+	if (rc)
+		return rc;
 	if (n == 0 && t > 0)
 		clk_sleep_ms((uint64_t)t);
 	return chan_server_process(s, it, n);
