@@ -6,6 +6,7 @@
 #include "fileio.h"
 #include "journal.h"
 #include "log.h"
+#include "lora_fmt.h"
 #include "safetensors.h"
 #include "sha.h"
 
@@ -428,7 +429,7 @@ int store_commit(store *s, const tset *adapter, const store_info *info, const ts
 	hex_encode(fp, 32, sha);
 	hex_encode(sfp, 32, ssha);
 	hex_encode(info->base_sha, 32, bsha);
-	st_kv meta[] = {
+	st_kv meta[24] = {
 	    {ST_META_VERSION, ver},
 	    {ST_META_ROUND, rnd},
 	    {"fedlora.parent", par},
@@ -443,9 +444,18 @@ int store_commit(store *s, const tset *adapter, const store_info *info, const ts
 	    {"fedlora.init_seed", seed},
 	    {"fedlora.n_head", nh},
 	    {"fedlora.n_head_kv", nhkv},
-	    {"fedlora.base_sha256", bsha},
 	};
-	size_t nmeta = sizeof meta / sizeof meta[0] - (info->has_base ? 0 : 1);
+	size_t nmeta = 14;
+	if (info->has_base)
+		meta[nmeta++] = (st_kv){"fedlora.base_sha256", bsha};
+	/* The keys every reader of canonical adapters knows (lora_fmt.h), so a
+	 * version file works as an adapter as it is (fedlora-node eval/export
+	 * --adapter) without --alpha. */
+	if (info->alpha > 0 && info->rank > 0) {
+		meta[nmeta++] = (st_kv){LFMT_META_ALPHA, alpha};
+		meta[nmeta++] = (st_kv){LFMT_META_RANK, rank};
+		meta[nmeta++] = (st_kv){LFMT_META_RSLORA, info->rslora ? "true" : "false"};
+	}
 	if (store_version_path(s->dir, info->version, path, sizeof path))
 		return FL_EINVAL;
 	rc = st_write(path, adapter, ST_F32, meta, nmeta);

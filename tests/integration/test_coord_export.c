@@ -339,6 +339,42 @@ static void test_rslora(void **st)
 	assert_float_equal(lfmt_scale(&lp), 3.0, 1e-12);
 }
 
+/* A version file is itself a canonical adapter with the standard alpha /
+ * rank / rsLoRA keys: lfmt_load (fedlora-node eval/export --adapter) takes
+ * the federation's scale from it, no --alpha needed. */
+static void test_version_file_is_adapter(void **st)
+{
+	(void)st;
+	const char *dirs[2] = {g_fed, g_rs};
+	const double alpha[2] = {16.0, 6.0}, scale[2] = {4.0, 3.0};
+	for (int k = 0; k < 2; k++) {
+		char path[1024], why[300];
+		assert_int_equal(store_version_path(dirs[k], 0, path, sizeof path), 0);
+		gguf *b;
+		assert_int_equal(gguf_open(g_base, &b, why, sizeof why), 0);
+		tset *got = NULL;
+		lfmt_params lp;
+		int rc = lfmt_load(path, b, NULL, &got, &lp, why, sizeof why);
+		if (rc)
+			fail_msg("lfmt_load %s: %s", path, why);
+		assert_float_equal(lp.alpha, alpha[k], 0);
+		assert_int_equal(lp.rank, 4);
+		assert_int_equal(lp.rslora, k);
+		assert_float_equal(lfmt_scale(&lp), scale[k], 1e-12);
+		store_info in;
+		tset *want = version(dirs[k], 0, &in);
+		assert_true(tset_count(got) == tset_count(want));
+		for (size_t i = 0; i < tset_count(want); i++) {
+			const tensor *w = tset_at(want, i), *g = tset_find(got, w->name);
+			assert_non_null(g);
+			assert_memory_equal(g->data, w->data, w->n * sizeof(float));
+		}
+		tset_free(want);
+		tset_free(got);
+		gguf_free(b);
+	}
+}
+
 static void test_refusals(void **st)
 {
 	(void)st;
@@ -419,7 +455,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_gguf_lora), cmocka_unit_test(test_peft_same_as_node),
 	    cmocka_unit_test(test_rslora),    cmocka_unit_test(test_refusals),
-	    cmocka_unit_test(test_help),
+	    cmocka_unit_test(test_help),      cmocka_unit_test(test_version_file_is_adapter),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
