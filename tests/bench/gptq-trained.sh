@@ -12,7 +12,9 @@
 #      in the same run), peak RSS of each export. Calibration text is the
 #      training text (local data), held-out text the last 5 %.
 #
-# Usage: tests/bench/gptq-trained.sh
+# Usage: tests/bench/gptq-trained.sh [--train-only]
+#   --train-only   stop after the (cached) training run, e.g. to benchmark
+#                  later on a quiet machine
 # Environment (defaults in brackets):
 #   FEDLORA_BUILD [<repo>/build]  FEDLORA_SHARED [<repo>/../shared] (data in its data/)
 #   CACHE [<build>/gptq-cache]  STEPS [240]  BATCH [4]  CTX [128]  LR [1e-3]
@@ -59,6 +61,7 @@ if [[ ! -f $model ]]; then
   rm -f "$CACHE/init.gguf"
 fi
 grep -E '^(done|eval|memory)' "$CACHE/train.log" || true
+[[ ${1:-} == --train-only ]] && exit 0
 say "bench_gptq on $model"
 OMP_NUM_THREADS=$THREADS "$bench" --model "$model" --calib-text "$CACHE/train.txt" \
   --held-text "$CACHE/held.txt" --calib-seqs "$CALIB_SEQS" --held-seqs "$HELD_SEQS" \
