@@ -10,7 +10,8 @@
 #   training   fedlora-node train (LoRA and --full) on the bench_forward
 #              "small" shape; tokens/s, and GFLOP/s (6 x params x tokens/s,
 #              matmuls only, attention not counted) vs the same sgemm peak;
-#              tests/bench/bench_train too when this build has it
+#              tests/bench/bench_train (LoRA r8 on the ~6M and ~110M shapes,
+#              F32/Q8_0/Q4_0 bases): matmul GFLOP/s vs the sgemm peak
 #   aggregate  bench_aggregate   per-update aggregation time vs memcpy
 #   gptq       bench_gptq        GPTQ-Q4_0 export time vs one F32 forward pass
 #
@@ -35,6 +36,7 @@ mkdir -p "$out"
 export FEDLORA_NODE_BIN=$node
 rows=()
 row() { rows+=("$(printf '| %s | %s | %s | %s | %s |' "$@")"); }
+trim() { awk '{$1 = $1; print}' <<<"$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.3f", a / b; else printf "-" }'; }
 run() { # name, command...
   local name=$1
@@ -55,6 +57,7 @@ if ((quick)); then
   fwd_args=(--only small --reps 3)
   agg_args=(--sizes 1,4 --updates 20 --reps 3)
   gptq_args=(--shape small --calib-seqs 16 --held-seqs 8)
+  btr_args=(--reps 2 --steps 1 --only small)
   train_steps=10
   limit=300
 else
@@ -63,6 +66,7 @@ else
   fwd_args=()
   agg_args=(--max-buffer-mb 2000)
   gptq_args=(--shape small)
+  btr_args=(--reps 3 --steps 1)
   train_steps=30
   limit=1800
 fi
@@ -134,8 +138,18 @@ if "$node" init-model --out "$tdir/small.gguf" --dim 288 --layers 6 --heads 6 --
   done
 fi
 if [[ -x $bd/bench_train ]]; then
-  run train "$bd/bench_train" || row "training" "bench_train FAILED" "-" "-" "-"
-  row "training" "bench_train (raw output in $out/train.txt)" "-" "-" "-"
+  if run train "$bd/bench_train" "${btr_args[@]}"; then
+    f=$out/train.txt
+    # shape type params weights tok/s GFLOP/s %peak mmGF/s %peak ...; the
+    # reference is the sgemm peak sampled between that shape's timed rounds
+    while read -r shp typ par _ tps gf _ mmgf _; do
+      pk=$(awk -v s="$shp" '$1 == s && $2 == "sgemm" {for (i = 1; i <= NF; i++) if ($i == "GFLOP/s") {print $(i-1); exit}}' "$f")
+      row "training" "bench_train $shp ($par) $typ base, LoRA r8 all projections, B4 T256: $tps tokens/s" \
+        "matmuls $mmgf GFLOP/s (whole step $gf)" "sgemm peak ${pk:--} GFLOP/s" "$(ratio "$mmgf" "${pk:-0}")"
+    done < <(awk '($1 == "small" || $1 == "large") && ($2 == "f32" || $2 == "q8_0" || $2 == "q4_0") && NF >= 15' "$f")
+  else
+    row "training" "bench_train FAILED (see $out/train.err)" "-" "-" "-"
+  fi
 fi
 
 # ---------------------------------------------------------------- aggregate
@@ -151,7 +165,7 @@ fi
 if run gptq "$bd/bench_gptq" "${gptq_args[@]}"; then
   fwd=$(awk '/^reference: one F32 forward/ {print $(NF-1)}' "$out/gptq.txt")
   while IFS='|' read -r _ v ppl ex _ t x _; do
-    row "gptq" "export $v (small), ppl $(echo $ppl), nll excess $(echo $ex)" "$(echo $t)" "one F32 forward ${fwd} s" "$(echo $x) (time ratio)"
+    row "gptq" "export $(trim "$v") (small), ppl $(trim "$ppl"), nll excess $(trim "$ex")" "$(trim "$t")" "one F32 forward ${fwd} s" "$(trim "$x") (time ratio)"
   done < <(grep -E '^\| (RTN|GPTQ)' "$out/gptq.txt")
 else
   row "gptq" "FAILED (see $out/gptq.err)" "-" "-" "-"
