@@ -27,12 +27,14 @@
 # Environment (defaults in brackets):
 #   FEDLORA_BUILD [<repo>/build]   FEDLORA_SHARED [<repo>/../shared] (data in its data/)
 #   CACHE [<build>/quality-cache]  OUT [<build>/quality-out]   IMG [unset]
-#   NODES [20] PER_ROUND [10] ROUNDS [6] LOCAL_STEPS [8] BATCH [8] CTX [64]
+#   NODES [20] PER_ROUND [10] ROUNDS [10] LOCAL_STEPS [8] BATCH [8] CTX [64]
 #   LR [0.003] RANK [16] ALPHA [32] TARGETS [attn_q,attn_v] EVAL_TOKENS [4096]
-#   DIM [128] LAYERS [4] HEADS [4] FFN [384] MCTX [128] PRE_STEPS [800]
+#   DIM [256] LAYERS [6] HEADS [8] FFN [768] MCTX [128] PRE_STEPS [6000]
+#   (the base: 5.25M parameters, 6000 x 8 x 128 tokens, about 30 min on 2 cores)
 #   PRE_DATA [warpeace.txt] TASK_DATA [tinyshakespeare.txt]
-# word splitting of $(stats ...) and $b into fields is intended
-# shellcheck disable=SC2046
+# word splitting of $(stats ...) and $b into fields is intended; the scripts
+# passed to `bash -c` are single-quoted on purpose (they expand in the child)
+# shellcheck disable=SC2046,SC2086,SC2016
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
@@ -41,12 +43,12 @@ shared=${FEDLORA_SHARED:-$here/../shared}/data
 CACHE=${CACHE:-$build/quality-cache}
 OUT=${OUT:-$build/quality-out}
 IMG=${IMG:-}
-NODES=${NODES:-20} PER_ROUND=${PER_ROUND:-10} ROUNDS=${ROUNDS:-6}
+NODES=${NODES:-20} PER_ROUND=${PER_ROUND:-10} ROUNDS=${ROUNDS:-10}
 LOCAL_STEPS=${LOCAL_STEPS:-8} BATCH=${BATCH:-8} CTX=${CTX:-64} LR=${LR:-0.003}
 RANK=${RANK:-16} ALPHA=${ALPHA:-32} TARGETS=${TARGETS:-attn_q,attn_v}
 EVAL_TOKENS=${EVAL_TOKENS:-4096}
-DIM=${DIM:-128} LAYERS=${LAYERS:-4} HEADS=${HEADS:-4} FFN=${FFN:-384} MCTX=${MCTX:-128}
-PRE_STEPS=${PRE_STEPS:-800} PRE_DATA=${PRE_DATA:-warpeace.txt}
+DIM=${DIM:-256} LAYERS=${LAYERS:-6} HEADS=${HEADS:-8} FFN=${FFN:-768} MCTX=${MCTX:-128}
+PRE_STEPS=${PRE_STEPS:-6000} PRE_DATA=${PRE_DATA:-warpeace.txt}
 TASK_DATA=${TASK_DATA:-tinyshakespeare.txt}
 node_bin=$build/fedlora-node
 coord_bin=$build/fedlora-coordinator
