@@ -16,14 +16,13 @@
  *    not fit 32-element blocks.
  *
  * The perplexity test here stays fast and self-contained, so it builds a
- * model with the structure GPTQ exploits in trained ones — per-channel RMSNorm gains spread over an order of magnitude
- * and a low-rank token embedding, so layer inputs are strongly correlated —
- * and measures perplexity on text *sampled from the F32 model itself*
- * (held out from the calibration samples): for such text the F32 model is
- * the true distribution, so a quantized model's excess cross-entropy is its
- * KL divergence from the original, and the comparison is meaningful. The
- * same ordering on a model trained by `fedlora-node train --full` and real
- * text: tests/integration/test_gptq_trained.sh. */
+ * model with the structure GPTQ exploits in trained ones — per-channel RMSNorm gains spread over an
+ * order of magnitude and a low-rank token embedding, so layer inputs are strongly correlated — and
+ * measures perplexity on text *sampled from the F32 model itself* (held out from the calibration
+ * samples): for such text the F32 model is the true distribution, so a quantized model's excess
+ * cross-entropy is its KL divergence from the original, and the comparison is meaningful. The same
+ * ordering on a model trained by `fedlora-node train --full` and real text:
+ * tests/integration/test_gptq_trained.sh. */
 #include "testutil.h"
 
 #include "err.h"
