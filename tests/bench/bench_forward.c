@@ -73,10 +73,7 @@ int main(int argc, char **argv)
 	if (!node)
 		node = "./fedlora-node";
 	if (!vocab) {
-		const char *sh = getenv("FEDLORA_SHARED");
-		snprintf(vbuf, sizeof vbuf, "%s/data/vocab/ggml-vocab-llama-spm.gguf",
-		         sh ? sh : "../../shared");
-		vocab = vbuf;
+		vocab = bench_default_vocab(vbuf, sizeof vbuf);
 	}
 	if (B < 1 || T < 1 || reps < 1 || reps > 64 || threads < 1) {
 		fprintf(stderr, "bench_forward: bad --B/--T/--reps/--threads\n");

@@ -369,10 +369,7 @@ int main(int argc, char **argv)
 		T = large ? 256 : 128;
 	char vbuf[1024], tdir[512], mpath[600], cpath[600], path[700];
 	if (large && !vocab && !model_in) {
-		const char *sh = getenv("FEDLORA_SHARED");
-		snprintf(vbuf, sizeof vbuf, "%s/data/vocab/ggml-vocab-llama-spm.gguf",
-		         sh ? sh : "../../shared");
-		vocab = vbuf;
+		vocab = bench_default_vocab(vbuf, sizeof vbuf);
 		if (access(vocab, R_OK) != 0) {
 			printf("large shape skipped: vocabulary %s not found (--vocab)\n", vocab);
 			return 0;

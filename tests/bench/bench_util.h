@@ -7,6 +7,7 @@
 
 #include <cblas.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 static inline int bench_cmp_d(const void *a, const void *b)
@@ -64,6 +65,16 @@ static inline double bench_sgemm_peak(int threads, int reps)
 	free(b);
 	free(c);
 	return bench_median(t, reps);
+}
+
+/* The ~110M reference shape's vocabulary in the shared data
+ * ($FEDLORA_SHARED/data/vocab/ggml-vocab-llama-spm.gguf, FEDLORA_SHARED
+ * defaulting to ../../shared), written into out. */
+static inline const char *bench_default_vocab(char *out, size_t len)
+{
+	const char *sh = getenv("FEDLORA_SHARED");
+	snprintf(out, len, "%s/data/vocab/ggml-vocab-llama-spm.gguf", sh ? sh : "../../shared");
+	return out;
 }
 
 #endif
