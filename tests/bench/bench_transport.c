@@ -533,6 +533,51 @@ static int mw_cli_out(void *arg, const uint8_t *rid, size_t rid_len, const uint8
 	return 0;
 }
 
+/* Brings a detached node up against a detached coordinator through w
+ * (frames passed in memory, Welcome included). Returns the number of
+ * PEER_UP events; *srv_t (may be NULL) gets the coordinator side's time
+ * added. */
+static int mem_handshake(chan_server *s, chan_client *c, mem_wire *w, double *srv_t)
+{
+	int ups = 0;
+	chan_client_link_event(c, 1);
+	for (int round = 0; round < 20 && !chan_client_is_ready(c); round++) {
+		chan_client_process(c, NULL, 0);
+		uint8_t rid = 1;
+		double a = clk_seconds();
+		for (int k = 0; k < w->nu; k++) {
+			chan_frame fr[2] = {{w->uph[k], CHAN_HDR_LEN}, {w->up[k], w->upn[k]}};
+			chan_server_feed(s, &rid, 1, fr, 2);
+			free(w->up[k]);
+		}
+		w->nu = 0;
+		chan_server_process(s, NULL, 0);
+		chan_event ev;
+		while (chan_server_next(s, &ev) == 0) {
+			if (ev.type == CHAN_EV_PEER_UP) {
+				ups++;
+				chan_server_send(s, ev.peer, "WELCOME", 7);
+				chan_server_process(s, NULL, 0);
+			}
+			chan_event_fini(&ev);
+		}
+		if (srv_t)
+			*srv_t += clk_seconds() - a;
+		for (int k = 0; k < w->nd; k++) {
+			chan_frame fr[2] = {{w->downh[k], CHAN_HDR_LEN}, {w->down[k], w->downn[k]}};
+			chan_client_feed(c, fr, 2);
+			free(w->down[k]);
+		}
+		w->nd = 0;
+		while (chan_client_next(c, &ev) == 0) {
+			if (ev.type == CHAN_EV_MESSAGE)
+				chan_client_set_ready(c);
+			chan_event_fini(&ev);
+		}
+	}
+	return ups;
+}
+
 /* Handshakes with both ends in this thread, frames passed in memory:
  * returns handshakes/s and the coordinator's CPU time per handshake. */
 static double hs_memory(int n, double *srv_us)
@@ -555,41 +600,7 @@ static double hs_memory(int n, double *srv_us)
 		chan_client *c = NULL;
 		if (chan_client_new_detached(&co, mw_cli_out, &w, &c))
 			break;
-		chan_client_link_event(c, 1);
-		for (int round = 0; round < 20 && !chan_client_is_ready(c); round++) {
-			chan_client_process(c, NULL, 0);
-			uint8_t rid = 1;
-			double a = clk_seconds();
-			for (int k = 0; k < w.nu; k++) {
-				chan_frame fr[2] = {{w.uph[k], CHAN_HDR_LEN}, {w.up[k], w.upn[k]}};
-				chan_server_feed(s, &rid, 1, fr, 2);
-				free(w.up[k]);
-			}
-			w.nu = 0;
-			chan_server_process(s, NULL, 0);
-			chan_event ev;
-			while (chan_server_next(s, &ev) == 0) {
-				if (ev.type == CHAN_EV_PEER_UP) {
-					ups++;
-					chan_server_send(s, ev.peer, "WELCOME", 7);
-					chan_server_process(s, NULL, 0);
-				}
-				chan_event_fini(&ev);
-			}
-			srv_t += clk_seconds() - a;
-			for (int k = 0; k < w.nd; k++) {
-				chan_frame fr[2] = {{w.downh[k], CHAN_HDR_LEN},
-				                    {w.down[k], w.downn[k]}};
-				chan_client_feed(c, fr, 2);
-				free(w.down[k]);
-			}
-			w.nd = 0;
-			while (chan_client_next(c, &ev) == 0) {
-				if (ev.type == CHAN_EV_MESSAGE)
-					chan_client_set_ready(c);
-				chan_event_fini(&ev);
-			}
-		}
+		ups += mem_handshake(s, c, &w, &srv_t);
 		chan_client_free(c);
 		for (int k = 0; k < w.nu; k++)
 			free(w.up[k]);
@@ -626,37 +637,7 @@ static double inmem_cpu(const uint8_t *data, size_t len, int count)
 		return -1;
 	if (chan_client_new_detached(&co, mw_cli_out, &w, &c))
 		goto out;
-	chan_client_link_event(c, 1);
-	for (int round = 0; round < 20 && !chan_client_is_ready(c); round++) {
-		uint8_t rid = 1;
-		chan_event ev;
-		chan_client_process(c, NULL, 0);
-		for (int k = 0; k < w.nu; k++) {
-			chan_frame fr[2] = {{w.uph[k], CHAN_HDR_LEN}, {w.up[k], w.upn[k]}};
-			chan_server_feed(s, &rid, 1, fr, 2);
-			free(w.up[k]);
-		}
-		w.nu = 0;
-		chan_server_process(s, NULL, 0);
-		while (chan_server_next(s, &ev) == 0) {
-			if (ev.type == CHAN_EV_PEER_UP) {
-				chan_server_send(s, ev.peer, "WELCOME", 7);
-				chan_server_process(s, NULL, 0);
-			}
-			chan_event_fini(&ev);
-		}
-		for (int k = 0; k < w.nd; k++) {
-			chan_frame fr[2] = {{w.downh[k], CHAN_HDR_LEN}, {w.down[k], w.downn[k]}};
-			chan_client_feed(c, fr, 2);
-			free(w.down[k]);
-		}
-		w.nd = 0;
-		while (chan_client_next(c, &ev) == 0) {
-			if (ev.type == CHAN_EV_MESSAGE)
-				chan_client_set_ready(c);
-			chan_event_fini(&ev);
-		}
-	}
+	mem_handshake(s, c, &w, NULL);
 	if (!chan_client_is_ready(c) || chan_shared_new(data, len, &sh))
 		goto out;
 	w.direct = s;
