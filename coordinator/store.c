@@ -445,7 +445,9 @@ int store_commit(store *s, const tset *adapter, const store_info *info, const ts
 	    {"fedlora.n_head", nh},
 	    {"fedlora.n_head_kv", nhkv},
 	};
-	size_t nmeta = 14;
+	size_t nmeta = 0; /* the entries above; the rest of meta is zero */
+	while (meta[nmeta].key)
+		nmeta++;
 	if (info->has_base)
 		meta[nmeta++] = (st_kv){"fedlora.base_sha256", bsha};
 	/* The keys every reader of canonical adapters knows (lora_fmt.h), so a
