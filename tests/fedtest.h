@@ -476,18 +476,42 @@ static inline ft_node_metrics ft_node(const ft *f, int i)
 	return m;
 }
 
-/* cmocka teardown: stops whatever the test left running. */
+/* Waits until every node has written `n` round lines to its metrics (a
+ * node writes one when the coordinator's RoundEnd reaches it, which can be
+ * after the journal shows the commit). Returns 1, or 0 after ms. */
+static inline int ft_wait_node_rounds(const ft *f, int n, int ms)
+{
+	uint64_t end = clk_mono_ms() + (uint64_t)ms;
+	for (;;) {
+		int all = 1;
+		for (int i = 0; i < f->nnodes && all; i++)
+			all = ft_node(f, i).rounds >= n;
+		if (all)
+			return 1;
+		if (clk_mono_ms() >= end)
+			return 0;
+		clk_sleep_ms(50);
+	}
+}
+
+/* cmocka teardown: stops whatever the test left running. A federation
+ * still current here was not cleaned up: an assertion ended the test, so
+ * its logs are shown and its files kept. */
 static inline int ft_teardown(void **state)
 {
 	(void)state;
-	if (ft_current)
+	if (ft_current) {
 		ft_stop_all(ft_current);
+		ft_dump_logs(ft_current);
+		fprintf(stderr, "federation test files kept in %s\n", ft_current->dir);
+	}
 	ft_current = NULL;
 	return 0;
 }
 
 static inline void ft_cleanup(ft *f, int failed)
 {
+	ft_current = NULL;
 	ft_stop_all(f);
 	/* a sanitizer report in any process fails the test */
 	int san = tu_system("grep -l -E 'Sanitizer|runtime error:' '%s'/*.log >&2", f->dir) == 0;

@@ -39,6 +39,11 @@ static void test_ffa(void **state)
 		ft_cleanup(&f, 1);
 		fail_msg("rounds did not complete");
 	}
+	/* the last round's line reaches each node's metrics with RoundEnd */
+	if (!ft_wait_node_rounds(&f, ROUNDS, 30000)) {
+		ft_cleanup(&f, 1);
+		fail_msg("not every node recorded %d rounds", ROUNDS);
+	}
 	ft_stop_all(&f);
 
 	uint8_t sha[32];

@@ -32,6 +32,11 @@ static void test_rounds(void **state)
 		if (failed)
 			fprintf(stderr, "coordinator exit status %d\n", st);
 	}
+	/* the last round's line reaches each node's metrics with RoundEnd */
+	if (!failed && !ft_wait_node_rounds(&f, ROUNDS, 30000)) {
+		failed = 1;
+		fprintf(stderr, "not every node recorded %d rounds\n", ROUNDS);
+	}
 	for (int i = 0; i < 4; i++)
 		ft_stop(&f.node[i], SIGTERM, 8000);
 	if (failed) {
