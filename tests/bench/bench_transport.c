@@ -17,6 +17,7 @@
  *                        [--tls-only] [--size 1|16|64] [--skip-handshakes]
  *                        [--default-malloc] [--inmem-only] */
 #include "chan.h"
+#include "chan_int.h"
 #include "clock.h"
 #include "err.h"
 #include "log.h"
@@ -275,7 +276,7 @@ static double plaintext_rate(const uint8_t *data, size_t len, int count, int up,
 	void *c1 = zmq_ctx_new(), *c2 = zmq_ctx_new();
 	pt_peer a = {zmq_socket(c1, ZMQ_ROUTER), 1, {0}, 0},
 	        b = {zmq_socket(c2, ZMQ_DEALER), 0, {0}, 0};
-	int shwm = 64, rhwm = 16; /* as the channel */
+	int shwm = CHAN_SNDHWM, rhwm = CHAN_RCVHWM; /* as the channel */
 	int64_t maxmsg = FRAME;
 	char ep[128];
 	size_t epl = sizeof ep;
@@ -871,7 +872,7 @@ static int read_line(FILE *f, char *buf, size_t n, const char *prefix)
 static int plain_coord(int fd, int n)
 {
 	void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER);
-	int one = 1, shwm = 64, rhwm = 16, hb = 2000, hbt = 6000;
+	int one = 1, shwm = CHAN_SNDHWM, rhwm = CHAN_RCVHWM, hb = 2000, hbt = 6000;
 	int64_t maxmsg = FRAME;
 	long rss, heap;
 	char ep[256];
@@ -1094,12 +1095,13 @@ int main(int argc, char **argv)
 		printf("\n%-7s %-5s %12s %12s %12s %10s %11s\n", "size", "dir", "plain MiB/s",
 		       "TLS MiB/s", "ceiling", "TLS/plain", "TLS/ceiling");
 		int below = 0;
+		long ncores = sysconf(_SC_NPROCESSORS_ONLN);
 		for (int i = 0; i < 3; i++) {
 			double aesr[32];
 			if (inmem_only || (only_size && (size_t)only_size << 20 != sizes[i]))
 				continue;
 			double pl[2][32], tl[2][32], ce[2][32], rp[2][32], rc[2][32];
-			double cpl[2][32], ctl[2][32], cex[2][32];
+			double cpl[2][32], ctl[2][32], cex[2][32], need[2][32];
 			for (int r = 0; r < reps; r++) {
 				double a = aes_rate(1), pu = 1, pd = 1, tu, td;
 				double cpu_pu = 0, cpu_pd = 0, cpu_tu, cpu_td;
@@ -1126,6 +1128,8 @@ int main(int argc, char **argv)
 					ce[d][r] = 1.0 / (1.0 / p2[d] + 1.0 / a);
 					rp[d][r] = t2[d] / p2[d];
 					rc[d][r] = t2[d] / ce[d][r];
+					/* cores busy at 0.8 x ceiling, at this CPU per GiB */
+					need[d][r] = 0.8 * ce[d][r] / (MIB * 1024) * ct2[d];
 				}
 				aesr[r] = a;
 			}
@@ -1145,9 +1149,10 @@ int main(int argc, char **argv)
 				printf("        CPU, all threads, %-4s: plain %.2f s/GiB, TLS %.2f "
 				       "s/GiB: "
 				       "TLS adds %.1f AES-GCM passes' worth (2 = encrypt + "
-				       "decrypt)\n",
+				       "decrypt); 0.8 x ceiling needs %.2f of %ld cores busy\n",
 				       d ? "down" : "up", bench_median(cpl[d], reps),
-				       bench_median(ctl[d], reps), bench_median(cex[d], reps));
+				       bench_median(ctl[d], reps), bench_median(cex[d], reps),
+				       bench_median(need[d], reps), ncores);
 		}
 		printf("target TLS >= 0.8 x ceiling: %s\n",
 		       below ? "NOT met on some rows" : "met on every row");
