@@ -472,7 +472,8 @@ void chan_client_link_event(chan_client *c, int up)
 
 static void recv_all(chan_client *c)
 {
-	for (int budget = 0; budget < CHAN_RECV_BUDGET; budget++) {
+	size_t bytes = 0;
+	for (int budget = 0; budget < CHAN_RECV_BUDGET && bytes < CHAN_RECV_BYTES; budget++) {
 		zmq_msg_t part[2];
 		int n = chan_zmq_recv_parts(c->sock, part, 2);
 		if (n > 0) {
@@ -480,6 +481,7 @@ static void recv_all(chan_client *c)
 			for (int i = 0; i < 2; i++) {
 				fr[i].p = zmq_msg_data(&part[i]);
 				fr[i].n = zmq_msg_size(&part[i]);
+				bytes += fr[i].n;
 			}
 			dispatch(c, n, fr);
 		}

@@ -26,6 +26,13 @@
 /* ZeroMQ messages handled per process() call and socket, so one busy peer
  * cannot starve timers or other work. */
 #define CHAN_RECV_BUDGET   256
+/* Frame bytes read per process() call and socket. Without it one call
+ * could read CHAN_RECV_BUDGET whole frames (64 MiB) and decrypt every
+ * message in them before the application frees the first: each message
+ * then lands in fresh, page-faulting memory. With it, a bulk sender's
+ * messages reach the application about one megabyte at a time and their
+ * buffers are reused while still in cache. */
+#define CHAN_RECV_BYTES    (1u << 20)
 /* Frame bytes one session may hand to ZeroMQ per process() call. */
 #define CHAN_SEND_BUDGET   (8u << 20)
 /* ZeroMQ high-water marks, in frames of up to CHAN_FRAME_MAX bytes: 16 MiB

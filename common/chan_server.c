@@ -640,7 +640,8 @@ int chan_server_feed(chan_server *s, const void *rid, size_t rid_len, const chan
 
 static void recv_all(chan_server *s)
 {
-	for (int budget = 0; budget < CHAN_RECV_BUDGET; budget++) {
+	size_t bytes = 0;
+	for (int budget = 0; budget < CHAN_RECV_BUDGET && bytes < CHAN_RECV_BYTES; budget++) {
 		zmq_msg_t part[3];
 		int n = chan_zmq_recv_parts(s->sock, part, 3);
 		if (n == 0) {
@@ -659,8 +660,11 @@ static void recv_all(chan_server *s)
 			fr[i - 1].p = zmq_msg_data(&part[i]);
 			fr[i - 1].n = zmq_msg_size(&part[i]);
 		}
+		size_t in = 0;
 		for (int i = 1; i < n && i < 3; i++)
-			s->st.wire_in += zmq_msg_size(&part[i]);
+			in += zmq_msg_size(&part[i]);
+		s->st.wire_in += in;
+		bytes += in;
 		dispatch(s, zmq_msg_data(&part[0]), zmq_msg_size(&part[0]), n - 1, fr, addr);
 		for (int i = 0; i < 3; i++)
 			zmq_msg_close(&part[i]);

@@ -131,6 +131,31 @@ static void test_roundtrip(void **state)
 		assert_int_equal(h->sev.v[i].data[0], (uint8_t)i);
 	}
 
+	/* Reading is bounded per call (CHAN_RECV_BYTES): three 1 MiB messages
+	 * waiting in the coordinator's socket are not all read and decrypted
+	 * by one call, and all three then arrive whole. */
+	ct_evs_clear(&h->sev);
+	const size_t big = 1u << 20;
+	uint8_t *pat = ct_pattern(big, 9);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(chan_client_send(h->cli[0], pat, big), 0);
+	for (int i = 0; i < 100; i++) /* node side only: frames reach the socket */
+		chan_client_poll(h->cli[0], 10);
+	chan_server_poll(h->srv, 1000);
+	int got = 0;
+	chan_event ev;
+	while (chan_server_next(h->srv, &ev) == 0) {
+		got += ev.type == CHAN_EV_MESSAGE;
+		ct_evs_push(&h->sev, &ev);
+	}
+	assert_true(got <= 1);
+	assert_true(CT_WAIT(h, 10000, h->sev.n >= 3));
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(h->sev.v[i].len, big);
+		assert_memory_equal(h->sev.v[i].data, pat, big);
+	}
+	free(pat);
+
 	chan_server_stats st;
 	chan_server_get_stats(h->srv, &st);
 	assert_int_equal(st.sessions, 1);
