@@ -22,6 +22,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=tests/lib.sh
+. "$here/tests/lib.sh"
 build=${FEDLORA_BUILD:-$here/build}
 shared=${FEDLORA_SHARED:-$here/../shared}/data
 CACHE=${CACHE:-$build/gptq-cache}
@@ -43,11 +45,7 @@ mkdir -p "$CACHE"
 
 model=$CACHE/trained-110m-s$STEPS.gguf
 if [[ ! -f $model ]]; then
-  f=$shared/warpeace.txt
-  n=$(wc -l <"$f")
-  k=$((n * 95 / 100))
-  head -n "$k" "$f" >"$CACHE/train.txt"
-  tail -n +"$((k + 1))" "$f" >"$CACHE/held.txt"
+  split_lines "$shared/warpeace.txt" "$CACHE/train.txt" "$CACHE/held.txt"
   "$node_bin" init-model --out "$CACHE/init.gguf" --dim 768 --layers 12 --heads 12 \
     --ffn 2048 --ctx 256 --vocab-from "$vocab" --tie-embeddings --seed 7 \
     --threads "$THREADS" >"$CACHE/init.log" || die "init-model failed ($CACHE/init.log)"

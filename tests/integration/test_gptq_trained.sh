@@ -12,6 +12,8 @@
 # F32 (Q8_0: 0.02 nats/byte, Q4_0: 0.5). Prints the numbers.
 set -euo pipefail
 src=${FEDLORA_SRC:-$(cd "$(dirname "$0")/../.." && pwd)}
+# shellcheck source=tests/lib.sh
+. "$src/tests/lib.sh"
 build=${FEDLORA_BUILD:-$src/build}
 shared=${FEDLORA_SHARED:-}
 if [[ -z $shared || ! -f $shared/data/warpeace.txt ]]; then
@@ -25,11 +27,7 @@ node=$build/fedlora-node
 }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-f=$shared/data/warpeace.txt
-n=$(wc -l <"$f")
-k=$((n * 95 / 100))
-head -n "$k" "$f" >"$tmp/train.txt"
-tail -n +"$((k + 1))" "$f" >"$tmp/held.txt"
+split_lines "$shared/data/warpeace.txt" "$tmp/train.txt" "$tmp/held.txt"
 
 "$node" init-model --out "$tmp/init.gguf" --dim 96 --layers 2 --heads 4 --ffn 256 --ctx 64 \
   --seed 3 >/dev/null

@@ -38,6 +38,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+# shellcheck source=tests/lib.sh
+. "$here/tests/lib.sh"
 build=${FEDLORA_BUILD:-$here/build}
 shared=${FEDLORA_SHARED:-$here/../shared}/data
 CACHE=${CACHE:-$build/quality-cache}
@@ -78,11 +80,7 @@ mkdir -p "$CACHE" "$OUT"
 base=$CACHE/base-d$DIM-l$LAYERS-h$HEADS-f$FFN-c$MCTX-p$PRE_STEPS.gguf
 if [[ ! -f $base ]]; then
   say "pretraining the base model ($PRE_STEPS steps on $PRE_DATA)"
-  f=$shared/$PRE_DATA
-  n=$(wc -l <"$f")
-  k=$((n * 95 / 100))
-  head -n "$k" "$f" >"$CACHE/pre-train.txt"
-  tail -n +"$((k + 1))" "$f" >"$CACHE/pre-eval.txt"
+  split_lines "$shared/$PRE_DATA" "$CACHE/pre-train.txt" "$CACHE/pre-eval.txt"
   "$node_bin" init-model --out "$CACHE/init.gguf" --dim "$DIM" --layers "$LAYERS" \
     --heads "$HEADS" --ffn "$FFN" --ctx "$MCTX" --seed 7 >/dev/null
   rm -rf "$CACHE/pre"
