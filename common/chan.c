@@ -239,22 +239,12 @@ int chan_ratelog_allow(chan_ratelog *r)
 
 int chan_shared_new(const void *data, size_t len, chan_shared **out)
 {
-	size_t sz;
-	if (!out || (len && !data))
+	if (len && !data)
 		return FL_EINVAL;
-	if (len > CHAN_MAX_SEND_LEN)
-		return FL_ETOOBIG;
-	if (sz_add(sizeof(chan_shared), len, &sz))
-		return FL_EOVERFLOW;
-	chan_shared *m = malloc(sz);
-	if (!m)
-		return FL_ENOMEM;
-	m->refs = 1;
-	m->len = len;
-	if (len)
-		memcpy(m->data, data, len);
-	*out = m;
-	return 0;
+	int rc = chan_shared_alloc(len, out);
+	if (rc == 0 && len)
+		memcpy((*out)->data, data, len);
+	return rc;
 }
 
 int chan_shared_alloc(size_t len, chan_shared **out)

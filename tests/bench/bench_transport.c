@@ -912,6 +912,27 @@ static int plain_nodes(const char *ep, int n)
 	return 0;
 }
 
+/* Reads a coordinator child's first two lines: its endpoint ("E", into
+ * ep[256]) and its memory before any node ("M0"). */
+static FILE *coord_start_lines(int fd, char ep[256], long *rss0, long *heap0)
+{
+	char line[512];
+	FILE *cf = fdopen(fd, "r");
+	if (read_line(cf, line, sizeof line, "E ") == 0)
+		sscanf(line, "E %255s", ep);
+	read_line(cf, line, sizeof line, "M0 ");
+	sscanf(line, "M0 %ld %ld", rss0, heap0);
+	return cf;
+}
+
+static void kill_children(pid_t nodes, pid_t coord)
+{
+	kill(nodes, SIGKILL);
+	kill(coord, SIGKILL);
+	waitpid(nodes, NULL, 0);
+	waitpid(coord, NULL, 0);
+}
+
 /* Per-connection RSS and heap of n plain ZeroMQ connections. */
 static void memory_plain(int n, double *rss_per, double *heap_per)
 {
@@ -928,11 +949,7 @@ static void memory_plain(int n, double *rss_per, double *heap_per)
 		_exit(plain_coord(cp[1], n));
 	}
 	close(cp[1]);
-	FILE *cf = fdopen(cp[0], "r");
-	if (read_line(cf, line, sizeof line, "E ") == 0)
-		sscanf(line, "E %255s", ep);
-	read_line(cf, line, sizeof line, "M0 ");
-	sscanf(line, "M0 %ld %ld", &rss0, &heap0);
+	FILE *cf = coord_start_lines(cp[0], ep, &rss0, &heap0);
 	pid_t nodes = fork();
 	if (nodes == 0) {
 		fclose(cf);
@@ -940,10 +957,7 @@ static void memory_plain(int n, double *rss_per, double *heap_per)
 	}
 	if (read_line(cf, line, sizeof line, "M1 ") == 0)
 		sscanf(line, "M1 %ld %ld", &rss1, &heap1);
-	kill(nodes, SIGKILL);
-	kill(coord, SIGKILL);
-	waitpid(nodes, NULL, 0);
-	waitpid(coord, NULL, 0);
+	kill_children(nodes, coord);
 	fclose(cf);
 	*rss_per = (rss1 - rss0) * 1024.0 / n;
 	*heap_per = (double)(heap1 - heap0) / n;
@@ -964,11 +978,7 @@ static void memory_bench(int n, int k)
 		_exit(mem_coord(cp[1], n, k));
 	}
 	close(cp[1]);
-	FILE *cf = fdopen(cp[0], "r");
-	if (read_line(cf, line, sizeof line, "E ") == 0)
-		sscanf(line, "E %255s", ep);
-	read_line(cf, line, sizeof line, "M0 ");
-	sscanf(line, "M0 %ld %ld", &rss0, &heap0);
+	FILE *cf = coord_start_lines(cp[0], ep, &rss0, &heap0);
 	pid_t nodes = fork();
 	if (nodes == 0) {
 		close(np[0]);
@@ -988,10 +998,7 @@ static void memory_bench(int n, int k)
 	read_line(nf, line, sizeof line, "ECHOED");
 	read_line(cf, line, sizeof line, "M2 ");
 	sscanf(line, "M2 %ld %ld", &rss2, &heap2);
-	kill(nodes, SIGKILL);
-	kill(coord, SIGKILL);
-	waitpid(nodes, NULL, 0);
-	waitpid(coord, NULL, 0);
+	kill_children(nodes, coord);
 	fclose(cf);
 	fclose(nf);
 	close(gp[1]);
