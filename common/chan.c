@@ -11,6 +11,9 @@
 #include <openssl/rand.h>
 
 #include <errno.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -480,4 +483,11 @@ void chan_frame_pool_trim(int force)
 void chan_zmq_free_body(void *data, void *hint)
 {
 	chan_frame_put(data, (size_t)(uintptr_t)hint);
+}
+
+void chan_heap_trim(void)
+{
+#if defined(__GLIBC__)
+	malloc_trim(0);
+#endif
 }

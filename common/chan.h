@@ -82,8 +82,9 @@ typedef struct chan_server_opts {
 	size_t max_msg;           /* cap on one inbound application message */
 	size_t out_queue_max;     /* cap on bytes queued for one session */
 	int max_sessions;         /* live sessions, handshaking included */
-	int max_pending;          /* sessions still handshaking */
-	int handshake_timeout_ms; /* HELLO to authenticated, else dropped */
+	int max_pending;          /* connections not yet authenticated (oldest evicted first) */
+	int max_pending_per_addr; /* of those, from one IP address */
+	int handshake_timeout_ms; /* connect (and HELLO) to authenticated, else dropped */
 	int idle_timeout_ms;      /* no authenticated traffic for this long: dropped */
 	int heartbeat_ivl_ms;     /* in-TLS keepalive after this long without sending */
 	int zmtp_heartbeat_ivl_ms;     /* ZMTP PING interval (dead TCP links) */
@@ -100,7 +101,7 @@ typedef struct chan_server_opts {
 } chan_server_opts;
 
 /* Fills defaults: max_msg CHAN_DEFAULT_MAX_MSG, out_queue_max max_msg + 1 MiB,
- * 10000 sessions, 256 pending, handshake 10 s, idle 30 s, heartbeat 5 s,
+ * 10000 sessions, 256 pending (32 per address), handshake 10 s, idle 30 s, heartbeat 5 s,
  * ZMTP heartbeat 2 s / 6 s, linger 2 s, bind retry 10 s. */
 void chan_server_opts_default(chan_server_opts *o);
 
@@ -174,11 +175,16 @@ typedef struct chan_server_stats {
 	uint64_t replaced;    /* old session of a CN freed by a newer one */
 	uint64_t unreachable; /* EHOSTUNREACH: connection gone */
 	uint64_t resets_sent, resets_rcvd;
-	uint64_t bad_frames;  /* malformed ZeroMQ messages dropped */
-	uint64_t stale_drops; /* records for unknown/old session ids dropped */
-	uint64_t oversize;    /* sessions ended for an over-cap message */
-	uint64_t tls_errors;  /* sessions ended by a TLS error after the handshake */
-	uint64_t zap_denied;
+	uint64_t bad_frames;    /* malformed ZeroMQ messages dropped */
+	uint64_t stale_drops;   /* records for unknown/old session ids dropped */
+	uint64_t oversize;      /* sessions ended for an over-cap message */
+	uint64_t tls_errors;    /* sessions ended by a TLS error after the handshake */
+	uint64_t zap_denied;    /* connections refused by ip_allow/ip_deny */
+	uint64_t conns;         /* open TCP connections */
+	uint64_t evicted;       /* unauthenticated connections evicted for newer ones */
+	uint64_t conn_refused;  /* connections refused: max_sessions reached */
+	uint64_t zmtp_errors;   /* connections closed for a ZMTP protocol violation */
+	uint64_t link_timeouts; /* connections closed: no bytes for zmtp_heartbeat_timeout_ms */
 	uint64_t msgs_in, msgs_out, bytes_in, bytes_out; /* application level */
 	uint64_t wire_in, wire_out;                      /* frame bytes */
 	size_t max_inbound_alloc; /* largest buffer ever allocated for one inbound message */

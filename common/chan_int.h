@@ -16,30 +16,48 @@
 #define CHAN_MOD "chan"
 
 /* Length prefix reserved for the in-TLS keepalive (no body follows). */
-#define CHAN_KEEPALIVE_LEN 0xFFFFFFFFu
+#define CHAN_KEEPALIVE_LEN  0xFFFFFFFFu
 /* Largest application message: the prefix is a u32 and one value is taken. */
-#define CHAN_MAX_SEND_LEN  0xFFFFFFFEu
+#define CHAN_MAX_SEND_LEN   0xFFFFFFFEu
 /* Plaintext bytes per TLS record and an upper bound of a TLS 1.3 record's
  * overhead (5 header + 1 content type + 16 tag, rounded up). */
-#define CHAN_REC_PLAIN     16384u
-#define CHAN_REC_OVERHEAD  32u
+#define CHAN_REC_PLAIN      16384u
+#define CHAN_REC_OVERHEAD   32u
 /* ZeroMQ messages handled per process() call and socket, so one busy peer
  * cannot starve timers or other work. */
-#define CHAN_RECV_BUDGET   256
+#define CHAN_RECV_BUDGET    256
 /* Frame bytes read per process() call and socket. Without it one call
  * could read CHAN_RECV_BUDGET whole frames (64 MiB) and decrypt every
  * message in them before the application frees the first: each message
  * then lands in fresh, page-faulting memory. With it, a bulk sender's
  * messages reach the application about one megabyte at a time and their
  * buffers are reused while still in cache. */
-#define CHAN_RECV_BYTES    (1u << 20)
+#define CHAN_RECV_BYTES     (1u << 20)
 /* Frame bytes one session may hand to ZeroMQ per process() call. */
-#define CHAN_SEND_BUDGET   (8u << 20)
+#define CHAN_SEND_BUDGET    (8u << 20)
 /* ZeroMQ high-water marks, in frames of up to CHAN_FRAME_MAX bytes: 16 MiB
  * may wait to be sent per connection; at most 4 MiB is buffered from a
  * peer before the channel reads it (unauthenticated peers included). */
-#define CHAN_SNDHWM        64
-#define CHAN_RCVHWM        16
+#define CHAN_SNDHWM         64
+#define CHAN_RCVHWM         16
+/* The coordinator's STREAM socket counts chunks of raw TCP bytes (at most
+ * CHAN_STREAM_CHUNK each, ZeroMQ's read size): per connection ZeroMQ holds
+ * at most CHAN_STREAM_RCVHWM chunks received and CHAN_STREAM_SNDHWM messages
+ * (half of them frame bodies of up to CHAN_FRAME_MAX) to send. */
+#define CHAN_STREAM_CHUNK   8192u
+#define CHAN_STREAM_RCVHWM  16
+#define CHAN_STREAM_SNDHWM  128
+/* Frames in one message beyond which a peer is disconnected (the protocol
+ * has two: header and body; more are counted and dropped up to this). */
+#define CHAN_MSG_FRAMES_MAX 64
+
+/* Session or connection teardowns after which the server gives freed heap
+ * back to the system (once they stop for a second): RSS falls back after a
+ * flood instead of staying at its peak. */
+#define CHAN_TRIM_AFTER 64
+/* Returns free heap memory to the system (glibc malloc_trim; a no-op
+ * elsewhere). */
+void chan_heap_trim(void);
 
 /* ---- clock, randomness, hashing ---- */
 uint64_t chan_now_ms(void);
@@ -200,6 +218,47 @@ void chan_sess_shrink(chan_sess *s);
 /* Test hook (fuzzing): writes raw plaintext into TLS, bypassing the
  * length prefix. */
 int chan_sess_write_raw(chan_sess *s, const void *p, size_t n);
+
+/* ---- ZMTP 3.x codec (coordinator side, chan_zmtp.c) ---- */
+#define CHAN_ZMTP_GREETING_LEN 64
+/* Largest command body accepted (READY with a 255-byte identity fits). */
+#define CHAN_ZMTP_CMD_MAX      512
+typedef struct chan_zmtp_cb {
+	void *arg;
+	/* The peer's READY was accepted (its socket type is DEALER). */
+	int (*on_ready)(void *arg);
+	/* A PING with its context (0..16 bytes): answer with a PONG. */
+	int (*on_ping)(void *arg, const uint8_t *ctx, size_t n);
+	/* A message frame begins: its index in the message (0 first), its
+	 * announced size and whether more frames follow. Called before any of
+	 * its bytes, so the callee decides what to keep. */
+	int (*on_frame)(void *arg, unsigned idx, uint64_t size, int more);
+	/* The next bytes of the current frame (never more than announced). */
+	int (*on_data)(void *arg, const uint8_t *p, size_t n);
+	/* The current frame is complete. */
+	int (*on_frame_end)(void *arg);
+} chan_zmtp_cb;
+typedef struct chan_zmtp {
+	int st, dead, ready;
+	uint8_t flags;
+	unsigned idx; /* index of the next frame in the current message */
+	size_t have, need;
+	uint64_t left; /* bytes of the current frame not yet seen */
+	char why[96];
+	uint8_t buf[CHAN_ZMTP_CMD_MAX]; /* greeting, frame size or command */
+} chan_zmtp;
+void chan_zmtp_init(chan_zmtp *z);
+/* Decodes received bytes. 0, FL_EPROTO with z->why (the connection must be
+ * closed), or a callback's error, returned as it is. */
+int chan_zmtp_input(chan_zmtp *z, const uint8_t *p, size_t n, const chan_zmtp_cb *cb);
+/* The server's greeting followed by its READY (Socket-Type ROUTER): the
+ * bytes to send when a connection opens. Returns the length, 0 if cap is
+ * too small (96 bytes suffice). */
+size_t chan_zmtp_hello(uint8_t *out, size_t cap);
+/* A message frame's flags and size: 2 or 9 bytes written. */
+size_t chan_zmtp_frame_hdr(uint8_t out[9], uint64_t size, int more);
+/* A short command frame (PING, PONG): length written, 0 if it does not fit. */
+size_t chan_zmtp_command(uint8_t *out, size_t cap, const char *name, const uint8_t *data, size_t n);
 
 /* ---- ZAP (IP allow/deny on the NULL mechanism) ---- */
 typedef struct chan_zap chan_zap;

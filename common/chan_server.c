@@ -15,15 +15,25 @@
 #include <string.h>
 #include <time.h>
 
+/* How far an unauthenticated connection got: eviction takes the least
+ * advanced first (a half-open flood goes before a node in its handshake),
+ * the oldest first within a level. */
+enum { LVL_TCP, LVL_ZMTP, LVL_TLS, LVL_N };
+
 typedef struct srv_sess srv_sess;
+typedef struct srv_conn srv_conn;
+typedef struct srv_addr srv_addr;
+
+/* One TLS session (between HELLO and its end), on one connection. */
 struct srv_sess {
 	chan_sess cs;
 	chan_server *srv;
+	srv_conn *conn;
 	uint64_t handle;
 	uint64_t sid;
-	void *link_rid, *link_h, *link_cn; /* hash map links */
-	srv_sess *prev, *next;             /* every session */
-	srv_sess *dprev, *dnext;           /* sessions with output to hand to ZeroMQ */
+	void *link_h, *link_cn;  /* hash map links */
+	srv_sess *prev, *next;   /* every session */
+	srv_sess *dprev, *dnext; /* sessions with output to hand to ZeroMQ */
 	int in_dirty;
 	int blocked; /* ZeroMQ said EAGAIN for its pending frame */
 	int up;
@@ -33,6 +43,43 @@ struct srv_sess {
 	tlsctx_peer peer;
 	char addr[64];
 	uint8_t hkey[8];
+};
+
+/* Unauthenticated connections per peer address (fair admission). */
+struct srv_addr {
+	void *link;
+	unsigned n;
+	char addr[64];
+};
+
+/* One TCP connection of the STREAM socket: the coordinator speaks ZMTP on
+ * it itself (chan_zmtp.c), so nothing a peer sends is buffered beyond one
+ * frame header or command before this code has looked at it. */
+struct srv_conn {
+	chan_server *srv;
+	void *link_rid;
+	srv_conn *prev, *next;   /* every connection */
+	srv_conn *pprev, *pnext; /* unauthenticated ones of its level, oldest first */
+	srv_sess *sess;          /* current session, NULL before HELLO */
+	srv_addr *pa;            /* while unauthenticated: its address count */
+	int pending;             /* no authenticated session on it */
+	int level;               /* while pending: how far it got (LVL_*) */
+	int closed;              /* closed by us: freed at the end of the call */
+	int hdr_sent;            /* the prefix of the frame being sent went out */
+	uint64_t deadline;       /* unauthenticated: closed at this time */
+	uint64_t last_in, last_out;
+	chan_zmtp z;
+	/* the message being received */
+	unsigned nfr;
+	int cur_idx, cur_more;
+	int mbad, to_sess;
+	char mwhy[96];
+	uint8_t hdr[CHAN_HDR_LEN];
+	size_t hdr_have;
+	uint64_t hdr_size;
+	enum chan_kind kind;
+	uint64_t sid;
+	char addr[64];
 	uint8_t rid_len;
 	uint8_t rid[];
 };
@@ -45,22 +92,26 @@ struct chan_server {
 	void *ctx;
 	int own_ctx;
 	void *sock;
-	chan_zap *zap;
+	chan_zap *zap; /* address filter (matcher only) */
 	char endpoint[256];
 	int detached;
 	chan_out_fn out;
 	void *out_arg;
-	chan_hmap by_rid, by_handle, by_cn;
+	chan_hmap by_rid, by_handle, by_cn, by_addr;
 	srv_sess *all;
 	srv_sess *dirty;
+	srv_conn *conns;
+	srv_conn *pend_head[LVL_N], *pend_tail[LVL_N];
+	srv_conn *zombies; /* closed during this call, freed at its end */
 	uint64_t next_handle;
-	uint64_t nsess, npending;
+	uint64_t nsess, nconns, npend;
 	chan_evq evq;
 	chan_server_stats st;
 	chan_counters ctr;
 	chan_ratelog rl;
 	uint64_t next_sweep;
-	uint64_t out_retry_at; /* no POLLOUT wanted before this (no progress) */
+	uint64_t out_retry_at;        /* no POLLOUT wanted before this (no progress) */
+	uint64_t freed, last_free_ms; /* teardowns since the last heap trim */
 	int sweep_ms;
 };
 
@@ -71,9 +122,9 @@ struct chan_server {
 
 static void key_rid(const void *it, const uint8_t **k, size_t *kn)
 {
-	const srv_sess *s = it;
-	*k = s->rid;
-	*kn = s->rid_len;
+	const srv_conn *c = it;
+	*k = c->rid;
+	*kn = c->rid_len;
 }
 static void key_handle(const void *it, const uint8_t **k, size_t *kn)
 {
@@ -86,6 +137,12 @@ static void key_cn(const void *it, const uint8_t **k, size_t *kn)
 	const srv_sess *s = it;
 	*k = (const uint8_t *)s->peer.cn;
 	*kn = strlen(s->peer.cn);
+}
+static void key_addr(const void *it, const uint8_t **k, size_t *kn)
+{
+	const srv_addr *a = it;
+	*k = (const uint8_t *)a->addr;
+	*kn = strlen(a->addr);
 }
 
 static char *dup_opt(const char *s)
@@ -100,6 +157,7 @@ void chan_server_opts_default(chan_server_opts *o)
 	o->out_queue_max = CHAN_DEFAULT_MAX_MSG + (1u << 20);
 	o->max_sessions = 10000;
 	o->max_pending = 256;
+	o->max_pending_per_addr = 32;
 	o->handshake_timeout_ms = 10000;
 	o->idle_timeout_ms = 30000;
 	o->heartbeat_ivl_ms = 5000;
@@ -112,9 +170,10 @@ void chan_server_opts_default(chan_server_opts *o)
 static int check_opts(const chan_server_opts *o)
 {
 	if (o->max_msg == 0 || o->max_msg > CHAN_MAX_SEND_LEN || o->out_queue_max < 64 ||
-	    o->max_sessions < 1 || o->max_pending < 1 || o->handshake_timeout_ms < 1 ||
-	    o->idle_timeout_ms < 1 || o->heartbeat_ivl_ms < 1 || o->zmtp_heartbeat_ivl_ms < 0 ||
-	    o->zmtp_heartbeat_timeout_ms < 0 || o->linger_ms < 0 || o->bind_retry_ms < 0) {
+	    o->max_sessions < 1 || o->max_pending < 1 || o->max_pending_per_addr < 1 ||
+	    o->handshake_timeout_ms < 1 || o->idle_timeout_ms < 1 || o->heartbeat_ivl_ms < 1 ||
+	    o->zmtp_heartbeat_ivl_ms < 0 || o->zmtp_heartbeat_timeout_ms < 0 || o->linger_ms < 0 ||
+	    o->bind_retry_ms < 0) {
 		LOGE(CHAN_MOD, "server options out of range (max_msg 1..4 GiB-2, timeouts > 0)");
 		return FL_EINVAL;
 	}
@@ -163,9 +222,10 @@ static int common_new(const chan_server_opts *o, chan_server **out)
 		rc = FL_ENOMEM;
 		goto out;
 	}
-	if ((rc = chan_hmap_init(&s->by_rid, offsetof(srv_sess, link_rid), key_rid)) ||
+	if ((rc = chan_hmap_init(&s->by_rid, offsetof(srv_conn, link_rid), key_rid)) ||
 	    (rc = chan_hmap_init(&s->by_handle, offsetof(srv_sess, link_h), key_handle)) ||
-	    (rc = chan_hmap_init(&s->by_cn, offsetof(srv_sess, link_cn), key_cn)))
+	    (rc = chan_hmap_init(&s->by_cn, offsetof(srv_sess, link_cn), key_cn)) ||
+	    (rc = chan_hmap_init(&s->by_addr, offsetof(srv_addr, link), key_addr)))
 		goto out;
 	if ((rc = tlsctx_new(&s->topts, &s->tls)))
 		goto out;
@@ -187,33 +247,21 @@ static int setup_socket(chan_server *s)
 {
 	const chan_server_opts *o = &s->o;
 	int rc;
-	s->sock = zmq_socket(s->ctx, ZMQ_ROUTER);
+	/* A STREAM socket hands over raw TCP bytes in chunks of at most 8 KiB
+	 * and stops reading a connection while CHAN_STREAM_RCVHWM chunks of it
+	 * wait: ZeroMQ never holds more than that per connection, whatever a
+	 * peer sends. The ZMTP protocol is spoken here (chan_zmtp.c), so
+	 * nodes keep their ordinary DEALER. */
+	s->sock = zmq_socket(s->ctx, ZMQ_STREAM);
 	if (!s->sock) {
-		LOGE(CHAN_MOD, "zmq_socket(ROUTER): %s", zmq_strerror(errno));
+		LOGE(CHAN_MOD, "zmq_socket(STREAM): %s", zmq_strerror(errno));
 		return FL_ENET;
 	}
-	int64_t maxmsg = CHAN_FRAME_MAX;
-	if (zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0) {
-		LOGE(CHAN_MOD, "ZMQ_MAXMSGSIZE: %s", zmq_strerror(errno));
-		return FL_ENET;
-	}
-	if ((rc = chan_zmq_setint(s->sock, ZMQ_ROUTER_MANDATORY, 1, "ZMQ_ROUTER_MANDATORY")) ||
+	if ((rc = chan_zmq_setint(s->sock, ZMQ_STREAM_NOTIFY, 1, "ZMQ_STREAM_NOTIFY")) ||
 	    (rc = chan_zmq_setint(s->sock, ZMQ_LINGER, o->linger_ms, "ZMQ_LINGER")) ||
-	    (rc = chan_zmq_setint(s->sock, ZMQ_SNDHWM, CHAN_SNDHWM, "ZMQ_SNDHWM")) ||
-	    (rc = chan_zmq_setint(s->sock, ZMQ_RCVHWM, CHAN_RCVHWM, "ZMQ_RCVHWM")))
+	    (rc = chan_zmq_setint(s->sock, ZMQ_SNDHWM, CHAN_STREAM_SNDHWM, "ZMQ_SNDHWM")) ||
+	    (rc = chan_zmq_setint(s->sock, ZMQ_RCVHWM, CHAN_STREAM_RCVHWM, "ZMQ_RCVHWM")))
 		return rc;
-	if (o->zmtp_heartbeat_ivl_ms > 0 &&
-	    ((rc = chan_zmq_setint(s->sock, ZMQ_HEARTBEAT_IVL, o->zmtp_heartbeat_ivl_ms,
-	                           "ZMQ_HEARTBEAT_IVL")) ||
-	     (rc = chan_zmq_setint(s->sock, ZMQ_HEARTBEAT_TIMEOUT, o->zmtp_heartbeat_timeout_ms,
-	                           "ZMQ_HEARTBEAT_TIMEOUT")) ||
-	     (rc = chan_zmq_setint(s->sock, ZMQ_HEARTBEAT_TTL, o->zmtp_heartbeat_timeout_ms,
-	                           "ZMQ_HEARTBEAT_TTL"))))
-		return rc;
-	if (s->zap && zmq_setsockopt(s->sock, ZMQ_ZAP_DOMAIN, "fedlora", 7) != 0) {
-		LOGE(CHAN_MOD, "ZMQ_ZAP_DOMAIN: %s", zmq_strerror(errno));
-		return FL_ENET;
-	}
 	/* A restarted coordinator may find its port still held for a moment:
 	 * retry with back-off instead of failing at once. */
 	uint64_t t0 = clk_mono_ms();
@@ -256,15 +304,15 @@ int chan_server_new(const chan_server_opts *o, chan_server **out)
 		}
 	}
 	if ((o->ip_allow && *o->ip_allow) || (o->ip_deny && *o->ip_deny)) {
-		/* The handler must be bound before the ROUTER accepts anyone. */
-		if ((rc = chan_zap_new(s->ctx, o->ip_allow, o->ip_deny, &s->zap)))
+		/* Checked when a connection opens, before anything is read. */
+		if ((rc = chan_zap_new(NULL, o->ip_allow, o->ip_deny, &s->zap)))
 			goto out;
 	}
 	if ((rc = setup_socket(s)))
 		goto out;
 	LOGI(CHAN_MOD, "coordinator listening on %s (CRL %s, allow-list %s%s)", s->endpoint,
 	     o->crl_path ? o->crl_path : "none", o->allow_path ? o->allow_path : "none",
-	     s->zap ? ", ZAP IP filter on" : "");
+	     s->zap ? ", IP filter on" : "");
 	*out = s;
 	return 0;
 out:
@@ -294,22 +342,12 @@ const char *chan_server_endpoint(const chan_server *s)
 	return s->endpoint;
 }
 
-/* ---- sending frames ---- */
+/* ---- sending ---- */
 
-static int send_frame(chan_server *s, const uint8_t *rid, size_t rid_len, enum chan_kind kind,
-                      uint64_t sid, uint8_t *body, size_t len, size_t cap)
+/* One STREAM message [routing id, bytes]: 0, FL_EAGAIN, FL_ECLOSED. */
+static int stream_send(chan_server *s, srv_conn *c, const void *p, size_t n)
 {
-	uint8_t hdr[CHAN_HDR_LEN];
-	chan_hdr_put(hdr, kind, sid);
-	if (s->detached) {
-		int rc = s->out(s->out_arg, rid, rid_len, hdr, sizeof hdr, body, len);
-		if (rc == 0) {
-			s->st.wire_out += sizeof hdr + len;
-			chan_frame_put(body, cap);
-		}
-		return rc == 0 || rc == FL_EAGAIN || rc == FL_ECLOSED ? rc : FL_ECLOSED;
-	}
-	if (zmq_send(s->sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+	if (zmq_send(s->sock, c->rid, c->rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
 		int e = errno;
 		if (e == EAGAIN)
 			return FL_EAGAIN;
@@ -317,35 +355,86 @@ static int send_frame(chan_server *s, const uint8_t *rid, size_t rid_len, enum c
 			LOGW(CHAN_MOD, "zmq_send: %s", zmq_strerror(e));
 		return FL_ECLOSED;
 	}
-	/* Once the routing frame is accepted the rest of the message is. */
+	/* Once the routing id is accepted the data is. */
+	if (zmq_send(s->sock, p, n, ZMQ_DONTWAIT) < 0)
+		LOGW(CHAN_MOD, "zmq_send(data): %s", zmq_strerror(errno));
+	c->last_out = chan_now_ms();
+	return 0;
+}
+
+/* One channel frame as a ZMTP message: [ZMTP header frame: kind, sid]
+ * [body frame]. The ZMTP prefix (20 bytes at most) goes first; the body
+ * follows without a copy. If ZeroMQ takes the prefix and pushes back on
+ * the body, hdr_sent remembers it: the caller retries the same frame
+ * (chan_sess keeps it) and only the body goes then. Ownership of body
+ * passes on 0 only. */
+static int send_frame(chan_server *s, srv_conn *c, enum chan_kind kind, uint64_t sid, uint8_t *body,
+                      size_t len, size_t cap)
+{
+	uint8_t hdr[CHAN_HDR_LEN];
+	int rc;
+	chan_hdr_put(hdr, kind, sid);
+	if (s->detached) {
+		rc = s->out(s->out_arg, c->rid, c->rid_len, hdr, sizeof hdr, body, len);
+		if (rc == 0) {
+			s->st.wire_out += sizeof hdr + len;
+			chan_frame_put(body, cap);
+		}
+		return rc == 0 || rc == FL_EAGAIN || rc == FL_ECLOSED ? rc : FL_ECLOSED;
+	}
+	if (c->closed)
+		return FL_ECLOSED;
+	if (!c->hdr_sent) {
+		uint8_t pre[9 + CHAN_HDR_LEN + 9];
+		size_t k = chan_zmtp_frame_hdr(pre, CHAN_HDR_LEN, 1);
+		memcpy(pre + k, hdr, sizeof hdr);
+		k += sizeof hdr;
+		k += chan_zmtp_frame_hdr(pre + k, len, 0);
+		if ((rc = stream_send(s, c, pre, k)))
+			return rc;
+		s->st.wire_out += sizeof hdr;
+		if (len == 0) {
+			chan_frame_put(body, cap);
+			return 0;
+		}
+		c->hdr_sent = 1;
+	}
+	if (zmq_send(s->sock, c->rid, c->rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+		int e = errno;
+		if (e == EAGAIN)
+			return FL_EAGAIN;
+		return FL_ECLOSED;
+	}
 	zmq_msg_t m;
-	if (zmq_send(s->sock, hdr, sizeof hdr, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
-		LOGW(CHAN_MOD, "zmq_send(header): %s", zmq_strerror(errno));
-	if (len == 0 ||
-	    zmq_msg_init_data(&m, body, len, chan_zmq_free_body, (void *)(uintptr_t)cap) != 0) {
-		if (len)
-			LOGW(CHAN_MOD, "zmq_msg_init_data: %s", zmq_strerror(errno));
-		zmq_msg_init(&m);
+	if (zmq_msg_init_data(&m, body, len, chan_zmq_free_body, (void *)(uintptr_t)cap) != 0) {
+		LOGW(CHAN_MOD, "zmq_msg_init_data: %s", zmq_strerror(errno));
+		zmq_msg_init_size(&m, len); /* cannot happen with a non-NULL body */
+		if (zmq_msg_size(&m) == len)
+			memcpy(zmq_msg_data(&m), body, len);
 		chan_frame_put(body, cap);
-		len = 0;
 	}
 	if (zmq_msg_send(&m, s->sock, ZMQ_DONTWAIT) < 0) {
 		LOGW(CHAN_MOD, "zmq_msg_send(body): %s", zmq_strerror(errno));
 		zmq_msg_close(&m);
 	}
-	s->st.wire_out += sizeof hdr + len;
+	c->hdr_sent = 0;
+	s->st.wire_out += len;
 	return 0;
 }
 
 static int sess_send(void *arg, enum chan_kind kind, uint8_t *body, size_t len, size_t cap)
 {
 	srv_sess *ss = arg;
-	return send_frame(ss->srv, ss->rid, ss->rid_len, kind, ss->sid, body, len, cap);
+	if (!ss->conn)
+		return FL_ECLOSED;
+	return send_frame(ss->srv, ss->conn, kind, ss->sid, body, len, cap);
 }
 
-static void send_reset(chan_server *s, const uint8_t *rid, size_t rid_len, uint64_t sid)
+static void send_reset(chan_server *s, srv_conn *c, uint64_t sid)
 {
-	if (send_frame(s, rid, rid_len, CHAN_KIND_RESET, sid, NULL, 0, 0) == 0)
+	if (c->hdr_sent)
+		return; /* mid-frame: the connection is being closed instead */
+	if (send_frame(s, c, CHAN_KIND_RESET, sid, NULL, 0, 0) == 0)
 		s->st.resets_sent++;
 }
 
@@ -395,20 +484,27 @@ static void emit_gone(chan_server *s, srv_sess *ss, int reason, const char *why)
 	chan_evq_push(&s->evq, &ev);
 }
 
-/* Ends a session: event (if the application knew it), what to send, free. */
+static void conn_close(chan_server *s, srv_conn *c);
+static void conn_set_pending(chan_server *s, srv_conn *c, int pending);
+
+/* Ends a session: event (if the application knew it), what to send, free.
+ * Its connection stays, unauthenticated again (or is closed when a frame
+ * was half sent on it). */
 static void end(chan_server *s, srv_sess *ss, int reason, const char *why, int flags)
 {
+	srv_conn *c = ss->conn;
 	if (ss->up && !ss->closing)
 		emit_gone(s, ss, reason, why);
-	if (flags & END_CLOSE_NOTIFY)
-		chan_sess_shutdown(&ss->cs);
-	if (flags & (END_ALERT | END_CLOSE_NOTIFY))
-		(void)chan_sess_flush(&ss->cs, sess_send, ss, CHAN_FRAME_MAX);
-	if (flags & END_RESET)
-		send_reset(s, ss->rid, ss->rid_len, ss->sid);
+	if (c && !c->closed) {
+		if (flags & END_CLOSE_NOTIFY)
+			chan_sess_shutdown(&ss->cs);
+		if (flags & (END_ALERT | END_CLOSE_NOTIFY))
+			(void)chan_sess_flush(&ss->cs, sess_send, ss, CHAN_FRAME_MAX);
+		if (flags & END_RESET)
+			send_reset(s, c, ss->sid);
+	}
 	maps_del(s, ss);
 	dirty_del(s, ss);
-	chan_hmap_del(&s->by_rid, ss);
 	if (ss->prev)
 		ss->prev->next = ss->next;
 	else
@@ -416,10 +512,18 @@ static void end(chan_server *s, srv_sess *ss, int reason, const char *why, int f
 	if (ss->next)
 		ss->next->prev = ss->prev;
 	s->nsess--;
-	if (!ss->up)
-		s->npending--;
+	if (c) {
+		c->sess = NULL;
+		c->to_sess = 0;
+		if (c->hdr_sent) /* the rest of a frame will never come: close */
+			conn_close(s, c);
+		else if (!c->closed)
+			conn_set_pending(s, c, 1);
+	}
 	chan_sess_fini(&ss->cs);
 	free(ss);
+	s->freed++;
+	s->last_free_ms = chan_now_ms();
 }
 
 static srv_sess *by_handle(const chan_server *s, uint64_t peer)
@@ -427,6 +531,217 @@ static srv_sess *by_handle(const chan_server *s, uint64_t peer)
 	uint8_t k[8];
 	st_u64le(k, peer);
 	return chan_hmap_get(&s->by_handle, k, sizeof k);
+}
+
+/* ---- connections and admission ---- */
+
+static void pend_unlink(chan_server *s, srv_conn *c)
+{
+	int l = c->level;
+	if (c->pprev)
+		c->pprev->pnext = c->pnext;
+	else
+		s->pend_head[l] = c->pnext;
+	if (c->pnext)
+		c->pnext->pprev = c->pprev;
+	else
+		s->pend_tail[l] = c->pprev;
+	c->pprev = c->pnext = NULL;
+}
+
+static void pend_append(chan_server *s, srv_conn *c)
+{
+	int l = c->level;
+	c->pprev = s->pend_tail[l];
+	c->pnext = NULL;
+	if (s->pend_tail[l])
+		s->pend_tail[l]->pnext = c;
+	else
+		s->pend_head[l] = c;
+	s->pend_tail[l] = c;
+}
+
+/* An unauthenticated connection got further: it moves to the end of the
+ * next level's list (its deadline stays). */
+static void conn_advance(chan_server *s, srv_conn *c, int level)
+{
+	if (!c->pending || c->level >= level)
+		return;
+	pend_unlink(s, c);
+	c->level = level;
+	pend_append(s, c);
+}
+
+/* Unauthenticated connections are in a list, oldest first, counted per
+ * address, and closed at their deadline: a slow drip cannot extend it
+ * (it runs from when the connection became unauthenticated, not from its
+ * last byte or HELLO). */
+static void conn_set_pending(chan_server *s, srv_conn *c, int pending)
+{
+	if (c->pending == pending)
+		return;
+	if (pending) {
+		srv_addr *a = chan_hmap_get(&s->by_addr, c->addr, strlen(c->addr));
+		if (!a) {
+			a = calloc(1, sizeof *a);
+			if (a) {
+				snprintf(a->addr, sizeof a->addr, "%s", c->addr);
+				chan_hmap_put(&s->by_addr, a);
+			}
+		}
+		if (a)
+			a->n++;
+		c->pa = a;
+		c->pending = 1;
+		c->level = c->z.ready ? LVL_ZMTP : LVL_TCP;
+		c->deadline = chan_now_ms() + (uint64_t)s->o.handshake_timeout_ms;
+		pend_append(s, c);
+		s->npend++;
+	} else {
+		pend_unlink(s, c);
+		if (c->pa && --c->pa->n == 0) {
+			chan_hmap_del(&s->by_addr, c->pa);
+			free(c->pa);
+		}
+		c->pa = NULL;
+		c->pending = 0;
+		s->npend--;
+	}
+}
+
+/* Takes a connection out of every list; it is freed with the zombies. */
+static void conn_unlink(chan_server *s, srv_conn *c)
+{
+	c->closed = 1;
+	conn_set_pending(s, c, 0);
+	chan_hmap_del(&s->by_rid, c);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	s->nconns--;
+	c->next = s->zombies;
+	s->zombies = c;
+	s->freed++;
+	s->last_free_ms = chan_now_ms();
+}
+
+/* Closes a connection: its session ends, the TCP connection is closed
+ * (detached: a RESET tells the node), the memory is freed at the end of
+ * the current call (callbacks may still be running on it). */
+static void conn_close(chan_server *s, srv_conn *c)
+{
+	if (c->closed)
+		return;
+	c->closed = 1;
+	if (c->sess) {
+		srv_sess *ss = c->sess;
+		if (s->detached && !c->hdr_sent)
+			send_reset(s, c, ss->sid);
+		end(s, ss, FL_ENET, "connection closed", 0);
+	}
+	if (!s->detached)
+		(void)stream_send(s, c, NULL, 0); /* a zero-length message closes it */
+	conn_unlink(s, c);
+}
+
+static void free_zombies(chan_server *s)
+{
+	while (s->zombies) {
+		srv_conn *c = s->zombies;
+		s->zombies = c->next;
+		free(c);
+	}
+}
+
+/* The least advanced, then oldest, unauthenticated connection (of one
+ * address when a is given). */
+static srv_conn *oldest_pending(chan_server *s, const srv_addr *a)
+{
+	for (int l = 0; l < LVL_N; l++)
+		for (srv_conn *c = s->pend_head[l]; c; c = c->pnext)
+			if (!a || c->pa == a)
+				return c;
+	return NULL;
+}
+
+/* Makes room for one more unauthenticated connection from addr: the least
+ * advanced, then oldest, unauthenticated connection from the same address
+ * when that address is at its cap, else of all when the total is. A node
+ * with a valid certificate therefore gets its handshake time: only
+ * connections that are newer and at least as far along can push it out. */
+static int admit(chan_server *s, const char *addr)
+{
+	srv_addr *a = chan_hmap_get(&s->by_addr, addr, strlen(addr));
+	srv_conn *victim = NULL;
+	const char *cap = NULL;
+	if (a && a->n >= (unsigned)s->o.max_pending_per_addr) {
+		victim = oldest_pending(s, a);
+		cap = "max_pending_per_addr";
+	} else if (s->npend >= (uint64_t)s->o.max_pending ||
+	           (s->nconns >= (uint64_t)s->o.max_sessions && s->npend)) {
+		victim = oldest_pending(s, NULL);
+		cap = s->npend >= (uint64_t)s->o.max_pending ? "max_pending" : "max_sessions";
+	}
+	if (victim) {
+		s->st.evicted++;
+		if (chan_ratelog_allow(&s->rl))
+			LOGW(CHAN_MOD,
+			     "%s reached: closed the oldest unauthenticated connection (from %s, "
+			     "%llu ms old) for a new one from %s",
+			     cap, victim->addr,
+			     (unsigned long long)(chan_now_ms() +
+			                          (uint64_t)s->o.handshake_timeout_ms -
+			                          victim->deadline),
+			     addr);
+		conn_close(s, victim);
+	}
+	if (s->nconns >= (uint64_t)s->o.max_sessions) {
+		s->st.conn_refused++;
+		if (chan_ratelog_allow(&s->rl))
+			LOGW(CHAN_MOD,
+			     "refused a connection from %s: max_sessions (%d) authenticated "
+			     "connections",
+			     addr, s->o.max_sessions);
+		return FL_EBUSY;
+	}
+	return 0;
+}
+
+static srv_conn *conn_new(chan_server *s, const uint8_t *rid, size_t rid_len, const char *addr)
+{
+	if (rid_len == 0 || rid_len > 255)
+		return NULL;
+	if (s->zap && !chan_zap_check(s->zap, addr)) {
+		s->st.zap_denied++;
+		if (chan_ratelog_allow(&s->rl))
+			LOGW(CHAN_MOD,
+			     "refused a connection from %s: not allowed by ip_allow/ip_deny", addr);
+		return NULL;
+	}
+	if (admit(s, addr))
+		return NULL;
+	srv_conn *c = calloc(1, sizeof *c + rid_len);
+	if (!c) {
+		LOGE(CHAN_MOD, "out of memory for a connection from %s", addr);
+		return NULL;
+	}
+	c->srv = s;
+	c->rid_len = (uint8_t)rid_len;
+	memcpy(c->rid, rid, rid_len);
+	snprintf(c->addr, sizeof c->addr, "%s", addr);
+	chan_zmtp_init(&c->z);
+	c->last_in = c->last_out = chan_now_ms();
+	chan_hmap_put(&s->by_rid, c);
+	c->next = s->conns;
+	if (s->conns)
+		s->conns->prev = c;
+	s->conns = c;
+	s->nconns++;
+	conn_set_pending(s, c, 1);
+	return c;
 }
 
 /* ---- session callbacks ---- */
@@ -441,8 +756,9 @@ static int on_up(void *arg)
 		return FL_EAUTH;
 	}
 	ss->up = 1;
-	s->npending--;
 	s->st.hs_ok++;
+	if (ss->conn)
+		conn_set_pending(s, ss->conn, 0);
 	srv_sess *old = chan_hmap_get(&s->by_cn, ss->peer.cn, strlen(ss->peer.cn));
 	if (old) {
 		s->st.replaced++;
@@ -515,107 +831,161 @@ static void feed(chan_server *s, srv_sess *ss, const uint8_t *p, size_t n)
 	dirty_add(s, ss);
 }
 
-static void new_session(chan_server *s, const uint8_t *rid, size_t rid_len, uint64_t sid,
-                        const char *addr, const uint8_t *body, size_t n)
+static srv_sess *new_session(chan_server *s, srv_conn *c, uint64_t sid)
 {
-	const char *full = NULL;
-	if (s->nsess >= (uint64_t)s->o.max_sessions)
-		full = "max_sessions";
-	else if (s->npending >= (uint64_t)s->o.max_pending)
-		full = "max_pending";
-	if (full) {
-		s->st.hs_failed++;
-		if (chan_ratelog_allow(&s->rl))
-			LOGW(CHAN_MOD, "refused HELLO from %s: %s reached", addr, full);
-		send_reset(s, rid, rid_len, sid);
-		return;
-	}
-	srv_sess *ss = calloc(1, sizeof *ss + rid_len);
+	srv_sess *ss = calloc(1, sizeof *ss);
 	if (!ss) {
-		LOGE(CHAN_MOD, "out of memory for a session from %s", addr);
-		return;
+		LOGE(CHAN_MOD, "out of memory for a session from %s", c->addr);
+		return NULL;
 	}
 	int rc = chan_sess_init(&ss->cs, s->tls, NULL, s->o.max_msg, s->o.out_queue_max, &s->ctr);
 	if (rc) {
 		LOGE(CHAN_MOD, "cannot start a session: %s", fl_strerror(rc));
 		free(ss);
-		return;
+		return NULL;
 	}
 	ss->srv = s;
+	ss->conn = c;
 	ss->sid = sid;
 	ss->handle = ++s->next_handle;
 	st_u64le(ss->hkey, ss->handle);
-	ss->rid_len = (uint8_t)rid_len;
-	memcpy(ss->rid, rid, rid_len);
-	snprintf(ss->addr, sizeof ss->addr, "%s", addr);
+	snprintf(ss->addr, sizeof ss->addr, "%s", c->addr);
 	ss->hs_deadline = chan_now_ms() + (uint64_t)s->o.handshake_timeout_ms;
-	chan_hmap_put(&s->by_rid, ss);
 	ss->next = s->all;
 	if (s->all)
 		s->all->prev = ss;
 	s->all = ss;
 	s->nsess++;
-	s->npending++;
-	feed(s, ss, body, n);
+	c->sess = ss;
+	return ss;
 }
 
-/* One ZeroMQ message: routing id, header frame, body frame. */
-static void dispatch(chan_server *s, const uint8_t *rid, size_t rid_len, int nframes,
-                     const chan_frame *fr, const char *addr)
+/* ---- receiving: channel messages over ZMTP frames ----
+ * A message is [header frame: kind u8, session id u64][body frame]. Both
+ * frames' sizes and flags are known before their bytes arrive: the header
+ * (9 bytes) is the only thing kept; a body is streamed into its TLS session
+ * or dropped as it arrives. Malformed messages are counted, logged (rate
+ * limited) and dropped; frames over CHAN_FRAME_MAX or messages of more than
+ * CHAN_MSG_FRAMES_MAX frames close the connection. */
+
+static void msg_bad(srv_conn *c, const char *why)
 {
+	if (!c->mbad) {
+		c->mbad = 1;
+		snprintf(c->mwhy, sizeof c->mwhy, "%s", why);
+	}
+}
+
+static int c_on_frame(void *arg, unsigned idx, uint64_t size, int more)
+{
+	srv_conn *c = arg;
+	chan_server *s = c->srv;
 	char why[96];
-	enum chan_kind kind;
-	uint64_t sid;
-	if (nframes != 2) {
-		s->st.bad_frames++;
-		if (chan_ratelog_allow(&s->rl))
-			LOGW(CHAN_MOD,
-			     "dropped a message of %d frames from %s (want 2: header, body)",
-			     nframes, addr);
-		return;
+	if (c->closed)
+		return FL_ECLOSED;
+	if (idx == 0) {
+		c->nfr = 0;
+		c->mbad = 0;
+		c->mwhy[0] = 0;
+		c->hdr_have = 0;
+		c->hdr_size = size;
+		c->to_sess = 0;
 	}
-	if (rid_len == 0 || rid_len > 255 ||
-	    chan_hdr_get(fr[0].p, fr[0].n, &kind, &sid, why, sizeof why)) {
-		if (rid_len == 0 || rid_len > 255)
-			snprintf(why, sizeof why, "routing id of %zu bytes", rid_len);
-		s->st.bad_frames++;
-		if (chan_ratelog_allow(&s->rl))
-			LOGW(CHAN_MOD, "dropped a malformed message from %s: %s", addr, why);
-		return;
+	c->nfr++;
+	c->cur_idx = (int)idx;
+	c->cur_more = more;
+	if (c->nfr > CHAN_MSG_FRAMES_MAX) {
+		snprintf(c->z.why, sizeof c->z.why, "a message of more than %d frames",
+		         CHAN_MSG_FRAMES_MAX);
+		return FL_EPROTO;
 	}
-	if (fr[1].n > CHAN_FRAME_MAX) {
-		s->st.bad_frames++;
-		if (chan_ratelog_allow(&s->rl))
-			LOGW(CHAN_MOD, "dropped a %zu-byte frame from %s (max %u)", fr[1].n, addr,
-			     CHAN_FRAME_MAX);
-		return;
+	if (idx != 1) {
+		if (idx > 1)
+			c->to_sess = 0;
+		return 0;
 	}
-	srv_sess *ss = chan_hmap_get(&s->by_rid, rid, rid_len);
-	switch (kind) {
+	if (size > CHAN_FRAME_MAX) {
+		snprintf(c->z.why, sizeof c->z.why, "a frame of %llu bytes (max %u)",
+		         (unsigned long long)size, CHAN_FRAME_MAX);
+		return FL_EPROTO;
+	}
+	if (more || c->mbad)
+		return 0; /* a message of three frames or more, or a bad header */
+	srv_sess *ss = c->sess;
+	switch (c->kind) {
 	case CHAN_KIND_HELLO:
-		if (ss && ss->sid == sid) {
+		if (ss && ss->sid == c->sid) {
 			s->st.stale_drops++; /* repeated HELLO */
-			return;
+			return 0;
 		}
-		if (fr[1].n == 0) {
-			s->st.bad_frames++;
-			if (chan_ratelog_allow(&s->rl))
-				LOGW(CHAN_MOD, "dropped an empty HELLO from %s", addr);
-			return;
+		if (size == 0) {
+			snprintf(why, sizeof why, "an empty HELLO");
+			msg_bad(c, why);
+			return 0;
 		}
 		if (ss) /* the node gave up that session and starts another */
 			end(s, ss, FL_ECLOSED, "node started a new session", 0);
-		new_session(s, rid, rid_len, sid, addr, fr[1].p, fr[1].n);
-		return;
+		if (c->closed || !new_session(s, c, c->sid))
+			return 0;
+		conn_advance(s, c, LVL_TLS);
+		c->to_sess = 1;
+		return 0;
 	case CHAN_KIND_TLS:
-		if (!ss || ss->sid != sid || ss->closing) {
+		if (!ss || ss->sid != c->sid || ss->closing) {
 			s->st.stale_drops++; /* silently: an old session's records */
-			return;
+			return 0;
 		}
-		feed(s, ss, fr[1].p, fr[1].n);
-		return;
+		c->to_sess = 1;
+		return 0;
 	case CHAN_KIND_RESET:
-		if (!ss || ss->sid != sid) {
+		return 0; /* acted on at the end of the message */
+	}
+	return 0;
+}
+
+static int c_on_data(void *arg, const uint8_t *p, size_t n)
+{
+	srv_conn *c = arg;
+	if (c->closed)
+		return FL_ECLOSED;
+	c->srv->st.wire_in += n;
+	if (c->cur_idx == 0) {
+		if (c->hdr_size == CHAN_HDR_LEN) {
+			memcpy(c->hdr + c->hdr_have, p, n);
+			c->hdr_have += n;
+		}
+		return 0;
+	}
+	if (c->cur_idx == 1 && c->to_sess) {
+		srv_sess *ss = c->sess;
+		if (!ss || ss->sid != c->sid || ss->closing) {
+			c->to_sess = 0; /* the session ended on an earlier piece */
+			return 0;
+		}
+		feed(c->srv, ss, p, n);
+	}
+	return 0;
+}
+
+static void msg_end(chan_server *s, srv_conn *c)
+{
+	if (c->nfr != 2 || c->mbad) {
+		s->st.bad_frames++;
+		if (chan_ratelog_allow(&s->rl)) {
+			if (c->nfr != 2)
+				LOGW(
+				    CHAN_MOD,
+				    "dropped a message of %u frames from %s (want 2: header, body)",
+				    c->nfr, c->addr);
+			else
+				LOGW(CHAN_MOD, "dropped a malformed message from %s: %s", c->addr,
+				     c->mwhy);
+		}
+		return;
+	}
+	if (c->kind == CHAN_KIND_RESET) {
+		srv_sess *ss = c->sess;
+		if (!ss || ss->sid != c->sid) {
 			s->st.stale_drops++;
 			return;
 		}
@@ -623,52 +993,184 @@ static void dispatch(chan_server *s, const uint8_t *rid, size_t rid_len, int nfr
 		if (ss->up && !ss->closing)
 			LOGI(CHAN_MOD, "node %s (%s) reset its session", ss->peer.cn, ss->addr);
 		end(s, ss, FL_ECLOSED, "node reset the session", 0);
-		return;
 	}
 }
 
+static int c_on_frame_end(void *arg)
+{
+	srv_conn *c = arg;
+	char why[96];
+	if (c->closed)
+		return FL_ECLOSED;
+	if (c->cur_idx == 0) {
+		if (c->hdr_size != CHAN_HDR_LEN) {
+			snprintf(why, sizeof why, "header frame of %llu bytes (want %d)",
+			         (unsigned long long)c->hdr_size, CHAN_HDR_LEN);
+			msg_bad(c, why);
+		} else if (chan_hdr_get(c->hdr, CHAN_HDR_LEN, &c->kind, &c->sid, why, sizeof why)) {
+			msg_bad(c, why);
+		}
+	}
+	if (!c->cur_more)
+		msg_end(c->srv, c);
+	return 0;
+}
+
+static int c_on_ready(void *arg)
+{
+	srv_conn *c = arg;
+	if (c->closed)
+		return FL_ECLOSED;
+	conn_advance(c->srv, c, LVL_ZMTP);
+	return 0;
+}
+
+static int c_on_ping(void *arg, const uint8_t *ctx, size_t n)
+{
+	srv_conn *c = arg;
+	uint8_t pong[32];
+	if (c->closed)
+		return FL_ECLOSED;
+	size_t k = chan_zmtp_command(pong, sizeof pong, "PONG", ctx, n);
+	/* Not between the two frames of a message; a lost PONG is harmless. */
+	if (k && !c->hdr_sent && !c->srv->detached)
+		(void)stream_send(c->srv, c, pong, k);
+	return 0;
+}
+
+static const chan_zmtp_cb conn_cb = {NULL,       c_on_ready, c_on_ping,
+                                     c_on_frame, c_on_data,  c_on_frame_end};
+
+/* Raw bytes from a connection. */
+static void conn_input(chan_server *s, srv_conn *c, const uint8_t *p, size_t n)
+{
+	chan_zmtp_cb cb = conn_cb;
+	cb.arg = c;
+	c->last_in = chan_now_ms();
+	int rc = chan_zmtp_input(&c->z, p, n, &cb);
+	if (rc && !c->closed) {
+		s->st.zmtp_errors++;
+		if (chan_ratelog_allow(&s->rl))
+			LOGW(CHAN_MOD, "closed the connection from %s%s%s: %s", c->addr,
+			     c->sess && c->sess->up ? " of node " : "",
+			     c->sess && c->sess->up ? c->sess->peer.cn : "", c->z.why);
+		conn_close(s, c);
+	}
+}
+
+/* Detached (tests, fuzzing): one ZeroMQ message as a DEALER would send
+ * it, through the same frame handlers; the connection is made on first
+ * sight of a routing id. */
 int chan_server_feed(chan_server *s, const void *rid, size_t rid_len, const chan_frame *frames,
                      int nframes)
 {
 	if (!s || !s->detached || (!rid && rid_len) || nframes < 0 || (nframes && !frames))
 		return FL_EINVAL;
-	for (int i = 0; i < nframes; i++)
-		s->st.wire_in += frames[i].n;
-	dispatch(s, rid, rid_len, nframes, frames, "detached");
+	srv_conn *c = rid_len ? chan_hmap_get(&s->by_rid, rid, rid_len) : NULL;
+	if (!c && !(c = conn_new(s, rid, rid_len, "detached"))) {
+		/* refused: a real connection would be closed; here the node
+		 * hears a RESET for the session it tried */
+		enum chan_kind k;
+		uint64_t sid;
+		char why[96];
+		uint8_t hdr[CHAN_HDR_LEN];
+		if (nframes == 2 && rid_len &&
+		    chan_hdr_get(frames[0].p, frames[0].n, &k, &sid, why, sizeof why) == 0) {
+			chan_hdr_put(hdr, CHAN_KIND_RESET, sid);
+			if (s->out(s->out_arg, rid, rid_len, hdr, sizeof hdr, NULL, 0) == 0)
+				s->st.resets_sent++;
+		}
+		return 0;
+	}
+	c->z.ready = 1;
+	conn_advance(s, c, LVL_ZMTP);
+	c->last_in = chan_now_ms();
+	int rc = 0;
+	if (nframes == 0)
+		c->nfr = 0;
+	for (int i = 0; i < nframes && !rc; i++) {
+		int more = i + 1 < nframes;
+		rc = c_on_frame(c, (unsigned)i, frames[i].n, more);
+		if (!rc && frames[i].n)
+			rc = c_on_data(c, frames[i].p, frames[i].n);
+		if (!rc)
+			rc = c_on_frame_end(c);
+	}
+	if (rc && !c->closed) {
+		s->st.zmtp_errors++;
+		if (chan_ratelog_allow(&s->rl))
+			LOGW(CHAN_MOD, "closed the connection from %s: %s", c->addr, c->z.why);
+		conn_close(s, c);
+	}
+	free_zombies(s);
 	return 0;
+}
+
+/* A connection opened: greet it (greeting and READY), or refuse it. */
+static void conn_open(chan_server *s, const uint8_t *rid, size_t rid_len, const char *addr)
+{
+	uint8_t hello[128];
+	srv_conn *c = conn_new(s, rid, rid_len, addr);
+	if (!c) {
+		/* close it at once */
+		if (zmq_send(s->sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) == 0)
+			zmq_send(s->sock, "", 0, ZMQ_DONTWAIT);
+		return;
+	}
+	size_t k = chan_zmtp_hello(hello, sizeof hello);
+	if (stream_send(s, c, hello, k) != 0)
+		conn_unlink(s, c); /* not a live connection (a late notice of one gone) */
+}
+
+/* The peer closed the connection (or it broke). */
+static void conn_gone(chan_server *s, srv_conn *c)
+{
+	if (c->sess) {
+		srv_sess *ss = c->sess;
+		if (ss->up && !ss->closing) {
+			s->st.unreachable++;
+			LOGI(CHAN_MOD, "node %s (%s): connection closed", ss->peer.cn, ss->addr);
+		}
+		end(s, ss, FL_ENET, "connection to the node is gone", 0);
+	}
+	conn_unlink(s, c); /* nothing to send: it is gone */
 }
 
 static void recv_all(chan_server *s)
 {
 	size_t bytes = 0;
 	for (int budget = 0; budget < CHAN_RECV_BUDGET && bytes < CHAN_RECV_BYTES; budget++) {
-		zmq_msg_t part[3];
-		int n = chan_zmq_recv_parts(s->sock, part, 3);
+		zmq_msg_t part[2];
+		int n = chan_zmq_recv_parts(s->sock, part, 2);
 		if (n == 0) {
-			for (int i = 0; i < 3; i++)
+			for (int i = 0; i < 2; i++)
 				zmq_msg_close(&part[i]);
-			return;
+			break;
 		}
-		char addr[64] = "?";
-		if (n > 1) {
-			const char *a = zmq_msg_gets(&part[1], "Peer-Address");
-			if (a)
-				snprintf(addr, sizeof addr, "%s", a);
+		const uint8_t *rid = zmq_msg_data(&part[0]);
+		size_t rid_len = zmq_msg_size(&part[0]);
+		size_t len = n > 1 ? zmq_msg_size(&part[1]) : 0;
+		srv_conn *c = rid_len ? chan_hmap_get(&s->by_rid, rid, rid_len) : NULL;
+		if (n != 2) {
+			/* a STREAM socket always delivers [routing id, data] */
+		} else if (len == 0) {
+			if (c) {
+				conn_gone(s, c);
+			} else {
+				char addr[64] = "?";
+				const char *a = zmq_msg_gets(&part[1], "Peer-Address");
+				if (a)
+					snprintf(addr, sizeof addr, "%s", a);
+				conn_open(s, rid, rid_len, addr);
+			}
+		} else if (c) {
+			bytes += len;
+			conn_input(s, c, zmq_msg_data(&part[1]), len);
 		}
-		chan_frame fr[2];
-		for (int i = 1; i < 3; i++) {
-			fr[i - 1].p = zmq_msg_data(&part[i]);
-			fr[i - 1].n = zmq_msg_size(&part[i]);
-		}
-		size_t in = 0;
-		for (int i = 1; i < n && i < 3; i++)
-			in += zmq_msg_size(&part[i]);
-		s->st.wire_in += in;
-		bytes += in;
-		dispatch(s, zmq_msg_data(&part[0]), zmq_msg_size(&part[0]), n - 1, fr, addr);
-		for (int i = 0; i < 3; i++)
+		for (int i = 0; i < 2; i++)
 			zmq_msg_close(&part[i]);
 	}
+	free_zombies(s);
 }
 
 /* Hands queued output to ZeroMQ for every session that has some. */
@@ -717,6 +1219,7 @@ static void flush_all(chan_server *s, int pollout)
 		s->out_retry_at = now + 2;
 	else
 		s->out_retry_at = 0;
+	free_zombies(s);
 }
 
 static void sweep(chan_server *s)
@@ -724,6 +1227,55 @@ static void sweep(chan_server *s)
 	uint64_t now = chan_now_ms();
 	time_t wall = (time_t)(clk_wall_ms() / 1000);
 	char why[120];
+	/* Connections: unauthenticated past their deadline, silent links. */
+	srv_conn *c;
+	for (int l = 0; l < LVL_N; l++) {
+		for (c = s->pend_head[l]; c;) {
+			srv_conn *next = c->pnext;
+			if (now < c->deadline) { /* (a level's list is by arrival, not deadline) */
+				c = next;
+				continue;
+			}
+			s->st.hs_timeout++;
+			if (chan_ratelog_allow(&s->rl))
+				LOGW(CHAN_MOD,
+				     "handshake from %s not finished within %d ms; dropped",
+				     c->addr, s->o.handshake_timeout_ms);
+			if (c->sess && !c->sess->up) {
+				srv_sess *ss = c->sess;
+				if (!c->hdr_sent)
+					send_reset(s, c, ss->sid);
+				end(s, ss, FL_ETIMEDOUT, "handshake timed out", 0);
+			}
+			conn_close(s, c);
+			c = next;
+		}
+	}
+	if (!s->detached && s->o.zmtp_heartbeat_ivl_ms > 0) {
+		for (c = s->conns; c; c = c->next) {
+			if (c->closed)
+				continue;
+			if (s->o.zmtp_heartbeat_timeout_ms > 0 &&
+			    now - c->last_in >= (uint64_t)s->o.zmtp_heartbeat_timeout_ms) {
+				s->st.link_timeouts++;
+				if (chan_ratelog_allow(&s->rl))
+					LOGW(CHAN_MOD,
+					     "connection from %s%s%s silent for %d ms; closed",
+					     c->addr, c->sess && c->sess->up ? " (node " : "",
+					     c->sess && c->sess->up ? c->sess->peer.cn : "",
+					     s->o.zmtp_heartbeat_timeout_ms);
+				conn_close(s, c);
+			} else if (now - c->last_out >= (uint64_t)s->o.zmtp_heartbeat_ivl_ms &&
+			           !c->hdr_sent && c->z.ready) {
+				uint8_t ping[16];
+				uint8_t ttl[2] = {
+				    (uint8_t)((s->o.zmtp_heartbeat_timeout_ms / 100) >> 8),
+				    (uint8_t)(s->o.zmtp_heartbeat_timeout_ms / 100)};
+				size_t k = chan_zmtp_command(ping, sizeof ping, "PING", ttl, 2);
+				(void)stream_send(s, c, ping, k);
+			}
+		}
+	}
 	srv_sess *ss = s->all;
 	while (ss) {
 		srv_sess *next = ss->next;
@@ -765,6 +1317,14 @@ static void sweep(chan_server *s)
 		}
 		ss = next;
 	}
+	free_zombies(s);
+	/* Give memory back after a burst of teardowns (a flood of sessions):
+	 * glibc keeps freed heap otherwise. Once the burst has been quiet for
+	 * a second. */
+	if (s->freed >= CHAN_TRIM_AFTER && now - s->last_free_ms >= 1000) {
+		s->freed = 0;
+		chan_heap_trim();
+	}
 }
 
 /* ---- API ---- */
@@ -786,6 +1346,11 @@ void chan_server_free(chan_server *s)
 	}
 	if (n)
 		LOGI(CHAN_MOD, "closed %d session(s)", n);
+	/* No close messages: ZMQ_LINGER lets what was queued (close_notify,
+	 * RESET, a final Bye) go out after zmq_close. */
+	while (s->conns)
+		conn_unlink(s, s->conns);
+	free_zombies(s);
 	if (s->sock)
 		zmq_close(s->sock);
 	chan_zap_free(s->zap);
@@ -795,6 +1360,7 @@ void chan_server_free(chan_server *s)
 	chan_hmap_fini(&s->by_rid);
 	chan_hmap_fini(&s->by_handle);
 	chan_hmap_fini(&s->by_cn);
+	chan_hmap_fini(&s->by_addr);
 	tlsctx_unref(s->tls);
 	free(s->s_endpoint);
 	free(s->s_cert);
@@ -907,13 +1473,6 @@ int chan_server_pollitems(chan_server *s, zmq_pollitem_t *items, int max)
 		items[n].revents = 0;
 		n++;
 	}
-	if (s->zap && n < max) {
-		items[n].socket = chan_zap_socket(s->zap);
-		items[n].fd = 0;
-		items[n].events = ZMQ_POLLIN;
-		items[n].revents = 0;
-		n++;
-	}
 	return n;
 }
 
@@ -944,9 +1503,6 @@ int chan_server_process(chan_server *s, const zmq_pollitem_t *items, int n)
 				recv_all(s);
 			if (items[i].revents & ZMQ_POLLOUT)
 				pollout = 1;
-		} else if (s->zap && items[i].socket == chan_zap_socket(s->zap) &&
-		           (items[i].revents & ZMQ_POLLIN)) {
-			chan_zap_process(s->zap, &s->st.zap_denied);
 		}
 	}
 	if (s->dirty)
@@ -990,7 +1546,8 @@ void chan_server_get_stats(const chan_server *s, chan_server_stats *st)
 {
 	*st = s->st;
 	st->sessions = s->nsess;
-	st->pending = s->npending;
+	st->pending = s->npend;
+	st->conns = s->nconns;
 	st->msgs_in = s->ctr.msgs_in;
 	st->msgs_out = s->ctr.msgs_out;
 	st->bytes_in = s->ctr.bytes_in;

@@ -32,7 +32,11 @@ const cfg_key cconf_schema[] = {
     {"server", "heartbeat_ms", CFG_INT, "5000", 100, 3600000, NULL,
      "heartbeat interval announced to nodes"},
     {"server", "handshake_timeout_ms", CFG_INT, "10000", 100, 600000, NULL,
-     "TLS handshake time limit"},
+     "time from connecting to authenticated; a connection still unauthenticated is closed"},
+    {"server", "max_pending", CFG_INT, "256", 1, 100000, NULL,
+     "unauthenticated connections at most; past it the least advanced, oldest is closed"},
+    {"server", "max_pending_per_addr", CFG_INT, "32", 1, 100000, NULL,
+     "unauthenticated connections from one IP address at most (same eviction)"},
     {"server", "idle_timeout_ms", CFG_INT, "30000", 1000, 3600000, NULL,
      "session dropped after this long without traffic"},
     /* federation */
@@ -183,7 +187,9 @@ int cconf_build(const cfg *c, cconf *o, char *why, size_t whylen)
 	o->ip_deny = cfg_str(c, "server.ip_deny");
 	o->endpoint_file = cfg_str(c, "server.endpoint_file");
 	o->max_message = (size_t)cfg_size(c, "server.max_message");
-	o->max_sessions = (int)cfg_int(c, "server.max_nodes") + 256;
+	o->max_pending = (int)cfg_int(c, "server.max_pending");
+	o->max_pending_per_addr = (int)cfg_int(c, "server.max_pending_per_addr");
+	o->max_sessions = (int)cfg_int(c, "server.max_nodes") + o->max_pending;
 	o->handshake_timeout_ms = (int)cfg_int(c, "server.handshake_timeout_ms");
 	o->idle_timeout_ms = (int)cfg_int(c, "server.idle_timeout_ms");
 	f->max_nodes = (uint32_t)cfg_int(c, "server.max_nodes");

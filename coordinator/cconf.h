@@ -23,7 +23,8 @@ typedef struct cconf {
 	const char *cert, *key, *ca, *crl, *allow;
 	const char *endpoint_file; /* where the bound endpoint is written (optional) */
 	size_t max_message;
-	int max_sessions;
+	int max_sessions; /* connections: max_nodes + max_pending */
+	int max_pending, max_pending_per_addr;
 	int handshake_timeout_ms, idle_timeout_ms;
 	const char *ip_allow, *ip_deny;
 	/* state and operations */

@@ -332,6 +332,8 @@ int serve_run(const cconf *cc)
 	co.max_msg = cc->max_message;
 	co.out_queue_max = cc->max_message + (1u << 20);
 	co.max_sessions = cc->max_sessions;
+	co.max_pending = cc->max_pending;
+	co.max_pending_per_addr = cc->max_pending_per_addr;
 	co.handshake_timeout_ms = cc->handshake_timeout_ms;
 	co.idle_timeout_ms = cc->idle_timeout_ms;
 	co.zmq_ctx = S.zctx;

@@ -355,7 +355,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		run(w, &r);
 		chan_server_stats st;
 		chan_server_get_stats(w->srv, &st);
-		if (st.max_inbound_alloc > MAX_MSG || st.pending > st.sessions)
+		if (st.max_inbound_alloc > MAX_MSG || st.pending > st.conns ||
+		    st.sessions > st.conns || st.conns > (uint64_t)so.max_sessions)
 			abort();
 	}
 	chan_client_free(w->cli);

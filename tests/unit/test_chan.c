@@ -346,7 +346,8 @@ static void test_handshake_timeout_and_stale(void **state)
 	advance(w, 1100);
 	chan_server_get_stats(w->srv, &st);
 	assert_int_equal(st.hs_timeout, 1);
-	assert_int_equal(st.sessions, st.pending); /* the client has retried by now */
+	/* no connection is authenticated (the node may have retried by now) */
+	assert_int_equal(st.conns, st.pending);
 	int k = ct_evs_find(&w->cev[0], 0, CHAN_EV_DOWN, 0, NULL);
 	assert_true(k >= 0);
 	assert_int_equal(w->cev[0].v[k].reason, FL_ETIMEDOUT);
@@ -517,7 +518,9 @@ static void test_backpressure_and_unreachable(void **state)
 	wire_free(w);
 }
 
-/* max_pending: handshakes beyond it are refused with RESET. */
+/* Admission: past max_pending the oldest unauthenticated connection makes
+ * room for the newest (so a good node is never starved by older pending
+ * ones); past max_sessions connections are refused. */
 static void test_limits(void **state)
 {
 	(void)state;
@@ -532,22 +535,35 @@ static void test_limits(void **state)
 	w->drop_down[0] = 1; /* keeps node-01 handshaking */
 	chan_client_link_event(w->cli[0], 1);
 	pump(w);
-	chan_client_link_event(w->cli[1], 1);
-	long mark = ct_log_mark();
-	pump(w);
-	assert_true(ct_log_has(mark, "refused HELLO", "max_pending reached"));
-	chan_client_stats cs;
-	chan_client_get_stats(w->cli[1], &cs);
-	assert_int_equal(cs.resets_rcvd, 1);
-	/* Once node-01's attempt is over, node-02 gets in. */
-	w->drop_down[0] = 0;
-	advance(w, 2500);
-	assert_true(chan_client_is_ready(w->cli[0]) || chan_client_is_ready(w->cli[1]));
-	chan_client_link_event(w->cli[2], 1);
-	advance(w, 3000);
 	chan_server_stats st;
 	chan_server_get_stats(w->srv, &st);
-	assert_true(st.sessions <= 2);
+	assert_int_equal(st.pending, 1);
+	long mark = ct_log_mark();
+	chan_client_link_event(w->cli[1], 1);
+	pump(w);
+	assert_true(ct_log_has(mark, "max_pending reached", "closed the oldest unauthenticated"));
+	assert_true(chan_client_is_ready(w->cli[1]));
+	chan_server_get_stats(w->srv, &st);
+	assert_int_equal(st.evicted, 1);
+	/* node-01 tries again and gets in: two authenticated connections. */
+	w->drop_down[0] = 0;
+	advance(w, 2500);
+	assert_true(chan_client_is_ready(w->cli[0]));
+	assert_true(chan_client_is_ready(w->cli[1]));
+	/* A third connection finds max_sessions authenticated ones: refused
+	 * (nothing unauthenticated to evict); the others stay. */
+	mark = ct_log_mark();
+	chan_client_link_event(w->cli[2], 1);
+	advance(w, 300);
+	assert_true(ct_log_has(mark, "refused a connection", "max_sessions (2)"));
+	assert_false(chan_client_is_ready(w->cli[2]));
+	chan_client_stats cs;
+	chan_client_get_stats(w->cli[2], &cs);
+	assert_true(cs.resets_rcvd >= 1);
+	chan_server_get_stats(w->srv, &st);
+	assert_true(st.conn_refused >= 1);
+	assert_int_equal(st.sessions, 2);
+	assert_true(chan_client_is_ready(w->cli[0]) && chan_client_is_ready(w->cli[1]));
 	wire_free(w);
 }
 
