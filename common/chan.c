@@ -222,20 +222,22 @@ void chan_ev_gone(chan_event *ev, uint64_t peer, const char *cn, const char *add
 int chan_ratelog_allow(chan_ratelog *r)
 {
 	uint64_t now = chan_now_ms();
-	if (now - r->t0 >= 1000) {
-		if (r->dropped)
-			LOGW(CHAN_MOD, "%u similar lines about unauthenticated peers suppressed",
-			     r->dropped);
-		r->t0 = now;
-		r->n = 0;
+	/* the oldest of the last CHAN_RATELOG_MAX lines must be a second old */
+	if (r->n == CHAN_RATELOG_MAX && now - r->at[r->next] < 1000) {
+		r->dropped++;
+		return 0;
+	}
+	if (r->dropped && (r->last_note == 0 || now - r->last_note >= 1000)) {
+		LOGW(CHAN_MOD, "%u similar lines about unauthenticated peers suppressed",
+		     r->dropped);
 		r->dropped = 0;
+		r->last_note = now ? now : 1;
 	}
-	if (r->n < 20) {
+	r->at[r->next] = now;
+	r->next = (r->next + 1) % CHAN_RATELOG_MAX;
+	if (r->n < CHAN_RATELOG_MAX)
 		r->n++;
-		return 1;
-	}
-	r->dropped++;
-	return 0;
+	return 1;
 }
 
 /* ---- shared messages ---- */

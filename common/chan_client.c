@@ -433,8 +433,15 @@ static void dispatch(chan_client *c, int nframes, const chan_frame *fr)
 	}
 	if (kind == CHAN_KIND_RESET) {
 		c->st.resets_rcvd++;
-		LOGI(CHAN_MOD, "session %llu: the coordinator reset it",
-		     (unsigned long long)c->sess_no);
+		if (c->up)
+			LOGI(CHAN_MOD, "session %llu: the coordinator reset it",
+			     (unsigned long long)c->sess_no);
+		else
+			LOGW(CHAN_MOD,
+			     "session %llu: the coordinator reset the session before it was "
+			     "authenticated (it may be refusing connections: max_pending or "
+			     "max_sessions reached, or a handshake deadline); retrying",
+			     (unsigned long long)c->sess_no);
 		drop(c, FL_ECLOSED, "the coordinator reset the session", 0, 0);
 		return;
 	}
@@ -464,8 +471,11 @@ void chan_client_link_event(chan_client *c, int up)
 	c->st.disconnects++;
 	c->link_up = 0;
 	if (c->cs) {
-		LOGW(CHAN_MOD, "session %llu: connection to the coordinator lost",
-		     (unsigned long long)c->sess_no);
+		LOGW(CHAN_MOD, "session %llu: connection to the coordinator lost%s",
+		     (unsigned long long)c->sess_no,
+		     c->up ? ""
+		           : " before authentication (the coordinator closes unauthenticated "
+		             "connections past max_pending or its handshake deadline); retrying");
 		drop(c, FL_ENET, "connection to the coordinator lost", 0, 0);
 	}
 }

@@ -89,13 +89,16 @@ void chan_ev_gone(chan_event *ev, uint64_t peer, const char *cn, const char *add
                   const char *why, int was_up);
 
 /* ---- log rate limit for unauthenticated events ---- */
+#define CHAN_RATELOG_MAX 20
 typedef struct chan_ratelog {
-	uint64_t t0;
-	unsigned n;
+	uint64_t at[CHAN_RATELOG_MAX]; /* times of the last lines logged, a ring */
+	unsigned n, next;
 	unsigned dropped;
+	uint64_t last_note; /* when the count of suppressed lines was logged */
 } chan_ratelog;
-/* 1 if one more line may be logged now (at most 20 per second; the count
- * of suppressed lines is logged when the next window opens). */
+/* 1 if one more line may be logged now: at most CHAN_RATELOG_MAX lines in
+ * any 1000 ms (a sliding window), plus at most one line a second saying
+ * how many were suppressed. */
 int chan_ratelog_allow(chan_ratelog *r);
 
 /* ---- shared messages ---- */
