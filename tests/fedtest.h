@@ -294,6 +294,17 @@ static inline int ft_log_has(const ft *f, const char *log, const char *needle)
 	return r;
 }
 
+/* How many times needle occurs in a log of the federation's folder. */
+static inline int ft_count_in_log(const ft *f, const char *log, const char *needle)
+{
+	char *t = ft_read(ft_path(f, "%s", log));
+	int n = 0;
+	for (const char *p = t; p && (p = strstr(p, needle)); p++)
+		n++;
+	free(t);
+	return n;
+}
+
 static inline void ft_dump_logs(const ft *f)
 {
 	tu_system("for l in '%s'/*.log; do echo \"== $l\"; tail -n 25 \"$l\"; done >&2", f->dir);

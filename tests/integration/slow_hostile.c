@@ -48,16 +48,6 @@ static long rss_kb(pid_t pid)
 	return kb;
 }
 
-static int count_in_log(const ft *f, const char *log, const char *needle)
-{
-	char *t = ft_read(ft_path(f, "%s", log));
-	int n = 0;
-	for (const char *p = t; p && (p = strstr(p, needle)); p++)
-		n++;
-	free(t);
-	return n;
-}
-
 /* The largest number of channel warnings in any 990 ms (log lines start
  * with an ISO time to the millisecond), the lines saying how many were
  * suppressed counted apart. */
@@ -126,7 +116,7 @@ static int node_rejoins(ft *f, int i, int *committed)
 {
 	char log[32];
 	snprintf(log, sizeof log, "node-%02d.log", i + 1);
-	int welcomed = count_in_log(f, log, "welcomed as");
+	int welcomed = ft_count_in_log(f, log, "welcomed as");
 	ft_stop(&f->node[i], SIGKILL, 5000);
 	uint64_t t0 = clk_mono_ms();
 	ft_start_node(f, i, NULL);
@@ -270,7 +260,7 @@ static void test_hostile(void **state)
 	                      "closed the oldest unauthenticated connection",
 	                      "max_pending_per_addr reached"};
 	for (size_t i = 0; i < sizeof seen / sizeof *seen; i++) {
-		int n = count_in_log(&f, "coordinator.log", seen[i]);
+		int n = ft_count_in_log(&f, "coordinator.log", seen[i]);
 		print_message("  log lines with \"%s\": %d\n", seen[i], n);
 		if (n == 0) {
 			ft_cleanup(&f, 1);

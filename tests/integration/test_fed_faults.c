@@ -34,16 +34,6 @@ static void check_versions(const ft *f, int i)
 	}
 }
 
-static int count_in_log(const ft *f, const char *log, const char *needle)
-{
-	char *t = ft_read(ft_path(f, "%s", log));
-	int n = 0;
-	for (const char *p = t; p && (p = strstr(p, needle)); p++)
-		n++;
-	free(t);
-	return n;
-}
-
 static void test_node_killed_mid_training(void **state)
 {
 	(void)state;
@@ -168,7 +158,7 @@ static void test_coordinator_restart_mid_round(void **state)
 	for (int i = 0; i < 4 && ok; i++) {
 		char log[32];
 		snprintf(log, sizeof log, "node-%02d.log", i + 1);
-		ok = count_in_log(&f, log, "welcomed as") >= 2;
+		ok = ft_count_in_log(&f, log, "welcomed as") >= 2;
 	}
 	if (!ok) {
 		ft_cleanup(&f, 1);
