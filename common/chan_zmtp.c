@@ -68,7 +68,8 @@ static int parse_ready(chan_zmtp *z, const uint8_t *p, size_t n, const chan_zmtp
 			return fail(z, "READY with a malformed property", NULL);
 		if (nl == 11 && strncasecmp((const char *)name, "Socket-Type", 11) == 0) {
 			size_t k = vl < sizeof type - 1 ? vl : sizeof type - 1;
-			memcpy(type, p, k);
+			for (size_t i = 0; i < k; i++) /* it goes into a log line */
+				type[i] = p[i] >= 0x20 && p[i] < 0x7F ? (char)p[i] : '?';
 			type[k] = 0;
 		}
 		p += vl;
