@@ -35,9 +35,9 @@
 #define CHAN_RECV_BYTES     (1u << 20)
 /* Frame bytes one session may hand to ZeroMQ per process() call. */
 #define CHAN_SEND_BUDGET    (8u << 20)
-/* ZeroMQ high-water marks, in frames of up to CHAN_FRAME_MAX bytes: 16 MiB
- * may wait to be sent per connection; at most 4 MiB is buffered from a
- * peer before the channel reads it (unauthenticated peers included). */
+/* The node's DEALER high-water marks, in frames of up to CHAN_FRAME_MAX
+ * bytes: 16 MiB may wait to be sent; at most 4 MiB is buffered from the
+ * coordinator before the channel reads it. */
 #define CHAN_SNDHWM         64
 #define CHAN_RCVHWM         16
 /* The coordinator's STREAM socket counts chunks of raw TCP bytes (at most
@@ -263,18 +263,16 @@ size_t chan_zmtp_frame_hdr(uint8_t out[9], uint64_t size, int more);
 /* A short command frame (PING, PONG): length written, 0 if it does not fit. */
 size_t chan_zmtp_command(uint8_t *out, size_t cap, const char *name, const uint8_t *data, size_t n);
 
-/* ---- ZAP (IP allow/deny on the NULL mechanism) ---- */
+/* ---- address filter (ip_allow / ip_deny), checked at connect ---- */
 typedef struct chan_zap chan_zap;
-/* Parses the lists (comma-separated IPs or CIDR prefixes) and binds the
- * handler in ctx. FL_ECONFIG naming the bad entry, FL_EBUSY when the
- * context already has a ZAP handler. */
-int chan_zap_new(void *zctx, const char *allow, const char *deny, chan_zap **out);
+/* Parses the lists (comma-separated IPs or CIDR prefixes). FL_ECONFIG
+ * naming the bad entry. */
+int chan_zap_new(const char *allow, const char *deny, chan_zap **out);
 void chan_zap_free(chan_zap *z);
-void *chan_zap_socket(chan_zap *z);
-/* Answers pending requests; adds denials to *denied. */
-void chan_zap_process(chan_zap *z, uint64_t *denied);
-/* 1 if the address string passes the lists (for tests of the matcher). */
-int chan_zap_check(const chan_zap *z, const char *addr);
+/* 1 if the address string passes the lists; else 0 and, if why is given,
+ * the reason ("matches ip_deny", "not in ip_allow", "address not
+ * understood"). */
+int chan_zap_check(const chan_zap *z, const char *addr, const char **why);
 
 /* ---- ZeroMQ helpers ---- */
 int chan_zmq_setint(void *sock, int opt, int v, const char *name);

@@ -305,7 +305,7 @@ int chan_server_new(const chan_server_opts *o, chan_server **out)
 	}
 	if ((o->ip_allow && *o->ip_allow) || (o->ip_deny && *o->ip_deny)) {
 		/* Checked when a connection opens, before anything is read. */
-		if ((rc = chan_zap_new(NULL, o->ip_allow, o->ip_deny, &s->zap)))
+		if ((rc = chan_zap_new(o->ip_allow, o->ip_deny, &s->zap)))
 			goto out;
 	}
 	if ((rc = setup_socket(s)))
@@ -714,11 +714,12 @@ static srv_conn *conn_new(chan_server *s, const uint8_t *rid, size_t rid_len, co
 {
 	if (rid_len == 0 || rid_len > 255)
 		return NULL;
-	if (s->zap && !chan_zap_check(s->zap, addr)) {
+	const char *why = NULL;
+	if (s->zap && !chan_zap_check(s->zap, addr, &why)) {
 		s->st.zap_denied++;
 		if (chan_ratelog_allow(&s->rl))
-			LOGW(CHAN_MOD,
-			     "refused a connection from %s: not allowed by ip_allow/ip_deny", addr);
+			LOGW(CHAN_MOD, "refused a connection from %s: %s (ip_allow/ip_deny)", addr,
+			     why);
 		return NULL;
 	}
 	if (admit(s, addr))

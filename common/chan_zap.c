@@ -1,18 +1,16 @@
-/* chan_zap — ZAP handler for the NULL mechanism: admits or refuses a TCP
- * peer by IP address before ZeroMQ buffers anything from it (chan_int.h).
- * Runs on the channel's thread, answering from its event loop. */
+/* chan_zap — the address filter (ip_allow / ip_deny): admits or refuses a TCP
+ * connection by IP address when it opens, before anything of it is read
+ * (chan_int.h). The coordinator's channel calls it from its own thread. */
 #include "chan_int.h"
 
 #include "err.h"
 #include "log.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define ZAP_ENDPOINT "inproc://zeromq.zap.01"
 #define ZAP_MAX_NETS 1024
 
 typedef struct zap_net {
@@ -22,11 +20,9 @@ typedef struct zap_net {
 } zap_net;
 
 struct chan_zap {
-	void *rep;
 	zap_net *allow, *deny;
 	size_t nallow, ndeny;
 	int has_allow;
-	chan_ratelog rl;
 };
 
 /* IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) are treated as IPv4. */
@@ -161,13 +157,16 @@ static int judge(const chan_zap *z, const char *addr, const char **why)
 	return 0;
 }
 
-int chan_zap_check(const chan_zap *z, const char *addr)
+int chan_zap_check(const chan_zap *z, const char *addr, const char **why)
 {
-	const char *why;
-	return judge(z, addr, &why) == 0;
+	const char *w = NULL;
+	int ok = judge(z, addr, &w) == 0;
+	if (why)
+		*why = w;
+	return ok;
 }
 
-int chan_zap_new(void *zctx, const char *allow, const char *deny, chan_zap **out)
+int chan_zap_new(const char *allow, const char *deny, chan_zap **out)
 {
 	int rc;
 	chan_zap *z = calloc(1, sizeof *z);
@@ -182,25 +181,6 @@ int chan_zap_new(void *zctx, const char *allow, const char *deny, chan_zap **out
 	}
 	if (deny && *deny && (rc = parse_list("ip_deny", deny, &z->deny, &z->ndeny)))
 		goto out;
-	if (zctx) {
-		z->rep = zmq_socket(zctx, ZMQ_REP);
-		if (!z->rep) {
-			LOGE(CHAN_MOD, "ZAP socket: %s", zmq_strerror(errno));
-			rc = FL_ENET;
-			goto out;
-		}
-		if ((rc = chan_zmq_setint(z->rep, ZMQ_LINGER, 0, "ZMQ_LINGER")))
-			goto out;
-		if (zmq_bind(z->rep, ZAP_ENDPOINT) != 0) {
-			int e = errno;
-			LOGE(CHAN_MOD, "ZAP handler: cannot bind %s: %s%s", ZAP_ENDPOINT,
-			     zmq_strerror(e),
-			     e == EADDRINUSE ? " (the ZeroMQ context already has a ZAP handler)"
-			                     : "");
-			rc = e == EADDRINUSE ? FL_EBUSY : FL_ENET;
-			goto out;
-		}
-	}
 	*out = z;
 	return 0;
 out:
@@ -212,85 +192,7 @@ void chan_zap_free(chan_zap *z)
 {
 	if (!z)
 		return;
-	if (z->rep)
-		zmq_close(z->rep);
 	free(z->allow);
 	free(z->deny);
 	free(z);
-}
-
-void *chan_zap_socket(chan_zap *z)
-{
-	return z->rep;
-}
-
-static void reply(void *rep, const zmq_msg_t *reqid, const char *code, const char *text)
-{
-	zmq_msg_t id;
-	zmq_msg_init(&id);
-	zmq_msg_copy(&id, (zmq_msg_t *)reqid);
-	zmq_send(rep, "1.0", 3, ZMQ_SNDMORE);
-	zmq_msg_send(&id, rep, ZMQ_SNDMORE);
-	zmq_msg_close(&id);
-	zmq_send(rep, code, strlen(code), ZMQ_SNDMORE);
-	zmq_send(rep, text, strlen(text), ZMQ_SNDMORE);
-	zmq_send(rep, "", 0, ZMQ_SNDMORE);
-	zmq_send(rep, "", 0, 0);
-}
-
-/* A request: version, request id, domain, address, identity, mechanism,
- * credentials... (ZAP 1.0). */
-void chan_zap_process(chan_zap *z, uint64_t *denied)
-{
-	for (int budget = 0; budget < 64; budget++) {
-		zmq_msg_t part[6];
-		int n = 0, more = 1, got = 0;
-		for (int i = 0; i < 6; i++)
-			zmq_msg_init(&part[i]);
-		while (more) {
-			zmq_msg_t tmp;
-			zmq_msg_init(&tmp);
-			if (zmq_msg_recv(&tmp, z->rep, got ? 0 : ZMQ_DONTWAIT) < 0) {
-				zmq_msg_close(&tmp);
-				break;
-			}
-			got = 1;
-			more = zmq_msg_more(&tmp);
-			if (n < 6)
-				zmq_msg_move(&part[n], &tmp);
-			n++;
-			zmq_msg_close(&tmp);
-		}
-		if (!got) {
-			for (int i = 0; i < 6; i++)
-				zmq_msg_close(&part[i]);
-			return;
-		}
-		if (n < 6 || zmq_msg_size(&part[0]) != 3 ||
-		    memcmp(zmq_msg_data(&part[0]), "1.0", 3)) {
-			LOGE(CHAN_MOD, "ZAP: malformed request (%d frames)", n);
-			/* REP must answer before it can receive again. */
-			reply(z->rep, &part[1], "500", "malformed request");
-		} else {
-			char addr[64];
-			size_t al = zmq_msg_size(&part[3]);
-			if (al >= sizeof addr)
-				al = sizeof addr - 1;
-			memcpy(addr, zmq_msg_data(&part[3]), al);
-			addr[al] = '\0';
-			const char *why = NULL;
-			if (judge(z, addr, &why) == 0) {
-				reply(z->rep, &part[1], "200", "OK");
-			} else {
-				(*denied)++;
-				if (chan_ratelog_allow(&z->rl))
-					LOGW(CHAN_MOD,
-					     "connection from %s refused by the ZAP handler: %s",
-					     addr, why);
-				reply(z->rep, &part[1], "400", why);
-			}
-		}
-		for (int i = 0; i < 6; i++)
-			zmq_msg_close(&part[i]);
-	}
 }

@@ -455,7 +455,7 @@ static void test_zap(void **state)
 	assert_int_equal(chan_client_new(&co, &h->cli[0]), 0);
 	int ok = CT_WAIT(h, 5000,
 	                 ct_log_has(mark, "refused a connection from 127.0.0.1",
-	                            "not allowed by ip_allow/ip_deny"));
+	                            "matches ip_deny (ip_allow/ip_deny)"));
 	assert_true(ok);
 	ct_pump(h, 200);
 	chan_server_stats st;
