@@ -17,9 +17,27 @@ jobs=${FEDLORA_TEST_JOBS:-2}
 fuzz_secs=${FEDLORA_FUZZ_SECONDS:-10}
 pass=0
 fail=0
+skip=0
 failed_steps=()
+stage_times=()
+stage_name=""
+stage_t0=0
 
-step() { printf '\n==== %s\n' "$*"; }
+# step NAME: starts a stage; the previous one's time is recorded.
+step() {
+	stage_end
+	stage_name=$*
+	stage_t0=$(date +%s)
+	printf '\n==== %s\n' "$*"
+}
+stage_end() {
+	if [ -n "$stage_name" ]; then
+		local dt=$(($(date +%s) - stage_t0))
+		stage_times+=("$(printf '%5d s  %s' "$dt" "$stage_name")")
+		printf '==== %s: %d s\n' "$stage_name" "$dt"
+		stage_name=""
+	fi
+}
 
 # ctest_summary DIR: runs ctest, adds its counts to the totals.
 run_ctest() {
@@ -31,11 +49,19 @@ run_ctest() {
 	local line
 	line=$(grep -E 'tests passed, [0-9]+ tests failed out of [0-9]+' "$log" | tail -1)
 	if [ -n "$line" ]; then
-		local total failed_n
+		local total failed_n skipped_n
 		failed_n=$(sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\1/' <<<"$line")
 		total=$(sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\2/' <<<"$line")
-		pass=$((pass + total - failed_n))
+		# ctest lists skipped tests under "did not run" and counts them
+		# as passed: they are reported as skipped here.
+		skipped_n=$(grep -cE '^[[:space:]]*[0-9]+ - .*\(Skipped\)' "$log" || true)
+		pass=$((pass + total - failed_n - skipped_n))
 		fail=$((fail + failed_n))
+		skip=$((skip + skipped_n))
+		if [ "$skipped_n" -gt 0 ]; then
+			echo "$name: $skipped_n test(s) skipped:"
+			grep -E '^[[:space:]]*[0-9]+ - .*\(Skipped\)' "$log" | sed 's/^/  /'
+		fi
 	fi
 	rm -f "$log"
 	if [ "$rc" -ne 0 ]; then
@@ -105,10 +131,13 @@ if [ "${FEDLORA_SKIP_FUZZ:-0}" != 1 ] && command -v clang >/dev/null 2>&1; then
 	fi
 fi
 
+stage_end
 end=$(date +%s)
-step "summary ($((end - start)) s)"
+printf '\n==== summary (%d s)\n' "$((end - start))"
+echo "time per stage:"
+printf '  %s\n' "${stage_times[@]}"
 if [ ${#failed_steps[@]} -gt 0 ]; then
 	echo "failed steps: ${failed_steps[*]}"
 fi
-echo "$pass passed, $fail failed"
+echo "$pass passed, $fail failed, $skip skipped"
 [ "$fail" -eq 0 ] && [ ${#failed_steps[@]} -eq 0 ]
