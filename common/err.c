@@ -1,6 +1,9 @@
 /* err — see err.h. */
 #include "err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 static const struct {
 	int code;
 	const char *name;
@@ -44,4 +47,15 @@ const char *fl_errname(int err)
 		if (fl_errs[i].code == err)
 			return fl_errs[i].name;
 	return "FL_E?";
+}
+
+int fl_fail(char *why, size_t whylen, int rc, const char *fmt, ...)
+{
+	if (why && whylen) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(why, whylen, fmt, ap);
+		va_end(ap);
+	}
+	return rc;
 }

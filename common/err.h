@@ -4,6 +4,7 @@
  * failure. fl_strerror() gives a short text for any code. */
 #ifndef FL_ERR_H
 #define FL_ERR_H
+#include <stddef.h>
 
 enum fl_err {
 	FL_OK = 0,
@@ -35,5 +36,14 @@ const char *fl_strerror(int err);
 
 /* Name of the code ("FL_EINVAL"), for logs and JSON (never NULL). */
 const char *fl_errname(int err);
+
+/* The "code + sentence" convention of functions that take (char *why,
+ * size_t whylen): formats the message into why (when why && whylen, always
+ * NUL-terminated, truncated to whylen) and returns rc, so that a caller
+ * writes  return fl_fail(why, whylen, FL_EINVAL, "x = %d is ...", x);  */
+#if defined(__GNUC__)
+__attribute__((format(printf, 4, 5)))
+#endif
+int fl_fail(char *why, size_t whylen, int rc, const char *fmt, ...);
 
 #endif

@@ -1,21 +1,13 @@
-/* lora_fmt — LoRA adapter file formats shared by the node and the
- * coordinator: the canonical adapter (a tset named after the GGUF base
- * tensors), Hugging Face PEFT directories, and llama.cpp's GGUF LoRA
- * adapter. Everything here needs only the base model's GGUF *header* (names,
- * shapes, architecture, head counts), never the model engine.
+/* lora_fmt — what the adapter file formats share, and one entry point over
+ * all of them. The formats themselves are common/peft (Hugging Face PEFT)
+ * and common/gguf_lora (llama.cpp GGUF LoRA); the canonical adapter (a
+ * safetensors file of a tset named as common/lora.h says) is written by
+ * st_write with the LFMT_META_* keys. Everything here needs only the base
+ * model's GGUF *header* (names, shapes, architecture, head counts), never
+ * the model engine.
  *
- * Canonical adapter: tensors "blk.N.<target>.lora_a" [r, in] and
- * "blk.N.<target>.lora_b" [out, r] for targets attn_q attn_k attn_v
- * attn_output ffn_gate ffn_up ffn_down; `in`/`out` are the base tensor
- * "blk.N.<target>.weight" ne[0]/ne[1]; rows of q/k lora_b in GGUF order
- * (llama GGUF files store each head's q/k rows interleaved by rotary pair,
- * Hugging Face stores the two halves one after the other).
- *
- * The adapted projection is  y = W x + s * B (A x)  with s = lfmt_scale():
- *   s = alpha / r           (PEFT default, llama.cpp)
- *   s = alpha / sqrt(r)     (rsLoRA, PEFT use_rslora)
  * Where alpha comes from, per input format, is documented in docs/EXPORT.md
- * and at lfmt_load().
+ * and at lfmt_load(); the scale is lora_scale().
  *
  * Functions are pure apart from the files they read/write; thread-safe. */
 #ifndef FL_LORA_FMT_H
@@ -24,23 +16,12 @@
 #include <stdint.h>
 
 #include "gguf.h"
+#include "lora.h"
+#include "safetensors.h"
 #include "tensor.h"
 
-enum lfmt_target {
-	LFMT_ATTN_Q = 0,
-	LFMT_ATTN_K,
-	LFMT_ATTN_V,
-	LFMT_ATTN_OUTPUT,
-	LFMT_FFN_GATE,
-	LFMT_FFN_UP,
-	LFMT_FFN_DOWN,
-	LFMT_NTARGETS
-};
-
-#define LFMT_MAX_LAYERS 4096
-#define LFMT_MAX_RANK   4096
 /* Largest adapter file read (safetensors or GGUF). */
-#define LFMT_MAX_FILE   ((uint64_t)4 << 30)
+#define LFMT_MAX_FILE ((uint64_t)4 << 30)
 
 /* Metadata keys of a canonical adapter safetensors file (__metadata__,
  * string values). Writers of canonical adapters (training, coordinator
@@ -48,25 +29,6 @@ enum lfmt_target {
 #define LFMT_META_ALPHA  "lora.alpha"  /* decimal, e.g. "16" */
 #define LFMT_META_RANK   "lora.rank"   /* decimal; must equal the shapes' r */
 #define LFMT_META_RSLORA "lora.rslora" /* "true" / "false" (default false) */
-
-/* "attn_q" ... "ffn_down"; NULL out of range. */
-const char *lfmt_target_name(int t);
-/* Hugging Face module path in a decoder layer: "self_attn.q_proj" ... */
-const char *lfmt_target_hf(int t);
-
-/* Scale parameters of an adapter. */
-typedef struct lfmt_params {
-	float alpha;
-	uint32_t rank; /* r: rows of every lora_a */
-	int rslora;    /* 1: s = alpha / sqrt(r) */
-} lfmt_params;
-
-/* s = alpha / r, or alpha / sqrt(r) with rslora; 0 when rank is 0. */
-double lfmt_scale(const lfmt_params *p);
-
-/* Parses a canonical name "blk.N.<target>.lora_a|lora_b". FL_EINVAL when it
- * is not one. */
-int lfmt_parse_name(const char *name, uint32_t *layer, int *target, int *is_b);
 
 /* What the formats need from the base model's GGUF header. */
 typedef struct lfmt_base {
@@ -86,65 +48,22 @@ int lfmt_base_from_gguf(const gguf *g, lfmt_base *out, char *why, size_t whylen)
  * canonical name and is 2-D, every lora_a has its lora_b and vice versa, the
  * base has "blk.N.<target>.weight" with ne[0] == in (lora_a columns) and
  * ne[1] == out (lora_b rows), every pair has the same rank r (1..
- * LFMT_MAX_RANK), all values finite. *rank (may be NULL) gets r. Errors:
+ * LORA_MAX_RANK), all values finite. *rank (may be NULL) gets r. Errors:
  * FL_EMISMATCH (shape or name not in the base: "adapter for another base"),
  * FL_EFORMAT (malformed adapter), FL_ENUMERIC (NaN/Inf); why names the
  * tensor at fault. */
 int lfmt_check(const tset *ad, const gguf *base, uint32_t *rank, char *why, size_t whylen);
 
-/* Moves whole rows of `cols` floats between the two q/k row orders. Within
- * a head of dim d (= rows / n_head), GGUF row g holds Hugging Face row
- * (g % 2) * (d / 2) + g / 2. rows must be a multiple of 2 * n_head; src and
- * dst must not overlap. FL_EINVAL otherwise. */
-int lfmt_rows_gguf_to_hf(const float *src, float *dst, uint64_t rows, uint64_t cols,
-                         uint32_t n_head);
-int lfmt_rows_hf_to_gguf(const float *src, float *dst, uint64_t rows, uint64_t cols,
-                         uint32_t n_head);
+/* What both writers do first: reads the base's header into *b, checks ad
+ * against the base (lfmt_check; *rank gets r) and that p->rank, when not
+ * 0, equals r (FL_EMISMATCH: "rank N given but the adapter's tensors have
+ * rank R"). */
+int lfmt_prepare_write(const tset *ad, const gguf *base, const lora_spec *p, lfmt_base *b,
+                       uint32_t *rank, char *why, size_t whylen);
 
-/* ---- llama.cpp GGUF LoRA adapter ------------------------------------ */
-
-/* Writes a GGUF LoRA adapter as llama.cpp loads it: general.type =
- * "adapter", general.architecture = the base's, adapter.type = "lora",
- * adapter.lora.alpha (f32) = s * r, so llama.cpp's scale alpha / r equals
- * lfmt_scale(p) also for rsLoRA (when s == 0 the file gets alpha = r and
- * zero lora_b, since llama.cpp reads alpha == 0 as "scale 1"); the base's
- * <arch>.* hyper-parameters and general.name are copied as the converter
- * does. Tensors "<base tensor>.lora_a" with ne = [in, r] and ".lora_b"
- * with ne = [r, out] (the canonical shapes reversed, same bytes), q/k
- * lora_b in GGUF row order, in `type` F32 or F16. The adapter is checked
- * with lfmt_check first. Atomic. */
-int lfmt_write_gguf_lora(const tset *ad, const gguf *base, const lfmt_params *p, uint32_t type,
-                         const char *path, char *why, size_t whylen);
-
-/* Reads a GGUF LoRA adapter into a canonical tset (f32). p gets alpha as
- * stored (alpha == 0 -> alpha = r: llama.cpp's "scale 1"), rank from the
- * shapes, rslora 0. When base is not NULL the architecture must match and
- * the adapter is checked with lfmt_check. */
-int lfmt_read_gguf_lora(const char *path, const gguf *base, tset **out, lfmt_params *p, char *why,
-                        size_t whylen);
-
-/* ---- Hugging Face PEFT ------------------------------------------------ */
-
-/* Writes dir/adapter_model.safetensors (F32, names base_model.model.model.
- * layers.N.<module>.lora_A.weight / lora_B.weight, q/k lora_B rows in
- * Hugging Face order when the base is llama) and dir/adapter_config.json
- * (peft_type LORA, r, lora_alpha, use_rslora, target_modules, ...). The
- * same layout as every other PEFT export of the project. dir is created if
- * missing; files are written atomically. */
-int lfmt_write_peft(const tset *ad, const gguf *base, const lfmt_params *p, const char *dir,
-                    char *why, size_t whylen);
-
-/* Parses an adapter_config.json text: r, lora_alpha, use_rslora (default
- * false). Refuses peft_type other than LORA, non-empty rank_pattern /
- * alpha_pattern, fan_in_fan_out true, and other bias than "none" (they
- * change what the tensors mean). */
-int lfmt_parse_peft_config(const char *json, size_t n, lfmt_params *p, char *why, size_t whylen);
-
-/* Reads a PEFT directory (adapter_model.safetensors + adapter_config.json)
- * into a canonical tset, permuting q/k lora_B rows into GGUF order for a
- * llama base, and checks it against base. */
-int lfmt_read_peft(const char *dir, const gguf *base, tset **out, lfmt_params *p, char *why,
-                   size_t whylen);
+/* Opens the safetensors file at path (limits of st_open) and reads it as an
+ * f32 tset; *keep gets the open file (for st_meta; st_close it). */
+int lfmt_read_st(const char *path, tset **out, st_file **keep, char *why, size_t whylen);
 
 /* ---- any of the above --------------------------------------------------- */
 
@@ -154,7 +73,7 @@ enum lfmt_format { LFMT_GGUF_LORA = 1, LFMT_PEFT = 2 };
  * coordinator's committed global version): opens the base GGUF's header at
  * base_path and writes `out` in format fmt (type F32/F16 applies to
  * gguf-lora; PEFT is always F32). */
-int lfmt_export(const tset *ad, const char *base_path, const lfmt_params *p, enum lfmt_format fmt,
+int lfmt_export(const tset *ad, const char *base_path, const lora_spec *p, enum lfmt_format fmt,
                 uint32_t type, const char *out, char *why, size_t whylen);
 
 /* Values given on a command line; each overrides nothing silently: a value
@@ -176,7 +95,7 @@ typedef struct lfmt_override {
  *     from ov->alpha; none of them -> FL_EINVAL ("pass --alpha").
  * Then lfmt_check against base. The override is applied as documented on
  * lfmt_override (ov may be NULL). */
-int lfmt_load(const char *path, const gguf *base, const lfmt_override *ov, tset **out,
-              lfmt_params *p, char *why, size_t whylen);
+int lfmt_load(const char *path, const gguf *base, const lfmt_override *ov, tset **out, lora_spec *p,
+              char *why, size_t whylen);
 
 #endif

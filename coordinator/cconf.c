@@ -9,8 +9,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#define ALLT "attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down"
-
 const cfg_key cconf_schema[] = {
     /* server */
     {"server", "listen", CFG_STR, "tcp://0.0.0.0:7777", 0, 0, NULL,
@@ -48,12 +46,7 @@ const cfg_key cconf_schema[] = {
      "base model name written into exported PEFT configs"},
     {"federation", "seed", CFG_INT, "1", 0, 9.2e18, NULL, "seed of sampling and round seeds"},
     /* lora */
-    {"lora", "rank", CFG_INT, "8", 1, 4096, NULL, "LoRA rank r"},
-    {"lora", "alpha", CFG_DOUBLE, "16", 1e-6, 1e6, NULL, "LoRA alpha (scale alpha/r)"},
-    {"lora", "targets", CFG_STR, ALLT, 0, 0, NULL, "comma-separated target projections"},
-    {"lora", "rslora", CFG_BOOL, "false", 0, 0, NULL, "rank-stabilised scale alpha/sqrt(r)"},
-    {"lora", "ffa", CFG_BOOL, "false", 0, 0, NULL, "FFA-LoRA: A frozen, only B exchanged"},
-    {"lora", "init_seed", CFG_INT, "1", 0, 9.2e18, NULL, "seed of the initial adapter v0"},
+    LORA_CFG_KEYS,
     /* adapter shapes without a GGUF */
     {"adapter", "layers", CFG_INT, "0", 0, 4096, NULL,
      "transformer blocks (explicit shapes, no base_gguf)"},
@@ -196,15 +189,8 @@ int cconf_build(const cfg *c, cconf *o, char *why, size_t whylen)
 	f->heartbeat_ms = (uint32_t)cfg_int(c, "server.heartbeat_ms");
 	f->max_msg = o->max_message;
 	/* lora */
-	f->spec.rank = (uint32_t)cfg_int(c, "lora.rank");
-	f->spec.alpha = (float)cfg_double(c, "lora.alpha");
-	f->spec.rslora = cfg_bool(c, "lora.rslora");
-	f->spec.ffa = cfg_bool(c, "lora.ffa");
-	f->spec.init_seed = (uint64_t)cfg_int(c, "lora.init_seed");
-	if (lora_targets_parse(cfg_str(c, "lora.targets"), &f->spec.targets, w2, sizeof w2)) {
-		WHY("lora.targets: %s", w2);
+	if (lora_spec_from_cfg(c, &f->spec, why, whylen) != 0)
 		return FL_ECONFIG;
-	}
 	/* base model and shapes */
 	const char *gg = cfg_str(c, "federation.base_gguf");
 	const char *bs = cfg_str(c, "federation.base_sha256");

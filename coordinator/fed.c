@@ -347,14 +347,8 @@ int fed_opts_check(const fed_opts *o, char *why, size_t whylen)
 		    o->train.uplink_block);
 		return FL_EINVAL;
 	}
-	if (o->spec.rank < 1 || o->spec.rank > LORA_MAX_RANK) {
-		WHY("lora.rank must be in 1..%d", LORA_MAX_RANK);
+	if (lora_spec_check(&o->spec, why, whylen) != 0)
 		return FL_EINVAL;
-	}
-	if (!(o->spec.alpha > 0) || !isfinite(o->spec.alpha)) {
-		WHY("lora.alpha must be > 0");
-		return FL_EINVAL;
-	}
 	if (o->agg.ffa != o->spec.ffa) {
 		WHY("aggregation FFA flag and lora.ffa disagree");
 		return FL_EINVAL;
@@ -797,7 +791,7 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 	buf_init(&f->snap, 0);
 	buf_init(&f->delta, 0);
 	buf_init(&f->empty, 0);
-	lora_targets_str(o->spec.targets, f->targets_str, sizeof f->targets_str);
+	lora_targets_format(o->spec.targets, f->targets_str, sizeof f->targets_str);
 	met_declare(f);
 	tset *layout = NULL, *loaded = NULL, *optst = NULL;
 	int rc = lora_layout(&o->spec, &o->arch, &layout);
@@ -1118,8 +1112,10 @@ static void handle_join(fed *f, sess *s, const Fedlora__Join *j, uint64_t now_ms
 		uint32_t mask = 0;
 		int bad_target = 0;
 		for (size_t i = 0; i < l->n_targets; i++) {
-			int t;
-			if (!l->targets[i] || lora_target_parse(l->targets[i], &t))
+			int t = l->targets[i]
+			            ? lora_target_find(l->targets[i], strlen(l->targets[i]))
+			            : -1;
+			if (t < 0)
 				bad_target = 1;
 			else
 				mask |= 1u << t;
@@ -1223,17 +1219,7 @@ static void handle_join(fed *f, sess *s, const Fedlora__Join *j, uint64_t now_ms
 	Fedlora__Welcome w = FEDLORA__WELCOME__INIT;
 	Fedlora__LoraSpec ls = FEDLORA__LORA_SPEC__INIT;
 	char *tg[LORA_NTARGETS];
-	size_t nt = 0;
-	for (int t = 0; t < LORA_NTARGETS; t++)
-		if (f->o.spec.targets & (1u << t))
-			tg[nt++] = (char *)lora_target_name(t);
-	ls.rank = f->o.spec.rank;
-	ls.alpha = f->o.spec.alpha;
-	ls.n_targets = nt;
-	ls.targets = tg;
-	ls.rslora = f->o.spec.rslora;
-	ls.ffa = f->o.spec.ffa;
-	ls.init_seed = f->o.spec.init_seed;
+	lora_spec_to_proto(&f->o.spec, &ls, tg);
 	w.node_id = n->cn;
 	w.coordinator_version = FEDLORA_VERSION;
 	w.heartbeat_ms = f->o.heartbeat_ms;

@@ -10,6 +10,7 @@
 #include "log.h"
 #include "lora.h"
 #include "lora_fmt.h"
+#include "peft.h"
 #include "modelfp.h"
 #include "serve.h"
 #include "sha.h"
@@ -210,7 +211,7 @@ static int cmd_check(int argc, char **argv)
 		return CLI_USAGE;
 	}
 	char tg[128], bh[65];
-	lora_targets_str(cc.fed.spec.targets, tg, sizeof tg);
+	lora_targets_format(cc.fed.spec.targets, tg, sizeof tg);
 	hex_encode(cc.fed.base_sha, 32, bh);
 	printf("configuration ok\n");
 	printf("  adapter: %u layers, rank %u, targets %s%s: %zu tensors, %zu parameters\n",
@@ -635,8 +636,8 @@ static int export_parse(int argc, char **argv, export_args *a)
 	return 0;
 }
 
-/* Today's PEFT path without a base: head counts recorded with the version
- * (or given), coordinator/lora's writer. */
+/* The PEFT path without a base: head counts recorded with the version (or
+ * given), common/peft's writer (the one `fedlora-node export` uses). */
 static int export_peft_nobase(const export_args *a, const tset *g, const store_info *in)
 {
 	int64_t h = 0, hkv = 0;
@@ -654,17 +655,21 @@ static int export_peft_nobase(const export_args *a, const tset *g, const store_i
 	sp.ffa = in->ffa;
 	sp.init_seed = in->init_seed;
 	if (!in->targets[0] || lora_targets_parse(in->targets, &sp.targets, why, sizeof why))
-		sp.targets = 0; /* the export derives them from the tensor names */
+		sp.targets = 0; /* the writer derives them from the tensor names */
 	if (!sp.rank && tset_count(g))
 		sp.rank = (uint32_t)tset_at(g, 0)->shape[0];
 	if (sp.alpha <= 0)
 		sp.alpha = (float)sp.rank;
-	uint32_t hh = h ? (uint32_t)h : in->n_head;
-	uint32_t hk = hkv ? (uint32_t)hkv : (in->n_head_kv ? in->n_head_kv : hh);
-	int rc = lora_export_peft(g, &sp, hh, hk, a->unpermute, a->base_name, a->out);
+	peft_base pb = {.n_head = h ? (uint32_t)h : in->n_head,
+	                .unpermute = a->unpermute,
+	                .name = a->base_name};
+	pb.n_head_kv = hkv ? (uint32_t)hkv : (in->n_head_kv ? in->n_head_kv : pb.n_head);
+	int rc = peft_write(g, &sp, &pb, a->out, why, sizeof why);
 	if (rc) {
-		fprintf(stderr, "export: failed (%s); see the message above\n", fl_strerror(rc));
-		return rc == FL_EINVAL ? CLI_USAGE : CLI_FAIL;
+		fprintf(stderr, "export: %s%s\n", why,
+		        rc == FL_EINVAL ? " (--n-head / --n-head-kv, or --no-unpermute)" : "");
+		/* no head count, or one that does not divide the rows: usage */
+		return rc == FL_EINVAL || rc == FL_EMISMATCH ? CLI_USAGE : CLI_FAIL;
 	}
 	return CLI_OK;
 }
@@ -709,7 +714,7 @@ static int export_with_base(const export_args *a, const tset *g, const store_inf
 		        in->version, a->base, have);
 	}
 	/* the federation's scale: s = alpha / r, or alpha / sqrt(r) with rsLoRA,
-	 * the same definition as lfmt_scale (fed.c records all three) */
+	 * the same definition as lora_scale (fed.c records all three) */
 	if (!(in->alpha > 0) || !isfinite(in->alpha)) {
 		fprintf(stderr,
 		        "export: version %" PRIu64 " records no usable LoRA alpha "
@@ -717,7 +722,7 @@ static int export_with_base(const export_args *a, const tset *g, const store_inf
 		        in->version);
 		return CLI_FAIL;
 	}
-	lfmt_params p = {.alpha = in->alpha, .rank = in->rank, .rslora = in->rslora != 0};
+	lora_spec p = {.alpha = in->alpha, .rank = in->rank, .rslora = in->rslora != 0};
 	char why[1024] = "";
 	rc = lfmt_export(g, a->base, &p, a->fmt, a->gtype, a->out, why, sizeof why);
 	if (rc == FL_EMISMATCH) {

@@ -309,8 +309,8 @@ static void send_join(ncl *c)
 	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
 	Fedlora__Join j = FEDLORA__JOIN__INIT;
 	Fedlora__LoraSpec spec;
-	char *names[NTR_T_COUNT];
-	ntr_lora_to_proto(&c->cfg.lora, &spec, names);
+	char *names[LORA_NTARGETS];
+	lora_spec_to_proto(&c->cfg.lora, &spec, names);
 	j.software_version = (char *)c->cfg.software_version;
 	j.capabilities = c->caps;
 	j.n_capabilities = c->ncaps;
@@ -368,13 +368,13 @@ static void on_welcome(ncl *c, const Fedlora__Welcome *w, uint64_t now)
 		if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20 || *p == 0x7f)
 			*p = '_';
 	if (w->lora && w->lora->n_targets) {
-		ntr_lora fed;
+		lora_spec fed;
 		char err[200];
-		if (ntr_lora_from_proto(w->lora, &fed, err, sizeof err) != 0) {
+		if (lora_spec_from_proto(w->lora, &fed, err, sizeof err) != 0) {
 			fatal(c, FL_EPROTO, "coordinator sent an invalid LoRA spec: %s", err);
 			return;
 		}
-		if (ntr_lora_compare(&c->cfg.lora, &fed, err, sizeof err) != 0) {
+		if (lora_spec_compare(&c->cfg.lora, &fed, err, sizeof err) != 0) {
 			fatal(c, FL_ECONFIG,
 			      "this node's LoRA spec differs from the federation's (%s, node vs "
 			      "coordinator): fix [lora] in the node config",
@@ -827,7 +827,7 @@ static int residual_for(ncl *c, const tset *delta, int ffa, tset **out)
 	int reuse = old != NULL;
 	for (size_t i = 0; i < tset_count(delta) && !rc; i++) {
 		const tensor *t = tset_at(delta, i);
-		if (ffa && !ntr_is_lora_b(t->name))
+		if (ffa && !lora_is_b(t->name))
 			continue;
 		const tensor *o = old ? tset_find(old, t->name) : NULL;
 		if (old && (!o || o->ndim != t->ndim ||
@@ -885,7 +885,7 @@ static int build_update(ncl *c, tset *delta, const ntr_result *res)
 	uint64_t seed = p->seed ^ (c->cfg.node_seed * 0x9e3779b97f4a7c15ULL);
 	for (size_t i = 0; i < nt; i++) {
 		const tensor *t = tset_at(delta, i);
-		if (ffa && !ntr_is_lora_b(t->name))
+		if (ffa && !lora_is_b(t->name))
 			continue;
 		quant_params qp = {(enum qt_fmt)p->uplink_format, p->uplink_block,
 		                   p->stochastic_rounding ? QUANT_STOCHASTIC : QUANT_NEAREST,

@@ -47,7 +47,7 @@
 typedef struct ncl_config {
 	const char *software_version;
 	uint8_t base_fp[32];      /* SHA-256 identifying the base model */
-	ntr_lora lora;            /* the configured adapter spec */
+	lora_spec lora;           /* the configured adapter spec */
 	const tset *layout;       /* borrowed for the ncl's life: adapter layout */
 	uint64_t sample_count;    /* training samples (FedAvg weight) */
 	const char *capabilities; /* extra capabilities, comma-separated (may be NULL) */

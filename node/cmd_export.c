@@ -9,7 +9,9 @@
 #include "gguf.h"
 #include "gtype.h"
 #include "log.h"
+#include "gguf_lora.h"
 #include "lora_fmt.h"
+#include "peft.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
 
@@ -110,7 +112,7 @@ static int parse(int argc, char **argv, opts *o)
 			o->has_alpha = 1;
 		} else if ((r = cmdu_opt(CMD, argc, argv, &i, "--rank", &v)) != 0)
 			rc = r < 0 ? CLI_USAGE
-			           : cmdu_int(CMD, "--rank", v, 1, LFMT_MAX_RANK, &o->rank);
+			           : cmdu_int(CMD, "--rank", v, 1, LORA_MAX_RANK, &o->rank);
 		else if ((r = cmdu_opt(CMD, argc, argv, &i, "--threads", &v)) != 0)
 			rc =
 			    r < 0 ? CLI_USAGE : cmdu_int(CMD, "--threads", v, 0, 1024, &o->threads);
@@ -267,7 +269,7 @@ int cmd_export(int argc, char **argv)
 	gguf *base = NULL;
 	tset *ad = NULL;
 	int32_t *calib = NULL;
-	lfmt_params p = {0};
+	lora_spec p = {0};
 	char why[1024];
 	int ret = CLI_FAIL;
 	if ((rc = gguf_open(o.model, &base, why, sizeof why)) != 0) {
@@ -286,13 +288,12 @@ int cmd_export(int argc, char **argv)
 		}
 		printf("adapter %s: %zu tensors, rank %u, alpha %g%s -> scale %g\n", o.adapter,
 		       tset_count(ad), p.rank, (double)p.alpha, p.rslora ? " (rsLoRA)" : "",
-		       lfmt_scale(&p));
+		       lora_scale(&p));
 	}
 	if (fmt == F_GGUF_LORA || fmt == F_PEFT) {
 		uint32_t t = type == EXP_TYPE_KEEP ? GTYPE_F32 : type;
-		rc = fmt == F_GGUF_LORA
-		         ? lfmt_write_gguf_lora(ad, base, &p, t, o.out, why, sizeof why)
-		         : lfmt_write_peft(ad, base, &p, o.out, why, sizeof why);
+		rc = fmt == F_GGUF_LORA ? gguf_lora_write(ad, base, &p, t, o.out, why, sizeof why)
+		                        : peft_write_base(ad, base, &p, o.out, why, sizeof why);
 		if (rc != 0) {
 			fprintf(stderr, "fedlora-node export: %s\n", why);
 			goto out;

@@ -128,7 +128,7 @@ static int parse(int argc, char **argv, opts *o)
 		INT("--batch", batch, 1, 65536);
 		INT("--accum", accum, 1, 65536);
 		INT("--ctx", ctx, 2, MODEL_MAX_CTX);
-		INT("--rank", rank, 1, ADP_MAX_RANK);
+		INT("--rank", rank, 1, LORA_MAX_RANK);
 		INT("--eval-every", eval_every, 0, 2000000000);
 		INT("--threads", threads, 0, 1024);
 		INT("--log-every", log_every, 1, 2000000000);
@@ -336,12 +336,12 @@ int cmd_train(int argc, char **argv)
 		                 c->ctx);
 		goto out;
 	}
-	adp_spec spec = {.rank = (uint32_t)o.rank,
-	                 .alpha = o.alpha,
-	                 .targets = ADP_ALL_TARGETS,
-	                 .rslora = o.rslora,
-	                 .ffa = o.ffa};
-	if (o.targets && adp_targets_parse(o.targets, &spec.targets, err, sizeof err) != 0) {
+	lora_spec spec = {.rank = (uint32_t)o.rank,
+	                  .alpha = o.alpha,
+	                  .targets = LORA_ALL_TARGETS,
+	                  .rslora = o.rslora,
+	                  .ffa = o.ffa};
+	if (o.targets && lora_targets_parse(o.targets, &spec.targets, err, sizeof err) != 0) {
 		ret = cmdu_usage(CMD, "--targets: %s", err);
 		goto out;
 	}
@@ -388,7 +388,7 @@ int cmd_train(int argc, char **argv)
 			                    .alpha = o.alpha,
 			                    .rank = spec.rank,
 			                    .rslora = o.rslora ? 1 : -1};
-			lfmt_params lp;
+			lora_spec lp;
 			char why[256];
 			if ((rc = lfmt_load(o.init, trn_base_gguf(base), &ov, &ad, &lp, why,
 			                    sizeof why)) != 0) {
@@ -429,7 +429,7 @@ int cmd_train(int argc, char **argv)
 
 	const double load_s = (clk_mono_ns() - t_load) * 1e-9;
 	char tg[128];
-	adp_targets_format(spec.targets, tg, sizeof tg);
+	lora_targets_format(spec.targets, tg, sizeof tg);
 	printf("model   %s: %s, %.1fM params, matrices %s (%.1f MiB), context_length %d\n", o.model,
 	       c->arch == MODEL_ARCH_QWEN2 ? "qwen2" : "llama", model_param_count(m) / 1e6,
 	       trn_base_type_name(base), trn_base_weight_bytes(base) / 1048576.0, c->ctx);

@@ -9,7 +9,6 @@
 #include <cjson/cJSON.h>
 #include <ctype.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,21 +20,6 @@ struct ds {
 	size_t n, cap;
 	size_t records, targets;
 };
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 4, 5)))
-#endif
-static int
-fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-	if (err && errlen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 int ds_utf8_valid(const void *p, size_t n, size_t *bad)
 {
@@ -199,24 +183,24 @@ static int parse_text(const char *name, const char *p, size_t n, const tok *tk, 
 	for (i = 0; i < n && isspace((unsigned char)p[i]); i++)
 		;
 	if (i == n)
-		return fail(err, errlen, FL_EFORMAT, "%s: the file is empty (no text to train on)",
-		            name);
+		return fl_fail(err, errlen, FL_EFORMAT,
+		               "%s: the file is empty (no text to train on)", name);
 	if (!ds_utf8_valid(p, n, &bad))
-		return fail(err, errlen, FL_EFORMAT,
-		            "%s:%zu: not valid UTF-8 (byte 0x%02x at file offset %zu)", name,
-		            line_of(p, bad), (unsigned)(uint8_t)p[bad], bad);
+		return fl_fail(err, errlen, FL_EFORMAT,
+		               "%s:%zu: not valid UTF-8 (byte 0x%02x at file offset %zu)", name,
+		               line_of(p, bad), (unsigned)(uint8_t)p[bad], bad);
 	int32_t *ids = NULL;
 	size_t cnt = 0;
 	int rc = encode(tk, p, n, TOK_ADD_SPECIAL, &ids, &cnt);
 	if (rc != 0)
-		return fail(err, errlen, rc, "%s: cannot tokenize: %s", name, fl_strerror(rc));
+		return fl_fail(err, errlen, rc, "%s: cannot tokenize: %s", name, fl_strerror(rc));
 	const int32_t bos = tok_bos(tk);
 	rc = ds_reserve(all, cnt);
 	for (size_t k = 0; rc == 0 && k < cnt; k++)
 		rc = ds_push(all, ids[k], ids[k] != bos || k > 0);
 	free(ids);
 	if (rc != 0)
-		return fail(err, errlen, rc, "%s: %s", name, fl_strerror(rc));
+		return fl_fail(err, errlen, rc, "%s: %s", name, fl_strerror(rc));
 	all->records = 1;
 	return 0;
 }
@@ -257,8 +241,8 @@ static int add_record(rec_ctx *c, const char *text, const char *prompt)
 		rc = encode(c->tk, prompt, strlen(prompt), 0, &pids, &np);
 	if (rc != 0) {
 		free(ids);
-		return fail(c->err, c->errlen, rc, "%s:%zu: cannot tokenize: %s", c->name, c->line,
-		            fl_strerror(rc));
+		return fl_fail(c->err, c->errlen, rc, "%s:%zu: cannot tokenize: %s", c->name,
+		               c->line, fl_strerror(rc));
 	}
 	if (prompt) {
 		while (start < np && start < n && pids[start] == ids[start])
@@ -266,8 +250,8 @@ static int add_record(rec_ctx *c, const char *text, const char *prompt)
 		if (start >= n) {
 			free(ids);
 			free(pids);
-			return fail(c->err, c->errlen, FL_EFORMAT,
-			            "%s:%zu: the response adds no tokens", c->name, c->line);
+			return fl_fail(c->err, c->errlen, FL_EFORMAT,
+			               "%s:%zu: the response adds no tokens", c->name, c->line);
 		}
 	}
 	if (c->nrec == c->caprec) {
@@ -294,7 +278,8 @@ out:
 	free(ids);
 	free(pids);
 	if (rc != 0)
-		return fail(c->err, c->errlen, rc, "%s:%zu: %s", c->name, c->line, fl_strerror(rc));
+		return fl_fail(c->err, c->errlen, rc, "%s:%zu: %s", c->name, c->line,
+		               fl_strerror(rc));
 	return 0;
 }
 
@@ -319,48 +304,48 @@ static int parse_line(rec_ctx *c, const char *p, size_t n)
 {
 	size_t bad;
 	if (n > DS_MAX_LINE)
-		return fail(c->err, c->errlen, FL_ETOOBIG, "%s:%zu: line of %zu bytes (cap %zu)",
-		            c->name, c->line, n, DS_MAX_LINE);
+		return fl_fail(c->err, c->errlen, FL_ETOOBIG, "%s:%zu: line of %zu bytes (cap %zu)",
+		               c->name, c->line, n, DS_MAX_LINE);
 	if (!ds_utf8_valid(p, n, &bad))
-		return fail(c->err, c->errlen, FL_EFORMAT,
-		            "%s:%zu: not valid UTF-8 (byte 0x%02x at column %zu)", c->name, c->line,
-		            (unsigned)(uint8_t)p[bad], bad + 1);
+		return fl_fail(c->err, c->errlen, FL_EFORMAT,
+		               "%s:%zu: not valid UTF-8 (byte 0x%02x at column %zu)", c->name,
+		               c->line, (unsigned)(uint8_t)p[bad], bad + 1);
 	const char *end = NULL;
 	cJSON *o = cJSON_ParseWithLengthOpts(p, n, &end, 0);
 	if (!o) {
 		size_t col = end && end >= p && end <= p + n ? (size_t)(end - p) + 1 : 1;
-		return fail(c->err, c->errlen, FL_EFORMAT, "%s:%zu: invalid JSON (at column %zu)",
-		            c->name, c->line, col);
+		return fl_fail(c->err, c->errlen, FL_EFORMAT,
+		               "%s:%zu: invalid JSON (at column %zu)", c->name, c->line, col);
 	}
 	int rc = 0;
 	for (const char *q = end; q && q < p + n; q++)
 		if (!isspace((unsigned char)*q)) {
-			rc = fail(c->err, c->errlen, FL_EFORMAT,
-			          "%s:%zu: invalid JSON (trailing characters at column %zu)",
-			          c->name, c->line, (size_t)(q - p) + 1);
+			rc = fl_fail(c->err, c->errlen, FL_EFORMAT,
+			             "%s:%zu: invalid JSON (trailing characters at column %zu)",
+			             c->name, c->line, (size_t)(q - p) + 1);
 			goto out;
 		}
 	if (!cJSON_IsObject(o)) {
-		rc = fail(c->err, c->errlen, FL_EFORMAT, "%s:%zu: the line is not a JSON object",
-		          c->name, c->line);
+		rc = fl_fail(c->err, c->errlen, FL_EFORMAT, "%s:%zu: the line is not a JSON object",
+		             c->name, c->line);
 		goto out;
 	}
 	const char *text, *instr, *input, *output;
 	if (str_field(o, "text", &text) != 0) {
-		rc = fail(c->err, c->errlen, FL_EFORMAT, "%s:%zu: field \"text\" is not a string",
-		          c->name, c->line);
+		rc = fl_fail(c->err, c->errlen, FL_EFORMAT,
+		             "%s:%zu: field \"text\" is not a string", c->name, c->line);
 		goto out;
 	}
 	if (text) {
 		if (!*text) {
-			rc = fail(c->err, c->errlen, FL_EFORMAT, "%s:%zu: field \"text\" is empty",
-			          c->name, c->line);
+			rc = fl_fail(c->err, c->errlen, FL_EFORMAT,
+			             "%s:%zu: field \"text\" is empty", c->name, c->line);
 			goto out;
 		}
 		if (!ds_utf8_valid(text, strlen(text), NULL)) {
-			rc = fail(c->err, c->errlen, FL_EFORMAT,
-			          "%s:%zu: field \"text\" decodes to invalid UTF-8", c->name,
-			          c->line);
+			rc = fl_fail(c->err, c->errlen, FL_EFORMAT,
+			             "%s:%zu: field \"text\" decodes to invalid UTF-8", c->name,
+			             c->line);
 			goto out;
 		}
 		rc = add_record(c, text, NULL);
@@ -370,31 +355,31 @@ static int parse_line(rec_ctx *c, const char *p, size_t n)
 	const char **vals[3] = {&instr, &input, &output};
 	for (int i = 0; i < 3; i++) {
 		if (str_field(o, names[i], vals[i]) != 0) {
-			rc = fail(c->err, c->errlen, FL_EFORMAT,
-			          "%s:%zu: field \"%s\" is not a string", c->name, c->line,
-			          names[i]);
+			rc = fl_fail(c->err, c->errlen, FL_EFORMAT,
+			             "%s:%zu: field \"%s\" is not a string", c->name, c->line,
+			             names[i]);
 			goto out;
 		}
 		if (*vals[i] && !ds_utf8_valid(*vals[i], strlen(*vals[i]), NULL)) {
-			rc = fail(c->err, c->errlen, FL_EFORMAT,
-			          "%s:%zu: field \"%s\" decodes to invalid UTF-8", c->name, c->line,
-			          names[i]);
+			rc = fl_fail(c->err, c->errlen, FL_EFORMAT,
+			             "%s:%zu: field \"%s\" decodes to invalid UTF-8", c->name,
+			             c->line, names[i]);
 			goto out;
 		}
 	}
 	if (!instr || !output) {
-		rc = fail(c->err, c->errlen, FL_EFORMAT,
-		          "%s:%zu: missing field \"%s\" (a record needs \"text\", or "
-		          "\"instruction\" and \"output\")",
-		          c->name, c->line,
-		          !instr && !output ? "text"
-		          : !instr          ? "instruction"
-		                            : "output");
+		rc = fl_fail(c->err, c->errlen, FL_EFORMAT,
+		             "%s:%zu: missing field \"%s\" (a record needs \"text\", or "
+		             "\"instruction\" and \"output\")",
+		             c->name, c->line,
+		             !instr && !output ? "text"
+		             : !instr          ? "instruction"
+		                               : "output");
 		goto out;
 	}
 	if (!*instr || !*output) {
-		rc = fail(c->err, c->errlen, FL_EFORMAT, "%s:%zu: field \"%s\" is empty", c->name,
-		          c->line, !*instr ? "instruction" : "output");
+		rc = fl_fail(c->err, c->errlen, FL_EFORMAT, "%s:%zu: field \"%s\" is empty",
+		             c->name, c->line, !*instr ? "instruction" : "output");
 		goto out;
 	}
 	buf full, prompt;
@@ -406,7 +391,8 @@ static int parse_line(rec_ctx *c, const char *p, size_t n)
 	if (rc == 0)
 		rc = add_record(c, (const char *)full.data, (const char *)prompt.data);
 	else
-		rc = fail(c->err, c->errlen, rc, "%s:%zu: %s", c->name, c->line, fl_strerror(rc));
+		rc =
+		    fl_fail(c->err, c->errlen, rc, "%s:%zu: %s", c->name, c->line, fl_strerror(rc));
 	buf_fini(&full);
 	buf_fini(&prompt);
 out:
@@ -435,8 +421,8 @@ static int parse_jsonl(rec_ctx *c, const char *p, size_t n)
 		i = e + 1;
 	}
 	if (c->nrec == 0)
-		return fail(c->err, c->errlen, FL_EFORMAT,
-		            "%s: the file is empty (no JSON records)", c->name);
+		return fl_fail(c->err, c->errlen, FL_EFORMAT,
+		               "%s: the file is empty (no JSON records)", c->name);
 	return 0;
 }
 
@@ -470,10 +456,10 @@ int ds_parse(const char *name, const void *data, size_t n, const tok *tk, const 
 		name = "(data)";
 	if (!tk || !o || !train || (!data && n) || !(o->holdout >= 0.0 && o->holdout <= 0.9) ||
 	    (o->holdout > 0.0 && !heldout))
-		return fail(err, errlen, FL_EINVAL, "%s: bad data options", name);
+		return fl_fail(err, errlen, FL_EINVAL, "%s: bad data options", name);
 	if (n > DS_MAX_FILE)
-		return fail(err, errlen, FL_ETOOBIG, "%s: %zu bytes, larger than the %zu-byte cap",
-		            name, n, DS_MAX_FILE);
+		return fl_fail(err, errlen, FL_ETOOBIG,
+		               "%s: %zu bytes, larger than the %zu-byte cap", name, n, DS_MAX_FILE);
 	const int fmt = detect_format(name, o->format);
 	const char *p = data ? data : "";
 	ds *all = ds_alloc(), *tr = ds_alloc(), *ev = o->holdout > 0.0 ? ds_alloc() : NULL;
@@ -482,7 +468,7 @@ int ds_parse(const char *name, const void *data, size_t n, const tok *tk, const 
 	uint8_t *held = NULL;
 	int rc = 0;
 	if (!all || !tr || (o->holdout > 0.0 && !ev)) {
-		rc = fail(err, errlen, FL_ENOMEM, "%s: out of memory", name);
+		rc = fl_fail(err, errlen, FL_ENOMEM, "%s: out of memory", name);
 		goto out;
 	}
 	if (fmt == DS_FMT_TEXT) {
@@ -490,16 +476,16 @@ int ds_parse(const char *name, const void *data, size_t n, const tok *tk, const 
 			goto out;
 		size_t k = (size_t)llround(o->holdout * (double)all->n);
 		if (ev && (all->n < 4 || k < 2 || all->n - k < 2)) {
-			rc = fail(err, errlen, FL_EINVAL,
-			          "%s: %zu tokens are too few to hold out %.0f%% for evaluation",
-			          name, all->n, o->holdout * 100);
+			rc = fl_fail(err, errlen, FL_EINVAL,
+			             "%s: %zu tokens are too few to hold out %.0f%% for evaluation",
+			             name, all->n, o->holdout * 100);
 			goto out;
 		}
 		if (!ev)
 			k = 0;
 		if ((rc = copy_range(tr, all, 0, all->n - k)) != 0 ||
 		    (ev && (rc = copy_range(ev, all, all->n - k, all->n)) != 0)) {
-			rc = fail(err, errlen, rc, "%s: %s", name, fl_strerror(rc));
+			rc = fl_fail(err, errlen, rc, "%s: %s", name, fl_strerror(rc));
 			goto out;
 		}
 		tr->records = 1;
@@ -511,10 +497,10 @@ int ds_parse(const char *name, const void *data, size_t n, const tok *tk, const 
 		size_t k = 0;
 		if (ev) {
 			if (c.nrec < 2 || c.nrec > UINT32_MAX) {
-				rc = fail(err, errlen, FL_EINVAL,
-				          "%s: %zu records are too few to hold out %.0f%% for "
-				          "evaluation",
-				          name, c.nrec, o->holdout * 100);
+				rc = fl_fail(err, errlen, FL_EINVAL,
+				             "%s: %zu records are too few to hold out %.0f%% for "
+				             "evaluation",
+				             name, c.nrec, o->holdout * 100);
 				goto out;
 			}
 			k = (size_t)llround(o->holdout * (double)c.nrec);
@@ -522,7 +508,7 @@ int ds_parse(const char *name, const void *data, size_t n, const tok *tk, const 
 			perm = malloc(sizeof(uint32_t) * c.nrec);
 			held = calloc(c.nrec, 1);
 			if (!perm || !held) {
-				rc = fail(err, errlen, FL_ENOMEM, "%s: out of memory", name);
+				rc = fl_fail(err, errlen, FL_ENOMEM, "%s: out of memory", name);
 				goto out;
 			}
 			for (size_t i = 0; i < c.nrec; i++)
@@ -540,7 +526,7 @@ int ds_parse(const char *name, const void *data, size_t n, const tok *tk, const 
 			dst->records++;
 		}
 		if (rc != 0) {
-			rc = fail(err, errlen, rc, "%s: %s", name, fl_strerror(rc));
+			rc = fl_fail(err, errlen, rc, "%s: %s", name, fl_strerror(rc));
 			goto out;
 		}
 	}
@@ -548,8 +534,8 @@ int ds_parse(const char *name, const void *data, size_t n, const tok *tk, const 
 	if (ev)
 		ds_finish(ev);
 	if (tr->targets == 0) {
-		rc = fail(err, errlen, FL_EFORMAT,
-		          "%s: no token to train on (need at least 2 tokens)", name);
+		rc = fl_fail(err, errlen, FL_EFORMAT,
+		             "%s: no token to train on (need at least 2 tokens)", name);
 		goto out;
 	}
 	*train = tr;
@@ -575,8 +561,8 @@ int ds_load(const char *path, const tok *tk, const ds_opts *o, ds **train, ds **
 	size_t n = 0;
 	int rc = file_read_all(path, DS_MAX_FILE, &p, &n);
 	if (rc != 0)
-		return fail(err, errlen, rc, "%s: %s", path,
-		            rc == FL_ETOOBIG ? "larger than the 1 GiB cap" : fl_strerror(rc));
+		return fl_fail(err, errlen, rc, "%s: %s", path,
+		               rc == FL_ETOOBIG ? "larger than the 1 GiB cap" : fl_strerror(rc));
 	rc = ds_parse(path, p, n, tk, o, train, heldout, err, errlen);
 	free(p);
 	return rc;

@@ -9,7 +9,6 @@
 
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,21 +21,6 @@
 #define FTYPE_MOSTLY_F16  1
 #define FTYPE_MOSTLY_Q4_0 2
 #define FTYPE_MOSTLY_Q8_0 7
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 4, 5)))
-#endif
-static int
-fail(char *why, size_t whylen, int rc, const char *fmt, ...)
-{
-	if (why && whylen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(why, whylen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 void exp_fold(float *W, int rows, int cols, const float *A, const float *B, int r, double s)
 {
@@ -61,34 +45,36 @@ int exp_calib_tokens(const tok *tk, const void *text, size_t n, int n_seq, int s
                      int32_t **out, size_t *n_avail, char *why, size_t whylen)
 {
 	if (n_seq < 1 || seq_len < 2)
-		return fail(why, whylen, FL_EINVAL,
-		            "calibration needs >= 1 sequence of >= 2 tokens");
+		return fl_fail(why, whylen, FL_EINVAL,
+		               "calibration needs >= 1 sequence of >= 2 tokens");
 	size_t cap = tok_encode_bound(n);
 	if (cap == SIZE_MAX || cap > ((size_t)1 << 31))
-		return fail(why, whylen, FL_ETOOBIG, "calibration text too large (%zu bytes)", n);
+		return fl_fail(why, whylen, FL_ETOOBIG, "calibration text too large (%zu bytes)",
+		               n);
 	int32_t *ids = malloc(sizeof(int32_t) * (cap ? cap : 1));
 	if (!ids)
-		return fail(why, whylen, FL_ENOMEM, "out of memory tokenizing %zu bytes", n);
+		return fl_fail(why, whylen, FL_ENOMEM, "out of memory tokenizing %zu bytes", n);
 	size_t nid = 0;
 	int rc = tok_encode(tk, text, n, TOK_ADD_SPECIAL, ids, cap, &nid);
 	if (rc != 0) {
 		free(ids);
-		return fail(why, whylen, rc, "cannot tokenize the calibration text (%s)",
-		            fl_strerror(rc));
+		return fl_fail(why, whylen, rc, "cannot tokenize the calibration text (%s)",
+		               fl_strerror(rc));
 	}
 	uint64_t need = (uint64_t)n_seq * (uint64_t)seq_len;
 	if (nid < need) {
 		free(ids);
-		return fail(why, whylen, FL_EINVAL,
-		            "calibration text is too short: %zu tokens, GPTQ needs %d sequences x "
-		            "%d tokens = %" PRIu64 " (give a longer file or lower --calib-seqs / "
-		            "--calib-ctx)",
-		            nid, n_seq, seq_len, need);
+		return fl_fail(
+		    why, whylen, FL_EINVAL,
+		    "calibration text is too short: %zu tokens, GPTQ needs %d sequences x "
+		    "%d tokens = %" PRIu64 " (give a longer file or lower --calib-seqs / "
+		    "--calib-ctx)",
+		    nid, n_seq, seq_len, need);
 	}
 	int32_t *o = malloc(sizeof(int32_t) * (size_t)need);
 	if (!o) {
 		free(ids);
-		return fail(why, whylen, FL_ENOMEM, "out of memory");
+		return fl_fail(why, whylen, FL_ENOMEM, "out of memory");
 	}
 	/* start_i = floor(i * (nid - seq_len) / (n_seq - 1)): spacing >= seq_len */
 	for (int i = 0; i < n_seq; i++) {
@@ -106,9 +92,6 @@ int exp_calib_tokens(const tok *tk, const void *text, size_t n, int n_seq, int s
 
 /* ------------------------------------------------------------------ */
 /* the merged export                                                    */
-
-static const char *const TG[LFMT_NTARGETS] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
-                                              "ffn_gate", "ffn_up", "ffn_down"};
 
 typedef struct xt {
 	void *data;  /* bytes to write */
@@ -170,14 +153,15 @@ static int load_f32(ctx *x, size_t i, float **out, int *rows, int *cols)
 	gguf_tensor t;
 	gguf_tensor_at(x->g, i, &t);
 	if (t.ndims != 2 || t.ne[0] > INT32_MAX || t.ne[1] > INT32_MAX)
-		return fail(x->why, x->whylen, FL_EINVAL, "tensor %s is not a 2-D matrix", t.name);
+		return fl_fail(x->why, x->whylen, FL_EINVAL, "tensor %s is not a 2-D matrix",
+		               t.name);
 	size_t rb, nel = (size_t)t.nelem;
 	int rc = gtype_row_size(t.type, t.ne[0], &rb);
 	if (rc != 0)
-		return fail(x->why, x->whylen, rc, "tensor %s: bad row size", t.name);
+		return fl_fail(x->why, x->whylen, rc, "tensor %s: bad row size", t.name);
 	float *W = malloc(sizeof(float) * (nel ? nel : 1));
 	if (!W)
-		return fail(x->why, x->whylen, FL_ENOMEM, "out of memory for tensor %s", t.name);
+		return fl_fail(x->why, x->whylen, FL_ENOMEM, "out of memory for tensor %s", t.name);
 	for (uint64_t r = 0; r < t.ne[1]; r++)
 		gtype_dequant_row(t.type, (const uint8_t *)t.data + r * rb, W + r * t.ne[0],
 		                  (size_t)t.ne[0]);
@@ -213,21 +197,21 @@ static int emit_rtn(ctx *x, size_t i, const float *W, int rows, int cols, uint32
 	size_t rb;
 	int rc = gtype_row_size(type, (uint64_t)cols, &rb);
 	if (rc != 0)
-		return fail(
+		return fl_fail(
 		    x->why, x->whylen, FL_EINVAL,
 		    "tensor %s has rows of %d elements: not a multiple of %zu, cannot be %s",
 		    t.name, cols, gtype_block_elems(type), gtype_name(type));
 	uint8_t *dst = malloc(rb * (size_t)rows);
 	if (!dst)
-		return fail(x->why, x->whylen, FL_ENOMEM, "out of memory for tensor %s", t.name);
+		return fl_fail(x->why, x->whylen, FL_ENOMEM, "out of memory for tensor %s", t.name);
 	for (int r = 0; r < rows; r++) {
 		rc =
 		    gtype_quant_row(type, W + (size_t)r * cols, dst + (size_t)r * rb, (size_t)cols);
 		if (rc != 0) {
 			free(dst);
-			return fail(x->why, x->whylen, rc,
-			            "tensor %s row %d: cannot convert to %s (%s)", t.name, r,
-			            gtype_name(type), fl_strerror(rc));
+			return fl_fail(x->why, x->whylen, rc,
+			               "tensor %s row %d: cannot convert to %s (%s)", t.name, r,
+			               gtype_name(type), fl_strerror(rc));
 		}
 	}
 	x->rep.n_converted++;
@@ -243,12 +227,13 @@ static int emit_gptq(ctx *x, size_t i, const float *W, int rows, int cols, const
 	gguf_tensor_at(x->g, i, &t);
 	size_t rb;
 	if (gtype_row_size(x->qtype, (uint64_t)cols, &rb) != 0)
-		return fail(x->why, x->whylen, FL_EINVAL,
-		            "tensor %s has rows of %d elements: not a multiple of 32, cannot be %s",
-		            t.name, cols, gtype_name(x->qtype));
+		return fl_fail(
+		    x->why, x->whylen, FL_EINVAL,
+		    "tensor %s has rows of %d elements: not a multiple of 32, cannot be %s", t.name,
+		    cols, gtype_name(x->qtype));
 	uint8_t *dst = malloc(rb * (size_t)rows);
 	if (!dst)
-		return fail(x->why, x->whylen, FL_ENOMEM, "out of memory for tensor %s", t.name);
+		return fl_fail(x->why, x->whylen, FL_ENOMEM, "out of memory for tensor %s", t.name);
 	int rc = gptq_hess_matrix(h, x->Hd);
 	gptq_stats st;
 	uint64_t t0 = clk_mono_ns();
@@ -257,10 +242,10 @@ static int emit_gptq(ctx *x, size_t i, const float *W, int rows, int cols, const
 	x->rep.secs_gptq += (clk_mono_ns() - t0) * 1e-9;
 	if (rc != 0) {
 		free(dst);
-		return fail(x->why, x->whylen, rc, "GPTQ of %s failed (%s)", t.name,
-		            rc == FL_ENUMERIC ? "Hessian not positive definite even with "
-		                                "dampening, or NaN/Inf"
-		                              : fl_strerror(rc));
+		return fl_fail(x->why, x->whylen, rc, "GPTQ of %s failed (%s)", t.name,
+		               rc == FL_ENUMERIC ? "Hessian not positive definite even with "
+		                                   "dampening, or NaN/Inf"
+		                                 : fl_strerror(rc));
 	}
 	x->rep.n_gptq++;
 	if (st.damp_used > x->rep.damp_max)
@@ -336,21 +321,21 @@ static int cbuf_alloc(cbuf *b, const model_config *c, int Bc, int T)
 	return 0;
 }
 
-/* Layer matrices as kern_mats, indexed like TG. */
+/* Layer matrices as kern_mats, indexed by enum lora_target. */
 static kern_mat *layer_mat(model_layer *y, int t)
 {
 	switch (t) {
-	case LFMT_ATTN_Q:
+	case LORA_ATTN_Q:
 		return &y->wq;
-	case LFMT_ATTN_K:
+	case LORA_ATTN_K:
 		return &y->wk;
-	case LFMT_ATTN_V:
+	case LORA_ATTN_V:
 		return &y->wv;
-	case LFMT_ATTN_OUTPUT:
+	case LORA_ATTN_OUTPUT:
 		return &y->wo;
-	case LFMT_FFN_GATE:
+	case LORA_FFN_GATE:
 		return &y->w_gate;
-	case LFMT_FFN_UP:
+	case LORA_FFN_UP:
 		return &y->w_up;
 	default:
 		return &y->w_down;
@@ -459,7 +444,7 @@ static int run_gptq(ctx *x)
 	const int S = o->n_seq, T = o->seq_len;
 	const int Bmax = o->batch > 0 ? (o->batch < S ? o->batch : S) : (4 < S ? 4 : S);
 	const size_t Nall = (size_t)S * T;
-	float *X = NULL, *ATT = NULL, *W[LFMT_NTARGETS] = {0};
+	float *X = NULL, *ATT = NULL, *W[LORA_NTARGETS] = {0};
 	gptq_hess *h = NULL;
 	cbuf b = {0};
 	int rc = 0, have_b = 0;
@@ -471,20 +456,22 @@ static int run_gptq(ctx *x)
 	double t_q0 = x->rep.secs_gptq;
 
 	if (T > c->ctx)
-		return fail(x->why, x->whylen, FL_EINVAL,
-		            "calibration sequences of %d tokens exceed the model's context_length "
-		            "%d",
-		            T, c->ctx);
+		return fl_fail(
+		    x->why, x->whylen, FL_EINVAL,
+		    "calibration sequences of %d tokens exceed the model's context_length "
+		    "%d",
+		    T, c->ctx);
 	for (size_t k = 0; k < Nall; k++)
 		if (o->calib[k] < 0 || o->calib[k] >= c->vocab)
-			return fail(x->why, x->whylen, FL_EINVAL,
-			            "calibration token %" PRId32 " is outside the vocabulary (%d)",
-			            o->calib[k], c->vocab);
+			return fl_fail(x->why, x->whylen, FL_EINVAL,
+			               "calibration token %" PRId32
+			               " is outside the vocabulary (%d)",
+			               o->calib[k], c->vocab);
 	X = malloc(sizeof(float) * Nall * C);
 	ATT = malloc(sizeof(float) * Nall * QD);
 	if (!X || !ATT || cbuf_alloc(&b, c, Bmax, T) != 0) {
-		rc = fail(x->why, x->whylen, FL_ENOMEM,
-		          "out of memory for calibration activations (%zu tokens)", Nall);
+		rc = fl_fail(x->why, x->whylen, FL_ENOMEM,
+		             "out of memory for calibration activations (%zu tokens)", Nall);
 		goto out;
 	}
 	have_b = 1;
@@ -492,7 +479,7 @@ static int run_gptq(ctx *x)
 	/* The token embedding is quantized by round-to-nearest first so the
 	 * calibration inputs are what the deployed model computes. */
 	if ((rc = tindex(x->g, "token_embd.weight", &idx)) != 0) {
-		rc = fail(x->why, x->whylen, FL_EFORMAT, "base has no token_embd.weight");
+		rc = fl_fail(x->why, x->whylen, FL_EFORMAT, "base has no token_embd.weight");
 		goto out;
 	}
 	{
@@ -511,12 +498,12 @@ static int run_gptq(ctx *x)
 
 	for (int l = 0; l < c->n_layers; l++) {
 		y = mw->layers[l]; /* norms and biases from the base; matrices replaced */
-		size_t ix[LFMT_NTARGETS];
-		int rows[LFMT_NTARGETS], cols[LFMT_NTARGETS];
-		for (int t = 0; t < LFMT_NTARGETS; t++) {
-			snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, TG[t]);
+		size_t ix[LORA_NTARGETS];
+		int rows[LORA_NTARGETS], cols[LORA_NTARGETS];
+		for (int t = 0; t < LORA_NTARGETS; t++) {
+			lora_base_name(nm, sizeof nm, (uint32_t)l, t);
 			if (tindex(x->g, nm, &ix[t]) != 0) {
-				rc = fail(x->why, x->whylen, FL_EFORMAT, "base lacks %s", nm);
+				rc = fl_fail(x->why, x->whylen, FL_EFORMAT, "base lacks %s", nm);
 				goto out;
 			}
 			if ((rc = load_f32(x, ix[t], &W[t], &rows[t], &cols[t])) != 0)
@@ -534,7 +521,7 @@ static int run_gptq(ctx *x)
 				goto hfail;
 		}
 		x->rep.secs_calib += (clk_mono_ns() - tc) * 1e-9;
-		for (int t = LFMT_ATTN_Q; t <= LFMT_ATTN_V; t++)
+		for (int t = LORA_ATTN_Q; t <= LORA_ATTN_V; t++)
 			if ((rc = emit_gptq(x, ix[t], W[t], rows[t], cols[t], h,
 			                    layer_mat(&y, t))) != 0)
 				goto out;
@@ -554,8 +541,8 @@ static int run_gptq(ctx *x)
 				goto hfail;
 		}
 		x->rep.secs_calib += (clk_mono_ns() - tc) * 1e-9;
-		if ((rc = emit_gptq(x, ix[LFMT_ATTN_OUTPUT], W[LFMT_ATTN_OUTPUT],
-		                    rows[LFMT_ATTN_OUTPUT], cols[LFMT_ATTN_OUTPUT], h, &y.wo)) != 0)
+		if ((rc = emit_gptq(x, ix[LORA_ATTN_OUTPUT], W[LORA_ATTN_OUTPUT],
+		                    rows[LORA_ATTN_OUTPUT], cols[LORA_ATTN_OUTPUT], h, &y.wo)) != 0)
 			goto out;
 		gptq_hess_free(h);
 		h = NULL;
@@ -576,7 +563,7 @@ static int run_gptq(ctx *x)
 				goto hfail;
 		}
 		x->rep.secs_calib += (clk_mono_ns() - tc) * 1e-9;
-		for (int t = LFMT_FFN_GATE; t <= LFMT_FFN_UP; t++)
+		for (int t = LORA_FFN_GATE; t <= LORA_FFN_UP; t++)
 			if ((rc = emit_gptq(x, ix[t], W[t], rows[t], cols[t], h,
 			                    layer_mat(&y, t))) != 0)
 				goto out;
@@ -595,8 +582,8 @@ static int run_gptq(ctx *x)
 				goto hfail;
 		}
 		x->rep.secs_calib += (clk_mono_ns() - tc) * 1e-9;
-		if ((rc = emit_gptq(x, ix[LFMT_FFN_DOWN], W[LFMT_FFN_DOWN], rows[LFMT_FFN_DOWN],
-		                    cols[LFMT_FFN_DOWN], h, &y.w_down)) != 0)
+		if ((rc = emit_gptq(x, ix[LORA_FFN_DOWN], W[LORA_FFN_DOWN], rows[LORA_FFN_DOWN],
+		                    cols[LORA_FFN_DOWN], h, &y.w_down)) != 0)
 			goto out;
 		gptq_hess_free(h);
 		h = NULL;
@@ -613,7 +600,7 @@ static int run_gptq(ctx *x)
 			kern_add(xs, xs, b.tmp, (size_t)N * C);
 		}
 		x->rep.secs_calib += (clk_mono_ns() - tc) * 1e-9;
-		for (int t = 0; t < LFMT_NTARGETS; t++) {
+		for (int t = 0; t < LORA_NTARGETS; t++) {
 			free(W[t]);
 			W[t] = NULL;
 		}
@@ -653,17 +640,18 @@ static int run_gptq(ctx *x)
 	rc = 0;
 	goto out;
 nomem:
-	rc = fail(x->why, x->whylen, FL_ENOMEM, "out of memory for a Hessian");
+	rc = fl_fail(x->why, x->whylen, FL_ENOMEM, "out of memory for a Hessian");
 	goto out;
 hfail:
-	rc = fail(x->why, x->whylen, rc,
-	          "calibration activations are not finite (NaN/Inf) — the model or the "
-	          "adapter is broken");
+	rc = fl_fail(x->why, x->whylen, rc,
+	             "calibration activations are not finite (NaN/Inf) — the model or the "
+	             "adapter is broken");
 	goto out;
 kfail:
-	rc = fail(x->why, x->whylen, rc, "calibration forward pass failed (%s)", fl_strerror(rc));
+	rc =
+	    fl_fail(x->why, x->whylen, rc, "calibration forward pass failed (%s)", fl_strerror(rc));
 out:
-	for (int t = 0; t < LFMT_NTARGETS; t++)
+	for (int t = 0; t < LORA_NTARGETS; t++)
 		free(W[t]);
 	gptq_hess_free(h);
 	if (have_b)
@@ -754,47 +742,48 @@ int exp_merged(const char *base_path, const exp_opts *o, const char *out_path, e
 
 	if (o->type != EXP_TYPE_KEEP && o->type != GTYPE_F32 && o->type != GTYPE_F16 &&
 	    o->type != GTYPE_Q8_0 && o->type != GTYPE_Q4_0)
-		return fail(why, whylen, FL_EINVAL, "output type must be f32, f16, q8_0 or q4_0");
+		return fl_fail(why, whylen, FL_EINVAL,
+		               "output type must be f32, f16, q8_0 or q4_0");
 	if (o->gptq) {
 		if (o->type != GTYPE_Q4_0 && o->type != GTYPE_Q8_0)
-			return fail(why, whylen, FL_EINVAL, "GPTQ writes q4_0 or q8_0 only");
+			return fl_fail(why, whylen, FL_EINVAL, "GPTQ writes q4_0 or q8_0 only");
 		if (!o->calib || o->n_seq < 1 || o->seq_len < 2)
-			return fail(why, whylen, FL_EINVAL, "GPTQ needs calibration tokens");
+			return fl_fail(why, whylen, FL_EINVAL, "GPTQ needs calibration tokens");
 		if (o->gq.block > 0 && o->gq.block % QK)
-			return fail(
+			return fl_fail(
 			    why, whylen, FL_EINVAL,
 			    "GPTQ block size %d is not a multiple of 32 (the Q4_0/Q8_0 block)",
 			    o->gq.block);
 	}
 	if ((rc = model_load(base_path, &x.m, err, sizeof err)) != 0)
-		return fail(why, whylen, rc, "%s", err);
+		return fl_fail(why, whylen, rc, "%s", err);
 	x.g = model_gguf(x.m);
 	x.c = model_cfg(x.m);
 	x.qtype = o->type;
 	if (o->adapter) {
 		uint32_t r;
 		if ((rc = lfmt_check(o->adapter, x.g, &r, err, sizeof err)) != 0) {
-			fail(why, whylen, rc, "adapter does not fit %s: %s", base_path, err);
+			fl_fail(why, whylen, rc, "adapter does not fit %s: %s", base_path, err);
 			goto out;
 		}
-		lfmt_params p = o->params;
+		lora_spec p = o->params;
 		if (p.rank != 0 && p.rank != r) {
-			rc = fail(why, whylen, FL_EMISMATCH,
-			          "adapter rank %" PRIu32 " differs from its tensors' %" PRIu32,
-			          p.rank, r);
+			rc = fl_fail(why, whylen, FL_EMISMATCH,
+			             "adapter rank %" PRIu32 " differs from its tensors' %" PRIu32,
+			             p.rank, r);
 			goto out;
 		}
 		p.rank = r;
-		x.scale = lfmt_scale(&p);
+		x.scale = lora_scale(&p);
 		if (!isfinite(x.scale)) {
-			rc = fail(why, whylen, FL_ENUMERIC, "LoRA scale is not finite");
+			rc = fl_fail(why, whylen, FL_ENUMERIC, "LoRA scale is not finite");
 			goto out;
 		}
 	}
 	x.nt = gguf_tensor_count(x.g);
 	x.out = calloc(x.nt ? x.nt : 1, sizeof *x.out);
 	if (!x.out) {
-		rc = fail(why, whylen, FL_ENOMEM, "out of memory");
+		rc = fl_fail(why, whylen, FL_ENOMEM, "out of memory");
 		goto out;
 	}
 	if (o->gptq) {
@@ -803,7 +792,7 @@ int exp_merged(const char *base_path, const exp_opts *o, const char *out_path, e
 			maxn = x.c->n_heads * x.c->head_dim;
 		x.Hd = malloc(sizeof(double) * (size_t)maxn * maxn);
 		if (!x.Hd) {
-			rc = fail(why, whylen, FL_ENOMEM, "out of memory for the Hessian");
+			rc = fl_fail(why, whylen, FL_ENOMEM, "out of memory for the Hessian");
 			goto out;
 		}
 		if ((rc = run_gptq(&x)) != 0)
@@ -833,11 +822,11 @@ int exp_merged(const char *base_path, const exp_opts *o, const char *out_path, e
 			goto out;
 	}
 	if (!(w = gguf_writer_new())) {
-		rc = fail(why, whylen, FL_ENOMEM, "out of memory");
+		rc = fl_fail(why, whylen, FL_ENOMEM, "out of memory");
 		goto out;
 	}
 	if ((rc = write_meta(&x, w)) != 0) {
-		fail(why, whylen, rc, "cannot build the metadata (%s)", fl_strerror(rc));
+		fl_fail(why, whylen, rc, "cannot build the metadata (%s)", fl_strerror(rc));
 		goto out;
 	}
 	for (size_t i = 0; i < x.nt; i++) {
@@ -853,13 +842,14 @@ int exp_merged(const char *base_path, const exp_opts *o, const char *out_path, e
 			rc = gguf_add_tensor(w, t.name, e->type, t.ndims, t.ne, e->data, e->size);
 		}
 		if (rc != 0) {
-			fail(why, whylen, rc, "cannot add tensor %s (%s)", t.name, fl_strerror(rc));
+			fl_fail(why, whylen, rc, "cannot add tensor %s (%s)", t.name,
+			        fl_strerror(rc));
 			goto out;
 		}
 	}
 	x.rep.n_tensors = (int)x.nt;
 	if ((rc = gguf_writer_write(w, out_path)) != 0) {
-		fail(why, whylen, rc, "cannot write %s (%s)", out_path, fl_strerror(rc));
+		fl_fail(why, whylen, rc, "cannot write %s (%s)", out_path, fl_strerror(rc));
 		goto out;
 	}
 	struct stat sb;

@@ -22,7 +22,7 @@
 
 typedef struct exp_opts {
 	const tset *adapter; /* canonical adapter (checked against the base), or NULL */
-	lfmt_params params;  /* its alpha / rank / rslora (scale s = lfmt_scale) */
+	lora_spec params;    /* its alpha / rank / rslora (scale s = lora_scale) */
 	uint32_t type;       /* matrices: GTYPE_F32/F16/Q8_0/Q4_0 or EXP_TYPE_KEEP */
 	int gptq;            /* 1: GPTQ for the linear weights (type Q8_0 or Q4_0) */
 	/* GPTQ calibration: n_seq sequences of seq_len token ids [n_seq, seq_len] */

@@ -86,14 +86,7 @@ static const cfg_key schema[] = {
      "largest context a round may ask for (memory bound)"},
     {"data", "max_batch", CFG_INT, "32", 1, 65536, NULL,
      "largest batch a round may ask for (memory bound)"},
-    {"lora", "rank", CFG_INT, "8", 1, NTR_MAX_RANK, NULL, "LoRA rank r"},
-    {"lora", "alpha", CFG_DOUBLE, "16", 1e-6, 1e6, NULL, "LoRA alpha (scale alpha/r)"},
-    {"lora", "targets", CFG_STR, "all", 0, 0, NULL,
-     "adapted modules: attn_q attn_k attn_v attn_output ffn_gate ffn_up ffn_down | all"},
-    {"lora", "init_seed", CFG_INT, "1", 0, 9007199254740991.0, NULL,
-     "seed of the federation's initial adapter; must equal the coordinator's"},
-    {"lora", "rslora", CFG_BOOL, "false", 0, 0, NULL, "rank-stabilised scale alpha/sqrt(r)"},
-    {"lora", "ffa", CFG_BOOL, "false", 0, 0, NULL, "FFA-LoRA: A frozen, only B trained and sent"},
+    LORA_CFG_KEYS,
     {"log", "level", CFG_ENUM, "info", 0, 0, "debug|info|warn|error", "log level"},
     {"log", "format", CFG_ENUM, "text", 0, 0, "text|json", "log format"},
 };
@@ -618,14 +611,9 @@ static int open_trainer(runner *r, ntr_spec *spec, char *err, size_t el)
 {
 	cfg *c = r->cfg;
 	memset(spec, 0, sizeof *spec);
-	int rc = ntr_targets_parse(cfg_str(c, "lora.targets"), &spec->lora.targets, err, el);
+	int rc = lora_spec_from_cfg(c, &spec->lora, err, el);
 	if (rc)
-		return FL_ECONFIG;
-	spec->lora.rank = (uint32_t)cfg_int(c, "lora.rank");
-	spec->lora.alpha = (float)cfg_double(c, "lora.alpha");
-	spec->lora.rslora = cfg_bool(c, "lora.rslora");
-	spec->lora.ffa = cfg_bool(c, "lora.ffa");
-	spec->lora.init_seed = (uint64_t)cfg_int(c, "lora.init_seed");
+		return rc;
 	spec->model_path = cfg_str(c, "model.path");
 	spec->train_path = cfg_str(c, "data.train");
 	spec->eval_path = cfg_str(c, "data.eval");

@@ -7,33 +7,18 @@
 #include "gtype.h"
 #include "log.h"
 #include "lora_fmt.h"
+#include "peft.h"
 #include "model/grad.h"
 #include "optim.h"
 #include "rng.h"
 
 #include <math.h>
 #include <omp.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 4, 5)))
-#endif
-static int
-fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-	if (err && errlen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 /* ---- base ------------------------------------------------------------------------ */
 
@@ -87,14 +72,12 @@ static size_t list_mats(model_weights *w, const model_config *c, matref *out)
 	size_t n = 0;
 	snprintf(out[n].name, sizeof out[n].name, "token_embd.weight");
 	out[n++].k = &w->tok_embd;
-	static const char *const nm[7] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
-	                                  "ffn_gate", "ffn_up", "ffn_down"};
 	for (int l = 0; l < c->n_layers; l++) {
 		model_layer *y = &w->layers[l];
 		kern_mat *ks[7] = {&y->wq,     &y->wk,   &y->wv,    &y->wo,
 		                   &y->w_gate, &y->w_up, &y->w_down};
 		for (int i = 0; i < 7; i++) {
-			snprintf(out[n].name, sizeof out[n].name, "blk.%d.%s.weight", l, nm[i]);
+			lora_base_name(out[n].name, sizeof out[n].name, (uint32_t)l, i);
 			out[n++].k = ks[i];
 		}
 	}
@@ -130,7 +113,7 @@ static int quantize_base(trn_base *b, uint32_t qt, char *err, size_t errlen)
 	size_t *off = malloc(sizeof *off * (7 * L + 2));
 	int rc = 0;
 	if (!b->layers || !mr || !off) {
-		rc = fail(err, errlen, FL_ENOMEM, "out of memory");
+		rc = fl_fail(err, errlen, FL_ENOMEM, "out of memory");
 		goto out;
 	}
 	memcpy(b->layers, w.layers, sizeof *b->layers * L);
@@ -144,7 +127,7 @@ static int quantize_base(trn_base *b, uint32_t qt, char *err, size_t errlen)
 		if (k->type != GTYPE_F32 && k->type != GTYPE_F16 && k->type != GTYPE_BF16)
 			continue; /* already quantized: used as stored */
 		if (gtype_row_size(qt, (uint64_t)k->cols, &rb) != 0) {
-			rc = fail(
+			rc = fl_fail(
 			    err, errlen, FL_EINVAL,
 			    "cannot quantize %s to %s: its %d columns are not a multiple of 32",
 			    mr[i].name, gtype_name(qt), k->cols);
@@ -152,14 +135,14 @@ static int quantize_base(trn_base *b, uint32_t qt, char *err, size_t errlen)
 		}
 		off[i] = total;
 		if (sz_add(total, rb * (size_t)k->rows, &total) != 0) {
-			rc = fail(err, errlen, FL_EOVERFLOW, "model too large");
+			rc = fl_fail(err, errlen, FL_EOVERFLOW, "model too large");
 			goto out;
 		}
 	}
 	b->qmem = malloc(total ? total : 1);
 	if (!b->qmem) {
-		rc = fail(err, errlen, FL_ENOMEM, "out of memory for %zu bytes of %s weights",
-		          total, gtype_name(qt));
+		rc = fl_fail(err, errlen, FL_ENOMEM, "out of memory for %zu bytes of %s weights",
+		             total, gtype_name(qt));
 		goto out;
 	}
 	for (size_t i = 0; i < nm && rc == 0; i++) {
@@ -190,9 +173,9 @@ static int quantize_base(trn_base *b, uint32_t qt, char *err, size_t errlen)
 			free(row);
 		}
 		if (bad) {
-			rc = fail(err, errlen, bad & 1 ? FL_ENOMEM : FL_ENUMERIC,
-			          "cannot quantize %s: %s", mr[i].name,
-			          bad & 1 ? "out of memory" : "it holds NaN or Inf");
+			rc = fl_fail(err, errlen, bad & 1 ? FL_ENOMEM : FL_ENUMERIC,
+			             "cannot quantize %s: %s", mr[i].name,
+			             bad & 1 ? "out of memory" : "it holds NaN or Inf");
 			break;
 		}
 		kern_mat_init(k, qt, dst, src.rows, src.cols);
@@ -204,7 +187,8 @@ static int quantize_base(trn_base *b, uint32_t qt, char *err, size_t errlen)
 		w.output = w.tok_embd;
 	rc = model_new_from_weights(c, &w, &b->m);
 	if (rc != 0)
-		rc = fail(err, errlen, rc, "cannot build the quantized model: %s", fl_strerror(rc));
+		rc = fl_fail(err, errlen, rc, "cannot build the quantized model: %s",
+		             fl_strerror(rc));
 out:
 	free(mr);
 	free(off);
@@ -239,13 +223,13 @@ static int full_base(trn_base *b, char *err, size_t errlen)
 	size_t total, bytes;
 	if (sz_mul(per, L, &total) != 0 || sz_add(total, 2 * V * C + C + 48, &total) != 0 ||
 	    sz_mul(total, sizeof(float), &bytes) != 0)
-		return fail(err, errlen, FL_EOVERFLOW, "model too large");
+		return fl_fail(err, errlen, FL_EOVERFLOW, "model too large");
 	b->blob = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
 	b->params = calloc(L * 12 + 4, sizeof *b->params);
 	b->layers = calloc(L, sizeof *b->layers);
 	if (!b->blob || !b->params || !b->layers)
-		return fail(err, errlen, FL_ENOMEM, "out of memory for %zu bytes of f32 weights",
-		            bytes);
+		return fl_fail(err, errlen, FL_ENOMEM, "out of memory for %zu bytes of f32 weights",
+		               bytes);
 	b->nblob = total;
 	model_weights w = *fw;
 	w.layers = b->layers;
@@ -305,11 +289,11 @@ static int full_base(trn_base *b, char *err, size_t errlen)
 #undef MAT
 #undef VEC
 	if (rc != 0)
-		return fail(err, errlen, rc, "cannot convert the weights to f32: %s",
-		            fl_strerror(rc));
+		return fl_fail(err, errlen, rc, "cannot convert the weights to f32: %s",
+		               fl_strerror(rc));
 	rc = model_new_from_weights(c, &w, &b->m);
 	if (rc != 0)
-		return fail(err, errlen, rc, "cannot build the f32 model: %s", fl_strerror(rc));
+		return fl_fail(err, errlen, rc, "cannot build the f32 model: %s", fl_strerror(rc));
 	return 0;
 }
 
@@ -323,15 +307,16 @@ int trn_base_load(const char *path, const char *quant, int full, trn_base **out,
 		else if (strcmp(quant, "q4_0") == 0)
 			qt = GTYPE_Q4_0;
 		else
-			return fail(err, errlen, FL_EINVAL,
-			            "base quantization '%s' is not one of none, q8_0, q4_0", quant);
+			return fl_fail(err, errlen, FL_EINVAL,
+			               "base quantization '%s' is not one of none, q8_0, q4_0",
+			               quant);
 	}
 	if (full && qt)
-		return fail(err, errlen, FL_EINVAL,
-		            "full training updates f32 weights; a quantized base is for LoRA");
+		return fl_fail(err, errlen, FL_EINVAL,
+		               "full training updates f32 weights; a quantized base is for LoRA");
 	trn_base *b = calloc(1, sizeof *b);
 	if (!b)
-		return fail(err, errlen, FL_ENOMEM, "out of memory");
+		return fl_fail(err, errlen, FL_ENOMEM, "out of memory");
 	int rc = model_load(path, &b->file, err, errlen);
 	if (rc != 0) {
 		free(b);
@@ -346,7 +331,7 @@ int trn_base_load(const char *path, const char *quant, int full, trn_base **out,
 	else
 		b->m = b->file;
 	if (rc != 0) {
-		fail(err, errlen, rc, "%s: %s", path, e2);
+		fl_fail(err, errlen, rc, "%s: %s", path, e2);
 		trn_base_free(b);
 		return rc;
 	}
@@ -355,7 +340,7 @@ int trn_base_load(const char *path, const char *quant, int full, trn_base **out,
 	matref *mr = malloc(sizeof *mr * (7 * (size_t)c->n_layers + 2));
 	if (!mr) {
 		trn_base_free(b);
-		return fail(err, errlen, FL_ENOMEM, "out of memory");
+		return fl_fail(err, errlen, FL_ENOMEM, "out of memory");
 	}
 	size_t nm = list_mats(&w, c, mr);
 	for (size_t i = 0; i < nm; i++)
@@ -403,11 +388,11 @@ const char *trn_base_type_name(const trn_base *b)
 int trn_base_save_gguf(const trn_base *b, const char *path, char *err, size_t errlen)
 {
 	if (!b->full)
-		return fail(err, errlen, FL_ESTATE, "the base was not loaded for full training");
+		return fl_fail(err, errlen, FL_ESTATE, "the base was not loaded for full training");
 	const gguf *src = model_gguf(b->file);
 	gguf_writer *w = gguf_writer_new();
 	if (!w)
-		return fail(err, errlen, FL_ENOMEM, "out of memory");
+		return fl_fail(err, errlen, FL_ENOMEM, "out of memory");
 	int rc = 0;
 	for (size_t i = 0; i < gguf_kv_count(src) && rc == 0; i++) {
 		const char *key = gguf_kv_key(src, i);
@@ -438,8 +423,8 @@ int trn_base_save_gguf(const trn_base *b, const char *path, char *err, size_t er
 		rc = gguf_writer_write(w, path);
 	gguf_writer_free(w);
 	if (rc != 0)
-		return fail(err, errlen, rc, "%s: cannot write the model: %s", path,
-		            fl_strerror(rc));
+		return fl_fail(err, errlen, rc, "%s: cannot write the model: %s", path,
+		               fl_strerror(rc));
 	return 0;
 }
 
@@ -523,24 +508,24 @@ size_t trn_bytes(const trainer *t)
 static int lora_setup(trainer *t, char *err, size_t errlen)
 {
 	const model_config *c = &t->cfg;
-	const size_t n = (size_t)c->n_layers * ADP_NTARGETS;
+	const size_t n = (size_t)c->n_layers * LORA_NTARGETS;
 	int rc;
 	if ((rc = adp_layout(c, &t->o.lora, &t->cur)) != 0 ||
 	    (rc = adp_layout(c, &t->o.lora, &t->grads)) != 0 ||
 	    (rc = adp_layout(c, &t->o.lora, &t->anchor)) != 0)
-		return fail(err, errlen, rc, "adapter: %s", fl_strerror(rc));
+		return fl_fail(err, errlen, rc, "adapter: %s", fl_strerror(rc));
 	rc = adp_bind(c, &t->o.lora, t->cur, t->o.max_batch * t->o.max_ctx, &t->bind);
 	t->da = calloc(n, sizeof *t->da);
 	t->db = calloc(n, sizeof *t->db);
 	if (rc != 0 || !t->da || !t->db)
-		return fail(err, errlen, rc ? rc : FL_ENOMEM, "adapter buffers: out of memory");
+		return fl_fail(err, errlen, rc ? rc : FL_ENOMEM, "adapter buffers: out of memory");
 	adp_ptrs(c, t->grads, 0, t->da);
 	adp_ptrs(c, t->grads, 1, t->db);
 	/* one optimiser segment per trained tensor; FFA leaves lora_a out */
 	size_t ns = tset_count(t->cur), k = 0;
 	optim_seg *segs = calloc(ns ? ns : 1, sizeof *segs);
 	if (!segs)
-		return fail(err, errlen, FL_ENOMEM, "out of memory");
+		return fl_fail(err, errlen, FL_ENOMEM, "out of memory");
 	for (size_t i = 0; i < ns; i++) {
 		tensor *p = tset_at(t->cur, i);
 		if (t->o.lora.ffa && strstr(p->name, ".lora_a"))
@@ -555,7 +540,7 @@ static int lora_setup(trainer *t, char *err, size_t errlen)
 	rc = optim_new(segs, k, &oc, &t->opt);
 	free(segs);
 	if (rc != 0)
-		return fail(err, errlen, rc, "optimiser: %s", fl_strerror(rc));
+		return fl_fail(err, errlen, rc, "optimiser: %s", fl_strerror(rc));
 	t->bytes += 5 * tset_numel(t->cur) * sizeof(float) +
 	            (size_t)t->o.max_batch * t->o.max_ctx * t->o.lora.rank * sizeof(float) * n;
 	return 0;
@@ -570,8 +555,8 @@ static int full_setup(trainer *t, char *err, size_t errlen)
 	optim_seg *segs = calloc(b->nparams, sizeof *segs);
 	if (!t->gblob || !t->gl || !segs) {
 		free(segs);
-		return fail(err, errlen, FL_ENOMEM, "out of memory for %zu f32 gradients",
-		            b->nblob);
+		return fl_fail(err, errlen, FL_ENOMEM, "out of memory for %zu f32 gradients",
+		               b->nblob);
 	}
 	memset(t->gblob, 0, b->nblob * sizeof(float));
 #define G(p) ((p) ? t->gblob + ((const float *)(p)-b->blob) : NULL)
@@ -605,7 +590,7 @@ static int full_setup(trainer *t, char *err, size_t errlen)
 	int rc = optim_new(segs, b->nparams, &oc, &t->opt);
 	free(segs);
 	if (rc != 0)
-		return fail(err, errlen, rc, "optimiser: %s", fl_strerror(rc));
+		return fl_fail(err, errlen, rc, "optimiser: %s", fl_strerror(rc));
 	t->bytes += 3 * b->nblob * sizeof(float);
 	return 0;
 }
@@ -613,48 +598,49 @@ static int full_setup(trainer *t, char *err, size_t errlen)
 int trn_new(trn_base *b, const trn_opts *o, trainer **out, char *err, size_t errlen)
 {
 	if (!b || !o || !out)
-		return fail(err, errlen, FL_EINVAL, "bad arguments");
+		return fl_fail(err, errlen, FL_EINVAL, "bad arguments");
 	const model_config *c = model_cfg(b->m);
 	if (o->full && !b->full)
-		return fail(err, errlen, FL_EINVAL,
-		            "full training needs the base loaded for it (f32 weights)");
+		return fl_fail(err, errlen, FL_EINVAL,
+		               "full training needs the base loaded for it (f32 weights)");
 	if (o->max_batch < 1 || o->max_batch > 65536)
-		return fail(err, errlen, FL_EINVAL, "batch %d is outside 1..65536", o->max_batch);
+		return fl_fail(err, errlen, FL_EINVAL, "batch %d is outside 1..65536",
+		               o->max_batch);
 	if (o->max_ctx < 2 || o->max_ctx > c->ctx)
-		return fail(err, errlen, FL_EINVAL,
-		            "context %d is outside 2..%d (the model's context_length)", o->max_ctx,
-		            c->ctx);
-	if (!o->full && adp_spec_check(&o->lora, err, errlen) != 0)
+		return fl_fail(err, errlen, FL_EINVAL,
+		               "context %d is outside 2..%d (the model's context_length)",
+		               o->max_ctx, c->ctx);
+	if (!o->full && lora_spec_check(&o->lora, err, errlen) != 0)
 		return FL_EINVAL;
 	if (o->threads > 0)
 		kern_set_threads(o->threads);
 	trainer *t = calloc(1, sizeof *t);
 	if (!t)
-		return fail(err, errlen, FL_ENOMEM, "out of memory");
+		return fl_fail(err, errlen, FL_ENOMEM, "out of memory");
 	t->base = b;
 	t->m = b->m;
 	t->cfg = *c;
 	t->o = *o;
-	t->scale = o->full ? 0.0f : adp_scale(&o->lora);
+	t->scale = o->full ? 0.0f : lora_scale(&o->lora);
 	t->idx_ctx = -1;
 	const size_t N = (size_t)o->max_batch * o->max_ctx;
 	int rc = model_prepare(t->m, o->max_batch, o->max_ctx, MODEL_KEEP_ACTS);
 	if (rc != 0) {
-		fail(err, errlen, rc, "activation arena for batch %d x ctx %d: %s", o->max_batch,
-		     o->max_ctx, fl_strerror(rc));
+		fl_fail(err, errlen, rc, "activation arena for batch %d x ctx %d: %s", o->max_batch,
+		        o->max_ctx, fl_strerror(rc));
 		goto fail;
 	}
 	t->bytes += model_arena_bytes(t->m);
 	rc = grad_ws_new(t->m, o->max_batch, o->max_ctx, o->full ? 0 : (int)o->lora.rank, &t->ws);
 	if (rc != 0) {
-		fail(err, errlen, rc, "gradient workspace: %s", fl_strerror(rc));
+		fl_fail(err, errlen, rc, "gradient workspace: %s", fl_strerror(rc));
 		goto fail;
 	}
 	t->bytes += grad_ws_bytes(t->ws);
 	t->inp = malloc(sizeof(int32_t) * N);
 	t->tgt = malloc(sizeof(int32_t) * N);
 	if (!t->inp || !t->tgt) {
-		rc = fail(err, errlen, FL_ENOMEM, "out of memory");
+		rc = fl_fail(err, errlen, FL_ENOMEM, "out of memory");
 		goto fail;
 	}
 	rc = o->full ? full_setup(t, err, errlen) : lora_setup(t, err, errlen);
@@ -746,20 +732,20 @@ static int attach(trainer *t, const tset *adapter)
 static int check_hp(const trainer *t, const trn_hparams *h, char *err, size_t errlen)
 {
 	if (h->steps < 0)
-		return fail(err, errlen, FL_EINVAL, "negative step count");
+		return fl_fail(err, errlen, FL_EINVAL, "negative step count");
 	if (h->batch < 1 || h->batch > t->o.max_batch)
-		return fail(err, errlen, FL_EINVAL, "batch %d is outside 1..%d", h->batch,
-		            t->o.max_batch);
+		return fl_fail(err, errlen, FL_EINVAL, "batch %d is outside 1..%d", h->batch,
+		               t->o.max_batch);
 	if (h->ctx < 2 || h->ctx > t->o.max_ctx)
-		return fail(err, errlen, FL_EINVAL, "ctx %d is outside 2..%d", h->ctx,
-		            t->o.max_ctx);
+		return fl_fail(err, errlen, FL_EINVAL, "ctx %d is outside 2..%d", h->ctx,
+		               t->o.max_ctx);
 	if (h->accum < 1 || h->accum > 65536)
-		return fail(err, errlen, FL_EINVAL, "gradient accumulation %d is outside 1..65536",
-		            h->accum);
+		return fl_fail(err, errlen, FL_EINVAL,
+		               "gradient accumulation %d is outside 1..65536", h->accum);
 	if (!(h->lr >= 0.0f) || !isfinite(h->lr) || h->warmup < 0 ||
 	    !(h->min_lr_ratio >= 0.0f && h->min_lr_ratio <= 1.0f) ||
 	    (h->sched != OPTIM_CONSTANT && h->sched != OPTIM_COSINE))
-		return fail(err, errlen, FL_EINVAL, "bad learning-rate schedule");
+		return fl_fail(err, errlen, FL_EINVAL, "bad learning-rate schedule");
 	return 0;
 }
 
@@ -770,19 +756,19 @@ int trn_train(trainer *t, tset *adapter, const tset *global, const ds *data, con
 	if (rc != 0)
 		return rc;
 	if (t->o.full && (adapter || global))
-		return fail(err, errlen, FL_EINVAL, "full training takes no adapter");
+		return fl_fail(err, errlen, FL_EINVAL, "full training takes no adapter");
 	if (!t->o.full) {
 		if (!adapter)
-			return fail(err, errlen, FL_EINVAL, "LoRA training needs an adapter");
+			return fl_fail(err, errlen, FL_EINVAL, "LoRA training needs an adapter");
 		if ((rc = adp_check(&t->cfg, &t->o.lora, adapter, err, errlen)) != 0)
 			return rc;
 		if (global && (rc = tset_same_layout(global, adapter)) != 0)
-			return fail(err, errlen, rc, "the FedProx anchor has another layout");
+			return fl_fail(err, errlen, rc, "the FedProx anchor has another layout");
 	}
 	if ((rc = windows(t, data, hp->ctx)) != 0)
-		return fail(err, errlen, rc, "data windows: %s", fl_strerror(rc));
+		return fl_fail(err, errlen, rc, "data windows: %s", fl_strerror(rc));
 	if (t->nidx == 0)
-		return fail(err, errlen, FL_EINVAL, "the data has no window with a target");
+		return fl_fail(err, errlen, FL_EINVAL, "the data has no window with a target");
 	optim_cfg oc = {.beta1 = hp->beta1,
 	                .beta2 = hp->beta2,
 	                .eps = hp->eps,
@@ -790,10 +776,10 @@ int trn_train(trainer *t, tset *adapter, const tset *global, const ds *data, con
 	                .max_grad_norm = hp->max_grad_norm,
 	                .prox_mu = global ? hp->prox_mu : 0.0f};
 	if ((rc = optim_set_cfg(t->opt, &oc)) != 0)
-		return fail(err, errlen, rc, "bad optimiser settings");
+		return fl_fail(err, errlen, rc, "bad optimiser settings");
 	optim_reset(t->opt);
 	if ((rc = attach(t, adapter)) != 0)
-		return fail(err, errlen, rc, "adapter: %s", fl_strerror(rc));
+		return fl_fail(err, errlen, rc, "adapter: %s", fl_strerror(rc));
 	if (global)
 		tset_copy(t->anchor, global);
 	const optim_sched sc = {.kind = hp->sched,
@@ -833,12 +819,12 @@ int trn_train(trainer *t, tset *adapter, const tset *global, const ds *data, con
 				                   1.0f / (float)hp->accum, t->o.full ? NULL : &gl,
 				                   t->o.full ? &t->gw : NULL, NULL);
 			if (rc != 0) {
-				fail(err, errlen, rc, "step %ld: %s", s + 1, fl_strerror(rc));
+				fl_fail(err, errlen, rc, "step %ld: %s", s + 1, fl_strerror(rc));
 				goto out;
 			}
 			if (!isfinite(loss)) {
-				rc = fail(err, errlen, FL_ENUMERIC, "step %ld: the loss is %g",
-				          s + 1, (double)loss);
+				rc = fl_fail(err, errlen, FL_ENUMERIC, "step %ld: the loss is %g",
+				             s + 1, (double)loss);
 				goto out;
 			}
 			step_loss += loss / hp->accum;
@@ -847,8 +833,8 @@ int trn_train(trainer *t, tset *adapter, const tset *global, const ds *data, con
 		double gn = 0.0;
 		rc = optim_step(t->opt, lr, &gn);
 		if (rc != 0) {
-			fail(err, errlen, rc, "step %ld: gradient norm %g is not finite", s + 1,
-			     gn);
+			fl_fail(err, errlen, rc, "step %ld: gradient norm %g is not finite", s + 1,
+			        gn);
 			goto out;
 		}
 		if (s == 0)
@@ -867,7 +853,7 @@ int trn_train(trainer *t, tset *adapter, const tset *global, const ds *data, con
 			                  .tokens = m.tokens,
 			                  .seconds = m.seconds};
 			if (cb(arg, &p) != 0) {
-				rc = fail(err, errlen, FL_EINTR, "stopped at step %ld", s + 1);
+				rc = fl_fail(err, errlen, FL_EINTR, "stopped at step %ld", s + 1);
 				goto out;
 			}
 		}
@@ -971,36 +957,36 @@ int trn_adapter_open(model *m, const char *path, float alpha, trn_adapter **out,
 {
 	const gguf *g = model_gguf(m);
 	if (!g)
-		return fail(err, errlen, FL_EINVAL,
-		            "the model has no GGUF to check the adapter against");
+		return fl_fail(err, errlen, FL_EINVAL,
+		               "the model has no GGUF to check the adapter against");
 	lfmt_override ov = {.has_alpha = alpha > 0.0f, .alpha = alpha, .rank = 0, .rslora = -1};
-	lfmt_params lp;
+	lora_spec lp;
 	tset *ad = NULL;
 	char why[256];
 	int rc = lfmt_load(path, g, &ov, &ad, &lp, why, sizeof why);
 	if (rc != 0)
-		return fail(err, errlen, rc, "%s: %s", path, why);
-	adp_spec s = {.alpha = lp.alpha, .rslora = lp.rslora};
+		return fl_fail(err, errlen, rc, "%s: %s", path, why);
+	lora_spec s = {.alpha = lp.alpha, .rslora = lp.rslora};
 	const model_config *c = model_cfg(m);
 	if ((rc = adp_spec_from_tset(c, ad, &s, why, sizeof why)) != 0 ||
-	    (rc = adp_spec_check(&s, why, sizeof why)) != 0) {
+	    (rc = lora_spec_check(&s, why, sizeof why)) != 0) {
 		tset_free(ad);
-		return fail(err, errlen, rc, "%s: %s", path, why);
+		return fl_fail(err, errlen, rc, "%s: %s", path, why);
 	}
 	trn_adapter *a = calloc(1, sizeof *a);
 	if (!a) {
 		tset_free(ad);
-		return fail(err, errlen, FL_ENOMEM, "out of memory");
+		return fl_fail(err, errlen, FL_ENOMEM, "out of memory");
 	}
 	a->ad = ad;
 	if ((rc = adp_bind(c, &s, ad, 0, &a->bd)) != 0 ||
 	    (rc = model_set_lora(m, adp_binding_lora(a->bd))) != 0) {
 		trn_adapter_close(m, a);
-		return fail(err, errlen, rc, "%s: %s", path, fl_strerror(rc));
+		return fl_fail(err, errlen, rc, "%s: %s", path, fl_strerror(rc));
 	}
 	if (desc && desclen) {
 		char tg[128];
-		adp_targets_format(s.targets, tg, sizeof tg);
+		lora_targets_format(s.targets, tg, sizeof tg);
 		snprintf(desc, desclen, "rank %u, alpha %g%s, %s", s.rank, (double)s.alpha,
 		         s.rslora ? " (rsLoRA)" : "", tg);
 	}
@@ -1019,13 +1005,13 @@ void trn_adapter_close(model *m, trn_adapter *a)
 	free(a);
 }
 
-int trn_adapter_save_peft(const tset *ad, const adp_spec *s, const gguf *g, const char *dir,
+int trn_adapter_save_peft(const tset *ad, const lora_spec *s, const gguf *g, const char *dir,
                           char *err, size_t errlen)
 {
-	lfmt_params p = {.alpha = s->alpha, .rank = s->rank, .rslora = s->rslora};
+	lora_spec p = {.alpha = s->alpha, .rank = s->rank, .rslora = s->rslora};
 	char why[256];
-	int rc = lfmt_write_peft(ad, g, &p, dir, why, sizeof why);
+	int rc = peft_write_base(ad, g, &p, dir, why, sizeof why);
 	if (rc != 0)
-		return fail(err, errlen, rc, "%s: %s", dir, why);
+		return fl_fail(err, errlen, rc, "%s: %s", dir, why);
 	return 0;
 }

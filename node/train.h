@@ -58,11 +58,11 @@ const char *trn_base_type_name(const trn_base *b);
 int trn_base_save_gguf(const trn_base *b, const char *path, char *err, size_t errlen);
 
 typedef struct trn_opts {
-	int full;      /* train the base's weights (base loaded with full) */
-	adp_spec lora; /* adapter (ignored with full) */
-	int max_batch; /* windows per micro-batch, >= 1 */
-	int max_ctx;   /* tokens per window, 2..context_length */
-	int threads;   /* 0: OpenMP default */
+	int full;       /* train the base's weights (base loaded with full) */
+	lora_spec lora; /* adapter (ignored with full) */
+	int max_batch;  /* windows per micro-batch, >= 1 */
+	int max_ctx;    /* tokens per window, 2..context_length */
+	int threads;    /* 0: OpenMP default */
 } trn_opts;
 
 typedef struct trn_hparams {
@@ -154,7 +154,7 @@ void trn_adapter_close(model *m, trn_adapter *a);
 /* Writes a trained adapter as PEFT (dir/adapter_model.safetensors with
  * Hugging Face names and q/k rows, dir/adapter_config.json) for the base
  * whose GGUF is g. */
-int trn_adapter_save_peft(const tset *ad, const adp_spec *s, const gguf *g, const char *dir,
+int trn_adapter_save_peft(const tset *ad, const lora_spec *s, const gguf *g, const char *dir,
                           char *err, size_t errlen);
 
 /* The same for the weights being trained, from inside a progress callback

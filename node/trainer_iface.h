@@ -14,63 +14,18 @@
  * Threads: an instance belongs to the training thread that opened it; every
  * function except the spec helpers is called from that thread only. train
  * and eval call the progress callback between steps; a non-zero return
- * stops them with FL_EINTR (this is how the network thread cancels work). */
+ * stops them with FL_EINTR (this is how the network thread cancels work).
+ *
+ * The adapter spec, its wire form (LoraSpec) and the tensor names are
+ * common/lora's. */
 #ifndef FL_TRAINER_IFACE_H
 #define FL_TRAINER_IFACE_H
 #include <stddef.h>
 #include <stdint.h>
 
 #include "fedlora.pb-c.h"
+#include "lora.h"
 #include "tensor.h"
-
-/* LoRA target modules, in canonical order (bit i = ntr_target_name(i)). */
-enum {
-	NTR_T_ATTN_Q = 0,
-	NTR_T_ATTN_K,
-	NTR_T_ATTN_V,
-	NTR_T_ATTN_OUTPUT,
-	NTR_T_FFN_GATE,
-	NTR_T_FFN_UP,
-	NTR_T_FFN_DOWN,
-	NTR_T_COUNT
-};
-
-#define NTR_MAX_RANK 1024
-
-/* The adapter spec the node is configured with (LoraSpec on the wire). */
-typedef struct ntr_lora {
-	uint32_t rank;    /* r, 1..NTR_MAX_RANK */
-	float alpha;      /* s = alpha / r, or alpha / sqrt(r) with rslora */
-	uint32_t targets; /* bit set over NTR_T_* (non-zero) */
-	int rslora;       /* rank-stabilised scaling */
-	int ffa;          /* FFA-LoRA: lora_a frozen, only lora_b trained and sent */
-	uint64_t init_seed;
-} ntr_lora;
-
-/* "attn_q" ... "ffn_down"; NULL out of range. */
-const char *ntr_target_name(int i);
-/* Parses a comma-separated list ("attn_q,attn_v"; "all" for the seven);
- * FL_EINVAL naming the bad entry in err. */
-int ntr_targets_parse(const char *s, uint32_t *out, char *err, size_t errlen);
-/* Writes "attn_q,attn_v" into out (NUL-terminated, truncated to n). */
-void ntr_targets_format(uint32_t targets, char *out, size_t n);
-/* LoraSpec <-> ntr_lora. from_proto refuses unknown targets, rank 0 or
- * above NTR_MAX_RANK, non-finite or non-positive alpha (FL_EPROTO, err). */
-int ntr_lora_from_proto(const Fedlora__LoraSpec *m, ntr_lora *out, char *err, size_t errlen);
-/* Fills *m viewing static target names (no allocation; names[] must hold
- * NTR_T_COUNT pointers and outlive m). */
-void ntr_lora_to_proto(const ntr_lora *l, Fedlora__LoraSpec *m, char **names);
-/* 0 when the two specs define the same adapter and training (init_seed is
- * the coordinator's business and is not compared); FL_EMISMATCH with a
- * sentence in err otherwise. */
-int ntr_lora_compare(const ntr_lora *a, const ntr_lora *b, char *err, size_t errlen);
-/* The scale s applied to B·A. */
-float ntr_lora_scale(const ntr_lora *l);
-
-/* Canonical adapter tensor names: "blk.<layer>.<target>.lora_a" / ".lora_b". */
-int ntr_tensor_name(int layer, int target, int is_b, char *out, size_t n);
-/* 1 when a tensor name ends in ".lora_b" (what FFA-LoRA exchanges). */
-int ntr_is_lora_b(const char *name);
 
 /* What a trainer needs to set itself up. Strings must outlive open(). */
 typedef struct ntr_spec {
@@ -78,7 +33,7 @@ typedef struct ntr_spec {
 	const char *train_path; /* private training data */
 	const char *eval_path;  /* private held-out data; NULL: eval_fraction of train */
 	double eval_fraction;   /* used when eval_path is NULL */
-	ntr_lora lora;
+	lora_spec lora;         /* the adapter spec the node is configured with */
 	const char *base_quant; /* "none", "q8_0", "q4_0" (QLoRA) */
 	int threads;            /* compute threads; 0 = library default */
 	uint32_t max_ctx;       /* caps on what a round may ask for (memory bound) */

@@ -12,7 +12,6 @@
 #include "train.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,27 +26,12 @@ typedef struct lt {
 	trainer *tr;
 	int tr_batch, tr_ctx; /* shape the trainer was made for */
 	int eval_ctx;
-	adp_spec spec;
+	lora_spec spec;
 	ntr_spec s;
 	int threads;
 	uint32_t max_ctx, max_batch, max_steps;
 	uint64_t eval_max_tokens, seed;
 } lt;
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 4, 5)))
-#endif
-static int
-say(char *err, size_t n, int rc, const char *fmt, ...)
-{
-	if (err && n) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, n, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
 
 static void lt_close(void *self)
 {
@@ -65,36 +49,36 @@ static void lt_close(void *self)
 static int lt_open(const ntr_spec *spec, void **self, char *err, size_t errlen)
 {
 	if (!spec->model_path || !spec->train_path)
-		return say(err, errlen, FL_ECONFIG,
-		           "the lora trainer needs model.path and data.train");
+		return fl_fail(err, errlen, FL_ECONFIG,
+		               "the lora trainer needs model.path and data.train");
 	lt *t = calloc(1, sizeof *t);
 	if (!t)
 		return FL_ENOMEM;
 	int rc;
 	char e[512];
-	t->spec = (adp_spec){.rank = spec->lora.rank,
-	                     .alpha = spec->lora.alpha,
-	                     .targets = spec->lora.targets,
-	                     .rslora = spec->lora.rslora,
-	                     .ffa = spec->lora.ffa};
+	t->spec = (lora_spec){.rank = spec->lora.rank,
+	                      .alpha = spec->lora.alpha,
+	                      .targets = spec->lora.targets,
+	                      .rslora = spec->lora.rslora,
+	                      .ffa = spec->lora.ffa};
 	t->threads = spec->threads;
 	t->max_ctx = spec->max_ctx;
 	t->max_batch = spec->max_batch;
 	t->max_steps = spec->max_steps;
 	t->eval_max_tokens = spec->eval_max_tokens;
 	t->seed = spec->seed;
-	if ((rc = adp_spec_check(&t->spec, e, sizeof e)) != 0) {
-		rc = say(err, errlen, FL_ECONFIG, "lora trainer: %s", e);
+	if ((rc = lora_spec_check(&t->spec, e, sizeof e)) != 0) {
+		rc = fl_fail(err, errlen, FL_ECONFIG, "lora trainer: %s", e);
 		goto fail;
 	}
 	kern_set_threads(t->threads);
 	if ((rc = trn_base_load(spec->model_path, spec->base_quant, 0, &t->base, e, sizeof e)) !=
 	    0) {
-		say(err, errlen, rc, "%s", e);
+		fl_fail(err, errlen, rc, "%s", e);
 		goto fail;
 	}
 	if ((rc = tok_from_gguf(trn_base_gguf(t->base), &t->tk, e, sizeof e)) != 0) {
-		say(err, errlen, rc, "%s: tokenizer: %s", spec->model_path, e);
+		fl_fail(err, errlen, rc, "%s: tokenizer: %s", spec->model_path, e);
 		goto fail;
 	}
 	const int has_eval = spec->eval_path && *spec->eval_path;
@@ -102,18 +86,18 @@ static int lt_open(const ntr_spec *spec, void **self, char *err, size_t errlen)
 	             .holdout = has_eval ? 0.0 : spec->eval_fraction,
 	             .seed = spec->seed};
 	if (!(o.holdout >= 0.0 && o.holdout <= 0.9)) {
-		rc = say(err, errlen, FL_ECONFIG, "data.eval_fraction %g is outside [0, 0.9]",
-		         spec->eval_fraction);
+		rc = fl_fail(err, errlen, FL_ECONFIG, "data.eval_fraction %g is outside [0, 0.9]",
+		             spec->eval_fraction);
 		goto fail;
 	}
 	if ((rc = ds_load(spec->train_path, t->tk, &o, &t->train, &t->eval, e, sizeof e)) != 0) {
-		say(err, errlen, rc, "%s", e);
+		fl_fail(err, errlen, rc, "%s", e);
 		goto fail;
 	}
 	if (has_eval) {
 		ds_opts oe = {.format = DS_FMT_AUTO};
 		if ((rc = ds_load(spec->eval_path, t->tk, &oe, &t->eval, NULL, e, sizeof e)) != 0) {
-			say(err, errlen, rc, "%s", e);
+			fl_fail(err, errlen, rc, "%s", e);
 			goto fail;
 		}
 	}

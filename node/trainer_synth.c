@@ -28,7 +28,7 @@ typedef struct pair {
 } pair;
 
 typedef struct synth {
-	ntr_lora lora;
+	lora_spec lora;
 	uint64_t seed;
 	uint32_t max_steps, max_batch;
 	tset *layout;
@@ -83,16 +83,16 @@ static int add_pair(synth *s, int layer, int target, uint32_t in, uint32_t out, 
 	char na[96], nb[96];
 	if (in == 0 || out == 0 || in > SYN_MAX_DIM || out > SYN_MAX_DIM) {
 		say(err, errlen, "blk.%d.%s.weight: shape %u x %u outside 1..%u", layer,
-		    ntr_target_name(target), out, in, SYN_MAX_DIM);
+		    lora_target_name(target), out, in, SYN_MAX_DIM);
 		return FL_EFORMAT;
 	}
 	if (s->npairs >= SYN_MAX_PAIRS) {
 		say(err, errlen, "more than %d adapted weights", SYN_MAX_PAIRS);
 		return FL_ETOOBIG;
 	}
-	int rc = ntr_tensor_name(layer, target, 0, na, sizeof na);
+	int rc = lora_name(na, sizeof na, (uint32_t)layer, target, 0);
 	if (!rc)
-		rc = ntr_tensor_name(layer, target, 1, nb, sizeof nb);
+		rc = lora_name(nb, sizeof nb, (uint32_t)layer, target, 1);
 	if (rc)
 		return rc;
 	uint64_t sa[2] = {s->lora.rank, in}, sb[2] = {out, s->lora.rank};
@@ -122,12 +122,12 @@ static int layout_from_gguf(synth *s, const char *path, char *err, size_t errlen
 	}
 	for (int l = 0; l < 512; l++) {
 		int found = 0;
-		for (int t = 0; t < NTR_T_COUNT; t++) {
+		for (int t = 0; t < LORA_NTARGETS; t++) {
 			if (!(s->lora.targets & (1u << t)))
 				continue;
 			char name[96];
 			gguf_tensor ti;
-			snprintf(name, sizeof name, "blk.%d.%s.weight", l, ntr_target_name(t));
+			lora_base_name(name, sizeof name, (uint32_t)l, t);
 			if (gguf_tensor_find(g, name, &ti) != 0) {
 				if (found || l == 0) {
 					say(err, errlen, "%s: tensor %s missing", path, name);
@@ -166,7 +166,7 @@ static void make_targets(const float *x, size_t n, uint32_t ld, uint32_t in, uin
                          const float *uf, const float *vf, uint32_t rf, const float *us,
                          const float *vs, uint32_t rs, float *y)
 {
-	double tf[NTR_MAX_RANK], ts[SYN_SITE_RANK];
+	double tf[LORA_MAX_RANK], ts[SYN_SITE_RANK];
 	for (size_t j = 0; j < n; j++) {
 		const float *xj = x + j * ld;
 		for (uint32_t k = 0; k < rf; k++) {
@@ -250,7 +250,7 @@ static int syn_open(const ntr_spec *spec, void **self, char *err, size_t errlen)
 	s->seed = spec->seed;
 	s->max_steps = spec->max_steps;
 	s->max_batch = spec->max_batch;
-	if (s->lora.rank == 0 || s->lora.rank > NTR_MAX_RANK || !s->lora.targets) {
+	if (s->lora.rank == 0 || s->lora.rank > LORA_MAX_RANK || !s->lora.targets) {
 		say(err, errlen, "synth trainer: bad LoRA spec (rank %u)", s->lora.rank);
 		rc = FL_ECONFIG;
 		goto fail;
@@ -267,7 +267,7 @@ static int syn_open(const ntr_spec *spec, void **self, char *err, size_t errlen)
 	} else {
 		rc = 0;
 		for (int l = 0; l < SYN_DEFAULT_LAYERS && !rc; l++)
-			for (int t = 0; t < NTR_T_COUNT && !rc; t++)
+			for (int t = 0; t < LORA_NTARGETS && !rc; t++)
 				if (s->lora.targets & (1u << t))
 					rc = add_pair(s, l, t, SYN_DEFAULT_DIM, SYN_DEFAULT_DIM,
 					              err, errlen);
@@ -320,7 +320,7 @@ static double pair_sample(synth *s, const pair *q, const float *A, const float *
                           const float *y, float *ga, float *gb, double w)
 {
 	uint32_t r = s->lora.rank, in = q->in, out = q->out;
-	float sc = ntr_lora_scale(&s->lora);
+	float sc = (float)lora_scale(&s->lora);
 	for (uint32_t k = 0; k < r; k++) {
 		double a = 0;
 		const float *Ak = A + (size_t)k * in;
@@ -432,7 +432,7 @@ static int syn_train(void *self, const tset *global, const Fedlora__TrainParams 
 		double bc1 = 1 - pow(b1, st + 1), bc2 = 1 - pow(b2, st + 1);
 		for (size_t ti = 0; ti < tset_count(local); ti++) {
 			tensor *th = tset_at(local, ti);
-			if (s->lora.ffa && !ntr_is_lora_b(th->name))
+			if (s->lora.ffa && !lora_is_b(th->name))
 				continue; /* A stays bit-identical */
 			tensor *g = tset_find(s->grad, th->name), *m = tset_find(s->m1, th->name),
 			       *v = tset_find(s->m2, th->name);

@@ -125,7 +125,7 @@ static int kase_open(kase *k, const char *path, int threads, int B, int T, int s
 	ds_opts o = {.format = DS_FMT_TEXT};
 	int rc = ds_parse("synthetic", text, strlen(text), k->tk, &o, &k->d, NULL, err, sizeof err);
 	free(text);
-	trn_opts to = {.lora = {.rank = 8, .alpha = 16, .targets = ADP_ALL_TARGETS},
+	trn_opts to = {.lora = {.rank = 8, .alpha = 16, .targets = LORA_ALL_TARGETS},
 	               .max_batch = B,
 	               .max_ctx = T,
 	               .threads = threads};

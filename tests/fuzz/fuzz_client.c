@@ -31,7 +31,7 @@ static void init(void)
 	memset(&spec, 0, sizeof spec);
 	spec.lora.rank = 2;
 	spec.lora.alpha = 4;
-	spec.lora.targets = 1u << NTR_T_ATTN_Q;
+	spec.lora.targets = 1u << LORA_ATTN_Q;
 	spec.lora.init_seed = 1;
 	spec.max_steps = 4;
 	spec.max_batch = 4;
@@ -110,7 +110,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(cfg.base_fp, fp, 32);
 	cfg.lora.rank = 2;
 	cfg.lora.alpha = 4;
-	cfg.lora.targets = 1u << NTR_T_ATTN_Q;
+	cfg.lora.targets = 1u << LORA_ATTN_Q;
 	cfg.layout = g_layout;
 	cfg.sample_count = 10;
 	cfg.eval = 1;

@@ -1,6 +1,6 @@
 /* test_coord_export — `fedlora-coordinator export` through the real
  * binaries, on versions committed with store_commit as `serve` writes them:
- *  - gguf-lora with --base read back by lfmt_read_gguf_lora: tensors equal
+ *  - gguf-lora with --base read back by gguf_lora_read: tensors equal
  *    the version's (F32 exact, F16 within half-precision rounding),
  *    adapter.lora.alpha = s * r (also for rsLoRA);
  *  - PEFT with --base byte-identical to `fedlora-node export --format peft`
@@ -18,7 +18,9 @@
 #include "gguf.h"
 #include "gtype.h"
 #include "lora.h"
+#include "gguf_lora.h"
 #include "lora_fmt.h"
+#include "peft.h"
 #include "modelfp.h"
 #include "sha.h"
 #include "store.h"
@@ -119,7 +121,7 @@ static void commit(const char *state, uint64_t v, const lora_spec *spec, int rec
 	in.rank = spec->rank;
 	in.alpha = spec->alpha;
 	in.rslora = spec->rslora;
-	lora_targets_str(spec->targets, in.targets, sizeof in.targets);
+	lora_targets_format(spec->targets, in.targets, sizeof in.targets);
 	in.n_head = arch.n_head;
 	in.n_head_kv = arch.n_head_kv;
 	if (record_base) {
@@ -193,8 +195,8 @@ static void check_gguf_lora(const char *path, const tset *want, int f16, float a
 	char why[1024];
 	assert_int_equal(gguf_open(g_base, &base, why, sizeof why), 0);
 	tset *got;
-	lfmt_params lp;
-	if (lfmt_read_gguf_lora(path, base, &got, &lp, why, sizeof why) != 0)
+	lora_spec lp;
+	if (gguf_lora_read(path, base, &got, &lp, why, sizeof why) != 0)
 		fail_msg("%s: %s", path, why);
 	assert_float_equal(lp.alpha, alpha, 1e-5);
 	assert_int_equal(lp.rank, 4);
@@ -278,8 +280,8 @@ static void test_peft_same_as_node(void **st)
 	char why[1024];
 	assert_int_equal(gguf_open(g_base, &base, why, sizeof why), 0);
 	tset *got;
-	lfmt_params lp;
-	if (lfmt_read_peft(p("peft_c"), base, &got, &lp, why, sizeof why) != 0)
+	lora_spec lp;
+	if (peft_read(p("peft_c"), base, &got, &lp, why, sizeof why) != 0)
 		fail_msg("%s", why);
 	assert_float_equal(lp.alpha, 16.0, 0);
 	assert_int_equal(lp.rank, 4);
@@ -329,14 +331,14 @@ static void test_rslora(void **st)
 	expect(1, 0, NULL, "--state-dir '%s' --version 0 --format peft --base '%s' --out '%s'",
 	       g_rs, g_base, p("rs_peft"));
 	char *cfg = tu_read_text(p("rs_peft/adapter_config.json"));
-	lfmt_params lp;
+	lora_spec lp;
 	char why[300];
-	assert_int_equal(lfmt_parse_peft_config(cfg, strlen(cfg), &lp, why, sizeof why), 0);
+	assert_int_equal(peft_parse_config(cfg, strlen(cfg), &lp, why, sizeof why), 0);
 	free(cfg);
 	assert_float_equal(lp.alpha, 6.0, 0);
 	assert_int_equal(lp.rank, 4);
 	assert_int_equal(lp.rslora, 1);
-	assert_float_equal(lfmt_scale(&lp), 3.0, 1e-12);
+	assert_float_equal(lora_scale(&lp), 3.0, 1e-12);
 }
 
 /* A version file is itself a canonical adapter with the standard alpha /
@@ -353,14 +355,14 @@ static void test_version_file_is_adapter(void **st)
 		gguf *b;
 		assert_int_equal(gguf_open(g_base, &b, why, sizeof why), 0);
 		tset *got = NULL;
-		lfmt_params lp;
+		lora_spec lp;
 		int rc = lfmt_load(path, b, NULL, &got, &lp, why, sizeof why);
 		if (rc)
 			fail_msg("lfmt_load %s: %s", path, why);
 		assert_float_equal(lp.alpha, alpha[k], 0);
 		assert_int_equal(lp.rank, 4);
 		assert_int_equal(lp.rslora, k);
-		assert_float_equal(lfmt_scale(&lp), scale[k], 1e-12);
+		assert_float_equal(lora_scale(&lp), scale[k], 1e-12);
 		store_info in;
 		tset *want = version(dirs[k], 0, &in);
 		assert_true(tset_count(got) == tset_count(want));

@@ -130,12 +130,12 @@ static void test_llamacpp(void **state)
 			tensor *x;
 			uint64_t sa[2] = {4, (uint64_t)mats[t]->cols},
 			         sb[2] = {(uint64_t)mats[t]->rows, 4};
-			snprintf(nm, sizeof nm, "blk.%d.%s.lora_a", l, lfmt_target_name(t));
+			snprintf(nm, sizeof nm, "blk.%d.%s.lora_a", l, lora_target_name(t));
 			assert_int_equal(tset_insert(ad, nm, 2, sa, NULL, &x), 0);
 			for (size_t i = 0; i < x->n; i++)
 				x->data[i] =
 				    (float)((tu_randu(&st) - 0.5) * 3.4 / sqrt(mats[t]->cols));
-			snprintf(nm, sizeof nm, "blk.%d.%s.lora_b", l, lfmt_target_name(t));
+			snprintf(nm, sizeof nm, "blk.%d.%s.lora_b", l, lora_target_name(t));
 			assert_int_equal(tset_insert(ad, nm, 2, sb, NULL, &x), 0);
 			for (size_t i = 0; i < x->n; i++)
 				x->data[i] = (float)((tu_randu(&st) - 0.5) * 0.6);

@@ -14,7 +14,7 @@ static int a_unchanged(const tset *v0, const tset *t)
 {
 	for (size_t i = 0; i < tset_count(v0); i++) {
 		const tensor *a = tset_at(v0, i);
-		if (ntr_is_lora_b(a->name))
+		if (lora_is_b(a->name))
 			continue;
 		const tensor *b = tset_find(t, a->name);
 		if (!b || b->n != a->n || memcmp(a->data, b->data, a->n * sizeof(float)) != 0)
@@ -55,7 +55,7 @@ static void test_ffa(void **state)
 		const tensor *t = tset_at(v0, i);
 		assert_int_equal(qt_layout(QT_Q4, 32, t->n, &sl, &dl), 0);
 		full += sl + dl;
-		if (ntr_is_lora_b(t->name))
+		if (lora_is_b(t->name))
 			bonly += sl + dl;
 	}
 	/* every committed version: A as in v0, B trained */
@@ -65,7 +65,7 @@ static void test_ffa(void **state)
 		assert_true(a_unchanged(v0, t));
 		int b_moved = 0;
 		for (size_t i = 0; i < tset_count(t); i++)
-			if (ntr_is_lora_b(tset_at(t, i)->name))
+			if (lora_is_b(tset_at(t, i)->name))
 				for (size_t k = 0; k < tset_at(t, i)->n; k++)
 					b_moved |= tset_at(t, i)->data[k] != 0.0f;
 		assert_true(b_moved);

@@ -269,7 +269,7 @@ static void test_node_run(void **state)
 	spec.model_path = path("base.gguf");
 	spec.lora.rank = 4;
 	spec.lora.alpha = 8;
-	spec.lora.targets = (1u << NTR_T_ATTN_Q) | (1u << NTR_T_ATTN_V);
+	spec.lora.targets = (1u << LORA_ATTN_Q) | (1u << LORA_ATTN_V);
 	void *tr = NULL;
 	char err[256];
 	assert_int_equal(ntr_synth_ops.open(&spec, &tr, err, sizeof err), 0);
@@ -278,7 +278,7 @@ static void test_node_run(void **state)
 	uint64_t s = 77;
 	for (size_t i = 0; i < tset_count(g); i++) {
 		tensor *t = tset_at(g, i);
-		if (!ntr_is_lora_b(t->name))
+		if (!lora_is_b(t->name))
 			for (size_t k = 0; k < t->n; k++)
 				t->data[k] = (float)(tu_randu(&s) - 0.5) * 0.25f;
 	}

@@ -34,30 +34,30 @@ static void test_spec(void **state)
 	(void)state;
 	uint32_t m = 0;
 	char err[160], out[128];
-	assert_int_equal(adp_targets_parse("attn_q,attn_v", &m, err, sizeof err), 0);
-	assert_int_equal(m, (1u << ADP_ATTN_Q) | (1u << ADP_ATTN_V));
-	assert_int_equal(adp_targets_parse("all", &m, err, sizeof err), 0);
-	assert_int_equal(m, ADP_ALL_TARGETS);
-	assert_int_equal(adp_targets_parse("ffn_down, attn_output", &m, err, sizeof err), 0);
-	adp_targets_format(m, out, sizeof out);
+	assert_int_equal(lora_targets_parse("attn_q,attn_v", &m, err, sizeof err), 0);
+	assert_int_equal(m, (1u << LORA_ATTN_Q) | (1u << LORA_ATTN_V));
+	assert_int_equal(lora_targets_parse("all", &m, err, sizeof err), 0);
+	assert_int_equal(m, LORA_ALL_TARGETS);
+	assert_int_equal(lora_targets_parse("ffn_down, attn_output", &m, err, sizeof err), 0);
+	lora_targets_format(m, out, sizeof out);
 	assert_string_equal(out, "attn_output,ffn_down");
-	assert_int_equal(adp_targets_parse("attn_q,mlp", &m, err, sizeof err), FL_EINVAL);
+	assert_int_equal(lora_targets_parse("attn_q,mlp", &m, err, sizeof err), FL_EINVAL);
 	assert_non_null(strstr(err, "'mlp'"));
-	assert_int_equal(adp_targets_parse("", &m, err, sizeof err), FL_EINVAL);
+	assert_int_equal(lora_targets_parse("", &m, err, sizeof err), FL_EINVAL);
 
-	adp_spec s = {.rank = 8, .alpha = 16, .targets = 1};
-	assert_float_equal(adp_scale(&s), 2.0f, 0);
+	lora_spec s = {.rank = 8, .alpha = 16, .targets = 1};
+	assert_float_equal(lora_scale(&s), 2.0f, 0);
 	s.rslora = 1;
-	assert_float_equal(adp_scale(&s), 16.0f / sqrtf(8.0f), 1e-6);
-	assert_int_equal(adp_spec_check(&s, err, sizeof err), 0);
+	assert_float_equal(lora_scale(&s), 16.0f / sqrtf(8.0f), 1e-6);
+	assert_int_equal(lora_spec_check(&s, err, sizeof err), 0);
 	s.rank = 0;
-	assert_int_equal(adp_spec_check(&s, err, sizeof err), FL_EINVAL);
+	assert_int_equal(lora_spec_check(&s, err, sizeof err), FL_EINVAL);
 	s.rank = 4;
 	s.alpha = NAN;
-	assert_int_equal(adp_spec_check(&s, err, sizeof err), FL_EINVAL);
+	assert_int_equal(lora_spec_check(&s, err, sizeof err), FL_EINVAL);
 	s.alpha = 1;
 	s.targets = 1u << 9;
-	assert_int_equal(adp_spec_check(&s, err, sizeof err), FL_EINVAL);
+	assert_int_equal(lora_spec_check(&s, err, sizeof err), FL_EINVAL);
 }
 
 static void test_init_layout(void **state)
@@ -65,7 +65,7 @@ static void test_init_layout(void **state)
 	(void)state;
 	tm_model t;
 	tm_make(&t, MODEL_ARCH_LLAMA, 2, 4, 2, 4, 24, 19, 1, 0, 7);
-	adp_spec s = {.rank = 3, .alpha = 6, .targets = ADP_ALL_TARGETS};
+	lora_spec s = {.rank = 3, .alpha = 6, .targets = LORA_ALL_TARGETS};
 	tset *a = NULL, *b = NULL, *z = NULL;
 	assert_int_equal(adp_init(&t.c, &s, 42, &a), 0);
 	assert_int_equal(adp_init(&t.c, &s, 42, &b), 0);
@@ -116,10 +116,10 @@ static void test_init_layout(void **state)
 	/* checks */
 	char err[200];
 	assert_int_equal(adp_check(&t.c, &s, a, err, sizeof err), 0);
-	adp_spec s2 = s;
+	lora_spec s2 = s;
 	assert_int_equal(adp_spec_from_tset(&t.c, a, &s2, err, sizeof err), 0);
 	assert_int_equal(s2.rank, 3);
-	assert_int_equal(s2.targets, ADP_ALL_TARGETS);
+	assert_int_equal(s2.targets, LORA_ALL_TARGETS);
 	s2 = s;
 	s2.targets = 1;
 	assert_int_equal(adp_check(&t.c, &s2, a, err, sizeof err), FL_EMISMATCH);
@@ -129,7 +129,7 @@ static void test_init_layout(void **state)
 	assert_int_equal(adp_check(&t.c, &s2, a, err, sizeof err), FL_EMISMATCH);
 	assert_non_null(strstr(err, "blk.0.attn_q.lora_a"));
 	tset *bad = NULL;
-	adp_spec s3 = {.rank = 3, .alpha = 6, .targets = 1u << ADP_ATTN_Q};
+	lora_spec s3 = {.rank = 3, .alpha = 6, .targets = 1u << LORA_ATTN_Q};
 	assert_int_equal(adp_layout(&t.c, &s3, &bad), 0);
 	uint64_t sh[2] = {3, 5};
 	assert_int_equal(tset_insert(bad, "blk.7.attn_q.lora_a", 2, sh, NULL, NULL), 0);
@@ -166,7 +166,7 @@ static void b_zero_equals_base(int arch, int NKV, int tied, int bias)
 	assert_int_equal(model_new_from_weights(&t.c, &t.w, &m), 0);
 	assert_int_equal(model_prepare(m, B, T, MODEL_KEEP_ACTS), 0);
 	float *base = logits_of(m, ids, B, T);
-	adp_spec sp = {.rank = 4, .alpha = 8, .targets = ADP_ALL_TARGETS};
+	lora_spec sp = {.rank = 4, .alpha = 8, .targets = LORA_ALL_TARGETS};
 	tset *ad = NULL;
 	adp_binding *bd = NULL;
 	assert_int_equal(adp_init(&t.c, &sp, 3, &ad), 0);
@@ -232,7 +232,7 @@ static void lora_vs_ref(int arch, int NKV, uint32_t targets, int rslora)
 	uint64_t s = 9;
 	int32_t ids[22];
 	tm_rand_ids(ids, B * T, V, &s);
-	adp_spec sp = {.rank = 5, .alpha = 7, .targets = targets, .rslora = rslora};
+	lora_spec sp = {.rank = 5, .alpha = 7, .targets = targets, .rslora = rslora};
 	tset *ad = NULL;
 	adp_binding *bd = NULL;
 	assert_int_equal(adp_layout(&t.c, &sp, &ad), 0);
@@ -331,10 +331,10 @@ static void lora_vs_ref(int arch, int NKV, uint32_t targets, int rslora)
 static void test_lora_forward(void **state)
 {
 	(void)state;
-	lora_vs_ref(MODEL_ARCH_LLAMA, 2, ADP_ALL_TARGETS, 0);
-	lora_vs_ref(MODEL_ARCH_QWEN2, 1, ADP_ALL_TARGETS, 1);
-	lora_vs_ref(MODEL_ARCH_LLAMA, 4, (1u << ADP_ATTN_Q) | (1u << ADP_ATTN_V), 0);
-	lora_vs_ref(MODEL_ARCH_LLAMA, 2, (1u << ADP_FFN_DOWN) | (1u << ADP_ATTN_OUTPUT), 0);
+	lora_vs_ref(MODEL_ARCH_LLAMA, 2, LORA_ALL_TARGETS, 0);
+	lora_vs_ref(MODEL_ARCH_QWEN2, 1, LORA_ALL_TARGETS, 1);
+	lora_vs_ref(MODEL_ARCH_LLAMA, 4, (1u << LORA_ATTN_Q) | (1u << LORA_ATTN_V), 0);
+	lora_vs_ref(MODEL_ARCH_LLAMA, 2, (1u << LORA_FFN_DOWN) | (1u << LORA_ATTN_OUTPUT), 0);
 }
 
 static void test_set_lora_args(void **state)

@@ -126,7 +126,7 @@ static void fx_setup(fx *f, int ffa)
 	assert_non_null(f->dir);
 	f->spec.lora.rank = 4;
 	f->spec.lora.alpha = 8;
-	f->spec.lora.targets = (1u << NTR_T_ATTN_Q) | (1u << NTR_T_ATTN_V);
+	f->spec.lora.targets = (1u << LORA_ATTN_Q) | (1u << LORA_ATTN_V);
 	f->spec.lora.ffa = ffa;
 	f->spec.lora.init_seed = 42;
 	f->spec.seed = 3;
@@ -234,7 +234,7 @@ static tset *make_v0(const tset *layout, uint64_t seed)
 	assert_int_equal(tset_zeros_like(layout, &t), 0);
 	for (size_t i = 0; i < tset_count(t); i++) {
 		tensor *x = tset_at(t, i);
-		if (ntr_is_lora_b(x->name))
+		if (lora_is_b(x->name))
 			continue;
 		for (size_t k = 0; k < x->n; k++)
 			x->data[k] = (float)(tu_randu(&seed) - 0.5) * 0.3f;
@@ -749,10 +749,10 @@ static void test_welcome_spec_mismatch(void **state)
 	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
 	Fedlora__Welcome w = FEDLORA__WELCOME__INIT;
 	Fedlora__LoraSpec spec;
-	char *names[NTR_T_COUNT];
-	ntr_lora other = f.cfg.lora;
+	char *names[LORA_NTARGETS];
+	lora_spec other = f.cfg.lora;
 	other.rank = 8;
-	ntr_lora_to_proto(&other, &spec, names);
+	lora_spec_to_proto(&other, &spec, names);
 	w.node_id = "n";
 	w.lora = &spec;
 	env.body_case = FEDLORA__ENVELOPE__BODY_WELCOME;
@@ -780,7 +780,7 @@ static void test_ffa_only_b(void **state)
 	assert_non_null(e);
 	assert_int_equal(e->update->delta->n_tensors, tset_count(f.layout) / 2);
 	for (size_t i = 0; i < e->update->delta->n_tensors; i++)
-		assert_true(ntr_is_lora_b(e->update->delta->tensors[i]->name));
+		assert_true(lora_is_b(e->update->delta->tensors[i]->name));
 	feed_ack(&f, 1, 1, 0);
 	const tset *r = nst_residual(f.st);
 	assert_int_equal(tset_count(r), tset_count(f.layout) / 2);

@@ -88,7 +88,7 @@ static void lora_grads(const char *name, tm_model *t, model *m, int ffa, uint32_
 	tm_rand_ids(tgt, B * T, V, &s);
 	tgt[3] = -1;
 	tgt[8] = -1;
-	adp_spec sp = {.rank = 3, .alpha = 5, .targets = targets, .ffa = ffa};
+	lora_spec sp = {.rank = 3, .alpha = 5, .targets = targets, .ffa = ffa};
 	tset *ad = NULL, *g = NULL;
 	adp_binding *bd = NULL;
 	grad_ws *ws = NULL;
@@ -152,10 +152,10 @@ static void test_lora_llama(void **state)
 	tm_make(&t, MODEL_ARCH_LLAMA, 2, 4, 2, 4, 12, 17, 1, 1, 3);
 	model *m = NULL;
 	assert_int_equal(model_new_from_weights(&t.c, &t.w, &m), 0);
-	lora_grads("llama GQA bias tied, all targets", &t, m, 0, ADP_ALL_TARGETS);
-	lora_grads("llama, FFA-LoRA", &t, m, 1, ADP_ALL_TARGETS);
+	lora_grads("llama GQA bias tied, all targets", &t, m, 0, LORA_ALL_TARGETS);
+	lora_grads("llama, FFA-LoRA", &t, m, 1, LORA_ALL_TARGETS);
 	/* only the second layer's inputs... all layers, but two targets */
-	lora_grads("llama, attn_v + ffn_up", &t, m, 0, (1u << ADP_ATTN_V) | (1u << ADP_FFN_UP));
+	lora_grads("llama, attn_v + ffn_up", &t, m, 0, (1u << LORA_ATTN_V) | (1u << LORA_FFN_UP));
 	model_free(m);
 	tm_free(&t);
 }
@@ -167,7 +167,7 @@ static void test_lora_qwen2(void **state)
 	tm_make(&t, MODEL_ARCH_QWEN2, 2, 2, 1, 6, 10, 13, 0, 1, 4);
 	model *m = NULL;
 	assert_int_equal(model_new_from_weights(&t.c, &t.w, &m), 0);
-	lora_grads("qwen2 MQA bias untied, all targets", &t, m, 0, ADP_ALL_TARGETS);
+	lora_grads("qwen2 MQA bias untied, all targets", &t, m, 0, LORA_ALL_TARGETS);
 	model_free(m);
 	tm_free(&t);
 }
@@ -215,7 +215,7 @@ static void test_lora_q8_base(void **state)
 	w.output = w.tok_embd;
 	model *m = NULL;
 	assert_int_equal(model_new_from_weights(&t.c, &w, &m), 0);
-	lora_grads("llama Q8_0 base, all targets", &t, m, 0, ADP_ALL_TARGETS);
+	lora_grads("llama Q8_0 base, all targets", &t, m, 0, LORA_ALL_TARGETS);
 	model_free(m);
 	for (int i = 0; i < nq; i++)
 		free(qbuf[i]);

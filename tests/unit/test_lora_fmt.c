@@ -9,7 +9,9 @@
 #include "gguf.h"
 #include "gtype.h"
 #include "half.h"
+#include "gguf_lora.h"
 #include "lora_fmt.h"
+#include "peft.h"
 #include "safetensors.h"
 
 #include <math.h>
@@ -48,7 +50,7 @@ static void write_base(const char *path, const char *arch, int dim)
 	for (int l = 0; l < L_LAYERS; l++)
 		for (int t = 0; t < 7; t++) {
 			char nm[64];
-			snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, lfmt_target_name(t));
+			snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, lora_target_name(t));
 			int in = INS[t] == C_DIM ? dim : INS[t];
 			uint64_t ne[2] = {(uint64_t)in, (uint64_t)OUTS[t]};
 			size_t n = (size_t)in * OUTS[t];
@@ -86,11 +88,11 @@ static tset *make_adapter(uint32_t mask, int r, uint64_t seed)
 			tensor *x;
 			uint64_t sa[2] = {(uint64_t)r, (uint64_t)INS[t]};
 			uint64_t sb[2] = {(uint64_t)OUTS[t], (uint64_t)r};
-			snprintf(nm, sizeof nm, "blk.%d.%s.lora_a", l, lfmt_target_name(t));
+			snprintf(nm, sizeof nm, "blk.%d.%s.lora_a", l, lora_target_name(t));
 			assert_int_equal(tset_insert(s, nm, 2, sa, NULL, &x), 0);
 			for (size_t i = 0; i < x->n; i++)
 				x->data[i] = (float)(tu_randu(&st) - 0.5);
-			snprintf(nm, sizeof nm, "blk.%d.%s.lora_b", l, lfmt_target_name(t));
+			snprintf(nm, sizeof nm, "blk.%d.%s.lora_b", l, lora_target_name(t));
 			assert_int_equal(tset_insert(s, nm, 2, sb, NULL, &x), 0);
 			for (size_t i = 0; i < x->n; i++)
 				x->data[i] = (float)(tu_randu(&st) - 0.5);
@@ -158,12 +160,12 @@ static void test_permutation(void **state)
 				memcpy(want + (size_t)(h * d + 2 * i + j) * cols,
 				       hf + (size_t)(h * d + j * (d / 2) + i) * cols,
 				       sizeof(float) * cols);
-	assert_int_equal(lfmt_rows_hf_to_gguf(hf, gg, rows, cols, nh), 0);
+	assert_int_equal(lora_rows_hf_to_gguf(hf, gg, rows, cols, nh), 0);
 	assert_memory_equal(gg, want, sizeof gg);
-	assert_int_equal(lfmt_rows_gguf_to_hf(gg, back, rows, cols, nh), 0);
+	assert_int_equal(lora_rows_gguf_to_hf(gg, back, rows, cols, nh), 0);
 	assert_memory_equal(back, hf, sizeof hf);
-	assert_int_equal(lfmt_rows_hf_to_gguf(hf, gg, 22, cols, nh), FL_EINVAL);
-	assert_int_equal(lfmt_rows_hf_to_gguf(hf, gg, rows, cols, 0), FL_EINVAL);
+	assert_int_equal(lora_rows_hf_to_gguf(hf, gg, 22, cols, nh), FL_EINVAL);
+	assert_int_equal(lora_rows_hf_to_gguf(hf, gg, rows, cols, 0), FL_EINVAL);
 }
 
 static void test_names_and_scale(void **state)
@@ -171,20 +173,20 @@ static void test_names_and_scale(void **state)
 	(void)state;
 	uint32_t l;
 	int t, b;
-	assert_int_equal(lfmt_parse_name("blk.12.ffn_down.lora_b", &l, &t, &b), 0);
+	assert_int_equal(lora_parse_name("blk.12.ffn_down.lora_b", &l, &t, &b), 0);
 	assert_int_equal(l, 12);
-	assert_int_equal(t, LFMT_FFN_DOWN);
+	assert_int_equal(t, LORA_FFN_DOWN);
 	assert_int_equal(b, 1);
 	const char *bad[] = {"blk.1.attn_qq.lora_a",    "blk.01.attn_q.lora_a",
 	                     "blk..attn_q.lora_a",      "blk.1.attn_q.lora_c",
 	                     "blk.1.attn_q.weight",     "x.1.attn_q.lora_a",
 	                     "blk.99999.attn_q.lora_a", "blk.1.attn_q.lora_a.x"};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-		assert_int_equal(lfmt_parse_name(bad[i], &l, &t, &b), FL_EINVAL);
-	lfmt_params p = {.alpha = 16, .rank = 4, .rslora = 0};
-	assert_true(lfmt_scale(&p) == 4.0);
+		assert_int_equal(lora_parse_name(bad[i], &l, &t, &b), FL_EINVAL);
+	lora_spec p = {.alpha = 16, .rank = 4, .rslora = 0};
+	assert_true(lora_scale(&p) == 4.0);
 	p.rslora = 1;
-	assert_true(lfmt_scale(&p) == 8.0);
+	assert_true(lora_scale(&p) == 8.0);
 }
 
 static void test_gguf_lora_round_trip(void **state)
@@ -192,9 +194,9 @@ static void test_gguf_lora_round_trip(void **state)
 	fx *f = *state;
 	tset *ad = make_adapter(0x7f, 4, 1), *back = NULL;
 	char path[600], why[512];
-	lfmt_params p = {.alpha = 12.0f, .rank = 4, .rslora = 0}, q;
+	lora_spec p = {.alpha = 12.0f, .rank = 4, .rslora = 0}, q;
 	snprintf(path, sizeof path, "%s/a.gguf", f->dir);
-	int rc = lfmt_write_gguf_lora(ad, f->g, &p, GTYPE_F32, path, why, sizeof why);
+	int rc = gguf_lora_write(ad, f->g, &p, GTYPE_F32, path, why, sizeof why);
 	if (rc)
 		print_error("%s\n", why);
 	assert_int_equal(rc, 0);
@@ -231,7 +233,7 @@ static void test_gguf_lora_round_trip(void **state)
 	assert_memory_equal(tb.data, tset_find(ad, "blk.1.attn_k.lora_b")->data, tb.size);
 	gguf_free(g);
 
-	rc = lfmt_read_gguf_lora(path, f->g, &back, &q, why, sizeof why);
+	rc = gguf_lora_read(path, f->g, &back, &q, why, sizeof why);
 	if (rc)
 		print_error("%s\n", why);
 	assert_int_equal(rc, 0);
@@ -241,9 +243,9 @@ static void test_gguf_lora_round_trip(void **state)
 
 	/* rsLoRA: llama.cpp divides by r, so the file carries alpha * sqrt(r) */
 	p.rslora = 1;
-	assert_int_equal(lfmt_write_gguf_lora(ad, f->g, &p, GTYPE_F16, path, why, sizeof why), 0);
-	assert_int_equal(lfmt_read_gguf_lora(path, f->g, &back, &q, why, sizeof why), 0);
-	assert_true(fabs(lfmt_scale(&q) - lfmt_scale(&p)) < 1e-6);
+	assert_int_equal(gguf_lora_write(ad, f->g, &p, GTYPE_F16, path, why, sizeof why), 0);
+	assert_int_equal(gguf_lora_read(path, f->g, &back, &q, why, sizeof why), 0);
+	assert_true(fabs(lora_scale(&q) - lora_scale(&p)) < 1e-6);
 	assert_true(q.alpha == 24.0f);
 	expect_same(ad, back, 1e-3); /* f16 rounding of values in [-0.5, 0.5] */
 	tset_free(back);
@@ -251,14 +253,14 @@ static void test_gguf_lora_round_trip(void **state)
 	/* s == 0: alpha = r (llama.cpp reads alpha 0 as "scale 1") and B = 0 */
 	p.alpha = 0.0f;
 	p.rslora = 0;
-	assert_int_equal(lfmt_write_gguf_lora(ad, f->g, &p, GTYPE_F32, path, why, sizeof why), 0);
-	assert_int_equal(lfmt_read_gguf_lora(path, f->g, &back, &q, why, sizeof why), 0);
+	assert_int_equal(gguf_lora_write(ad, f->g, &p, GTYPE_F32, path, why, sizeof why), 0);
+	assert_int_equal(gguf_lora_read(path, f->g, &back, &q, why, sizeof why), 0);
 	assert_true(q.alpha == 4.0f);
 	assert_true(tset_find(back, "blk.0.attn_q.lora_b")->data[5] == 0.0f);
 	tset_free(back);
 
 	/* a base model is not an adapter; architecture must match */
-	rc = lfmt_read_gguf_lora(f->base, NULL, &back, &q, why, sizeof why);
+	rc = gguf_lora_read(f->base, NULL, &back, &q, why, sizeof why);
 	assert_int_equal(rc, FL_EFORMAT);
 	assert_non_null(strstr(why, "general.type"));
 	char qb[600];
@@ -266,13 +268,13 @@ static void test_gguf_lora_round_trip(void **state)
 	write_base(qb, "qwen2", C_DIM);
 	gguf *gq = open_base(qb);
 	p.alpha = 8.0f;
-	assert_int_equal(lfmt_write_gguf_lora(ad, f->g, &p, GTYPE_F32, path, why, sizeof why), 0);
-	rc = lfmt_read_gguf_lora(path, gq, &back, &q, why, sizeof why);
+	assert_int_equal(gguf_lora_write(ad, f->g, &p, GTYPE_F32, path, why, sizeof why), 0);
+	rc = gguf_lora_read(path, gq, &back, &q, why, sizeof why);
 	assert_int_equal(rc, FL_EMISMATCH);
 	assert_non_null(strstr(why, "architecture"));
 	gguf_free(gq);
 	/* Q8_0 is not a LoRA tensor type here */
-	assert_int_equal(lfmt_write_gguf_lora(ad, f->g, &p, GTYPE_Q8_0, path, why, sizeof why),
+	assert_int_equal(gguf_lora_write(ad, f->g, &p, GTYPE_Q8_0, path, why, sizeof why),
 	                 FL_EINVAL);
 	tset_free(ad);
 }
@@ -280,13 +282,13 @@ static void test_gguf_lora_round_trip(void **state)
 static void test_peft_round_trip(void **state)
 {
 	fx *f = *state;
-	tset *ad = make_adapter((1u << LFMT_ATTN_Q) | (1u << LFMT_ATTN_K) | (1u << LFMT_FFN_UP), 8,
+	tset *ad = make_adapter((1u << LORA_ATTN_Q) | (1u << LORA_ATTN_K) | (1u << LORA_FFN_UP), 8,
 	                        2),
 	     *back = NULL, *raw = NULL;
 	char dir[600], path[700], why[512];
-	lfmt_params p = {.alpha = 16.0f, .rank = 8, .rslora = 1}, q;
+	lora_spec p = {.alpha = 16.0f, .rank = 8, .rslora = 1}, q;
 	snprintf(dir, sizeof dir, "%s/peft", f->dir);
-	int rc = lfmt_write_peft(ad, f->g, &p, dir, why, sizeof why);
+	int rc = peft_write_base(ad, f->g, &p, dir, why, sizeof why);
 	if (rc)
 		print_error("%s\n", why);
 	assert_int_equal(rc, 0);
@@ -322,11 +324,11 @@ static void test_peft_round_trip(void **state)
 	assert_non_null(strstr((char *)txt, "\"up_proj\""));
 	assert_null(strstr((char *)txt, "\"v_proj\""));
 	assert_non_null(strstr((char *)txt, "\"use_rslora\":\ttrue"));
-	assert_int_equal(lfmt_parse_peft_config((char *)txt, n, &q, why, sizeof why), 0);
+	assert_int_equal(peft_parse_config((char *)txt, n, &q, why, sizeof why), 0);
 	assert_true(q.alpha == 16.0f && q.rank == 8 && q.rslora == 1);
 	free(txt);
 
-	rc = lfmt_read_peft(dir, f->g, &back, &q, why, sizeof why);
+	rc = peft_read(dir, f->g, &back, &q, why, sizeof why);
 	if (rc)
 		print_error("%s\n", why);
 	assert_int_equal(rc, 0);
@@ -345,7 +347,7 @@ static void test_peft_round_trip(void **state)
 
 	/* the PEFT adapter does not fit the wider base */
 	gguf *go = open_base(f->other);
-	rc = lfmt_read_peft(dir, go, &back, &q, why, sizeof why);
+	rc = peft_read(dir, go, &back, &q, why, sizeof why);
 	assert_int_equal(rc, FL_EMISMATCH);
 	printf("refusal (other base): %s\n", why);
 	assert_non_null(strstr(why, "another base"));
@@ -356,9 +358,9 @@ static void test_peft_round_trip(void **state)
 static void test_alpha_sources(void **state)
 {
 	fx *f = *state;
-	tset *ad = make_adapter(1u << LFMT_ATTN_V, 2, 3), *back = NULL;
+	tset *ad = make_adapter(1u << LORA_ATTN_V, 2, 3), *back = NULL;
 	char path[600], why[512];
-	lfmt_params q;
+	lora_spec q;
 	snprintf(path, sizeof path, "%s/sub", f->dir);
 	assert_int_equal(file_mkdirs(path), 0);
 	snprintf(path, sizeof path, "%s/sub/global.safetensors", f->dir);
@@ -445,7 +447,7 @@ static void test_check_refusals(void **state)
 		tset_free(s);
 	}
 	/* lone lora_a, rank disagreement, NaN */
-	tset *s = make_adapter(1u << LFMT_ATTN_Q, 4, 5), *t;
+	tset *s = make_adapter(1u << LORA_ATTN_Q, 4, 5), *t;
 	assert_int_equal(tset_new(&t), 0);
 	assert_int_equal(tset_insert(t, "blk.0.attn_q.lora_a", 2,
 	                             tset_find(s, "blk.0.attn_q.lora_a")->shape, NULL, NULL),
@@ -468,7 +470,7 @@ static void test_check_refusals(void **state)
 static void test_peft_config(void **state)
 {
 	(void)state;
-	lfmt_params p;
+	lora_spec p;
 	char why[256];
 	struct {
 		const char *js;
@@ -488,7 +490,7 @@ static void test_peft_config(void **state)
 	    {"{\"r\": 8, ", FL_EFORMAT},
 	};
 	for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
-		int rc = lfmt_parse_peft_config(c[i].js, strlen(c[i].js), &p, why, sizeof why);
+		int rc = peft_parse_config(c[i].js, strlen(c[i].js), &p, why, sizeof why);
 		if (rc != c[i].rc) {
 			print_error("config %zu (%s): rc %d, want %d (%s)\n", i, c[i].js, rc,
 			            c[i].rc, why);

@@ -86,7 +86,7 @@ static ds *text_ds(const char *s)
 static trainer *make_trainer(trn_base *b, int full, int ffa, int batch, int ctx)
 {
 	trn_opts o = {.full = full,
-	              .lora = {.rank = 8, .alpha = 16, .targets = ADP_ALL_TARGETS, .ffa = ffa},
+	              .lora = {.rank = 8, .alpha = 16, .targets = LORA_ALL_TARGETS, .ffa = ffa},
 	              .max_batch = batch,
 	              .max_ctx = ctx};
 	trainer *t = NULL;
@@ -385,10 +385,10 @@ static void test_peft_roundtrip(void **state)
 	assert_int_equal(trn_train(t, ad, NULL, d, &h, NULL, NULL, NULL, err, sizeof err), 0);
 	char pdir[600];
 	snprintf(pdir, sizeof pdir, "%s/peft", dir);
-	adp_spec sp = {.rank = 8, .alpha = 16, .targets = ADP_ALL_TARGETS};
+	lora_spec sp = {.rank = 8, .alpha = 16, .targets = LORA_ALL_TARGETS};
 	assert_int_equal(trn_adapter_save_peft(ad, &sp, trn_base_gguf(b), pdir, err, sizeof err),
 	                 0);
-	lfmt_params lp;
+	lora_spec lp;
 	char why[256];
 	assert_int_equal(lfmt_load(pdir, trn_base_gguf(b), NULL, &back, &lp, why, sizeof why), 0);
 	assert_float_equal(lp.alpha, 16, 0);
@@ -470,7 +470,7 @@ static void test_errors(void **state)
 	assert_int_equal(trn_train(t, NULL, NULL, d, &h, NULL, NULL, NULL, err, sizeof err),
 	                 FL_EINVAL);
 	const model_config *c = model_cfg(trn_base_model(b));
-	adp_spec sp = {.rank = 2, .alpha = 8, .targets = 1};
+	lora_spec sp = {.rank = 2, .alpha = 8, .targets = 1};
 	assert_int_equal(adp_layout(c, &sp, &other), 0);
 	assert_int_equal(trn_train(t, other, NULL, d, &h, NULL, NULL, NULL, err, sizeof err),
 	                 FL_EMISMATCH);

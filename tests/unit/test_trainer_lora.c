@@ -64,7 +64,7 @@ static ntr_spec spec_for(int ffa)
 	              .eval_fraction = 0.2,
 	              .lora = {.rank = 4,
 	                       .alpha = 8,
-	                       .targets = (1u << NTR_T_COUNT) - 1,
+	                       .targets = (1u << LORA_NTARGETS) - 1,
 	                       .ffa = ffa,
 	                       .init_seed = 1},
 	              .base_quant = "none",
@@ -109,7 +109,7 @@ static void round_of(const ntr_ops *ops, int ffa, const char *quant)
 	/* the layout is the engine's canonical adapter; v0 from its PEFT init */
 	model *m = NULL;
 	assert_int_equal(model_load(model_path, &m, err, sizeof err), 0);
-	adp_spec as = {.rank = 4, .alpha = 8, .targets = ADP_ALL_TARGETS, .ffa = ffa};
+	lora_spec as = {.rank = 4, .alpha = 8, .targets = LORA_ALL_TARGETS, .ffa = ffa};
 	assert_int_equal(adp_check(model_cfg(m), &as, lay, err, sizeof err), 0);
 	assert_int_equal(adp_init(model_cfg(m), &as, 1, &g), 0);
 	model_free(m);

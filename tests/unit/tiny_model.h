@@ -288,12 +288,12 @@ static inline double tm_ref_loss(const tm_model *t, const tm_lora *lo, const int
 }
 
 /* Double copy of an adapter set as a tm_lora (caller frees with tm_lora_free). */
-static inline void tm_lora_from(tm_lora *d, const model_config *c, const adp_spec *s,
+static inline void tm_lora_from(tm_lora *d, const model_config *c, const lora_spec *s,
                                 const tset *ad)
 {
 	memset(d, 0, sizeof *d);
 	d->rank = (int)s->rank;
-	d->scale = (double)adp_scale(s);
+	d->scale = (double)(float)lora_scale(s); /* the engine applies it as a float */
 	float *pa[TM_MAXL * MODEL_LORA_NT], *pb[TM_MAXL * MODEL_LORA_NT];
 	adp_ptrs(c, ad, 0, pa);
 	adp_ptrs(c, ad, 1, pb);
