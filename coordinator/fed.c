@@ -693,8 +693,12 @@ out:
 /* ------------------------------------------------------------------ */
 /* journal                                                             */
 
+static void journal_rec(fed *f, cJSON *o);
+
 /* A write to the state directory failed: the next fed_tick starts (or
- * continues) the back-off. Only the first failure of an outage is kept. */
+ * continues) the back-off. Only the first failure of an outage is kept and
+ * recorded (a store_failed record, queued behind what could not be
+ * written when the journal is what failed). */
 static void write_failed(fed *f, const char *what, int err)
 {
 	if (f->wf_since || f->wf_pending)
@@ -702,6 +706,11 @@ static void write_failed(fed *f, const char *what, int err)
 	f->wf_pending = 1;
 	snprintf(f->wf_what, sizeof f->wf_what, "%s", what);
 	f->wf_errno = err;
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "store_failed");
+	cJSON_AddStringToObject(j, "what", what);
+	cJSON_AddStringToObject(j, "error", strerror(err));
+	journal_rec(f, j); /* a failure here finds wf_pending set */
 }
 
 static void journal_rec(fed *f, cJSON *o)
@@ -2041,10 +2050,11 @@ static void run_commit(fed_job *job)
 		if (!rc) {
 			store_info in;
 			fill_info(f, &in, job->version, job->round_id, job->parent, job->sha);
+			errno = 0;
 			rc = store_commit(f->st, ng, &in, opt, f->o.keep_versions);
+			if (rc == FL_EIO) /* a write failed: errno is that call's */
+				job->store_errno = errno ? errno : EIO;
 		}
-		if (rc)
-			job->store_errno = errno ? errno : EIO; /* of the failing call */
 		tset_free(opt);
 		if (rc) {
 			snprintf(job->detail, sizeof job->detail,
@@ -2270,12 +2280,6 @@ static void backoff_tick(fed *f, uint64_t now_ms)
 		f->wf_since_wall = wall(f);
 		f->wf_tries = 0;
 		f->ready = 0;
-		/* queued with the backlog: written, in order, once space is back */
-		cJSON *j = cJSON_CreateObject();
-		cJSON_AddStringToObject(j, "type", "store_failed");
-		cJSON_AddStringToObject(j, "what", f->wf_what);
-		cJSON_AddStringToObject(j, "error", strerror(f->wf_errno));
-		journal_rec(f, j);
 		backoff_step(f, now_ms, f->wf_what, f->wf_errno);
 		return;
 	}

@@ -227,6 +227,8 @@ void store_free(store *s)
 		return;
 	if (s->lock_fd >= 0)
 		close(s->lock_fd); /* releases the flock */
+	if (s->nbl || s->bl_dropped)
+		(void)store_journal_flush(s); /* a last try */
 	if (s->nbl)
 		LOGE("store", "%zu journal record(s) never written to %s", s->nbl, s->journal);
 	for (size_t i = 0; i < s->nbl; i++)

@@ -44,7 +44,9 @@ typedef struct store store;
 /* Opens (creating) DIR, takes its lock (FL_EBUSY when another process
  * holds it), deletes leftover temp files, repairs the journal. */
 int store_open(const char *dir, store **out);
-void store_free(store *s); /* releases the lock; NULL ok */
+/* Tries once more to write the journal backlog (what still cannot be
+ * written is lost, logged), releases the lock; NULL ok. */
+void store_free(store *s);
 const char *store_dir(const store *s);
 const char *store_journal_path(const store *s);
 

@@ -275,7 +275,7 @@ static void test_full_disk(void **state)
 	free(log);
 
 	/* phase 2: the journal itself cannot be written */
-	char jp[PATH_MAX];
+	char jp[PATH_MAX + 16];
 	snprintf(jp, sizeof jp, "%s/journal.jsonl", g_mnt);
 	struct stat jst;
 	assert_int_equal(stat(jp, &jst), 0);
