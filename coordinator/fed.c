@@ -839,6 +839,7 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 	buf_init(&f->empty, 0);
 	lora_targets_str(o->spec.targets, f->targets_str, sizeof f->targets_str);
 	met_declare(f);
+	met_set(f, "fedlora_state_writable", NULL, 1); /* until a write fails */
 	tset *layout = NULL, *loaded = NULL, *optst = NULL;
 	int rc = lora_layout(&o->spec, &o->arch, &layout);
 	if (rc) {

@@ -17,6 +17,8 @@
  *    the kernel and the journal must stay exactly as it was, whole lines
  *    only, while the records wait in memory; once the limit is lifted they
  *    are written in order (the round abandoned meanwhile included);
+ *    /metrics says fedlora_state_writable 0 and the backlog meanwhile, 1
+ *    and 0 after;
  *  - every committed version file matches the journal's SHA-256 and what
  *    the nodes verified; `fedlora-coordinator status` reads it all with no
  *    unreadable line; a restarted coordinator reads it cleanly and commits
@@ -26,6 +28,7 @@
 #include "journal.h"
 
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
@@ -135,6 +138,27 @@ static void check_backoff(const char *log, const char *from, int lo, int hi, con
 			         k, (t[k] - t[k - 1]) / 1e3, 1 << (k - 1));
 }
 
+/* A gauge or counter without labels from the coordinator's /metrics (its
+ * latest port from the log); NAN when it cannot be read. */
+static double metric(const ft *f, const char *name)
+{
+	char *log = ft_read(ft_path(f, "coordinator.log"));
+	const char *key = "Prometheus metrics on http://127.0.0.1:", *p = log, *last = NULL;
+	while (p && (p = strstr(p, key)))
+		last = p++;
+	int port = last ? atoi(last + strlen(key)) : 0;
+	free(log);
+	char *m = port > 0 ? tu_http_get(port, "/metrics") : NULL;
+	double v = NAN;
+	char pat[128];
+	snprintf(pat, sizeof pat, "\n%s ", name);
+	const char *at = m ? strstr(m, pat) : NULL;
+	if (at)
+		v = strtod(at + strlen(pat), NULL);
+	free(m);
+	return v;
+}
+
 typedef struct jcheck {
 	int ok;
 	char why[256];
@@ -236,7 +260,7 @@ static void test_full_disk(void **state)
 		ft_cleanup(&f, 0);
 		skip();
 	}
-	const char *cx[] = {"--state.keep_versions=100", NULL};
+	const char *cx[] = {"--state.keep_versions=100", "--metrics.listen=127.0.0.1:0", NULL};
 	start_coord_piped(&f, cx);
 	for (int i = 0; i < 2; i++)
 		ft_start_node(&f, i, NULL);
@@ -310,6 +334,15 @@ static void test_full_disk(void **state)
 	assert_non_null(strstr(first, "journal record(s) held"));
 	check_backoff(log, first, 3, 4, "journal file-size limit");
 	free(log);
+	double wr = metric(&f, "fedlora_state_writable");
+	double bl = metric(&f, "fedlora_journal_backlog");
+	double fails = metric(&f, "fedlora_state_write_failures_total");
+	print_message("metrics in the outage: state_writable %g, journal_backlog %g, "
+	              "write_failures_total %g\n",
+	              wr, bl, fails);
+	assert_true(wr == 0);
+	assert_true(bl >= 2);    /* at least the round's round_start and store_failed */
+	assert_true(fails >= 7); /* 4 steps of the full disk, 3 here */
 	assert_int_equal(prlimit(f.coord, RLIMIT_FSIZE, &old, NULL), 0);
 	before = ft_journal(&f).committed;
 	if (!ft_wait_log(&f, "coordinator.log", "can be written again", 2, 70000) ||
@@ -317,6 +350,8 @@ static void test_full_disk(void **state)
 		ft_cleanup(&f, 1);
 		fail_msg("the federation did not resume once the limit was lifted");
 	}
+	assert_true(metric(&f, "fedlora_state_writable") == 1);
+	assert_true(metric(&f, "fedlora_journal_backlog") == 0);
 
 	/* restart: the journal reads cleanly and the federation goes on */
 	assert_int_equal(ft_stop(&f.coord, SIGTERM, 10000), 0);
