@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -218,5 +219,43 @@ int file_mkdirs(const char *path)
 		LOGE("file", "mkdir %s: %s", tmp, strerror(errno));
 		return FL_EIO;
 	}
+	return 0;
+}
+
+int file_lock(const char *path, int *fd_out, long *holder)
+{
+	if (holder)
+		*holder = 0;
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		LOGE("file", "open %s: %s", path, strerror(errno));
+		return FL_EIO;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		int e = errno;
+		if (e == EWOULDBLOCK && holder) {
+			char b[32];
+			ssize_t k = pread(fd, b, sizeof b - 1, 0);
+			long pid = 0;
+			if (k > 4) {
+				b[k] = 0;
+				char *end;
+				pid = strncmp(b, "pid ", 4) == 0 ? strtol(b + 4, &end, 10) : 0;
+			}
+			*holder = pid > 0 ? pid : 0;
+		}
+		close(fd);
+		if (e == EWOULDBLOCK)
+			return FL_EBUSY;
+		LOGE("file", "flock %s: %s", path, strerror(e));
+		return FL_EIO;
+	}
+	/* Who holds it, for the message of the next one that tries; a failure
+	 * here (full disk) does not matter for the lock itself. */
+	char b[32];
+	int k = snprintf(b, sizeof b, "pid %ld\n", (long)getpid());
+	if (ftruncate(fd, 0) == 0 && k > 0)
+		(void)!pwrite(fd, b, (size_t)k, 0);
+	*fd_out = fd;
 	return 0;
 }

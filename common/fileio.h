@@ -38,6 +38,13 @@ int file_mkdirs(const char *path);
 int file_fsync_dir(const char *dir);
 int file_exists(const char *path);
 
+/* Takes an exclusive flock on path (created 0600 if missing) without
+ * waiting and writes "pid <getpid()>\n" into it. On success *fd holds the
+ * lock until closed (the process's exit releases it too). FL_EBUSY when
+ * another process holds it: *holder then gets the pid that process wrote
+ * (0 when unknown). FL_EIO otherwise (logged). holder may be NULL. */
+int file_lock(const char *path, int *fd, long *holder);
+
 /* Tests only: called between the temp file's fsync and the rename, so a test
  * can kill the writer at exactly that point. NULL in production. */
 extern void (*fileio_test_hook)(const char *tmp_path);

@@ -11,11 +11,13 @@
 #include "sha.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "fed.c sends f32 snapshots straight from memory: little-endian hosts only"
@@ -194,6 +196,7 @@ struct fed_job {
 	buf snap, delta;
 	double agg_secs, commit_secs;
 	int rc;
+	int store_errno; /* the version store could not be written: its errno */
 	char detail[256];
 };
 
@@ -237,6 +240,17 @@ struct fed {
 	uint64_t bytes_in, bytes_out; /* this round */
 	uint64_t rejected[16];        /* this round, by UpdateAck reason */
 	uint64_t collect_ms;
+	/* state-directory write failures (docs/COORDINATOR.md, "Full disk"):
+	 * while wf_since != 0 no round starts and the loop retries at
+	 * wf_retry_at with an exponential back-off */
+	int wf_pending;    /* a write failed; the next tick starts backing off */
+	char wf_what[160]; /* what failed (first failure of this outage) */
+	int wf_errno;      /* its errno */
+	uint64_t wf_since; /* loop ms when the outage began; 0 = writable */
+	uint64_t wf_since_wall;
+	uint64_t wf_retry_at;
+	unsigned wf_tries; /* failed retries in this outage */
+	unsigned wf_level; /* back-off exponent; reset by a committed round */
 };
 
 static uint64_t wall(const fed *f)
@@ -401,6 +415,12 @@ static void met_declare(fed *f)
 	                "Sample-weighted eval_loss reported with the latest committed round");
 	metrics_declare(f->m, "fedlora_train_loss", METRICS_GAUGE,
 	                "Sample-weighted train_loss of the latest committed round");
+	metrics_declare(f->m, "fedlora_state_writable", METRICS_GAUGE,
+	                "1 when the state directory can be written, 0 while backing off");
+	metrics_declare(f->m, "fedlora_state_write_failures_total", METRICS_COUNTER,
+	                "Failed state-directory writes and retries (journal or versions)");
+	metrics_declare(f->m, "fedlora_journal_backlog", METRICS_GAUGE,
+	                "Journal records waiting in memory for the disk");
 }
 
 static void met_add(fed *f, const char *name, const char *labels, double v)
@@ -667,10 +687,30 @@ out:
 /* ------------------------------------------------------------------ */
 /* journal                                                             */
 
+static void journal_rec(fed *f, cJSON *o);
+
+/* A write to the state directory failed: the next fed_tick starts (or
+ * continues) the back-off. Only the first failure of an outage is kept and
+ * recorded (a store_failed record, queued behind what could not be
+ * written when the journal is what failed). */
+static void write_failed(fed *f, const char *what, int err)
+{
+	if (f->wf_since || f->wf_pending)
+		return;
+	f->wf_pending = 1;
+	snprintf(f->wf_what, sizeof f->wf_what, "%s", what);
+	f->wf_errno = err;
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "store_failed");
+	cJSON_AddStringToObject(j, "what", what);
+	cJSON_AddStringToObject(j, "error", strerror(err));
+	journal_rec(f, j); /* a failure here finds wf_pending set */
+}
+
 static void journal_rec(fed *f, cJSON *o)
 {
-	if (f->st && o)
-		store_journal(f->st, o);
+	if (f->st && o && store_journal(f->st, o) != 0)
+		write_failed(f, "appending to the journal", store_journal_errno(f->st));
 	cJSON_Delete(o);
 }
 
@@ -793,6 +833,7 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 	buf_init(&f->empty, 0);
 	lora_targets_format(o->spec.targets, f->targets_str, sizeof f->targets_str);
 	met_declare(f);
+	met_set(f, "fedlora_state_writable", NULL, 1); /* until a write fails */
 	tset *layout = NULL, *loaded = NULL, *optst = NULL;
 	int rc = lora_layout(&o->spec, &o->arch, &layout);
 	if (rc) {
@@ -1268,6 +1309,10 @@ static void update_ready(fed *f, uint64_t now_ms)
 {
 	if (f->state != FED_IDLE || f->stopping)
 		return;
+	if (f->wf_since || f->wf_pending) {
+		f->ready = 0; /* rounds wait until the state can be written */
+		return;
+	}
 	if (f->connected >= f->o.min_nodes) {
 		if (!f->ready) {
 			uint64_t t = now_ms + f->o.start_delay_ms;
@@ -1992,7 +2037,10 @@ static void run_commit(fed_job *job)
 		if (!rc) {
 			store_info in;
 			fill_info(f, &in, job->version, job->round_id, job->parent, job->sha);
+			errno = 0;
 			rc = store_commit(f->st, ng, &in, opt, f->o.keep_versions);
+			if (rc == FL_EIO) /* a write failed: errno is that call's */
+				job->store_errno = errno ? errno : EIO;
 		}
 		tset_free(opt);
 		if (rc) {
@@ -2092,11 +2140,18 @@ static void done_update(fed *f, fed_job *job, uint64_t now_ms)
 static void done_commit(fed *f, fed_job *job, uint64_t now_ms)
 {
 	if (job->rc || !job->new_global) {
+		if (job->store_errno) {
+			char w[64];
+			snprintf(w, sizeof w, "writing version %" PRIu64, job->version);
+			write_failed(f, w, job->store_errno);
+		}
 		f->state = FED_CLOSING; /* for abandon_round's bookkeeping */
 		abandon_round(f, job->detail[0] ? job->detail : "commit failed", now_ms);
 		return;
 	}
 	agg_commit_state(f->agg);
+	if (!f->wf_since && !f->wf_pending)
+		f->wf_level = 0;
 	tset_free(f->global);
 	f->global = job->new_global;
 	job->new_global = NULL;
@@ -2161,8 +2216,101 @@ void fed_job_done(fed *f, fed_job *job, uint64_t now_ms)
 /* ------------------------------------------------------------------ */
 /* timers, shutdown, introspection                                     */
 
+/* Back-off delay for level l: 1 s doubling to FED_BACKOFF_MAX_MS. */
+static uint64_t backoff_ms(unsigned l)
+{
+	return l >= 6 ? FED_BACKOFF_MAX_MS : (uint64_t)1000 << l;
+}
+
+/* One log line per back-off step: what failed, why, the next retry. */
+static void backoff_step(fed *f, uint64_t now_ms, const char *what, int err)
+{
+	uint64_t d = backoff_ms(f->wf_level);
+	if (f->wf_level < 63)
+		f->wf_level++;
+	f->wf_retry_at = now_ms + d;
+	time_t at = (time_t)((wall(f) + d) / 1000);
+	struct tm tm;
+	char ts[32] = "?";
+	if (gmtime_r(&at, &tm))
+		strftime(ts, sizeof ts, "%H:%M:%S UTC", &tm);
+	const char *dir = f->st ? store_dir(f->st) : "(none)";
+	size_t bl = f->st ? store_journal_backlog(f->st) : 0;
+	if (f->wf_tries == 0)
+		LOGE(MOD,
+		     "state directory %s cannot be written: %s failed: %s; no round starts "
+		     "until it can (%zu journal record(s) held in memory); retry in %" PRIu64
+		     " s, at %s",
+		     dir, what, strerror(err), bl, d / 1000, ts);
+	else
+		LOGE(MOD,
+		     "state directory %s still cannot be written (retry %u): %s failed: %s; "
+		     "%zu journal record(s) held; next retry in %" PRIu64 " s, at %s",
+		     dir, f->wf_tries, what, strerror(err), bl, d / 1000, ts);
+	met_add(f, "fedlora_state_write_failures_total", NULL, 1);
+	met_set(f, "fedlora_state_writable", NULL, 0);
+	met_set(f, "fedlora_journal_backlog", NULL, (double)bl);
+}
+
+/* Bytes a commit needs: the version file and up to two optimiser moments,
+ * plus headers. */
+static uint64_t commit_need(const fed *f)
+{
+	return (uint64_t)tset_numel(f->global) * 4 * 3 + (1u << 20);
+}
+
+static void backoff_tick(fed *f, uint64_t now_ms)
+{
+	if (f->wf_pending && !f->wf_since) {
+		f->wf_pending = 0;
+		f->wf_since = now_ms ? now_ms : 1;
+		f->wf_since_wall = wall(f);
+		f->wf_tries = 0;
+		f->ready = 0;
+		backoff_step(f, now_ms, f->wf_what, f->wf_errno);
+		return;
+	}
+	/* retries touch the store: only between rounds (no job in flight) */
+	if (!f->wf_since || now_ms < f->wf_retry_at || f->state != FED_IDLE || f->jobs)
+		return;
+	int err = 0;
+	const char *what = "writing the journal backlog";
+	int rc = f->st ? store_journal_flush(f->st) : 0;
+	if (rc) {
+		err = store_journal_errno(f->st);
+	} else if (f->st) {
+		what = "reserving space for the next version";
+		rc = store_probe(f->st, commit_need(f), &err);
+	}
+	if (rc) {
+		f->wf_tries++;
+		backoff_step(f, now_ms, what, err);
+		return;
+	}
+	uint64_t out_ms = wall(f) - f->wf_since_wall;
+	LOGI(MOD,
+	     "state directory %s can be written again after %.1f s and %u failed retr%s; "
+	     "journal backlog written; rounds resume",
+	     f->st ? store_dir(f->st) : "(none)", (double)out_ms / 1e3, f->wf_tries,
+	     f->wf_tries == 1 ? "y" : "ies");
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "store_recovered");
+	cJSON_AddStringToObject(j, "what", f->wf_what);
+	cJSON_AddStringToObject(j, "error", strerror(f->wf_errno));
+	cJSON_AddNumberToObject(j, "outage_ms", (double)out_ms);
+	cJSON_AddNumberToObject(j, "retries", (double)f->wf_tries);
+	f->wf_since = 0;
+	f->wf_tries = 0;
+	journal_rec(f, j); /* may fail again: then wf_pending starts a new outage */
+	met_set(f, "fedlora_state_writable", NULL, 1);
+	met_set(f, "fedlora_journal_backlog", NULL,
+	        f->st ? (double)store_journal_backlog(f->st) : 0);
+	update_ready(f, now_ms);
+}
+
 void fed_tick(fed *f, uint64_t now_ms)
 {
+	backoff_tick(f, now_ms);
 	switch (f->state) {
 	case FED_IDLE:
 		update_ready(f, now_ms);
@@ -2180,6 +2328,10 @@ void fed_tick(fed *f, uint64_t now_ms)
 int64_t fed_timeout(const fed *f, uint64_t now_ms)
 {
 	uint64_t due = UINT64_MAX;
+	if (f->wf_pending)
+		return 0;
+	if (f->wf_since && f->state == FED_IDLE && !f->jobs)
+		due = f->wf_retry_at;
 	if (f->state == FED_IDLE && f->ready)
 		due = f->ready_at;
 	if (f->state == FED_COLLECTING) {
@@ -2262,6 +2414,11 @@ uint64_t fed_rounds_committed(const fed *f)
 uint64_t fed_rounds_abandoned(const fed *f)
 {
 	return f->abandoned;
+}
+
+int fed_backing_off(const fed *f)
+{
+	return f->wf_since != 0 || f->wf_pending;
 }
 
 size_t fed_nodes_connected(const fed *f)

@@ -154,6 +154,10 @@ const tset *fed_global(const fed *f); /* valid until the next commit */
 uint64_t fed_round_id(const fed *f);  /* latest round started (0 = none) */
 uint64_t fed_rounds_committed(const fed *f);
 uint64_t fed_rounds_abandoned(const fed *f);
+/* True while a state-directory write failure holds rounds back (the
+ * back-off: 1 s doubling to FED_BACKOFF_MAX_MS between retries). */
+#define FED_BACKOFF_MAX_MS 60000u
+int fed_backing_off(const fed *f);
 size_t fed_nodes_connected(const fed *f); /* joined sessions */
 /* Participants of the open (or last) round: fills up to cap CNs, returns
  * the count. */

@@ -246,6 +246,8 @@ typedef struct stat_acc {
 	uint64_t eval_round;
 	cJSON *last; /* array of the last N round_end records */
 	int keep;
+	uint64_t outages, lost; /* store_recovered records; journal_gap drops */
+	double outage_ms;
 } stat_acc;
 
 static double num(const cJSON *o, const char *k, double def)
@@ -262,6 +264,11 @@ static int status_cb(const cJSON *o, void *ud)
 		return 0;
 	if (strcmp(t->valuestring, "start") == 0) {
 		s->starts++;
+	} else if (strcmp(t->valuestring, "store_recovered") == 0) {
+		s->outages++;
+		s->outage_ms += num(o, "outage_ms", 0);
+	} else if (strcmp(t->valuestring, "journal_gap") == 0) {
+		s->lost += (uint64_t)num(o, "dropped", 0);
 	} else if (strcmp(t->valuestring, "round_restart") == 0) {
 		s->restarted++;
 	} else if (strcmp(t->valuestring, "round_end") == 0) {
@@ -412,6 +419,9 @@ static int cmd_status(int argc, char **argv)
 		cJSON_AddItemToObject(o, "last_rounds", s.last);
 		s.last = NULL;
 		cJSON_AddNumberToObject(o, "journal_bad_lines", (double)nb);
+		cJSON_AddNumberToObject(o, "state_write_outages", (double)s.outages);
+		cJSON_AddNumberToObject(o, "state_write_outage_ms", s.outage_ms);
+		cJSON_AddNumberToObject(o, "journal_records_lost", (double)s.lost);
 		char *t = cJSON_Print(o);
 		if (t)
 			printf("%s\n", t);
@@ -492,6 +502,13 @@ static int cmd_status(int argc, char **argv)
 					printf("        %s\n", d->valuestring);
 			}
 		}
+		if (s.outages)
+			printf("\nstate directory not writable %" PRIu64 " time(s), %.1f s in all "
+			       "(journal records held in memory and written after)\n",
+			       s.outages, s.outage_ms / 1e3);
+		if (s.lost)
+			printf("journal: %" PRIu64 " record(s) lost while the disk was full\n",
+			       s.lost);
 		if (nb)
 			printf("\njournal: %zu unreadable line(s) skipped\n", nb);
 	}

@@ -279,6 +279,9 @@ int serve_run(const cconf *cc)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	/* A file-size limit (ulimit -f) makes writes fail with EFBIG, handled
+	 * like a full disk (back-off, journal backlog), instead of killing us. */
+	signal(SIGXFSZ, SIG_IGN);
 
 	if (metrics_new(&S.m)) {
 		LOGE(MOD, "out of memory");

@@ -18,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #define VDIR "versions"
@@ -29,6 +28,12 @@ struct store {
 	char journal[PATH_MAX];
 	int lock_fd;
 	uint64_t max_version;
+	/* journal records not written yet, oldest first (store.h) */
+	char *bl[STORE_BACKLOG_MAX];
+	size_t bl_len[STORE_BACKLOG_MAX];
+	size_t nbl, bl_bytes;
+	uint64_t bl_dropped;
+	int jerr; /* errno of the last failed journal write */
 };
 
 #define WHY(...)                                                                                   \
@@ -178,17 +183,17 @@ int store_open(const char *dir, store **out)
 		goto out;
 	}
 	snprintf(p, sizeof p, "%s/LOCK", dir);
-	s->lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (s->lock_fd < 0) {
-		LOGE("store", "open %s: %s", p, strerror(errno));
-		rc = FL_EIO;
-		goto out;
+	long holder = 0;
+	rc = file_lock(p, &s->lock_fd, &holder);
+	if (rc == FL_EBUSY) {
+		if (holder)
+			LOGE("store", "%s is in use by another coordinator (pid %ld holds %s)", dir,
+			     holder, p);
+		else
+			LOGE("store", "%s is in use by another coordinator (lock %s held)", dir, p);
 	}
-	if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-		LOGE("store", "%s is in use by another coordinator (lock %s held)", dir, p);
-		rc = FL_EBUSY;
+	if (rc)
 		goto out;
-	}
 	remove_temps(dir, VDIR);
 	remove_temps(dir, ODIR);
 	remove_temps(dir, ".");
@@ -222,6 +227,12 @@ void store_free(store *s)
 		return;
 	if (s->lock_fd >= 0)
 		close(s->lock_fd); /* releases the flock */
+	if (s->nbl || s->bl_dropped)
+		(void)store_journal_flush(s); /* a last try */
+	if (s->nbl)
+		LOGE("store", "%zu journal record(s) never written to %s", s->nbl, s->journal);
+	for (size_t i = 0; i < s->nbl; i++)
+		free(s->bl[i]);
 	free(s);
 }
 
@@ -523,12 +534,126 @@ int store_load_opt(store *s, uint64_t version, tset **out)
 	return rc;
 }
 
+/* Queues a formatted record (takes line); drops it when the backlog is
+ * full (counted, reported by a journal_gap record once space is back). */
+static void bl_push(store *s, char *line, size_t n)
+{
+	if (s->nbl == STORE_BACKLOG_MAX || s->bl_bytes + n > STORE_BACKLOG_BYTES) {
+		s->bl_dropped++;
+		free(line);
+		return;
+	}
+	s->bl[s->nbl] = line;
+	s->bl_len[s->nbl] = n;
+	s->nbl++;
+	s->bl_bytes += n;
+}
+
 int store_journal(store *s, cJSON *obj)
 {
 	cJSON_DeleteItemFromObjectCaseSensitive(obj, "ts");
 	cJSON_AddNumberToObject(obj, "ts", (double)clk_wall_ms());
-	int rc = journal_append(s->journal, obj);
-	if (rc)
-		LOGE("store", "cannot append to journal %s (%s)", s->journal, fl_strerror(rc));
+	char *line = NULL;
+	size_t n = 0;
+	int rc = journal_format(obj, &line, &n);
+	if (rc) {
+		LOGE("store", "cannot format a journal record (%s)", fl_strerror(rc));
+		return rc;
+	}
+	if (s->nbl || s->bl_dropped) {
+		/* keep the order: nothing new goes out before the backlog */
+		bl_push(s, line, n);
+		return FL_EIO;
+	}
+	rc = journal_append_line(s->journal, line, n, &s->jerr);
+	if (rc) {
+		bl_push(s, line, n);
+		return rc;
+	}
+	free(line);
+	return 0;
+}
+
+int store_journal_flush(store *s)
+{
+	size_t done = 0;
+	int rc = 0;
+	while (done < s->nbl) {
+		rc = journal_append_line(s->journal, s->bl[done], s->bl_len[done], &s->jerr);
+		if (rc)
+			break;
+		s->bl_bytes -= s->bl_len[done];
+		free(s->bl[done]);
+		done++;
+	}
+	if (done) {
+		memmove(s->bl, s->bl + done, (s->nbl - done) * sizeof *s->bl);
+		memmove(s->bl_len, s->bl_len + done, (s->nbl - done) * sizeof *s->bl_len);
+		s->nbl -= done;
+	}
+	if (rc || !s->bl_dropped)
+		return rc;
+	cJSON *o = cJSON_CreateObject();
+	if (!o)
+		return FL_ENOMEM;
+	cJSON_AddStringToObject(o, "type", "journal_gap");
+	cJSON_AddNumberToObject(o, "dropped", (double)s->bl_dropped);
+	cJSON_AddStringToObject(o, "detail",
+	                        "records lost: the journal could not be written and the "
+	                        "in-memory backlog was full");
+	cJSON_AddNumberToObject(o, "ts", (double)clk_wall_ms());
+	char *line = NULL;
+	size_t n = 0;
+	rc = journal_format(o, &line, &n);
+	cJSON_Delete(o);
+	if (!rc)
+		rc = journal_append_line(s->journal, line, n, &s->jerr);
+	free(line);
+	if (!rc) {
+		LOGW("store", "%" PRIu64 " journal record(s) were lost while %s was not writable",
+		     s->bl_dropped, s->journal);
+		s->bl_dropped = 0;
+	}
 	return rc;
+}
+
+size_t store_journal_backlog(const store *s)
+{
+	return s->nbl;
+}
+
+uint64_t store_journal_dropped(const store *s)
+{
+	return s->bl_dropped;
+}
+
+int store_journal_errno(const store *s)
+{
+	return s->jerr;
+}
+
+int store_probe(store *s, uint64_t bytes, int *os_errno)
+{
+	char p[PATH_MAX];
+	int e = 0;
+	if (snprintf(p, sizeof p, "%s/" VDIR "/.probe.tmp.%ld", s->dir, (long)getpid()) >=
+	    (int)sizeof p)
+		return FL_EINVAL;
+	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		e = errno;
+	} else {
+		if (bytes > (uint64_t)INT64_MAX)
+			bytes = (uint64_t)INT64_MAX;
+		e = bytes ? posix_fallocate(fd, 0, (off_t)bytes) : 0;
+		if (!e && fsync(fd) != 0)
+			e = errno;
+		close(fd);
+		unlink(p);
+	}
+	if (!e)
+		return 0;
+	if (os_errno)
+		*os_errno = e;
+	return FL_EIO;
 }

@@ -44,7 +44,9 @@ typedef struct store store;
 /* Opens (creating) DIR, takes its lock (FL_EBUSY when another process
  * holds it), deletes leftover temp files, repairs the journal. */
 int store_open(const char *dir, store **out);
-void store_free(store *s); /* releases the lock; NULL ok */
+/* Tries once more to write the journal backlog (what still cannot be
+ * written is lost, logged), releases the lock; NULL ok. */
+void store_free(store *s);
 const char *store_dir(const store *s);
 const char *store_journal_path(const store *s);
 
@@ -65,8 +67,32 @@ int store_commit(store *s, const tset *adapter, const store_info *info, const ts
 /* Optimiser state saved with a version; FL_ENOENT if none. */
 int store_load_opt(store *s, uint64_t version, tset **out);
 
-/* Appends a record to the journal with "ts" (Unix ms) added. */
+/* Journal records that could not be written yet (full disk, I/O error)
+ * wait in memory, oldest first, and go out before any newer record. The
+ * backlog holds at most STORE_BACKLOG_MAX records and STORE_BACKLOG_BYTES;
+ * records beyond that are dropped and counted, and once the backlog is
+ * written a {"type":"journal_gap","dropped":N} record says so. */
+#define STORE_BACKLOG_MAX   256
+#define STORE_BACKLOG_BYTES (4u << 20)
+
+/* Adds "ts" (Unix ms, the time of the event) and appends the record (all
+ * or nothing, journal.h). When the backlog is not empty the record joins
+ * it without a write attempt (store_journal_flush retries). Returns 0 when
+ * written, FL_EIO when queued (or dropped, backlog full); nothing is
+ * logged for a failed write: the caller decides how often to say so
+ * (store_journal_errno has the reason). */
 int store_journal(store *s, cJSON *obj);
+/* Writes the backlog in order, then the journal_gap record if any were
+ * dropped. 0 when nothing is left; FL_EIO at the first failure. */
+int store_journal_flush(store *s);
+size_t store_journal_backlog(const store *s);
+uint64_t store_journal_dropped(const store *s);
+/* errno of the last failed journal write (0: none yet). */
+int store_journal_errno(const store *s);
+/* Checks that the version directory can take `bytes` more: reserves them
+ * in a temp file (posix_fallocate), fsyncs, deletes it. 0, or FL_EIO with
+ * *os_errno set (ENOSPC on a full disk). */
+int store_probe(store *s, uint64_t bytes, int *os_errno);
 
 /* Read-only helpers that need no lock (status, export). */
 /* Versions present in DIR/versions, ascending; caller frees *vs. */

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -334,6 +335,7 @@ typedef struct runner {
 	chan_client *ch;
 	worker w;
 	size_t max_msg;
+	int lock_fd; /* flock on state_dir/LOCK, held for the whole run */
 	/* sends refused with FL_EAGAIN, retried in order */
 	ncl_action pend[64];
 	int npend;
@@ -607,6 +609,36 @@ static int loop(runner *r)
 	}
 }
 
+/* One `fedlora-node run` per state_dir: two would write the same state
+ * files and replace each other's session at the coordinator. The lock is
+ * state_dir/LOCK (flock, released when the process ends, also by kill -9). */
+static int lock_state_dir(runner *r)
+{
+	const char *dir = cfg_str(r->cfg, "node.state_dir");
+	char p[PATH_MAX];
+	if (snprintf(p, sizeof p, "%s/LOCK", dir) >= (int)sizeof p) {
+		LOGE("run", "node.state_dir %s: path too long", dir);
+		return FL_ETOOBIG;
+	}
+	long holder = 0;
+	int rc = file_lock(p, &r->lock_fd, &holder);
+	if (rc == FL_EBUSY) {
+		if (holder)
+			LOGE("run",
+			     "node.state_dir %s is in use by another fedlora-node (pid %ld holds "
+			     "%s); one node process per state directory",
+			     dir, holder, p);
+		else
+			LOGE("run",
+			     "node.state_dir %s is in use by another fedlora-node (lock %s held); "
+			     "one node process per state directory",
+			     dir, p);
+	} else if (rc) {
+		LOGE("run", "node.state_dir %s: cannot take the lock %s", dir, p);
+	}
+	return rc;
+}
+
 static int open_trainer(runner *r, ntr_spec *spec, char *err, size_t el)
 {
 	cfg *c = r->cfg;
@@ -766,6 +798,7 @@ int nrun_main(int argc, char **argv)
 
 	runner r;
 	memset(&r, 0, sizeof r);
+	r.lock_fd = -1;
 	r.cfg = c;
 	r.max_msg = (size_t)cfg_size(c, "node.max_message");
 	const char *hook = getenv("FEDLORA_TEST_KILL_ON_UPLOAD");
@@ -777,6 +810,13 @@ int nrun_main(int argc, char **argv)
 	void *net_pair = NULL;
 	ntr_spec spec;
 
+	if ((rc = file_mkdirs(cfg_str(c, "node.state_dir"))) != 0) {
+		LOGE("run", "node.state_dir %s cannot be created: %s", cfg_str(c, "node.state_dir"),
+		     fl_strerror(rc));
+		goto out;
+	}
+	if ((rc = lock_state_dir(&r)) != 0)
+		goto out;
 	rc = open_trainer(&r, &spec, err, sizeof err);
 	if (rc) {
 		LOGE("run", "%s", err[0] ? err : fl_strerror(rc));
@@ -785,11 +825,6 @@ int nrun_main(int argc, char **argv)
 	}
 	if ((rc = tset_shape_fingerprint(r.layout, shape_fp)) != 0)
 		goto out;
-	if ((rc = file_mkdirs(cfg_str(c, "node.state_dir"))) != 0) {
-		LOGE("run", "node.state_dir %s cannot be created: %s", cfg_str(c, "node.state_dir"),
-		     fl_strerror(rc));
-		goto out;
-	}
 	if ((rc = base_fingerprint(&r, base_fp, err, sizeof err)) != 0) {
 		LOGE("run", "%s", err);
 		exit_code = rc == FL_ECONFIG ? CLI_USAGE : CLI_FAIL;
@@ -877,6 +912,8 @@ out:
 	if (r.ops && r.tr)
 		r.ops->close(r.tr);
 	signals_remove();
+	if (r.lock_fd >= 0)
+		close(r.lock_fd); /* releases the lock */
 	cfg_free(c);
 	return exit_code;
 }

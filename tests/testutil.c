@@ -3,10 +3,13 @@
 
 #include "fileio.h"
 
+#include <arpa/inet.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -78,4 +81,34 @@ uint64_t tu_rand(uint64_t *s)
 double tu_randu(uint64_t *s)
 {
 	return (double)(tu_rand(s) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+char *tu_http_get(int port, const char *path)
+{
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a;
+	memset(&a, 0, sizeof a);
+	a.sin_family = AF_INET;
+	a.sin_port = htons((uint16_t)port);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
+		if (s >= 0)
+			close(s);
+		return NULL;
+	}
+	char req[512];
+	int k = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+	size_t cap = 1 << 20, len = 0;
+	char *b = k > 0 && (size_t)k < sizeof req ? malloc(cap) : NULL;
+	if (!b || write(s, req, (size_t)k) != k) {
+		free(b);
+		close(s);
+		return NULL;
+	}
+	ssize_t r;
+	while (len + 1 < cap && (r = read(s, b + len, cap - len - 1)) > 0)
+		len += (size_t)r;
+	b[len] = 0;
+	close(s);
+	return b;
 }

@@ -29,6 +29,9 @@ __attribute__((format(printf, 1, 2)))
 __attribute__((format(printf, 1, 2)))
 #endif
 int tu_system(const char *fmt, ...);
+/* HTTP/1.0 GET of path from 127.0.0.1:port: the whole response (headers
+ * and body, NUL-terminated, at most 1 MiB), or NULL. Caller frees. */
+char *tu_http_get(int port, const char *path);
 /* Deterministic PRNG for tests (splitmix64). */
 uint64_t tu_rand(uint64_t *state);
 double tu_randu(uint64_t *state); /* [0,1) */

@@ -420,29 +420,7 @@ static uint64_t max_committed(const fleet *F)
 /* Minimal HTTP GET of /metrics. */
 static char *http_metrics(int port)
 {
-	int s = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = {0};
-	a.sin_family = AF_INET;
-	a.sin_port = htons((uint16_t)port);
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
-		if (s >= 0)
-			close(s);
-		return NULL;
-	}
-	const char *req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-	if (write(s, req, strlen(req)) < 0) {
-		close(s);
-		return NULL;
-	}
-	size_t cap = 1 << 20, len = 0;
-	char *b = malloc(cap);
-	ssize_t r;
-	while (len + 1 < cap && (r = read(s, b + len, cap - len - 1)) > 0)
-		len += (size_t)r;
-	b[len] = 0;
-	close(s);
-	return b;
+	return tu_http_get(port, "/metrics");
 }
 
 static int metrics_port(void)

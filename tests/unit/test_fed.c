@@ -15,6 +15,9 @@
 #include "wire.h"
 
 #include <math.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1313,6 +1316,114 @@ static void test_store_recovered_commit(void **st)
 	free(dir);
 }
 
+/* Journal record types in order, for the back-off test. */
+typedef struct jtypes {
+	char t[64][24];
+	int n;
+} jtypes;
+
+static int jtypes_cb(const cJSON *o, void *ud)
+{
+	jtypes *j = ud;
+	const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "type");
+	if (j->n < 64 && cJSON_IsString(t))
+		snprintf(j->t[j->n++], sizeof j->t[0], "%s", t->valuestring);
+	return 0;
+}
+
+/* A persistent write failure (the file-size limit makes every journal
+ * append and version write fail with EFBIG): the open round is abandoned,
+ * no round starts while it lasts, retries follow 1, 2, 4 ... 60 s (capped),
+ * and once writes work again the held records land in order and rounds
+ * resume. */
+static void test_store_backoff(void **st)
+{
+	(void)st;
+	signal(SIGXFSZ, SIG_IGN);
+	char *dir = tu_mkdtemp();
+	harness h = {0};
+	fed_opts o;
+	opts(&o);
+	o.min_nodes = 2;
+	store *sto;
+	assert_int_equal(store_open(dir, &sto), 0);
+	fed *f = mk_fed(&o, sto, &h, 0);
+	sim s[2];
+	for (int i = 0; i < 2; i++) {
+		char cn[8];
+		snprintf(cn, sizeof cn, "b%d", i);
+		sim_init(&s[i], (uint64_t)(70 + i), cn);
+		sim_join(f, &o, &s[i], 0);
+	}
+	run_round(f, &h, s, 2, 1, 10);
+	assert_int_equal(fed_version(f), 1);
+	char jp[512];
+	snprintf(jp, sizeof jp, "%s/journal.jsonl", dir);
+	struct stat jst;
+	assert_int_equal(stat(jp, &jst), 0);
+	struct rlimit old, lim;
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+	lim = old;
+	lim.rlim_cur = 256; /* below the journal's length and any version file */
+	assert_true(jst.st_size > 256);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	/* round 2 starts (its round_start cannot be written), its commit fails */
+	uint64_t now = 100;
+	run_round(f, &h, s, 2, 2, now);
+	assert_int_equal(fed_version(f), 1);
+	assert_int_equal(fed_rounds_abandoned(f), 1);
+	assert_true(fed_backing_off(f));
+	assert_int_equal(fed_timeout(f, now), 0); /* the next tick starts backing off */
+	now += 2;
+	fed_tick(f, now);
+	assert_int_equal(fed_get_state(f), FED_IDLE);
+	assert_true(store_journal_backlog(sto) >= 2);
+	static const uint64_t want[] = {1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000};
+	for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
+		int64_t t = fed_timeout(f, now);
+		assert_int_equal(t, (int64_t)want[k]);
+		fed_tick(f, now + (uint64_t)t - 1); /* not yet: nothing happens */
+		now += (uint64_t)t;
+		fed_tick(f, now); /* the retry fails again */
+		assert_int_equal(fed_get_state(f), FED_IDLE);
+		for (int i = 0; i < 2; i++) {
+			s[i].got_round_start = 0;
+			sim_recv(&h, &s[i]);
+			assert_int_equal(s[i].got_round_start, 0); /* no round */
+		}
+	}
+	off_t during = jst.st_size;
+	assert_int_equal(stat(jp, &jst), 0);
+	assert_int_equal(jst.st_size, during); /* nothing of the failed records */
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+	signal(SIGXFSZ, SIG_DFL);
+	now += (uint64_t)fed_timeout(f, now);
+	fed_tick(f, now); /* recovers; the next tick starts round 3 */
+	assert_false(fed_backing_off(f));
+	assert_int_equal(store_journal_backlog(sto), 0);
+	run_round(f, &h, s, 2, 3, now + 1);
+	assert_int_equal(fed_version(f), 2);
+	fed_free(f);
+	store_free(sto);
+	jtypes jt = {0};
+	size_t nl, nbad;
+	assert_int_equal(journal_read(jp, jtypes_cb, &jt, &nl, &nbad), 0);
+	assert_int_equal(nbad, 0);
+	/* init start round_start round_end | round_start store_failed round_end
+	 * store_recovered | round_start round_end */
+	static const char *wt[] = {"init",        "start",        "round_start", "round_end",
+	                           "round_start", "store_failed", "round_end",   "store_recovered",
+	                           "round_start", "round_end"};
+	assert_int_equal(jt.n, 10);
+	for (int i = 0; i < 10; i++)
+		assert_string_equal(jt.t[i], wt[i]);
+	for (int i = 0; i < 2; i++)
+		sim_fini(&s[i]);
+	h_fini(&h);
+	tu_rmtree(dir);
+	free(dir);
+}
+
 static void test_shutdown(void **st)
 {
 	(void)st;
@@ -1570,6 +1681,7 @@ int main(void)
 	    cmocka_unit_test(test_async_jobs),
 	    cmocka_unit_test(test_store_resume),
 	    cmocka_unit_test(test_store_recovered_commit),
+	    cmocka_unit_test(test_store_backoff),
 	    cmocka_unit_test(test_shutdown),
 	    cmocka_unit_test(test_sampling),
 	    cmocka_unit_test(test_ffa),
