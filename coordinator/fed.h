@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "agg.h"
+#include "dp.h"
 #include "lora.h"
 #include "metrics.h"
 #include "qtensor.h"
@@ -65,6 +66,12 @@ typedef struct fed_opts {
 	enum qt_fmt down_fmt;
 	uint32_t down_block;
 	agg_opts agg;
+	/* differential privacy (docs/PRIVACY.md). Central mode: Poisson
+	 * sampling with q = nodes_per_round / population from a CSPRNG, clip
+	 * announced to nodes and enforced by agg, noise on the sum, every round
+	 * charged to DIR/privacy.ledger before its RoundStart leaves, no round
+	 * started past target_eps. */
+	dp_opts priv;
 	unsigned keep_versions; /* versions kept in the state directory (>= 1) */
 	size_t max_msg;         /* cap on an inbound message (fed_on_bytes) */
 	/* tests: wall clock for deadline_unix_ms (NULL = clk_wall_ms) */
@@ -154,6 +161,8 @@ const tset *fed_global(const fed *f); /* valid until the next commit */
 uint64_t fed_round_id(const fed *f);  /* latest round started (0 = none) */
 uint64_t fed_rounds_committed(const fed *f);
 uint64_t fed_rounds_abandoned(const fed *f);
+/* Privacy ledger (rounds charged, epsilon at delta); NULL with privacy off. */
+const dp_ledger *fed_privacy(const fed *f);
 size_t fed_nodes_connected(const fed *f); /* joined sessions */
 /* Participants of the open (or last) round: fills up to cap CNs, returns
  * the count. */
