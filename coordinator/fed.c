@@ -1017,6 +1017,14 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 	}
 	if (o->priv.mode == DP_CENTRAL && (rc = dp_start(f)) != 0)
 		goto fail;
+	if (o->priv.mode == DP_OFF && st) {
+		dp_ledger pl;
+		if (dp_ledger_load(store_dir(st), &pl, why, sizeof why) != FL_ENOENT)
+			LOGW(MOD,
+			     "%s holds a privacy ledger but privacy.mode is off: the rounds from "
+			     "now on are not differentially private",
+			     store_dir(st));
+	}
 	met_set(f, "fedlora_global_version", NULL, (double)f->version);
 	met_set(f, "fedlora_round_id", NULL, (double)f->round_id);
 	tset_free(layout);

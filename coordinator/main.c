@@ -225,6 +225,19 @@ static int cmd_check(int argc, char **argv)
 	printf("  aggregation: %s; uplink %s, downlink %s\n",
 	       agg_strategy_name(cc.fed.agg.strategy), qt_fmt_name(cc.fed.train.uplink_fmt),
 	       qt_fmt_name(cc.fed.down_fmt));
+	if (cc.fed.priv.mode == DP_CENTRAL) {
+		const dp_opts *po = &cc.fed.priv;
+		double q = (double)cc.fed.nodes_per_round / (double)po->population;
+		/* rounds the budget allows at these settings (capped for the search) */
+		uint64_t r = 0;
+		while (r < 100000 && dp_epsilon_for(q, po->z, r + 1, po->delta) <= po->target_eps)
+			r++;
+		printf("  privacy: central, clip %g, noise multiplier %g, q = %u/%" PRIu64
+		       " = %.4g (Poisson), delta %g: target epsilon %g allows %s%" PRIu64
+		       " rounds\n",
+		       po->clip, po->z, cc.fed.nodes_per_round, po->population, q, po->delta,
+		       po->target_eps, r == 100000 ? "at least " : "", r);
+	}
 	printf("  server: %s; state: %s; metrics: %s\n", cc.listen, cc.state_dir,
 	       cc.metrics_listen && *cc.metrics_listen ? cc.metrics_listen : "off");
 	if (!cc.cert || !cc.key || !cc.ca)
