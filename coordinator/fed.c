@@ -814,6 +814,14 @@ static int spec_matches(const fed *f, const store_info *in, char *why, size_t wh
 	return 1;
 }
 
+static int count_charges_cb(const cJSON *o, void *ud)
+{
+	const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "type");
+	if (cJSON_IsString(t) && strcmp(t->valuestring, "privacy_charge") == 0)
+		(*(uint64_t *)ud)++;
+	return 0;
+}
+
 static void dp_metrics(fed *f)
 {
 	met_set(f, "fedlora_privacy_epsilon_spent", NULL, f->led.epsilon);
@@ -838,6 +846,23 @@ static int dp_start(fed *f)
 			     "spent (restore the file or start a new federation)",
 			     why);
 			return rc;
+		}
+	}
+	if (f->st) {
+		/* the journal keeps a second trace of every charge (written after
+		 * the ledger): more charges there means a lost or older ledger */
+		uint64_t jc = 0;
+		size_t nl, nb;
+		journal_read(store_journal_path(f->st), count_charges_cb, &jc, &nl, &nb);
+		if (jc > f->led.rounds) {
+			LOGE(MOD,
+			     "the journal records %" PRIu64
+			     " privacy charges but the privacy ledger "
+			     "only %" PRIu64
+			     " (lost or replaced by an older copy); refusing to start "
+			     "without knowing the budget spent",
+			     jc, f->led.rounds);
+			return FL_EMISMATCH;
 		}
 	}
 	f->dp_on = 1;

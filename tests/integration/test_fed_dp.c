@@ -9,7 +9,9 @@
  *    federation stops by itself after exactly 5 charged rounds, saying why
  *    in the log and the journal;
  *  - privacy.mode = distributed is refused at start-up with an error naming
- *    the key. */
+ *    the key;
+ *  - a lost ledger (fewer charges than the journal's) or a tampered one
+ *    stops the coordinator at start-up. */
 #include "fedtest.h"
 
 #include "dp.h"
@@ -183,6 +185,33 @@ static void test_dp_ledger_and_budget(void **state)
 	assert_true(ft_log_has(&f, "coordinator.log", "past privacy.target_epsilon"));
 	/* nodes clipped their updates: the decoded norms the coordinator saw */
 	assert_true(c.max_norm_mean <= atof(CLIP));
+
+	/* phase 4: a lost ledger (the journal still counts 5 charges) and a
+	 * corrupt one both stop the coordinator at start-up */
+	char lp[4200], sp[4200];
+	snprintf(lp, sizeof lp, "%s", ft_path(&f, "coord-state/privacy.ledger"));
+	snprintf(sp, sizeof sp, "%s", ft_path(&f, "ledger.saved"));
+	assert_int_equal(rename(lp, sp), 0);
+	ft_start_coord(&f, cx);
+	st = ft_wait_pid(f.coord, 20000);
+	f.coord = 0;
+	assert_true(st > 0);
+	assert_true(ft_log_has(&f, "coordinator.log", "records 5 privacy charges but the privacy"));
+	char *txt = ft_read(sp);
+	assert_non_null(txt);
+	char *rd = strstr(txt, "\"rounds\":5");
+	assert_non_null(rd);
+	rd[10] = '9'; /* tampered: 9 rounds, checksum no longer matches */
+	FILE *lf = fopen(lp, "w");
+	assert_non_null(lf);
+	fputs(txt, lf);
+	fclose(lf);
+	free(txt);
+	ft_start_coord(&f, cx);
+	st = ft_wait_pid(f.coord, 20000);
+	f.coord = 0;
+	assert_true(st > 0);
+	assert_true(ft_log_has(&f, "coordinator.log", "does not match its checksum"));
 	ft_cleanup(&f, 0);
 }
 
