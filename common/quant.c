@@ -16,6 +16,7 @@
 #include <float.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(FL_HAVE_AVX2_BUILD) && (defined(__x86_64__) || defined(__i386__))
@@ -443,6 +444,82 @@ int quant_encode_tensor_ef(const quant_params *p, const tensor *delta, tensor *r
 			return FL_EMISMATCH;
 	return quant_encode_ef(p, delta->name, delta->data, residual->data, delta->ndim,
 	                       delta->shape, q);
+}
+
+static double sumsq_f(const float *x, size_t n)
+{
+	double s = 0;
+	for (size_t i = 0; i < n; i++)
+		s += (double)x[i] * x[i];
+	return s;
+}
+
+int quant_encode_clipped(const quant_params *ps, size_t n, const tensor *const *delta,
+                         tensor *const *residual, double clip, qtensor *out, double *norm_out)
+{
+	if (!(clip > 0) || !isfinite(clip))
+		return FL_EINVAL;
+	size_t total = 0, maxn = 1;
+	for (size_t i = 0; i < n; i++) {
+		if (residual && (residual[i]->n != delta[i]->n))
+			return FL_EMISMATCH;
+		total += delta[i]->n;
+		if (delta[i]->n > maxn)
+			maxn = delta[i]->n;
+	}
+	float *v = malloc((total ? total : 1) * sizeof *v);
+	float *w = malloc((total ? total : 1) * sizeof *w);
+	float *d = malloc(maxn * sizeof *d);
+	int rc = FL_ENOMEM;
+	if (!v || !w || !d)
+		goto out;
+	double ss = 0;
+	for (size_t i = 0, o = 0; i < n; o += delta[i]->n, i++) {
+		for (size_t k = 0; k < delta[i]->n; k++)
+			v[o + k] = delta[i]->data[k] + (residual ? residual[i]->data[k] : 0.0f);
+		ss += sumsq_f(v + o, delta[i]->n);
+	}
+	rc = FL_ENUMERIC;
+	if (!isfinite(ss))
+		goto out;
+	double s = ss > clip * clip ? clip / sqrt(ss) : 1.0, dn = 0;
+	for (int it = 0; it <= 8; it++) {
+		if (it == 8)
+			s = 0; /* give up: an all-zero update is within any bound */
+		double dss = 0;
+		for (size_t i = 0, o = 0; i < n; o += delta[i]->n, i++) {
+			const tensor *t = delta[i];
+			for (size_t k = 0; k < t->n; k++)
+				w[o + k] = (float)(v[o + k] * s);
+			rc = encode(&ps[i], t->name, w + o, NULL, t->ndim, t->shape, &out[i]);
+			if (!rc)
+				rc = quant_decode(&out[i], d, t->n);
+			if (rc)
+				goto out;
+			dss += sumsq_f(d, t->n);
+		}
+		dn = sqrt(dss);
+		if (dn <= clip)
+			break;
+		s *= clip / dn * (1 - 1e-4);
+	}
+	if (residual) {
+		for (size_t i = 0, o = 0; i < n; o += delta[i]->n, i++) {
+			rc = quant_decode(&out[i], d, delta[i]->n);
+			if (rc)
+				goto out;
+			for (size_t k = 0; k < delta[i]->n; k++)
+				residual[i]->data[k] = w[o + k] - d[k];
+		}
+	}
+	if (norm_out)
+		*norm_out = dn;
+	rc = 0;
+out:
+	free(v);
+	free(w);
+	free(d);
+	return rc;
 }
 
 int quant_accumulate_tensor(const qtensor *q, float w, tensor *acc)

@@ -74,6 +74,20 @@ int quant_apply(const qtensor *q, float *t, size_t n);
 int quant_encode_tensor(const quant_params *p, const tensor *x, qtensor *q);
 int quant_encode_tensor_ef(const quant_params *p, const tensor *delta, tensor *residual,
                            qtensor *q);
+/* Differential privacy on the node (DP-FedAvg, docs/PRIVACY.md): the whole
+ * update v = delta[i] (+ residual[i] with error feedback; residual may be
+ * NULL) over n tensors is scaled to L2 norm <= clip, quantized into out[i]
+ * with ps[i] (initialised qtensors), and the bound is verified on what the
+ * coordinator will sum: sum_i ||deq(out[i])||^2 <= clip^2, in double.
+ * Quantization can push the norm above clip (rounding up, stochastic
+ * rounding, scale rounding): then v is scaled down by the excess and
+ * quantized again, up to 8 times; if the bound still fails the update is
+ * all zeros. With a residual, residual[i] becomes w - deq(out[i]) where w
+ * is the scaled v that was quantized: the part cut by the clip is dropped,
+ * so no later round resends it. *norm_out (may be NULL): the decoded norm.
+ * Errors as quant_encode (residuals unchanged then). Allocates. */
+int quant_encode_clipped(const quant_params *ps, size_t n, const tensor *const *delta,
+                         tensor *const *residual, double clip, qtensor *out, double *norm_out);
 int quant_accumulate_tensor(const qtensor *q, float w, tensor *acc);
 int quant_apply_tensor(const qtensor *q, tensor *t);
 /* Applies nq quantized tensors to the tensors of s with the same names.

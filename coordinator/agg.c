@@ -1,6 +1,7 @@
 /* agg — see agg.h. */
 #include "agg.h"
 
+#include "dp.h"
 #include "err.h"
 #include "fedlora.pb-c.h"
 #include "log.h"
@@ -18,6 +19,11 @@
 #define AGG_HARD_NORM 1e30
 /* Coordinates per tile in the coordinate-wise strategies. */
 #define AGG_TILE      64
+/* DP: updates are scaled to dp_clip * (1 - AGG_DP_MARGIN) when above it, so
+ * that the contribution actually added (products rounded to float, the
+ * weight-times-scale factor rounded once per block, docs/FORMATS.md) stays
+ * below dp_clip: each of those roundings is at most 2^-24 relative. */
+#define AGG_DP_MARGIN 1e-6
 
 struct agg {
 	agg_opts o;
@@ -44,6 +50,9 @@ struct agg {
 	/* optimiser state: current and shadow (written by agg_finish) */
 	tset *m, *v, *m_new, *v_new;
 	int have_new;
+	/* DP: noise stream and a max_n double scratch for the noised sum */
+	dp_rng *noise;
+	double *dscratch;
 };
 
 void agg_opts_default(agg_opts *o)
@@ -170,6 +179,29 @@ int agg_opts_check(const agg_opts *o, char *why, size_t whylen)
 		WHY("max_weight must be >= 1");
 		return FL_EINVAL;
 	}
+	if (!(o->dp_clip >= 0) || !isfinite(o->dp_clip) || !(o->dp_noise_std >= 0) ||
+	    !isfinite(o->dp_noise_std)) {
+		WHY("dp_clip and dp_noise_std must be finite numbers >= 0");
+		return FL_EINVAL;
+	}
+	if (o->dp_clip > 0) {
+		if (agg_strategy_buffers(o->strategy)) {
+			WHY("aggregation.strategy %s does not combine with differential privacy "
+			    "(its sensitivity is not bounded by the clip); use fedavg, fedavgm, "
+			    "fedadam or fedyogi",
+			    agg_strategy_name(o->strategy));
+			return FL_EINVAL;
+		}
+		if (o->weighting != AGG_W_UNIFORM) {
+			WHY("differential privacy needs aggregation.weighting = uniform (a sample "
+			    "weight would scale one node's influence past the clip)");
+			return FL_EINVAL;
+		}
+		if (!(o->dp_denom >= 1) || !isfinite(o->dp_denom)) {
+			WHY("dp_denom must be >= 1, not %g", o->dp_denom);
+			return FL_EINVAL;
+		}
+	}
 	return 0;
 }
 
@@ -196,6 +228,8 @@ void agg_free(agg *a)
 	free(a->by_ptr_idx);
 	free(a->seen);
 	free(a->scratch);
+	free(a->dscratch);
+	dp_rng_free(a->noise);
 	if (a->views) {
 		for (size_t i = 0; i < a->nt; i++)
 			qt_fini(&a->views[i]);
@@ -276,6 +310,14 @@ int agg_new(const agg_opts *o, const tset *layout, agg **out)
 	a->scratch = malloc((a->max_n ? a->max_n : 1) * sizeof(float));
 	if (!a->scratch)
 		goto out;
+	if (o->dp_clip > 0) {
+		a->dscratch = malloc((a->max_n ? a->max_n : 1) * sizeof(double));
+		if (!a->dscratch)
+			goto out;
+		if ((rc = dp_rng_new(NULL, &a->noise)) != 0)
+			goto out;
+		rc = FL_ENOMEM;
+	}
 	if (!agg_strategy_buffers(o->strategy)) {
 		rc = tset_zeros_like(a->lay, &a->acc);
 		if (rc)
@@ -307,6 +349,19 @@ out:
 const tset *agg_layout(const agg *a)
 {
 	return a->lay;
+}
+
+int agg_set_noise_key(agg *a, const uint8_t key[32])
+{
+	if (!(a->o.dp_clip > 0))
+		return FL_EINVAL;
+	dp_rng *r = NULL;
+	int rc = dp_rng_new(key, &r);
+	if (rc)
+		return rc;
+	dp_rng_free(a->noise);
+	a->noise = r;
+	return 0;
 }
 
 const agg_opts *agg_get_opts(const agg *a)
@@ -504,6 +559,11 @@ int agg_add(agg *a, const qtensor *qs, size_t nq, uint64_t samples, agg_result *
 	double scale = 1.0;
 	if (a->o.clip_norm > 0 && norm > a->o.clip_norm)
 		scale = a->o.clip_norm / norm;
+	if (a->o.dp_clip > 0) {
+		double lim = a->o.dp_clip * (1 - AGG_DP_MARGIN);
+		if (norm * scale > lim)
+			scale = lim / norm;
+	}
 	double w = 1.0;
 	if (a->o.weighting == AGG_W_SAMPLES)
 		w = (double)(samples < a->o.max_weight ? samples : a->o.max_weight);
@@ -783,7 +843,8 @@ static int robust_mean(agg *a, float *out)
 
 int agg_finish(agg *a, tset *step)
 {
-	if (a->count == 0)
+	int dp = a->o.dp_clip > 0;
+	if (a->count == 0 && !dp)
 		return FL_ESTATE;
 	if (tset_same_layout(step, a->lay))
 		return FL_EMISMATCH;
@@ -804,6 +865,21 @@ int agg_finish(agg *a, tset *step)
 			memcpy(d->data, flat + a->off[i], d->n * sizeof(float));
 		}
 		free(flat);
+	} else if (dp) {
+		/* DP-FedAvg: (sum + N(0, (z C)^2 I)) / expected count, in double */
+		double inv = 1.0 / a->o.dp_denom;
+		for (size_t i = 0; i < a->nt; i++) {
+			tensor *d = tset_find(step, a->tl[i]->name);
+			const float *acc = a->tacc[i]->data;
+			double *x = a->dscratch;
+			for (size_t k = 0; k < d->n; k++)
+				x[k] = acc[k];
+			if (a->o.dp_noise_std > 0 &&
+			    dp_rng_add_gauss(a->noise, a->o.dp_noise_std, x, d->n))
+				return FL_ECRYPTO;
+			for (size_t k = 0; k < d->n; k++)
+				d->data[k] = (float)(x[k] * inv);
+		}
 	} else {
 		double inv = 1.0 / a->wsum;
 		for (size_t i = 0; i < a->nt; i++) {

@@ -52,6 +52,18 @@ typedef struct agg_opts {
 	uint64_t max_weight;     /* cap on one update's sample weight (>= 1) */
 	size_t max_buffer_bytes; /* trimmed mean / median: cap on buffered updates */
 	int ffa;                 /* FFA-LoRA: only *.lora_b tensors are exchanged */
+	/* DP-FedAvg (central DP, docs/PRIVACY.md). dp_clip > 0 turns it on:
+	 * every accepted update is scaled so that the L2 norm of what is added
+	 * to the sum is at most dp_clip (enforced here, whatever the node did),
+	 * weights are 1, Gaussian noise of standard deviation dp_noise_std is
+	 * added to every coordinate of the sum, and the mean divides by the
+	 * fixed dp_denom (expected updates per round) instead of the count. A
+	 * round with no accepted update still yields noise / dp_denom.
+	 * FedAvg-family strategies only (the server optimisers are
+	 * post-processing of the noised mean). */
+	double dp_clip;
+	double dp_noise_std;
+	double dp_denom;
 } agg_opts;
 
 /* FedAvg, sample weights, no clip, eta 1, momentum 0.9, beta1 0.9,
@@ -80,6 +92,10 @@ void agg_free(agg *a); /* NULL ok */
 /* The exchanged tensors (zeros): the names/shapes an update must carry. */
 const tset *agg_layout(const agg *a);
 const agg_opts *agg_get_opts(const agg *a);
+
+/* DP noise from a ChaCha20 stream with this key instead of one seeded by
+ * RAND_bytes (tests: reproducible noise). FL_EINVAL without dp_clip. */
+int agg_set_noise_key(agg *a, const uint8_t key[32]);
 
 /* Starts a round: forgets the updates of the previous one. */
 void agg_begin(agg *a);
@@ -121,7 +137,8 @@ double agg_weight_sum(const agg *a);
 /* Computes the server step into step (same layout as agg_layout): the
  * value to add to every exchanged tensor of the global adapter. The
  * optimiser state for the step is kept in shadow until agg_commit_state.
- * FL_ESTATE without updates, FL_ENUMERIC when the result is not finite
+ * FL_ESTATE without updates (unless dp_clip is set), FL_ENUMERIC when the
+ * result is not finite, FL_ECRYPTO when the noise stream failed
  * (nothing changes then), FL_EMISMATCH for a wrong step layout. */
 int agg_finish(agg *a, tset *step);
 /* Makes the optimiser state computed by the last agg_finish current. */

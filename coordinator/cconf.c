@@ -116,6 +116,19 @@ const cfg_key cconf_schema[] = {
      "format of the global delta sent to nodes"},
     {"aggregation", "downlink_block", CFG_INT, "32", 0, 128, NULL,
      "block size of downlink_format (32/64/128; 0 for f32/f16)"},
+    /* privacy (docs/PRIVACY.md) */
+    {"privacy", "mode", CFG_ENUM, "off", 0, 0, "off|central|distributed",
+     "differential privacy: off, central (noise added by the coordinator), distributed "
+     "(needs secure aggregation; not available yet)"},
+    {"privacy", "noise_multiplier", CFG_DOUBLE, "1.0", 0, 1e4, NULL,
+     "z: noise standard deviation on the sum is z * privacy.clip"},
+    {"privacy", "clip", CFG_DOUBLE, "0", 0, 1e6, NULL,
+     "C: L2 bound on one node's update (nodes clip, the coordinator enforces)"},
+    {"privacy", "delta", CFG_DOUBLE, "1e-5", 0, 0.1, NULL, "delta of (epsilon, delta)"},
+    {"privacy", "target_epsilon", CFG_DOUBLE, "0", 0, 1000, NULL,
+     "budget: no round starts that would take epsilon past it"},
+    {"privacy", "population", CFG_INT, "0", 0, 1e12, NULL,
+     "N: nodes sampling draws from; each is sampled with q = rounds.nodes_per_round / N"},
     /* state */
     {"state", "dir", CFG_STR, "./fedlora-state", 0, 0, NULL, "state directory"},
     {"state", "keep_versions", CFG_INT, "5", 1, 1000000, NULL, "committed versions kept"},
@@ -282,6 +295,16 @@ int cconf_build(const cfg *c, cconf *o, char *why, size_t whylen)
 	f->agg.ffa = f->spec.ffa;
 	fmt_of(c, "aggregation.downlink_format", &f->down_fmt);
 	f->down_block = (uint32_t)cfg_int(c, "aggregation.downlink_block");
+	/* privacy */
+	const char *pm = cfg_str(c, "privacy.mode");
+	f->priv.mode = strcmp(pm, "central") == 0       ? DP_CENTRAL
+	               : strcmp(pm, "distributed") == 0 ? DP_DISTRIBUTED
+	                                                : DP_OFF;
+	f->priv.z = cfg_double(c, "privacy.noise_multiplier");
+	f->priv.clip = cfg_double(c, "privacy.clip");
+	f->priv.delta = cfg_double(c, "privacy.delta");
+	f->priv.target_eps = cfg_double(c, "privacy.target_epsilon");
+	f->priv.population = (uint64_t)cfg_int(c, "privacy.population");
 	/* state, metrics, log */
 	o->state_dir = cfg_str(c, "state.dir");
 	f->keep_versions = (unsigned)cfg_int(c, "state.keep_versions");

@@ -251,6 +251,11 @@ struct fed {
 	uint64_t wf_retry_at;
 	unsigned wf_tries; /* failed retries in this outage */
 	unsigned wf_level; /* back-off exponent; reset by a committed round */
+	/* differential privacy (o.priv.mode != DP_OFF) */
+	int dp_on;
+	double dp_q;     /* Poisson sampling rate K / population */
+	dp_rng *dp_samp; /* CSPRNG for the sampling */
+	dp_ledger led;
 };
 
 static uint64_t wall(const fed *f)
@@ -313,6 +318,18 @@ void fed_opts_default(fed_opts *o)
 			snprintf(why, whylen, __VA_ARGS__);                                        \
 	} while (0)
 
+/* The aggregator's options: o->agg, plus DP-FedAvg's clip, noise on the
+ * sum (z C) and fixed denominator (the expected cohort K) in central mode. */
+static void agg_opts_for(const fed_opts *o, agg_opts *ao)
+{
+	*ao = o->agg;
+	if (o->priv.mode == DP_CENTRAL) {
+		ao->dp_clip = o->priv.clip;
+		ao->dp_noise_std = o->priv.z * o->priv.clip;
+		ao->dp_denom = o->nodes_per_round;
+	}
+}
+
 int fed_opts_check(const fed_opts *o, char *why, size_t whylen)
 {
 	if (o->min_nodes < 1) {
@@ -367,7 +384,17 @@ int fed_opts_check(const fed_opts *o, char *why, size_t whylen)
 		WHY("aggregation FFA flag and lora.ffa disagree");
 		return FL_EINVAL;
 	}
-	return agg_opts_check(&o->agg, why, whylen);
+	int rc = dp_opts_check(&o->priv, o->nodes_per_round, why, whylen);
+	if (rc)
+		return rc;
+	if (o->priv.mode != DP_OFF && o->sampling_weighted) {
+		WHY("rounds.sampling = weighted does not combine with privacy.mode: the "
+		    "accountant assumes uniform Poisson sampling");
+		return FL_EINVAL;
+	}
+	agg_opts ao;
+	agg_opts_for(o, &ao);
+	return agg_opts_check(&ao, why, whylen);
 }
 
 const char *fed_state_name(enum fed_state s)
@@ -421,6 +448,14 @@ static void met_declare(fed *f)
 	                "Failed state-directory writes and retries (journal or versions)");
 	metrics_declare(f->m, "fedlora_journal_backlog", METRICS_GAUGE,
 	                "Journal records waiting in memory for the disk");
+	if (f->o.priv.mode != DP_OFF) {
+		metrics_declare(f->m, "fedlora_privacy_epsilon_spent", METRICS_GAUGE,
+		                "Epsilon spent so far at privacy.delta (RDP accountant)");
+		metrics_declare(f->m, "fedlora_privacy_epsilon_target", METRICS_GAUGE,
+		                "privacy.target_epsilon: no round starts past it");
+		metrics_declare(f->m, "fedlora_privacy_rounds_charged", METRICS_GAUGE,
+		                "Rounds charged to the privacy ledger");
+	}
 }
 
 static void met_add(fed *f, const char *name, const char *labels, double v)
@@ -813,6 +848,74 @@ static int spec_matches(const fed *f, const store_info *in, char *why, size_t wh
 	return 1;
 }
 
+static int count_charges_cb(const cJSON *o, void *ud)
+{
+	const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "type");
+	if (cJSON_IsString(t) && strcmp(t->valuestring, "privacy_charge") == 0)
+		(*(uint64_t *)ud)++;
+	return 0;
+}
+
+static void dp_metrics(fed *f)
+{
+	met_set(f, "fedlora_privacy_epsilon_spent", NULL, f->led.epsilon);
+	met_set(f, "fedlora_privacy_epsilon_target", NULL, f->o.priv.target_eps);
+	met_set(f, "fedlora_privacy_rounds_charged", NULL, (double)f->led.rounds);
+}
+
+/* Central DP at start-up: the ledger from the state directory (a ledger
+ * that does not verify stops the coordinator: the spending is unknown),
+ * the sampling CSPRNG. */
+static int dp_start(fed *f)
+{
+	char why[300];
+	dp_ledger_init(&f->led);
+	if (f->st) {
+		int rc = dp_ledger_load(store_dir(f->st), &f->led, why, sizeof why);
+		if (rc == FL_ENOENT) {
+			dp_ledger_init(&f->led);
+		} else if (rc) {
+			LOGE(MOD,
+			     "privacy ledger: %s; refusing to start without knowing the budget "
+			     "spent (restore the file or start a new federation)",
+			     why);
+			return rc;
+		}
+	}
+	if (f->st) {
+		/* the journal keeps a second trace of every charge (written after
+		 * the ledger): more charges there means a lost or older ledger */
+		uint64_t jc = 0;
+		size_t nl, nb;
+		journal_read(store_journal_path(f->st), count_charges_cb, &jc, &nl, &nb);
+		if (jc > f->led.rounds) {
+			LOGE(MOD,
+			     "the journal records %" PRIu64
+			     " privacy charges but the privacy ledger "
+			     "only %" PRIu64
+			     " (lost or replaced by an older copy); refusing to start "
+			     "without knowing the budget spent",
+			     jc, f->led.rounds);
+			return FL_EMISMATCH;
+		}
+	}
+	f->dp_on = 1;
+	f->dp_q = (double)f->o.nodes_per_round / (double)f->o.priv.population;
+	/* the spent epsilon at the configured delta (the ledger keeps RDP) */
+	f->led.epsilon = f->led.rounds ? dp_epsilon(f->led.rdp, f->o.priv.delta, NULL) : 0;
+	f->led.delta = f->o.priv.delta;
+	int rc = dp_rng_new(NULL, &f->dp_samp);
+	if (rc)
+		return rc;
+	LOGI(MOD,
+	     "central differential privacy: clip %g, noise multiplier %g, q = %u/%" PRIu64
+	     " = %.4g (Poisson), delta %g; %" PRIu64 " rounds charged, epsilon %.4g of %g",
+	     f->o.priv.clip, f->o.priv.z, f->o.nodes_per_round, f->o.priv.population, f->dp_q,
+	     f->o.priv.delta, f->led.rounds, f->led.epsilon, f->o.priv.target_eps);
+	dp_metrics(f);
+	return 0;
+}
+
 int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **out)
 {
 	char why[256];
@@ -840,9 +943,11 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 		LOGE(MOD, "cannot build the adapter layout from the LoRA spec");
 		goto fail;
 	}
+	agg_opts ao;
+	agg_opts_for(o, &ao);
 	rc = tset_shape_fingerprint(layout, f->shape_sha);
 	if (!rc)
-		rc = agg_new(&o->agg, layout, &f->agg);
+		rc = agg_new(&ao, layout, &f->agg);
 	if (!rc)
 		rc = tset_zeros_like(agg_layout(f->agg), &f->step);
 	if (rc)
@@ -970,6 +1075,16 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 		cJSON_AddStringToObject(j, "strategy", agg_strategy_name(o->agg.strategy));
 		journal_rec(f, j);
 	}
+	if (o->priv.mode == DP_CENTRAL && (rc = dp_start(f)) != 0)
+		goto fail;
+	if (o->priv.mode == DP_OFF && st) {
+		dp_ledger pl;
+		if (dp_ledger_load(store_dir(st), &pl, why, sizeof why) != FL_ENOENT)
+			LOGW(MOD,
+			     "%s holds a privacy ledger but privacy.mode is off: the rounds from "
+			     "now on are not differentially private",
+			     store_dir(st));
+	}
 	met_set(f, "fedlora_global_version", NULL, (double)f->version);
 	met_set(f, "fedlora_round_id", NULL, (double)f->round_id);
 	tset_free(layout);
@@ -1004,6 +1119,7 @@ void fed_free(fed *f)
 		free(f->dq);
 	}
 	tset_free(f->step);
+	dp_rng_free(f->dp_samp);
 	tset_free(f->global);
 	agg_free(f->agg);
 	buf_fini(&f->snap);
@@ -1342,6 +1458,25 @@ static int cmp_wkey_desc(const void *a, const void *b)
 	return strcmp(((const wkey *)a)->n->cn, ((const wkey *)b)->n->cn);
 }
 
+/* Differential privacy: Poisson sampling, as the accountant assumes: every
+ * eligible node independently with probability q, from the CSPRNG (an
+ * observer who knows federation.seed must not learn who took part). The
+ * chosen move to the front of e; returns their number (may be 0), or
+ * SIZE_MAX when the CSPRNG failed. */
+static size_t sample_poisson(fed *f, fnode **e, size_t ne)
+{
+	size_t k = 0;
+	if (ne > f->o.priv.population)
+		LOGW(MOD,
+		     "%zu nodes are eligible, more than privacy.population (%" PRIu64
+		     "): rounds will be larger than rounds.nodes_per_round on average",
+		     ne, f->o.priv.population);
+	for (size_t i = 0; i < ne; i++)
+		if (dp_rng_uniform(f->dp_samp) < f->dp_q)
+			e[k++] = e[i];
+	return dp_rng_failed(f->dp_samp) ? SIZE_MAX : k;
+}
+
 /* Picks the round's participants into f->parts. */
 static int sample(fed *f, fnode **e, size_t ne)
 {
@@ -1357,9 +1492,13 @@ static int sample(fed *f, fnode **e, size_t ne)
 		k = ne;
 	if (k < 1)
 		k = 1;
+	if (f->dp_on && (k = sample_poisson(f, e, ne)) == SIZE_MAX)
+		return FL_ECRYPTO;
 	rng r;
 	rng_seed(&r, f->o.seed ^ (f->round_id * 0x9e3779b97f4a7c15ull));
-	if (f->o.sampling_weighted) {
+	if (f->dp_on) {
+		/* drawn by sample_poisson */
+	} else if (f->o.sampling_weighted) {
 		/* Efraimidis-Spirakis: keys u^(1/w), keep the k largest (as logs) */
 		wkey *w = malloc(ne * sizeof *w);
 		if (!w)
@@ -1438,6 +1577,7 @@ static void send_round_start(fed *f, fnode **nodes, size_t n, uint64_t now_ms)
 	tp.uplink_block = f->o.train.uplink_block;
 	tp.stochastic_rounding = f->o.train.stochastic_rounding;
 	tp.error_feedback = f->o.train.error_feedback;
+	tp.dp_clip = f->dp_on ? (float)f->o.priv.clip : 0.0f;
 	Fedlora__RoundStart rs = FEDLORA__ROUND_START__INIT;
 	rs.round_id = f->round_id;
 	rs.global_version = f->version;
@@ -1483,6 +1623,71 @@ static void send_round_start(fed *f, fnode **nodes, size_t n, uint64_t now_ms)
 	free(peers);
 }
 
+static void say_goodbye(fed *f, const char *why);
+
+/* Central DP: charges round rid to the ledger before anything of it
+ * happens. 1 = charged (ledger on disk); 0 = the round would exceed
+ * privacy.target_epsilon: the federation stops (journal, log, Bye); -1 =
+ * the ledger could not be written: no round now, another try in a second. */
+static int dp_charge(fed *f, uint64_t rid, uint64_t now_ms)
+{
+	const dp_opts *po = &f->o.priv;
+	dp_ledger n = f->led;
+	dp_rdp_compose(n.rdp, f->dp_q, po->z, 1);
+	double eps = dp_epsilon(n.rdp, po->delta, NULL);
+	if (eps > po->target_eps) {
+		LOGW(MOD,
+		     "privacy budget: round %" PRIu64 " would bring epsilon to %.4g, past "
+		     "privacy.target_epsilon %g at delta %g (%.4g spent in %" PRIu64
+		     " rounds); the federation ends",
+		     rid, eps, po->target_eps, po->delta, f->led.epsilon, f->led.rounds);
+		cJSON *j = cJSON_CreateObject();
+		cJSON_AddStringToObject(j, "type", "privacy_budget_exhausted");
+		cJSON_AddNumberToObject(j, "round", (double)f->round_id);
+		cJSON_AddNumberToObject(j, "epsilon_spent", f->led.epsilon);
+		cJSON_AddNumberToObject(j, "epsilon_next", eps);
+		cJSON_AddNumberToObject(j, "target_epsilon", po->target_eps);
+		cJSON_AddNumberToObject(j, "delta", po->delta);
+		cJSON_AddNumberToObject(j, "rounds_charged", (double)f->led.rounds);
+		journal_rec(f, j);
+		f->state = FED_STOPPED;
+		f->ready = 0;
+		say_goodbye(f, "privacy budget spent");
+		return 0;
+	}
+	n.rounds++;
+	n.last_round = rid;
+	n.delta = po->delta;
+	n.epsilon = eps;
+	n.last_q = f->dp_q;
+	n.last_z = po->z;
+	if (f->st) {
+		int rc = dp_ledger_save(store_dir(f->st), &n);
+		if (rc) {
+			LOGE(MOD,
+			     "cannot write the privacy ledger (%s); round %" PRIu64 " not started",
+			     fl_strerror(rc), rid);
+			f->ready = 1;
+			f->ready_at = now_ms + 1000;
+			return -1;
+		}
+	}
+	f->led = n;
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "privacy_charge");
+	cJSON_AddNumberToObject(j, "round", (double)rid);
+	cJSON_AddNumberToObject(j, "rounds_charged", (double)n.rounds);
+	cJSON_AddNumberToObject(j, "epsilon", eps);
+	cJSON_AddNumberToObject(j, "delta", po->delta);
+	cJSON_AddNumberToObject(j, "q", f->dp_q);
+	cJSON_AddNumberToObject(j, "noise_multiplier", po->z);
+	journal_rec(f, j);
+	dp_metrics(f);
+	LOGI(MOD, "privacy: round %" PRIu64 " charged; epsilon %.4g of %g at delta %g", rid, eps,
+	     po->target_eps, po->delta);
+	return 1;
+}
+
 static void start_round(fed *f, uint64_t now_ms)
 {
 	fnode **e;
@@ -1491,6 +1696,13 @@ static void start_round(fed *f, uint64_t now_ms)
 		free(e);
 		f->ready = 0;
 		return;
+	}
+	if (f->dp_on) {
+		int c = dp_charge(f, f->round_id + 1, now_ms);
+		if (c <= 0) {
+			free(e);
+			return;
+		}
 	}
 	f->round_id++;
 	if (sample(f, e, ne)) {
@@ -1533,6 +1745,8 @@ static void start_round(fed *f, uint64_t now_ms)
 	if (ps)
 		send_round_start(f, ps, f->nparts, now_ms);
 	free(ps);
+	if (f->nparts == 0) /* DP: an empty Poisson sample; the round releases noise */
+		maybe_close_round(f, now_ms);
 }
 
 static void submit(fed *f, fed_job *job, uint64_t now_ms)
@@ -1701,7 +1915,7 @@ static void abandon_round(fed *f, const char *detail, uint64_t now_ms)
 	f->abandoned++;
 	met_add(f, "fedlora_rounds_total", "outcome=\"abandoned\"", 1);
 	met_observe(f, "fedlora_round_seconds", (double)(now_ms - f->round_started) / 1e3);
-	round_end_msg(f, 0, detail, acc, 0, 0, 0, 0);
+	round_end_msg(f, 0, detail, f->dp_on ? 0 : acc, 0, 0, 0, 0);
 	round_journal(f, 0, detail, now_ms, NULL, 0, 0, 0, 0);
 	after_round(f, now_ms);
 }
@@ -1716,7 +1930,9 @@ static void finish_round(fed *f, uint64_t now_ms)
 		return;
 	}
 	size_t acc = agg_count(f->agg);
-	if (acc < f->o.min_updates) {
+	/* DP: a round commits with any number of updates, even none: abandoning
+	 * on a count would release that count without noise */
+	if (acc < f->o.min_updates && !f->dp_on) {
 		char d[160];
 		snprintf(d, sizeof d, "%zu update%s accepted, rounds.min_updates is %u", acc,
 		         acc == 1 ? "" : "s", f->o.min_updates);
@@ -2193,7 +2409,10 @@ static void done_commit(fed *f, fed_job *job, uint64_t now_ms)
 		met_set(f, "fedlora_global_loss", NULL, el);
 	if (ht)
 		met_set(f, "fedlora_train_loss", NULL, tl);
-	round_end_msg(f, 1, "", agg_count(f->agg), tl, el, ht, he);
+	if (f->dp_on) /* nodes learn the noised version only, no count or losses */
+		round_end_msg(f, 1, "", 0, 0, 0, 0, 0);
+	else
+		round_end_msg(f, 1, "", agg_count(f->agg), tl, el, ht, he);
 	round_journal(f, 1, NULL, now_ms, job, tl, el, ht, he);
 	after_round(f, now_ms);
 }
@@ -2419,6 +2638,11 @@ uint64_t fed_rounds_abandoned(const fed *f)
 int fed_backing_off(const fed *f)
 {
 	return f->wf_since != 0 || f->wf_pending;
+}
+
+const dp_ledger *fed_privacy(const fed *f)
+{
+	return f->dp_on ? &f->led : NULL;
 }
 
 size_t fed_nodes_connected(const fed *f)

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "agg.h"
+#include "dp.h"
 #include "lora.h"
 #include "metrics.h"
 #include "qtensor.h"
@@ -65,6 +66,12 @@ typedef struct fed_opts {
 	enum qt_fmt down_fmt;
 	uint32_t down_block;
 	agg_opts agg;
+	/* differential privacy (docs/PRIVACY.md). Central mode: Poisson
+	 * sampling with q = nodes_per_round / population from a CSPRNG, clip
+	 * announced to nodes and enforced by agg, noise on the sum, every round
+	 * charged to DIR/privacy.ledger before its RoundStart leaves, no round
+	 * started past target_eps. */
+	dp_opts priv;
 	unsigned keep_versions; /* versions kept in the state directory (>= 1) */
 	size_t max_msg;         /* cap on an inbound message (fed_on_bytes) */
 	/* tests: wall clock for deadline_unix_ms (NULL = clk_wall_ms) */
@@ -158,6 +165,8 @@ uint64_t fed_rounds_abandoned(const fed *f);
  * back-off: 1 s doubling to FED_BACKOFF_MAX_MS between retries). */
 #define FED_BACKOFF_MAX_MS 60000u
 int fed_backing_off(const fed *f);
+/* Privacy ledger (rounds charged, epsilon at delta); NULL with privacy off. */
+const dp_ledger *fed_privacy(const fed *f);
 size_t fed_nodes_connected(const fed *f); /* joined sessions */
 /* Participants of the open (or last) round: fills up to cap CNs, returns
  * the count. */

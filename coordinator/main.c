@@ -4,6 +4,7 @@
  * configuration error. */
 #include "cconf.h"
 #include "cli.h"
+#include "dp.h"
 #include "err.h"
 #include "gtype.h"
 #include "journal.h"
@@ -225,6 +226,19 @@ static int cmd_check(int argc, char **argv)
 	printf("  aggregation: %s; uplink %s, downlink %s\n",
 	       agg_strategy_name(cc.fed.agg.strategy), qt_fmt_name(cc.fed.train.uplink_fmt),
 	       qt_fmt_name(cc.fed.down_fmt));
+	if (cc.fed.priv.mode == DP_CENTRAL) {
+		const dp_opts *po = &cc.fed.priv;
+		double q = (double)cc.fed.nodes_per_round / (double)po->population;
+		/* rounds the budget allows at these settings (capped for the search) */
+		uint64_t r = 0;
+		while (r < 100000 && dp_epsilon_for(q, po->z, r + 1, po->delta) <= po->target_eps)
+			r++;
+		printf("  privacy: central, clip %g, noise multiplier %g, q = %u/%" PRIu64
+		       " = %.4g (Poisson), delta %g: target epsilon %g allows %s%" PRIu64
+		       " rounds\n",
+		       po->clip, po->z, cc.fed.nodes_per_round, po->population, q, po->delta,
+		       po->target_eps, r == 100000 ? "at least " : "", r);
+	}
 	printf("  server: %s; state: %s; metrics: %s\n", cc.listen, cc.state_dir,
 	       cc.metrics_listen && *cc.metrics_listen ? cc.metrics_listen : "off");
 	if (!cc.cert || !cc.key || !cc.ca)
@@ -388,6 +402,14 @@ static int cmd_status(int argc, char **argv)
 	size_t nl = 0, nb = 0;
 	journal_read(jpath, status_cb, &s, &nl, &nb);
 	int rc = have ? CLI_OK : CLI_FAIL;
+	/* privacy ledger (central DP): present only when privacy was on */
+	dp_ledger led;
+	char lwhy[300] = "";
+	int lrc = dp_ledger_load(dir, &led, lwhy, sizeof lwhy);
+	if (lrc && lrc != FL_ENOENT) {
+		fprintf(stderr, "status: privacy ledger: %s\n", lwhy);
+		rc = CLI_FAIL;
+	}
 	char sha[65] = "";
 	if (have)
 		hex_encode(in.sha, 32, sha);
@@ -418,6 +440,15 @@ static int cmd_status(int argc, char **argv)
 			cJSON_AddNumberToObject(o, "train_loss", s.last_train);
 		cJSON_AddItemToObject(o, "last_rounds", s.last);
 		s.last = NULL;
+		if (lrc == 0) {
+			cJSON *pj = cJSON_AddObjectToObject(o, "privacy");
+			cJSON_AddNumberToObject(pj, "epsilon", led.epsilon);
+			cJSON_AddNumberToObject(pj, "delta", led.delta);
+			cJSON_AddNumberToObject(pj, "rounds_charged", (double)led.rounds);
+			cJSON_AddNumberToObject(pj, "last_round", (double)led.last_round);
+			cJSON_AddNumberToObject(pj, "sampling_rate", led.last_q);
+			cJSON_AddNumberToObject(pj, "noise_multiplier", led.last_z);
+		}
 		cJSON_AddNumberToObject(o, "journal_bad_lines", (double)nb);
 		cJSON_AddNumberToObject(o, "state_write_outages", (double)s.outages);
 		cJSON_AddNumberToObject(o, "state_write_outage_ms", s.outage_ms);
@@ -467,6 +498,11 @@ static int cmd_status(int argc, char **argv)
 			       s.eval_round);
 		if (s.has_train)
 			printf("train loss: %.4f\n", s.last_train);
+		if (lrc == 0)
+			printf("privacy: epsilon %.4g spent at delta %g over %" PRIu64
+			       " rounds (last round %" PRIu64 ", q %.4g, noise multiplier %g)\n",
+			       led.epsilon, led.delta, led.rounds, led.last_round, led.last_q,
+			       led.last_z);
 		if (cJSON_GetArraySize(s.last)) {
 			printf("\n%7s %-10s %8s %9s %10s %10s %10s %9s\n", "round", "outcome",
 			       "version", "accepted", "bytes_in", "bytes_out", "train_loss",
@@ -795,11 +831,86 @@ static int cmd_export(int argc, char **argv)
 	return CLI_OK;
 }
 
+/* ---- dp-plan ---- */
+
+static int cmd_dp_plan(int argc, char **argv)
+{
+	if (cli_wants_help(argc, argv)) {
+		printf(
+		    "Usage: fedlora-coordinator dp-plan --population N --per-round K --rounds R\n"
+		    "         (--epsilon E | --noise-multiplier Z) [--delta D]\n\n"
+		    "Plans central differential privacy (docs/PRIVACY.md) with the accountant\n"
+		    "the coordinator uses: every node is sampled with probability q = K / N\n"
+		    "(Poisson), R rounds. With --epsilon it prints the smallest noise\n"
+		    "multiplier z that keeps epsilon <= E at delta D (default 1e-5); with\n"
+		    "--noise-multiplier it prints the epsilon spent after R rounds at z.\n");
+		return CLI_OK;
+	}
+	const char *sn = NULL, *sk = NULL, *sr = NULL, *se = NULL, *sz = NULL, *sd = "1e-5";
+	for (int i = 1; i < argc; i++) {
+		int r;
+		if ((r = opt_val(argc, argv, &i, "--population", &sn)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--per-round", &sk)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--rounds", &sr)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--epsilon", &se)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--noise-multiplier", &sz)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--delta", &sd)) != 0) {
+			if (r < 0)
+				return CLI_USAGE;
+		} else {
+			fprintf(stderr, "dp-plan: unexpected argument '%s' (try --help)\n",
+			        argv[i]);
+			return CLI_USAGE;
+		}
+	}
+	int64_t n, k, r;
+	double e = 0, z = 0, d;
+	if (!sn || !sk || !sr || cfg_parse_int(sn, &n) || cfg_parse_int(sk, &k) ||
+	    cfg_parse_int(sr, &r) || n < 1 || k < 1 || k > n || r < 1 || r > 100000000) {
+		fprintf(stderr, "dp-plan: --population N >= 1, --per-round K in 1..N and --rounds "
+		                "R in 1..1e8 are required\n");
+		return CLI_USAGE;
+	}
+	if (cfg_parse_double(sd, &d) || !(d > 0 && d < 0.1)) {
+		fprintf(stderr, "dp-plan: --delta must be in (0, 0.1)\n");
+		return CLI_USAGE;
+	}
+	if (!!se == !!sz || (se && (cfg_parse_double(se, &e) || !(e > 0 && e <= 1000))) ||
+	    (sz && (cfg_parse_double(sz, &z) || !(z >= 0.1 && z <= 1e4)))) {
+		fprintf(stderr, "dp-plan: give one of --epsilon E in (0, 1000] or "
+		                "--noise-multiplier Z in [0.1, 10000]\n");
+		return CLI_USAGE;
+	}
+	double q = (double)k / (double)n;
+	printf("sampling rate q = %" PRId64 "/%" PRId64 " = %.6g (Poisson), %" PRId64
+	       " rounds, delta %g\n",
+	       k, n, q, r, d);
+	if (se) {
+		z = dp_z_for(q, (uint64_t)r, d, e);
+		if (z < 0) {
+			printf("epsilon %g is out of reach even with noise multiplier 10000\n", e);
+			return CLI_FAIL;
+		}
+		printf("noise multiplier z = %.4f gives epsilon %.4f <= %g\n", z,
+		       dp_epsilon_for(q, z, (uint64_t)r, d), e);
+	} else {
+		double rdp[DP_NORDERS] = {0};
+		dp_rdp_compose(rdp, q, z, (uint64_t)r);
+		int b;
+		double eps = dp_epsilon(rdp, d, &b);
+		printf("noise multiplier z = %g gives epsilon %.4f (RDP order %g)\n", z, eps,
+		       dp_orders[b]);
+	}
+	return CLI_OK;
+}
+
 static const cli_cmd coord_cmds[] = {
     {"serve", "run the federation server", cmd_serve},
     {"status", "current version, last rounds and totals from a state directory", cmd_status},
     {"export", "write a committed version as a PEFT or llama.cpp GGUF LoRA adapter", cmd_export},
     {"check-config", "check a configuration file and print what it sets up", cmd_check},
+    {"dp-plan", "noise multiplier for a privacy budget, or the budget a noise multiplier spends",
+     cmd_dp_plan},
     {NULL, NULL, NULL},
 };
 

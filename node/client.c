@@ -1,5 +1,6 @@
 /* client — see client.h. */
 #include "client.h"
+#include "lora.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -863,6 +864,45 @@ static void add_metric(Fedlora__Metric *m, Fedlora__Metric **pm, size_t *n, cons
 	(*n)++;
 }
 
+/* Differential privacy (TrainParams.dp_clip > 0): the exchanged tensors of
+ * delta (+ resid with error feedback) clipped as one vector and quantized
+ * into qs[0..), in the order build_update walks them (quant_encode_clipped
+ * guarantees the decoded update's L2 norm <= dp_clip). */
+static int encode_clipped(ncl *c, const tset *delta, tset *resid, uint64_t seed, qtensor *qs)
+{
+	const Fedlora__TrainParams *p = &c->r.params;
+	size_t nt = tset_count(delta), n = 0;
+	const tensor **d = calloc(nt ? nt : 1, sizeof *d);
+	tensor **r = calloc(nt ? nt : 1, sizeof *r);
+	quant_params *qp = calloc(nt ? nt : 1, sizeof *qp);
+	int rc = FL_ENOMEM;
+	if (!d || !r || !qp)
+		goto out;
+	for (size_t i = 0; i < nt; i++) {
+		const tensor *t = tset_at(delta, i);
+		if (c->cfg.lora.ffa && !lora_is_b(t->name))
+			continue;
+		d[n] = t;
+		r[n] = resid ? tset_find(resid, t->name) : NULL;
+		qp[n] = (quant_params){(enum qt_fmt)p->uplink_format, p->uplink_block,
+		                       p->stochastic_rounding ? QUANT_STOCHASTIC : QUANT_NEAREST,
+		                       quant_seed_derive(seed, t->name)};
+		qt_init(&qs[n]);
+		n++;
+	}
+	double norm = 0;
+	rc = quant_encode_clipped(qp, n, d, resid ? r : NULL, p->dp_clip, qs, &norm);
+	if (!rc)
+		LOGD("client", "update clipped to %g: decoded norm %.6g", p->dp_clip, norm);
+	for (size_t i = 0; rc && i < n; i++)
+		qt_fini(&qs[i]);
+out:
+	free(d);
+	free(r);
+	free(qp);
+	return rc;
+}
+
 static int build_update(ncl *c, tset *delta, const ntr_result *res)
 {
 	const Fedlora__TrainParams *p = &c->r.params;
@@ -883,6 +923,10 @@ static int build_update(ncl *c, tset *delta, const ntr_result *res)
 	if (ef && (rc = residual_for(c, delta, ffa, &resid)) != 0)
 		goto out;
 	uint64_t seed = p->seed ^ (c->cfg.node_seed * 0x9e3779b97f4a7c15ULL);
+	if (p->dp_clip > 0 && (rc = encode_clipped(c, delta, resid, seed, qs)) != 0) {
+		LOGE("client", "cannot clip and quantize the update: %s", fl_strerror(rc));
+		goto out;
+	}
 	for (size_t i = 0; i < nt; i++) {
 		const tensor *t = tset_at(delta, i);
 		if (ffa && !lora_is_b(t->name))
@@ -890,11 +934,14 @@ static int build_update(ncl *c, tset *delta, const ntr_result *res)
 		quant_params qp = {(enum qt_fmt)p->uplink_format, p->uplink_block,
 		                   p->stochastic_rounding ? QUANT_STOCHASTIC : QUANT_NEAREST,
 		                   quant_seed_derive(seed, t->name)};
-		qt_init(&qs[nq]);
-		if (ef)
-			rc = quant_encode_tensor_ef(&qp, t, tset_find(resid, t->name), &qs[nq]);
-		else
-			rc = quant_encode_tensor(&qp, t, &qs[nq]);
+		if (p->dp_clip <= 0) { /* else encoded by encode_clipped */
+			qt_init(&qs[nq]);
+			if (ef)
+				rc = quant_encode_tensor_ef(&qp, t, tset_find(resid, t->name),
+				                            &qs[nq]);
+			else
+				rc = quant_encode_tensor(&qp, t, &qs[nq]);
+		}
 		nq++;
 		if (rc) {
 			LOGE("client", "cannot quantize %s: %s", t->name, fl_strerror(rc));

@@ -1539,6 +1539,122 @@ static void test_sampling(void **st)
 		fail_msg("weighted sampling counts %d %d %d", c[0], c[1], c[2]);
 }
 
+/* Central DP driven directly: rounds sample by Poisson (q = 1/2 of 3
+ * nodes: some rounds are empty, some take all three), every round commits
+ * (empty ones too), the ledger and the Prometheus gauges show the
+ * accountant's epsilon, and a small target stops the federation. */
+static int dp_rounds(fed *f, harness *h, sim *s, int rounds, int *hist)
+{
+	int done = 0;
+	for (int r = 0; r < rounds; r++) {
+		uint64_t now = (uint64_t)(r + 1) * 10;
+		fed_tick(f, now);
+		if (fed_get_state(f) == FED_STOPPED)
+			break;
+		size_t np = fed_participants(f, NULL, 0);
+		for (int i = 0; i < 3; i++) {
+			s[i].got_round_start = 0;
+			sim_recv(h, &s[i]);
+		}
+		for (int i = 0; i < 3; i++) {
+			if (!s[i].got_round_start)
+				continue;
+			uint64_t sd = (uint64_t)r * 31 + (uint64_t)i;
+			tset *d = mk_delta(&s[i], 0, 0.01, &sd);
+			sim_update(f, &s[i], d, 5, now + 1);
+			tset_free(d);
+			sim_recv(h, &s[i]);
+		}
+		for (int i = 0; i < 3; i++)
+			sim_recv(h, &s[i]);
+		assert_int_equal(fed_get_state(f), FED_IDLE);
+		if (hist)
+			hist[np]++;
+		done++;
+	}
+	return done;
+}
+
+static void test_dp_central(void **st)
+{
+	(void)st;
+	harness h = {0};
+	fed_opts o;
+	opts(&o);
+	o.min_nodes = 3;
+	o.min_updates = 1;
+	o.nodes_per_round = 1;
+	o.down_fmt = QT_F32;
+	o.down_block = 0;
+	o.agg.weighting = AGG_W_UNIFORM;
+	o.priv = (dp_opts){DP_CENTRAL, 2.0, 1.0, 1e-5, 1000, 2}; /* q = 1/2 */
+	metrics *m = NULL;
+	assert_int_equal(metrics_new(&m), 0);
+	fed_io io = {.ud = &h, .send = h_send, .close = h_close};
+	fed *f = NULL;
+	assert_int_equal(fed_new(&o, NULL, m, &io, &f), 0);
+	sim s[3];
+	for (int i = 0; i < 3; i++) {
+		char cn[8];
+		snprintf(cn, sizeof cn, "p%d", i);
+		sim_init(&s[i], (uint64_t)(150 + i), cn);
+		sim_join(f, &o, &s[i], 0);
+	}
+	const int R = 200;
+	int hist[4] = {0};
+	assert_int_equal(dp_rounds(f, &h, s, R, hist), R);
+	assert_int_equal(fed_version(f), R); /* every round committed */
+	double mean = (hist[1] + 2.0 * hist[2] + 3.0 * hist[3]) / R;
+	print_message("Poisson q 0.5, 3 nodes, %d rounds: cohorts of 0/1/2/3 nodes %d/%d/%d/%d, "
+	              "mean %.3f (want 1.5)\n",
+	              R, hist[0], hist[1], hist[2], hist[3], mean);
+	/* 5 standard errors: sd of a Binomial(3, 1/2) is sqrt(0.75) */
+	assert_true(fabs(mean - 1.5) <= 5 * sqrt(0.75 / R));
+	assert_true(hist[0] > 0 && hist[3] > 0); /* (7/8)^200: never by chance */
+	const dp_ledger *l = fed_privacy(f);
+	assert_non_null(l);
+	assert_int_equal(l->rounds, R);
+	double want = dp_epsilon_for(0.5, 2.0, R, 1e-5);
+	assert_true(fabs(l->epsilon - want) <= 1e-12 * want);
+	assert_true(metrics_get(m, "fedlora_privacy_epsilon_spent", NULL) == l->epsilon);
+	assert_true(metrics_get(m, "fedlora_privacy_rounds_charged", NULL) == R);
+	char *txt = NULL;
+	size_t tl = 0;
+	assert_int_equal(metrics_render(m, &txt, &tl), 0);
+	assert_non_null(strstr(txt, "fedlora_privacy_epsilon_spent"));
+	free(txt);
+	fed_free(f);
+	/* a target that allows exactly 3 rounds */
+	o.priv.target_eps =
+	    0.5 * (dp_epsilon_for(0.5, 2.0, 3, 1e-5) + dp_epsilon_for(0.5, 2.0, 4, 1e-5));
+	assert_int_equal(fed_new(&o, NULL, m, &io, &f), 0);
+	for (int i = 0; i < 3; i++) {
+		sim_fini(&s[i]);
+		char cn[8];
+		snprintf(cn, sizeof cn, "p%d", i);
+		sim_init(&s[i], (uint64_t)(160 + i), cn);
+		sim_join(f, &o, &s[i], 0);
+	}
+	assert_int_equal(dp_rounds(f, &h, s, 10, NULL), 3);
+	assert_int_equal(fed_get_state(f), FED_STOPPED);
+	assert_true(fed_done(f));
+	assert_int_equal(fed_privacy(f)->rounds, 3);
+	/* weighted sampling and buffering strategies are refused */
+	char why[300];
+	o.sampling_weighted = 1;
+	assert_int_equal(fed_opts_check(&o, why, sizeof why), FL_EINVAL);
+	assert_non_null(strstr(why, "rounds.sampling"));
+	o.sampling_weighted = 0;
+	o.agg.strategy = AGG_TRIMMED_MEAN;
+	assert_int_equal(fed_opts_check(&o, why, sizeof why), FL_EINVAL);
+	assert_non_null(strstr(why, "trimmed_mean"));
+	for (int i = 0; i < 3; i++)
+		sim_fini(&s[i]);
+	fed_free(f);
+	metrics_free(m);
+	h_fini(&h);
+}
+
 static void test_ffa(void **st)
 {
 	(void)st;
@@ -1685,6 +1801,7 @@ int main(void)
 	    cmocka_unit_test(test_shutdown),
 	    cmocka_unit_test(test_sampling),
 	    cmocka_unit_test(test_ffa),
+	    cmocka_unit_test(test_dp_central),
 	    cmocka_unit_test(test_encode_round_start),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

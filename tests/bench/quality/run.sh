@@ -16,6 +16,10 @@
 #        f32 q8 q4ef q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef
 #                  `fedlora-coordinator serve` + NODES `fedlora-node run`
 #                  (trainer lora, 1 thread each), PER_ROUND nodes sampled a round
+#        dp_ffa_q4ef  ffa_q4ef with central differential privacy
+#                  (docs/PRIVACY.md): Poisson sampling q = PER_ROUND / NODES,
+#                  clip DP_CLIP, noise multiplier DP_Z, delta DP_DELTA; not in
+#                  the default list
 #   4. every run's final adapter is scored on every node's held-out split
 #      (`fedlora-node eval --adapter`), next to the base model on the same data.
 #
@@ -32,6 +36,7 @@
 #   DIM [256] LAYERS [6] HEADS [8] FFN [768] MCTX [128] PRE_STEPS [6000]
 #   (the base: 5.25M parameters, 6000 x 8 x 128 tokens, about 30 min on 2 cores)
 #   PRE_DATA [warpeace.txt] TASK_DATA [tinyshakespeare.txt]
+#   DP_Z [1.0] DP_CLIP [0.05] DP_DELTA [1e-3] (dp_ffa_q4ef only)
 # word splitting of $(stats ...) and $b into fields is intended; the scripts
 # passed to `bash -c` are single-quoted on purpose (they expand in the child)
 # shellcheck disable=SC2046,SC2086,SC2016
@@ -52,6 +57,7 @@ EVAL_TOKENS=${EVAL_TOKENS:-4096}
 DIM=${DIM:-256} LAYERS=${LAYERS:-6} HEADS=${HEADS:-8} FFN=${FFN:-768} MCTX=${MCTX:-128}
 PRE_STEPS=${PRE_STEPS:-6000} PRE_DATA=${PRE_DATA:-warpeace.txt}
 TASK_DATA=${TASK_DATA:-tinyshakespeare.txt}
+DP_Z=${DP_Z:-1.0} DP_CLIP=${DP_CLIP:-0.05} DP_DELTA=${DP_DELTA:-1e-3}
 node_bin=$build/fedlora-node
 coord_bin=$build/fedlora-coordinator
 all_runs="central local f32 q4ef q8 q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef"
@@ -193,6 +199,11 @@ run_fed() {
   [[ $fmt == f32 || $fmt == f16 ]] && blk=0
   [[ $strat == fedadam ]] && extra=$'server_lr = 0.01\nbeta1 = 0.9\nbeta2 = 0.99\ntau = 1e-3'
   [[ $strat == trimmed_mean ]] && extra="trim = 0.2"
+  if [[ $name == dp_* ]]; then
+    extra=$'weighting = uniform\n[privacy]\nmode = central'
+    extra+=$'\n'"noise_multiplier = $DP_Z"$'\n'"clip = $DP_CLIP"$'\n'"delta = $DP_DELTA"
+    extra+=$'\n'"target_epsilon = 1000"$'\n'"population = $NODES"
+  fi
   rm -rf "$d" && mkdir -p "$d"
   say "$name: $ROUNDS rounds, $NODES nodes, $PER_ROUND a round, uplink $fmt ef=$ef ffa=$ffa, $strat"
   cat >"$d/coordinator.conf" <<EOF
@@ -323,6 +334,7 @@ for r in $runs; do
   ffa_q4ef) run_fed ffa_q4ef q4 true true fedavg ;;
   trim_q4ef) run_fed trim_q4ef q4 true false trimmed_mean ;;
   fedadam_q4ef) run_fed fedadam_q4ef q4 true false fedadam ;;
+  dp_ffa_q4ef) run_fed dp_ffa_q4ef q4 true true fedavg ;;
   *) die "unknown run '$r' (runs: $all_runs)" ;;
   esac
   say "$r: $(cat "$OUT/$r.res")"
