@@ -184,12 +184,18 @@ sample_mem() {
 	done
 	return 0
 }
+# "healthy/total" over the project's running containers with a health check
+health_count() {
+	docker ps -q --filter "label=com.docker.compose.project=$project" |
+		xargs -r docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' |
+		awk 'NF {n++; if ($1 == "healthy") h++} END {printf "%d/%d\n", h, n}'
+}
 journal() { docker cp "$coord:/var/lib/fedlora/state/journal.jsonl" - 2>/dev/null | tar -xO 2>/dev/null || true; }
 coord_state() { docker inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$coord"; }
 
 step "federating: $rounds rounds"
 deadline=$(($(date +%s) + timeout))
-seen_end=0 killed=0
+seen_end=0 killed=0 health_seen=0
 declare -A flap_at=() # "cid until" of disconnected nodes
 t_rounds=$(dk_ms)
 while :; do
@@ -205,6 +211,11 @@ while :; do
 				printf 'round %s committed (%s ms; %s)\n' "$r" "${ms:-?}" "$(since)"
 			done
 		seen_end=$ended
+	fi
+	# the health checks, once everything is up: coordinator + N nodes healthy
+	if ((!health_seen && ended >= 1)) && [ "$(health_count)" = "$((nodes + 1))/$((nodes + 1))" ]; then
+		dk_say "health: the coordinator and all $nodes nodes report healthy ($(since))"
+		health_seen=1
 	fi
 	# the kill test: the coordinator dies while round kill_round is open
 	if ((kill_round && !killed && started >= kill_round && ended < kill_round)); then
@@ -246,6 +257,7 @@ while :; do
 	sleep 1
 done
 echo "rounds_ms $(($(dk_ms) - t_rounds))" >>"$out/timings.txt"
+((health_seen)) || dk_say "health: never saw the coordinator and all $nodes nodes healthy at once"
 dk_say "the coordinator finished: $(journal | grep '"type":"round_end"' | grep -c '"committed":true') rounds committed in all ($(since))"
 
 # nodes stop by themselves when the coordinator says the federation is finished

@@ -108,7 +108,7 @@ prepare)
 		fedlora-node init-model --out "$fleet/model/base.gguf" --dim "${FLEET_DIM:-128}" \
 			--layers "${FLEET_LAYERS:-4}" --heads 4 --ffn "${FLEET_FFN:-384}" --ctx 128 --seed 7
 	fi
-	sites=(harbor foundry mill plant depot quarry)
+	sites=(harbor foundry mill plant depot) # the sites gen-data knows
 	for i in $(seq 1 "$nodes"); do
 		id=$(printf 'node-%02d' "$i")
 		[ -f "$fleet/data/$id/train.txt" ] && continue

@@ -4,7 +4,8 @@
 # here), the Debian base image built from the archive when no registry
 # answers (cached: reused when present), the fedlora image, then two fleets
 # with deploy/compose-up.sh:
-#   1. a coordinator and 3 nodes, 2 rounds: every node exits 0 by itself,
+#   1. a coordinator and 3 nodes, 2 rounds, egress shaped with tc, one link
+#      flap: every container reports healthy, every node exits 0 by itself,
 #      every node recorded the final version with the SHA-256 of the version
 #      the coordinator stored (and `fedlora-coordinator status` verifies), the
 #      federated loss went down;
@@ -66,6 +67,9 @@ fleet() {
 	fi
 	grep -q "all $nodes node containers exited 0 by themselves" "$out/$name.log" &&
 		ok "every node exited 0 by itself" || bad "not every node exited 0 after the federation finished"
+	grep -q "health: the coordinator and all $nodes nodes report healthy" "$out/$name.log" &&
+		ok "health checks: the coordinator and all $nodes nodes healthy" ||
+		bad "the health checks never reported the coordinator and all nodes healthy"
 }
 
 # final_sha NAME VERSION: independently of compose-up's own check, the
@@ -89,8 +93,14 @@ final_sha() {
 }
 
 nodes=3
-# ---- 1. three nodes, two rounds
-fleet fedlora-ci --nodes $nodes --rounds 2
+# ---- 1. three nodes, two rounds; every node's egress shaped to 50 mbit/s
+# (tbf), node 3's link down for 3 s when round 1 starts
+fleet fedlora-ci --nodes $nodes --rounds 2 --rate 50mbit --flap 3:1:3
+c=$(grep -c 'egress rate 50mbit (tbf)' "$out/fedlora-ci/compose.log" 2>/dev/null)
+[ "${c:-0}" -ge "$nodes" ] && ok "tc: all $nodes nodes shaped their egress" ||
+	bad "tc: ${c:-0} of $nodes nodes shaped their egress"
+grep -q 'link up again' "$out/fedlora-ci.log" && ok "link flap: node 3 disconnected and reconnected" ||
+	bad "the link flap did not happen"
 grep -q 'VERDICT: the federated loss went down' "$out/fedlora-ci.log" && ok "the federated loss went down" ||
 	bad "no falling loss in the table"
 # every node verified each global version it received against its SHA-256
