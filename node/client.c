@@ -56,6 +56,7 @@ struct ncl {
 	nst *st;
 	uint8_t shape_fp[32];
 	int session_up, welcomed, stopping, stopped;
+	int finished; /* Bye NCL_BYE_FINISHED received */
 	uint64_t stop_deadline;
 	uint32_t hb_ms;
 	uint64_t next_hb, hb_seq, env_seq;
@@ -1265,6 +1266,8 @@ void ncl_on_envelope(ncl *c, const Fedlora__Envelope *env, size_t wire_len, uint
 	case FEDLORA__ENVELOPE__BODY_BYE:
 		LOGI("client", "coordinator says goodbye: %s",
 		     env->bye->reason ? env->bye->reason : "");
+		if (env->bye->reason && strcmp(env->bye->reason, NCL_BYE_FINISHED) == 0)
+			c->finished = 1;
 		break;
 	case FEDLORA__ENVELOPE__BODY_REJECT:
 		on_reject(c, env->reject);
@@ -1361,6 +1364,11 @@ void ncl_stop(ncl *c, uint64_t now_ms, uint32_t grace_ms)
 		LOGI("client", "stopping: waiting up to %u ms for the ack of round %" PRIu64,
 		     grace_ms, c->up.round_id);
 	save_state(c);
+}
+
+int ncl_finished(const ncl *c)
+{
+	return c->finished;
 }
 
 int ncl_stop_done(const ncl *c, uint64_t now_ms)

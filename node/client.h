@@ -125,6 +125,14 @@ void ncl_stop(ncl *c, uint64_t now_ms, uint32_t grace_ms);
 int ncl_stop_done(const ncl *c, uint64_t now_ms);
 void ncl_bye(ncl *c, const char *reason);
 
+/* The Bye reason with which the coordinator ends the federation (its
+ * rounds.max_rounds reached; coordinator/fed.c says it). Any other Bye
+ * reason (e.g. "coordinator shutting down") means it may come back. */
+#define NCL_BYE_FINISHED "federation finished"
+/* 1 once the coordinator said Bye with NCL_BYE_FINISHED: there will be no
+ * more rounds, and the run loop stops (exit 0) instead of reconnecting. */
+int ncl_finished(const ncl *c);
+
 /* Next action: 0 and *a filled (call ncl_action_fini after carrying it
  * out), FL_EAGAIN when none is pending. */
 int ncl_next(ncl *c, ncl_action *a);

@@ -601,6 +601,11 @@ static int loop(runner *r)
 		drain_actions(r);
 		if (r->fatal_code)
 			return r->fatal_code;
+		if (!r->stopping && ncl_finished(r->cl)) {
+			LOGI("run", "the coordinator says the federation is finished: stopping");
+			r->stopping = 1;
+			ncl_stop(r->cl, now, 0);
+		}
 		if (r->stopping && (ncl_stop_done(r->cl, now) || r->stop_at)) {
 			ncl_bye(r->cl, "node stopping");
 			drain_actions(r);

@@ -7,6 +7,7 @@
 #   FEDLORA_TEST_JOBS=N      parallel ctest jobs (default 2)
 #   FEDLORA_SKIP_ASAN=1      skip the sanitizer build
 #   FEDLORA_SKIP_FUZZ=1      skip the fuzz smoke runs
+#   FEDLORA_SKIP_DOCKER=1    skip the Docker compose stage (it needs root)
 #   FEDLORA_FUZZ_SECONDS=N   seconds per fuzz target (default 10)
 #   FEDLORA_CTEST_ARGS=...   extra ctest arguments (e.g. "-L unit")
 set -uo pipefail
@@ -130,6 +131,26 @@ if [ "${FEDLORA_SKIP_FUZZ:-0}" != 1 ] && command -v clang >/dev/null 2>&1; then
 		fail=$((fail + 1))
 	fi
 fi
+
+# ---- stage "docker" (tests/integration/docker_compose.sh): the compose
+# fleet built and run for real; skipped only where no Docker engine can be
+# started (the stage says why) or with FEDLORA_SKIP_DOCKER=1.
+docker_t0=$(date +%s)
+if [ "${FEDLORA_SKIP_DOCKER:-0}" = 1 ]; then
+	step "docker: skipped (FEDLORA_SKIP_DOCKER=1)"
+	docker_rc=77
+else
+	step "docker (tests/integration/docker_compose.sh)"
+	bash tests/integration/docker_compose.sh
+	docker_rc=$?
+fi
+case $docker_rc in
+0) pass=$((pass + 1)) docker_res=passed ;;
+77) skip=$((skip + 1)) docker_res=skipped ;;
+*) fail=$((fail + 1)) docker_res=FAILED && failed_steps+=("docker") ;;
+esac
+echo "docker stage: $docker_res in $(($(date +%s) - docker_t0)) s"
+# ---- end of stage "docker"
 
 stage_end
 end=$(date +%s)

@@ -2,8 +2,9 @@
  * chan_server over TLS on 127.0.0.1 in this process): join, heartbeats
  * flowing while the training thread works, snapshot -> train -> q4 upload
  * with error feedback -> ack, clean SIGTERM (Bye, exit 0, state on disk),
- * restart with the held version and residual, and a Reject for a
- * different base model (exit 1, clear message). Uses the synth trainer so
+ * restart with the held version and residual, a Reject for a
+ * different base model (exit 1, clear message), and Bye "federation
+ * finished" (exit 0 by itself). Uses the synth trainer so
  * the protocol is tested on its own; the full loop with real training is
  * test_federation.sh. */
 #include "testutil.h"
@@ -389,6 +390,28 @@ static void test_node_run(void **state)
 	st = wait_exit(&c, pid, 10000);
 	assert_int_equal(st, 1);
 	assert_true(log_has(log, "base model mismatch"));
+
+	/* the coordinator ends the federation: Bye "federation finished" -> the
+	 * node stops by itself with exit 0 (no reconnecting) */
+	pid = spawn_node(conf, log);
+	m = coord_wait(&c, FEDLORA__ENVELOPE__BODY_JOIN, 20000);
+	assert_non_null(m);
+	wire_free(m);
+	send_welcome(&c, 0, sha);
+	Fedlora__Envelope env4 = FEDLORA__ENVELOPE__INIT;
+	Fedlora__Bye bye = FEDLORA__BYE__INIT;
+	bye.reason = "federation finished";
+	env4.body_case = FEDLORA__ENVELOPE__BODY_BYE;
+	env4.bye = &bye;
+	coord_send(&c, &env4);
+	t0 = clk_mono_ms();
+	st = wait_exit(&c, pid, 10000);
+	took = clk_mono_ms() - t0;
+	if (st != 0)
+		dump(log);
+	assert_int_equal(st, 0);
+	assert_true(took < 5000);
+	assert_true(log_has(log, "federation is finished"));
 
 	/* configuration errors: exit 2 naming the key */
 	assert_int_equal(

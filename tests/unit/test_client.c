@@ -886,6 +886,31 @@ static void test_heartbeat_states_and_bad_params(void **state)
 	fx_teardown(&f);
 }
 
+/* Bye: "federation finished" marks the client finished (the run loop then
+ * exits 0); any other reason does not (the coordinator may come back). */
+static void test_bye_finished(void **state)
+{
+	(void)state;
+	fx f;
+	fx_setup(&f, 0);
+	fx_up_welcome(&f, 1);
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__Bye b = FEDLORA__BYE__INIT;
+	env.body_case = FEDLORA__ENVELOPE__BODY_BYE;
+	env.bye = &b;
+	b.reason = "coordinator shutting down";
+	fx_feed(&f, &env);
+	assert_false(ncl_finished(f.c));
+	b.reason = "federation finished, almost";
+	fx_feed(&f, &env);
+	assert_false(ncl_finished(f.c));
+	b.reason = NCL_BYE_FINISHED;
+	fx_feed(&f, &env);
+	assert_true(ncl_finished(f.c));
+	assert_int_equal(f.fatal, 0);
+	fx_teardown(&f);
+}
+
 /* A new round while training cancels the old job; a result for a cancelled
  * job is ignored. */
 static void test_superseded_round(void **state)
@@ -968,6 +993,7 @@ int main(void)
 	    cmocka_unit_test(test_ffa_only_b),
 	    cmocka_unit_test(test_refused_update_keeps_residual),
 	    cmocka_unit_test(test_heartbeat_states_and_bad_params),
+	    cmocka_unit_test(test_bye_finished),
 	    cmocka_unit_test(test_superseded_round),
 	    cmocka_unit_test(test_hostile_payloads),
 	};
