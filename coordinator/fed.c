@@ -744,7 +744,9 @@ static void write_failed(fed *f, const char *what, int err)
 
 static void journal_rec(fed *f, cJSON *o)
 {
-	if (f->st && o && store_journal(f->st, o) != 0)
+	/* FL_EIO: the disk (back off); anything else (a record too large to
+	 * format) is logged by the store and only costs that record */
+	if (f->st && o && store_journal(f->st, o) == FL_EIO)
 		write_failed(f, "appending to the journal", store_journal_errno(f->st));
 	cJSON_Delete(o);
 }

@@ -17,8 +17,9 @@
 #include <stdint.h>
 
 #define JOURNAL_MAX_BYTES (1ull << 30)
-/* Longest record a reader accepts (and a writer writes). */
-#define JOURNAL_MAX_LINE  (1u << 20)
+/* Longest record a reader accepts (and a writer writes): a round_end of
+ * 10,000 participants (the max_nodes default) is about 1.5 MB. */
+#define JOURNAL_MAX_LINE  (16u << 20)
 
 /* One record as a line: compact JSON + '\n' in a malloc'd string (NUL
  * terminated, the NUL not counted in *n). FL_ETOOBIG over JOURNAL_MAX_LINE. */

@@ -78,7 +78,8 @@ int store_load_opt(store *s, uint64_t version, tset **out);
 /* Adds "ts" (Unix ms, the time of the event) and appends the record (all
  * or nothing, journal.h). When the backlog is not empty the record joins
  * it without a write attempt (store_journal_flush retries). Returns 0 when
- * written, FL_EIO when queued (or dropped, backlog full); nothing is
+ * written, FL_EIO when queued (or dropped, backlog full), FL_ETOOBIG or
+ * FL_ENOMEM when the record cannot be formatted (logged, dropped); nothing is
  * logged for a failed write: the caller decides how often to say so
  * (store_journal_errno has the reason). */
 int store_journal(store *s, cJSON *obj);
