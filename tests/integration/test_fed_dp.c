@@ -113,6 +113,16 @@ static void test_dp_ledger_and_budget(void **state)
 		ft_cleanup(&f, 1);
 		fail_msg("phase 1: coordinator exit status %d", st);
 	}
+	/* told the federation finished, the nodes exit 0 by themselves */
+	for (int i = 0; i < 4; i++) {
+		int ns = ft_wait_pid(f.node[i], 30000);
+		f.node[i] = 0;
+		if (ns != 0) {
+			ft_cleanup(&f, 1);
+			fail_msg("phase 1: node-%02d exit status %d after the federation finished", i + 1,
+			         ns);
+		}
+	}
 	dp_ledger l;
 	ledger(&f, &l);
 	jcount c = jcounts(&f);
@@ -145,6 +155,8 @@ static void test_dp_ledger_and_budget(void **state)
 	 * charge: the ledger never holds fewer charges than rounds started */
 	cx[9] = NULL;
 	ft_start_coord(&f, cx);
+	for (int i = 0; i < 4; i++)
+		ft_start_node(&f, i, NULL);
 	assert_true(ft_wait_log(&f, "coordinator.log", "privacy: round 3 charged", 1, 240000));
 	ft_stop(&f.coord, SIGKILL, 5000);
 	ledger(&f, &l);
