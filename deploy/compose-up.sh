@@ -154,7 +154,10 @@ compose up -d --no-build --scale node="$nodes" >"$out/up.log" 2>&1 || {
 	die "docker-compose up failed"
 }
 echo "bring_up_ms $(($(dk_ms) - t0))" >>"$out/timings.txt"
-coord=$(compose ps -q coordinator)
+# containers by label, stopped ones included (`compose ps` of v2 lists only running ones)
+svc_cids() { docker ps -aq --filter "label=com.docker.compose.project=$project" \
+	--filter "label=com.docker.compose.service=$1"; }
+coord=$(svc_cids coordinator)
 [ -n "$coord" ] || die "no coordinator container"
 net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$coord" | awk '{print $1}')
 node_cid() { docker ps -aq --filter "label=com.docker.compose.project=$project" \
@@ -263,16 +266,22 @@ dk_say "the coordinator finished: $(journal | grep '"type":"round_end"' | grep -
 # nodes stop by themselves when the coordinator says the federation is finished
 nodes_ok=1
 for _ in $(seq 1 60); do
-	[ -z "$(compose ps -q node | xargs -r docker inspect -f '{{.State.Running}}' | grep true)" ] && break
+	[ -z "$(svc_cids node | xargs -r docker inspect -f '{{.State.Running}}' | grep true)" ] && break
 	sleep 1
 done
-for c in $(compose ps -q node); do
+n_node=0
+for c in $(svc_cids node); do
+	n_node=$((n_node + 1))
 	read -r name st code <<<"$(docker inspect -f '{{.Name}} {{.State.Status}} {{.State.ExitCode}}' "$c")"
 	if [ "$st" != exited ] || [ "$code" != 0 ]; then
 		dk_say "node container ${name#/}: $st, exit status $code (expected: exited 0)"
 		nodes_ok=0
 	fi
 done
+if ((n_node != nodes)); then
+	dk_say "found $n_node node containers, expected $nodes"
+	nodes_ok=0
+fi
 ((nodes_ok)) && dk_say "all $nodes node containers exited 0 by themselves"
 
 # ------------------------------------------------------------ results

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # deploy/docker-lib.sh — sourced (bash) by deploy/compose-up.sh and
 # tests/integration/docker_compose.sh: a Docker engine, the Debian base image
 # and the fedlora image, on a machine that may have none of them and no
@@ -74,8 +75,7 @@ dk_engine_up() {
 	dockerd >"$DK_DOCKERD_LOG" 2>&1 &
 	DK_DOCKERD_PID=$!
 	DK_STARTED=1
-	local i
-	for i in $(seq 1 120); do
+	for _ in $(seq 1 120); do
 		docker info >/dev/null 2>&1 && return 0
 		if ! kill -0 "$DK_DOCKERD_PID" 2>/dev/null; then
 			DK_STARTED=0
@@ -92,8 +92,7 @@ dk_engine_up() {
 dk_engine_down() {
 	[ "$DK_STARTED" = 1 ] || return 0
 	kill -TERM "$DK_DOCKERD_PID" 2>/dev/null || true
-	local i
-	for i in $(seq 1 60); do
+	for _ in $(seq 1 60); do
 		kill -0 "$DK_DOCKERD_PID" 2>/dev/null || break
 		sleep 0.5
 	done
