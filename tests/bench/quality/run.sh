@@ -292,11 +292,19 @@ EOF
     OMP_NUM_THREADS=1 "$node_bin" run --config "$d/n$i.conf" >"$d/n$i.log" 2>&1 &
     pids+=("$!")
   done
-  # the coordinator exits after ROUNDS rounds; stop early if every node died
+  # the coordinator exits after ROUNDS rounds (and its nodes with it, told
+  # the federation finished); stop early if the nodes died before that
+  local short=0
   while kill -0 "$cpid" 2>/dev/null; do
     local alive=0 p
     for p in "${pids[@]:1}"; do kill -0 "$p" 2>/dev/null && alive=$((alive + 1)); done
-    ((alive >= PER_ROUND)) || die "$name: only $alive nodes left ($(grep -h error "$d"/n*.log | tail -n 1))"
+    if ((alive >= PER_ROUND)) || grep -qs "federation finished" "$d/coordinator.log"; then
+      short=0
+    else
+      # a few seconds of grace: a finishing coordinator may still be writing
+      short=$((short + 1))
+      ((short < 5)) || die "$name: only $alive nodes left ($(grep -h error "$d"/n*.log | tail -n 1))"
+    fi
     sleep 1
   done
   wait "$cpid" || die "$name: coordinator failed ($d/coordinator.log)"
