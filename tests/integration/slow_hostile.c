@@ -6,8 +6,9 @@
  *  - phase 2: 300 connections from ten addresses re-sending every 8 s a
  *    HELLO whose TLS record announces 16,000 bytes and carries 100, plus
  *    2,000 half-open connections from 127.0.0.14-15;
- *  - phase 3: 40 such slow-drip connections under every cap, which only the
- *    handshake deadline (from the connection's start) ends;
+ *  - phase 3: 20 such slow-drip connections under every cap, which only the
+ *    handshake deadline (from the connection's start) ends, after 40 from
+ *    one address, past its per-address cap;
  * asserting, during each attack: the coordinator's resident memory stays
  * within the bound docs/SECURITY.md states; a node restarted during the
  * attack (a fresh TLS handshake) is welcomed again and rounds commit; every
@@ -230,20 +231,41 @@ static void test_hostile(void **state)
 	}
 	/* Phase 3: a slow drip under every cap (nothing to evict): the
 	 * handshake deadline, counted from the connection's start, closes
-	 * each one although it re-sends a HELLO every 8 s. */
+	 * each one although it re-sends a HELLO every 8 s. Before it, 40 from
+	 * one address for 4 s: past max_pending_per_addr (32) that address's
+	 * oldest are closed. One after the other, so that the log limit leaves
+	 * room for both kinds of line. */
 	hz_attack d3 = {.kind = HZ_DRIP,
 	                .port = f.port,
-	                .conns = 40,
+	                .conns = 20,
 	                .seconds = 12,
 	                .pause_ms = 100,
-	                .nsrc = 2,
+	                .nsrc = 1,
 	                .src0 = 16};
-	print_message("phase 3: 40 slow-drip handshakes under the caps\n");
+	hz_attack d4 = {.kind = HZ_DRIP,
+	                .port = f.port,
+	                .conns = 40,
+	                .seconds = 4,
+	                .pause_ms = 100,
+	                .nsrc = 1,
+	                .src0 = 17};
+	int per_addr0 = ft_count_in_log(&f, "coordinator.log", "max_pending_per_addr reached");
+	print_message("phase 3: 40 slow-drip handshakes from 127.0.0.19 for 4 s, then 20 under "
+	              "the caps from 127.0.0.18\n");
+	hz_start(&d4);
+	hz_join(&d4);
 	hz_start(&d3);
 	hz_join(&d3);
-	print_message("  slow drip: %ld connections, %ld closed by the coordinator\n", d3.opened,
-	              d3.closed);
-	assert_true(d3.closed >= 40);
+	print_message("  slow drip: %ld connections, %ld closed by the coordinator (127.0.0.18); "
+	              "%ld, %ld closed (127.0.0.19)\n",
+	              d3.opened, d3.closed, d4.opened, d4.closed);
+	assert_true(d3.closed >= 20);
+	assert_true(d4.closed > 8);
+	assert_true(ft_count_in_log(&f, "coordinator.log", "max_pending_per_addr reached") >
+	            per_addr0);
+	assert_false(ft_log_has(&f, "coordinator.log",
+	                        "max_pending_per_addr reached: closed the oldest unauthenticated "
+	                        "connection (from 127.0.0.18"));
 	/* memory comes back once the attack is over */
 	clk_sleep_ms(5000);
 	sm.stop = 1;
