@@ -40,6 +40,22 @@ int peft_config_beside(const char *file, char *out, size_t cap)
 	return (n < 0 || (size_t)n >= cap) ? FL_EINVAL : 0;
 }
 
+/* The float written as the shortest decimal that reads back as the same
+ * float (0.3f, not 0.300000011920929 as the double's digits would give):
+ * PEFT configs are read by people and by Python. */
+double peft_short_decimal(float x)
+{
+	char t[32];
+	if (!isfinite(x))
+		return (double)x;
+	for (int p = 1; p <= 9; p++) {
+		snprintf(t, sizeof t, "%.*g", p, (double)x);
+		if (strtof(t, NULL) == x)
+			return strtod(t, NULL);
+	}
+	return (double)x;
+}
+
 int peft_write(const tset *ad, const lora_spec *spec, const peft_base *b, const char *dir,
                char *why, size_t whylen)
 {
@@ -109,7 +125,7 @@ int peft_write(const tset *ad, const lora_spec *spec, const peft_base *b, const 
 	cJSON_AddStringToObject(conf, "task_type", "CAUSAL_LM");
 	cJSON_AddStringToObject(conf, "base_model_name_or_path", b->name ? b->name : "");
 	cJSON_AddNumberToObject(conf, "r", spec->rank);
-	cJSON_AddNumberToObject(conf, "lora_alpha", spec->alpha);
+	cJSON_AddNumberToObject(conf, "lora_alpha", peft_short_decimal(spec->alpha));
 	cJSON_AddNumberToObject(conf, "lora_dropout", 0.0);
 	cJSON_AddStringToObject(conf, "bias", "none");
 	cJSON_AddBoolToObject(conf, "use_rslora", spec->rslora != 0);

@@ -75,4 +75,8 @@ int peft_config_beside(const char *file, char *out, size_t cap);
 int peft_load_raw(const tset *raw, const gguf *base, const char *cfg_path, const char *src,
                   tset **out, lora_spec *p, char *why, size_t whylen);
 
+/* x as the shortest decimal that reads back as the same float (what the
+ * writer puts in adapter_config.json for lora_alpha). */
+double peft_short_decimal(float x);
+
 #endif

@@ -37,6 +37,8 @@ static void usage(FILE *f)
 	           "  --top-k K         sample among the K most likely tokens (default 40;\n"
 	           "                    0 = all)\n"
 	           "  --seed S          sampling seed (default: from the clock, printed)\n"
+	           "  --adapter PATH    LoRA adapter: PEFT directory, GGUF LoRA or safetensors\n"
+	           "  --alpha A         the adapter's alpha when its file does not say\n"
 	           "  --threads N       threads (default: OpenMP default)\n");
 }
 

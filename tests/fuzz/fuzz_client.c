@@ -20,6 +20,8 @@
 #include "trainer_synth.h"
 #include "wire.h"
 
+#include "fuzz_tmpdir.h"
+
 static void *g_tr;
 static tset *g_layout;
 static char g_dir[64];
@@ -39,10 +41,7 @@ static void init(void)
 	if (ntr_synth_ops.open(&spec, &g_tr, err, sizeof err) ||
 	    ntr_synth_ops.layout(g_tr, &g_layout))
 		abort();
-	snprintf(g_dir, sizeof g_dir, "%s/fuzz_client.XXXXXX",
-	         access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-	if (!mkdtemp(g_dir))
-		abort();
+	snprintf(g_dir, sizeof g_dir, "%s", fz_tmpdir("fuzz_client"));
 }
 
 static void clean_dir(void)

@@ -11,6 +11,8 @@
 #include "log.h"
 #include "state.h"
 
+#include "fuzz_tmpdir.h"
+
 static char g_dir[64];
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -18,10 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (!g_dir[0]) {
 		log_set_level(LOG_LVL_OFF);
-		snprintf(g_dir, sizeof g_dir, "%s/fuzz_nst.XXXXXX",
-		         access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-		if (!mkdtemp(g_dir))
-			abort();
+		snprintf(g_dir, sizeof g_dir, "%s", fz_tmpdir("fuzz_nst"));
 	}
 	char p[128];
 	snprintf(p, sizeof p, "%s/node.state", g_dir);

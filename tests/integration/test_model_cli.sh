@@ -59,6 +59,8 @@ check "prompt echoed" "head -c 7 '$DIR/g1' | grep -q 'line 1:'"
 check "24 tokens generated" "grep -q 'generated 24 tokens' '$DIR/err'"
 expect_rc "generate greedy up to the context" 0 "$BIN" generate --model "$DIR/m.gguf" --prompt "x" -n 500 --temp 0
 check "stops when the context is full" "grep -q 'context full' '$DIR/err'"
+expect_rc "generate --help" 0 "$BIN" generate --help
+check "generate --help names --adapter and --alpha" "grep -q -- '--adapter PATH' '$DIR/out' && grep -q -- '--alpha A' '$DIR/out'"
 
 expect_rc "init-model qwen2 q8_0" 0 "$BIN" init-model --out "$DIR/q.gguf" $SHAPE --arch qwen2 --type q8_0 --tie-embeddings
 expect_rc "eval qwen2 q8_0" 0 "$BIN" eval --model "$DIR/q.gguf" --data "$DIR/text.txt" --ctx 32

@@ -682,6 +682,15 @@ static void test_export_peft(void **s)
 	assert_string_equal(cJSON_GetObjectItem(j, "peft_type")->valuestring, "LORA");
 	assert_int_equal(cJSON_GetObjectItem(j, "r")->valueint, 4);
 	assert_true(cJSON_GetObjectItem(j, "lora_alpha")->valuedouble == 8.0);
+	/* alpha is written as the shortest decimal that reads back as the float */
+	assert_true(peft_short_decimal(0.3f) == 0.3);
+	assert_true((float)peft_short_decimal(0.3f) == 0.3f);
+	assert_true(peft_short_decimal(8.0f) == 8.0);
+	assert_true(peft_short_decimal(1.0f / 3.0f) == 0.33333334);
+	for (int k = 1; k < 2000; k++) { /* round trip for many values */
+		float x = (float)k * 0.0137f;
+		assert_true((float)peft_short_decimal(x) == x);
+	}
 	assert_string_equal(cJSON_GetObjectItem(j, "base_model_name_or_path")->valuestring,
 	                    "tiny-llama");
 	cJSON *tm = cJSON_GetObjectItem(j, "target_modules");
