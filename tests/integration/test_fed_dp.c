@@ -119,8 +119,8 @@ static void test_dp_ledger_and_budget(void **state)
 		f.node[i] = 0;
 		if (ns != 0) {
 			ft_cleanup(&f, 1);
-			fail_msg("phase 1: node-%02d exit status %d after the federation finished", i + 1,
-			         ns);
+			fail_msg("phase 1: node-%02d exit status %d after the federation finished",
+			         i + 1, ns);
 		}
 	}
 	dp_ledger l;
