@@ -36,15 +36,10 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$here/deploy/docker-lib.sh"
 
 nodes=3 rounds=2 name=fedlora-stack out="" timeout=0 keep=0 print=0
-die() {
-	printf 'stack-up: %s\n' "$*" >&2
-	exit 1
-}
-usage() {
-	sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
-	exit "${1:-0}"
-}
-need() { [ $# -ge 2 ] || die "$1 needs a value (try --help)"; }
+DK_PROG=stack-up
+die() { dk_die "$@"; }
+usage() { dk_usage "$0" "${1:-0}"; }
+need() { dk_need "$@"; }
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--nodes) need "$@"; nodes=$2; shift 2 ;;
