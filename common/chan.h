@@ -230,6 +230,12 @@ typedef struct chan_client_opts {
 	struct tlsctx *tls;
 	struct x509_st *cert;
 	struct evp_pkey_st *key;
+	/* ZMQ_RCVHWM of the DEALER in messages: 0 = CHAN_RCVHWM (16 chunks
+	 * of at most CHAN_CHUNK), -1 = no limit. No limit is for the fleet load
+	 * generator only: with thousands of sessions in one slow process,
+	 * libzmq 4.3.4 aborts (assertion !_io_error in stream_engine_base.cpp)
+	 * when a connection ends while its input is stopped by a full pipe. */
+	int rcvhwm;
 } chan_client_opts;
 
 /* Defaults as for the server; reconnect 100 ms up to 5 s. */

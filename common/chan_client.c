@@ -214,7 +214,11 @@ int chan_client_new(const chan_client_opts *o, chan_client **out)
 	if ((rc = chan_zmq_setint(c->sock, ZMQ_IMMEDIATE, 1, "ZMQ_IMMEDIATE")) ||
 	    (rc = chan_zmq_setint(c->sock, ZMQ_LINGER, o->linger_ms, "ZMQ_LINGER")) ||
 	    (rc = chan_zmq_setint(c->sock, ZMQ_SNDHWM, CHAN_SNDHWM, "ZMQ_SNDHWM")) ||
-	    (rc = chan_zmq_setint(c->sock, ZMQ_RCVHWM, CHAN_RCVHWM, "ZMQ_RCVHWM")) ||
+	    (rc = chan_zmq_setint(c->sock, ZMQ_RCVHWM,
+	                          o->rcvhwm > 0   ? o->rcvhwm
+	                          : o->rcvhwm < 0 ? 0
+	                                          : CHAN_RCVHWM,
+	                          "ZMQ_RCVHWM")) ||
 	    (rc = chan_zmq_setint(c->sock, ZMQ_RECONNECT_IVL, o->reconnect_ivl_ms,
 	                          "ZMQ_RECONNECT_IVL")) ||
 	    (rc = chan_zmq_setint(c->sock, ZMQ_RECONNECT_IVL_MAX, o->reconnect_ivl_max_ms,

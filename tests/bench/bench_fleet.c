@@ -493,6 +493,14 @@ static int open_session(fleet *f, const fleet_cfg *fc, const lora_spec *spec, co
 	 * sessions causes routinely. The channel's own heartbeat and idle
 	 * timeout still detect dead links. */
 	o.zmtp_heartbeat_ivl_ms = 0;
+	/* and no receive limit: the same abort follows when a connection ends
+	 * while a full pipe has stopped its input (the process reads slower
+	 * than the coordinator sends when it serves thousands of sessions) */
+	o.rcvhwm = -1;
+	/* a process serving thousands of sessions answers slowly under load:
+	 * generous session timers, so what is measured is the coordinator */
+	o.idle_timeout_ms = 120000;
+	o.handshake_timeout_ms = 60000;
 	ncl_config nc;
 	memset(&nc, 0, sizeof nc);
 	memcpy(nc.base_fp, fc->base_fp, 32);
