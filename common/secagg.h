@@ -52,6 +52,7 @@
 #define SA_MAX_SIG      512          /* DER signature bytes (ECDSA P-256: <= 72) */
 #define SA_MAX_CERT     16384        /* DER certificate bytes */
 #define SA_MAX_MOD_BITS 32
+#define SA_MAX_EDGES    (1u << 21) /* n * degree: bounds the server's state */
 
 /* Public per-round parameters, the same at every node and the server. */
 typedef struct sa_round {
@@ -64,7 +65,8 @@ typedef struct sa_round {
 	uint8_t graph_seed[32]; /* public, fresh per round (e.g. from the round's RNG) */
 } sa_round;
 
-/* 0 when r is valid (ranges above), else FL_EINVAL naming the field. The
+/* 0 when r is valid (ranges above, and n * degree <= SA_MAX_EDGES), else
+ * FL_EINVAL naming the field. The
  * rule 2t > deg keeps a coordinator that tells half of u's neighbours
  * "u dropped" and the other half "u survived" from collecting t shares of
  * both of u's secrets. */
@@ -102,6 +104,31 @@ void sa_pack(const uint32_t *x, uint64_t dim, uint32_t m, uint8_t *out);
 /* Inverse of sa_pack. FL_EPROTO if the unused bits of the last byte are
  * not 0 (a non-canonical encoding). */
 int sa_unpack(const uint8_t *in, uint64_t dim, uint32_t m, uint32_t *x);
+
+/* ---- the primitives, exposed for known-answer tests and the benchmark ---- */
+
+/* X25519(sk, pk) (RFC 7748). FL_ECRYPTO when OpenSSL refuses, e.g. for a
+ * small-order pk whose result would be all zero. */
+int sa_x25519(const uint8_t sk[SA_KEY_LEN], const uint8_t pk[SA_KEY_LEN], uint8_t out[SA_KEY_LEN]);
+/* HKDF-SHA256 (RFC 5869) extract-and-expand; salt may be NULL (no salt).
+ * outlen <= 255 * 32. */
+int sa_hkdf_sha256(const uint8_t *salt, size_t saltlen, const uint8_t *ikm, size_t ikmlen,
+                   const uint8_t *info, size_t infolen, uint8_t *out, size_t outlen);
+/* AES-256-GCM with a 12-byte nonce: seal writes len bytes of ciphertext
+ * then the 16-byte tag to out; open checks the tag of in (len + 16 bytes)
+ * and writes len bytes (FL_EAUTH when the tag does not verify). */
+int sa_gcm_seal(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad, size_t aadlen,
+                const uint8_t *pt, size_t len, uint8_t *out);
+int sa_gcm_open(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad, size_t aadlen,
+                const uint8_t *in, size_t len, uint8_t *out);
+/* AES-256-CTR (128-bit big-endian counter block starting at iv): out = in
+ * XOR keystream. */
+int sa_ctr_xor(const uint8_t key[32], const uint8_t iv[16], const uint8_t *in, uint8_t *out,
+               size_t len);
+/* The PRG: n 32-bit words, word w = bytes 4w..4w+3 (little-endian) of the
+ * AES-256-CTR keystream under key seed with an all-zero IV. Masks use the
+ * low m bits of each word (uniform mod 2^m since 2^m divides 2^32). */
+int sa_prg(const uint8_t seed[SA_KEY_LEN], uint32_t *out, uint64_t n);
 
 /* ---- values that travel ---- */
 
