@@ -716,7 +716,6 @@ struct sa_client {
 	uint8_t *ct;
 	sa_refusal *ref;
 	uint32_t nref;
-	uint32_t *acc;
 	uint8_t *packed;
 	sa_reveal *rv;
 };
@@ -737,9 +736,6 @@ void sa_client_free(sa_client *c)
 	free(c->shares);
 	free(c->ct);
 	free(c->ref);
-	if (c->acc)
-		OPENSSL_cleanse(c->acc, c->r.dim * sizeof *c->acc);
-	free(c->acc);
 	free(c->packed);
 	free(c->rv);
 	free(c);
@@ -1130,13 +1126,18 @@ int sa_client_receive(sa_client *c, const sa_share *shares, uint32_t n, const sa
 	return 0;
 }
 
-int sa_client_mask(sa_client *c, const uint32_t *x, const uint8_t **packed, size_t *len, char *why,
-                   size_t whylen)
+int sa_client_mask_into(sa_client *c, const uint32_t *x, uint8_t *out, size_t len, char *why,
+                        size_t whylen)
 {
 	if (c->state != CL_RECEIVED)
 		return fl_fail(why, whylen, FL_ESTATE,
 		               c->state < CL_RECEIVED ? "secagg mask before the shares arrived"
 		                                      : "secagg input already masked");
+	size_t pl = sa_packed_len(&c->r);
+	if (!out || len != pl)
+		return fl_fail(why, whylen, FL_EINVAL,
+		               "secagg mask output of %zu bytes, the packed vector has %zu", len,
+		               pl);
 	uint32_t np = 0;
 	for (uint32_t p = 0; p < c->deg; p++)
 		np += c->nb[p].partner;
@@ -1152,29 +1153,40 @@ int sa_client_mask(sa_client *c, const uint32_t *x, const uint8_t **packed, size
 			return fl_fail(why, whylen, FL_EINVAL,
 			               "secagg input element %llu = %u does not fit in %u bits",
 			               (unsigned long long)e, x[e], m);
-	size_t pl = sa_packed_len(&c->r);
-	if (!c->acc)
-		c->acc = malloc(c->r.dim * sizeof *c->acc);
-	if (!c->packed)
-		c->packed = malloc(pl);
-	if (!c->acc || !c->packed)
+	/* scratch for the masked values: allocated once per round, wiped and
+	 * freed before return (a client holds no dim-sized state after this) */
+	uint32_t *acc = malloc(c->r.dim * sizeof *acc);
+	if (!acc)
 		return FL_ENOMEM;
-	memcpy(c->acc, x, c->r.dim * sizeof *x);
-	int rc = prg_apply(&c->cr, c->b, 0, c->acc, c->r.dim);
+	memcpy(acc, x, c->r.dim * sizeof *x);
+	int rc = prg_apply(&c->cr, c->b, 0, acc, c->r.dim);
 	for (uint32_t p = 0; p < c->deg && rc == 0; p++) {
 		cl_nb *nb = &c->nb[p];
-		if (!nb->partner)
-			continue;
-		rc = prg_apply(&c->cr, nb->seed, c->index > nb->idx, c->acc, c->r.dim);
+		if (nb->partner)
+			rc = prg_apply(&c->cr, nb->seed, c->index > nb->idx, acc, c->r.dim);
 	}
+	if (rc == 0)
+		sa_pack(acc, c->r.dim, m, out);
+	OPENSSL_cleanse(acc, c->r.dim * sizeof *acc);
+	free(acc);
 	if (rc)
 		return crypto_fail(why, whylen, "secagg masking");
-	sa_pack(c->acc, c->r.dim, m, c->packed);
-	OPENSSL_cleanse(c->acc, c->r.dim * sizeof *c->acc);
 	c->state = CL_MASKED;
-	*packed = c->packed;
-	*len = pl;
 	return 0;
+}
+
+int sa_client_mask(sa_client *c, const uint32_t *x, const uint8_t **packed, size_t *len, char *why,
+                   size_t whylen)
+{
+	size_t pl = sa_packed_len(&c->r);
+	if (c->state == CL_RECEIVED && !c->packed && !(c->packed = malloc(pl)))
+		return FL_ENOMEM;
+	int rc = sa_client_mask_into(c, x, c->packed, pl, why, whylen);
+	if (rc == 0) {
+		*packed = c->packed;
+		*len = pl;
+	}
+	return rc;
 }
 
 int sa_client_reveal(sa_client *c, const uint32_t *survivors, uint32_t ns, const uint32_t *dropped,

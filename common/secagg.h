@@ -232,6 +232,11 @@ int sa_client_receive(sa_client *c, const sa_share *shares, uint32_t n, const sa
  * partners (abort the round); FL_ESTATE out of order. */
 int sa_client_mask(sa_client *c, const uint32_t *x, const uint8_t **packed, size_t *len, char *why,
                    size_t whylen);
+/* The same, writing the packed vector to the caller's out (len must be
+ * sa_packed_len; FL_EINVAL otherwise), e.g. straight into a message buffer.
+ * The client keeps no dim-sized state after either call. */
+int sa_client_mask_into(sa_client *c, const uint32_t *x, uint8_t *out, size_t len, char *why,
+                        size_t whylen);
 
 /* Phase 4. survivors / dropped: the server's request for c (each a list of
  * node indices). Refused (FL_EPROTO, naming the index) when an index is out

@@ -962,6 +962,9 @@ static void test_bad_input(void **state)
 	assert_int_equal(sa_client_mask(c[1], x, &p, &len, why, sizeof why), FL_EINVAL);
 	assert_non_null(strstr(why, "element 20"));
 	x[20] = 5;
+	uint8_t small[8];
+	assert_int_equal(sa_client_mask_into(c[1], x, small, sizeof small, why, sizeof why),
+	                 FL_EINVAL);
 	assert_int_equal(sa_client_mask(c[1], x, &p, &len, why, sizeof why), 0);
 	assert_int_equal(len, (33 * 10 + 7) / 8);
 	assert_int_equal(sa_server_add_masked(sv, 1, p, len - 1, why, sizeof why), FL_EPROTO);
