@@ -1224,11 +1224,13 @@ int sa_client_reveal(sa_client *c, const uint32_t *survivors, uint32_t ns, const
 			    u, kind[p] != (surv ? 1 : 2) ? " (as survivor and as dropped)" : "");
 			goto out;
 		}
-		if (!surv && !c->nb[p].partner) {
+		if (!c->nb[p].partner) {
+			/* the server routes shares only between partners: naming
+			 * another node would only inflate the survivor count */
 			rc = fl_fail(why, whylen, FL_EPROTO,
-			             "secagg unmask request names node %u as dropped, but it never "
-			             "sent this node shares",
-			             u);
+			             "secagg unmask request names node %u as %s, but it never "
+			             "exchanged shares with this node",
+			             u, surv ? "survivor" : "dropped");
 			goto out;
 		}
 		kind[p] = surv ? 1 : 2;

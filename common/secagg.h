@@ -240,9 +240,9 @@ int sa_client_mask_into(sa_client *c, const uint32_t *x, uint8_t *out, size_t le
 
 /* Phase 4. survivors / dropped: the server's request for c (each a list of
  * node indices). Refused (FL_EPROTO, naming the index) when an index is out
- * of range, repeated, in both lists, not c's neighbour, or when a dropped
- * node is not one of c's masking partners; refused (FL_EAUTH) when fewer
- * than t of c's neighbours are survivors. Then *out holds, for each listed
+ * of range, repeated, in both lists, not c's neighbour, or not one of c's
+ * masking partners (the server's request only names partners); refused
+ * (FL_EAUTH) when fewer than t of c's partners are survivors. Then *out holds, for each listed
  * node whose share c holds, the share of b (survivor) or of mask_sk
  * (dropped). A client reveals once (FL_ESTATE after), so it never gives
  * both secrets of one node. */

@@ -994,6 +994,11 @@ static void test_bad_input(void **state)
 	assert_non_null(strstr(why, "not a neighbour"));
 	assert_int_equal(sa_client_reveal(c[1], s1, 2, NULL, 0, &rv, &nrv, why, sizeof why),
 	                 FL_EAUTH);
+	/* node 0 never exchanged shares with 4: 4 cannot count as its survivor */
+	uint32_t s0[3] = {1, 2, 4};
+	assert_int_equal(sa_client_reveal(c[0], s0, 3, NULL, 0, &rv, &nrv, why, sizeof why),
+	                 FL_EPROTO);
+	assert_non_null(strstr(why, "node 4 as survivor, but it never exchanged shares"));
 	/* the real request, and a reveal of the wrong kind at the server */
 	const uint32_t *su, *dr;
 	uint32_t ns, nd;
