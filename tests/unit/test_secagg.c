@@ -816,12 +816,13 @@ static void test_tampered_share(void **state)
 	outcome_free(&o);
 }
 
-/* chi-square over 64 bins of the top 6 bits of m-bit values */
-static double chi2_top6(const uint32_t *v, uint64_t n, uint32_t m)
+/* chi-square over 64 bins of 6 bits of m-bit values, from bit `shift`:
+ * m - 6 for the top bits, 0 for the residues mod 64 */
+static double chi2_bits(const uint32_t *v, uint64_t n, uint32_t shift)
 {
 	double cnt[64] = {0};
 	for (uint64_t e = 0; e < n; e++)
-		cnt[(v[e] >> (m - 6)) & 63] += 1;
+		cnt[(v[e] >> shift) & 63] += 1;
 	double exp = (double)n / 64, c = 0;
 	for (int b = 0; b < 64; b++)
 		c += (cnt[b] - exp) * (cnt[b] - exp) / exp;
@@ -841,15 +842,18 @@ static void test_uniform(void **state)
 	assert_non_null(v);
 	assert_int_equal(sa_unpack(o.masked0, s.dim, s.m, v), 0);
 	/* 63 degrees of freedom: P(chi2 > 130) < 1e-6 under uniformity */
-	double cm = chi2_top6(v, s.dim, s.m);
-	double cs = chi2_top6(o.sum, s.dim, s.m);
-	double cms = chi2_top6(o.masked_sum, s.dim, s.m);
-	print_message("chi2 (63 dof): masked vector %.1f, masked sum %.1f, plain sum %.1f\n", cm,
-	              cms, cs);
+	double cm = chi2_bits(v, s.dim, s.m - 6), cr = chi2_bits(v, s.dim, 0);
+	double cs = chi2_bits(o.sum, s.dim, s.m - 6), csr = chi2_bits(o.sum, s.dim, 0);
+	double cms = chi2_bits(o.masked_sum, s.dim, s.m - 6);
+	print_message("chi2 (63 dof): masked vector top bits %.1f, residues mod 64 %.1f; masked "
+	              "sum %.1f; plain sum %.1f / %.1f\n",
+	              cm, cr, cms, cs, csr);
 	assert_true(cm < 130);
+	assert_true(cr < 130);
 	assert_true(cms < 130);
 	/* the test has power: the plain sum (small signed values) fails it */
 	assert_true(cs > 1000);
+	assert_true(csr > 1000);
 	/* the plain sum decodes as small signed integers: |sum| <= 10 * 7 */
 	for (uint64_t e = 0; e < s.dim; e++) {
 		int32_t val = (int32_t)(o.sum[e] << (32 - s.m)) >> (32 - s.m);
