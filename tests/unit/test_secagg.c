@@ -662,6 +662,19 @@ static void test_round_sizes(void **state)
 		assert_int_equal(o.nliars, 0);
 		outcome_free(&o);
 	}
+	/* the complete graph at n = 50 (t = 33), with a dropout and a liar */
+	{
+		scen s;
+		outcome o;
+		scen_init(&s, 50, 49, 33, 12, 200);
+		s.drop[20] = DROP_AFTER_SHARE;
+		s.lie[7] = 1;
+		run_round(&s, &o);
+		expect_exact(&s, &o);
+		assert_int_equal(o.nliars, 1);
+		assert_int_equal(o.liars[0], 7);
+		outcome_free(&o);
+	}
 	/* a sparse graph with a small k */
 	scen s;
 	scen_init(&s, 30, 4, 3, 9, 300);
