@@ -198,14 +198,17 @@ int sa_client_advertise(sa_client *c, EVP_PKEY *sign_key, X509 *cert, sa_keys *o
 /* Phase 2. roster: the advertised keys of (at least) c's neighbours as the
  * server relays them; entries of non-neighbours and of c itself are
  * ignored. A neighbour is accepted when its certificate verifies against
- * ca (no extra untrusted chain), has exactly one CN equal to its roster
- * node_id, that id is valid and unique in the roster, and sig verifies
- * over sa_signed_bytes(r->round_id, entry). A neighbour absent from the
+ * ca (no extra untrusted chain), has extended key usage clientAuth (a node
+ * certificate, not the coordinator's), exactly one CN equal to its roster
+ * node_id, that id is valid and unique among c and its neighbours, its
+ * public keys give a nonzero X25519 secret, and sig verifies over
+ * sa_signed_bytes(r->round_id, entry). A neighbour absent from the
  * roster or refused is listed in *refused (with the reason; the caller
  * logs it) and gets no shares. Then b and mask_sk are split (threshold t,
  * holders' x = index + 1) and encrypted to every accepted neighbour:
  * *out = one sa_share per accepted neighbour, ascending `to`.
- * Errors: FL_ESTATE (not advertised / called twice), FL_EPROTO (two roster
+ * Errors: FL_ESTATE (not advertised / already succeeded; a call that
+ * failed may be repeated with another roster), FL_EPROTO (two roster
  * entries with one index), FL_EAUTH when fewer than t neighbours are
  * accepted (the client must abort the round; why names the count), and
  * FL_ECRYPTO / FL_ENOMEM. Outputs are written only on success, except
