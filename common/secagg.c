@@ -4,6 +4,7 @@
 
 #include "err.h"
 #include "rng.h"
+#include "sha.h"
 #include "shamir.h"
 #include "tlsctx.h"
 
@@ -428,6 +429,33 @@ void sa_params_default(uint32_t n, uint32_t *k, uint32_t *t)
 	*t = (2 * deg + 2) / 3;
 	if (2 * *t <= deg)
 		*t = deg / 2 + 1;
+}
+
+int sa_graph_seed(uint64_t round_id, const char *const *ids, uint32_t n, uint8_t out[32])
+{
+	static const char ctx[] = "fedlora-secagg-v1 graph";
+	sha256_ctx *h = NULL;
+	uint8_t b[8];
+	if (!ids || n == 0 || n > SA_MAX_N)
+		return FL_EINVAL;
+	if (sha256_new(&h))
+		return FL_ECRYPTO;
+	st64(b, round_id);
+	int rc = sha256_update(h, ctx, sizeof ctx - 1) || sha256_update(h, b, 8);
+	for (uint32_t i = 0; i < n && !rc; i++) {
+		size_t l = ids[i] ? strnlen(ids[i], SA_MAX_NODE_ID + 1) : SA_MAX_NODE_ID + 1;
+		if (l > SA_MAX_NODE_ID) {
+			sha256_free(h);
+			return FL_EINVAL;
+		}
+		st32(b, (uint32_t)l);
+		rc = sha256_update(h, b, 4) || sha256_update(h, ids[i], l);
+	}
+	if (rc) {
+		sha256_free(h);
+		return FL_ECRYPTO;
+	}
+	return sha256_final(h, out) ? FL_ECRYPTO : 0;
 }
 
 /* The round's permuted cycle: perm[pos] = node, pos_of[node] = pos. */

@@ -83,6 +83,15 @@ uint32_t sa_mod_bits(uint32_t level_bits, uint32_t n, uint32_t w_max);
  * a node's neighbours may drop. n < 3 -> k = t = 0. */
 void sa_params_default(uint32_t n, uint32_t *k, uint32_t *t);
 
+/* A graph seed the nodes can recompute: SHA-256 of "fedlora-secagg-v1 graph"
+ * || round_id u64 LE || for each participant id in index order: len u32 LE
+ * || id. A coordinator that picks graph_seed freely could try seeds until a
+ * target's neighbours are nodes it controls; with this seed (checked by
+ * the nodes) the graph follows from the round id and the participant list.
+ * ids[i] NUL-terminated, at most SA_MAX_NODE_ID chars; 0, FL_EINVAL or
+ * FL_ECRYPTO. */
+int sa_graph_seed(uint64_t round_id, const char *const *ids, uint32_t n, uint8_t out[32]);
+
 /* Degree of every node: min(k, n - 1). */
 uint32_t sa_degree(const sa_round *r);
 

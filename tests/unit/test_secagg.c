@@ -308,6 +308,31 @@ static void test_graph(void **state)
 	r.graph_seed[0] ^= 1;
 	assert_int_equal(sa_neighbours(&r, 5, other, &cnt), 0);
 	assert_memory_equal(other, nb + 5 * 16, sizeof other);
+	/* the recomputable seed: SHA-256 of the documented bytes, computed
+	 * here independently with EVP */
+	const char *ids[3] = {"alpha", "b", "node-7"};
+	uint8_t seed[32], want[32], msg[128];
+	size_t ml = 0;
+	memcpy(msg, "fedlora-secagg-v1 graph", 23);
+	ml = 23;
+	for (int i = 0; i < 8; i++)
+		msg[ml++] = (uint8_t)(0x0102030405060708ull >> (8 * i));
+	for (int i = 0; i < 3; i++) {
+		uint32_t l = (uint32_t)strlen(ids[i]);
+		for (int j = 0; j < 4; j++)
+			msg[ml++] = (uint8_t)(l >> (8 * j));
+		memcpy(msg + ml, ids[i], l);
+		ml += l;
+	}
+	unsigned int wl = 0;
+	assert_int_equal(EVP_Digest(msg, ml, want, &wl, EVP_sha256(), NULL), 1);
+	assert_int_equal(sa_graph_seed(0x0102030405060708ull, ids, 3, seed), 0);
+	assert_memory_equal(seed, want, 32);
+	ids[1] = "c"; /* another participant list, another seed */
+	assert_int_equal(sa_graph_seed(0x0102030405060708ull, ids, 3, want), 0);
+	assert_true(memcmp(seed, want, 32) != 0);
+	ids[1] = NULL;
+	assert_int_equal(sa_graph_seed(1, ids, 3, seed), FL_EINVAL);
 	/* k >= n - 1: everyone */
 	sa_round c = {.n = 7, .k = 100, .t = 4, .mod_bits = 8, .dim = 1};
 	assert_int_equal(sa_neighbours(&c, 3, other, &cnt), 0);
