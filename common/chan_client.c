@@ -18,6 +18,8 @@ struct chan_client {
 	char server_name[256];
 	tlsctx_opts topts;
 	tlsctx *tls;
+	X509 *cert; /* in-memory identity (opts.cert/key) or NULL */
+	EVP_PKEY *key;
 	void *ctx;
 	int own_ctx;
 	void *sock, *mon;
@@ -128,13 +130,37 @@ static int common_new(const chan_client_opts *o, chan_client **out)
 		rc = FL_EINVAL;
 		goto out;
 	}
-	c->topts.role = TLSCTX_CLIENT;
-	c->topts.cert_path = c->s_cert;
-	c->topts.key_path = c->s_key;
-	c->topts.ca_path = c->s_ca;
-	c->topts.crl_path = c->s_crl;
-	if ((rc = tlsctx_new(&c->topts, &c->tls)))
+	c->o.tls = NULL;
+	c->o.cert = NULL;
+	c->o.key = NULL;
+	if (!o->cert != !o->key || (o->cert && (o->cert_path || o->key_path))) {
+		LOGE(CHAN_MOD, "client identity: give a certificate and a key, either as files "
+		               "or in memory");
+		rc = FL_EINVAL;
 		goto out;
+	}
+	if (o->cert) {
+		if (X509_check_private_key(o->cert, o->key) != 1) {
+			LOGE(CHAN_MOD, "client identity: the key does not match the certificate");
+			rc = FL_ECONFIG;
+			goto out;
+		}
+		X509_up_ref(o->cert);
+		c->cert = o->cert;
+		EVP_PKEY_up_ref(o->key);
+		c->key = o->key;
+	}
+	if (o->tls) {
+		c->tls = tlsctx_ref(o->tls);
+	} else {
+		c->topts.role = TLSCTX_CLIENT;
+		c->topts.cert_path = c->s_cert;
+		c->topts.key_path = c->s_key;
+		c->topts.ca_path = c->s_ca;
+		c->topts.crl_path = c->s_crl;
+		if ((rc = tlsctx_new(&c->topts, &c->tls)))
+			goto out;
+	}
 	c->backoff = (uint64_t)o->reconnect_ivl_ms;
 	int m = o->handshake_timeout_ms;
 	if (o->idle_timeout_ms < m)
@@ -372,6 +398,12 @@ static void start_attempt(chan_client *c)
 	 * session's records from any stale ones of an earlier session. */
 	if (chan_sess_init(cs, c->tls, c->server_name, c->o.max_msg, c->o.out_queue_max, &c->ctr))
 		goto retry;
+	if (c->cert && (SSL_use_certificate(cs->ssl, c->cert) != 1 ||
+	                SSL_use_PrivateKey(cs->ssl, c->key) != 1)) {
+		LOGE(CHAN_MOD, "cannot attach the client identity to a TLS session");
+		chan_sess_fini(cs);
+		goto retry;
+	}
 	cs->next_kind = CHAN_KIND_HELLO;
 	if (chan_sess_start(cs)) {
 		LOGE(CHAN_MOD, "cannot start a TLS handshake: %s", cs->why);
@@ -614,6 +646,8 @@ void chan_client_free(chan_client *c)
 		zmq_ctx_term(c->ctx);
 	chan_evq_fini(&c->evq);
 	tlsctx_unref(c->tls);
+	X509_free(c->cert);
+	EVP_PKEY_free(c->key);
 	free(c->s_endpoint);
 	free(c->s_cert);
 	free(c->s_key);

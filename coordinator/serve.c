@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <fcntl.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -241,6 +242,29 @@ static int write_endpoint(const char *path, const char *ep)
 	return file_write_atomic(path, line, (size_t)n);
 }
 
+/* Every TCP connection costs one file descriptor: raises the soft limit
+ * to the hard one, and warns when even that is below what max_sessions
+ * connections need (the kernel would then refuse connections with EMFILE
+ * before server.max_nodes is reached). */
+static void raise_fd_limit(int sessions)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+	rlim_t want = (rlim_t)sessions + 256; /* listener, log, state, ZeroMQ internals */
+	if (rl.rlim_cur < want && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+			getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur < want)
+		LOGW(MOD,
+		     "open-file limit %lu is below the %lu that server.max_nodes + "
+		     "server.max_pending connections need: raise it (ulimit -n, LimitNOFILE= in "
+		     "systemd) or lower server.max_nodes",
+		     (unsigned long)rl.rlim_cur, (unsigned long)want);
+}
+
 int serve_run(const cconf *cc)
 {
 	srv S;
@@ -322,6 +346,7 @@ int serve_run(const cconf *cc)
 		goto out;
 	}
 
+	raise_fd_limit(cc->max_sessions);
 	chan_server_opts co;
 	chan_server_opts_default(&co);
 	co.endpoint = cc->listen;
