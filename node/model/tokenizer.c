@@ -652,7 +652,9 @@ int tok_from_gguf(const gguf *g, tok **out, char *err, size_t errlen)
 	    (rc = opt_id(g, "tokenizer.ggml.unknown_token_id", spm ? 0 : -1, t->nv, &t->unk, err,
 	                 errlen)) ||
 	    (rc = opt_id(g, "tokenizer.ggml.padding_token_id", -1, t->nv, &t->pad, err, errlen)) ||
-	    (rc = opt_bool(g, "tokenizer.ggml.add_bos_token", spm, &t->add_bos, err, errlen)) ||
+	    /* llama-bpe adds BOS unless the file says otherwise, as llama.cpp */
+	    (rc = opt_bool(g, "tokenizer.ggml.add_bos_token", spm || pret == TOK_PRE_LLAMA3,
+	                   &t->add_bos, err, errlen)) ||
 	    (rc = opt_bool(g, "tokenizer.ggml.add_eos_token", 0, &t->add_eos, err, errlen)) ||
 	    (rc = opt_bool(g, "tokenizer.ggml.add_space_prefix", spm, &t->add_space_prefix, err,
 	                   errlen)))

@@ -11,7 +11,9 @@
  *     "llama-bpe" (Llama 3), "qwen2" (Qwen2/2.5/3), "smollm" (SmolLM/2).
  *     No Unicode normalization is applied (HF's Qwen tokenizers NFC the
  *     text first: NFC text tokenizes the same).
- * BOS/EOS insertion follows tokenizer.ggml.add_bos_token / add_eos_token.
+ * BOS/EOS insertion follows tokenizer.ggml.add_bos_token / add_eos_token;
+ * without the key BOS is added for "llama" and "llama-bpe" vocabularies
+ * only (as llama.cpp does), EOS never.
  * User-defined tokens (type 4) written in the text always map to their id;
  * control/unknown tokens only with TOK_PARSE_SPECIAL. See docs/GGUF.md.
  *
