@@ -648,6 +648,8 @@ static void test_refusals(void **state)
 	expect_refused(base("gpt2", "deepseek-llm"), FL_EUNSUPPORTED,
 	               "'deepseek-llm' is not supported");
 	expect_refused(base("gpt2", "falcon"), FL_EUNSUPPORTED, "'falcon'");
+	/* llama.cpp's "default" split for BPE is not GPT-2's */
+	expect_refused(base("gpt2", "default"), FL_EUNSUPPORTED, "'default' is not supported");
 	expect_refused(base("llama", "qwen2"), FL_EUNSUPPORTED, "'qwen2' is not supported");
 	expect_refused(base("llama", NULL), FL_EFORMAT, "tokenizer.ggml.tokens is missing");
 
