@@ -25,7 +25,9 @@
  *                    [--connect-rate R]
  *                    [--procs P] [--coordinator PATH] [--dir DIR] [--timeout-s S]
  * The adapter is LoRA on attn_q and attn_v of L layers of D x D weights:
- * 4 L D r parameters (default 16 x 1024 x 16: 1,048,576). Sessions open at
+ * 4 L D r parameters (default 16 x 1024 x 16: 1,048,576). A round commits
+ * with 90 % of its sampled nodes' updates (rounds.min_updates); the
+ * coordinator waits for all N sessions before the first round. Sessions open at
  * R per second (default 500), as a fleet comes up; the load is split over
  * P processes (default: as many as the open-file limit needs). */
 #include "chan.h"
@@ -780,7 +782,7 @@ int main(int argc, char **argv)
 	        "[aggregation]\nstrategy = fedavg\ndownlink_format = q8\n"
 	        "[state]\ndir = %s/coord-state\n[log]\nlevel = info\n",
 	        port, p_sc, p_sk, p_ca, nn, base_hex, layers, dim, dim, dim, dim, rank, rank, nn,
-	        per, per, timeout_s * 1000, rounds, dir);
+	        per, per - per / 10, timeout_s * 1000, rounds, dir);
 	fclose(c);
 	fflush(stdout);
 	pid_t coord = fork();
