@@ -66,10 +66,11 @@ int64_t sag_signed(uint32_t v, uint32_t m)
 }
 
 int sag_encode(const tensor *const *d, tensor *const *r, size_t nt, const float *steps, double clip,
-               uint32_t bits, uint32_t w, uint32_t m, uint64_t seed, uint32_t *x, double *norm)
+               uint32_t bits, uint32_t w, uint32_t w_max, uint32_t m, uint64_t seed, uint32_t *x,
+               double *norm)
 {
 	uint32_t L = sag_levels(bits);
-	if (!L || w < 1 || m < 2 || m > 32 || !(clip > 0))
+	if (!L || w < 1 || w > w_max || w_max > L || m < 2 || m > 32 || !(clip > 0))
 		return FL_EINVAL;
 	double ss = 0;
 	for (size_t t = 0; t < nt; t++) {
@@ -86,12 +87,13 @@ int sag_encode(const tensor *const *d, tensor *const *r, size_t nt, const float 
 		return FL_ENUMERIC;
 	double nrm = sqrt(ss);
 	double scale = nrm > clip ? clip / nrm : 1.0;
+	double fold = (double)w / (double)w_max; /* the weight, folded in */
 	uint64_t mask = m == 32 ? 0xffffffffull : (1ull << m) - 1;
 	rng g;
 	rng_seed(&g, seed);
 	size_t e = 0;
 	for (size_t t = 0; t < nt; t++) {
-		double inv = 1.0 / steps[t];
+		double inv = fold / steps[t], back = steps[t] / fold;
 		for (size_t k = 0; k < d[t]->n; k++, e++) {
 			double v =
 			    ((double)d[t]->data[k] + (r ? (double)r[t]->data[k] : 0.0)) * scale;
@@ -101,9 +103,9 @@ int sag_encode(const tensor *const *d, tensor *const *r, size_t nt, const float 
 			if (q < -(double)L)
 				q = -(double)L;
 			int64_t lv = (int64_t)q;
-			if (r)
-				r[t]->data[k] = (float)(v - (double)lv * steps[t]);
-			x[e] = (uint32_t)((uint64_t)((int64_t)w * lv) & mask);
+			if (r) /* not sent, in the unweighted domain */
+				r[t]->data[k] = (float)(v - (double)lv * back);
+			x[e] = (uint32_t)((uint64_t)lv & mask);
 		}
 	}
 	x[e] = w & (uint32_t)mask;
@@ -112,17 +114,23 @@ int sag_encode(const tensor *const *d, tensor *const *r, size_t nt, const float 
 	return 0;
 }
 
-int sag_decode(const uint32_t *sum, uint32_t m, const float *steps, tensor *const *out, size_t nt,
-               uint64_t *wsum)
+int sag_decode(const uint32_t *sum, uint32_t m, uint32_t w_max, const float *steps,
+               tensor *const *out, size_t nt, uint64_t *wsum)
 {
+	int64_t ws = 0;
 	size_t e = 0;
 	for (size_t t = 0; t < nt; t++)
-		for (size_t k = 0; k < out[t]->n; k++, e++)
-			out[t]->data[k] = (float)((double)sag_signed(sum[e], m) * steps[t]);
-	uint64_t ws = (uint64_t)sag_signed(sum[e], m) > 0 ? (uint64_t)sag_signed(sum[e], m) : 0;
-	if (!ws)
+		e += out[t]->n;
+	ws = sag_signed(sum[e], m);
+	if (ws <= 0)
 		return FL_EPROTO;
-	*wsum = ws;
+	e = 0;
+	for (size_t t = 0; t < nt; t++) {
+		double s = (double)w_max * steps[t];
+		for (size_t k = 0; k < out[t]->n; k++, e++)
+			out[t]->data[k] = (float)((double)sag_signed(sum[e], m) * s);
+	}
+	*wsum = (uint64_t)ws;
 	return 0;
 }
 
@@ -140,7 +148,7 @@ int sag_check_sum(const uint32_t *sum, uint64_t dim, uint32_t m, uint32_t bits, 
 		         (uint64_t)n * w_max);
 		return FL_EPROTO;
 	}
-	int64_t lim = W * (int64_t)L;
+	int64_t lim = (int64_t)n * (int64_t)L;
 	for (uint64_t e = 0; e + 1 < dim; e++) {
 		int64_t v = sag_signed(sum[e], m);
 		if (v > lim || v < -lim) {

@@ -126,8 +126,9 @@ const cfg_key cconf_schema[] = {
      "(t = ceil(x deg)), else a count; 2 t > deg is required"},
     {"aggregation", "secure_clip", CFG_DOUBLE, "1.0", 1e-12, 1e9, NULL,
      "secure: C, the L2 bound nodes clip their update (+ residual) to"},
-    {"aggregation", "secure_w_max", CFG_INT, "255", 1, 65535, NULL,
-     "secure: integer weights are in [1, w_max]"},
+    {"aggregation", "secure_w_max", CFG_INT, "0", 0, 127, NULL,
+     "secure: integer weights are in [1, w_max], w_max <= the uplink format's largest level "
+     "(q8 127, q4 7, q2 1); 0 = that level"},
     {"aggregation", "secure_range", CFG_DOUBLE, "4.0", 0.01, 1e6, NULL,
      "secure: the grid spans +-range x the previous mean update's RMS per tensor"},
     {"aggregation", "secure_phase_ms", CFG_INT, "30000", 1, 86400000, NULL,

@@ -330,7 +330,6 @@ void fed_opts_default(fed_opts *o)
 	o->keep_versions = 5;
 	o->max_msg = 256u << 20;
 	o->secure.clip = 1.0;
-	o->secure.w_max = 255;
 	o->secure.range = 4.0;
 	o->secure.phase_ms = 30000;
 }
@@ -392,9 +391,15 @@ static int secure_check(const fed_opts *o, char *why, size_t whylen)
 		    s->threshold);
 		return FL_EINVAL;
 	}
-	if (!(s->clip > 0) || !(s->range > 0) || s->w_max < 1 || s->phase_ms < 1) {
-		WHY("aggregation.secure_clip, secure_range, secure_w_max and secure_phase_ms must "
-		    "be positive");
+	if (!(s->clip > 0) || !(s->range > 0) || s->phase_ms < 1) {
+		WHY("aggregation.secure_clip, secure_range and secure_phase_ms must be positive");
+		return FL_EINVAL;
+	}
+	uint32_t L = o->train.uplink_fmt == QT_Q8 ? 127 : o->train.uplink_fmt == QT_Q4 ? 7 : 1;
+	if (s->w_max > L) {
+		WHY("aggregation.secure_w_max %u exceeds %u, the largest level of "
+		    "train.uplink_format %s (weights are folded into the levels)",
+		    s->w_max, L, qt_fmt_name(o->train.uplink_fmt));
 		return FL_EINVAL;
 	}
 	return 0;
@@ -2222,7 +2227,9 @@ static int sa_begin(fed *f, char *why, size_t whylen)
 		D += numel[i];
 	}
 	f->sa_bits = f->o.train.uplink_fmt == QT_Q8 ? 8 : f->o.train.uplink_fmt == QT_Q4 ? 4 : 2;
-	f->sa_wmax = f->o.agg.weighting == AGG_W_UNIFORM ? 1 : so->w_max;
+	f->sa_wmax = f->o.agg.weighting == AGG_W_UNIFORM ? 1
+	             : so->w_max                         ? so->w_max
+	                                                 : sag_levels(f->sa_bits);
 	uint64_t smax = 1;
 	for (size_t i = 0; i < f->nparts; i++) {
 		f->sa_ids[i] = f->parts[i].n->cn;
@@ -2244,7 +2251,7 @@ static int sa_begin(fed *f, char *why, size_t whylen)
 	else if (so->threshold > 0)
 		t = (uint32_t)ceil(so->threshold * deg);
 	f->sar.t = t;
-	f->sar.mod_bits = sa_mod_bits(f->sa_bits, n, f->sa_wmax);
+	f->sar.mod_bits = sa_mod_bits(f->sa_bits, n, 1); /* the weight folds into the levels */
 	f->sar.dim = (uint64_t)D + 1;
 	rc = FL_ECRYPTO;
 	if (RAND_bytes(f->sar.graph_seed, 32) != 1) {
@@ -2317,7 +2324,7 @@ static void sa_abandon(fed *f, const char *detail, uint64_t now_ms)
  * round's weighted sum, and the round goes on to the usual commit. */
 static void sa_finish(fed *f, uint64_t now_ms)
 {
-	char why[256] = "", d[320];
+	char why[256] = "", d[480];
 	uint32_t *sum = NULL;
 	tset *ts = NULL;
 	tensor **out = NULL;
@@ -2369,7 +2376,7 @@ static void sa_finish(fed *f, uint64_t now_ms)
 	for (size_t i = 0; i < f->sa_nt; i++)
 		out[i] = tset_at(ts, i);
 	uint64_t wsum = 0;
-	if (sag_decode(sum, f->sar.mod_bits, f->sa_steps, out, f->sa_nt, &wsum) != 0) {
+	if (sag_decode(sum, f->sar.mod_bits, f->sa_wmax, f->sa_steps, out, f->sa_nt, &wsum) != 0) {
 		snprintf(d, sizeof d,
 		         "secure aggregation: the unmasked weight sum is not positive");
 		goto abandon;

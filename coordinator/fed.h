@@ -48,7 +48,7 @@ typedef struct fed_secure {
 	uint32_t k;        /* neighbours; 0 = sa_params_default's */
 	double threshold;  /* 0: sa_params_default's; < 1: fraction of the degree; else a count */
 	double clip;       /* C: L2 bound of a node's update on the grid */
-	uint32_t w_max;    /* integer weights in [1, w_max] */
+	uint32_t w_max;    /* integer weights in [1, w_max], w_max <= L; 0 = L */
 	double range;      /* grid half-range in previous-mean RMS units */
 	uint32_t phase_ms; /* key, share and unmask phase deadlines */
 	const char *dump_dir; /* tests only: every masked input and each sum is

@@ -64,7 +64,7 @@ typedef struct nsec {
 	float *steps;                    /* grid step per exchanged tensor */
 	size_t nt;
 	double clip;
-	uint32_t bits, w;
+	uint32_t bits, w, w_max;
 	int shared, received, masked, revealed;
 	uint32_t *x; /* the update on the grid (dim values mod 2^m) once trained */
 	tset *resid; /* its error-feedback residual, until the masked input goes */
@@ -1136,8 +1136,8 @@ static int sec_begin(ncl *c, const Fedlora__RoundStart *rs, char *why, size_t wl
 	uint32_t L = sag_levels(su->level_bits);
 	if (su->graph_seed.len != 32 || su->n_steps != nt || su->dim != (uint64_t)D + 1 || !L ||
 	    su->level_bits > 8 || !(su->clip > 0) || !isfinite(su->clip) || su->w_max < 1 ||
-	    su->weight_unit < 1 ||
-	    su->mod_bits != sa_mod_bits(su->level_bits, (uint32_t)su->n_participants, su->w_max)) {
+	    su->w_max > L || su->weight_unit < 1 ||
+	    su->mod_bits != sa_mod_bits(su->level_bits, (uint32_t)su->n_participants, 1)) {
 		snprintf(why, wl,
 		         "setup does not fit this adapter or the protocol (%zu steps for %zu "
 		         "tensors, dim %" PRIu64 " for %zu elements, %u level bits, m %u)",
@@ -1180,6 +1180,7 @@ static int sec_begin(ncl *c, const Fedlora__RoundStart *rs, char *why, size_t wl
 	c->sa.bits = su->level_bits;
 	uint64_t w = (c->cfg.sample_count + su->weight_unit / 2) / su->weight_unit;
 	c->sa.w = (uint32_t)(w < 1 ? 1 : w > su->w_max ? su->w_max : w);
+	c->sa.w_max = su->w_max;
 	c->sa.active = 1;
 	if ((rc = sa_client_new(&r, idx, c->node_id, &c->sa.cl, why, wl)) != 0)
 		return rc;
@@ -1456,7 +1457,7 @@ static int sec_encode(ncl *c, const tset *delta)
 	uint64_t seed = p->seed ^ (c->cfg.node_seed * 0x9e3779b97f4a7c15ULL) ^ 0x5ecaa99ULL;
 	double norm = 0;
 	rc = sag_encode(d, resid ? r : NULL, nt, c->sa.steps, c->sa.clip, c->sa.bits, c->sa.w,
-	                c->sa.r.mod_bits, seed, x, &norm);
+	                c->sa.w_max, c->sa.r.mod_bits, seed, x, &norm);
 	if (rc)
 		goto out;
 	LOGD("client", "secure update: norm %.6g, clip %g", norm, c->sa.clip);

@@ -235,9 +235,9 @@ static void round_start(ncl *c)
 	su.k = 2;
 	su.t = 2;
 	su.level_bits = 4;
-	su.w_max = 255;
+	su.w_max = 7;
 	su.weight_unit = 1;
-	su.mod_bits = sa_mod_bits(4, FZ_N, 255);
+	su.mod_bits = sa_mod_bits(4, FZ_N, 1);
 	su.dim = D + 1;
 	su.graph_seed.data = (uint8_t *)g_seed;
 	su.graph_seed.len = 32;
@@ -391,7 +391,7 @@ int main(int argc, char **argv)
 	              .n = FZ_N,
 	              .k = 2,
 	              .t = 2,
-	              .mod_bits = sa_mod_bits(4, FZ_N, 255),
+	              .mod_bits = sa_mod_bits(4, FZ_N, 1),
 	              .dim = D + 1};
 	memcpy(r.graph_seed, g_seed, 32);
 	/* real keys and signatures of "a" (index 0) and "zz" (index 2) */

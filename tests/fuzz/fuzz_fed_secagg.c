@@ -227,7 +227,7 @@ int main(int argc, char **argv)
 	}
 	/* masked inputs: dim = 2x16 + 8x2 + 1 = 49 elements */
 	sa_round r = {
-	    .round_id = 1, .n = 3, .k = 2, .t = 2, .mod_bits = sa_mod_bits(4, 3, 255), .dim = 49};
+	    .round_id = 1, .n = 3, .k = 2, .t = 2, .mod_bits = sa_mod_bits(4, 3, 1), .dim = 49};
 	size_t pl = sa_packed_len(&r);
 	uint8_t *mk = calloc(pl, 1);
 	for (uint8_t i = 0; i < 3; i++) {
