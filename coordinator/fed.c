@@ -516,6 +516,8 @@ static void met_declare(fed *f)
 	                "Updates refused, by reason");
 	metrics_declare(f->m, "fedlora_updates_clipped_total", METRICS_COUNTER,
 	                "Accepted updates scaled down to the norm bound");
+	metrics_declare(f->m, "fedlora_secagg_dropped_total", METRICS_COUNTER,
+	                "Participants dropped from a secure round (fault or disconnect)");
 	metrics_declare(f->m, "fedlora_joins_rejected_total", METRICS_COUNTER,
 	                "Joins refused, by reason");
 	metrics_declare(f->m, "fedlora_bytes_total", METRICS_COUNTER,
