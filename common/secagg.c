@@ -4,6 +4,7 @@
 
 #include "err.h"
 #include "rng.h"
+#include "sha.h"
 #include "shamir.h"
 #include "tlsctx.h"
 
@@ -428,6 +429,33 @@ void sa_params_default(uint32_t n, uint32_t *k, uint32_t *t)
 	*t = (2 * deg + 2) / 3;
 	if (2 * *t <= deg)
 		*t = deg / 2 + 1;
+}
+
+int sa_graph_seed(uint64_t round_id, const char *const *ids, uint32_t n, uint8_t out[32])
+{
+	static const char ctx[] = "fedlora-secagg-v1 graph";
+	sha256_ctx *h = NULL;
+	uint8_t b[8];
+	if (!ids || n == 0 || n > SA_MAX_N)
+		return FL_EINVAL;
+	if (sha256_new(&h))
+		return FL_ECRYPTO;
+	st64(b, round_id);
+	int rc = sha256_update(h, ctx, sizeof ctx - 1) || sha256_update(h, b, 8);
+	for (uint32_t i = 0; i < n && !rc; i++) {
+		size_t l = ids[i] ? strnlen(ids[i], SA_MAX_NODE_ID + 1) : SA_MAX_NODE_ID + 1;
+		if (l > SA_MAX_NODE_ID) {
+			sha256_free(h);
+			return FL_EINVAL;
+		}
+		st32(b, (uint32_t)l);
+		rc = sha256_update(h, b, 4) || sha256_update(h, ids[i], l);
+	}
+	if (rc) {
+		sha256_free(h);
+		return FL_ECRYPTO;
+	}
+	return sha256_final(h, out) ? FL_ECRYPTO : 0;
 }
 
 /* The round's permuted cycle: perm[pos] = node, pos_of[node] = pos. */
@@ -1224,11 +1252,13 @@ int sa_client_reveal(sa_client *c, const uint32_t *survivors, uint32_t ns, const
 			    u, kind[p] != (surv ? 1 : 2) ? " (as survivor and as dropped)" : "");
 			goto out;
 		}
-		if (!surv && !c->nb[p].partner) {
+		if (!c->nb[p].partner) {
+			/* the server routes shares only between partners: naming
+			 * another node would only inflate the survivor count */
 			rc = fl_fail(why, whylen, FL_EPROTO,
-			             "secagg unmask request names node %u as dropped, but it never "
-			             "sent this node shares",
-			             u);
+			             "secagg unmask request names node %u as %s, but it never "
+			             "exchanged shares with this node",
+			             u, surv ? "survivor" : "dropped");
 			goto out;
 		}
 		kind[p] = surv ? 1 : 2;
@@ -1724,10 +1754,13 @@ out:
 	return rc;
 }
 
-/* Whether the polynomial through the t points (xs[sel], ys[sel]) agrees with
- * every other point; ok[h] = agreement of point h. Returns the count. */
+/* Agreement of every point with the polynomial through the t points
+ * (xs[sel], ys[sel]): ok[h] = 1 when point h lies on it. Returns the count,
+ * or 0 on a failure. Leaves the selected points in sx, sy and their
+ * barycentric weights in w (for the value at 0). O(t^2 + nsh * t). */
 static uint32_t sv_agree(const uint64_t *xs, const uint64_t *ys, uint32_t nsh, const uint32_t *sel,
-                         uint32_t t, uint64_t *sx, uint64_t *sy, uint8_t *ok)
+                         uint32_t t, uint64_t *sx, uint64_t *sy, uint64_t *w, uint64_t *scratch,
+                         uint8_t *ok)
 {
 	uint32_t c = 0;
 	for (uint32_t a = 0; a < t; a++) {
@@ -1735,13 +1768,12 @@ static uint32_t sv_agree(const uint64_t *xs, const uint64_t *ys, uint32_t nsh, c
 		memcpy(sy + (size_t)a * SA_WORDS, ys + (size_t)sel[a] * SA_WORDS,
 		       SA_WORDS * sizeof *sy);
 	}
+	if (shamir_bary_weights(sx, t, w, scratch) != 0)
+		return 0;
 	for (uint32_t h = 0; h < nsh; h++) {
 		uint64_t v[SA_WORDS];
-		if (shamir_interpolate_at(sx, sy, t, SA_WORDS, xs[h], v) != 0) {
-			ok[h] = 0;
-			continue;
-		}
-		ok[h] = memcmp(v, ys + (size_t)h * SA_WORDS, sizeof v) == 0;
+		ok[h] = shamir_bary_eval(sx, w, sy, t, SA_WORDS, xs[h], v, scratch) == 0 &&
+		        memcmp(v, ys + (size_t)h * SA_WORDS, sizeof v) == 0;
 		c += ok[h];
 	}
 	return c;
@@ -1758,9 +1790,11 @@ static int sv_recover(sa_server *s, uint32_t u, int kind, uint8_t secret[32], ch
 	uint64_t *sx = malloc(deg * sizeof *sx), *sy = malloc((size_t)deg * SA_WORDS * sizeof *sy);
 	uint32_t *who = malloc(deg * sizeof *who), *sel = malloc(deg * sizeof *sel);
 	uint8_t *ok = malloc(deg), *best_ok = malloc(deg);
+	uint64_t *bw = malloc(deg * sizeof *bw);
+	uint64_t *scratch = malloc(3 * (size_t)deg * sizeof *scratch);
 	uint64_t f[SA_WORDS];
 	int rc = 0;
-	if (!xs || !ys || !sx || !sy || !who || !sel || !ok || !best_ok) {
+	if (!xs || !ys || !sx || !sy || !who || !sel || !ok || !best_ok || !bw || !scratch) {
 		rc = FL_ENOMEM;
 		goto out;
 	}
@@ -1807,11 +1841,11 @@ static int sv_recover(sa_server *s, uint32_t u, int kind, uint8_t secret[32], ch
 			if (nsh == t)
 				break;
 		}
-		uint32_t agree = sv_agree(xs, ys, nsh, sel, t, sx, sy, ok);
+		uint32_t agree = sv_agree(xs, ys, nsh, sel, t, sx, sy, bw, scratch, ok);
 		/* unique decoding: wrong shares e = nsh - agree with 2e <= nsh - t */
 		if (2 * (nsh - agree) > nsh - t)
 			continue;
-		if (shamir_interpolate_at(sx, sy, t, SA_WORDS, 0, f) != 0 ||
+		if (agree < t || shamir_bary_eval(sx, bw, sy, t, SA_WORDS, 0, f, scratch) != 0 ||
 		    field_to_secret(f, secret) != 0)
 			continue;
 		if (kind == 2) {
@@ -1852,6 +1886,8 @@ out:
 	free(sel);
 	free(ok);
 	free(best_ok);
+	free(bw);
+	free(scratch);
 	return rc;
 }
 

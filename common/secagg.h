@@ -83,6 +83,15 @@ uint32_t sa_mod_bits(uint32_t level_bits, uint32_t n, uint32_t w_max);
  * a node's neighbours may drop. n < 3 -> k = t = 0. */
 void sa_params_default(uint32_t n, uint32_t *k, uint32_t *t);
 
+/* A graph seed the nodes can recompute: SHA-256 of "fedlora-secagg-v1 graph"
+ * || round_id u64 LE || for each participant id in index order: len u32 LE
+ * || id. A coordinator that picks graph_seed freely could try seeds until a
+ * target's neighbours are nodes it controls; with this seed (checked by
+ * the nodes) the graph follows from the round id and the participant list.
+ * ids[i] NUL-terminated, at most SA_MAX_NODE_ID chars; 0, FL_EINVAL or
+ * FL_ECRYPTO. */
+int sa_graph_seed(uint64_t round_id, const char *const *ids, uint32_t n, uint8_t out[32]);
+
 /* Degree of every node: min(k, n - 1). */
 uint32_t sa_degree(const sa_round *r);
 
@@ -198,14 +207,17 @@ int sa_client_advertise(sa_client *c, EVP_PKEY *sign_key, X509 *cert, sa_keys *o
 /* Phase 2. roster: the advertised keys of (at least) c's neighbours as the
  * server relays them; entries of non-neighbours and of c itself are
  * ignored. A neighbour is accepted when its certificate verifies against
- * ca (no extra untrusted chain), has exactly one CN equal to its roster
- * node_id, that id is valid and unique in the roster, and sig verifies
- * over sa_signed_bytes(r->round_id, entry). A neighbour absent from the
+ * ca (no extra untrusted chain), has extended key usage clientAuth (a node
+ * certificate, not the coordinator's), exactly one CN equal to its roster
+ * node_id, that id is valid and unique among c and its neighbours, its
+ * public keys give a nonzero X25519 secret, and sig verifies over
+ * sa_signed_bytes(r->round_id, entry). A neighbour absent from the
  * roster or refused is listed in *refused (with the reason; the caller
  * logs it) and gets no shares. Then b and mask_sk are split (threshold t,
  * holders' x = index + 1) and encrypted to every accepted neighbour:
  * *out = one sa_share per accepted neighbour, ascending `to`.
- * Errors: FL_ESTATE (not advertised / called twice), FL_EPROTO (two roster
+ * Errors: FL_ESTATE (not advertised / already succeeded; a call that
+ * failed may be repeated with another roster), FL_EPROTO (two roster
  * entries with one index), FL_EAUTH when fewer than t neighbours are
  * accepted (the client must abort the round; why names the count), and
  * FL_ECRYPTO / FL_ENOMEM. Outputs are written only on success, except
@@ -240,9 +252,9 @@ int sa_client_mask_into(sa_client *c, const uint32_t *x, uint8_t *out, size_t le
 
 /* Phase 4. survivors / dropped: the server's request for c (each a list of
  * node indices). Refused (FL_EPROTO, naming the index) when an index is out
- * of range, repeated, in both lists, not c's neighbour, or when a dropped
- * node is not one of c's masking partners; refused (FL_EAUTH) when fewer
- * than t of c's neighbours are survivors. Then *out holds, for each listed
+ * of range, repeated, in both lists, not c's neighbour, or not one of c's
+ * masking partners (the server's request only names partners); refused
+ * (FL_EAUTH) when fewer than t of c's partners are survivors. Then *out holds, for each listed
  * node whose share c holds, the share of b (survivor) or of mask_sk
  * (dropped). A client reveals once (FL_ESTATE after), so it never gives
  * both secrets of one node. */

@@ -131,53 +131,102 @@ out:
 	return rc;
 }
 
-/* Lagrange basis values at x for the points xs: w[h] = prod_{g != h}
- * (x - x_g) / (x_h - x_g). One inversion of the product of denominators. */
-static int weights_at(const uint64_t *xs, uint32_t t, uint64_t x, uint64_t *w)
+/* out[h] = 1 / v[h] for t nonzero values with one inversion (prefix
+ * products); pre has room for t words. */
+static void batch_inverse(const uint64_t *v, uint32_t t, uint64_t *out, uint64_t *pre)
 {
-	if (t == 0 || t > SHAMIR_MAX_T || x >= P)
+	uint64_t acc = 1;
+	for (uint32_t h = 0; h < t; h++) {
+		pre[h] = acc;
+		acc = shamir_mul(acc, v[h]);
+	}
+	uint64_t inv = shamir_inv(acc);
+	for (uint32_t h = t; h-- > 0;) {
+		out[h] = shamir_mul(inv, pre[h]);
+		inv = shamir_mul(inv, v[h]);
+	}
+}
+
+int shamir_bary_weights(const uint64_t *xs, uint32_t t, uint64_t *w, uint64_t *scratch)
+{
+	if (t == 0 || t > SHAMIR_MAX_T)
 		return FL_EINVAL;
 	int rc = check_xs(xs, t);
 	if (rc)
 		return rc;
+	/* den[h] = prod_{g != h} (x_h - x_g), nonzero since the x are distinct */
 	for (uint32_t h = 0; h < t; h++) {
-		uint64_t num = 1, den = 1;
-		for (uint32_t g = 0; g < t; g++) {
-			if (g == h)
-				continue;
-			num = shamir_mul(num, shamir_sub(x, xs[g]));
-			den = shamir_mul(den, shamir_sub(xs[h], xs[g]));
-		}
-		w[h] = shamir_mul(num, shamir_inv(den));
+		uint64_t den = 1;
+		for (uint32_t g = 0; g < t; g++)
+			if (g != h)
+				den = shamir_mul(den, shamir_sub(xs[h], xs[g]));
+		scratch[h] = den;
 	}
+	batch_inverse(scratch, t, w, scratch + t);
 	return 0;
 }
 
-int shamir_weights(const uint64_t *xs, uint32_t t, uint64_t *w)
+int shamir_bary_eval(const uint64_t *xs, const uint64_t *w, const uint64_t *ys, uint32_t t,
+                     uint32_t len, uint64_t x, uint64_t *out, uint64_t *scratch)
 {
-	return weights_at(xs, t, 0, w);
-}
-
-int shamir_interpolate_at(const uint64_t *xs, const uint64_t *ys, uint32_t t, uint32_t len,
-                          uint64_t x, uint64_t *out)
-{
-	uint64_t w[SHAMIR_MAX_T];
-	if (len == 0 || len > SHAMIR_MAX_LEN)
+	if (t == 0 || t > SHAMIR_MAX_T || len == 0 || len > SHAMIR_MAX_LEN || x >= P)
 		return FL_EINVAL;
-	int rc = weights_at(xs, t, x, w);
-	if (rc)
-		return rc;
+	for (uint32_t h = 0; h < t; h++) {
+		if (xs[h] != x)
+			continue;
+		for (uint32_t e = 0; e < len; e++)
+			out[e] = ys[(size_t)h * len + e];
+		return 0;
+	}
+	/* p(x) = l(x) * sum_h w_h / (x - x_h) * y_h,  l(x) = prod_h (x - x_h) */
+	uint64_t *d = scratch, *c = scratch + t, *pre = scratch + 2 * (size_t)t;
+	uint64_t l = 1;
+	for (uint32_t h = 0; h < t; h++) {
+		d[h] = shamir_sub(x, xs[h]);
+		l = shamir_mul(l, d[h]);
+	}
+	batch_inverse(d, t, c, pre);
+	for (uint32_t h = 0; h < t; h++)
+		c[h] = shamir_mul(shamir_mul(l, w[h]), c[h]);
 	for (uint32_t e = 0; e < len; e++) {
 		uint64_t acc = 0;
 		for (uint32_t h = 0; h < t; h++) {
 			uint64_t y = ys[(size_t)h * len + e];
 			if (y >= P)
 				return FL_EINVAL;
-			acc = shamir_add(acc, shamir_mul(w[h], y));
+			acc = shamir_add(acc, shamir_mul(c[h], y));
 		}
 		out[e] = acc;
 	}
 	return 0;
+}
+
+int shamir_weights(const uint64_t *xs, uint32_t t, uint64_t *w)
+{
+	/* Lagrange weights at 0: w_h * l(0) / (0 - x_h) */
+	uint64_t bw[SHAMIR_MAX_T], scratch[3 * SHAMIR_MAX_T];
+	int rc = shamir_bary_weights(xs, t, bw, scratch);
+	if (rc)
+		return rc;
+	uint64_t *d = scratch, *inv = scratch + t, l = 1;
+	for (uint32_t h = 0; h < t; h++) {
+		d[h] = shamir_sub(0, xs[h]);
+		l = shamir_mul(l, d[h]);
+	}
+	batch_inverse(d, t, inv, scratch + 2 * (size_t)t);
+	for (uint32_t h = 0; h < t; h++)
+		w[h] = shamir_mul(shamir_mul(l, bw[h]), inv[h]);
+	return 0;
+}
+
+int shamir_interpolate_at(const uint64_t *xs, const uint64_t *ys, uint32_t t, uint32_t len,
+                          uint64_t x, uint64_t *out)
+{
+	uint64_t w[SHAMIR_MAX_T], scratch[3 * SHAMIR_MAX_T];
+	int rc = shamir_bary_weights(xs, t, w, scratch);
+	if (rc == 0)
+		rc = shamir_bary_eval(xs, w, ys, t, len, x, out, scratch);
+	return rc;
 }
 
 int shamir_combine(const uint64_t *xs, const uint64_t *ys, uint32_t t, uint32_t len,

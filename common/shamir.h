@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 #define SHAMIR_P       ((1ull << 61) - 1)
-#define SHAMIR_MAX_T   4096 /* threshold cap (secagg degrees are far below) */
+#define SHAMIR_MAX_T   2048 /* threshold cap (stack scratch of 3 * 8 * SHAMIR_MAX_T bytes) */
 #define SHAMIR_MAX_LEN 16   /* field elements per secret */
 
 /* Field arithmetic on values < p. */
@@ -45,6 +45,16 @@ int shamir_weights(const uint64_t *xs, uint32_t t, uint64_t *w);
  * share elements ys[h * len + e]. 0 or FL_EINVAL. */
 int shamir_combine(const uint64_t *xs, const uint64_t *ys, uint32_t t, uint32_t len,
                    uint64_t *secret);
+
+/* Barycentric form, for evaluating one polynomial at many points: weights
+ * w[h] = 1 / prod_{g != h} (xs[h] - xs[g]) in O(t^2) with one inversion
+ * (scratch: 2t words). Then shamir_bary_eval gives the value at x of the
+ * polynomial through (xs, ys) for each of len elements in O(t * len)
+ * with one inversion (scratch: 3t words). xs distinct, nonzero, < p;
+ * 0 or FL_EINVAL (also for a y >= p). */
+int shamir_bary_weights(const uint64_t *xs, uint32_t t, uint64_t *w, uint64_t *scratch);
+int shamir_bary_eval(const uint64_t *xs, const uint64_t *w, const uint64_t *ys, uint32_t t,
+                     uint32_t len, uint64_t x, uint64_t *out, uint64_t *scratch);
 
 /* Value at x of the polynomial through the t points (xs, ys) for each of the
  * len elements (ys laid out as in shamir_combine): out[e]. Used to check a

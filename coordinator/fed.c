@@ -21,8 +21,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/rand.h>
-
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "fed.c sends f32 snapshots straight from memory: little-endian hosts only"
 #endif
@@ -2255,9 +2253,10 @@ static int sa_begin(fed *f, char *why, size_t whylen)
 	f->sar.t = t;
 	f->sar.mod_bits = sa_mod_bits(f->sa_bits, n, 1); /* the weight folds into the levels */
 	f->sar.dim = (uint64_t)D + 1;
-	rc = FL_ECRYPTO;
-	if (RAND_bytes(f->sar.graph_seed, 32) != 1) {
-		WHY("no randomness for the graph seed");
+	/* the graph follows from the round's public data: nodes recompute it */
+	rc = sa_graph_seed(f->round_id, (const char *const *)f->sa_ids, n, f->sar.graph_seed);
+	if (rc) {
+		WHY("cannot derive the graph seed");
 		goto out;
 	}
 	if ((rc = sa_round_check(&f->sar, why, whylen)) != 0)

@@ -1155,8 +1155,16 @@ static int sec_begin(ncl *c, const Fedlora__RoundStart *rs, char *why, size_t wl
 	              .t = su->t,
 	              .mod_bits = su->mod_bits,
 	              .dim = su->dim};
-	memcpy(r.graph_seed, su->graph_seed.data, 32);
-	int rc = sa_round_check(&r, why, wl);
+	/* the graph seed must follow from the round's public data, so that the
+	 * coordinator cannot pick a graph that surrounds this node */
+	uint8_t gs[32];
+	int rc = sa_graph_seed(rs->round_id, (const char *const *)su->participants, r.n, gs);
+	if (rc || memcmp(gs, su->graph_seed.data, 32) != 0) {
+		snprintf(why, wl, "graph seed is not SHA-256 of the round and its participants");
+		return rc ? rc : FL_EAUTH;
+	}
+	memcpy(r.graph_seed, gs, 32);
+	rc = sa_round_check(&r, why, wl);
 	if (rc)
 		return rc;
 	c->sa.steps = malloc(nt * sizeof *c->sa.steps);

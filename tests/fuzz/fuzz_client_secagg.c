@@ -101,6 +101,11 @@ static const char PEM_FUZZ_KEY[] =
     "ddSGWUE+f3aPtX/kSFwfnhbpQfeCqkmSFkjkq7oJoW63Xg28QZCwx11U\n"
     "-----END PRIVATE KEY-----\n";
 
+/* The round every input starts from. */
+#define FZ_N 3
+static char *g_ids[FZ_N] = {"a", "fuzz", "zz"};
+static uint8_t g_seed[32]; /* sa_graph_seed of round 1 and g_ids */
+
 static void *g_tr;
 static tset *g_layout;
 static char g_dir[64];
@@ -144,6 +149,8 @@ static void init(void)
 	    ntr_synth_ops.layout(g_tr, &g_layout))
 		abort();
 	snprintf(g_dir, sizeof g_dir, "%s", fz_tmpdir("fuzz_client_secagg"));
+	if (sa_graph_seed(1, (const char *const *)g_ids, FZ_N, g_seed))
+		abort();
 	g_key = pem_key(PEM_FUZZ_KEY);
 	g_cert = pem_cert(PEM_FUZZ_CRT);
 	X509 *ca = pem_cert(PEM_CA);
@@ -216,11 +223,6 @@ static void feed_env(ncl *c, Fedlora__Envelope *e)
 	buf_fini(&b);
 }
 
-/* The round every input starts from. */
-#define FZ_N 3
-static char *g_ids[FZ_N] = {"a", "fuzz", "zz"};
-static const uint8_t g_seed[32] = {42};
-
 static void round_start(ncl *c)
 {
 	size_t nt = tset_count(g_layout), D = 0;
@@ -239,7 +241,7 @@ static void round_start(ncl *c)
 	su.weight_unit = 1;
 	su.mod_bits = sa_mod_bits(4, FZ_N, 1);
 	su.dim = D + 1;
-	su.graph_seed.data = (uint8_t *)g_seed;
+	su.graph_seed.data = g_seed;
 	su.graph_seed.len = 32;
 	su.n_participants = FZ_N;
 	su.participants = g_ids;

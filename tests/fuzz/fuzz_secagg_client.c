@@ -2,7 +2,8 @@
  * functions that take what the coordinator relays (roster, shares, unmask
  * request), in any order. Node 0 is fuzzed; nodes 1..4 are honest and made
  * afresh per input (their keys are fresh, as in a real round), so the
- * honest roster and shares are valid ones that records can patch.
+ * honest roster and shares are valid ones that records can patch (they are
+ * made only for inputs that use them).
  *
  * Records (fuzz_secagg_common.h) — op, arg, payload:
  *   0 roster:          {index u8, idlen u8, id, enc[32], mask[32], siglen u8,
@@ -35,15 +36,27 @@ static void world_free(world *w)
 		sa_client_free(w->c[i]);
 }
 
-static void world_new(world *w)
+/* Node 0 always; nodes 1..4 (honest) when a record first needs them. */
+static void world_make(world *w, uint32_t from, uint32_t to)
 {
 	char why[256];
-	memset(w, 0, sizeof *w);
-	for (uint32_t i = 0; i < FZ_N; i++)
+	for (uint32_t i = from; i < to; i++)
 		if (sa_client_new(&fz_round, i, fz.id[i], &w->c[i], why, sizeof why) ||
 		    sa_client_advertise(w->c[i], fz.key[i], fz.cert[i], &w->keys[i], why,
 		                        sizeof why))
 			abort();
+}
+
+static void world_new(world *w)
+{
+	memset(w, 0, sizeof *w);
+	world_make(w, 0, 1);
+}
+
+static void world_others(world *w)
+{
+	if (!w->c[1])
+		world_make(w, 1, FZ_N);
 }
 
 /* Nodes 1..4 share with the honest roster; keeps their shares to node 0. */
@@ -53,6 +66,7 @@ static void world_share(world *w)
 	if (w->shared)
 		return;
 	w->shared = 1;
+	world_others(w);
 	for (uint32_t i = 1; i < FZ_N; i++) {
 		sa_keys ro[FZ_N - 1];
 		uint32_t n = 0, nsh, nref;
@@ -123,6 +137,7 @@ static void op_honest_roster(world *w, const fz_rec *r)
 {
 	/* patchable copies of the honest entries of nodes 1..4 */
 	sa_keys ro[FZ_N - 1];
+	world_others(w);
 	uint8_t sig[FZ_N - 1][SA_MAX_SIG], cert[FZ_N - 1][2048];
 	for (uint32_t e = 0; e < FZ_N - 1; e++) {
 		ro[e] = w->keys[e + 1];

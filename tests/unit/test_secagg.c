@@ -308,6 +308,31 @@ static void test_graph(void **state)
 	r.graph_seed[0] ^= 1;
 	assert_int_equal(sa_neighbours(&r, 5, other, &cnt), 0);
 	assert_memory_equal(other, nb + 5 * 16, sizeof other);
+	/* the recomputable seed: SHA-256 of the documented bytes, computed
+	 * here independently with EVP */
+	const char *ids[3] = {"alpha", "b", "node-7"};
+	uint8_t seed[32], want[32], msg[128];
+	size_t ml = 0;
+	memcpy(msg, "fedlora-secagg-v1 graph", 23);
+	ml = 23;
+	for (int i = 0; i < 8; i++)
+		msg[ml++] = (uint8_t)(0x0102030405060708ull >> (8 * i));
+	for (int i = 0; i < 3; i++) {
+		uint32_t l = (uint32_t)strlen(ids[i]);
+		for (int j = 0; j < 4; j++)
+			msg[ml++] = (uint8_t)(l >> (8 * j));
+		memcpy(msg + ml, ids[i], l);
+		ml += l;
+	}
+	unsigned int wl = 0;
+	assert_int_equal(EVP_Digest(msg, ml, want, &wl, EVP_sha256(), NULL), 1);
+	assert_int_equal(sa_graph_seed(0x0102030405060708ull, ids, 3, seed), 0);
+	assert_memory_equal(seed, want, 32);
+	ids[1] = "c"; /* another participant list, another seed */
+	assert_int_equal(sa_graph_seed(0x0102030405060708ull, ids, 3, want), 0);
+	assert_true(memcmp(seed, want, 32) != 0);
+	ids[1] = NULL;
+	assert_int_equal(sa_graph_seed(1, ids, 3, seed), FL_EINVAL);
 	/* k >= n - 1: everyone */
 	sa_round c = {.n = 7, .k = 100, .t = 4, .mod_bits = 8, .dim = 1};
 	assert_int_equal(sa_neighbours(&c, 3, other, &cnt), 0);
@@ -662,6 +687,19 @@ static void test_round_sizes(void **state)
 		assert_int_equal(o.nliars, 0);
 		outcome_free(&o);
 	}
+	/* the complete graph at n = 50 (t = 33), with a dropout and a liar */
+	{
+		scen s;
+		outcome o;
+		scen_init(&s, 50, 49, 33, 12, 200);
+		s.drop[20] = DROP_AFTER_SHARE;
+		s.lie[7] = 1;
+		run_round(&s, &o);
+		expect_exact(&s, &o);
+		assert_int_equal(o.nliars, 1);
+		assert_int_equal(o.liars[0], 7);
+		outcome_free(&o);
+	}
 	/* a sparse graph with a small k */
 	scen s;
 	scen_init(&s, 30, 4, 3, 9, 300);
@@ -816,12 +854,13 @@ static void test_tampered_share(void **state)
 	outcome_free(&o);
 }
 
-/* chi-square over 64 bins of the top 6 bits of m-bit values */
-static double chi2_top6(const uint32_t *v, uint64_t n, uint32_t m)
+/* chi-square over 64 bins of 6 bits of m-bit values, from bit `shift`:
+ * m - 6 for the top bits, 0 for the residues mod 64 */
+static double chi2_bits(const uint32_t *v, uint64_t n, uint32_t shift)
 {
 	double cnt[64] = {0};
 	for (uint64_t e = 0; e < n; e++)
-		cnt[(v[e] >> (m - 6)) & 63] += 1;
+		cnt[(v[e] >> shift) & 63] += 1;
 	double exp = (double)n / 64, c = 0;
 	for (int b = 0; b < 64; b++)
 		c += (cnt[b] - exp) * (cnt[b] - exp) / exp;
@@ -841,15 +880,18 @@ static void test_uniform(void **state)
 	assert_non_null(v);
 	assert_int_equal(sa_unpack(o.masked0, s.dim, s.m, v), 0);
 	/* 63 degrees of freedom: P(chi2 > 130) < 1e-6 under uniformity */
-	double cm = chi2_top6(v, s.dim, s.m);
-	double cs = chi2_top6(o.sum, s.dim, s.m);
-	double cms = chi2_top6(o.masked_sum, s.dim, s.m);
-	print_message("chi2 (63 dof): masked vector %.1f, masked sum %.1f, plain sum %.1f\n", cm,
-	              cms, cs);
+	double cm = chi2_bits(v, s.dim, s.m - 6), cr = chi2_bits(v, s.dim, 0);
+	double cs = chi2_bits(o.sum, s.dim, s.m - 6), csr = chi2_bits(o.sum, s.dim, 0);
+	double cms = chi2_bits(o.masked_sum, s.dim, s.m - 6);
+	print_message("chi2 (63 dof): masked vector top bits %.1f, residues mod 64 %.1f; masked "
+	              "sum %.1f; plain sum %.1f / %.1f\n",
+	              cm, cr, cms, cs, csr);
 	assert_true(cm < 130);
+	assert_true(cr < 130);
 	assert_true(cms < 130);
 	/* the test has power: the plain sum (small signed values) fails it */
 	assert_true(cs > 1000);
+	assert_true(csr > 1000);
 	/* the plain sum decodes as small signed integers: |sum| <= 10 * 7 */
 	for (uint64_t e = 0; e < s.dim; e++) {
 		int32_t val = (int32_t)(o.sum[e] << (32 - s.m)) >> (32 - s.m);
@@ -994,6 +1036,11 @@ static void test_bad_input(void **state)
 	assert_non_null(strstr(why, "not a neighbour"));
 	assert_int_equal(sa_client_reveal(c[1], s1, 2, NULL, 0, &rv, &nrv, why, sizeof why),
 	                 FL_EAUTH);
+	/* node 0 never exchanged shares with 4: 4 cannot count as its survivor */
+	uint32_t s0[3] = {1, 2, 4};
+	assert_int_equal(sa_client_reveal(c[0], s0, 3, NULL, 0, &rv, &nrv, why, sizeof why),
+	                 FL_EPROTO);
+	assert_non_null(strstr(why, "node 4 as survivor, but it never exchanged shares"));
 	/* the real request, and a reveal of the wrong kind at the server */
 	const uint32_t *su, *dr;
 	uint32_t ns, nd;

@@ -8,6 +8,7 @@
 #include "shamir.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define P SHAMIR_P
@@ -105,6 +106,40 @@ static void test_subsets(void **state)
 	assert_true(memcmp(out, secret, sizeof out) != 0);
 }
 
+/* Large t: the barycentric evaluation against Horner on the known
+ * polynomial (an independent computation), at shares and at random x. */
+static void test_large_t(void **state)
+{
+	(void)state;
+	enum { T = 600, N = 900 };
+	uint64_t *coef = malloc(T * sizeof *coef), *xs = malloc(N * sizeof *xs);
+	uint64_t *sh = malloc(N * sizeof *sh), rs = 99, secret;
+	assert_true(coef && xs && sh);
+	for (int j = 0; j < T; j++)
+		coef[j] = tu_rand(&rs) % SHAMIR_P;
+	secret = coef[0];
+	for (int h = 0; h < N; h++)
+		xs[h] = 5 + 3 * (uint64_t)h;
+	assert_int_equal(shamir_split_coef(&secret, 1, T, coef + 1, xs, N, sh), 0);
+	for (int h = 0; h < N; h += 97)
+		assert_int_equal(sh[h], shamir_eval(coef, T, xs[h]));
+	/* from the last T holders */
+	uint64_t out;
+	assert_int_equal(shamir_combine(xs + N - T, sh + N - T, T, 1, &out), 0);
+	assert_int_equal(out, secret);
+	uint64_t w[T], scratch[3 * T];
+	assert_int_equal(shamir_bary_weights(xs + N - T, T, w, scratch), 0);
+	for (int i = 0; i < 200; i++) {
+		uint64_t x = tu_rand(&rs) % SHAMIR_P;
+		assert_int_equal(
+		    shamir_bary_eval(xs + N - T, w, sh + N - T, T, 1, x, &out, scratch), 0);
+		assert_int_equal(out, shamir_eval(coef, T, x));
+	}
+	free(coef);
+	free(xs);
+	free(sh);
+}
+
 static void test_bad_args(void **state)
 {
 	(void)state;
@@ -127,9 +162,8 @@ static void test_bad_args(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_field),
-	    cmocka_unit_test(test_hand_vector),
-	    cmocka_unit_test(test_subsets),
+	    cmocka_unit_test(test_field),    cmocka_unit_test(test_hand_vector),
+	    cmocka_unit_test(test_subsets),  cmocka_unit_test(test_large_t),
 	    cmocka_unit_test(test_bad_args),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
