@@ -9,6 +9,7 @@
 #include "quant.h"
 #include "rng.h"
 #include "sagrid.h"
+#include "sawire.h"
 #include "secagg.h"
 #include "sha.h"
 
@@ -2454,17 +2455,7 @@ static void sa_advance(fed *f, uint64_t now_ms)
 					continue;
 				}
 				for (uint32_t j = 0; j < nk; j++) {
-					fedlora__sec_agg_keys__init(&mk[j]);
-					mk[j].round_id = f->round_id;
-					mk[j].index = ks[j].index;
-					mk[j].enc_pk.data = (uint8_t *)ks[j].enc_pk;
-					mk[j].enc_pk.len = SA_KEY_LEN;
-					mk[j].mask_pk.data = (uint8_t *)ks[j].mask_pk;
-					mk[j].mask_pk.len = SA_KEY_LEN;
-					mk[j].signature.data = (uint8_t *)ks[j].sig;
-					mk[j].signature.len = ks[j].sig_len;
-					mk[j].cert_der.data = (uint8_t *)ks[j].cert_der;
-					mk[j].cert_der.len = ks[j].cert_len;
+					saw_keys_to_proto(&ks[j], f->round_id, &mk[j]);
 					pk[j] = &mk[j];
 				}
 				Fedlora__SecAggRoster ro = FEDLORA__SEC_AGG_ROSTER__INIT;
@@ -2489,21 +2480,9 @@ static void sa_advance(fed *f, uint64_t now_ms)
 				if (!p->sa_shared || p->sa_out ||
 				    sa_server_route(f->sa, (uint32_t)i, &sh, &ns) != 0)
 					continue;
-				Fedlora__SecAggShare *ms = calloc(ns ? ns : 1, sizeof *ms);
-				Fedlora__SecAggShare **ps = calloc(ns ? ns : 1, sizeof *ps);
-				if (!ms || !ps) {
-					free(ms);
-					free(ps);
+				Fedlora__SecAggShare *ms, **ps;
+				if (saw_shares_to_proto(sh, ns, &ms, &ps) != 0)
 					continue;
-				}
-				for (uint32_t j = 0; j < ns; j++) {
-					fedlora__sec_agg_share__init(&ms[j]);
-					ms[j].from = sh[j].from;
-					ms[j].to = sh[j].to;
-					ms[j].ct.data = (uint8_t *)sh[j].ct;
-					ms[j].ct.len = sh[j].ct_len;
-					ps[j] = &ms[j];
-				}
 				Fedlora__SecAggShares m = FEDLORA__SEC_AGG_SHARES__INIT;
 				m.round_id = f->round_id;
 				m.n_shares = ns;
@@ -2587,18 +2566,13 @@ static void handle_sa_keys(fed *f, sess *s, const Fedlora__SecAggKeys *k, uint64
 		snprintf(why, sizeof why, "keys sent twice");
 	else if (k->index != idx)
 		snprintf(why, sizeof why, "index %u is not its index %u", k->index, idx);
-	else if (k->enc_pk.len != SA_KEY_LEN || k->mask_pk.len != SA_KEY_LEN)
-		snprintf(why, sizeof why, "public keys of %zu and %zu bytes, not %d", k->enc_pk.len,
-		         k->mask_pk.len, SA_KEY_LEN);
 	else {
-		sa_keys sk = {.index = idx, .node_id = p->n->cn};
-		memcpy(sk.enc_pk, k->enc_pk.data, SA_KEY_LEN);
-		memcpy(sk.mask_pk, k->mask_pk.data, SA_KEY_LEN);
-		sk.sig = k->signature.data;
-		sk.sig_len = k->signature.len;
-		sk.cert_der = k->cert_der.data;
-		sk.cert_len = k->cert_der.len;
-		rc = sa_server_add_keys(f->sa, &sk, why, sizeof why);
+		sa_keys sk;
+		if (saw_keys_from_proto(k, p->n->cn, &sk) != 0)
+			snprintf(why, sizeof why, "public keys of %zu and %zu bytes, not %d",
+			         k->enc_pk.len, k->mask_pk.len, SA_KEY_LEN);
+		else
+			rc = sa_server_add_keys(f->sa, &sk, why, sizeof why);
 	}
 	if (rc) {
 		sa_drop(f, p, "keys", why);
@@ -2622,15 +2596,9 @@ static void handle_sa_shares(fed *f, sess *s, const Fedlora__SecAggShares *m, ui
 		         p->sa_shared ? "shares sent twice" : "no keys sent");
 	} else if (m->n_shares > f->sar.n) {
 		snprintf(why, sizeof why, "%zu shares for %u participants", m->n_shares, f->sar.n);
-	} else if (!(sh = calloc(m->n_shares ? m->n_shares : 1, sizeof *sh))) {
+	} else if (saw_shares_from_proto(m->shares, m->n_shares, &sh) != 0) {
 		snprintf(why, sizeof why, "out of memory");
 	} else {
-		for (size_t i = 0; i < m->n_shares; i++) {
-			sh[i].from = m->shares[i]->from;
-			sh[i].to = m->shares[i]->to;
-			sh[i].ct = m->shares[i]->ct.data;
-			sh[i].ct_len = m->shares[i]->ct.len;
-		}
 		rc = sa_server_add_shares(f->sa, idx, sh, (uint32_t)m->n_shares, why, sizeof why);
 	}
 	free(sh);

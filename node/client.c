@@ -16,6 +16,7 @@
 #include "qtensor.h"
 #include "quant.h"
 #include "sagrid.h"
+#include "sawire.h"
 #include "secagg.h"
 #include "sha.h"
 #include "wire.h"
@@ -1196,17 +1197,8 @@ static int sec_begin(ncl *c, const Fedlora__RoundStart *rs, char *why, size_t wl
 	if ((rc = sa_client_advertise(c->sa.cl, c->cfg.sa_key, c->cfg.sa_cert, &k, why, wl)) != 0)
 		return rc;
 	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
-	Fedlora__SecAggKeys mk = FEDLORA__SEC_AGG_KEYS__INIT;
-	mk.round_id = rs->round_id;
-	mk.index = idx;
-	mk.enc_pk.data = k.enc_pk;
-	mk.enc_pk.len = SA_KEY_LEN;
-	mk.mask_pk.data = k.mask_pk;
-	mk.mask_pk.len = SA_KEY_LEN;
-	mk.signature.data = (uint8_t *)k.sig;
-	mk.signature.len = k.sig_len;
-	mk.cert_der.data = (uint8_t *)k.cert_der;
-	mk.cert_der.len = k.cert_len;
+	Fedlora__SecAggKeys mk;
+	saw_keys_to_proto(&k, rs->round_id, &mk);
 	env.body_case = FEDLORA__ENVELOPE__BODY_SECAGG_KEYS;
 	env.secagg_keys = &mk;
 	if ((rc = send_env(c, &env)) != 0) {
@@ -1246,21 +1238,12 @@ static void sec_on_roster(ncl *c, const Fedlora__SecAggRoster *ro)
 	uint32_t nk = 0;
 	for (size_t i = 0; i < ro->n_keys; i++) {
 		const Fedlora__SecAggKeys *e = ro->keys[i];
-		if (e->index >= n || e->enc_pk.len != SA_KEY_LEN || e->mask_pk.len != SA_KEY_LEN) {
+		if (e->index >= n || saw_keys_from_proto(e, c->sa.ids[e->index], &ks[nk]) != 0) {
 			LOGW("client",
-			     "round %" PRIu64 ": roster entry %zu malformed (index %u); "
-			     "ignored",
+			     "round %" PRIu64 ": roster entry %zu malformed (index %u); ignored",
 			     ro->round_id, i, e->index);
 			continue;
 		}
-		ks[nk].index = e->index;
-		ks[nk].node_id = c->sa.ids[e->index];
-		memcpy(ks[nk].enc_pk, e->enc_pk.data, SA_KEY_LEN);
-		memcpy(ks[nk].mask_pk, e->mask_pk.data, SA_KEY_LEN);
-		ks[nk].sig = e->signature.data;
-		ks[nk].sig_len = e->signature.len;
-		ks[nk].cert_der = e->cert_der.data;
-		ks[nk].cert_len = e->cert_der.len;
 		nk++;
 	}
 	const sa_share *sh = NULL;
@@ -1276,21 +1259,10 @@ static void sec_on_roster(ncl *c, const Fedlora__SecAggRoster *ro)
 		sec_abort(c, "sharing failed: %s", why);
 		return;
 	}
-	Fedlora__SecAggShare *ms = calloc(nsh ? nsh : 1, sizeof *ms);
-	Fedlora__SecAggShare **ps = calloc(nsh ? nsh : 1, sizeof *ps);
-	if (!ms || !ps) {
-		free(ms);
-		free(ps);
+	Fedlora__SecAggShare *ms, **ps;
+	if (saw_shares_to_proto(sh, nsh, &ms, &ps) != 0) {
 		sec_abort(c, "out of memory");
 		return;
-	}
-	for (uint32_t i = 0; i < nsh; i++) {
-		fedlora__sec_agg_share__init(&ms[i]);
-		ms[i].from = sh[i].from;
-		ms[i].to = sh[i].to;
-		ms[i].ct.data = (uint8_t *)sh[i].ct;
-		ms[i].ct.len = sh[i].ct_len;
-		ps[i] = &ms[i];
 	}
 	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
 	Fedlora__SecAggShares m = FEDLORA__SEC_AGG_SHARES__INIT;
@@ -1320,16 +1292,10 @@ static void sec_on_shares(ncl *c, const Fedlora__SecAggShares *m)
 		sec_abort(c, "routed shares out of order or too many");
 		return;
 	}
-	sa_share *sh = calloc(m->n_shares ? m->n_shares : 1, sizeof *sh);
-	if (!sh) {
+	sa_share *sh = NULL;
+	if (saw_shares_from_proto(m->shares, m->n_shares, &sh) != 0) {
 		sec_abort(c, "out of memory");
 		return;
-	}
-	for (size_t i = 0; i < m->n_shares; i++) {
-		sh[i].from = m->shares[i]->from;
-		sh[i].to = m->shares[i]->to;
-		sh[i].ct = m->shares[i]->ct.data;
-		sh[i].ct_len = m->shares[i]->ct.len;
 	}
 	char why[300] = "";
 	const sa_refusal *bad = NULL;
