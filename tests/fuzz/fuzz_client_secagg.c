@@ -30,6 +30,8 @@
 #include "trainer_synth.h"
 #include "wire.h"
 
+#include "fuzz_ncl.h"
+#include "fuzz_seed.h"
 #include "fuzz_tmpdir.h"
 
 /* Test-only PKI (EC P-256, made once with the openssl command line; CA
@@ -160,50 +162,6 @@ static void init(void)
 	X509_free(ca);
 }
 
-static void clean_dir(void)
-{
-	static const char *const files[] = {"node.state", "global.safetensors",
-	                                    "residual.safetensors", "metrics.jsonl"};
-	char p[128];
-	for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-		snprintf(p, sizeof p, "%s/%s", g_dir, files[i]);
-		unlink(p);
-	}
-}
-
-static void run_actions(ncl *c)
-{
-	ncl_action a;
-	while (ncl_next(c, &a) == 0) {
-		if (a.kind == NCL_ACT_SEND) {
-			wire_msg *m = NULL;
-			if (wire_decode(a.data, a.len, 1u << 30, 0, &m) != 0)
-				abort(); /* the node must only send valid envelopes */
-			wire_free(m);
-		}
-		if (a.kind == NCL_ACT_JOB && a.job) {
-			ncl_job *j = a.job;
-			if (j->kind == NCL_JOB_TRAIN) {
-				tset *local = NULL;
-				ntr_result res;
-				memset(&res, 0, sizeof res);
-				int rc = tset_zeros_like(j->adapter, &local);
-				if (!rc)
-					rc = ntr_synth_ops.train(g_tr, j->adapter, &j->params,
-					                         local, &res, NULL, NULL);
-				ncl_on_train_done(c, j->id, rc, rc ? NULL : local, &res, 1000);
-				if (rc)
-					tset_free(local);
-			} else {
-				double loss = 0;
-				int rc = ntr_synth_ops.eval(g_tr, j->adapter, &loss, NULL, NULL);
-				ncl_on_eval_done(c, j->id, rc, loss, 1000);
-			}
-		}
-		ncl_action_fini(&a);
-	}
-}
-
 static void feed(ncl *c, const uint8_t *p, size_t n)
 {
 	wire_msg *m = NULL;
@@ -211,7 +169,7 @@ static void feed(ncl *c, const uint8_t *p, size_t n)
 		return;
 	ncl_on_envelope(c, wire_env(m), n, 1000);
 	wire_free(m);
-	run_actions(c);
+	fz_run_actions(c, g_tr, 1);
 }
 
 static void feed_env(ncl *c, Fedlora__Envelope *e)
@@ -302,7 +260,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (!g_tr)
 		init();
-	clean_dir();
+	fz_clean_dir(g_dir);
 	uint8_t fp[32] = {1}, sfp[32];
 	if (tset_shape_fingerprint(g_layout, sfp))
 		abort();
@@ -346,40 +304,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		feed(c, data + off, n);
 		off += n;
 		ncl_tick(c, 1000 + off);
-		run_actions(c);
+		fz_run_actions(c, g_tr, 1);
 	}
 	ncl_on_down(c, 2000, "fuzz");
 	ncl_stop(c, 2000, 0);
 	ncl_bye(c, "fuzz");
-	run_actions(c);
+	fz_run_actions(c, g_tr, 1);
 	ncl_free(c);
 	nst_free(st);
 	return 0;
 }
 
 #ifdef FUZZ_CLIENT_SECAGG_MAKE_SEEDS
-static void msg(buf *out, Fedlora__Envelope *e)
-{
-	buf b;
-	buf_init(&b, 0);
-	if (wire_encode(e, 0, &b))
-		abort();
-	uint8_t h[4] = {(uint8_t)b.len, (uint8_t)(b.len >> 8), (uint8_t)(b.len >> 16),
-	                (uint8_t)(b.len >> 24)};
-	buf_append(out, h, 4);
-	buf_append(out, b.data, b.len);
-	buf_fini(&b);
-}
-
-static void put(const char *dir, const char *name, const buf *b)
-{
-	char p[1024];
-	snprintf(p, sizeof p, "%s/%s", dir, name);
-	FILE *f = fopen(p, "wb");
-	fwrite(b->data, 1, b->len, f);
-	fclose(f);
-}
-
 int main(int argc, char **argv)
 {
 	if (argc != 2)
@@ -433,8 +369,8 @@ int main(int argc, char **argv)
 	e.secagg_roster = &ro;
 	buf all;
 	buf_init(&all, 0);
-	msg(&all, &e);
-	put(d, "roster", &all);
+	fz_seed_msg(&all, -1, &e);
+	fz_seed_put(d, "roster", &all);
 	/* shares from a and zz (ciphertexts that cannot be for this run's keys) */
 	uint8_t ct[SA_SHARE_CT_LEN];
 	memset(ct, 5, sizeof ct);
@@ -453,7 +389,7 @@ int main(int argc, char **argv)
 	sh.shares = ps;
 	e.body_case = FEDLORA__ENVELOPE__BODY_SECAGG_SHARES;
 	e.secagg_shares = &sh;
-	msg(&all, &e);
+	fz_seed_msg(&all, -1, &e);
 	uint32_t sv[2] = {0, 2};
 	Fedlora__SecAggUnmask um = FEDLORA__SEC_AGG_UNMASK__INIT;
 	um.round_id = 1;
@@ -461,16 +397,16 @@ int main(int argc, char **argv)
 	um.survivors = sv;
 	e.body_case = FEDLORA__ENVELOPE__BODY_SECAGG_UNMASK;
 	e.secagg_unmask = &um;
-	msg(&all, &e);
-	put(d, "all_phases", &all);
+	fz_seed_msg(&all, -1, &e);
+	fz_seed_put(d, "all_phases", &all);
 	buf one;
 	buf_init(&one, 0);
 	uint32_t dr[1] = {2};
 	um.n_survivors = 1;
 	um.n_dropped = 1;
 	um.dropped = dr;
-	msg(&one, &e);
-	put(d, "unmask_dropped", &one);
+	fz_seed_msg(&one, -1, &e);
+	fz_seed_put(d, "unmask_dropped", &one);
 	buf_fini(&one);
 	buf_fini(&all);
 	for (int i = 0; i < 2; i++)

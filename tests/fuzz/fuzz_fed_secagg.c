@@ -26,71 +26,16 @@
 #include "sha.h"
 #include "wire.h"
 
+#include "fuzz_fedio.h"
+#include "fuzz_seed.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static void fz_send(void *ud, const uint64_t *peers, size_t n, const uint8_t *d, size_t len)
-{
-	(void)ud;
-	(void)peers;
-	(void)n;
-	wire_msg *m = NULL;
-	if (wire_decode(d, len, 1u << 30, 0, &m) != 0)
-		abort(); /* the coordinator must only send valid envelopes */
-	wire_free(m);
-}
-
-static void fz_close(void *ud, uint64_t peer, const char *why)
-{
-	(void)ud;
-	(void)peer;
-	(void)why;
-}
 
 static void fz_opts(fed_opts *o)
 {
-	fed_opts_default(o);
-	o->spec.rank = 2;
-	o->spec.alpha = 4;
-	o->spec.targets = 1u << LORA_ATTN_Q;
-	o->spec.init_seed = 3;
-	o->arch.n_layers = 1;
-	o->arch.in[LORA_ATTN_Q] = 16;
-	o->arch.out[LORA_ATTN_Q] = 8;
-	sha256("fuzz base", 9, o->base_sha);
-	o->min_nodes = 3;
-	o->min_updates = 1;
-	o->start_delay_ms = 0;
-	o->round_timeout_ms = 1000;
+	fz_opts_tiny(o, 3);
 	o->secure.on = 1;
 	o->secure.phase_ms = 100;
-}
-
-static void join(fed *f, const fed_opts *o, uint64_t peer, const char *cn)
-{
-	fed_peer_up(f, peer, cn, 0);
-	tset *lay;
-	uint8_t lsha[32];
-	if (lora_layout(&o->spec, &o->arch, &lay) || tset_shape_fingerprint(lay, lsha))
-		abort();
-	tset_free(lay);
-	Fedlora__Envelope e = FEDLORA__ENVELOPE__INIT;
-	Fedlora__Join j = FEDLORA__JOIN__INIT;
-	char *caps[] = {"q4", "secagg"};
-	j.sample_count = 10;
-	j.capabilities = caps;
-	j.n_capabilities = 2;
-	j.base_fingerprint.data = (uint8_t *)o->base_sha;
-	j.base_fingerprint.len = 32;
-	j.adapter_fingerprint.data = lsha;
-	j.adapter_fingerprint.len = 32;
-	e.body_case = FEDLORA__ENVELOPE__BODY_JOIN;
-	e.join = &j;
-	buf b;
-	buf_init(&b, 0);
-	if (wire_encode(&e, 0, &b))
-		abort();
-	fed_on_bytes(f, peer, b.data, b.len, 0);
-	buf_fini(&b);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -106,9 +51,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fed *f = NULL;
 	if (fed_new(&o, NULL, NULL, &io, &f))
 		abort();
-	join(f, &o, 1, "fz1");
-	join(f, &o, 2, "fz2");
-	join(f, &o, 3, "fz3");
+	char *caps[] = {"q4", "secagg"};
+	fz_join(f, &o, 1, "fz1", caps, 2);
+	fz_join(f, &o, 2, "fz2", caps, 2);
+	fz_join(f, &o, 3, "fz3", caps, 2);
 	fed_tick(f, 0);
 	if (fed_get_state(f) != FED_COLLECTING)
 		abort();
@@ -144,28 +90,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #ifdef FUZZ_FED_SECAGG_MAKE_SEEDS
 /* Seeds: the messages each phase expects, with the right lengths (random
  * keys and ciphertexts: the crypto fails later, the paths are reached). */
-static void msg(buf *out, uint8_t peer, Fedlora__Envelope *e)
-{
-	buf b;
-	buf_init(&b, 0);
-	if (wire_encode(e, 0, &b))
-		abort();
-	uint8_t h[5] = {peer, (uint8_t)b.len, (uint8_t)(b.len >> 8), (uint8_t)(b.len >> 16),
-	                (uint8_t)(b.len >> 24)};
-	buf_append(out, h, 5);
-	buf_append(out, b.data, b.len);
-	buf_fini(&b);
-}
-
-static void put(const char *dir, const char *name, const buf *b)
-{
-	char p[1024];
-	snprintf(p, sizeof p, "%s/%s", dir, name);
-	FILE *f = fopen(p, "wb");
-	fwrite(b->data, 1, b->len, f);
-	fclose(f);
-}
-
 int main(int argc, char **argv)
 {
 	if (argc != 2)
@@ -195,12 +119,12 @@ int main(int argc, char **argv)
 		k.cert_der.len = sizeof cert;
 		e.body_case = FEDLORA__ENVELOPE__BODY_SECAGG_KEYS;
 		e.secagg_keys = &k;
-		msg(&all, i, &e);
+		fz_seed_msg(&all, i, &e);
 	}
 	buf one;
 	buf_init(&one, 0);
 	buf_append(&one, all.data, all.len);
-	put(d, "keys", &one);
+	fz_seed_put(d, "keys", &one);
 	buf_fini(&one);
 	/* shares: each node to the other two */
 	for (uint8_t i = 0; i < 3; i++) {
@@ -223,7 +147,7 @@ int main(int argc, char **argv)
 		m.shares = ps;
 		e.body_case = FEDLORA__ENVELOPE__BODY_SECAGG_SHARES;
 		e.secagg_shares = &m;
-		msg(&all, i, &e);
+		fz_seed_msg(&all, i, &e);
 	}
 	/* masked inputs: dim = 2x16 + 8x2 + 1 = 49 elements */
 	sa_round r = {
@@ -238,7 +162,7 @@ int main(int argc, char **argv)
 		u.masked.len = pl;
 		e.body_case = FEDLORA__ENVELOPE__BODY_UPDATE;
 		e.update = &u;
-		msg(&all, i, &e);
+		fz_seed_msg(&all, i, &e);
 	}
 	free(mk);
 	/* reveals of the others' self-mask seeds */
@@ -261,9 +185,9 @@ int main(int argc, char **argv)
 		m.shares = ps;
 		e.body_case = FEDLORA__ENVELOPE__BODY_SECAGG_REVEAL;
 		e.secagg_reveal = &m;
-		msg(&all, i, &e);
+		fz_seed_msg(&all, i, &e);
 	}
-	put(d, "all_phases", &all);
+	fz_seed_put(d, "all_phases", &all);
 	buf_fini(&all);
 	return 0;
 }
