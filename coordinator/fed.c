@@ -1959,6 +1959,8 @@ static void round_journal(fed *f, int committed, const char *detail, uint64_t no
 		cJSON_AddStringToObject(j, "detail", detail ? detail : "");
 	}
 	cJSON_AddStringToObject(j, "strategy", agg_strategy_name(f->o.agg.strategy));
+	if (f->o.secure.on) /* accepted = the inputs inside the unmasked sum */
+		cJSON_AddBoolToObject(j, "secure", 1);
 	cJSON *pa = cJSON_AddArrayToObject(j, "participants");
 	cJSON *ac = cJSON_AddArrayToObject(j, "accepted");
 	size_t nacc = 0, nclip = 0;

@@ -194,6 +194,7 @@ static void test_secure(void **state)
 	assert_true(jr.abandoned >= 1);
 	assert_int_equal(jr.last_version, 2);
 	assert_true(ft_log_has(&f, "coord-state/journal.jsonl", "secure aggregation"));
+	assert_int_equal(ft_count_in_log(&f, "coord-state/journal.jsonl", "\"secure\":true"), 3);
 	assert_true(ft_log_has(&f, "coordinator.log", "dropped from the secure round"));
 	/* no version past 2 */
 	uint8_t sha[3][32];
