@@ -339,6 +339,10 @@ int serve_run(const cconf *cc)
 	S.worker_up = 1;
 
 	fed_opts fo = cc->fed;
+	/* tests only: record every masked input and each unmasked sum */
+	const char *dump = getenv("FEDLORA_TEST_SECAGG_DUMP");
+	if (dump && *dump)
+		fo.secure.dump_dir = dump;
 	fo.commit_hook = g_pause_commit_ms >= 0 ? commit_hook : NULL;
 	fed_io io = {.ud = &S, .send = io_send, .close = io_close, .submit = io_submit};
 	if (fed_new(&fo, S.st, S.m, &io, &S.f)) {

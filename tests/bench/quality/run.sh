@@ -16,6 +16,9 @@
 #        f32 q8 q4ef q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef
 #                  `fedlora-coordinator serve` + NODES `fedlora-node run`
 #                  (trainer lora, 1 thread each), PER_ROUND nodes sampled a round
+#        secagg_q4 q4ef under secure aggregation (aggregation.secure = true,
+#                  docs/PRIVACY.md): nodes clip to SA_CLIP, quantize onto the
+#                  common 4-bit grid with error feedback, upload masked
 #        dp_ffa_q4ef  ffa_q4ef with central differential privacy
 #                  (docs/PRIVACY.md): Poisson sampling q = PER_ROUND / NODES,
 #                  clip DP_CLIP, noise multiplier DP_Z, delta DP_DELTA; not in
@@ -37,6 +40,7 @@
 #   (the base: 5.25M parameters, 6000 x 8 x 128 tokens, about 30 min on 2 cores)
 #   PRE_DATA [warpeace.txt] TASK_DATA [tinyshakespeare.txt]
 #   DP_Z [1.0] DP_CLIP [0.05] DP_DELTA [1e-3] (dp_ffa_q4ef only)
+#   SA_CLIP [10] SA_RANGE [4] (secagg_q4 only)
 # word splitting of $(stats ...) and $b into fields is intended; the scripts
 # passed to `bash -c` are single-quoted on purpose (they expand in the child)
 # shellcheck disable=SC2046,SC2086,SC2016
@@ -58,9 +62,10 @@ DIM=${DIM:-256} LAYERS=${LAYERS:-6} HEADS=${HEADS:-8} FFN=${FFN:-768} MCTX=${MCT
 PRE_STEPS=${PRE_STEPS:-6000} PRE_DATA=${PRE_DATA:-warpeace.txt}
 TASK_DATA=${TASK_DATA:-tinyshakespeare.txt}
 DP_Z=${DP_Z:-1.0} DP_CLIP=${DP_CLIP:-0.05} DP_DELTA=${DP_DELTA:-1e-3}
+SA_CLIP=${SA_CLIP:-10} SA_RANGE=${SA_RANGE:-4}
 node_bin=$build/fedlora-node
 coord_bin=$build/fedlora-coordinator
-all_runs="central local f32 q4ef q8 q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef"
+all_runs="central local f32 q4ef q8 q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef secagg_q4"
 runs=${*:-$all_runs}
 
 die() {
@@ -204,6 +209,9 @@ run_fed() {
     extra+=$'\n'"noise_multiplier = $DP_Z"$'\n'"clip = $DP_CLIP"$'\n'"delta = $DP_DELTA"
     extra+=$'\n'"target_epsilon = 1000"$'\n'"population = $NODES"
   fi
+  if [[ $name == secagg_* ]]; then
+    extra=$'secure = true'$'\n'"secure_clip = $SA_CLIP"$'\n'"secure_range = $SA_RANGE"
+  fi
   rm -rf "$d" && mkdir -p "$d"
   say "$name: $ROUNDS rounds, $NODES nodes, $PER_ROUND a round, uplink $fmt ef=$ef ffa=$ffa, $strat"
   cat >"$d/coordinator.conf" <<EOF
@@ -343,6 +351,7 @@ for r in $runs; do
   trim_q4ef) run_fed trim_q4ef q4 true false trimmed_mean ;;
   fedadam_q4ef) run_fed fedadam_q4ef q4 true false fedadam ;;
   dp_ffa_q4ef) run_fed dp_ffa_q4ef q4 true true fedavg ;;
+  secagg_q4) run_fed secagg_q4 q4 true false fedavg ;;
   *) die "unknown run '$r' (runs: $all_runs)" ;;
   esac
   say "$r: $(cat "$OUT/$r.res")"
@@ -378,7 +387,7 @@ cat "$OUT/table.md"
 if [[ -n $IMG ]] && command -v gnuplot >/dev/null; then
   mkdir -p "$IMG"
   plots=""
-  for r in f32 q8 q4ef q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef; do
+  for r in f32 q8 q4ef q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef secagg_q4; do
     [[ -s $OUT/$r.curve ]] && plots+="${plots:+, }'$OUT/$r.curve' using 1:2 with linespoints title '$r'"
   done
   if [[ -n $plots ]]; then
