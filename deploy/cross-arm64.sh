@@ -24,7 +24,7 @@
 # (build-arm64/tests/emu/). The cross-architecture federation is
 # tests/xarch/fed_xarch.c, run by the arm64 stage of tests/run.sh.
 set -euo pipefail
-# Unit tests left out under emulation: each runs 25-45 s natively (finite
+# Unit tests left out under emulation: each runs 13-45 s natively (finite
 # differences, GPTQ, whole training runs in double precision) and over 200 s
 # under qemu-user, whose floating point is emulated in software. They run
 # natively on x86-64 in every build; on aarch64 hardware run ctest -L unit.
