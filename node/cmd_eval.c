@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "clock.h"
 #include "cmd_util.h"
+#include "dataset.h"
 #include "err.h"
 #include "fileio.h"
 #include "gtype.h"
@@ -174,7 +175,12 @@ int cmd_eval(int argc, char **argv)
 		goto out;
 	}
 	if ((rc = file_read_all(o.data, EVAL_MAX_FILE, &text, &len)) != 0) {
-		fprintf(stderr, "fedlora-node eval: --data %s: %s\n", o.data, fl_strerror(rc));
+		fprintf(stderr, "fedlora-node eval: --data %s: %s\n", o.data, file_why(o.data, rc));
+		goto out;
+	}
+	/* the checks training data gets: not empty, UTF-8 (no binary bytes) */
+	if ((rc = ds_text_check(o.data, text, len, err, sizeof err)) != 0) {
+		fprintf(stderr, "fedlora-node eval: --data %s\n", err);
 		goto out;
 	}
 	size_t cap = tok_encode_bound(len);
