@@ -37,7 +37,9 @@ typedef struct lfmt_base {
 	uint32_t n_head;    /* <arch>.attention.head_count */
 	uint32_t n_head_kv; /* <arch>.attention.head_count_kv (default n_head) */
 	int qk_permuted;    /* 1 for llama: q/k rows stored in GGUF rotary order */
-	char name[128];     /* general.name or "" */
+	char name[128];     /* Hugging Face id: general.source.huggingface.repository,
+	                     * or a https://huggingface.co/ID general.source.repo_url
+	                     * or general.source.url; else general.name; else "" */
 } lfmt_base;
 
 /* Reads the fields above. FL_EFORMAT with a reason in why when a key is

@@ -159,8 +159,8 @@ out:
 	return rc;
 }
 
-int peft_write_base(const tset *ad, const gguf *base, const lora_spec *p, const char *dir,
-                    char *why, size_t whylen)
+int peft_write_base(const tset *ad, const gguf *base, const lora_spec *p, const char *base_id,
+                    const char *dir, char *why, size_t whylen)
 {
 	lfmt_base b;
 	uint32_t r;
@@ -172,7 +172,7 @@ int peft_write_base(const tset *ad, const gguf *base, const lora_spec *p, const 
 	peft_base pb = {.n_head = b.n_head,
 	                .n_head_kv = b.n_head_kv,
 	                .unpermute = b.qk_permuted,
-	                .name = b.name};
+	                .name = base_id ? base_id : b.name};
 	return peft_write(ad, &s, &pb, dir, why, whylen);
 }
 

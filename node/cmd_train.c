@@ -60,6 +60,10 @@ static void usage(FILE *f)
 	       "                      or all (default all)\n"
 	       "  --rslora            scale alpha/sqrt(r) instead of alpha/r\n"
 	       "  --ffa               FFA-LoRA: lora_a frozen, only lora_b trains\n"
+	       "  --dump-grads FILE   write the first step's adapter gradients (before\n"
+	       "                      clipping) to FILE (safetensors, canonical names)\n"
+	       "  --base-model-id ID  base_model_name_or_path of the PEFT output (default:\n"
+	       "                      the GGUF's Hugging Face id or general.name)\n"
 	       "  --init PATH         start from this adapter (PEFT dir, GGUF LoRA, safetensors);\n"
 	       "                      its rank, targets, alpha and rsLoRA unless given\n"
 	       "  --full              train every weight (F32) and write DIR/model.gguf\n"
@@ -77,7 +81,8 @@ static void usage(FILE *f)
 }
 
 typedef struct opts {
-	const char *model, *data, *out, *init, *eval_data, *base_quant, *targets;
+	const char *model, *data, *out, *init, *eval_data, *base_quant, *targets, *base_id;
+	const char *dump_grads;
 	int format, steps, batch, accum, ctx, rank, warmup, eval_every, threads, log_every;
 	int have_steps, have_epochs, have_alpha, have_warmup, have_holdout, rslora, ffa, full;
 	int have_rank;
@@ -124,6 +129,8 @@ static int parse(int argc, char **argv, opts *o)
 		STR("--data", data);
 		STR("--out", out);
 		STR("--init", init);
+		STR("--base-model-id", base_id);
+		STR("--dump-grads", dump_grads);
 		STR("--eval-data", eval_data);
 		STR("--base-quant", base_quant);
 		STR("--targets", targets);
@@ -204,9 +211,10 @@ static int parse(int argc, char **argv, opts *o)
 		return cmdu_usage(CMD, "give --steps or --epochs, not both");
 	if (o->full && (o->base_quant && strcmp(o->base_quant, "none") != 0))
 		return cmdu_usage(CMD, "--full trains f32 weights; --base-quant is for LoRA");
-	if (o->full && (o->init || o->ffa || o->rslora || o->targets))
-		return cmdu_usage(CMD,
-		                  "--full takes no LoRA option (--init --ffa --rslora --targets)");
+	if (o->full &&
+	    (o->init || o->ffa || o->rslora || o->targets || o->base_id || o->dump_grads))
+		return cmdu_usage(CMD, "--full takes no LoRA option (--init --ffa --rslora "
+		                       "--targets --base-model-id --dump-grads)");
 	if (o->eval_data && o->have_holdout)
 		return cmdu_usage(CMD, "give --eval-data or --holdout, not both");
 	if (!o->have_holdout && o->eval_every > 0 && !o->eval_data)
@@ -468,6 +476,7 @@ int cmd_train(int argc, char **argv)
 	h.weight_decay = o.wd;
 	h.max_grad_norm = o.clip;
 	h.seed = o.seed;
+	h.dump_grads = o.dump_grads;
 	prog pg = {.o = &o,
 	           .tr = tr,
 	           .eval = ev_ds,
@@ -507,8 +516,8 @@ int cmd_train(int argc, char **argv)
 		}
 		printf("wrote   %s\n", path);
 	} else {
-		if ((rc = trn_adapter_save_peft(ad, &spec, trn_base_gguf(base), o.out, err,
-		                                sizeof err)) != 0) {
+		if ((rc = trn_adapter_save_peft(ad, &spec, trn_base_gguf(base), o.base_id, o.out,
+		                                err, sizeof err)) != 0) {
 			fprintf(stderr, "fedlora-node train: %s\n", err);
 			goto out;
 		}

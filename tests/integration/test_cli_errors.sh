@@ -21,25 +21,7 @@ cleanup() {
 	rm -rf "$DIR"
 }
 trap cleanup EXIT
-fails=0
-pass=0
-ok() { pass=$((pass + 1)); echo "ok   - $1"; }
-bad() { fails=$((fails + 1)); echo "FAIL - $1"; }
-check() { if eval "$2"; then ok "$1"; else
-	bad "$1"
-	cat "$DIR/out" "$DIR/err" 2>/dev/null | head -20
-fi; }
-# expect_rc NAME RC CMD... : runs CMD, checks its exit code
-expect_rc() {
-	local name=$1 want=$2
-	shift 2
-	"$@" >"$DIR/out" 2>"$DIR/err"
-	local rc=$?
-	if [ "$rc" = "$want" ]; then ok "$name (exit $rc)"; else
-		bad "$name: exit $rc, wanted $want"
-		cat "$DIR/out" "$DIR/err"
-	fi
-}
+. "$(dirname "$0")/cli_lib.sh"
 # says TEXT: stderr+stdout of the last command holds TEXT exactly once
 says() { [ "$(cat "$DIR/out" "$DIR/err" | grep -cF -- "$1")" = 1 ]; }
 cd "$DIR" || exit 1
