@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # cli_lib.sh — helpers for the shell integration tests (sourced, not a test:
 # only test_*.sh and slow_*.sh are registered). Needs $DIR (a scratch
 # directory). Counts into $pass / $fails; a test ends with

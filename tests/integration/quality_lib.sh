@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # quality_lib.sh — sourced by the quality experiment tests (not a test):
 # sets src, build and shared, and exits 77 (skipped, with the reason) when
 # the shared corpora, the binaries or the openssl CLI are missing.

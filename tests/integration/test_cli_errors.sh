@@ -21,6 +21,7 @@ cleanup() {
 	rm -rf "$DIR"
 }
 trap cleanup EXIT
+# shellcheck source=tests/integration/cli_lib.sh
 . "$(dirname "$0")/cli_lib.sh"
 # says TEXT: stderr+stdout of the last command holds TEXT exactly once
 says() { [ "$(cat "$DIR/out" "$DIR/err" | grep -cF -- "$1")" = 1 ]; }

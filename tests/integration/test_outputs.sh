@@ -14,6 +14,7 @@ set -u
 NODE=${FEDLORA_NODE_BIN:?FEDLORA_NODE_BIN not set}
 DIR=$(mktemp -d /tmp/fltest.XXXXXX)
 trap 'rm -rf "$DIR"' EXIT
+# shellcheck source=tests/integration/cli_lib.sh
 . "$(dirname "$0")/cli_lib.sh"
 run() { # run NAME CMD...: must exit 0
 	if "$@" >"$DIR/out" 2>"$DIR/err"; then ok "$*"; else

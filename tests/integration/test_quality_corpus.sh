@@ -14,6 +14,7 @@ set -euo pipefail
 . "$(dirname "$0")/quality_lib.sh"
 DIR=$(mktemp -d)
 trap 'rm -rf "$DIR"' EXIT
+# shellcheck source=tests/integration/cli_lib.sh
 . "$src/tests/integration/cli_lib.sh"
 set +e
 export FEDLORA_BUILD=$build FEDLORA_SHARED=$shared CACHE=$DIR/cache OUT=$DIR/qout

@@ -13,6 +13,7 @@ SRC=${FEDLORA_SRC:?FEDLORA_SRC not set}
 BUILD=${FEDLORA_BUILD:?FEDLORA_BUILD not set}
 DIR=$(mktemp -d /tmp/fltest.XXXXXX)
 trap 'rm -rf "$DIR"' EXIT
+# shellcheck source=tests/integration/cli_lib.sh
 . "$(dirname "$0")/cli_lib.sh"
 
 # ---- configure twice
