@@ -313,7 +313,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 /* libmicrohttpd's own messages ("Failed to bind to port 0": it knows only
  * the port argument, 0 with MHD_OPTION_SOCK_ADDR) go to the debug log; the
  * error a person sees is metrics_serve's, with the real address. */
-static void mhd_log(void *cls, const char *fmt, va_list ap)
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 0)))
+#endif
+static void
+mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	(void)cls;
 	char line[256];
