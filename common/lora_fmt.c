@@ -378,7 +378,7 @@ out:
 }
 
 int lfmt_export(const tset *ad, const char *base_path, const lora_spec *p, enum lfmt_format fmt,
-                uint32_t type, const char *out, char *why, size_t whylen)
+                uint32_t type, const char *base_id, const char *out, char *why, size_t whylen)
 {
 	gguf *g = NULL;
 	char gerr[256];
@@ -388,7 +388,7 @@ int lfmt_export(const tset *ad, const char *base_path, const lora_spec *p, enum 
 	if (fmt == LFMT_GGUF_LORA)
 		rc = gguf_lora_write(ad, g, p, type, out, why, whylen);
 	else if (fmt == LFMT_PEFT)
-		rc = peft_write_base(ad, g, p, NULL, out, why, whylen);
+		rc = peft_write_base(ad, g, p, base_id, out, why, whylen);
 	else
 		rc = fl_fail(why, whylen, FL_EINVAL, "unknown adapter format %d", (int)fmt);
 	gguf_free(g);
