@@ -495,6 +495,8 @@ const char *fed_state_name(enum fed_state s)
 /* ------------------------------------------------------------------ */
 /* metrics                                                             */
 
+static const char *ack_reason_name(int r);
+
 static void met_declare(fed *f)
 {
 	if (!f->m)
@@ -546,6 +548,20 @@ static void met_declare(fed *f)
 		                "privacy.target_epsilon: no round starts past it");
 		metrics_declare(f->m, "fedlora_privacy_rounds_charged", METRICS_GAUGE,
 		                "Rounds charged to the privacy ledger");
+	}
+	/* counters report 0 from the start, not only after their first event */
+	static const char *const join_reasons[] = {"no_identity", "shutting_down", "base",
+	                                           "adapter", "full"};
+	char lab[64];
+	metrics_add(f->m, "fedlora_updates_accepted_total", NULL, 0);
+	metrics_add(f->m, "fedlora_updates_clipped_total", NULL, 0);
+	for (int r = 1; strcmp(ack_reason_name(r), "other") != 0; r++) {
+		snprintf(lab, sizeof lab, "reason=\"%s\"", ack_reason_name(r));
+		metrics_add(f->m, "fedlora_updates_rejected_total", lab, 0);
+	}
+	for (size_t i = 0; i < sizeof join_reasons / sizeof *join_reasons; i++) {
+		snprintf(lab, sizeof lab, "reason=\"%s\"", join_reasons[i]);
+		metrics_add(f->m, "fedlora_joins_rejected_total", lab, 0);
 	}
 }
 

@@ -558,7 +558,8 @@ static void on_chan_event(runner *r, chan_event *ev)
 		if (ev->was_up)
 			ncl_on_down(r->cl, now, ev->why);
 		else
-			LOGI("run", "connection attempt failed: %s", ev->why);
+			/* the channel has logged the reason as a warning */
+			LOGD("run", "connection attempt failed: %s", ev->why);
 		break;
 	}
 	chan_event_fini(ev);
@@ -715,7 +716,10 @@ static int open_trainer(runner *r, ntr_spec *spec, char *err, size_t el)
 		return FL_ECONFIG;
 	}
 	if (strcmp(r->ops->name, "synth") != 0 && (!spec->model_path || !spec->train_path)) {
-		snprintf(err, el, "the %s trainer needs model.path and data.train", r->ops->name);
+		snprintf(err, el, "%s is not set: the %s trainer needs it ([%s] %s = PATH)",
+		         !spec->model_path ? "model.path" : "data.train", r->ops->name,
+		         !spec->model_path ? "model" : "data",
+		         !spec->model_path ? "path" : "train");
 		return FL_ECONFIG;
 	}
 	rc = r->ops->open(spec, &r->tr, err, el);
