@@ -442,6 +442,16 @@ static void usage(const char *argv0)
 	        argv0);
 }
 
+/* A child stops at SIGTERM: the parent sends it once the coordinator has
+ * finished (sessions that missed its Bye would otherwise wait for it). */
+static volatile sig_atomic_t g_stop;
+
+static void on_term(int sig)
+{
+	(void)sig;
+	g_stop = 1;
+}
+
 /* The setting shared by every load-generating process. */
 typedef struct fleet_cfg {
 	const char *endpoint, *ca_path;
@@ -507,6 +517,7 @@ static int open_session(fleet *f, const fleet_cfg *fc, const lora_spec *spec, co
 static int run_slice(const fleet_cfg *fc, int lo, int n, int fd)
 {
 	fleet f = {.lo = lo, .n = n, .train_ms = fc->train_ms, .fd = fd};
+	signal(SIGTERM, on_term);
 	void *zctx = zmq_ctx_new();
 	zmq_ctx_set(zctx, ZMQ_MAX_SOCKETS, n * 3 + 64);
 	tlsctx_opts to = {.role = TLSCTX_CLIENT, .ca_path = fc->ca_path};
@@ -536,7 +547,7 @@ static int run_slice(const fleet_cfg *fc, int lo, int n, int fd)
 		return 1;
 	double start = clk_seconds(), deadline = start + fc->timeout_s;
 	int told_w = 0, rc_main = 0, opened = 0;
-	while (clk_seconds() < deadline && f.finished < n) {
+	while (clk_seconds() < deadline && f.finished < n && !g_stop) {
 		/* sessions open at connect_rate per second, as a fleet comes up */
 		int due = (int)((clk_seconds() - start) * fc->connect_rate) + 1;
 		while (opened < n && opened < due) {
@@ -588,7 +599,7 @@ static int run_slice(const fleet_cfg *fc, int lo, int n, int fd)
 			tell(&f, "W %.6f", clk_seconds());
 		}
 	}
-	if (f.finished < n)
+	if (f.finished < n && !g_stop)
 		rc_main = 1;
 out:
 	for (int i = 0; i < f.nr; i++) {
@@ -868,67 +879,113 @@ int main(int argc, char **argv)
 	double t_connected = -1;
 	long rss_full = -1;
 	char first_fatal[256] = "", line[600];
+	char rbuf[8192];
 	size_t have = 0;
-	FILE *in = fdopen(pfd[0], "r");
-	while (in && fgets(line + have, (int)(sizeof line - have), in)) {
-		uint64_t id;
-		double t;
-		rstat *r;
-		if (sscanf(line, "S %" SCNu64 " %lf", &id, &t) == 2) {
-			if ((r = agg_round(rs, &nr, id)) && r->t_start == 0) {
-				r->t_start = t;
-				r->cpu0 = proc_cpu_s(coord);
-			}
-		} else if (sscanf(line, "E %" SCNu64 " %lf", &id, &t) == 2) {
-			if ((r = agg_round(rs, &nr, id)) && r->t_end == 0) {
-				r->t_end = t;
-				r->cpu1 = proc_cpu_s(coord);
-			}
-		} else if (sscanf(line, "W %lf", &t) == 1) {
-			if (++welcomed_procs == procs) {
-				t_connected = t - t0;
-				printf(
-				    "connected: %d sessions welcomed in %.1f s (%.0f per second)\n",
-				    nn, t_connected, nn / t_connected);
-				fflush(stdout);
-				usleep(300000);
-				rss_full = proc_rss_kb(coord);
-			}
-		} else if (line[0] == 'R') {
-			uint64_t v[9];
-			double tt, ta;
-			if (sscanf(line,
-			           "R %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64
-			           " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %lf %lf",
-			           &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8],
-			           &tt, &ta) == 11 &&
-			    (r = agg_round(rs, &nr, v[0]))) {
-				r->starts += v[1];
-				r->trained += v[2];
-				r->acks += v[3];
-				r->accepted += v[4];
-				r->committed |= v[5];
-				if (v[6] > r->participants)
-					r->participants = v[6];
-				r->bytes_down += v[7];
-				r->bytes_up += v[8];
-				if (tt > r->t_trained)
-					r->t_trained = tt;
-				if (ta > r->t_acked)
-					r->t_acked = ta;
-			}
-		} else if (line[0] == 'F') {
-			int k = 0, off = 0;
-			if (sscanf(line, "F %d %n", &k, &off) >= 1) {
-				if (!fatal)
-					snprintf(first_fatal, sizeof first_fatal, "%s", line + off);
-				fatal += k;
+	int coord_status = -1, open_fd = 1;
+	double coord_gone_at = 0;
+	while (open_fd) {
+		/* the coordinator's end: children get 15 s to see its Bye, then
+		 * SIGTERM (a session that was away when it said Bye never will) */
+		int st;
+		if (coord > 0 && waitpid(coord, &st, WNOHANG) == coord) {
+			coord_status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+			coord = 0;
+			coord_gone_at = clk_seconds();
+		}
+		if (coord_gone_at > 0 && clk_seconds() - coord_gone_at > 15) {
+			for (int p = 0; p < procs; p++)
+				kill(kids[p], SIGTERM);
+			coord_gone_at = -1;
+		}
+		struct pollfd pf = {.fd = pfd[0], .events = POLLIN};
+		if (poll(&pf, 1, 200) <= 0)
+			continue;
+		ssize_t k = read(pfd[0], rbuf + have, sizeof rbuf - 1 - have);
+		if (k <= 0) {
+			if (k < 0 && errno == EINTR)
+				continue;
+			open_fd = 0;
+			break;
+		}
+		have += (size_t)k;
+		rbuf[have] = 0;
+		char *nl, *cur = rbuf;
+		while ((nl = strchr(cur, '\n')) != NULL) {
+			size_t ll = (size_t)(nl - cur);
+			if (ll >= sizeof line)
+				ll = sizeof line - 1;
+			memcpy(line, cur, ll);
+			line[ll] = 0;
+			cur = nl + 1;
+			uint64_t id;
+			double t;
+			rstat *r;
+			if (sscanf(line, "S %" SCNu64 " %lf", &id, &t) == 2) {
+				if ((r = agg_round(rs, &nr, id)) && r->t_start == 0) {
+					r->t_start = t;
+					r->cpu0 = proc_cpu_s(coord);
+				}
+			} else if (sscanf(line, "E %" SCNu64 " %lf", &id, &t) == 2) {
+				if ((r = agg_round(rs, &nr, id)) && r->t_end == 0) {
+					r->t_end = t;
+					r->cpu1 = proc_cpu_s(coord);
+				}
+			} else if (sscanf(line, "W %lf", &t) == 1) {
+				if (++welcomed_procs == procs) {
+					t_connected = t - t0;
+					printf("connected: %d sessions welcomed in %.1f s (%.0f "
+					       "per second)\n",
+					       nn, t_connected, nn / t_connected);
+					fflush(stdout);
+					usleep(300000);
+					rss_full = proc_rss_kb(coord);
+				}
+			} else if (line[0] == 'R') {
+				uint64_t v[9];
+				double tt, ta;
+				if (sscanf(line,
+				           "R %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64
+				           " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64
+				           " %" SCNu64 " %lf %lf",
+				           &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7],
+				           &v[8], &tt, &ta) == 11 &&
+				    (r = agg_round(rs, &nr, v[0]))) {
+					r->starts += v[1];
+					r->trained += v[2];
+					r->acks += v[3];
+					r->accepted += v[4];
+					r->committed |= v[5];
+					if (v[6] > r->participants)
+						r->participants = v[6];
+					r->bytes_down += v[7];
+					r->bytes_up += v[8];
+					if (tt > r->t_trained)
+						r->t_trained = tt;
+					if (ta > r->t_acked)
+						r->t_acked = ta;
+				}
+			} else if (line[0] == 'F') {
+				int cnt = 0, off = 0;
+				if (sscanf(line, "F %d %n", &cnt, &off) >= 1) {
+					if (!fatal)
+						snprintf(first_fatal, sizeof first_fatal, "%s",
+						         line + off);
+					fatal += cnt;
+				}
 			}
 		}
+		/* keep an incomplete line; a line longer than the buffer is dropped */
+		size_t rest = have - (size_t)(cur - rbuf);
+		memmove(rbuf, cur, rest);
+		have = rest < sizeof rbuf - 1 ? rest : 0;
 	}
-	if (in)
-		fclose(in);
+	close(pfd[0]);
 	int rc_main = 0;
+	if (coord_status > 0) {
+		fprintf(stderr, "bench_fleet: the coordinator exited with status %d; see %s\n",
+		        coord_status, p_log);
+		rc_main = 1;
+	}
 	for (int p = 0; p < procs; p++) {
 		int st = 0;
 		waitpid(kids[p], &st, 0);
