@@ -431,8 +431,8 @@ int cmd_train(int argc, char **argv)
 	char tg[128];
 	lora_targets_format(spec.targets, tg, sizeof tg);
 	printf("model   %s: %s, %.1fM params, matrices %s (%.1f MiB), context_length %d\n", o.model,
-	       c->arch == MODEL_ARCH_QWEN2 ? "qwen2" : "llama", model_param_count(m) / 1e6,
-	       trn_base_type_name(base), trn_base_weight_bytes(base) / 1048576.0, c->ctx);
+	       model_arch_name(c->arch), model_param_count(m) / 1e6, trn_base_type_name(base),
+	       trn_base_weight_bytes(base) / 1048576.0, c->ctx);
 	printf("data    %s: %zu records, %zu tokens, %zu targets, %zu windows of %d", o.data,
 	       ds_n_records(tr_ds), ds_n_tokens(tr_ds), ds_n_targets(tr_ds),
 	       ds_n_windows(tr_ds, o.ctx), o.ctx);

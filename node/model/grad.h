@@ -26,6 +26,8 @@ typedef struct grad_layer {
 	float *attn_norm;     /* [C] */
 	float *wq, *wk, *wv;  /* [QD, C], [KVD, C], [KVD, C] */
 	float *bq, *bk, *bv;  /* [QD], [KVD], [KVD] (models with QKV bias) */
+	float *q_norm;        /* [hd] (qwen3) */
+	float *k_norm;        /* [hd] (qwen3) */
 	float *wo;            /* [C, QD] */
 	float *ffn_norm;      /* [C] */
 	float *w_gate, *w_up; /* [F, C] */

@@ -5,7 +5,9 @@
  * and in full-training mode every base weight (embedding, norms, the seven
  * matrices, QKV biases, tied or separate output). Tiny models: llama with
  * GQA 4 heads on 2, QKV bias and tied embeddings; qwen2 (NeoX RoPE) with
- * separate output; a Q8_0 base (reference over its dequantized values).
+ * separate output; a Q8_0 base (reference over its dequantized values);
+ * qwen3 (per-head q/k RMSNorm, NH*hd != C) and llama with Llama 3 RoPE
+ * frequency factors.
  * Some targets are -1 (ignored). h = 1e-5 * max(1, |p|) in double.
  * Tolerance: per tensor, max|got - fd| / max|fd| <= 1e-3 (observed values
  * printed, typically 1e-6). */
@@ -255,6 +257,8 @@ static void full_grads(const char *name, tm_model *t)
 		                     .bq = G(y->bq),
 		                     .bk = G(y->bk),
 		                     .bv = G(y->bv),
+		                     .q_norm = G(y->q_norm),
+		                     .k_norm = G(y->k_norm),
 		                     .wo = G(y->wo.data),
 		                     .ffn_norm = G(y->ffn_norm),
 		                     .w_gate = G(y->w_gate.data),
@@ -287,6 +291,10 @@ static void full_grads(const char *name, tm_model *t)
 			reg[nr++] = (region){"attn_k.bias", l, y->bk, KVD};
 			reg[nr++] = (region){"attn_v.bias", l, y->bv, KVD};
 		}
+		if (y->q_norm) {
+			reg[nr++] = (region){"attn_q_norm", l, y->q_norm, (size_t)t->c.head_dim};
+			reg[nr++] = (region){"attn_k_norm", l, y->k_norm, (size_t)t->c.head_dim};
+		}
 		reg[nr++] = (region){"attn_output", l, y->wo.data, C * QD};
 		reg[nr++] = (region){"ffn_norm", l, y->ffn_norm, C};
 		reg[nr++] = (region){"ffn_gate", l, y->w_gate.data, F * C};
@@ -308,6 +316,8 @@ static void full_grads(const char *name, tm_model *t)
 		check(what, fd_err(&c, t->dblob + off, reg[i].len, gb + off), TOL);
 		covered += reg[i].len;
 	}
+	if (t->w.rope_ff) /* fixed RoPE factors: not a parameter */
+		covered += (size_t)t->c.n_rot / 2;
 	assert_int_equal(covered, t->n); /* every parameter was checked */
 	free(gb);
 	grad_ws_free(ws);
@@ -329,6 +339,52 @@ static void test_full_qwen2(void **state)
 	tm_model t;
 	tm_make(&t, MODEL_ARCH_QWEN2, 2, 2, 1, 6, 10, 13, 0, 1, 13);
 	full_grads("qwen2 MQA bias untied", &t);
+	tm_free(&t);
+}
+
+/* Qwen3 (per-head q/k RMSNorm, NH*hd != C) and Llama 3 (RoPE frequency
+ * factors over all three regimes of the llama3 rule), LoRA and full. */
+static void make_qwen3(tm_model *t, uint64_t seed)
+{
+	tm_opts o = {.C = 10};
+	tm_make2(t, MODEL_ARCH_QWEN3, 2, 4, 2, 4, 12, 17, 1, 0, seed, &o);
+}
+
+static void make_llama3(tm_model *t, uint64_t seed)
+{
+	float ff[3];
+	tm_llama3_ff(ff, 6, 10000.0, 8.0, 1.0, 4.0, 32.0);
+	tm_opts o = {.ff = ff};
+	tm_make2(t, MODEL_ARCH_LLAMA, 2, 2, 1, 6, 10, 13, 0, 0, seed, &o);
+	assert_true(t->w.rope_ff[0] == 1.0f && t->w.rope_ff[2] == 8.0f);
+}
+
+static void test_lora_qwen3_llama3(void **state)
+{
+	(void)state;
+	tm_model t;
+	model *m = NULL;
+	make_qwen3(&t, 21);
+	assert_int_equal(model_new_from_weights(&t.c, &t.w, &m), 0);
+	lora_grads("qwen3 qk-norm C=10 QD=16, all targets", &t, m, 0, LORA_ALL_TARGETS);
+	model_free(m);
+	tm_free(&t);
+	make_llama3(&t, 22);
+	assert_int_equal(model_new_from_weights(&t.c, &t.w, &m), 0);
+	lora_grads("llama3 rope_freqs untied, all targets", &t, m, 0, LORA_ALL_TARGETS);
+	model_free(m);
+	tm_free(&t);
+}
+
+static void test_full_qwen3_llama3(void **state)
+{
+	(void)state;
+	tm_model t;
+	make_qwen3(&t, 23);
+	full_grads("qwen3 qk-norm", &t);
+	tm_free(&t);
+	make_llama3(&t, 24);
+	full_grads("llama3 rope_freqs", &t);
 	tm_free(&t);
 }
 
@@ -388,9 +444,10 @@ static int serial(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_lora_llama),   cmocka_unit_test(test_lora_qwen2),
-	    cmocka_unit_test(test_lora_q8_base), cmocka_unit_test(test_full_llama),
-	    cmocka_unit_test(test_full_qwen2),   cmocka_unit_test(test_args),
+	    cmocka_unit_test(test_lora_llama),        cmocka_unit_test(test_lora_qwen2),
+	    cmocka_unit_test(test_lora_q8_base),      cmocka_unit_test(test_full_llama),
+	    cmocka_unit_test(test_full_qwen2),        cmocka_unit_test(test_lora_qwen3_llama3),
+	    cmocka_unit_test(test_full_qwen3_llama3), cmocka_unit_test(test_args),
 	};
 	const struct CMUnitTest few[] = {
 	    cmocka_unit_test(test_lora_llama),
