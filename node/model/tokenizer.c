@@ -11,10 +11,20 @@
  *   gpt2:  a pair may merge when "left right" is in the merges list; best =
  *          lowest merge rank, then leftmost. Runs per pre-token word, on the
  *          byte-level alphabet (each byte shown as a printable code point).
- * The GPT-2 pre-tokenizer is the regex
- *   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
- * implemented by hand (see pretok_next) over the Unicode classes of
- * tok_unicode_data.h. */
+ * The pre-tokenizers (tokenizer.ggml.pre) are regexes, implemented by hand
+ * over the Unicode classes of tok_unicode_data.h (see pretok_gpt2 and
+ * pretok_llama3); their public definitions:
+ *   gpt-2, default:
+ *     's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+ *   llama-bpe (Llama 3):
+ *     (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+ *     ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ *   qwen2 (Qwen2, Qwen2.5, Qwen3): as llama-bpe with \p{N} for \p{N}{1,3}
+ *   smollm: every \p{N} character split off alone first, then gpt-2 on the
+ *     pieces between them.
+ * The case-insensitive contractions of llama-bpe/qwen2 are matched in ASCII
+ * only (as llama.cpp does). llama-bpe also ignores merges for a pre-token
+ * that is itself a token (HF "ignore_merges"). */
 #include "tokenizer.h"
 
 #include "err.h"
@@ -64,6 +74,8 @@ struct tok {
 	uint8_t barrier[128];  /* llama: ASCII bytes no multi-char token holds */
 	int32_t *spec;         /* tokens matched in raw text, longest first */
 	size_t nspec;
+	enum tok_pre pre;  /* gpt2: pre-tokenizer */
+	int ignore_merges; /* gpt2: a pre-token that is a token is kept whole */
 };
 
 /* ------------------------------------------------------------------ */
@@ -591,6 +603,7 @@ int tok_from_gguf(const gguf *g, tok **out, char *err, size_t errlen)
 	if (gguf_find_key(g, "tokenizer.ggml.pre") >= 0 && !have_pre)
 		return terr(err, errlen, FL_EFORMAT, "tokenizer.ggml.pre is not a string");
 	enum tok_kind kind;
+	enum tok_pre pret = TOK_PRE_SPM;
 	if (str_is(model, "llama")) {
 		kind = TOK_SPM;
 		if (have_pre && !str_is(pre, "default"))
@@ -604,10 +617,18 @@ int tok_from_gguf(const gguf *g, tok **out, char *err, size_t errlen)
 			return terr(err, errlen, FL_EUNSUPPORTED,
 			            "gpt2 tokenizer without tokenizer.ggml.pre: pre-tokenizer "
 			            "unknown, refusing to guess");
-		if (!str_is(pre, "gpt-2"))
+		if (str_is(pre, "gpt-2") || str_is(pre, "default"))
+			pret = TOK_PRE_GPT2;
+		else if (str_is(pre, "llama-bpe"))
+			pret = TOK_PRE_LLAMA3;
+		else if (str_is(pre, "qwen2"))
+			pret = TOK_PRE_QWEN2;
+		else if (str_is(pre, "smollm"))
+			pret = TOK_PRE_SMOLLM;
+		else
 			return terr(err, errlen, FL_EUNSUPPORTED,
-			            "tokenizer.ggml.pre '%.*s' is not supported (gpt2 models: only "
-			            "'gpt-2')",
+			            "tokenizer.ggml.pre '%.*s' is not supported (gpt2 models: "
+			            "'gpt-2', 'default', 'llama-bpe', 'qwen2', 'smollm')",
 			            (int)(pre.n > 64 ? 64 : pre.n), pre.p);
 	} else {
 		return terr(err, errlen, FL_EUNSUPPORTED,
@@ -619,6 +640,8 @@ int tok_from_gguf(const gguf *g, tok **out, char *err, size_t errlen)
 	if (!t)
 		return FL_ENOMEM;
 	t->kind = kind;
+	t->pre = pret;
+	t->ignore_merges = pret == TOK_PRE_LLAMA3;
 	if ((rc = load_vocab(t, g, err, errlen)))
 		goto fail;
 	int spm = kind == TOK_SPM;
@@ -705,6 +728,11 @@ fail:
 enum tok_kind tok_get_kind(const tok *t)
 {
 	return t->kind;
+}
+
+enum tok_pre tok_get_pre(const tok *t)
+{
+	return t->pre;
 }
 
 size_t tok_n_vocab(const tok *t)
@@ -988,6 +1016,11 @@ static int bpe_word(const tok *t, struct scratch *s, const uint8_t *p, size_t n)
 	s->nsym = n;
 	if (n == 0)
 		return 0;
+	if (t->ignore_merges) {
+		int32_t whole = tok_find(t, s->txt, s->ntxt);
+		if (whole >= 0)
+			return emit(s, whole);
+	}
 	s->sym[n - 1].next = -1;
 	int rc = merge_all(t, s);
 	for (int32_t i = 0; !rc && i >= 0; i = s->sym[i].next) {
@@ -1013,7 +1046,10 @@ static int bpe_word(const tok *t, struct scratch *s, const uint8_t *p, size_t n)
  *   \s+(?!\S)                   spaces not followed by a non-space: a run
  *                               before a non-space leaves its last one
  *   \s+                         otherwise the whole run (length 1 here) */
-static size_t pretok_next(const uint8_t *p, size_t n)
+static size_t class_run(const uint8_t *p, size_t n, int cls, size_t max);
+static size_t space_tail(const uint8_t *p, size_t n);
+
+static size_t pretok_gpt2(const uint8_t *p, size_t n)
 {
 	uint32_t c0;
 	utf8_dec(p, n, &c0);
@@ -1041,19 +1077,31 @@ static size_t pretok_next(const uint8_t *p, size_t n)
 	} else if (uc_class(c0) != UC_SPACE) {
 		run = uc_class(c0);
 	}
-	if (run >= 0) {
-		while (k < n) {
-			uint32_t c;
-			size_t l = utf8_dec(p + k, n - k, &c);
-			if (uc_class(c) != run)
-				break;
-			k += l;
-		}
-		return k;
+	if (run >= 0)
+		return k + class_run(p + k, n - k, run, SIZE_MAX);
+	return space_tail(p, n);
+}
+
+/* Bytes of the run of characters of class cls at p[0..n), at most max
+ * characters. */
+static size_t class_run(const uint8_t *p, size_t n, int cls, size_t max)
+{
+	size_t k = 0;
+	for (size_t count = 0; k < n && count < max; count++) {
+		uint32_t c;
+		size_t l = utf8_dec(p + k, n - k, &c);
+		if (uc_class(c) != cls)
+			break;
+		k += l;
 	}
-	/* whitespace run starting at p (c0 is whitespace) */
-	size_t last = 0, count = 0;
-	k = 0;
+	return k;
+}
+
+/* \s+(?!\S)|\s+ at p (p[0] is whitespace): the whitespace run, less its
+ * last character when a non-space follows a run of two or more. */
+static size_t space_tail(const uint8_t *p, size_t n)
+{
+	size_t last = 0, count = 0, k = 0;
 	while (k < n) {
 		uint32_t c;
 		size_t l = utf8_dec(p + k, n - k, &c);
@@ -1068,15 +1116,138 @@ static size_t pretok_next(const uint8_t *p, size_t n)
 	return k;
 }
 
+static int is_crlf(uint32_t c)
+{
+	return c == '\r' || c == '\n';
+}
+
+/* Llama 3 / Qwen2 pre-tokenizer (maxdig: 3 for \p{N}{1,3}, 1 for \p{N}):
+ * length of the match at p[0..n), n > 0, alternatives in the regex's order.
+ *   (?i:'s|'t|'re|'ve|'m|'ll|'d)   contractions, either case (ASCII)
+ *   [^\r\n\p{L}\p{N}]?\p{L}+       letters, after at most one character
+ *                                  that is not CR, LF, letter or number
+ *   \p{N}{1,maxdig}
+ *    ?[^\s\p{L}\p{N}]+[\r\n]*      an optional space, "other" characters,
+ *                                  then any CR/LF run
+ *   \s*[\r\n]+                     whitespace up to its last CR/LF
+ *   \s+(?!\S)|\s+                  as in gpt-2 */
+static size_t pretok_llama3(const uint8_t *p, size_t n, size_t maxdig)
+{
+	uint32_t c0, c1 = 0;
+	size_t l0 = utf8_dec(p, n, &c0);
+	int have1 = l0 < n; /* a second character (c1) exists */
+	if (have1)
+		utf8_dec(p + l0, n - l0, &c1);
+	if (c0 == '\'' && n >= 2) {
+		uint8_t a = (uint8_t)(p[1] | 0x20), b = n >= 3 ? (uint8_t)(p[2] | 0x20) : 0;
+		if (a == 's' || a == 't' || a == 'm' || a == 'd')
+			return 2;
+		if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))
+			return 3;
+	}
+	int k0 = uc_class(c0);
+	if (k0 == UC_LETTER)
+		return class_run(p, n, UC_LETTER, SIZE_MAX);
+	if (k0 != UC_NUMBER && !is_crlf(c0) && have1 && uc_class(c1) == UC_LETTER)
+		return l0 + class_run(p + l0, n - l0, UC_LETTER, SIZE_MAX);
+	if (k0 == UC_NUMBER)
+		return class_run(p, n, UC_NUMBER, maxdig);
+	size_t k = 0;
+	if (c0 == ' ' && have1 && uc_class(c1) == UC_OTHER)
+		k = l0;
+	else if (k0 == UC_OTHER)
+		k = 0;
+	else
+		k = SIZE_MAX;
+	if (k != SIZE_MAX) {
+		k += class_run(p + k, n - k, UC_OTHER, SIZE_MAX);
+		while (k < n && (p[k] == '\r' || p[k] == '\n'))
+			k++;
+		return k;
+	}
+	/* c0 is whitespace: \s*[\r\n]+ ends after the run's last CR/LF */
+	size_t end_crlf = 0;
+	k = 0;
+	while (k < n) {
+		uint32_t c;
+		size_t l = utf8_dec(p + k, n - k, &c);
+		if (uc_class(c) != UC_SPACE)
+			break;
+		k += l;
+		if (is_crlf(c))
+			end_crlf = k;
+	}
+	if (end_crlf)
+		return end_crlf;
+	return space_tail(p, n);
+}
+
+/* Length of the next pre-token at p[0..n), n > 0. */
+static size_t pretok_next(const tok *t, const uint8_t *p, size_t n)
+{
+	switch (t->pre) {
+	case TOK_PRE_LLAMA3:
+		return pretok_llama3(p, n, 3);
+	case TOK_PRE_QWEN2:
+		return pretok_llama3(p, n, 1);
+	default:
+		return pretok_gpt2(p, n);
+	}
+}
+
+/* Walk over the pre-tokens of p[0..n): pretok_step gives the length of the
+ * next one at p + *i (0 at the end) and advances *i. *piece_end bounds the
+ * smollm pieces (number characters alone, gpt-2 on the text between);
+ * start with *i = *piece_end = 0. */
+static size_t pretok_step(const tok *t, const uint8_t *p, size_t n, size_t *i, size_t *piece_end)
+{
+	if (*i >= n)
+		return 0;
+	if (t->pre != TOK_PRE_SMOLLM)
+		*piece_end = n;
+	else if (*i >= *piece_end) {
+		size_t k = *i;
+		while (k < n) {
+			uint32_t c;
+			size_t l = utf8_dec(p + k, n - k, &c);
+			if (uc_class(c) == UC_NUMBER) {
+				if (k == *i)
+					k += l;
+				break;
+			}
+			k += l;
+		}
+		*piece_end = k;
+	}
+	size_t l = pretok_next(t, p + *i, *piece_end - *i);
+	*i += l;
+	return l;
+}
+
 static int bpe_fragment(const tok *t, struct scratch *s, const uint8_t *p, size_t n)
 {
 	int rc = 0;
-	for (size_t i = 0; i < n && !rc;) {
-		size_t l = pretok_next(p + i, n - i);
-		rc = bpe_word(t, s, p + i, l);
-		i += l;
-	}
+	size_t i = 0, pe = 0, l;
+	while (!rc && (l = pretok_step(t, p, n, &i, &pe)) > 0)
+		rc = bpe_word(t, s, p + i - l, l);
 	return rc;
+}
+
+int tok_pretokenize(const tok *t, const void *text, size_t n, size_t *lens, size_t cap,
+                    size_t *count)
+{
+	if (!t || (!text && n) || (!lens && cap) || !count)
+		return FL_EINVAL;
+	if (t->kind != TOK_BPE)
+		return FL_EUNSUPPORTED;
+	size_t i = 0, pe = 0, l, k = 0;
+	while ((l = pretok_step(t, text, n, &i, &pe)) > 0) {
+		if (k == cap)
+			return FL_ETOOBIG;
+		lens[k++] = l;
+	}
+	*count = k;
+	return 0;
 }
 
 /* Raw text split around tokens matched in it. */

@@ -6,8 +6,11 @@
  *     byte fallback (<0xXX> tokens), spaces escaped as U+2581, optional
  *     space prefix (tokenizer.ggml.add_space_prefix, default on);
  *     tokenizer.ggml.pre absent or "default".
- *   tokenizer.ggml.model "gpt2": byte-level BPE with merges and the GPT-2
- *     pre-tokenizer (tokenizer.ggml.pre "gpt-2" only).
+ *   tokenizer.ggml.model "gpt2": byte-level BPE with merges and the
+ *     pre-tokenizer that tokenizer.ggml.pre names: "gpt-2"/"default",
+ *     "llama-bpe" (Llama 3), "qwen2" (Qwen2/2.5/3), "smollm" (SmolLM/2).
+ *     No Unicode normalization is applied (HF's Qwen tokenizers NFC the
+ *     text first: NFC text tokenizes the same).
  * BOS/EOS insertion follows tokenizer.ggml.add_bos_token / add_eos_token.
  * User-defined tokens (type 4) written in the text always map to their id;
  * control/unknown tokens only with TOK_PARSE_SPECIAL. See docs/GGUF.md.
@@ -26,6 +29,16 @@
 typedef struct tok tok;
 
 enum tok_kind { TOK_SPM = 1, TOK_BPE = 2 };
+
+/* Pre-tokenizers (tokenizer.ggml.pre) of "gpt2" vocabularies; see
+ * tokenizer.c for their regexes. */
+enum tok_pre {
+	TOK_PRE_SPM = 0,    /* "llama" vocabularies: none */
+	TOK_PRE_GPT2 = 1,   /* "gpt-2", "default" */
+	TOK_PRE_LLAMA3 = 2, /* "llama-bpe" (Llama 3.x) */
+	TOK_PRE_QWEN2 = 3,  /* "qwen2" (Qwen2, Qwen2.5, Qwen3) */
+	TOK_PRE_SMOLLM = 4, /* "smollm" (SmolLM, SmolLM2) */
+};
 
 /* Token types as GGUF numbers them (tokenizer.ggml.token_type). */
 enum tok_type {
@@ -50,6 +63,7 @@ int tok_new_byte_vocab(tok **out);
 void tok_free(tok *t); /* NULL is a no-op */
 
 enum tok_kind tok_get_kind(const tok *t);
+enum tok_pre tok_get_pre(const tok *t);
 size_t tok_n_vocab(const tok *t);
 /* Special ids, -1 when the vocabulary has none. */
 int32_t tok_bos(const tok *t);
@@ -78,6 +92,13 @@ size_t tok_encode_bound(size_t n);
  * success. Allocates scratch proportional to n per call. */
 int tok_encode(const tok *t, const void *text, size_t n, int flags, int32_t *ids, size_t cap,
                size_t *n_ids);
+
+/* The pre-tokens of n bytes of text under a "gpt2" vocabulary's
+ * pre-tokenizer (no special-token matching): their byte lengths, in order,
+ * into lens[0..cap), their number in *count. FL_EUNSUPPORTED for a "llama"
+ * vocabulary, FL_ETOOBIG when cap is too small (n is always enough). */
+int tok_pretokenize(const tok *t, const void *text, size_t n, size_t *lens, size_t cap,
+                    size_t *count);
 
 /* Decode flags. */
 #define TOK_DECODE_SPECIAL      1 /* render control/unknown tokens' text */

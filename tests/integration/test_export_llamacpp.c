@@ -10,9 +10,10 @@
  *    written in F16, gives the same continuation: the file's alpha is s * r;
  *  - the GPTQ-Q4_0 and RTN-Q8_0 merged files load in llama.cpp and generate.
  *
- * Skipped unless FEDLORA_LLAMACPP_NODE_DIR names a directory where the npm
- * package node-llama-cpp (3.x, which bundles llama.cpp) is installed, `node`
- * is on PATH and the shared llama-spm vocabulary is present. The helper
+ * llama.cpp is the npm package node-llama-cpp (3.x, prebuilt) that
+ * deploy/install-refs.sh installs where FEDLORA_LLAMACPP_NODE_DIR points
+ * (tests/CMakeLists.txt sets it). Skipped, with the reason printed, only when
+ * that install, `node` or the shared llama-spm vocabulary is missing. The helper
  * script is written into that directory for the run and removed after. */
 #include "testutil.h"
 
@@ -91,8 +92,12 @@ static void test_llamacpp(void **state)
 	snprintf(probe, sizeof probe, "%s/node_modules/node-llama-cpp", nl ? nl : "");
 	if (!nl || !bin || !vocab || !text || access(probe, R_OK) != 0 ||
 	    tu_system("command -v node > /dev/null") != 0) {
-		printf("skip: set FEDLORA_LLAMACPP_NODE_DIR to a directory with node-llama-cpp "
-		       "installed (and FEDLORA_SHARED)\n");
+		printf(
+		    "SKIP: llama.cpp reference missing (node-llama-cpp in '%s': %s; node on PATH;"
+		    " shared vocabulary %s, text %s); run deploy/install-refs.sh\n",
+		    nl ? nl : "(FEDLORA_LLAMACPP_NODE_DIR unset)",
+		    access(probe, R_OK) == 0 ? "present" : "absent", vocab ? "present" : "absent",
+		    text ? "present" : "absent");
 		skip();
 	}
 	char *dir = tu_mkdtemp();

@@ -4,25 +4,26 @@
 # next-token distribution is peaked) must load in llama.cpp and give the same
 # greedy continuation as `fedlora-node generate --temp 0`.
 #
-# Skipped (exit 77) unless FEDLORA_LLAMACPP_NODE_DIR names a directory where
-# the npm package node-llama-cpp (3.x, which bundles llama.cpp) is installed
-# (`npm install node-llama-cpp` there), `node` is on PATH, and the shared
-# llama-spm vocabulary is present. Not run in CI: it needs that install.
+# llama.cpp comes from the npm package node-llama-cpp (3.x, prebuilt), which
+# deploy/install-refs.sh (run by tests/run.sh) installs in the folder that
+# FEDLORA_LLAMACPP_NODE_DIR names (tests/CMakeLists.txt sets it). Skipped
+# (exit 77, with the reason printed) only when that install, `node` or the
+# shared llama-spm vocabulary is missing.
 set -u
 BIN=${FEDLORA_NODE_BIN:?FEDLORA_NODE_BIN not set}
 NLDIR=${FEDLORA_LLAMACPP_NODE_DIR:-}
 VOCAB=${FEDLORA_SHARED:-/nonexistent}/data/vocab/ggml-vocab-llama-spm.gguf
 if [ -z "$NLDIR" ] || [ ! -d "$NLDIR/node_modules/node-llama-cpp" ] || ! command -v node >/dev/null; then
-	echo "skip: set FEDLORA_LLAMACPP_NODE_DIR to a directory with node-llama-cpp installed"
+	echo "SKIP: llama.cpp reference missing: no node-llama-cpp in '${NLDIR}' or no node on PATH; run deploy/install-refs.sh"
 	exit 77
 fi
 if [ ! -r "$VOCAB" ]; then
-	echo "skip: $VOCAB not found (set FEDLORA_SHARED)"
+	echo "SKIP: $VOCAB not found (set FEDLORA_SHARED to the shared/ folder)"
 	exit 77
 fi
 DIR=$(mktemp -d /tmp/fltest.XXXXXX)
-trap 'rm -rf "$DIR"' EXIT
-cat >"$NLDIR/fl_xcheck.mjs" <<'JS'
+trap 'rm -rf "$DIR" "$NLDIR/fl_xcheck_$$.mjs"' EXIT
+cat >"$NLDIR/fl_xcheck_$$.mjs" <<'JS'
 import {getLlama} from "node-llama-cpp";
 const [modelPath, prompt, n] = process.argv.slice(2);
 const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});
@@ -50,7 +51,7 @@ for arch in llama qwen2; do
 	"$BIN" init-model --out "$DIR/$arch.gguf" --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 96 \
 		--ctx 64 --vocab-from "$VOCAB" --std 0.5 --seed 3 --arch $arch $extra >/dev/null || exit 1
 	ours=$("$BIN" generate --model "$DIR/$arch.gguf" --prompt "Once upon a time" -n 16 --temp 0 2>/dev/null)
-	theirs=$(cd "$NLDIR" && node fl_xcheck.mjs "$DIR/$arch.gguf" "Once upon a time" 16)
+	theirs=$(cd "$NLDIR" && node fl_xcheck_$$.mjs "$DIR/$arch.gguf" "Once upon a time" 16)
 	echo "$arch fedlora : $ours"
 	echo "$arch llama.cpp: $theirs"
 	# llama.cpp's detokenize drops the leading space of the first piece (a
@@ -58,5 +59,5 @@ for arch in llama qwen2; do
 	if [ "${ours// /}" = "${theirs// /}" ]; then echo "ok   - $arch greedy continuation matches llama.cpp"; else
 		echo "FAIL - $arch greedy continuation differs"; fails=$((fails + 1)); fi
 done
-rm -f "$NLDIR/fl_xcheck.mjs"
+rm -f "$NLDIR/fl_xcheck_$$.mjs"
 [ "$fails" = 0 ]

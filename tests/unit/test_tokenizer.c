@@ -503,6 +503,112 @@ static void test_small_vocabs(void **state)
 	tok_free(t);
 }
 
+/* A byte-level vocabulary (the 256 byte tokens, one merge) under
+ * pre-tokenizer pre. */
+static tok *bytes_tok(const char *pre)
+{
+	static char bytes[256][4];
+	const char *btk[256];
+	uint16_t cp[256];
+	int n = 0;
+	for (int b = 0; b < 256; b++) /* GPT-2's byte alphabet */
+		if ((b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || b >= 0xae)
+			cp[b] = (uint16_t)b;
+		else
+			cp[b] = (uint16_t)(256 + n++);
+	for (int b = 0; b < 256; b++) {
+		if (cp[b] < 0x80) {
+			bytes[b][0] = (char)cp[b];
+			bytes[b][1] = 0;
+		} else {
+			bytes[b][0] = (char)(0xc0 | cp[b] >> 6);
+			bytes[b][1] = (char)(0x80 | (cp[b] & 0x3f));
+			bytes[b][2] = 0;
+		}
+		btk[b] = bytes[b];
+	}
+	const char *merges[] = {"a b"};
+	gguf_writer *w = gguf_writer_new();
+	assert_int_equal(gguf_set_str(w, "tokenizer.ggml.model", "gpt2"), 0);
+	assert_int_equal(gguf_set_str(w, "tokenizer.ggml.pre", pre), 0);
+	assert_int_equal(gguf_set_arr_str(w, "tokenizer.ggml.tokens", btk, 256), 0);
+	assert_int_equal(gguf_set_arr_str(w, "tokenizer.ggml.merges", merges, 1), 0);
+	tok *t;
+	char err[256];
+	assert_int_equal(tok_of(w, &t, err, sizeof err), 0);
+	gguf_writer_free(w);
+	return t;
+}
+
+/* The pre-tokens of text joined by '|' must equal want. */
+static void expect_split(const tok *t, const char *text, const char *want)
+{
+	size_t n = strlen(text), lens[128], k;
+	assert_int_equal(tok_pretokenize(t, text, n, lens, 128, &k), 0);
+	char got[512];
+	size_t o = 0, at = 0;
+	for (size_t i = 0; i < k; i++) {
+		if (i)
+			got[o++] = '|';
+		memcpy(got + o, text + at, lens[i]);
+		o += lens[i];
+		at += lens[i];
+	}
+	got[o] = 0;
+	assert_int_equal(at, n);
+	if (strcmp(got, want) != 0) {
+		print_error("pre-tokens of '%s': '%s', want '%s'\n", text, got, want);
+		fail();
+	}
+}
+
+/* Each pre-tokenizer on cases worked out by hand from its regex (see
+ * tokenizer.c); the parity test checks them on thousands of strings
+ * against an independent implementation. */
+static void test_pretokenizers(void **state)
+{
+	(void)state;
+	tok *t = bytes_tok("gpt-2");
+	assert_int_equal(tok_get_pre(t), TOK_PRE_GPT2);
+	expect_split(t, "Hello world's 123  x", "Hello| world|'s| 123| | x");
+	expect_split(t, "I'M a  1", "I|'|M| a| | 1");
+	expect_split(t, "x\n\n y", "x|\n\n| y");
+	tok_free(t);
+
+	t = bytes_tok("llama-bpe");
+	assert_int_equal(tok_get_pre(t), TOK_PRE_LLAMA3);
+	expect_split(t, "Hello world's 12345  x", "Hello| world|'s| |123|45| | x");
+	expect_split(t, "I'M here 'LL", "I|'M| here| '|LL");
+	expect_split(t, "x  \n  y", "x|  \n| | y");
+	expect_split(t, "!!!\n\nok .hi\tfoo", "!!!\n\n|ok| .|hi|\tfoo");
+	expect_split(t, "x.hi", "x|.hi");
+	expect_split(t, "12345678", "123|456|78");
+	expect_split(t, "\xd0\xbf\xd1\x80\xd0\xb8 \xd0\xbc\xd0\xb8\xd1\x80", /* при мир */
+	             "\xd0\xbf\xd1\x80\xd0\xb8| \xd0\xbc\xd0\xb8\xd1\x80");
+	expect_split(t, "a \r\nb", "a| \r\n|b");
+	tok_free(t);
+
+	t = bytes_tok("qwen2");
+	assert_int_equal(tok_get_pre(t), TOK_PRE_QWEN2);
+	expect_split(t, "x 12345", "x| |1|2|3|4|5");
+	expect_split(t, "x\xc2\xb2y", "x|\xc2\xb2|y"); /* superscript two is \p{N} */
+	expect_split(t, "you'RE", "you|'RE");
+	tok_free(t);
+
+	t = bytes_tok("smollm");
+	assert_int_equal(tok_get_pre(t), TOK_PRE_SMOLLM);
+	expect_split(t, "a 1 b", "a| |1| b");
+	expect_split(t, "abc12 d", "abc|1|2| d");
+	expect_split(t, "x\xc2\xb3 it's", "x|\xc2\xb3| it|'s");
+	expect_split(t, "a  1", "a|  |1");
+	tok_free(t);
+
+	size_t lens[2], k;
+	t = bytes_tok("gpt-2");
+	assert_int_equal(tok_pretokenize(t, "a b c", 5, lens, 2, &k), FL_ETOOBIG);
+	tok_free(t);
+}
+
 static void expect_refused(gguf_writer *w, int code, const char *what)
 {
 	tok *t = (tok *)0x1;
@@ -535,8 +641,9 @@ static void test_refusals(void **state)
 	expect_refused(base("bert", NULL), FL_EUNSUPPORTED, "'bert' is not supported");
 	expect_refused(base("t5", NULL), FL_EUNSUPPORTED, "'t5'");
 	expect_refused(base("gpt2", NULL), FL_EUNSUPPORTED, "without tokenizer.ggml.pre");
-	expect_refused(base("gpt2", "llama-bpe"), FL_EUNSUPPORTED, "'llama-bpe' is not supported");
-	expect_refused(base("gpt2", "qwen2"), FL_EUNSUPPORTED, "'qwen2'");
+	expect_refused(base("gpt2", "deepseek-llm"), FL_EUNSUPPORTED,
+	               "'deepseek-llm' is not supported");
+	expect_refused(base("gpt2", "falcon"), FL_EUNSUPPORTED, "'falcon'");
 	expect_refused(base("llama", "qwen2"), FL_EUNSUPPORTED, "'qwen2' is not supported");
 	expect_refused(base("llama", NULL), FL_EFORMAT, "tokenizer.ggml.tokens is missing");
 
@@ -598,6 +705,7 @@ int main(void)
 	    cmocka_unit_test(test_roundtrip_llama_spm), cmocka_unit_test(test_roundtrip_gpt2),
 	    cmocka_unit_test(test_special_tokens),      cmocka_unit_test(test_byte_vocab),
 	    cmocka_unit_test(test_small_vocabs),        cmocka_unit_test(test_refusals),
+	    cmocka_unit_test(test_pretokenizers),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
