@@ -208,7 +208,7 @@ int grad_backward(grad_ws *ws, model *m, const int32_t *tokens, const int32_t *t
 	const model_lora *lo = model_get_lora(m);
 	if (!a || B != a->B || T != a->T || B > ws->B || T > ws->T || !tokens || !targets)
 		return FL_EINVAL;
-	if (c->n_layers > 1 && a->stride_C == 0)
+	if (c->n_layers > 1 && a->stride_C == 0 && !a->ckpt)
 		return FL_EINVAL; /* activations not kept */
 	if (lo && lo->rank > ws->rank)
 		return FL_EINVAL;
@@ -235,7 +235,7 @@ int grad_backward(grad_ws *ws, model *m, const int32_t *tokens, const int32_t *t
 		return rc;
 	if (full)
 		mm_dw(&bc, W->tied ? gw->tok_embd : gw->output, dlogits, V, a->lnf, C, V, C);
-	const float *top = L > 0 ? a->res2 + (size_t)(L - 1) * a->stride_C : a->encoded;
+	const float *top = L > 0 ? a->res2 + (size_t)(L - 1) * a->stride_res : a->encoded;
 	tk_rmsnorm_bwd(ws->dres, full ? gw->output_norm : NULL, ws->dln, top, W->output_norm,
 	               a->lnf_rstd, N, C, 0);
 
@@ -254,6 +254,13 @@ int grad_backward(grad_ws *ws, model *m, const int32_t *tokens, const int32_t *t
 	}
 	for (int l = L - 1; l >= lmin; l--) {
 		const model_layer *y = &W->layers[l];
+		if (a->ckpt) { /* this layer's activations, from its stored input */
+			uint64_t tr = pf ? clk_mono_ns() : 0;
+			if ((rc = model_recompute_layer(m, l)) != 0)
+				return rc;
+			if (pf)
+				pf->t_recompute += (clk_mono_ns() - tr) * 1e-9;
+		}
 		const grad_layer *g = full ? &gw->layers[l] : NULL;
 		const float *ln1 = a->ln1 + l * a->stride_C, *ln1r = a->ln1_rstd + l * a->stride_N;
 		const float *q = a->q + l * a->stride_QD, *k = a->k + l * a->stride_KVD;
@@ -262,7 +269,7 @@ int grad_backward(grad_ws *ws, model *m, const int32_t *tokens, const int32_t *t
 		const float *ln2 = a->ln2 + l * a->stride_C, *ln2r = a->ln2_rstd + l * a->stride_N;
 		const float *gate = a->gate + l * a->stride_F, *up = a->up + l * a->stride_F;
 		const float *hmid = a->hmid + l * a->stride_F;
-		const float *xin = l > 0 ? a->res2 + (size_t)(l - 1) * a->stride_C : a->encoded;
+		const float *xin = l > 0 ? a->res2 + (size_t)(l - 1) * a->stride_res : a->encoded;
 		/* the input gradient below lmin is only needed for the embedding */
 		const int need_dx0 = full || l > lmin;
 

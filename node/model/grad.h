@@ -82,6 +82,7 @@ double grad_backward_flops(const model_config *c, int B, int T, int full);
  * backward and their flops. Detach with NULL. */
 typedef struct grad_prof {
 	double t_matmul, t_attn, t_lora, t_other;
+	double t_recompute; /* checkpointing: layers recomputed (part of t_other) */
 	double f_matmul;
 	long passes;
 } grad_prof;

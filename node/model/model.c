@@ -223,12 +223,14 @@ typedef struct lay {
 	size_t encoded, ln1, ln1_rstd, q, k, v, qraw, kraw, qrstd, krstd, att, atty, res1, ln2,
 	    ln2_rstd, gate, up, hmid, res2, lnf, lnf_rstd, logits, losses, pos, scratch, total;
 	size_t sC, sN, sQD, sKVD, satt, sF; /* per-layer strides */
+	size_t sres;                        /* res2's: per layer also when checkpointing */
 	size_t sqr, skr, sqn, skn;          /* qwen3 norm inputs / rstd (0 otherwise) */
 	size_t scratch_n;
 } lay;
 
 /* Layout for B sequences of T tokens attending over up to Tk keys; keep:
- * one slot per layer (else one shared slot). */
+ * 1 one slot per layer (else one shared slot), 2 (checkpointing) a slot per
+ * layer for res2 only. */
 static int layout(const model_config *c, int B, int T, int Tk, int keep, lay *o)
 {
 	size_t N, NC, NQ, NKV, NF, NV, A, tmp, L;
@@ -236,7 +238,8 @@ static int layout(const model_config *c, int B, int T, int Tk, int keep, lay *o)
 	             KVD = (size_t)c->n_kv_heads * c->head_dim;
 	int rc = 0;
 	memset(o, 0, sizeof *o);
-	L = keep ? (size_t)c->n_layers : 1;
+	L = keep == 1 ? (size_t)c->n_layers : 1;
+	const size_t Lres = keep ? (size_t)c->n_layers : 1;
 	rc |= sz_mul((size_t)B, (size_t)T, &N);
 	rc |= sz_mul(N, C, &NC);
 	rc |= sz_mul(N, QD, &NQ);
@@ -296,7 +299,10 @@ static int layout(const model_config *c, int B, int T, int Tk, int keep, lay *o)
 	TAKEL(gate, o->sF);
 	TAKEL(up, o->sF);
 	TAKEL(hmid, o->sF);
-	TAKEL(res2, o->sC);
+	if (sz_mul(Lres, o->sC, &t) != 0)
+		return FL_EOVERFLOW;
+	TAKE(res2, t);
+	o->sres = keep ? o->sC : 0;
 	TAKE(lnf, NC);
 	TAKE(lnf_rstd, N);
 	TAKE(logits, NV);
@@ -310,13 +316,11 @@ static int layout(const model_config *c, int B, int T, int Tk, int keep, lay *o)
 #undef TAKE
 #undef TAKEL
 	o->total = off;
-	if (!keep)
+	if (keep != 1)
 		o->sC = o->sN = o->sQD = o->sKVD = o->satt = o->sF = 0;
 	/* the qwen3 norm inputs are per layer only when kept (and present) */
-	o->sqr = keep ? o->sqr : 0;
-	o->skr = keep ? o->skr : 0;
-	o->sqn = keep ? o->sqn : 0;
-	o->skn = keep ? o->skn : 0;
+	if (keep != 1)
+		o->sqr = o->skr = o->sqn = o->skn = 0;
 	return 0;
 }
 
@@ -356,6 +360,7 @@ static void bind(model_acts *a, float *base, const lay *o)
 	a->stride_kn = o->skn;
 	a->stride_qr = o->sqr;
 	a->stride_kr = o->skr;
+	a->stride_res = o->sres;
 }
 
 /* Arena bytes beyond which we refuse rather than try (a misconfigured shape
@@ -380,7 +385,8 @@ int model_prepare(model *m, int B, int T, int flags)
 	float *p = NULL;
 	if (B <= 0 || T <= 0 || T > m->cfg.ctx)
 		return FL_EINVAL;
-	int rc = layout(&m->cfg, B, T, T, (flags & MODEL_KEEP_ACTS) != 0, &o);
+	const int keep = (flags & MODEL_CHECKPOINT) ? 2 : (flags & MODEL_KEEP_ACTS) ? 1 : 0;
+	int rc = layout(&m->cfg, B, T, T, keep, &o);
 	if (rc != 0)
 		return rc;
 	rc = alloc_arena(&o, &p);
@@ -396,6 +402,7 @@ int model_prepare(model *m, int B, int T, int flags)
 	m->aflags = flags;
 	memset(&m->acts, 0, sizeof m->acts);
 	bind(&m->acts, p, &o);
+	m->acts.ckpt = keep == 2;
 	m->scratch = p + o.scratch;
 	m->scratch_n = o.scratch_n;
 	return lora_fit(m);
@@ -538,9 +545,11 @@ void model_qk_prep(const model_config *c, const model_weights *w, const model_la
 
 /* The forward pass proper. With use_cache the new K/V rows go to the cache
  * at positions pos0.. and attention reads the cache; otherwise attention
- * reads this batch's K/V (pos0 must be 0). */
+ * reads this batch's K/V (pos0 must be 0). only >= 0: recompute layer
+ * `only` alone from its stored input (checkpointed arena): no embedding, no
+ * final norm or logits, no profile. */
 static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const int32_t *tokens,
-               int B, int T, int pos0, int use_cache)
+               int B, int T, int pos0, int use_cache, int only)
 {
 	const model_config *c = &m->cfg;
 	const int C = c->dim, NH = c->n_heads, NKV = c->n_kv_heads, hd = c->head_dim;
@@ -549,7 +558,7 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 	const float eps = c->norm_eps;
 	int rc;
 
-	model_prof *pf = m->prof;
+	model_prof *pf = only >= 0 ? NULL : m->prof;
 	uint64_t t_mm = 0, t_at = 0, t_lo = 0, t_all = pf ? clk_mono_ns() : 0, t0 = 0;
 #define TM(acc, stmt)                                                                              \
 	do {                                                                                       \
@@ -565,10 +574,13 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 	for (int b = 0; b < B; b++)
 		for (int t = 0; t < T; t++)
 			a->pos[b * T + t] = pos0 + t;
-	kern_embed(a->encoded, tokens, &m->w.tok_embd, N);
 	const float *resid = a->encoded; /* [N, C] */
+	if (only < 0)
+		kern_embed(a->encoded, tokens, &m->w.tok_embd, N);
+	else if (only > 0)
+		resid = a->res2 + (size_t)(only - 1) * a->stride_res;
 
-	for (int l = 0; l < c->n_layers; l++) {
+	for (int l = only < 0 ? 0 : only; l < (only < 0 ? c->n_layers : only + 1); l++) {
 		const model_layer *y = &m->w.layers[l];
 		float *ln1 = a->ln1 + l * a->stride_C, *ln1r = a->ln1_rstd + l * a->stride_N;
 		float *q = a->q + l * a->stride_QD, *k = a->k + l * a->stride_KVD;
@@ -576,7 +588,7 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 		float *atty = a->atty + l * a->stride_QD, *res1 = a->res1 + l * a->stride_C;
 		float *ln2 = a->ln2 + l * a->stride_C, *ln2r = a->ln2_rstd + l * a->stride_N;
 		float *gate = a->gate + l * a->stride_F, *up = a->up + l * a->stride_F;
-		float *hmid = a->hmid + l * a->stride_F, *res2 = a->res2 + l * a->stride_C;
+		float *hmid = a->hmid + l * a->stride_F, *res2 = a->res2 + l * a->stride_res;
 
 		/* attention block */
 		kern_rmsnorm(ln1, ln1r, resid, y->attn_norm, eps, N, C);
@@ -656,6 +668,8 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 		kern_add(res2, res2, res1, (size_t)N * C);
 		resid = res2;
 	}
+	if (only >= 0)
+		return 0;
 	kern_rmsnorm(a->lnf, a->lnf_rstd, resid, m->w.output_norm, eps, N, C);
 	TM(t_mm,
 	   rc = kern_matmul(a->logits, V, a->lnf, C, &m->w.output, NULL, N, scratch, scratch_n));
@@ -689,7 +703,7 @@ int model_forward(model *m, const int32_t *tokens, const int32_t *targets, int B
 	if (check_ids(tokens, N, m->cfg.vocab, 0) != 0 ||
 	    (targets && check_ids(targets, N, m->cfg.vocab, 1) != 0))
 		return FL_EINVAL;
-	int rc = run(m, &m->acts, m->scratch, m->scratch_n, tokens, B, T, 0, 0);
+	int rc = run(m, &m->acts, m->scratch, m->scratch_n, tokens, B, T, 0, 0, -1);
 	if (rc != 0)
 		return rc;
 	if (targets) {
@@ -700,6 +714,14 @@ int model_forward(model *m, const int32_t *tokens, const int32_t *targets, int B
 			*loss = cnt > 0 ? (float)(sum / cnt) : NAN;
 	}
 	return 0;
+}
+
+int model_recompute_layer(model *m, int l)
+{
+	model_acts *a = &m->acts;
+	if (!m->arena || !a->ckpt || l < 0 || l >= m->cfg.n_layers || a->B <= 0)
+		return FL_EINVAL;
+	return run(m, a, m->scratch, m->scratch_n, NULL, a->B, a->T, 0, 0, l);
 }
 
 int model_cache_init(model *m, int B, int max_T, int chunk)
@@ -764,7 +786,7 @@ int model_decode(model *m, const int32_t *tokens, int B, int Tn, const float **l
 		return FL_ETOOBIG;
 	if (check_ids(tokens, (size_t)B * Tn, m->cfg.vocab, 0) != 0)
 		return FL_EINVAL;
-	int rc = run(m, &m->cacts, m->cscratch, m->cscratch_n, tokens, B, Tn, m->cpos, 1);
+	int rc = run(m, &m->cacts, m->cscratch, m->cscratch_n, tokens, B, Tn, m->cpos, 1, -1);
 	if (rc != 0)
 		return rc;
 	m->cpos += Tn;

@@ -163,6 +163,13 @@ void model_qk_prep(const model_config *c, const model_weights *w, const model_la
 /* Flags for model_prepare. */
 enum {
 	MODEL_KEEP_ACTS = 1, /* keep every layer's activations (backward pass) */
+	/* activation checkpointing for the backward pass (instead of KEEP_ACTS):
+	 * keep only each layer's output res2 [L, N, C]; the other activations
+	 * live in one shared slot and grad_backward recomputes a layer's
+	 * (model_recompute_layer) before its gradient. Activation memory drops
+	 * from about L*(6C + 2QD + 2KVD + 3F + NH*T) floats per token to L*C plus
+	 * one layer's set, for one more forward pass of the blocks per step. */
+	MODEL_CHECKPOINT = 2,
 };
 
 /* Sizes the forward arena for batches up to [B, T] (T <= ctx). Replaces an
@@ -207,7 +214,7 @@ typedef struct model_acts {
 	float *gate;     /* [L, N, F] pre-activation */
 	float *up;       /* [L, N, F] */
 	float *hmid;     /* [L, N, F] silu(gate) * up */
-	float *res2;     /* [L, N, C] residual after the block */
+	float *res2;     /* [L, N, C] residual after the block (stride_res) */
 	float *lnf;      /* [N, C] */
 	float *lnf_rstd; /* [N] */
 	float *logits;   /* [N, V] */
@@ -215,8 +222,16 @@ typedef struct model_acts {
 	int32_t *pos;    /* [N] positions */
 	size_t stride_C, stride_N, stride_QD, stride_KVD, stride_att, stride_F; /* per-layer */
 	size_t stride_qr, stride_kr, stride_qn, stride_kn; /* qraw, kraw, qrstd, krstd (qwen3) */
+	size_t stride_res; /* res2's per-layer stride (also set when checkpointing) */
+	int ckpt;          /* prepared with MODEL_CHECKPOINT */
 } model_acts;
 const model_acts *model_get_acts(const model *m);
+
+/* Checkpointed arena: recomputes layer l's activations (into the shared
+ * slot) from its stored input, for the batch of the last model_forward,
+ * LoRA u kept as the forward keeps it. FL_EINVAL without MODEL_CHECKPOINT
+ * or a forward. */
+int model_recompute_layer(model *m, int l);
 
 /* KV cache for incremental decoding of B sequences of up to max_T tokens
  * (<= ctx), processed in steps of up to chunk tokens per model_decode call.

@@ -7,7 +7,7 @@
  * GQA 4 heads on 2, QKV bias and tied embeddings; qwen2 (NeoX RoPE) with
  * separate output; a Q8_0 base (reference over its dequantized values);
  * qwen3 (per-head q/k RMSNorm, NH*hd != C) and llama with Llama 3 RoPE
- * frequency factors.
+ * frequency factors; the same with activation checkpointing.
  * Some targets are -1 (ignored). h = 1e-5 * max(1, |p|) in double.
  * Tolerance: per tensor, max|got - fd| / max|fd| <= 1e-3 (observed values
  * printed, typically 1e-6). */
@@ -28,6 +28,10 @@
 #include <string.h>
 
 #define TOL 1e-3
+
+/* model_prepare flags of the gradient cases: MODEL_KEEP_ACTS, or
+ * MODEL_CHECKPOINT for the activation-checkpointing runs */
+static int g_flags = MODEL_KEEP_ACTS;
 
 static void check(const char *what, double err, double tol)
 {
@@ -98,7 +102,7 @@ static void lora_grads(const char *name, tm_model *t, model *m, int ffa, uint32_
 	fill_random(ad, 5, 0.4f);
 	assert_int_equal(adp_layout(&t->c, &sp, &g), 0);
 	assert_int_equal(adp_bind(&t->c, &sp, ad, B * T, &bd), 0);
-	assert_int_equal(model_prepare(m, B, T, MODEL_KEEP_ACTS), 0);
+	assert_int_equal(model_prepare(m, B, T, g_flags), 0);
 	assert_int_equal(model_set_lora(m, adp_binding_lora(bd)), 0);
 	assert_int_equal(grad_ws_new(m, B, T, 3, &ws), 0);
 	float loss = 0;
@@ -243,7 +247,7 @@ static void full_grads(const char *name, tm_model *t)
 	model *m = NULL;
 	grad_ws *ws = NULL;
 	assert_int_equal(model_new_from_weights(&t->c, &t->w, &m), 0);
-	assert_int_equal(model_prepare(m, B, T, MODEL_KEEP_ACTS), 0);
+	assert_int_equal(model_prepare(m, B, T, g_flags), 0);
 	assert_int_equal(grad_ws_new(m, B, T, 0, &ws), 0);
 	float *gb = calloc(t->n, sizeof(float));
 #define G(p) ((p) ? gb + ((const float *)(p)-t->blob) : NULL)
@@ -388,6 +392,44 @@ static void test_full_qwen3_llama3(void **state)
 	tm_free(&t);
 }
 
+/* Activation checkpointing: the same gradients from recomputed layers
+ * (LoRA and full, qwen3 and Llama 3 shapes, a 3-layer llama), against the
+ * same finite differences; without a forward or checkpointing,
+ * model_recompute_layer refuses. */
+static void test_checkpoint(void **state)
+{
+	(void)state;
+	tm_model t;
+	model *m = NULL;
+	g_flags = MODEL_CHECKPOINT;
+	make_qwen3(&t, 31);
+	assert_int_equal(model_new_from_weights(&t.c, &t.w, &m), 0);
+	lora_grads("checkpointed qwen3, all targets", &t, m, 0, LORA_ALL_TARGETS);
+	model_free(m);
+	full_grads("checkpointed qwen3", &t);
+	tm_free(&t);
+	make_llama3(&t, 32);
+	assert_int_equal(model_new_from_weights(&t.c, &t.w, &m), 0);
+	lora_grads("checkpointed llama3, attn_v + ffn_up", &t, m, 0,
+	           (1u << LORA_ATTN_V) | (1u << LORA_FFN_UP));
+	model_free(m);
+	tm_free(&t);
+	tm_make(&t, MODEL_ARCH_LLAMA, 3, 4, 2, 4, 12, 17, 1, 1, 33);
+	full_grads("checkpointed llama 3 layers", &t);
+	assert_int_equal(model_new_from_weights(&t.c, &t.w, &m), 0);
+	assert_int_equal(model_recompute_layer(m, 0), FL_EINVAL); /* no arena */
+	assert_int_equal(model_prepare(m, 1, 4, MODEL_KEEP_ACTS), 0);
+	assert_int_equal(model_recompute_layer(m, 0), FL_EINVAL); /* not checkpointed */
+	assert_int_equal(model_prepare(m, 1, 4, MODEL_CHECKPOINT), 0);
+	int32_t ids[4] = {1, 2, 3, 4};
+	assert_int_equal(model_forward(m, ids, NULL, 1, 4, NULL), 0);
+	assert_int_equal(model_recompute_layer(m, 3), FL_EINVAL);
+	assert_int_equal(model_recompute_layer(m, 2), 0);
+	model_free(m);
+	tm_free(&t);
+	g_flags = MODEL_KEEP_ACTS;
+}
+
 static void test_args(void **state)
 {
 	(void)state;
@@ -444,10 +486,15 @@ static int serial(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_lora_llama),        cmocka_unit_test(test_lora_qwen2),
-	    cmocka_unit_test(test_lora_q8_base),      cmocka_unit_test(test_full_llama),
-	    cmocka_unit_test(test_full_qwen2),        cmocka_unit_test(test_lora_qwen3_llama3),
-	    cmocka_unit_test(test_full_qwen3_llama3), cmocka_unit_test(test_args),
+	    cmocka_unit_test(test_lora_llama),
+	    cmocka_unit_test(test_lora_qwen2),
+	    cmocka_unit_test(test_lora_q8_base),
+	    cmocka_unit_test(test_full_llama),
+	    cmocka_unit_test(test_full_qwen2),
+	    cmocka_unit_test(test_lora_qwen3_llama3),
+	    cmocka_unit_test(test_full_qwen3_llama3),
+	    cmocka_unit_test(test_checkpoint),
+	    cmocka_unit_test(test_args),
 	};
 	const struct CMUnitTest few[] = {
 	    cmocka_unit_test(test_lora_llama),

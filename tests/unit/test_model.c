@@ -540,15 +540,16 @@ static void tm_case(const char *name, tm_model *t, int B, int T)
 	rand_ids(toks, B * T, V);
 	rand_ids(tgt, B * T, V);
 	double rloss = tm_ref_loss(t, NULL, toks, tgt, B, T, ref);
-	for (int keep = 0; keep < 2; keep++) {
+	static const int flags[3] = {0, MODEL_KEEP_ACTS, MODEL_CHECKPOINT};
+	static const char *const fname[3] = {"", " keep-acts", " checkpoint"};
+	for (int keep = 0; keep < 3; keep++) {
 		model *m = NULL;
 		float loss = -1;
 		assert_int_equal(model_new_from_weights(&t->c, &t->w, &m), 0);
-		assert_int_equal(model_prepare(m, B, T, keep ? MODEL_KEEP_ACTS : 0), 0);
+		assert_int_equal(model_prepare(m, B, T, flags[keep]), 0);
 		assert_int_equal(model_forward(m, toks, tgt, B, T, &loss), 0);
 		char what[128];
-		snprintf(what, sizeof what, "%s logits B=%d T=%d%s", name, B, T,
-		         keep ? " keep-acts" : "");
+		snprintf(what, sizeof what, "%s logits B=%d T=%d%s", name, B, T, fname[keep]);
 		check(what, tm_relerr(model_logits(m), ref, (size_t)B * T * V), TOL);
 		snprintf(what, sizeof what, "%s mean loss (%.5f)", name, rloss);
 		check(what, fabs(loss - rloss) / fabs(rloss), TOL);
