@@ -4,7 +4,7 @@
  *   large: dim 768, 12 layers, 12 heads, ffn 2048, tied embeddings, the
  *          32000-token vocabulary of ggml-vocab-llama-spm.gguf (~110M params)
  * each stored in F32, Q8_0 and Q4_0 (the frozen base as QLoRA holds it);
- * and, with --real (or --only NAME), random weights in the real shapes of
+ * or, with --real 1 (or --only NAME), random weights in the real shapes of
  * three downloads, in Q8_0 and as a Q4_K_M-style mix (init-model --type
  * q4_k_m: Q4_K, Q6_K for the output and half of attn_v/ffn_down, and
  * llama.cpp's Q5_0 fallback for rows that are not a multiple of 256):
@@ -396,7 +396,7 @@ int main(int argc, char **argv)
 	for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
 		const shape *s = &shapes[si];
 		const char *const *types = s->types;
-		if (only ? strcmp(only, s->name) != 0 : s->real && !real)
+		if (only ? strcmp(only, s->name) != 0 : (s->real != 0) != (real != 0))
 			continue;
 		char vpath[PATH_MAX];
 		if (s->vocab && s->vocab[0])
