@@ -219,6 +219,17 @@ typedef struct chan_client_opts {
 	int reconnect_ivl_ms;     /* ZeroMQ reconnect and first re-handshake delay */
 	int reconnect_ivl_max_ms; /* both back off exponentially up to this */
 	void *zmq_ctx;
+	/* For a process holding many sessions with distinct identities (the
+	 * fleet load generator, tests/bench/bench_fleet.c). tls: a client
+	 * context (tlsctx_new, role client, CA and CRL only) shared between
+	 * the clients instead of one built from the paths above; the client
+	 * takes a reference. cert/key: this client's identity in memory instead
+	 * of cert_path/key_path (both or neither; the client takes references;
+	 * the key must match the certificate, else chan_client_new fails with
+	 * FL_ECONFIG). */
+	struct tlsctx *tls;
+	struct x509_st *cert;
+	struct evp_pkey_st *key;
 } chan_client_opts;
 
 /* Defaults as for the server; reconnect 100 ms up to 5 s. */

@@ -18,6 +18,8 @@ struct chan_client {
 	char server_name[256];
 	tlsctx_opts topts;
 	tlsctx *tls;
+	X509 *cert; /* in-memory identity (opts.cert/key) or NULL */
+	EVP_PKEY *key;
 	void *ctx;
 	int own_ctx;
 	void *sock, *mon;
@@ -32,6 +34,9 @@ struct chan_client {
 	int blocked; /* pending frame refused with EAGAIN */
 	char cn[65];
 	uint64_t hs_deadline, next_attempt, backoff, retry_at;
+	/* while no ZMTP link: since when, when the last warning was, and when
+	 * ZeroMQ scheduled its next TCP connect (CONNECT_RETRIED) */
+	uint64_t wait_since, wait_logged, next_connect;
 	chan_evq evq;
 	chan_client_stats st;
 	chan_counters ctr;
@@ -128,13 +133,37 @@ static int common_new(const chan_client_opts *o, chan_client **out)
 		rc = FL_EINVAL;
 		goto out;
 	}
-	c->topts.role = TLSCTX_CLIENT;
-	c->topts.cert_path = c->s_cert;
-	c->topts.key_path = c->s_key;
-	c->topts.ca_path = c->s_ca;
-	c->topts.crl_path = c->s_crl;
-	if ((rc = tlsctx_new(&c->topts, &c->tls)))
+	c->o.tls = NULL;
+	c->o.cert = NULL;
+	c->o.key = NULL;
+	if (!o->cert != !o->key || (o->cert && (o->cert_path || o->key_path))) {
+		LOGE(CHAN_MOD, "client identity: give a certificate and a key, either as files "
+		               "or in memory");
+		rc = FL_EINVAL;
 		goto out;
+	}
+	if (o->cert) {
+		if (X509_check_private_key(o->cert, o->key) != 1) {
+			LOGE(CHAN_MOD, "client identity: the key does not match the certificate");
+			rc = FL_ECONFIG;
+			goto out;
+		}
+		X509_up_ref(o->cert);
+		c->cert = o->cert;
+		EVP_PKEY_up_ref(o->key);
+		c->key = o->key;
+	}
+	if (o->tls) {
+		c->tls = tlsctx_ref(o->tls);
+	} else {
+		c->topts.role = TLSCTX_CLIENT;
+		c->topts.cert_path = c->s_cert;
+		c->topts.key_path = c->s_key;
+		c->topts.ca_path = c->s_ca;
+		c->topts.crl_path = c->s_crl;
+		if ((rc = tlsctx_new(&c->topts, &c->tls)))
+			goto out;
+	}
 	c->backoff = (uint64_t)o->reconnect_ivl_ms;
 	int m = o->handshake_timeout_ms;
 	if (o->idle_timeout_ms < m)
@@ -206,7 +235,8 @@ int chan_client_new(const chan_client_opts *o, chan_client **out)
 	snprintf(mon_ep, sizeof mon_ep, "inproc://fedlora-chan-mon-%ld-%u-%p", (long)getpid(),
 	         __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED), (void *)c);
 	if (zmq_socket_monitor(c->sock, mon_ep,
-	                       ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0) {
+	                       ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED |
+	                           ZMQ_EVENT_CONNECT_RETRIED) != 0) {
 		LOGE(CHAN_MOD, "zmq_socket_monitor: %s", zmq_strerror(errno));
 		rc = FL_ENET;
 		goto out;
@@ -223,6 +253,7 @@ int chan_client_new(const chan_client_opts *o, chan_client **out)
 		goto out;
 	}
 	LOGI(CHAN_MOD, "node connecting to %s (coordinator name %s)", o->endpoint, c->server_name);
+	c->wait_since = chan_now_ms();
 	*out = c;
 	return 0;
 out:
@@ -372,6 +403,12 @@ static void start_attempt(chan_client *c)
 	 * session's records from any stale ones of an earlier session. */
 	if (chan_sess_init(cs, c->tls, c->server_name, c->o.max_msg, c->o.out_queue_max, &c->ctr))
 		goto retry;
+	if (c->cert && (SSL_use_certificate(cs->ssl, c->cert) != 1 ||
+	                SSL_use_PrivateKey(cs->ssl, c->key) != 1)) {
+		LOGE(CHAN_MOD, "cannot attach the client identity to a TLS session");
+		chan_sess_fini(cs);
+		goto retry;
+	}
 	cs->next_kind = CHAN_KIND_HELLO;
 	if (chan_sess_start(cs)) {
 		LOGE(CHAN_MOD, "cannot start a TLS handshake: %s", cs->why);
@@ -502,6 +539,28 @@ static void recv_all(chan_client *c)
 	}
 }
 
+/* Nothing answers at the endpoint (ZeroMQ retries the TCP connect by
+ * itself): a warning after CHAN_WAIT_WARN_MS without a link, then every
+ * CHAN_WAIT_WARN_MS, with the time of the next attempt (from the interval
+ * ZeroMQ reported with its last CONNECT_RETRIED). Called by the sweep. */
+#define CHAN_WAIT_WARN_MS 10000
+static void no_answer(chan_client *c, uint64_t now)
+{
+	if (c->link_up || now - c->wait_since < CHAN_WAIT_WARN_MS ||
+	    (c->wait_logged && now - c->wait_logged < CHAN_WAIT_WARN_MS))
+		return;
+	c->wait_logged = now;
+	char next[48] = "";
+	if (c->next_connect > now)
+		snprintf(next, sizeof next, "; next attempt in %.1f s",
+		         (c->next_connect - now) / 1000.0);
+	else
+		snprintf(next, sizeof next, "; retrying");
+	LOGW(CHAN_MOD,
+	     "no answer from the coordinator at %s for %llu s (is it running and reachable?)%s",
+	     c->o.endpoint, (unsigned long long)((now - c->wait_since) / 1000), next);
+}
+
 static void monitor_events(chan_client *c)
 {
 	for (int budget = 0; budget < 64; budget++) {
@@ -512,8 +571,11 @@ static void monitor_events(chan_client *c)
 			return;
 		}
 		uint16_t ev = 0;
+		uint32_t val = 0;
 		if (zmq_msg_size(&a) >= 2)
 			memcpy(&ev, zmq_msg_data(&a), 2);
+		if (zmq_msg_size(&a) >= 6)
+			memcpy(&val, (const uint8_t *)zmq_msg_data(&a) + 2, 4);
 		int more = zmq_msg_more(&a);
 		zmq_msg_close(&a);
 		while (more) {
@@ -526,11 +588,21 @@ static void monitor_events(chan_client *c)
 			zmq_msg_close(&b);
 		}
 		if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
-			LOGD(CHAN_MOD, "connected to %s", c->o.endpoint);
+			if (c->wait_logged)
+				LOGI(CHAN_MOD, "the coordinator at %s answers (after %llu s)",
+				     c->o.endpoint,
+				     (unsigned long long)((chan_now_ms() - c->wait_since) / 1000));
+			else
+				LOGD(CHAN_MOD, "connected to %s", c->o.endpoint);
+			c->wait_logged = 0;
 			chan_client_link_event(c, 1);
 		} else if (ev == ZMQ_EVENT_DISCONNECTED) {
 			LOGD(CHAN_MOD, "disconnected from %s", c->o.endpoint);
+			c->wait_since = chan_now_ms();
+			c->wait_logged = 0;
 			chan_client_link_event(c, 0);
+		} else if (ev == ZMQ_EVENT_CONNECT_RETRIED) {
+			c->next_connect = chan_now_ms() + val;
 		}
 	}
 }
@@ -556,6 +628,7 @@ static void timers(chan_client *c)
 {
 	uint64_t now = chan_now_ms();
 	char why[120];
+	no_answer(c, now);
 	if (c->cs && !c->ready && now >= c->hs_deadline) {
 		snprintf(why, sizeof why,
 		         c->up ? "no Welcome from the coordinator within %d ms"
@@ -614,6 +687,8 @@ void chan_client_free(chan_client *c)
 		zmq_ctx_term(c->ctx);
 	chan_evq_fini(&c->evq);
 	tlsctx_unref(c->tls);
+	X509_free(c->cert);
+	EVP_PKEY_free(c->key);
 	free(c->s_endpoint);
 	free(c->s_cert);
 	free(c->s_key);

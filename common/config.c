@@ -10,6 +10,10 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+/* Configs are a few KiB; anything this large is not one. */
+#define CFG_MAX_FILE (1 << 20)
 
 enum { PRIO_DEFAULT = 0, PRIO_FILE = 1, PRIO_ENV = 2, PRIO_FLAG = 3 };
 
@@ -316,12 +320,48 @@ static int on_ini_pair(void *user, const char *section, const char *name, const 
 	return rc == 0;
 }
 
+/* A config file is text: a directory (which fopen accepts and reads as
+ * empty) or a file with control bytes is refused by name, before any of its
+ * bytes could be echoed into a message about a key. */
+static int check_text_file(cfg *c, FILE *f, const char *path)
+{
+	struct stat st;
+	if (fstat(fileno(f), &st) != 0)
+		return set_err(c, FL_EIO, "config file %s: %s", path, strerror(errno));
+	if (S_ISDIR(st.st_mode))
+		return set_err(c, FL_ECONFIG, "config file %s is a directory", path);
+	if (!S_ISREG(st.st_mode))
+		return set_err(c, FL_ECONFIG, "config file %s is not a regular file", path);
+	if (st.st_size > CFG_MAX_FILE)
+		return set_err(c, FL_ETOOBIG, "config file %s is larger than %d bytes", path,
+		               CFG_MAX_FILE);
+	int ch, line = 1;
+	long off = 0;
+	while ((ch = getc(f)) != EOF) {
+		if ((ch < 0x20 && ch != '\n' && ch != '\r' && ch != '\t') || ch == 0x7f)
+			return set_err(
+			    c, FL_ECONFIG,
+			    "config file %s:%d: not a text file (byte 0x%02x at offset %ld)", path,
+			    line, (unsigned)ch, off);
+		line += ch == '\n';
+		off++;
+	}
+	if (ferror(f) || fseek(f, 0, SEEK_SET) != 0)
+		return set_err(c, FL_EIO, "config file %s: cannot read: %s", path, strerror(errno));
+	return 0;
+}
+
 int cfg_load_file(cfg *c, const char *path)
 {
 	FILE *f = fopen(path, "r");
 	if (!f)
 		return set_err(c, errno == ENOENT ? FL_ENOENT : FL_EIO,
 		               "cannot open config file %s: %s", path, strerror(errno));
+	int crc = check_text_file(c, f, path);
+	if (crc) {
+		fclose(f);
+		return crc;
+	}
 	line_reader lr = {f, c, 0};
 	c->path = path;
 	c->line = 0;

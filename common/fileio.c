@@ -65,11 +65,21 @@ static void dir_of(const char *path, char *dir, size_t cap)
 
 int file_write_atomic_v(const char *path, const file_piece *pieces, size_t npieces)
 {
+	return file_write_atomic_vm(path, pieces, npieces, FILE_PRIVATE);
+}
+
+int file_write_atomic_vm(const char *path, const file_piece *pieces, size_t npieces, unsigned mode)
+{
 	char tmp[PATH_MAX], dir[PATH_MAX];
 	int n = snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
 	if (n < 0 || (size_t)n >= sizeof tmp)
 		return FL_EINVAL;
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (mode != FILE_PRIVATE && mode != FILE_PUBLIC)
+		return FL_EINVAL;
+	/* O_EXCL: a stale temp file of a dead process with this pid could carry
+	 * another mode; it is removed first. */
+	unlink(tmp);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
 	if (fd < 0) {
 		LOGE("file", "create %s: %s", tmp, strerror(errno));
 		return FL_EIO;
@@ -200,7 +210,7 @@ int file_exists(const char *path)
 	return stat(path, &st) == 0;
 }
 
-int file_mkdirs(const char *path)
+static int mkdirs_mode(const char *path, mode_t mode)
 {
 	char tmp[PATH_MAX];
 	size_t n = strlen(path);
@@ -211,15 +221,43 @@ int file_mkdirs(const char *path)
 		if (*p != '/')
 			continue;
 		*p = 0;
-		if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+		if (mkdir(tmp, mode) != 0 && errno != EEXIST)
 			return FL_EIO;
 		*p = '/';
 	}
-	if (mkdir(tmp, 0700) != 0 && errno != EEXIST) {
+	if (mkdir(tmp, mode) != 0 && errno != EEXIST) {
 		LOGE("file", "mkdir %s: %s", tmp, strerror(errno));
 		return FL_EIO;
 	}
 	return 0;
+}
+
+int file_mkdirs(const char *path)
+{
+	return mkdirs_mode(path, 0700);
+}
+
+int file_mkdirs_public(const char *path)
+{
+	return mkdirs_mode(path, 0777);
+}
+
+const char *file_why(const char *path, int rc)
+{
+	struct stat st;
+	if (rc == FL_ETOOBIG)
+		return "larger than the size limit";
+	if (stat(path, &st) != 0)
+		return errno == ENOENT   ? "no such file"
+		       : errno == EACCES ? "permission denied"
+		                         : fl_strerror(rc);
+	if (S_ISDIR(st.st_mode))
+		return "is a directory";
+	if (!S_ISREG(st.st_mode))
+		return "not a regular file";
+	if (access(path, R_OK) != 0)
+		return "permission denied";
+	return fl_strerror(rc);
 }
 
 int file_lock(const char *path, int *fd_out, long *holder)

@@ -8,7 +8,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Writes n bytes atomically. */
+/* File modes (docs/FORMATS.md, "File modes"). FILE_PRIVATE: 0600 whatever
+ * the umask, for state only this user may read (node state, keys, residuals,
+ * the coordinator's store, data shards). FILE_PUBLIC: 0666 less the umask,
+ * for deployment outputs another user's inference server may need to read
+ * (merged GGUF, GGUF LoRA, PEFT, `train` output, init-model). */
+#define FILE_PRIVATE 0600
+#define FILE_PUBLIC  0666
+
+/* Writes n bytes atomically, mode FILE_PRIVATE. */
 int file_write_atomic(const char *path, const void *data, size_t n);
 
 /* Atomic write from several pieces (avoids concatenating big buffers). */
@@ -17,6 +25,9 @@ typedef struct file_piece {
 	size_t n;
 } file_piece;
 int file_write_atomic_v(const char *path, const file_piece *pieces, size_t npieces);
+/* As file_write_atomic_v with the file created as `mode` (FILE_PRIVATE or
+ * FILE_PUBLIC; the umask applies, so FILE_PRIVATE stays 0600). */
+int file_write_atomic_vm(const char *path, const file_piece *pieces, size_t npieces, unsigned mode);
 
 /* Appends n bytes and fsyncs (journals). The file is created if missing. */
 int file_append_sync(const char *path, const void *data, size_t n);
@@ -35,8 +46,17 @@ void file_map_close(file_map *m);
 
 /* mkdir -p with mode 0700 for created components. */
 int file_mkdirs(const char *path);
+/* mkdir -p with mode 0777 less the umask (directories of FILE_PUBLIC
+ * exports). An existing directory keeps its mode. */
+int file_mkdirs_public(const char *path);
 int file_fsync_dir(const char *dir);
 int file_exists(const char *path);
+
+/* Why path could not be read, for a message after file_read_all or
+ * file_map_open failed with rc: "is a directory", "no such file", "not a
+ * regular file", "permission denied", "larger than the size limit", or
+ * fl_strerror(rc). A static string (never NULL). */
+const char *file_why(const char *path, int rc);
 
 /* Takes an exclusive flock on path (created 0600 if missing) without
  * waiting and writes "pid <getpid()>\n" into it. On success *fd holds the

@@ -554,9 +554,9 @@ int gguf_open(const char *path, gguf **out, char *err, size_t errlen)
 	int rc = file_map_open(path, &g->map);
 	if (rc) {
 		if (err && errlen)
-			snprintf(err, errlen, "%s: cannot open (%s)", path, fl_strerror(rc));
+			snprintf(err, errlen, "%s", file_why(path, rc));
 		else
-			LOGE("gguf", "%s: cannot open (%s)", path, fl_strerror(rc));
+			LOGE("gguf", "%s: %s", path, file_why(path, rc));
 		free(g);
 		return rc;
 	}
@@ -1296,7 +1296,7 @@ int gguf_writer_write(const gguf_writer *w, const char *path)
 	size_t np = 0, total = 0;
 	int rc = build_pieces(w, &hdr, &pieces, &np, &zeros, &total);
 	if (!rc)
-		rc = file_write_atomic_v(path, pieces, np);
+		rc = file_write_atomic_vm(path, pieces, np, FILE_PUBLIC);
 	if (rc)
 		LOGE("gguf", "writing %s: %s", path, fl_strerror(rc));
 	free(pieces);

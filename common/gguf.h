@@ -59,8 +59,9 @@ typedef struct gguf gguf;
 /* Opens and validates a file. On failure returns a negative FL_E* code
  * (FL_EFORMAT malformed, FL_EUNSUPPORTED valid but not supported here —
  * v1, big endian, a tensor type we do not decode — FL_EIO, FL_ENOMEM) and,
- * when err is not NULL, a one-line message naming what is wrong; with
- * err == NULL the message is logged instead. *out written only on
+ * when err is not NULL, a one-line message naming what is wrong (without
+ * the path: the caller prefixes it); with err == NULL the message is logged
+ * instead, with the path. *out written only on
  * success. Tensor data pointers are aligned to the file's alignment. */
 int gguf_open(const char *path, gguf **out, char *err, size_t errlen);
 
@@ -182,7 +183,8 @@ int gguf_add_tensor_own(gguf_writer *w, const char *name, uint32_t type, int ndi
                         const uint64_t *ne, void *data, size_t size);
 
 /* Writes the file atomically. The writer stays usable (e.g. to write the
- * same content elsewhere). */
+ * same content elsewhere). GGUF files are deployment outputs (models,
+ * GGUF LoRA adapters): created FILE_PUBLIC, 0666 less the umask. */
 int gguf_writer_write(const gguf_writer *w, const char *path);
 /* The same bytes into one malloc'd buffer (tests, fuzz seeds). Caller
  * frees *out. */

@@ -152,6 +152,15 @@ void gtype_dequant_f32(const void *src, float *dst, size_t n)
 #ifdef FL_HAVE_AVX2_BUILD
 void gtype_dequant_f16_avx2(const void *src, float *dst, size_t n);
 #endif
+/* NEON kernels (gtype_neon.c): every aarch64 build has them. */
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#define GTYPE_NEON 1
+void gtype_dequant_f16_neon(const void *src, float *dst, size_t n);
+void gtype_dequant_q8_0_neon(const void *src, float *dst, size_t n);
+void gtype_dequant_q4_0_neon(const void *src, float *dst, size_t n);
+#else
+#define GTYPE_NEON 0
+#endif
 
 void gtype_dequant_f16(const void *src, float *dst, size_t n)
 {
@@ -162,6 +171,10 @@ void gtype_dequant_f16(const void *src, float *dst, size_t n)
 		gtype_dequant_f16_avx2(src, dst, n);
 		return;
 	}
+#endif
+#if GTYPE_NEON
+	gtype_dequant_f16_neon(src, dst, n);
+	return;
 #endif
 	gtype_dequant_f16_scalar(src, dst, n);
 }
@@ -182,6 +195,15 @@ void gtype_dequant_bf16(const void *src, float *dst, size_t n)
 
 void gtype_dequant_q8_0(const void *src, float *dst, size_t n)
 {
+#if GTYPE_NEON
+	gtype_dequant_q8_0_neon(src, dst, n);
+#else
+	gtype_dequant_q8_0_scalar(src, dst, n);
+#endif
+}
+
+void gtype_dequant_q8_0_scalar(const void *src, float *dst, size_t n)
+{
 	const uint8_t *b = src;
 	for (size_t i = 0; i < n / GTYPE_QK; i++, b += 2 + GTYPE_QK, dst += GTYPE_QK) {
 		const float d = half_to_f32(ld16(b));
@@ -192,6 +214,15 @@ void gtype_dequant_q8_0(const void *src, float *dst, size_t n)
 }
 
 void gtype_dequant_q4_0(const void *src, float *dst, size_t n)
+{
+#if GTYPE_NEON
+	gtype_dequant_q4_0_neon(src, dst, n);
+#else
+	gtype_dequant_q4_0_scalar(src, dst, n);
+#endif
+}
+
+void gtype_dequant_q4_0_scalar(const void *src, float *dst, size_t n)
 {
 	const uint8_t *b = src;
 	for (size_t i = 0; i < n / GTYPE_QK; i++, b += 2 + GTYPE_QK / 2, dst += GTYPE_QK) {

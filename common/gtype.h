@@ -76,11 +76,15 @@ typedef void (*gtype_dequant_fn)(const void *src, float *dst, size_t n);
 gtype_dequant_fn gtype_dequant_fn_of(uint32_t id);
 
 void gtype_dequant_f32(const void *src, float *dst, size_t n);
-void gtype_dequant_f16(const void *src, float *dst, size_t n); /* F16C when available */
+void gtype_dequant_f16(const void *src, float *dst, size_t n); /* F16C / NEON when available */
 void gtype_dequant_f16_scalar(const void *src, float *dst, size_t n);
 void gtype_dequant_bf16(const void *src, float *dst, size_t n);
+/* Q8_0 / Q4_0 use NEON in aarch64 builds; the _scalar references give the
+ * same bits (tests compare them). */
 void gtype_dequant_q8_0(const void *src, float *dst, size_t n);
 void gtype_dequant_q4_0(const void *src, float *dst, size_t n);
+void gtype_dequant_q8_0_scalar(const void *src, float *dst, size_t n);
+void gtype_dequant_q4_0_scalar(const void *src, float *dst, size_t n);
 void gtype_dequant_q4_1(const void *src, float *dst, size_t n);
 void gtype_dequant_q5_0(const void *src, float *dst, size_t n);
 void gtype_dequant_q5_1(const void *src, float *dst, size_t n);

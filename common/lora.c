@@ -345,7 +345,7 @@ int lora_arch_from_gguf(const char *path, uint32_t mask, lora_arch *out, char *w
 	char err[256];
 	int rc = gguf_open(path, &g, err, sizeof err);
 	if (rc)
-		return fl_fail(why, whylen, rc, "%s", err);
+		return fl_fail(why, whylen, rc, "%s: %s", path, err);
 	lora_arch a;
 	memset(&a, 0, sizeof a);
 	gguf_str arch = {0};

@@ -60,9 +60,29 @@ int lfmt_base_from_gguf(const gguf *g, lfmt_base *out, char *why, size_t whylen)
 	if ((rc = get_u32_key(g, key, 1, 65536, b.n_head, &b.n_head_kv, why, whylen)) != 0)
 		return rc;
 	b.qk_permuted = strcmp(b.arch, "llama") == 0;
-	if (gguf_get_str(g, "general.name", &s) == 0) {
-		size_t n = s.n < sizeof b.name - 1 ? s.n : sizeof b.name - 1;
-		memcpy(b.name, s.p, n);
+	/* the Hugging Face id when the GGUF says it (llama.cpp's converter
+	 * writes general.source.huggingface.repository or a huggingface.co
+	 * general.source.repo_url / url), else general.name */
+	static const char hf[] = "https://huggingface.co/";
+	static const char *const keys[] = {"general.source.huggingface.repository",
+	                                   "general.source.repo_url", "general.source.url",
+	                                   "general.name"};
+	for (size_t k = 0; k < sizeof keys / sizeof *keys && !b.name[0]; k++) {
+		if (gguf_get_str(g, keys[k], &s) != 0 || s.n == 0)
+			continue;
+		const char *p = s.p;
+		size_t n = s.n;
+		if (k == 1 || k == 2) { /* a URL: only a huggingface.co one names a model id */
+			if (n <= sizeof hf - 1 || memcmp(p, hf, sizeof hf - 1) != 0)
+				continue;
+			p += sizeof hf - 1;
+			n -= sizeof hf - 1;
+			while (n && p[n - 1] == '/')
+				n--;
+		}
+		n = n < sizeof b.name - 1 ? n : sizeof b.name - 1;
+		memcpy(b.name, p, n);
+		b.name[n] = 0;
 		for (size_t i = 0; i < n; i++)
 			if ((unsigned char)b.name[i] < 0x20)
 				b.name[i] = '?';
@@ -358,7 +378,7 @@ out:
 }
 
 int lfmt_export(const tset *ad, const char *base_path, const lora_spec *p, enum lfmt_format fmt,
-                uint32_t type, const char *out, char *why, size_t whylen)
+                uint32_t type, const char *base_id, const char *out, char *why, size_t whylen)
 {
 	gguf *g = NULL;
 	char gerr[256];
@@ -368,7 +388,7 @@ int lfmt_export(const tset *ad, const char *base_path, const lora_spec *p, enum 
 	if (fmt == LFMT_GGUF_LORA)
 		rc = gguf_lora_write(ad, g, p, type, out, why, whylen);
 	else if (fmt == LFMT_PEFT)
-		rc = peft_write_base(ad, g, p, out, why, whylen);
+		rc = peft_write_base(ad, g, p, base_id, out, why, whylen);
 	else
 		rc = fl_fail(why, whylen, FL_EINVAL, "unknown adapter format %d", (int)fmt);
 	gguf_free(g);

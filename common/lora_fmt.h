@@ -37,7 +37,9 @@ typedef struct lfmt_base {
 	uint32_t n_head;    /* <arch>.attention.head_count */
 	uint32_t n_head_kv; /* <arch>.attention.head_count_kv (default n_head) */
 	int qk_permuted;    /* 1 for llama: q/k rows stored in GGUF rotary order */
-	char name[128];     /* general.name or "" */
+	char name[128];     /* Hugging Face id: general.source.huggingface.repository,
+	                     * or a https://huggingface.co/ID general.source.repo_url
+	                     * or general.source.url; else general.name; else "" */
 } lfmt_base;
 
 /* Reads the fields above. FL_EFORMAT with a reason in why when a key is
@@ -72,9 +74,10 @@ enum lfmt_format { LFMT_GGUF_LORA = 1, LFMT_PEFT = 2 };
 /* One call for an exporter that holds an adapter in memory (e.g. the
  * coordinator's committed global version): opens the base GGUF's header at
  * base_path and writes `out` in format fmt (type F32/F16 applies to
- * gguf-lora; PEFT is always F32). */
+ * gguf-lora; PEFT is always F32). base_id (may be NULL): PEFT's
+ * base_model_name_or_path instead of the one the header gives. */
 int lfmt_export(const tset *ad, const char *base_path, const lora_spec *p, enum lfmt_format fmt,
-                uint32_t type, const char *out, char *why, size_t whylen);
+                uint32_t type, const char *base_id, const char *out, char *why, size_t whylen);
 
 /* Values given on a command line; each overrides nothing silently: a value
  * that contradicts the file's own is refused (FL_EMISMATCH). */

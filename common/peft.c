@@ -63,7 +63,7 @@ int peft_write(const tset *ad, const lora_spec *spec, const peft_base *b, const 
 	cJSON *conf = NULL;
 	char *txt = NULL;
 	char path[PEFT_PATH_MAX];
-	int rc = file_mkdirs(dir);
+	int rc = file_mkdirs_public(dir);
 	if (rc != 0)
 		return fl_fail(why, whylen, rc, "cannot create directory %s", dir);
 	if ((rc = tset_new(&outs)) != 0)
@@ -110,7 +110,7 @@ int peft_write(const tset *ad, const lora_spec *spec, const peft_base *b, const 
 		goto out;
 	}
 	st_kv meta[1] = {{"format", "pt"}};
-	if ((rc = st_write(path, outs, ST_F32, meta, 1)) != 0) {
+	if ((rc = st_write_mode(path, outs, ST_F32, meta, 1, FILE_PUBLIC)) != 0) {
 		fl_fail(why, whylen, rc, "cannot write %s (%s)", path, fl_strerror(rc));
 		goto out;
 	}
@@ -147,7 +147,8 @@ int peft_write(const tset *ad, const lora_spec *spec, const peft_base *b, const 
 		fl_fail(why, whylen, rc, "path too long");
 		goto out;
 	}
-	if ((rc = file_write_atomic(path, txt, n + 1)) != 0)
+	file_piece pc = {txt, n + 1};
+	if ((rc = file_write_atomic_vm(path, &pc, 1, FILE_PUBLIC)) != 0)
 		fl_fail(why, whylen, rc, "cannot write %s (%s)", path, fl_strerror(rc));
 out:
 	if (rc == FL_ENOMEM && why && whylen && !why[0])
@@ -158,8 +159,8 @@ out:
 	return rc;
 }
 
-int peft_write_base(const tset *ad, const gguf *base, const lora_spec *p, const char *dir,
-                    char *why, size_t whylen)
+int peft_write_base(const tset *ad, const gguf *base, const lora_spec *p, const char *base_id,
+                    const char *dir, char *why, size_t whylen)
 {
 	lfmt_base b;
 	uint32_t r;
@@ -171,7 +172,7 @@ int peft_write_base(const tset *ad, const gguf *base, const lora_spec *p, const 
 	peft_base pb = {.n_head = b.n_head,
 	                .n_head_kv = b.n_head_kv,
 	                .unpermute = b.qk_permuted,
-	                .name = b.name};
+	                .name = base_id ? base_id : b.name};
 	return peft_write(ad, &s, &pb, dir, why, whylen);
 }
 

@@ -45,10 +45,12 @@ int peft_write(const tset *ad, const lora_spec *spec, const peft_base *b, const 
 
 /* The writer against a base GGUF header: checks ad with lfmt_check (r from
  * the tensors; p->rank, when not 0, must equal it: FL_EMISMATCH), takes head
- * counts, the permutation (llama) and general.name from the base, and lists
- * in target_modules the targets that have tensors. */
-int peft_write_base(const tset *ad, const gguf *base, const lora_spec *p, const char *dir,
-                    char *why, size_t whylen);
+ * counts and the permutation (llama) from the base, and lists in
+ * target_modules the targets that have tensors. base_model_name_or_path is
+ * base_id when not NULL, else the base's Hugging Face id as lfmt_base_from_gguf
+ * finds it (lfmt_base.name). */
+int peft_write_base(const tset *ad, const gguf *base, const lora_spec *p, const char *base_id,
+                    const char *dir, char *why, size_t whylen);
 
 /* Parses an adapter_config.json text into p->rank, alpha, rslora (default
  * false). Refuses peft_type other than LORA, r outside 1..LORA_MAX_RANK,

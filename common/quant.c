@@ -25,6 +25,11 @@
 #else
 #define QUANT_AVX2_BUILT 0
 #endif
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#define QUANT_NEON_BUILT 1
+#else
+#define QUANT_NEON_BUILT 0
+#endif
 
 _Static_assert(FL_ENUMERIC == -17, "quant_scale_for in quant.h returns -17");
 
@@ -52,6 +57,34 @@ int quant_have_avx2(void)
 #endif
 }
 
+int quant_have_neon(void)
+{
+	return QUANT_NEON_BUILT;
+}
+
+enum quant_impl quant_vector_impl(void)
+{
+	if (quant_have_avx2())
+		return QUANT_IMPL_AVX2;
+	if (quant_have_neon())
+		return QUANT_IMPL_NEON;
+	return QUANT_IMPL_SCALAR;
+}
+
+const char *quant_impl_name(enum quant_impl impl)
+{
+	switch (impl) {
+	case QUANT_IMPL_AVX2:
+		return "avx2";
+	case QUANT_IMPL_NEON:
+		return "neon";
+	case QUANT_IMPL_SCALAR:
+		return "scalar";
+	default:
+		return "auto";
+	}
+}
+
 static void set_impl(int v)
 {
 	atomic_store_explicit(&g_impl, v, memory_order_relaxed);
@@ -61,7 +94,7 @@ int quant_set_impl(enum quant_impl impl)
 {
 	switch (impl) {
 	case QUANT_IMPL_AUTO:
-		set_impl(quant_have_avx2() ? QUANT_IMPL_AVX2 : QUANT_IMPL_SCALAR);
+		set_impl(quant_vector_impl());
 		return 0;
 	case QUANT_IMPL_SCALAR:
 		set_impl(QUANT_IMPL_SCALAR);
@@ -71,6 +104,11 @@ int quant_set_impl(enum quant_impl impl)
 			return FL_EUNSUPPORTED;
 		set_impl(QUANT_IMPL_AVX2);
 		return 0;
+	case QUANT_IMPL_NEON:
+		if (!quant_have_neon())
+			return FL_EUNSUPPORTED;
+		set_impl(QUANT_IMPL_NEON);
+		return 0;
 	}
 	return FL_EINVAL;
 }
@@ -79,7 +117,7 @@ enum quant_impl quant_impl_active(void)
 {
 	int v = atomic_load_explicit(&g_impl, memory_order_relaxed);
 	if (v < 0) {
-		v = quant_have_avx2() ? QUANT_IMPL_AVX2 : QUANT_IMPL_SCALAR;
+		v = quant_vector_impl();
 		int expect = -1; /* keep an explicit choice made meanwhile */
 		atomic_compare_exchange_strong(&g_impl, &expect, v);
 		v = atomic_load_explicit(&g_impl, memory_order_relaxed);
@@ -87,10 +125,18 @@ enum quant_impl quant_impl_active(void)
 	return (enum quant_impl)v;
 }
 
+#if QUANT_AVX2_BUILT
 static int use_avx2(void)
 {
-	return QUANT_AVX2_BUILT && quant_impl_active() == QUANT_IMPL_AVX2;
+	return quant_impl_active() == QUANT_IMPL_AVX2;
 }
+#endif
+#if QUANT_NEON_BUILT
+static int use_neon(void)
+{
+	return quant_impl_active() == QUANT_IMPL_NEON;
+}
+#endif
 
 /* ---- parameters and scales ---- */
 
@@ -311,9 +357,16 @@ static int encode(const quant_params *p, const char *name, const float *a, const
 	}
 	uint8_t *scales = q->scales_len ? qt_scales_mut(q) : NULL;
 	uint8_t *data = qt_data_mut(q);
+	const int vec = is_q(p->fmt) || (p->fmt == QT_F16 && p->round == QUANT_NEAREST);
+	(void)vec; /* builds without a vector path */
 #if QUANT_AVX2_BUILT
-	if (use_avx2() && (is_q(p->fmt) || (p->fmt == QT_F16 && p->round == QUANT_NEAREST)))
+	if (vec && use_avx2())
 		rc = quant_avx2_encode(p, a, b, q->n, scales, data);
+	else
+#endif
+#if QUANT_NEON_BUILT
+	    if (vec && use_neon())
+		rc = quant_neon_encode(p, a, b, q->n, scales, data);
 	else
 #endif
 		rc = encode_scalar(p, a, b, q->n, scales, data);
@@ -379,6 +432,12 @@ int quant_decode(const qtensor *q, float *out, size_t n)
 		return 0;
 	}
 #endif
+#if QUANT_NEON_BUILT
+	if (use_neon()) {
+		quant_neon_decode(q, out);
+		return 0;
+	}
+#endif
 	size_t blk = is_q(q->fmt) ? q->block : n;
 	for (size_t i0 = 0, j = 0; i0 < n; i0 += blk, j++) {
 		size_t len = n - i0 < blk ? n - i0 : blk;
@@ -398,6 +457,12 @@ int quant_accumulate(const qtensor *q, float w, float *acc, size_t n)
 #if QUANT_AVX2_BUILT
 	if (use_avx2()) {
 		quant_avx2_accumulate(q, w, acc);
+		return 0;
+	}
+#endif
+#if QUANT_NEON_BUILT
+	if (use_neon()) {
+		quant_neon_accumulate(q, w, acc);
 		return 0;
 	}
 #endif

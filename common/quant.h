@@ -8,8 +8,8 @@
  *   deq(q)_i = (float)L_i * s          (exact: no rounding happens)
  *   acc_i   <- fmaf((float)L_i, w * s, acc_i)   (one rounding; w * s rounded once per block)
  *   t_i     <- t_i + deq(q)_i          (quant_apply: the same as w = 1)
- * where L_i is the integer level of element i. The AVX2 path and the
- * scalar path compute exactly these operations, so their results are equal
+ * where L_i is the integer level of element i. The AVX2 and NEON paths and
+ * the scalar path compute exactly these operations, so their results are equal
  * bit for bit, and a node and the coordinator applying the same qtensor to
  * the same global adapter reach the same bytes.
  *
@@ -101,13 +101,27 @@ int quant_apply_set(tset *s, const qtensor *qs, size_t nq);
 uint64_t quant_seed_derive(uint64_t seed, const char *name);
 
 /* Implementation selection (tests and benchmarks). AUTO picks AVX2 when
- * the build has it and the CPU supports AVX2, FMA and F16C. */
-enum quant_impl { QUANT_IMPL_AUTO = 0, QUANT_IMPL_SCALAR = 1, QUANT_IMPL_AVX2 = 2 };
-/* FL_EUNSUPPORTED when AVX2 is asked for but unavailable. */
+ * the build has it and the CPU supports AVX2, FMA and F16C (x86-64, chosen
+ * at run time), NEON in every aarch64 build (ASIMD is part of ARMv8-A:
+ * chosen at build time), the scalar code otherwise. */
+enum quant_impl {
+	QUANT_IMPL_AUTO = 0,
+	QUANT_IMPL_SCALAR = 1,
+	QUANT_IMPL_AVX2 = 2,
+	QUANT_IMPL_NEON = 3,
+};
+/* FL_EUNSUPPORTED when AVX2 or NEON is asked for but unavailable. */
 int quant_set_impl(enum quant_impl impl);
-/* QUANT_IMPL_SCALAR or QUANT_IMPL_AVX2. */
+/* QUANT_IMPL_SCALAR, QUANT_IMPL_AVX2 or QUANT_IMPL_NEON. */
 enum quant_impl quant_impl_active(void);
 int quant_have_avx2(void);
+/* 1 in aarch64 builds (quant_neon.c), 0 elsewhere. */
+int quant_have_neon(void);
+/* The vector implementation this build and CPU can run (AVX2 or NEON), or
+ * QUANT_IMPL_SCALAR when there is none: what tests compare with scalar. */
+enum quant_impl quant_vector_impl(void);
+/* "scalar", "avx2" or "neon" */
+const char *quant_impl_name(enum quant_impl impl);
 
 /* ---- internal: shared by quant.c and quant_avx2.c, not for callers ---- */
 
@@ -164,5 +178,10 @@ int quant_avx2_encode(const quant_params *p, const float *a, const float *b, siz
                       uint8_t *scales, uint8_t *data);
 void quant_avx2_decode(const qtensor *q, float *out);
 void quant_avx2_accumulate(const qtensor *q, float w, float *acc);
+/* NEON whole-tensor kernels (quant_neon.c), the same contracts. */
+int quant_neon_encode(const quant_params *p, const float *a, const float *b, size_t n,
+                      uint8_t *scales, uint8_t *data);
+void quant_neon_decode(const qtensor *q, float *out);
+void quant_neon_accumulate(const qtensor *q, float w, float *acc);
 
 #endif

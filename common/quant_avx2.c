@@ -5,8 +5,9 @@
  *           q = nearbyint(t) or floor(t + u); clamp; pack
  *   decode  v = (float)L * s
  *   accum   acc = fma((float)L, w * s, acc)   (f32/f16: fma(v, w, acc))
- * so both paths produce the same bytes and the same floats. Partial final
- * blocks are handed to the scalar block kernels. */
+ * so both paths produce the same bytes and the same floats. The
+ * whole-tensor drivers are quant_simd.h's (shared with quant_neon.c);
+ * partial final blocks are handed to the scalar block kernels. */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -21,6 +22,16 @@
 #include <string.h>
 
 #define AI static inline __attribute__((always_inline))
+
+#define qs_vf           __m256
+#define QS_LANES        8
+#define qs_set1(x)      _mm256_set1_ps(x)
+#define qs_loadf(p)     _mm256_loadu_ps(p)
+#define qs_storef(p, v) _mm256_storeu_ps((p), (v))
+#define qs_loadh(p)     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#define qs_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define QS_FN(name)     quant_avx2_##name
+#include "quant_simd.h"
 
 /* ---- stochastic-rounding stream: quant_uniform() on 8 lanes ---- */
 
@@ -87,18 +98,10 @@ static int enc_block(const quant_params *p, const float *a, const float *b, uint
 	}
 	if (_mm256_movemask_ps(ok) != 0xff)
 		return FL_ENUMERIC;
-	uint16_t sb;
 	float s;
-	int rc = quant_scale_for(fmt, hmax(amax), &sb, &s);
+	int rc = qs_block_scale(p, hmax(amax), scale, data, &s);
 	if (rc)
-		return rc;
-	scale[0] = (uint8_t)sb;
-	scale[1] = (uint8_t)(sb >> 8);
-	size_t nbytes = p->block * qt_fmt_bits(fmt) / 8;
-	if (s == 0.0f) {
-		memset(data, fmt == QT_Q8 ? 0x00 : fmt == QT_Q4 ? 0x88 : 0xaa, nbytes);
-		return 0;
-	}
+		return rc < 0 ? rc : 0;
 
 	const __m256 sv = _mm256_set1_ps(s);
 	const __m256 lo = _mm256_set1_ps(fmt == QT_Q8 ? -127.0f : fmt == QT_Q4 ? -7.0f : -2.0f);
@@ -176,28 +179,6 @@ static int enc_f16(const quant_params *p, const float *a, const float *b, size_t
 	return 0;
 }
 
-int quant_avx2_encode(const quant_params *p, const float *a, const float *b, size_t n,
-                      uint8_t *scales, uint8_t *data)
-{
-	if (p->fmt == QT_F16 && p->round == QUANT_NEAREST)
-		return enc_f16(p, a, b, n, data);
-	if (p->fmt != QT_Q8 && p->fmt != QT_Q4 && p->fmt != QT_Q2)
-		return FL_EINVAL; /* quant.c routes other cases to the scalar code */
-	const size_t B = p->block, bits = qt_fmt_bits(p->fmt);
-	const size_t nfull = n / B;
-	for (size_t j = 0; j < nfull; j++) {
-		int rc = enc_block(p, a + j * B, b ? b + j * B : NULL, (uint32_t)(j * B),
-		                   scales + 2 * j, data + j * B * bits / 8);
-		if (rc)
-			return rc;
-	}
-	if (n % B)
-		return quant_encode_block(p, a + nfull * B, b ? b + nfull * B : NULL, nfull * B,
-		                          n - nfull * B, scales + 2 * nfull,
-		                          data + nfull * B * bits / 8);
-	return 0;
-}
-
 /* ---- decode / accumulate ---- */
 
 /* out = L * m (decode, m = s) or out = fma(L, m, out) (accumulate, m = w * s) */
@@ -249,95 +230,6 @@ AI void blk_q2(const uint8_t *d, size_t B, __m256 m, int acc, float *out)
 		__m256i c = _mm256_sub_epi32(_mm256_slli_epi32(u, 1), three); /* 2u - 3 */
 		emit(out + j, _mm256_cvtepi32_ps(c), m, acc);
 	}
-}
-
-AI void run_q(const qtensor *q, enum qt_fmt fmt, int acc, float w, float *out)
-{
-	const size_t B = q->block, n = q->n, nfull = n / B, bits = qt_fmt_bits(fmt);
-	for (size_t j = 0; j < nfull; j++) {
-		float s = half_to_f32((uint16_t)(q->scales[2 * j] | q->scales[2 * j + 1] << 8));
-		float ms = s;
-		if (acc)
-			ms = w * s;
-		const __m256 m = _mm256_set1_ps(ms);
-		const uint8_t *d = q->data + j * B * bits / 8;
-		float *o = out + j * B;
-		if (fmt == QT_Q8)
-			blk_q8(d, B, m, acc, o);
-		else if (fmt == QT_Q4)
-			blk_q4(d, B, m, acc, o);
-		else
-			blk_q2(d, B, m, acc, o);
-	}
-	if (n % B) {
-		size_t j = nfull, i0 = nfull * B;
-		float s = half_to_f32((uint16_t)(q->scales[2 * j] | q->scales[2 * j + 1] << 8));
-		const uint8_t *d = q->data + i0 * bits / 8;
-		if (acc)
-			quant_accum_block(fmt, d, s, w, n - i0, out + i0);
-		else
-			quant_decode_block(fmt, d, s, n - i0, out + i0);
-	}
-}
-
-static void run_f(const qtensor *q, int acc, float w, float *out)
-{
-	const size_t n = q->n;
-	const __m256 wv = _mm256_set1_ps(w);
-	size_t i = 0;
-	if (q->fmt == QT_F32) {
-		if (!acc) {
-			memcpy(out, q->data, n * 4);
-			return;
-		}
-		for (; i + 8 <= n; i += 8) {
-			__m256 v = _mm256_loadu_ps((const float *)(const void *)(q->data + 4 * i));
-			_mm256_storeu_ps(out + i, _mm256_fmadd_ps(v, wv, _mm256_loadu_ps(out + i)));
-		}
-	} else {
-		for (; i + 8 <= n; i += 8) {
-			__m256 v =
-			    _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(q->data + 2 * i)));
-			if (acc)
-				v = _mm256_fmadd_ps(v, wv, _mm256_loadu_ps(out + i));
-			_mm256_storeu_ps(out + i, v);
-		}
-	}
-	if (i < n) {
-		const uint8_t *d = q->data + i * (q->fmt == QT_F32 ? 4 : 2);
-		if (acc)
-			quant_accum_block(q->fmt, d, 0.0f, w, n - i, out + i);
-		else
-			quant_decode_block(q->fmt, d, 0.0f, n - i, out + i);
-	}
-}
-
-AI void run(const qtensor *q, int acc, float w, float *out)
-{
-	switch (q->fmt) {
-	case QT_Q8:
-		run_q(q, QT_Q8, acc, w, out);
-		break;
-	case QT_Q4:
-		run_q(q, QT_Q4, acc, w, out);
-		break;
-	case QT_Q2:
-		run_q(q, QT_Q2, acc, w, out);
-		break;
-	default:
-		run_f(q, acc, w, out);
-		break;
-	}
-}
-
-void quant_avx2_decode(const qtensor *q, float *out)
-{
-	run(q, 0, 1.0f, out);
-}
-
-void quant_avx2_accumulate(const qtensor *q, float w, float *acc)
-{
-	run(q, 1, w, acc);
 }
 
 #else

@@ -626,6 +626,12 @@ static int put_u64(buf *b, uint64_t v)
 
 int st_write(const char *path, const tset *s, enum st_dtype dtype, const st_kv *meta, size_t nmeta)
 {
+	return st_write_mode(path, s, dtype, meta, nmeta, FILE_PRIVATE);
+}
+
+int st_write_mode(const char *path, const tset *s, enum st_dtype dtype, const st_kv *meta,
+                  size_t nmeta, unsigned mode)
+{
 	if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16)
 		return FL_EINVAL;
 	int has_format = 0;
@@ -747,7 +753,7 @@ int st_write(const char *path, const tset *s, enum st_dtype dtype, const st_kv *
 		}
 		pieces[np++] = (file_piece){conv, (size_t)off};
 	}
-	rc = file_write_atomic_v(path, pieces, np);
+	rc = file_write_atomic_vm(path, pieces, np, mode);
 out:
 	free(pieces);
 	free(conv);

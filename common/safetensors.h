@@ -106,6 +106,10 @@ int st_read_tset(const char *path, const st_limits *lim, tset **out);
  * given). F16/BF16 round to nearest even; an F16 overflow is FL_ENUMERIC.
  * Atomic: the file is either the old one or the complete new one. */
 int st_write(const char *path, const tset *s, enum st_dtype dtype, const st_kv *meta, size_t nmeta);
+/* st_write with the file mode given: st_write is FILE_PRIVATE (state);
+ * exports pass FILE_PUBLIC (fileio.h). */
+int st_write_mode(const char *path, const tset *s, enum st_dtype dtype, const st_kv *meta,
+                  size_t nmeta, unsigned mode);
 
 const char *st_dtype_name(enum st_dtype d);
 size_t st_dtype_size(enum st_dtype d);

@@ -196,6 +196,16 @@ const char *wire_body_name(const Fedlora__Envelope *env)
 		return "error";
 	case FEDLORA__ENVELOPE__BODY_SNAPSHOT_REQUEST:
 		return "snapshot_request";
+	case FEDLORA__ENVELOPE__BODY_SECAGG_KEYS:
+		return "secagg_keys";
+	case FEDLORA__ENVELOPE__BODY_SECAGG_ROSTER:
+		return "secagg_roster";
+	case FEDLORA__ENVELOPE__BODY_SECAGG_SHARES:
+		return "secagg_shares";
+	case FEDLORA__ENVELOPE__BODY_SECAGG_UNMASK:
+		return "secagg_unmask";
+	case FEDLORA__ENVELOPE__BODY_SECAGG_REVEAL:
+		return "secagg_reveal";
 	default:
 		return "none";
 	}

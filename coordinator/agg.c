@@ -379,6 +379,27 @@ void agg_begin(agg *a)
 	a->have_new = 0;
 }
 
+int agg_set_sum(agg *a, const tset *sum, double wsum, size_t count)
+{
+	if (agg_strategy_buffers(a->o.strategy) || a->o.dp_clip > 0 || !(wsum > 0) || !count)
+		return FL_EINVAL;
+	if (tset_same_layout(sum, a->lay))
+		return FL_EMISMATCH;
+	for (size_t i = 0; i < a->nt; i++) {
+		const tensor *s = tset_find(sum, a->tl[i]->name);
+		for (size_t k = 0; k < s->n; k++)
+			if (!isfinite(s->data[k]))
+				return FL_ENUMERIC;
+	}
+	for (size_t i = 0; i < a->nt; i++) {
+		const tensor *s = tset_find(sum, a->tl[i]->name);
+		memcpy(a->tacc[i]->data, s->data, s->n * sizeof(float));
+	}
+	a->wsum = wsum;
+	a->count = count;
+	return 0;
+}
+
 size_t agg_count(const agg *a)
 {
 	return a->count;

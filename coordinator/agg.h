@@ -130,6 +130,14 @@ struct Fedlora__AdapterPayload;
 int agg_add_payload(agg *a, const struct Fedlora__AdapterPayload *p, uint64_t samples,
                     agg_result *res);
 
+/* Secure aggregation: the round's weighted sum sum_i w_i * update_i of
+ * count updates arrives already summed (tensors named and shaped like
+ * agg_layout) with wsum = sum_i w_i. Replaces whatever was added since
+ * agg_begin; agg_finish then divides by wsum and runs the strategy. Mean
+ * strategies only (FL_EINVAL for buffering ones or dp_clip); FL_EMISMATCH
+ * for a wrong layout; FL_ENUMERIC for a non-finite value. */
+int agg_set_sum(agg *a, const tset *sum, double wsum, size_t count);
+
 /* Updates accepted since agg_begin, and the sum of their weights. */
 size_t agg_count(const agg *a);
 double agg_weight_sum(const agg *a);

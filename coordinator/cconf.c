@@ -116,6 +116,23 @@ const cfg_key cconf_schema[] = {
      "format of the global delta sent to nodes"},
     {"aggregation", "downlink_block", CFG_INT, "32", 0, 128, NULL,
      "block size of downlink_format (32/64/128; 0 for f32/f16)"},
+    /* secure aggregation (docs/PRIVACY.md, "Secure aggregation") */
+    {"aggregation", "secure", CFG_BOOL, "false", 0, 0, NULL,
+     "secure aggregation (SecAgg+): the coordinator learns only the sum of the updates"},
+    {"aggregation", "secure_neighbours", CFG_INT, "0", 0, 65536, NULL,
+     "secure: neighbours k of each node (even; 0 = 2 ceil(1.5 log2 n) + 2, at most n - 1)"},
+    {"aggregation", "secure_threshold", CFG_DOUBLE, "0", 0, 65536, NULL,
+     "secure: Shamir threshold t; 0 = ceil(2 deg / 3); below 1 a fraction of the degree "
+     "(t = ceil(x deg)), else a count; 2 t > deg is required"},
+    {"aggregation", "secure_clip", CFG_DOUBLE, "1.0", 1e-12, 1e9, NULL,
+     "secure: C, the L2 bound nodes clip their update (+ residual) to"},
+    {"aggregation", "secure_w_max", CFG_INT, "0", 0, 127, NULL,
+     "secure: integer weights are in [1, w_max], w_max <= the uplink format's largest level "
+     "(q8 127, q4 7, q2 1); 0 = that level"},
+    {"aggregation", "secure_range", CFG_DOUBLE, "4.0", 0.01, 1e6, NULL,
+     "secure: the grid spans +-range x the previous mean update's RMS per tensor"},
+    {"aggregation", "secure_phase_ms", CFG_INT, "30000", 1, 86400000, NULL,
+     "secure: deadline of each key, share and unmask phase"},
     /* privacy (docs/PRIVACY.md) */
     {"privacy", "mode", CFG_ENUM, "off", 0, 0, "off|central|distributed",
      "differential privacy: off, central (noise added by the coordinator), distributed "
@@ -293,6 +310,13 @@ int cconf_build(const cfg *c, cconf *o, char *why, size_t whylen)
 	f->agg.max_weight = (uint64_t)cfg_int(c, "aggregation.max_weight");
 	f->agg.max_buffer_bytes = (size_t)cfg_size(c, "aggregation.max_buffer");
 	f->agg.ffa = f->spec.ffa;
+	f->secure.on = cfg_bool(c, "aggregation.secure");
+	f->secure.k = (uint32_t)cfg_int(c, "aggregation.secure_neighbours");
+	f->secure.threshold = cfg_double(c, "aggregation.secure_threshold");
+	f->secure.clip = cfg_double(c, "aggregation.secure_clip");
+	f->secure.w_max = (uint32_t)cfg_int(c, "aggregation.secure_w_max");
+	f->secure.range = cfg_double(c, "aggregation.secure_range");
+	f->secure.phase_ms = (uint32_t)cfg_int(c, "aggregation.secure_phase_ms");
 	fmt_of(c, "aggregation.downlink_format", &f->down_fmt);
 	f->down_block = (uint32_t)cfg_int(c, "aggregation.downlink_block");
 	/* privacy */

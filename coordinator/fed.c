@@ -8,6 +8,9 @@
 #include "log.h"
 #include "quant.h"
 #include "rng.h"
+#include "sagrid.h"
+#include "sawire.h"
+#include "secagg.h"
 #include "sha.h"
 
 #include <cjson/cJSON.h>
@@ -170,6 +173,9 @@ typedef struct part {
 	double norm, scale;
 	double train_loss, eval_loss;
 	int has_train_loss, has_eval_loss;
+	/* secure rounds: phases this participant completed; sa_out = dropped
+	 * from the protocol for a fault (logged with its name) */
+	int sa_keys, sa_shared, sa_masked, sa_revealed, sa_out;
 } part;
 
 typedef struct sess {
@@ -251,6 +257,18 @@ struct fed {
 	uint64_t wf_retry_at;
 	unsigned wf_tries; /* failed retries in this outage */
 	unsigned wf_level; /* back-off exponent; reset by a committed round */
+	/* secure round (o.secure.on; docs/PRIVACY.md): the protocol state, the
+	 * phase and its deadline, the grid announced in RoundStart */
+	sa_server *sa;
+	sa_round sar;
+	int sp; /* enum sa_phase */
+	uint64_t sp_deadline;
+	char **sa_ids; /* participants' CNs, index order (views) */
+	float *sa_steps;
+	size_t sa_nt;
+	uint32_t sa_bits, sa_wmax;
+	uint64_t sa_unit;
+	tset *sa_mean; /* previous secure round's mean update (public aggregate) */
 	/* differential privacy (o.priv.mode != DP_OFF) */
 	int dp_on;
 	double dp_q;     /* Poisson sampling rate K / population */
@@ -310,6 +328,9 @@ void fed_opts_default(fed_opts *o)
 	agg_opts_default(&o->agg);
 	o->keep_versions = 5;
 	o->max_msg = 256u << 20;
+	o->secure.clip = 1.0;
+	o->secure.range = 4.0;
+	o->secure.phase_ms = 30000;
 }
 
 #define WHY(...)                                                                                   \
@@ -317,6 +338,71 @@ void fed_opts_default(fed_opts *o)
 		if (why && whylen)                                                                 \
 			snprintf(why, whylen, __VA_ARGS__);                                        \
 	} while (0)
+
+/* Secure aggregation leaves the coordinator only the sum: every option
+ * that needs an individual update is refused, naming both keys. */
+static int secure_check(const fed_opts *o, char *why, size_t whylen)
+{
+	const fed_secure *s = &o->secure;
+	if (!s->on)
+		return 0;
+	if (agg_strategy_buffers(o->agg.strategy)) {
+		WHY("aggregation.strategy = %s needs every individual update; it cannot run with "
+		    "aggregation.secure = true (use fedavg, fedavgm, fedadam or fedyogi)",
+		    agg_strategy_name(o->agg.strategy));
+		return FL_EINVAL;
+	}
+	if (o->agg.clip_norm > 0) {
+		WHY("aggregation.clip_norm (server-side clipping) needs every individual update; "
+		    "with aggregation.secure = true nodes clip to aggregation.secure_clip");
+		return FL_EINVAL;
+	}
+	if (o->agg.reject_norm > 0) {
+		WHY("aggregation.reject_norm (server-side norm rejection) needs every individual "
+		    "update; it cannot run with aggregation.secure = true");
+		return FL_EINVAL;
+	}
+	if (o->priv.mode != DP_OFF) {
+		WHY("privacy.mode = %s clips each update on the coordinator; it cannot run with "
+		    "aggregation.secure = true",
+		    o->priv.mode == DP_CENTRAL ? "central" : "distributed");
+		return FL_EINVAL;
+	}
+	if (o->train.uplink_fmt != QT_Q8 && o->train.uplink_fmt != QT_Q4 &&
+	    o->train.uplink_fmt != QT_Q2) {
+		WHY("aggregation.secure = true needs train.uplink_format q8, q4 or q2 (the grid's "
+		    "level bits), not %s",
+		    qt_fmt_name(o->train.uplink_fmt));
+		return FL_EINVAL;
+	}
+	if (o->min_nodes < 3 || (o->nodes_per_round && o->nodes_per_round < 3)) {
+		WHY("aggregation.secure = true needs at least 3 participants per round "
+		    "(rounds.min_nodes and rounds.nodes_per_round >= 3)");
+		return FL_EINVAL;
+	}
+	if (s->k % 2) {
+		WHY("aggregation.secure_neighbours must be even (k/2 on each side), not %u", s->k);
+		return FL_EINVAL;
+	}
+	if (s->threshold < 0 || (s->threshold >= 1 && s->threshold != floor(s->threshold))) {
+		WHY("aggregation.secure_threshold must be a fraction in (0, 1) or a whole count, "
+		    "not %g",
+		    s->threshold);
+		return FL_EINVAL;
+	}
+	if (!(s->clip > 0) || !(s->range > 0) || s->phase_ms < 1) {
+		WHY("aggregation.secure_clip, secure_range and secure_phase_ms must be positive");
+		return FL_EINVAL;
+	}
+	uint32_t L = o->train.uplink_fmt == QT_Q8 ? 127 : o->train.uplink_fmt == QT_Q4 ? 7 : 1;
+	if (s->w_max > L) {
+		WHY("aggregation.secure_w_max %u exceeds %u, the largest level of "
+		    "train.uplink_format %s (weights are folded into the levels)",
+		    s->w_max, L, qt_fmt_name(o->train.uplink_fmt));
+		return FL_EINVAL;
+	}
+	return 0;
+}
 
 /* The aggregator's options: o->agg, plus DP-FedAvg's clip, noise on the
  * sum (z C) and fixed denominator (the expected cohort K) in central mode. */
@@ -392,6 +478,9 @@ int fed_opts_check(const fed_opts *o, char *why, size_t whylen)
 		    "accountant assumes uniform Poisson sampling");
 		return FL_EINVAL;
 	}
+	rc = secure_check(o, why, whylen);
+	if (rc)
+		return rc;
 	agg_opts ao;
 	agg_opts_for(o, &ao);
 	return agg_opts_check(&ao, why, whylen);
@@ -405,6 +494,8 @@ const char *fed_state_name(enum fed_state s)
 
 /* ------------------------------------------------------------------ */
 /* metrics                                                             */
+
+static const char *ack_reason_name(int r);
 
 static void met_declare(fed *f)
 {
@@ -426,6 +517,8 @@ static void met_declare(fed *f)
 	                "Updates refused, by reason");
 	metrics_declare(f->m, "fedlora_updates_clipped_total", METRICS_COUNTER,
 	                "Accepted updates scaled down to the norm bound");
+	metrics_declare(f->m, "fedlora_secagg_dropped_total", METRICS_COUNTER,
+	                "Participants dropped from a secure round (fault or disconnect)");
 	metrics_declare(f->m, "fedlora_joins_rejected_total", METRICS_COUNTER,
 	                "Joins refused, by reason");
 	metrics_declare(f->m, "fedlora_bytes_total", METRICS_COUNTER,
@@ -455,6 +548,20 @@ static void met_declare(fed *f)
 		                "privacy.target_epsilon: no round starts past it");
 		metrics_declare(f->m, "fedlora_privacy_rounds_charged", METRICS_GAUGE,
 		                "Rounds charged to the privacy ledger");
+	}
+	/* counters report 0 from the start, not only after their first event */
+	static const char *const join_reasons[] = {"no_identity", "shutting_down", "base",
+	                                           "adapter", "full"};
+	char lab[64];
+	metrics_add(f->m, "fedlora_updates_accepted_total", NULL, 0);
+	metrics_add(f->m, "fedlora_updates_clipped_total", NULL, 0);
+	for (int r = 1; strcmp(ack_reason_name(r), "other") != 0; r++) {
+		snprintf(lab, sizeof lab, "reason=\"%s\"", ack_reason_name(r));
+		metrics_add(f->m, "fedlora_updates_rejected_total", lab, 0);
+	}
+	for (size_t i = 0; i < sizeof join_reasons / sizeof *join_reasons; i++) {
+		snprintf(lab, sizeof lab, "reason=\"%s\"", join_reasons[i]);
+		metrics_add(f->m, "fedlora_joins_rejected_total", lab, 0);
 	}
 }
 
@@ -1121,6 +1228,10 @@ void fed_free(fed *f)
 		free(f->dq);
 	}
 	tset_free(f->step);
+	sa_server_free(f->sa);
+	free(f->sa_ids);
+	free(f->sa_steps);
+	tset_free(f->sa_mean);
 	dp_rng_free(f->dp_samp);
 	tset_free(f->global);
 	agg_free(f->agg);
@@ -1168,6 +1279,10 @@ static part *part_of(fed *f, fnode *n)
 }
 
 static void maybe_close_round(fed *f, uint64_t now_ms);
+static void sa_drop(fed *f, void *part, const char *what, const char *why);
+static void sa_reset(fed *f);
+static int sa_begin(fed *f, char *why, size_t whylen);
+static void sa_setup_msg(fed *f, Fedlora__SecAggSetup *su);
 
 void fed_peer_gone(fed *f, uint64_t peer, uint64_t now_ms)
 {
@@ -1189,6 +1304,10 @@ void fed_peer_gone(fed *f, uint64_t peer, uint64_t now_ms)
 	part *p = part_of(f, n);
 	if (p && !p->answered)
 		p->gone_at = now_ms ? now_ms : 1;
+	/* a secure round cannot resume a session: the messages relayed
+	 * meanwhile are lost, so the node is out of this round at once */
+	if (p && f->sa)
+		sa_drop(f, p, "session", "disconnected");
 	maybe_close_round(f, now_ms);
 }
 
@@ -1319,6 +1438,19 @@ static void handle_join(fed *f, sess *s, const Fedlora__Join *j, uint64_t now_ms
 		            d);
 		return;
 	}
+	if (f->o.secure.on) {
+		int has = 0;
+		for (size_t i = 0; i < j->n_capabilities && !has; i++)
+			has = j->capabilities[i] && strcmp(j->capabilities[i], "secagg") == 0;
+		if (!has) {
+			snprintf(d, sizeof d,
+			         "this federation runs secure aggregation (aggregation.secure = "
+			         "true) and node %s does not announce the \"secagg\" capability",
+			         s->cn);
+			reject_join(f, peer, FEDLORA__REJECT__REASON__REASON_VERSION, "secagg", d);
+			return;
+		}
+	}
 	fnode *n = node_get(f, s->cn);
 	if (!n) {
 		size_t joined = 0;
@@ -1396,7 +1528,7 @@ static void handle_join(fed *f, sess *s, const Fedlora__Join *j, uint64_t now_ms
 	if (p) {
 		p->gone_at = 0;
 		p->dropped = 0;
-		if (f->state == FED_COLLECTING && !p->answered && !p->pending &&
+		if (f->state == FED_COLLECTING && !p->answered && !p->pending && !f->sa &&
 		    j->last_round_id != f->round_id) {
 			fnode *one = n;
 			send_round_start(f, &one, 1, now_ms);
@@ -1494,6 +1626,8 @@ static int sample(fed *f, fnode **e, size_t ne)
 		k = ne;
 	if (k < 1)
 		k = 1;
+	if (f->o.secure.on && k < 3 && ne >= 3)
+		k = 3;
 	if (f->dp_on && (k = sample_poisson(f, e, ne)) == SIZE_MAX)
 		return FL_ECRYPTO;
 	rng r;
@@ -1531,6 +1665,8 @@ static int sample(fed *f, fnode **e, size_t ne)
 		f->parts = np;
 		f->parts_cap = k;
 	}
+	if (f->o.secure.on) /* a secure round's index is the position among sorted ids */
+		qsort(e, k, sizeof *e, cmp_node_cn);
 	f->nparts = k;
 	for (size_t i = 0; i < k; i++) {
 		memset(&f->parts[i], 0, sizeof f->parts[i]);
@@ -1588,6 +1724,11 @@ static void send_round_start(fed *f, fnode **nodes, size_t n, uint64_t now_ms)
 	rs.params = &tp;
 	rs.deadline_ms = remaining > UINT32_MAX ? UINT32_MAX : (uint32_t)remaining;
 	rs.deadline_unix_ms = wall(f) + remaining;
+	Fedlora__SecAggSetup su;
+	if (f->sa) {
+		sa_setup_msg(f, &su);
+		rs.secagg = &su;
+	}
 	uint64_t *peers = malloc((n ? n : 1) * sizeof *peers);
 	if (!peers)
 		return;
@@ -1716,11 +1857,24 @@ static void start_round(fed *f, uint64_t now_ms)
 	}
 	free(e);
 	agg_begin(f->agg);
+	if (f->o.secure.on) {
+		char why[256];
+		int rc = sa_begin(f, why, sizeof why);
+		if (rc) {
+			LOGE(MOD, "round %" PRIu64 ": cannot set up secure aggregation: %s",
+			     f->round_id, why);
+			f->nparts = 0;
+			f->ready = 1;
+			f->ready_at = now_ms + 1000;
+			return;
+		}
+	}
 	f->state = FED_COLLECTING;
 	f->ready = 0;
 	f->round_version = f->version;
 	f->round_started = now_ms;
 	f->deadline = now_ms + f->o.round_timeout_ms;
+	f->sp_deadline = now_ms + f->o.secure.phase_ms;
 	f->answered = 0;
 	f->bytes_in = f->bytes_out = 0;
 	memset(f->rejected, 0, sizeof f->rejected);
@@ -1821,6 +1975,8 @@ static void round_journal(fed *f, int committed, const char *detail, uint64_t no
 		cJSON_AddStringToObject(j, "detail", detail ? detail : "");
 	}
 	cJSON_AddStringToObject(j, "strategy", agg_strategy_name(f->o.agg.strategy));
+	if (f->o.secure.on) /* accepted = the inputs inside the unmasked sum */
+		cJSON_AddBoolToObject(j, "secure", 1);
 	cJSON *pa = cJSON_AddArrayToObject(j, "participants");
 	cJSON *ac = cJSON_AddArrayToObject(j, "accepted");
 	size_t nacc = 0, nclip = 0;
@@ -1911,6 +2067,7 @@ static void after_round(fed *f, uint64_t now_ms)
 
 static void abandon_round(fed *f, const char *detail, uint64_t now_ms)
 {
+	sa_reset(f);
 	size_t acc = agg_count(f->agg);
 	LOGW(MOD, "round %" PRIu64 " abandoned: %s (version stays %" PRIu64 ")", f->round_id,
 	     detail, f->version);
@@ -1958,10 +2115,16 @@ static void finish_round(fed *f, uint64_t now_ms)
 	submit(f, job, now_ms);
 }
 
+static void sa_advance(fed *f, uint64_t now_ms);
+
 static void maybe_close_round(fed *f, uint64_t now_ms)
 {
 	if (f->state != FED_COLLECTING)
 		return;
+	if (f->sa) {
+		sa_advance(f, now_ms);
+		return;
+	}
 	int all = 1;
 	for (size_t i = 0; i < f->nparts && all; i++) {
 		part *p = &f->parts[i];
@@ -1991,6 +2154,558 @@ static void maybe_close_round(fed *f, uint64_t now_ms)
 	f->collect_ms = now_ms - f->round_started;
 	f->state = FED_CLOSING;
 	finish_round(f, now_ms);
+}
+
+/* ------------------------------------------------------------------ */
+/* secure rounds (SecAgg+ on the common grid; docs/PRIVACY.md)         */
+/*                                                                     */
+/* A secure round runs advertise (SecAggKeys) -> roster (SecAggRoster) */
+/* -> shares (SecAggShares both ways) -> masked inputs (Update.masked) */
+/* -> unmask (SecAggUnmask / SecAggReveal) -> the exact integer sum,   */
+/* which agg_set_sum hands to the strategy. The coordinator relays     */
+/* keys and ciphertexts; the only vector it ever decodes is the sum.   */
+
+enum sa_phase { SP_NONE = 0, SP_KEYS, SP_SHARES, SP_MASKED, SP_UNMASK };
+static const char *const sp_names[] = {"none", "keys", "shares", "masked", "unmask"};
+
+static void sa_reset(fed *f)
+{
+	sa_server_free(f->sa);
+	f->sa = NULL;
+	f->sp = SP_NONE;
+	free(f->sa_ids);
+	f->sa_ids = NULL;
+}
+
+/* Drops participant p from the secure protocol for a fault; the rest of
+ * the round goes on without it (its masks are removed as a dropout's). */
+static void sa_drop(fed *f, void *pp, const char *what, const char *why)
+{
+	part *p = pp;
+	if (p->sa_out)
+		return;
+	p->sa_out = 1;
+	LOGW(MOD, "round %" PRIu64 ": node %s dropped from the secure round (%s): %s", f->round_id,
+	     p->n->cn, what, why);
+	met_add(f, "fedlora_secagg_dropped_total", NULL, 1);
+}
+
+/* Whether the round still waits for p in the current phase. */
+static int sa_waiting(const fed *f, const part *p, uint64_t now_ms)
+{
+	if (p->sa_out)
+		return 0;
+	if (p->gone_at && now_ms >= p->gone_at + f->o.gone_grace_ms)
+		return 0;
+	switch (f->sp) {
+	case SP_KEYS:
+		return !p->sa_keys;
+	case SP_SHARES:
+		return p->sa_keys && !p->sa_shared;
+	case SP_MASKED:
+		return p->sa_shared && !p->sa_masked && !p->answered;
+	case SP_UNMASK:
+		return p->sa_masked && !p->sa_revealed;
+	default:
+		return 0;
+	}
+}
+
+static void sa_dump(fed *f, const char *name, const uint8_t *p, size_t n)
+{
+	if (!f->o.secure.dump_dir)
+		return;
+	char path[1024];
+	snprintf(path, sizeof path, "%s/r%" PRIu64 "-%s", f->o.secure.dump_dir, f->round_id, name);
+	FILE *fp = fopen(path, "wb");
+	if (!fp || fwrite(p, 1, n, fp) != n)
+		LOGE(MOD, "test dump %s: cannot write", path);
+	if (fp)
+		fclose(fp);
+}
+
+/* Builds the round's protocol state and grid; 0 or an error with why. */
+static int sa_begin(fed *f, char *why, size_t whylen)
+{
+	const fed_secure *so = &f->o.secure;
+	const tset *lay = agg_layout(f->agg);
+	size_t nt = tset_count(lay), D = 0;
+	uint32_t n = (uint32_t)f->nparts, k = 0, t = 0;
+	sa_reset(f);
+	free(f->sa_steps);
+	f->sa_steps = calloc(nt ? nt : 1, sizeof *f->sa_steps);
+	f->sa_ids = calloc(n ? n : 1, sizeof *f->sa_ids);
+	size_t *numel = calloc(nt ? nt : 1, sizeof *numel);
+	const tensor **mt = calloc(nt ? nt : 1, sizeof *mt);
+	int rc = FL_ENOMEM;
+	if (!f->sa_steps || !f->sa_ids || !numel || !mt)
+		goto out;
+	f->sa_nt = nt;
+	for (size_t i = 0; i < nt; i++) {
+		numel[i] = tset_at(lay, i)->n;
+		D += numel[i];
+	}
+	f->sa_bits = f->o.train.uplink_fmt == QT_Q8 ? 8 : f->o.train.uplink_fmt == QT_Q4 ? 4 : 2;
+	f->sa_wmax = f->o.agg.weighting == AGG_W_UNIFORM ? 1
+	             : so->w_max                         ? so->w_max
+	                                                 : sag_levels(f->sa_bits);
+	uint64_t smax = 1;
+	for (size_t i = 0; i < f->nparts; i++) {
+		f->sa_ids[i] = f->parts[i].n->cn;
+		if (f->parts[i].n->samples > smax)
+			smax = f->parts[i].n->samples;
+	}
+	if (smax > f->o.agg.max_weight)
+		smax = f->o.agg.max_weight;
+	f->sa_unit = (smax + f->sa_wmax - 1) / f->sa_wmax;
+	sa_params_default(n, &k, &t);
+	if (so->k)
+		k = so->k;
+	f->sar.round_id = f->round_id;
+	f->sar.n = n;
+	f->sar.k = k;
+	uint32_t deg = sa_degree(&f->sar);
+	if (so->threshold >= 1)
+		t = (uint32_t)so->threshold;
+	else if (so->threshold > 0)
+		t = (uint32_t)ceil(so->threshold * deg);
+	f->sar.t = t;
+	f->sar.mod_bits = sa_mod_bits(f->sa_bits, n, 1); /* the weight folds into the levels */
+	f->sar.dim = (uint64_t)D + 1;
+	/* the graph follows from the round's public data: nodes recompute it */
+	rc = sa_graph_seed(f->round_id, (const char *const *)f->sa_ids, n, f->sar.graph_seed);
+	if (rc) {
+		WHY("cannot derive the graph seed");
+		goto out;
+	}
+	if ((rc = sa_round_check(&f->sar, why, whylen)) != 0)
+		goto out;
+	/* the grid: from the previous secure round's mean, else from C */
+	if (f->sa_mean && tset_count(f->sa_mean) == nt) {
+		for (size_t i = 0; i < nt; i++)
+			mt[i] = tset_at(f->sa_mean, i);
+		rc = sag_steps_from_mean(mt, nt, so->clip, so->range, f->sa_bits, f->sa_steps);
+	} else {
+		rc = sag_steps_initial(numel, nt, so->clip, so->range, f->sa_bits, f->sa_steps);
+	}
+	if (rc) {
+		WHY("cannot derive the grid steps");
+		goto out;
+	}
+	if ((rc = sa_server_new(&f->sar, &f->sa, why, whylen)) != 0)
+		goto out;
+	f->sp = SP_KEYS;
+	LOGI(MOD,
+	     "round %" PRIu64 ": secure, n %u, degree %u, threshold %u, %u-bit levels, "
+	     "m %u bits, %" PRIu64 " elements, w_max %u",
+	     f->round_id, n, deg, t, f->sa_bits, f->sar.mod_bits, f->sar.dim, f->sa_wmax);
+out:
+	free(numel);
+	free(mt);
+	return rc;
+}
+
+/* RoundStart's SecAggSetup: views into f. */
+static void sa_setup_msg(fed *f, Fedlora__SecAggSetup *su)
+{
+	fedlora__sec_agg_setup__init(su);
+	su->k = f->sar.k;
+	su->t = f->sar.t;
+	su->mod_bits = f->sar.mod_bits;
+	su->dim = f->sar.dim;
+	su->graph_seed.data = f->sar.graph_seed;
+	su->graph_seed.len = 32;
+	su->n_participants = f->nparts;
+	su->participants = f->sa_ids;
+	su->clip = (float)f->o.secure.clip;
+	su->level_bits = f->sa_bits;
+	su->n_steps = f->sa_nt;
+	su->steps = f->sa_steps;
+	su->w_max = f->sa_wmax;
+	su->weight_unit = f->sa_unit;
+	su->phase_ms = f->o.secure.phase_ms;
+}
+
+static void sa_send_one(fed *f, part *p, Fedlora__Envelope *env)
+{
+	if (p->n->peer)
+		send_env(f, &p->n->peer, 1, env);
+}
+
+static void sa_abandon(fed *f, const char *detail, uint64_t now_ms)
+{
+	f->collect_ms = now_ms - f->round_started;
+	f->state = FED_CLOSING;
+	sa_reset(f);
+	abandon_round(f, detail, now_ms);
+}
+
+/* The unmasked sum: decoded on the grid, handed to the aggregator as the
+ * round's weighted sum, and the round goes on to the usual commit. */
+static void sa_finish(fed *f, uint64_t now_ms)
+{
+	char why[256] = "", d[480];
+	uint32_t *sum = NULL;
+	tset *ts = NULL;
+	tensor **out = NULL;
+	size_t dim = (size_t)f->sar.dim;
+	int rc = FL_ENOMEM;
+	sum = malloc(dim * sizeof *sum);
+	out = calloc(f->sa_nt ? f->sa_nt : 1, sizeof *out);
+	if (!sum || !out)
+		goto fail;
+	rc = sa_server_finish(f->sa, sum, why, sizeof why);
+	const uint32_t *liars;
+	uint32_t nl;
+	sa_server_liars(f->sa, &liars, &nl);
+	for (uint32_t i = 0; i < nl; i++)
+		if (liars[i] < f->nparts)
+			sa_drop(f, &f->parts[liars[i]], "reveal",
+			        "its revealed share does not lie on the polynomial of the others");
+	if (rc) {
+		snprintf(d, sizeof d, "secure aggregation could not unmask the sum: %s", why);
+		goto abandon;
+	}
+	if (f->o.secure.dump_dir) {
+		uint8_t *le = malloc(dim * 4);
+		if (le) {
+			for (size_t e = 0; e < dim; e++)
+				for (int b = 0; b < 4; b++)
+					le[4 * e + (size_t)b] = (uint8_t)(sum[e] >> (8 * b));
+			sa_dump(f, "sum.bin", le, dim * 4);
+			char meta[64];
+			int ml = snprintf(meta, sizeof meta, "%u %zu\n", f->sar.mod_bits, dim);
+			sa_dump(f, "meta.txt", (const uint8_t *)meta, (size_t)ml);
+			free(le);
+		}
+	}
+	const uint32_t *sv;
+	uint32_t nsv;
+	sa_server_survivors(f->sa, &sv, &nsv);
+	if (sag_check_sum(sum, f->sar.dim, f->sar.mod_bits, f->sa_bits, nsv, f->sa_wmax, why,
+	                  sizeof why) != 0) {
+		snprintf(d, sizeof d,
+		         "secure aggregation: the unmasked sum is not a sum of %u honest inputs "
+		         "(%s): a revealed share was wrong and no liar could be singled out",
+		         nsv, why);
+		goto abandon;
+	}
+	const tset *lay = agg_layout(f->agg);
+	if ((rc = tset_clone(lay, &ts)) != 0)
+		goto fail;
+	for (size_t i = 0; i < f->sa_nt; i++)
+		out[i] = tset_at(ts, i);
+	uint64_t wsum = 0;
+	if (sag_decode(sum, f->sar.mod_bits, f->sa_wmax, f->sa_steps, out, f->sa_nt, &wsum) != 0) {
+		snprintf(d, sizeof d,
+		         "secure aggregation: the unmasked weight sum is not positive");
+		goto abandon;
+	}
+	for (uint32_t i = 0; i < nsv; i++)
+		if (sv[i] < f->nparts)
+			f->parts[sv[i]].accepted = 1;
+	rc = agg_set_sum(f->agg, ts, (double)wsum, nsv);
+	if (rc) {
+		snprintf(d, sizeof d, "secure aggregation: the sum cannot be aggregated (%s)",
+		         fl_strerror(rc));
+		goto abandon;
+	}
+	/* the next round's grid: this round's mean update (public: an aggregate) */
+	for (size_t i = 0; i < f->sa_nt; i++)
+		for (size_t k = 0; k < out[i]->n; k++)
+			out[i]->data[k] = (float)((double)out[i]->data[k] / (double)wsum);
+	tset_free(f->sa_mean);
+	f->sa_mean = ts;
+	ts = NULL;
+	LOGI(MOD, "round %" PRIu64 ": secure sum of %u inputs unmasked (weight sum %" PRIu64 ")",
+	     f->round_id, nsv, wsum);
+	free(sum);
+	free(out);
+	f->collect_ms = now_ms - f->round_started;
+	f->state = FED_CLOSING;
+	sa_reset(f);
+	finish_round(f, now_ms);
+	return;
+fail:
+	snprintf(d, sizeof d, "secure aggregation failed: %s", fl_strerror(rc));
+abandon:
+	free(sum);
+	free(out);
+	tset_free(ts);
+	sa_abandon(f, d, now_ms);
+}
+
+/* Phase transitions: a phase ends when nobody it waits for is left
+ * (answered, faulty or gone past the grace) or at its deadline. */
+static void sa_advance(fed *f, uint64_t now_ms)
+{
+	for (int guard = 0; guard < 5 && f->sa && f->state == FED_COLLECTING; guard++) {
+		int waiting = 0;
+		for (size_t i = 0; i < f->nparts; i++)
+			waiting += sa_waiting(f, &f->parts[i], now_ms);
+		uint64_t dl = f->sp == SP_MASKED ? f->deadline : f->sp_deadline;
+		if (waiting && now_ms < dl && !f->stopping)
+			return;
+		if (waiting)
+			LOGI(MOD,
+			     "round %" PRIu64 ": %s phase closed with %d participant%s missing",
+			     f->round_id, sp_names[f->sp], waiting, waiting == 1 ? "" : "s");
+		if (f->stopping) {
+			sa_abandon(f, "coordinator shutting down", now_ms);
+			return;
+		}
+		Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+		size_t sent = 0;
+		if (f->sp == SP_KEYS) {
+			/* roster: each node gets its neighbours' advertised keys */
+			for (size_t i = 0; i < f->nparts; i++) {
+				part *p = &f->parts[i];
+				const sa_keys *ks;
+				uint32_t nk;
+				if (!p->sa_keys || p->sa_out ||
+				    sa_server_roster(f->sa, (uint32_t)i, &ks, &nk) != 0)
+					continue;
+				Fedlora__SecAggKeys *mk = calloc(nk ? nk : 1, sizeof *mk);
+				Fedlora__SecAggKeys **pk = calloc(nk ? nk : 1, sizeof *pk);
+				if (!mk || !pk) {
+					free(mk);
+					free(pk);
+					continue;
+				}
+				for (uint32_t j = 0; j < nk; j++) {
+					saw_keys_to_proto(&ks[j], f->round_id, &mk[j]);
+					pk[j] = &mk[j];
+				}
+				Fedlora__SecAggRoster ro = FEDLORA__SEC_AGG_ROSTER__INIT;
+				ro.round_id = f->round_id;
+				ro.n_keys = nk;
+				ro.keys = pk;
+				env.body_case = FEDLORA__ENVELOPE__BODY_SECAGG_ROSTER;
+				env.secagg_roster = &ro;
+				sa_send_one(f, p, &env);
+				sent++;
+				free(mk);
+				free(pk);
+			}
+			f->sp = SP_SHARES;
+			f->sp_deadline = now_ms + f->o.secure.phase_ms;
+		} else if (f->sp == SP_SHARES) {
+			/* relay: each node gets the shares addressed to it */
+			for (size_t i = 0; i < f->nparts; i++) {
+				part *p = &f->parts[i];
+				const sa_share *sh;
+				uint32_t ns;
+				if (!p->sa_shared || p->sa_out ||
+				    sa_server_route(f->sa, (uint32_t)i, &sh, &ns) != 0)
+					continue;
+				Fedlora__SecAggShare *ms, **ps;
+				if (saw_shares_to_proto(sh, ns, &ms, &ps) != 0)
+					continue;
+				Fedlora__SecAggShares m = FEDLORA__SEC_AGG_SHARES__INIT;
+				m.round_id = f->round_id;
+				m.n_shares = ns;
+				m.shares = ps;
+				env.body_case = FEDLORA__ENVELOPE__BODY_SECAGG_SHARES;
+				env.secagg_shares = &m;
+				sa_send_one(f, p, &env);
+				sent++;
+				free(ms);
+				free(ps);
+			}
+			f->sp = SP_MASKED;
+		} else if (f->sp == SP_MASKED) {
+			for (size_t i = 0; i < f->nparts; i++) {
+				part *p = &f->parts[i];
+				const uint32_t *sv, *dr;
+				uint32_t nsv, ndr;
+				if (!p->sa_masked || p->sa_out ||
+				    sa_server_unmask_request(f->sa, (uint32_t)i, &sv, &nsv, &dr,
+				                             &ndr) != 0)
+					continue;
+				Fedlora__SecAggUnmask um = FEDLORA__SEC_AGG_UNMASK__INIT;
+				um.round_id = f->round_id;
+				um.n_survivors = nsv;
+				um.survivors = (uint32_t *)sv;
+				um.n_dropped = ndr;
+				um.dropped = (uint32_t *)dr;
+				env.body_case = FEDLORA__ENVELOPE__BODY_SECAGG_UNMASK;
+				env.secagg_unmask = &um;
+				sa_send_one(f, p, &env);
+				sent++;
+			}
+			f->sp = SP_UNMASK;
+			f->sp_deadline = now_ms + f->o.secure.phase_ms;
+		} else if (f->sp == SP_UNMASK) {
+			sa_finish(f, now_ms);
+			return;
+		}
+		if (!sent) {
+			char d[160];
+			snprintf(d, sizeof d,
+			         "secure aggregation: no participant is left after the %s phase",
+			         sp_names[f->sp - 1]);
+			sa_abandon(f, d, now_ms);
+			return;
+		}
+	}
+}
+
+/* The participant for a secure message of round rid, or NULL (answered
+ * with an Error). */
+static part *sa_part(fed *f, sess *s, uint64_t rid, int phase, const char *what)
+{
+	char d[200];
+	part *p = part_of(f, s->node);
+	if (!f->sa || rid != f->round_id || !p || p->sa_out) {
+		snprintf(d, sizeof d, "%s for round %" PRIu64 ": no secure round of yours is open",
+		         what, rid);
+		send_error(f, s->peer, FEDLORA__ERROR__CODE__CODE_UNEXPECTED, d);
+		return NULL;
+	}
+	if (f->sp != phase) {
+		snprintf(d, sizeof d, "%s in the %s phase of round %" PRIu64, what, sp_names[f->sp],
+		         rid);
+		sa_drop(f, p, what, d);
+		send_error(f, s->peer, FEDLORA__ERROR__CODE__CODE_UNEXPECTED, d);
+		return NULL;
+	}
+	return p;
+}
+
+static void handle_sa_keys(fed *f, sess *s, const Fedlora__SecAggKeys *k, uint64_t now_ms)
+{
+	part *p = sa_part(f, s, k->round_id, SP_KEYS, "SecAggKeys");
+	if (!p)
+		return;
+	char why[200] = "";
+	uint32_t idx = (uint32_t)(p - f->parts);
+	int rc = FL_EPROTO;
+	if (p->sa_keys)
+		snprintf(why, sizeof why, "keys sent twice");
+	else if (k->index != idx)
+		snprintf(why, sizeof why, "index %u is not its index %u", k->index, idx);
+	else {
+		sa_keys sk;
+		if (saw_keys_from_proto(k, p->n->cn, &sk) != 0)
+			snprintf(why, sizeof why, "public keys of %zu and %zu bytes, not %d",
+			         k->enc_pk.len, k->mask_pk.len, SA_KEY_LEN);
+		else
+			rc = sa_server_add_keys(f->sa, &sk, why, sizeof why);
+	}
+	if (rc) {
+		sa_drop(f, p, "keys", why);
+	} else {
+		p->sa_keys = 1;
+	}
+	sa_advance(f, now_ms);
+}
+
+static void handle_sa_shares(fed *f, sess *s, const Fedlora__SecAggShares *m, uint64_t now_ms)
+{
+	part *p = sa_part(f, s, m->round_id, SP_SHARES, "SecAggShares");
+	if (!p)
+		return;
+	char why[200] = "";
+	uint32_t idx = (uint32_t)(p - f->parts);
+	int rc = FL_EPROTO;
+	sa_share *sh = NULL;
+	if (!p->sa_keys || p->sa_shared) {
+		snprintf(why, sizeof why, "%s",
+		         p->sa_shared ? "shares sent twice" : "no keys sent");
+	} else if (m->n_shares > f->sar.n) {
+		snprintf(why, sizeof why, "%zu shares for %u participants", m->n_shares, f->sar.n);
+	} else if (saw_shares_from_proto(m->shares, m->n_shares, &sh) != 0) {
+		snprintf(why, sizeof why, "out of memory");
+	} else {
+		rc = sa_server_add_shares(f->sa, idx, sh, (uint32_t)m->n_shares, why, sizeof why);
+	}
+	free(sh);
+	if (rc)
+		sa_drop(f, p, "shares", why);
+	else
+		p->sa_shared = 1;
+	sa_advance(f, now_ms);
+}
+
+static void handle_sa_reveal(fed *f, sess *s, const Fedlora__SecAggReveal *m, uint64_t now_ms)
+{
+	part *p = sa_part(f, s, m->round_id, SP_UNMASK, "SecAggReveal");
+	if (!p)
+		return;
+	char why[200] = "";
+	uint32_t idx = (uint32_t)(p - f->parts);
+	int rc = FL_EPROTO;
+	sa_reveal *rv = NULL;
+	if (!p->sa_masked || p->sa_revealed) {
+		snprintf(why, sizeof why, "%s",
+		         p->sa_revealed ? "reveal sent twice" : "not a survivor");
+	} else if (m->n_shares > f->sar.n) {
+		snprintf(why, sizeof why, "%zu reveals for %u participants", m->n_shares, f->sar.n);
+	} else if (!(rv = calloc(m->n_shares ? m->n_shares : 1, sizeof *rv))) {
+		snprintf(why, sizeof why, "out of memory");
+	} else {
+		rc = 0;
+		for (size_t i = 0; i < m->n_shares && !rc; i++) {
+			const Fedlora__SecAggRevealShare *r = m->shares[i];
+			if (r->share.len != SA_SHARE_LEN) {
+				snprintf(why, sizeof why, "a revealed share of %zu bytes, not %d",
+				         r->share.len, SA_SHARE_LEN);
+				rc = FL_EPROTO;
+				break;
+			}
+			rv[i].from = idx;
+			rv[i].owner = r->owner;
+			rv[i].is_mask_key = r->mask_key ? 1 : 0;
+			memcpy(rv[i].share, r->share.data, SA_SHARE_LEN);
+		}
+		if (!rc)
+			rc = sa_server_add_reveals(f->sa, idx, rv, (uint32_t)m->n_shares, why,
+			                           sizeof why);
+	}
+	free(rv);
+	if (rc)
+		sa_drop(f, p, "reveal", why);
+	else
+		p->sa_revealed = 1;
+	sa_advance(f, now_ms);
+}
+
+/* A secure round's Update: the masked vector, added to the running masked
+ * sum at once (the server library keeps no individual vector). */
+static void handle_sa_update(fed *f, sess *s, part *p, const Fedlora__Update *u, size_t wire_len,
+                             uint64_t now_ms)
+{
+	char why[200] = "";
+	uint32_t idx = (uint32_t)(p - f->parts);
+	int rc = FL_EPROTO;
+	p->bytes_in = wire_len;
+	if (f->sp != SP_MASKED || !p->sa_shared || p->sa_out)
+		snprintf(why, sizeof why, "masked input in the %s phase%s", sp_names[f->sp],
+		         p->sa_shared ? "" : " without shares");
+	else if (u->delta)
+		snprintf(why, sizeof why, "a plain delta in a secure round");
+	else
+		rc = sa_server_add_masked(f->sa, idx, u->masked.data, u->masked.len, why,
+		                          sizeof why);
+	p->answered = 1;
+	f->answered++;
+	p->samples = u->sample_count;
+	s->node->st = N_IDLE;
+	if (rc) {
+		sa_drop(f, p, "masked input", why);
+		p->reason = FEDLORA__UPDATE_ACK__REASON__REASON_MALFORMED;
+		send_ack(f, s->peer, u->round_id, p->reason, why);
+	} else {
+		char nm[32];
+		snprintf(nm, sizeof nm, "masked-%u.bin", idx);
+		sa_dump(f, nm, u->masked.data, u->masked.len);
+		p->sa_masked = 1;
+		p->reason = FEDLORA__UPDATE_ACK__REASON__REASON_NONE;
+		LOGI(MOD, "round %" PRIu64 ": masked input from %s received (%zu bytes)",
+		     f->round_id, p->n->cn, u->masked.len);
+		send_ack(f, s->peer, u->round_id, p->reason, "");
+	}
+	sa_advance(f, now_ms);
 }
 
 /* ------------------------------------------------------------------ */
@@ -2028,6 +2743,10 @@ static void handle_update(fed *f, sess *s, wire_msg *m, size_t wire_len, uint64_
 		         n->cn, u->round_id,
 		         p->pending ? "received" : (p->accepted ? "accepted" : "refused"));
 		send_ack(f, peer, u->round_id, FEDLORA__UPDATE_ACK__REASON__REASON_DUPLICATE, d);
+		goto drop;
+	}
+	if (f->sa) {
+		handle_sa_update(f, s, p, u, wire_len, now_ms);
 		goto drop;
 	}
 	p->bytes_in = wire_len;
@@ -2152,6 +2871,15 @@ void fed_on_message(fed *f, uint64_t peer, wire_msg *m, size_t wire_len, uint64_
 	}
 	case FEDLORA__ENVELOPE__BODY_SNAPSHOT_REQUEST:
 		handle_snapshot_request(f, s, env->snapshot_request, now_ms);
+		break;
+	case FEDLORA__ENVELOPE__BODY_SECAGG_KEYS:
+		handle_sa_keys(f, s, env->secagg_keys, now_ms);
+		break;
+	case FEDLORA__ENVELOPE__BODY_SECAGG_SHARES:
+		handle_sa_shares(f, s, env->secagg_shares, now_ms);
+		break;
+	case FEDLORA__ENVELOPE__BODY_SECAGG_REVEAL:
+		handle_sa_reveal(f, s, env->secagg_reveal, now_ms);
 		break;
 	case FEDLORA__ENVELOPE__BODY_BYE:
 		LOGI(MOD, "node %s says bye: %s", n->cn, env->bye->reason ? env->bye->reason : "");
@@ -2557,6 +3285,8 @@ int64_t fed_timeout(const fed *f, uint64_t now_ms)
 		due = f->ready_at;
 	if (f->state == FED_COLLECTING) {
 		due = f->deadline;
+		if (f->sa && f->sp != SP_MASKED && f->sp_deadline < due)
+			due = f->sp_deadline;
 		for (size_t i = 0; i < f->nparts; i++) {
 			const part *p = &f->parts[i];
 			if (p->gone_at && !p->answered && !p->dropped &&

@@ -42,6 +42,19 @@ typedef struct fed_train {
 	int error_feedback;
 } fed_train;
 
+/* Secure aggregation (SecAgg+ over the common grid; docs/PRIVACY.md). */
+typedef struct fed_secure {
+	int on;
+	uint32_t k;        /* neighbours; 0 = sa_params_default's */
+	double threshold;  /* 0: sa_params_default's; < 1: fraction of the degree; else a count */
+	double clip;       /* C: L2 bound of a node's update on the grid */
+	uint32_t w_max;    /* integer weights in [1, w_max], w_max <= L; 0 = L */
+	double range;      /* grid half-range in previous-mean RMS units */
+	uint32_t phase_ms; /* key, share and unmask phase deadlines */
+	const char *dump_dir; /* tests only: every masked input and each sum is
+	                       * written here (FEDLORA_TEST_SECAGG_DUMP) */
+} fed_secure;
+
 typedef struct fed_opts {
 	/* the federation */
 	lora_spec spec;
@@ -72,6 +85,7 @@ typedef struct fed_opts {
 	 * charged to DIR/privacy.ledger before its RoundStart leaves, no round
 	 * started past target_eps. */
 	dp_opts priv;
+	fed_secure secure;
 	unsigned keep_versions; /* versions kept in the state directory (>= 1) */
 	size_t max_msg;         /* cap on an inbound message (fed_on_bytes) */
 	/* tests: wall clock for deadline_unix_ms (NULL = clk_wall_ms) */

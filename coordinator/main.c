@@ -578,8 +578,10 @@ static void export_help(void)
 	       "  --type T            gguf-lora tensors: f32 (default) or f16\n\n"
 	       "Without --base (peft only) the q/k lora_B rows are put back into Hugging Face\n"
 	       "order using the head counts recorded with the version (or --n-head/--n-head-kv);\n"
-	       "--no-unpermute keeps GGUF order (non-llama bases); --base-name sets\n"
-	       "base_model_name_or_path. With --base these come from the base's header.\n\n"
+	       "--no-unpermute keeps GGUF order (non-llama bases). With --base these come\n"
+	       "from the base's header. --base-name sets base_model_name_or_path (give the\n"
+	       "base's Hugging Face id); by default it is the id the base GGUF records, or\n"
+	       "its general.name.\n\n"
 	       "The scale is the federation's: alpha and rank (and rsLoRA) recorded with the\n"
 	       "version.\n\n"
 	       "A merged model needs the model engine, which is in fedlora-node:\n"
@@ -679,10 +681,10 @@ static int export_parse(int argc, char **argv, export_args *a)
 		        "hyper-parameters)\n");
 		return CLI_USAGE;
 	}
-	if (a->base && (a->nh || a->nhkv || !a->unpermute || a->base_name)) {
+	if (a->base && (a->nh || a->nhkv || !a->unpermute)) {
 		fprintf(stderr,
-		        "export: --n-head, --n-head-kv, --no-unpermute and --base-name are "
-		        "for exports without --base; with --base they come from %s\n",
+		        "export: --n-head, --n-head-kv and --no-unpermute are for exports "
+		        "without --base; with --base they come from %s\n",
 		        a->base);
 		return CLI_USAGE;
 	}
@@ -777,7 +779,7 @@ static int export_with_base(const export_args *a, const tset *g, const store_inf
 	}
 	lora_spec p = {.alpha = in->alpha, .rank = in->rank, .rslora = in->rslora != 0};
 	char why[1024] = "";
-	rc = lfmt_export(g, a->base, &p, a->fmt, a->gtype, a->out, why, sizeof why);
+	rc = lfmt_export(g, a->base, &p, a->fmt, a->gtype, a->base_name, a->out, why, sizeof why);
 	if (rc == FL_EMISMATCH) {
 		fprintf(stderr, "export: version %" PRIu64 " does not fit --base %s: %s\n",
 		        in->version, a->base, why);

@@ -6,6 +6,7 @@
 #include "log.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -13,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define MAX_FAMILIES 64
 #define MAX_SERIES   1024
@@ -139,14 +142,25 @@ int metrics_add(metrics *m, const char *name, const char *labels, double delta)
 	return s ? 0 : FL_EINVAL;
 }
 
-int metrics_set(metrics *m, const char *name, const char *labels, double value)
+static int set_value(metrics *m, const char *name, const char *labels, enum metrics_type type,
+                     double value)
 {
 	pthread_mutex_lock(&m->mu);
-	series *s = lookup(m, name, labels, METRICS_GAUGE);
+	series *s = lookup(m, name, labels, type);
 	if (s)
 		s->value = value;
 	pthread_mutex_unlock(&m->mu);
 	return s ? 0 : FL_EINVAL;
+}
+
+int metrics_set(metrics *m, const char *name, const char *labels, double value)
+{
+	return set_value(m, name, labels, METRICS_GAUGE, value);
+}
+
+int metrics_set_total(metrics *m, const char *name, const char *labels, double value)
+{
+	return set_value(m, name, labels, METRICS_COUNTER, value);
 }
 
 int metrics_observe(metrics *m, const char *name, const char *labels, double value)
@@ -296,6 +310,39 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	return r;
 }
 
+/* libmicrohttpd's own messages ("Failed to bind to port 0": it knows only
+ * the port argument, 0 with MHD_OPTION_SOCK_ADDR) go to the debug log; the
+ * error a person sees is metrics_serve's, with the real address. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 0)))
+#endif
+static void
+mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	(void)cls;
+	char line[256];
+	vsnprintf(line, sizeof line, fmt, ap);
+	size_t n = strlen(line);
+	while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		line[--n] = 0;
+	LOGD("metrics", "libmicrohttpd: %s", line);
+}
+
+/* Why the address cannot be served, from a bind of our own (after the
+ * daemon failed to start); "" when the bind works. */
+static const char *bind_problem(const struct sockaddr_in *sa)
+{
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return strerror(errno);
+	int one = 1;
+	setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	const char *why =
+	    bind(s, (const struct sockaddr *)sa, sizeof *sa) == 0 ? "" : strerror(errno);
+	close(s);
+	return why;
+}
+
 int metrics_serve(metrics *m, const char *listen, int *port_out)
 {
 	char host[128];
@@ -320,12 +367,14 @@ int metrics_serve(metrics *m, const char *listen, int *port_out)
 		LOGE("metrics", "metrics.listen '%s': host must be an IPv4 address or *", listen);
 		return FL_ECONFIG;
 	}
-	m->httpd =
-	    MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-	                     on_request, m, MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_CONNECTION_LIMIT,
-	                     32u, MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+	m->httpd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL,
+	                            NULL, on_request, m, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+	                            MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_CONNECTION_LIMIT, 32u,
+	                            MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
 	if (!m->httpd) {
-		LOGE("metrics", "cannot serve metrics on %s (address in use?)", listen);
+		const char *why = bind_problem(&sa);
+		LOGE("metrics", "cannot serve metrics on %s: %s", listen,
+		     why[0] ? why : "the HTTP server did not start");
 		return FL_EBUSY;
 	}
 	const union MHD_DaemonInfo *info = MHD_get_daemon_info(m->httpd, MHD_DAEMON_INFO_BIND_PORT);

@@ -23,6 +23,9 @@ int metrics_declare(metrics *m, const char *name, enum metrics_type type, const 
  * via metrics_label_escape when they come from outside). */
 int metrics_add(metrics *m, const char *name, const char *labels, double delta);
 int metrics_set(metrics *m, const char *name, const char *labels, double value);
+/* Sets a counter to a running total counted elsewhere (e.g. the channel's
+ * statistics); the caller keeps it from decreasing. */
+int metrics_set_total(metrics *m, const char *name, const char *labels, double value);
 int metrics_observe(metrics *m, const char *name, const char *labels, double value);
 /* Current value of a counter/gauge series (0 if absent), for tests/status. */
 double metrics_get(metrics *m, const char *name, const char *labels);

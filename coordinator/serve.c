@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <fcntl.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -225,11 +226,14 @@ static void chan_metrics(srv *S)
 	chan_server_stats cs;
 	chan_server_get_stats(S->ch, &cs);
 	metrics_set(S->m, "fedlora_tls_sessions", NULL, (double)cs.sessions);
-	metrics_set(S->m, "fedlora_tls_handshakes", "result=\"ok\"", (double)cs.hs_ok);
-	metrics_set(S->m, "fedlora_tls_handshakes", "result=\"failed\"", (double)cs.hs_failed);
-	metrics_set(S->m, "fedlora_tls_handshakes", "result=\"timeout\"", (double)cs.hs_timeout);
-	metrics_set(S->m, "fedlora_wire_bytes", "direction=\"in\"", (double)cs.wire_in);
-	metrics_set(S->m, "fedlora_wire_bytes", "direction=\"out\"", (double)cs.wire_out);
+	metrics_set_total(S->m, "fedlora_tls_handshakes_total", "result=\"ok\"", (double)cs.hs_ok);
+	metrics_set_total(S->m, "fedlora_tls_handshakes_total", "result=\"failed\"",
+	                  (double)cs.hs_failed);
+	metrics_set_total(S->m, "fedlora_tls_handshakes_total", "result=\"timeout\"",
+	                  (double)cs.hs_timeout);
+	metrics_set_total(S->m, "fedlora_wire_bytes_total", "direction=\"in\"", (double)cs.wire_in);
+	metrics_set_total(S->m, "fedlora_wire_bytes_total", "direction=\"out\"",
+	                  (double)cs.wire_out);
 }
 
 static int write_endpoint(const char *path, const char *ep)
@@ -239,6 +243,29 @@ static int write_endpoint(const char *path, const char *ep)
 	if (n < 0 || (size_t)n >= sizeof line)
 		return FL_EINVAL;
 	return file_write_atomic(path, line, (size_t)n);
+}
+
+/* Every TCP connection costs one file descriptor: raises the soft limit
+ * to the hard one, and warns when even that is below what max_sessions
+ * connections need (the kernel would then refuse connections with EMFILE
+ * before server.max_nodes is reached). */
+static void raise_fd_limit(int sessions)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+	rlim_t want = (rlim_t)sessions + 256; /* listener, log, state, ZeroMQ internals */
+	if (rl.rlim_cur < want && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+			getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur < want)
+		LOGW(MOD,
+		     "open-file limit %lu is below the %lu that server.max_nodes + "
+		     "server.max_pending connections need: raise it (ulimit -n, LimitNOFILE= in "
+		     "systemd) or lower server.max_nodes",
+		     (unsigned long)rl.rlim_cur, (unsigned long)want);
 }
 
 int serve_run(const cconf *cc)
@@ -289,9 +316,9 @@ int serve_run(const cconf *cc)
 	}
 	metrics_declare(S.m, "fedlora_tls_sessions", METRICS_GAUGE,
 	                "Channel sessions (handshaking included)");
-	metrics_declare(S.m, "fedlora_tls_handshakes", METRICS_GAUGE,
+	metrics_declare(S.m, "fedlora_tls_handshakes_total", METRICS_COUNTER,
 	                "TLS handshakes since start, by result");
-	metrics_declare(S.m, "fedlora_wire_bytes", METRICS_GAUGE,
+	metrics_declare(S.m, "fedlora_wire_bytes_total", METRICS_COUNTER,
 	                "ZeroMQ frame bytes since start, by direction");
 	if (store_open(cc->state_dir, &S.st)) {
 		LOGE(MOD, "cannot use state directory %s (state.dir)", cc->state_dir);
@@ -315,6 +342,10 @@ int serve_run(const cconf *cc)
 	S.worker_up = 1;
 
 	fed_opts fo = cc->fed;
+	/* tests only: record every masked input and each unmasked sum */
+	const char *dump = getenv("FEDLORA_TEST_SECAGG_DUMP");
+	if (dump && *dump)
+		fo.secure.dump_dir = dump;
 	fo.commit_hook = g_pause_commit_ms >= 0 ? commit_hook : NULL;
 	fed_io io = {.ud = &S, .send = io_send, .close = io_close, .submit = io_submit};
 	if (fed_new(&fo, S.st, S.m, &io, &S.f)) {
@@ -322,6 +353,7 @@ int serve_run(const cconf *cc)
 		goto out;
 	}
 
+	raise_fd_limit(cc->max_sessions);
 	chan_server_opts co;
 	chan_server_opts_default(&co);
 	co.endpoint = cc->listen;

@@ -49,15 +49,10 @@ source "$here/deploy/docker-lib.sh"
 
 nodes=3 rounds=3 keep=0 project=fedlora out="" rate="" delay="" loss="" kill_round=0 timeout=0
 flaps=()
-die() {
-	printf 'compose-up: %s\n' "$*" >&2
-	exit 1
-}
-usage() {
-	sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
-	exit "${1:-0}"
-}
-need() { [ $# -ge 2 ] || die "$1 needs a value (try --help)"; }
+DK_PROG=compose-up
+die() { dk_die "$@"; }
+usage() { dk_usage "$0" "${1:-0}"; }
+need() { dk_need "$@"; }
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--nodes) need "$@"; nodes=$2; shift 2 ;;

@@ -3,7 +3,13 @@
 #   prepare       one shot: CA + certificates, base model, one data shard per
 #                 node, all into the shared volume $FLEET (default /fleet)
 #   coordinator   fedlora-coordinator serve, configured by FEDLORA_* variables
-#   node          claims the first free node index in $FLEET/claims (an
+#   node          with FLEET_SLOT set (a swarm stack, deploy/stack-up.sh:
+#                 FLEET_SLOT={{.Task.Slot}}): is node FLEET_SLOT, with its
+#                 certificate and key from Docker secrets in FLEET_SECRETS
+#                 (default /run/secrets), and derives the base model and
+#                 its own data shard itself (same parameters as prepare, so
+#                 the same bytes); no shared volume.
+#                 Otherwise claims the first free node index in $FLEET/claims (an
 #                 atomic mkdir, so `docker compose up --scale node=8` gives
 #                 every replica its own certificate and shard), then runs
 #                 fedlora-node run; a replica restarted by its restart
@@ -88,6 +94,23 @@ health() {
 	esac
 }
 
+# The base model every party derives the same way (same parameters and
+# seed, so the same bytes and fingerprint) and node INDEX's data shard.
+make_model() {
+	[ -f "$fleet/model/base.gguf" ] && return 0
+	mkdir -p "$fleet/model"
+	fedlora-node init-model --out "$fleet/model/base.gguf" --dim "${FLEET_DIM:-128}" \
+		--layers "${FLEET_LAYERS:-4}" --heads 4 --ffn "${FLEET_FFN:-384}" --ctx 128 --seed 7
+}
+make_shard() {
+	local sites=(harbor foundry mill plant depot) # the sites gen-data knows
+	local id
+	id=$(printf 'node-%02d' "$1")
+	[ -f "$fleet/data/$id/train.txt" ] && return 0
+	fedlora-node gen-data --site "${sites[$((($1 - 1) % ${#sites[@]}))]}" --seed "$1" \
+		--lines 3000 --eval-lines 300 --out "$fleet/data/$id" >/dev/null
+}
+
 role=${1:-}
 case "$role" in
 prepare)
@@ -104,16 +127,9 @@ prepare)
 		id=$(printf 'node-%02d' "$i")
 		[ -f "$fleet/certs/nodes/$id.crt" ] || bash "$certs_sh" node "$fleet/certs" "$id" >/dev/null
 	done
-	if [ ! -f "$fleet/model/base.gguf" ]; then
-		fedlora-node init-model --out "$fleet/model/base.gguf" --dim "${FLEET_DIM:-128}" \
-			--layers "${FLEET_LAYERS:-4}" --heads 4 --ffn "${FLEET_FFN:-384}" --ctx 128 --seed 7
-	fi
-	sites=(harbor foundry mill plant depot) # the sites gen-data knows
+	make_model
 	for i in $(seq 1 "$nodes"); do
-		id=$(printf 'node-%02d' "$i")
-		[ -f "$fleet/data/$id/train.txt" ] && continue
-		fedlora-node gen-data --site "${sites[$(((i - 1) % ${#sites[@]}))]}" --seed "$i" \
-			--lines 3000 --eval-lines 300 --out "$fleet/data/$id" >/dev/null
+		make_shard "$i"
 	done
 	# Claims are per deployment: a fresh `up` starts from an empty set.
 	rm -rf "$fleet/claims" && mkdir -p "$fleet/claims"
@@ -126,10 +142,32 @@ coordinator)
 	export FEDLORA_SERVER_KEY=${FEDLORA_SERVER_KEY:-$fleet/certs/coordinator.key}
 	export FEDLORA_SERVER_CA=${FEDLORA_SERVER_CA:-$fleet/certs/ca.crt}
 	export FEDLORA_FEDERATION_BASE_GGUF=${FEDLORA_FEDERATION_BASE_GGUF:-$fleet/model/base.gguf}
+	# in a swarm stack nothing was prepared: derive the model here
+	[ -f "$FEDLORA_FEDERATION_BASE_GGUF" ] || make_model
 	exec fedlora-coordinator serve --config "$prefix/etc/fedlora/coordinator.conf" "$@"
 	;;
 node)
 	shift
+	if [ -n "${FLEET_SLOT:-}" ]; then
+		[[ "$FLEET_SLOT" =~ ^[1-9][0-9]{0,2}$ ]] || { log "FLEET_SLOT must be 1..999"; exit 2; }
+		secrets=${FLEET_SECRETS:-/run/secrets}
+		id=$(printf 'node-%02d' "$FLEET_SLOT")
+		[ -r "$secrets/$id.crt" ] && [ -r "$secrets/$id.key" ] && [ -r "$secrets/ca.crt" ] ||
+			{ log "no certificate for $id in $secrets (the stack gives node-01..NN: replicas <= nodes)"; exit 1; }
+		log "this replica is $id (swarm slot $FLEET_SLOT)"
+		make_model
+		make_shard "$FLEET_SLOT"
+		shape
+		export FEDLORA_NODE_STATE_DIR=${FEDLORA_NODE_STATE_DIR:-/var/lib/fedlora/state/$id}
+		export FEDLORA_NODE_SEED=${FEDLORA_NODE_SEED:-$FLEET_SLOT}
+		export FEDLORA_TLS_CERT=$secrets/$id.crt
+		export FEDLORA_TLS_KEY=$secrets/$id.key
+		export FEDLORA_TLS_CA=$secrets/ca.crt
+		export FEDLORA_MODEL_PATH=${FEDLORA_MODEL_PATH:-$fleet/model/base.gguf}
+		export FEDLORA_DATA_TRAIN=$fleet/data/$id/train.txt
+		export FEDLORA_DATA_EVAL=$fleet/data/$id/eval.txt
+		exec fedlora-node run --config "$prefix/etc/fedlora/node.conf" "$@"
+	fi
 	idx=""
 	me=$(hostname)
 	# a restarted container keeps the identity it claimed

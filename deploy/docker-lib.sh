@@ -24,6 +24,18 @@ DK_STARTED=0
 DK_DOCKERD_PID=
 
 dk_say() { printf '%s\n' "$*"; }
+# the scripts' command-line helpers: dk_die MSG (prefixed with $DK_PROG, exits 1),
+# dk_usage SCRIPT [STATUS] (the script's header comment as help, exits),
+# dk_need OPTION ARGS... (dies unless OPTION has a value)
+dk_die() {
+	printf '%s: %s\n' "${DK_PROG:-docker}" "$*" >&2
+	exit 1
+}
+dk_usage() {
+	sed -n '2,/^set -euo/p' "$1" | sed '$d' | sed 's/^# \{0,1\}//'
+	exit "${2:-0}"
+}
+dk_need() { [ $# -ge 2 ] || dk_die "$1 needs a value (try --help)"; }
 dk_err() { printf 'docker: %s\n' "$*" >&2; }
 dk_ms() { date +%s%3N; }
 

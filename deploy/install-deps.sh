@@ -5,6 +5,8 @@
 #
 #   deploy/install-deps.sh            build + runtime + test packages
 #   deploy/install-deps.sh --runtime  runtime libraries only (containers)
+#   deploy/install-deps.sh --packages P...  exactly these (NAME or NAME:ARCH;
+#                                     deploy/cross-arm64.sh uses it)
 set -euo pipefail
 
 build_pkgs=(
@@ -24,9 +26,13 @@ runtime_pkgs=(
 
 case "${1:-}" in
   --runtime) want=("${runtime_pkgs[@]}") ;;
+  --packages)
+    shift
+    want=("$@")
+    ;;
   "") want=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
   -h | --help)
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
@@ -62,5 +68,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 # A fresh machine has no package lists yet; refresh them once.
 "${sudo_cmd[@]}" apt-get update -q
-"${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+# --no-remove: a conflict (e.g. an :arm64 -dev package against the host's)
+# fails here rather than removing installed packages.
+"${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends --no-remove "${missing[@]}"
 echo "install-deps: done"

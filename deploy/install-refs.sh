@@ -76,6 +76,11 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm
 fi
 
+# node-llama-cpp 3.x needs Node.js 20 or later
+if ! node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then
+	echo "install-refs: Node.js $(node --version) is too old: node-llama-cpp needs 20 or later" >&2
+	exit 1
+fi
 mkdir -p "$dir"
 [ -f "$dir/package.json" ] || printf '{ "name": "fedlora-refs", "private": true }\n' >"$dir/package.json"
 echo "install-refs: npm install ${missing[*]} into $dir"

@@ -96,7 +96,9 @@ plot '$out/.bytes.dat' using 1:2 title 'uploaded', '' using 1:3 title 'upload if
 fi
 if [ -s "$out/.time.dat" ]; then
 	gp "set output '$out/round_time.png'; set title 'round duration'; set xlabel 'round';
-set ylabel 'seconds'; set grid; set style fill solid 0.5;
+set ylabel 'seconds'; set yrange [0:*]; set autoscale xfix; set offsets 0.5, 0.5, 0, 0;
+set xtics 1; set grid;
+set boxwidth 0.8; set style fill solid 0.5;
 plot '$out/.time.dat' using 1:2 with boxes notitle" >/dev/null
 fi
 rm -f "$out"/.*.dat "$out"/.node-*.dat

@@ -14,26 +14,34 @@
 #
 # Exit status 0 only if the federated held-out loss went down.
 #
+# Run from a source tree (deploy/quickstart.sh) it installs dependencies and
+# builds; run from an installed tree (PREFIX/share/fedlora/scripts/
+# quickstart.sh after `cmake --install`) it uses PREFIX/bin's binaries (or
+# FEDLORA_QS_BIN, or the ones on PATH) and builds nothing.
+#
 # Environment (all optional):
 #   FEDLORA_QS_BUILD   build directory      (default: <repo>/build-quickstart)
-#   FEDLORA_QS_DIR     run directory        (default: $FEDLORA_QS_BUILD/quickstart)
+#   FEDLORA_QS_DIR     run directory        (default: $FEDLORA_QS_BUILD/quickstart;
+#                                            installed: ./fedlora-quickstart)
 #   FEDLORA_QS_ROUNDS  federated rounds     (default: 6)
+#   FEDLORA_QS_PRETRAIN_STEPS  pretraining steps of the base model (default 250)
+#   FEDLORA_QS_BIN     directory of fedlora-node and fedlora-coordinator
+#                      (installed mode; default PREFIX/bin, then PATH)
 #   FEDLORA_QS_SKIP_DEPS=1 / FEDLORA_QS_SKIP_BUILD=1  reuse what is there
 # Everything stays on 127.0.0.1; the run directory keeps the logs, the
 # coordinator's state (journal.jsonl, versions) and every node's state_dir
 # (metrics.jsonl) for a look afterwards.
 set -euo pipefail
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build=${FEDLORA_QS_BUILD:-$here/build-quickstart}
-work=${FEDLORA_QS_DIR:-$build/quickstart}
+scripts=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+here=$(cd "$scripts/.." && pwd)
 rounds=${FEDLORA_QS_ROUNDS:-6}
 nodes=4
 sites=(harbor foundry mill plant)
 t_start=$(date +%s)
 
 # The base model: a small Llama with the byte vocabulary.
-dim=128 layers=4 heads=4 ffn=384 ctx=128 mseed=7 pre_steps=250
+dim=128 layers=4 heads=4 ffn=384 ctx=128 mseed=7 pre_steps=${FEDLORA_QS_PRETRAIN_STEPS:-250}
 
 say() { printf '%s\n' "$*"; }
 step() { printf '\n== %s (%ds)\n' "$*" "$(($(date +%s) - t_start))"; }
@@ -43,7 +51,25 @@ die() {
 }
 
 [[ $rounds =~ ^[1-9][0-9]?$ ]] || die "FEDLORA_QS_ROUNDS must be 1..99"
+[[ $pre_steps =~ ^[1-9][0-9]{0,4}$ ]] || die "FEDLORA_QS_PRETRAIN_STEPS must be 1..99999"
 
+# Source tree (deploy/ next to CMakeLists.txt) or installed tree
+# (PREFIX/share/fedlora/scripts, binaries in PREFIX/bin).
+if [[ -f $here/CMakeLists.txt && -f $here/deploy/certs.sh ]]; then
+  installed=0
+  tools=$here/deploy
+  build=${FEDLORA_QS_BUILD:-$here/build-quickstart}
+  work=${FEDLORA_QS_DIR:-$build/quickstart}
+  bindir=$build
+else
+  installed=1
+  tools=$scripts
+  bindir=${FEDLORA_QS_BIN:-$(cd "$scripts/../../.." && pwd)/bin}
+  if [[ ! -x $bindir/fedlora-node ]] && command -v fedlora-node >/dev/null; then
+    bindir=$(dirname "$(command -v fedlora-node)")
+  fi
+  work=${FEDLORA_QS_DIR:-$PWD/fedlora-quickstart}
+fi
 pids=()
 cleanup() {
   local p
@@ -54,11 +80,13 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- deps, build
-if [[ ${FEDLORA_QS_SKIP_DEPS:-0} != 1 ]]; then
+if ((installed)); then
+  step "installed tree: binaries in $bindir, run directory $work"
+elif [[ ${FEDLORA_QS_SKIP_DEPS:-0} != 1 ]]; then
   step "dependencies"
   "$here/deploy/install-deps.sh"
 fi
-if [[ ${FEDLORA_QS_SKIP_BUILD:-0} != 1 ]]; then
+if ((!installed)) && [[ ${FEDLORA_QS_SKIP_BUILD:-0} != 1 ]]; then
   step "building (Release) in $build"
   cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFEDLORA_TESTS=OFF \
     -DFEDLORA_BENCH=OFF >"$build.cmake.log" 2>&1 || {
@@ -70,9 +98,9 @@ if [[ ${FEDLORA_QS_SKIP_BUILD:-0} != 1 ]]; then
     die "build failed (full log: $build.make.log)"
   }
 fi
-node_bin=$build/fedlora-node
-coord_bin=$build/fedlora-coordinator
-[[ -x $node_bin && -x $coord_bin ]] || die "binaries missing in $build"
+node_bin=$bindir/fedlora-node
+coord_bin=$bindir/fedlora-coordinator
+[[ -x $node_bin && -x $coord_bin ]] || die "binaries missing in $bindir"
 
 mkdir -p "$work"
 # a previous run's processes and state go; certificates and the model stay
@@ -81,9 +109,9 @@ rm -rf "$work/coord-state" "$work"/node-0? "$work"/*.log "$work"/*.conf "$work/e
 # ---------------------------------------------------------------- certificates
 step "certificates (deploy/certs.sh)"
 if [[ ! -f $work/pki/ca.crt ]]; then
-  bash "$here/deploy/certs.sh" init "$work/pki" >/dev/null
-  bash "$here/deploy/certs.sh" coordinator "$work/pki" --ip 127.0.0.1 --dns localhost >/dev/null
-  bash "$here/deploy/certs.sh" node "$work/pki" --count $nodes >/dev/null
+  bash "$tools/certs.sh" init "$work/pki" >/dev/null
+  bash "$tools/certs.sh" coordinator "$work/pki" --ip 127.0.0.1 --dns localhost >/dev/null
+  bash "$tools/certs.sh" node "$work/pki" --count $nodes >/dev/null
   say "federation CA, a coordinator certificate and $nodes node certificates in $work/pki"
 else
   say "reusing $work/pki"
@@ -111,12 +139,17 @@ else
   "$node_bin" init-model --out "$work/cache/init.gguf" --dim $dim --layers $layers \
     --heads $heads --ffn $ffn --ctx $ctx --seed $mseed >/dev/null
   if ((have_train)); then
-    say "pretraining it for $pre_steps steps on generic maintenance logs (fedlora-node train --full)"
+    say "pretraining it for $pre_steps steps on generic maintenance logs (fedlora-node train --full;"
+    say "about a minute on 2 cores; the log stays in $work/cache/pretrain.log)"
     rm -rf "$work/cache/pretrain"
+    # progress: every 5th of the run (train prints plain lines when not on a terminal)
     "$node_bin" train --full --model "$work/cache/init.gguf" --data "$work/data/pretrain/train.txt" \
       --out "$work/cache/pretrain" --steps $pre_steps --ctx $ctx --batch 8 --lr 3e-3 \
-      >"$work/pretrain.log" 2>&1 || {
-      tail -n 20 "$work/pretrain.log" >&2
+      --log-every $(((pre_steps + 4) / 5)) 2>&1 | tee "$work/cache/pretrain.log" |
+      awk '/^step /{e = ""; for (i = 1; i < NF; i++) if ($i == "elapsed") e = $(i + 1)
+        printf "  pretraining: step %s, loss %s nats/token, %s s\n", $2, $4, e; fflush()}' || true
+    [[ ${PIPESTATUS[0]} == 0 ]] || {
+      tail -n 20 "$work/cache/pretrain.log" >&2
       die "pretraining failed"
     }
     [[ -f $work/cache/pretrain/model.gguf ]] ||
@@ -250,8 +283,36 @@ pids=()
 step "results"
 # every node's metrics.jsonl, one "round" line per round it took part in
 cat "$work"/node-0?/metrics.jsonl >"$work/all-metrics.jsonl"
-awk -v nodes=$nodes -v rounds="$rounds" -f "$here/deploy/rounds-table.awk" \
+awk -v nodes=$nodes -v rounds="$rounds" -f "$tools/rounds-table.awk" \
   "$work/coord-state/journal.jsonl" "$work/all-metrics.jsonl" && verdict=0 || verdict=$?
+
+# The final version's loss: the nodes evaluate each version they start a
+# round from, so the last commit is scored here, the same way (fedlora-node
+# eval, windows of the nodes' ctx without overlap, the nodes' token cap), on
+# every node's held-out file, next to the base it started from.
+if "$coord_bin" export --state-dir "$work/coord-state" --version latest --out "$work/final-peft" \
+  --base "$base" >"$work/final-export.log" 2>&1; then
+  sb=0 sf=0 ok=1
+  for i in $(seq 1 $nodes); do
+    ev=(--model "$base" --data "$work/data/node-0$i/eval.txt" --ctx 64 --stride 64 --max-tokens 8193)
+    b=$("$node_bin" eval "${ev[@]}" 2>/dev/null | sed -n 's/.*nll\/token \([0-9.]*\).*/\1/p')
+    f=$("$node_bin" eval "${ev[@]}" --adapter "$work/final-peft" 2>/dev/null | sed -n 's/.*nll\/token \([0-9.]*\).*/\1/p')
+    [[ -n $b && -n $f ]] || ok=0
+    sb=$(awk -v a="$sb" -v b="${b:-0}" 'BEGIN{print a + b}')
+    sf=$(awk -v a="$sf" -v b="${f:-0}" 'BEGIN{print a + b}')
+  done
+  if ((ok)); then
+    awk -v b="$sb" -v f="$sf" -v n=$nodes 'BEGIN{printf "final version: mean held-out loss %.4f nats/token (the base: %.4f), by\n  fedlora-node eval --ctx 64 --stride 64 on each node'"'"'s held-out file\n", f / n, b / n}'
+  else
+    say "final version: fedlora-node eval failed (see $work/final-export.log)"
+  fi
+else
+  say "final version: could not export it (see $work/final-export.log)"
+fi
 say ""
 say "logs, coordinator state and node states: $work ($(($(date +%s) - t_start))s in all)"
+say "charts of this run (loss, bytes, round times; needs gnuplot):"
+say "  bash $tools/plot.sh $work/charts $work/coord-state/journal.jsonl $work/node-0?/metrics.jsonl"
+say "the coordinator's view (versions, nodes, rounds):"
+say "  $coord_bin status --state-dir $work/coord-state"
 exit $verdict

@@ -5,11 +5,13 @@
 #
 # JOURNAL is the coordinator's journal.jsonl (a file name containing
 # "journal"), METRICS every node's metrics.jsonl concatenated (node ids
-# node-1, node-01, node-001 ... are node 1). Per round: participants, bytes
-# up (and their f32 equivalent), bytes down, each node's held-out loss and
-# the round time; then the mean held-out loss of the first and last fully
-# evaluated rounds. Exit status: 0 the federated loss went down, 1 it did
-# not, 2 not enough evaluated rounds.
+# node-1, node-01, node-001 ... are node 1). Per round: participants, KiB
+# up (and their f32 equivalent), KiB down, each node's held-out loss (nats
+# per token) and the round time; then the traffic of both directions
+# against f32, the mean held-out loss of the first and last fully evaluated
+# rounds, and that of the final version (the nodes' "eval" records). Exit
+# status: 0 the federated loss went down, 1 it did not, 2 not enough
+# evaluated rounds.
 function num(line, key,   m) {
   if (match(line, "\"" key "\":-?[0-9.eE+]+")) {
     m = substr(line, RSTART, RLENGTH); sub(/^"[^"]*":/, "", m); return m + 0
@@ -23,7 +25,14 @@ function str(line, key,   m) {
   return ""
 }
 FILENAME ~ /journal/ && /"type":"round_end"/ && /"committed":true/ && !/"recovered"/ {
-  r = num($0, "round"); rt[r] = num($0, "round_ms"); next
+  r = num($0, "round"); rt[r] = num($0, "round_ms")
+  v = num($0, "version"); if (v > final) final = v
+  next
+}
+FILENAME !~ /journal/ && /"type":"eval"/ {
+  nd = str($0, "node"); sub(/^node-0*/, "", nd)
+  l = num($0, "eval_loss"); if (l != "") evl[num($0, "version"), nd] = l
+  next
 }
 FILENAME !~ /journal/ && /"type":"round"/ {
   r = num($0, "round"); nd = str($0, "node"); sub(/^node-0*/, "", nd)
@@ -34,22 +43,33 @@ FILENAME !~ /journal/ && /"type":"round"/ {
   seen[r] = 1
 }
 END {
-  printf "%-5s %-5s %12s %13s %6s %12s", "round", "nodes", "bytes up", "f32 would be", "ratio", "bytes down"
-  for (n = 1; n <= nodes; n++) printf "  loss n%d", n
-  printf "  %9s\n", "time"
+  kib = 1024
+  printf "%5s %5s %8s %9s %9s", "round", "nodes", "up KiB", "(f32 KiB)", "down KiB"
+  for (n = 1; n <= nodes; n++) printf " %7s", "loss n" n
+  printf " %7s\n", "time s"
   first = ""; last = ""
   for (r = 1; r <= rounds; r++) {
     if (!(r in seen)) continue
-    printf "%-5d %-5d %12d %13d %5.1f%% %12d", r, part[r], up[r], f32[r], f32[r] ? 100 * up[r] / f32[r] : 0, down[r]
+    printf "%5d %5d %8.1f %9s %9.1f", r, part[r], up[r] / kib, "(" sprintf("%.1f", f32[r] / kib) ")", down[r] / kib
+    tu += up[r]; tf += f32[r]; td += down[r]
     s = 0; c = 0
     for (n = 1; n <= nodes; n++) {
-      if ((r, n) in loss) { printf "  %7.4f", loss[r, n]; s += loss[r, n]; c++ } else printf "  %7s", "-"
+      if ((r, n) in loss) { printf " %7.4f", loss[r, n]; s += loss[r, n]; c++ } else printf " %7s", "-"
     }
-    printf "  %8.2fs\n", rt[r] / 1000
+    printf " %7.2f\n", rt[r] / 1000
     if (c == nodes) { if (first == "") { first = s / c; fr = r } last = s / c; lr = r }
   }
-  printf "\nheld-out loss: the loss of the global version each round starts from (round 1: the\n"
-  printf "base model with the initial adapter, B = 0), on each node's private held-out data.\n"
+  printf "\nloss: held-out negative log-likelihood in nats per token of the global version\n"
+  printf "each round starts from (round 1: the base with the initial adapter, B = 0), on\n"
+  printf "each node's private held-out data; lower is better.\n"
+  if (tf > 0)
+    printf "traffic: up %.1f KiB = %.1f%% of f32; up + down %.1f KiB = %.1f%% of f32 both ways\n" \
+      "(a download counted as large as an upload in f32)\n", tu / kib, 100 * tu / tf, (tu + td) / kib, 100 * (tu + td) / (2 * tf)
+  if (final != "") {
+    s = 0; c = 0
+    for (n = 1; n <= nodes; n++) if ((final, n) in evl) { s += evl[final, n]; c++ }
+    if (c) printf "final version %d: mean held-out loss %.4f (evaluated by %d of %d nodes)\n", final, s / c, c, nodes
+  }
   if (first == "" || lr == fr) { print "VERDICT: not enough evaluated rounds"; exit 2 }
   printf "mean held-out loss: round %d %.4f -> round %d %.4f\n", fr, first, lr, last
   if (last < first) { print "VERDICT: the federated loss went down"; exit 0 }

@@ -15,6 +15,9 @@
 #include "log.h"
 #include "qtensor.h"
 #include "quant.h"
+#include "sagrid.h"
+#include "sawire.h"
+#include "secagg.h"
 #include "sha.h"
 #include "wire.h"
 
@@ -51,6 +54,23 @@ typedef struct nupload {
 	tset *residual_new; /* committed when accepted */
 } nupload;
 
+/* A secure round in progress (sec_* below). */
+typedef struct nsec {
+	int active;
+	uint64_t round_id;
+	sa_client *cl;
+	sa_round r;
+	uint32_t index;
+	char (*ids)[SA_MAX_NODE_ID + 1]; /* participants, index order */
+	float *steps;                    /* grid step per exchanged tensor */
+	size_t nt;
+	double clip;
+	uint32_t bits, w, w_max;
+	int shared, received, masked, revealed;
+	uint32_t *x; /* the update on the grid (dim values mod 2^m) once trained */
+	tset *resid; /* its error-feedback residual, until the masked input goes */
+} nsec;
+
 struct ncl {
 	ncl_config cfg;
 	nst *st;
@@ -65,6 +85,7 @@ struct ncl {
 	uint64_t eval_job, eval_job_version;
 	nround r;
 	nupload up;
+	nsec sa;
 	/* action queue */
 	ncl_action *q;
 	size_t qhead, qlen, qcap;
@@ -286,6 +307,8 @@ int ncl_new(const ncl_config *cfg, nst *st, ncl **out)
 				p++;
 		}
 	}
+	if (cfg->sa_key && cfg->sa_cert && cfg->sa_ca && c->ncaps < NCL_MAX_CAPS)
+		c->caps[c->ncaps++] = "secagg";
 	c->hb_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : NCL_DEFAULT_HB_MS;
 	*out = c;
 	return 0;
@@ -300,6 +323,11 @@ void ncl_free(ncl *c)
 		ncl_action_fini(&a);
 	free(c->q);
 	drop_upload(c);
+	sa_client_free(c->sa.cl);
+	free(c->sa.ids);
+	free(c->sa.steps);
+	free(c->sa.x);
+	tset_free(c->sa.resid);
 	free(c->caps_extra);
 	free(c);
 }
@@ -676,6 +704,9 @@ static int params_ok(const ncl *c, const Fedlora__TrainParams *p, char *why, siz
 	return 0;
 }
 
+static void sec_reset(ncl *c);
+static int sec_begin(ncl *c, const Fedlora__RoundStart *rs, char *why, size_t wl);
+
 static void on_round_start(ncl *c, const Fedlora__RoundStart *rs, size_t wire_len, uint64_t now)
 {
 	char why[300] = "";
@@ -718,6 +749,18 @@ static void on_round_start(ncl *c, const Fedlora__RoundStart *rs, size_t wire_le
 		send_error(c, FEDLORA__ERROR__CODE__CODE_MALFORMED, why);
 		c->r.active = 0;
 		return;
+	}
+	if (rs->secagg && !(c->sa.active && c->sa.round_id == rs->round_id)) {
+		int src = sec_begin(c, rs, why, sizeof why);
+		if (src) {
+			LOGW("client", "secure round %" PRIu64 " refused: %s", rs->round_id, why);
+			sec_reset(c);
+			send_error(c, FEDLORA__ERROR__CODE__CODE_MALFORMED, why);
+			c->r.active = 0;
+			return;
+		}
+	} else if (!rs->secagg && c->sa.active) {
+		sec_reset(c);
 	}
 	memset(&c->r, 0, sizeof c->r);
 	c->r.active = 1;
@@ -1015,6 +1058,453 @@ out:
 	return rc;
 }
 
+/* ---- secure rounds (docs/PRIVACY.md, "Secure aggregation") ----
+ *
+ * RoundStart.secagg set: the node advertises fresh keys signed with its
+ * TLS key (SecAggKeys), checks its neighbours' keys in the roster and
+ * sends them encrypted Shamir shares (SecAggShares), takes the shares the
+ * coordinator routes to it, trains, puts its update on the announced grid
+ * and sends it masked (Update.masked), and finally reveals the shares the
+ * coordinator asks for (SecAggReveal) — once, so never both secrets of one
+ * node. */
+
+static void sec_reset(ncl *c)
+{
+	sa_client_free(c->sa.cl);
+	free(c->sa.ids);
+	free(c->sa.steps);
+	free(c->sa.x);
+	tset_free(c->sa.resid);
+	memset(&c->sa, 0, sizeof c->sa);
+}
+
+/* A secure round this node cannot take part in any more: logged, the
+ * coordinator sees the node as a dropout. */
+static void sec_abort(ncl *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sec_abort(ncl *c, const char *fmt, ...)
+{
+	char why[300];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof why, fmt, ap);
+	va_end(ap);
+	LOGW("client", "secure round %" PRIu64 " abandoned by this node: %s", c->sa.round_id, why);
+	sec_reset(c);
+}
+
+static int sec_exchanged(const ncl *c, const tensor *t)
+{
+	return !c->cfg.lora.ffa || lora_is_b(t->name);
+}
+
+/* Phase 1: checks the setup, makes the client and advertises. */
+static int sec_begin(ncl *c, const Fedlora__RoundStart *rs, char *why, size_t wl)
+{
+	const Fedlora__SecAggSetup *su = rs->secagg;
+	sec_reset(c);
+	if (!c->cfg.sa_key || !c->cfg.sa_cert || !c->cfg.sa_ca) {
+		snprintf(why, wl, "secure round, but this node has no signing key");
+		return FL_ESTATE;
+	}
+	uint32_t idx = UINT32_MAX;
+	if (su->n_participants > SA_MAX_N) {
+		snprintf(why, wl, "%zu participants (cap %d)", su->n_participants, SA_MAX_N);
+		return FL_EPROTO;
+	}
+	for (size_t i = 0; i < su->n_participants; i++) {
+		const char *id = su->participants[i];
+		if (!id || (i && strcmp(su->participants[i - 1] ? su->participants[i - 1] : "",
+		                        id) >= 0)) {
+			snprintf(why, wl, "participants not sorted and unique at %zu", i);
+			return FL_EPROTO;
+		}
+		if (strcmp(id, c->node_id) == 0)
+			idx = (uint32_t)i;
+	}
+	if (idx == UINT32_MAX) {
+		snprintf(why, wl, "node %s is not among the %zu participants", c->node_id,
+		         su->n_participants);
+		return FL_EPROTO;
+	}
+	size_t nt = 0, D = 0;
+	for (size_t i = 0; i < tset_count(c->cfg.layout); i++) {
+		const tensor *t = tset_at(c->cfg.layout, i);
+		if (sec_exchanged(c, t)) {
+			nt++;
+			D += t->n;
+		}
+	}
+	uint32_t L = sag_levels(su->level_bits);
+	if (su->graph_seed.len != 32 || su->n_steps != nt || su->dim != (uint64_t)D + 1 || !L ||
+	    su->level_bits > 8 || !(su->clip > 0) || !isfinite(su->clip) || su->w_max < 1 ||
+	    su->w_max > L || su->weight_unit < 1 ||
+	    su->mod_bits != sa_mod_bits(su->level_bits, (uint32_t)su->n_participants, 1)) {
+		snprintf(why, wl,
+		         "setup does not fit this adapter or the protocol (%zu steps for %zu "
+		         "tensors, dim %" PRIu64 " for %zu elements, %u level bits, m %u)",
+		         su->n_steps, nt, su->dim, D, su->level_bits, su->mod_bits);
+		return FL_EPROTO;
+	}
+	for (size_t i = 0; i < nt; i++)
+		if (!(su->steps[i] > 0) || !isfinite(su->steps[i])) {
+			snprintf(why, wl, "grid step %zu is %g", i, (double)su->steps[i]);
+			return FL_EPROTO;
+		}
+	sa_round r = {.round_id = rs->round_id,
+	              .n = (uint32_t)su->n_participants,
+	              .k = su->k,
+	              .t = su->t,
+	              .mod_bits = su->mod_bits,
+	              .dim = su->dim};
+	/* the graph seed must follow from the round's public data, so that the
+	 * coordinator cannot pick a graph that surrounds this node */
+	uint8_t gs[32];
+	int rc = sa_graph_seed(rs->round_id, (const char *const *)su->participants, r.n, gs);
+	if (rc || memcmp(gs, su->graph_seed.data, 32) != 0) {
+		snprintf(why, wl, "graph seed is not SHA-256 of the round and its participants");
+		return rc ? rc : FL_EAUTH;
+	}
+	memcpy(r.graph_seed, gs, 32);
+	rc = sa_round_check(&r, why, wl);
+	if (rc)
+		return rc;
+	c->sa.steps = malloc(nt * sizeof *c->sa.steps);
+	c->sa.ids = calloc(r.n, sizeof *c->sa.ids);
+	if (!c->sa.steps || !c->sa.ids)
+		return FL_ENOMEM;
+	for (uint32_t i = 0; i < r.n; i++) {
+		if (strlen(su->participants[i]) > SA_MAX_NODE_ID) {
+			snprintf(why, wl, "participant %u: node id longer than %d", i,
+			         SA_MAX_NODE_ID);
+			return FL_EPROTO;
+		}
+		snprintf(c->sa.ids[i], sizeof c->sa.ids[i], "%s", su->participants[i]);
+	}
+	memcpy(c->sa.steps, su->steps, nt * sizeof *c->sa.steps);
+	c->sa.nt = nt;
+	c->sa.r = r;
+	c->sa.index = idx;
+	c->sa.round_id = rs->round_id;
+	c->sa.clip = su->clip;
+	c->sa.bits = su->level_bits;
+	uint64_t w = (c->cfg.sample_count + su->weight_unit / 2) / su->weight_unit;
+	c->sa.w = (uint32_t)(w < 1 ? 1 : w > su->w_max ? su->w_max : w);
+	c->sa.w_max = su->w_max;
+	c->sa.active = 1;
+	if ((rc = sa_client_new(&r, idx, c->node_id, &c->sa.cl, why, wl)) != 0)
+		return rc;
+	sa_keys k;
+	if ((rc = sa_client_advertise(c->sa.cl, c->cfg.sa_key, c->cfg.sa_cert, &k, why, wl)) != 0)
+		return rc;
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__SecAggKeys mk;
+	saw_keys_to_proto(&k, rs->round_id, &mk);
+	env.body_case = FEDLORA__ENVELOPE__BODY_SECAGG_KEYS;
+	env.secagg_keys = &mk;
+	if ((rc = send_env(c, &env)) != 0) {
+		snprintf(why, wl, "cannot send the keys");
+		return rc;
+	}
+	LOGI("client", "round %" PRIu64 ": secure, index %u of %u, weight %u, %u-bit levels, m %u",
+	     rs->round_id, idx, r.n, c->sa.w, c->sa.bits, r.mod_bits);
+	return 0;
+}
+
+static int sec_round_ok(ncl *c, uint64_t rid, const char *what)
+{
+	if (c->sa.active && c->sa.round_id == rid && c->sa.cl)
+		return 1;
+	LOGW("client", "%s for round %" PRIu64 " ignored: no secure round of that id is open", what,
+	     rid);
+	return 0;
+}
+
+/* Phase 2: the roster; shares to every accepted neighbour. */
+static void sec_on_roster(ncl *c, const Fedlora__SecAggRoster *ro)
+{
+	if (!sec_round_ok(c, ro->round_id, "SecAggRoster"))
+		return;
+	char why[300] = "";
+	uint32_t n = c->sa.r.n;
+	if (c->sa.shared || ro->n_keys > n) {
+		sec_abort(c, "%s", c->sa.shared ? "second roster" : "roster longer than the round");
+		return;
+	}
+	sa_keys *ks = calloc(ro->n_keys ? ro->n_keys : 1, sizeof *ks);
+	if (!ks) {
+		sec_abort(c, "out of memory");
+		return;
+	}
+	uint32_t nk = 0;
+	for (size_t i = 0; i < ro->n_keys; i++) {
+		const Fedlora__SecAggKeys *e = ro->keys[i];
+		if (e->index >= n || saw_keys_from_proto(e, c->sa.ids[e->index], &ks[nk]) != 0) {
+			LOGW("client",
+			     "round %" PRIu64 ": roster entry %zu malformed (index %u); ignored",
+			     ro->round_id, i, e->index);
+			continue;
+		}
+		nk++;
+	}
+	const sa_share *sh = NULL;
+	const sa_refusal *ref = NULL;
+	uint32_t nsh = 0, nref = 0;
+	int rc = sa_client_share(c->sa.cl, ks, nk, c->cfg.sa_ca, &sh, &nsh, &ref, &nref, why,
+	                         sizeof why);
+	for (uint32_t i = 0; i < nref; i++)
+		LOGW("client", "round %" PRIu64 ": neighbour %u (%s) refused: %s", ro->round_id,
+		     ref[i].index, ref[i].index < n ? c->sa.ids[ref[i].index] : "?", ref[i].reason);
+	free(ks);
+	if (rc) {
+		sec_abort(c, "sharing failed: %s", why);
+		return;
+	}
+	Fedlora__SecAggShare *ms, **ps;
+	if (saw_shares_to_proto(sh, nsh, &ms, &ps) != 0) {
+		sec_abort(c, "out of memory");
+		return;
+	}
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__SecAggShares m = FEDLORA__SEC_AGG_SHARES__INIT;
+	m.round_id = ro->round_id;
+	m.n_shares = nsh;
+	m.shares = ps;
+	env.body_case = FEDLORA__ENVELOPE__BODY_SECAGG_SHARES;
+	env.secagg_shares = &m;
+	rc = send_env(c, &env);
+	free(ms);
+	free(ps);
+	if (rc) {
+		sec_abort(c, "cannot send the shares");
+		return;
+	}
+	c->sa.shared = 1;
+}
+
+static void sec_try_mask(ncl *c);
+
+/* Phase 3a: the shares routed to this node. */
+static void sec_on_shares(ncl *c, const Fedlora__SecAggShares *m)
+{
+	if (!sec_round_ok(c, m->round_id, "SecAggShares"))
+		return;
+	if (!c->sa.shared || c->sa.received || m->n_shares > c->sa.r.n) {
+		sec_abort(c, "routed shares out of order or too many");
+		return;
+	}
+	sa_share *sh = NULL;
+	if (saw_shares_from_proto(m->shares, m->n_shares, &sh) != 0) {
+		sec_abort(c, "out of memory");
+		return;
+	}
+	char why[300] = "";
+	const sa_refusal *bad = NULL;
+	uint32_t nbad = 0;
+	int rc =
+	    sa_client_receive(c->sa.cl, sh, (uint32_t)m->n_shares, &bad, &nbad, why, sizeof why);
+	free(sh);
+	for (uint32_t i = 0; i < nbad; i++)
+		LOGW("client", "round %" PRIu64 ": share from %u (%s) refused: %s", m->round_id,
+		     bad[i].index, bad[i].index < c->sa.r.n ? c->sa.ids[bad[i].index] : "?",
+		     bad[i].reason);
+	if (rc) {
+		sec_abort(c, "routed shares: %s", why);
+		return;
+	}
+	c->sa.received = 1;
+	sec_try_mask(c);
+}
+
+static void sec_dump_x(ncl *c)
+{
+	if (!c->cfg.sa_dump_dir)
+		return;
+	char path[1024];
+	snprintf(path, sizeof path, "%s/r%" PRIu64 "-x-%u.bin", c->cfg.sa_dump_dir, c->sa.round_id,
+	         c->sa.index);
+	size_t dim = (size_t)c->sa.r.dim;
+	uint8_t *le = malloc(dim * 4);
+	FILE *fp = le ? fopen(path, "wb") : NULL;
+	if (fp) {
+		for (size_t e = 0; e < dim; e++)
+			for (int b = 0; b < 4; b++)
+				le[4 * e + (size_t)b] = (uint8_t)(c->sa.x[e] >> (8 * b));
+		if (fwrite(le, 4, dim, fp) != dim)
+			LOGE("client", "test dump %s: cannot write", path);
+		fclose(fp);
+	}
+	free(le);
+}
+
+/* Phase 3b: once trained and the shares are in, the masked Update. */
+static void sec_try_mask(ncl *c)
+{
+	if (!c->sa.active || !c->sa.received || !c->sa.x || c->sa.masked)
+		return;
+	char why[300] = "";
+	const uint8_t *packed;
+	size_t len;
+	int rc = sa_client_mask(c->sa.cl, c->sa.x, &packed, &len, why, sizeof why);
+	if (rc) {
+		sec_abort(c, "masking failed: %s", why);
+		if (c->r.active && c->r.id == c->sa.round_id)
+			c->r.st = R_DONE;
+		return;
+	}
+	sec_dump_x(c);
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__Update u = FEDLORA__UPDATE__INIT;
+	const ntr_result *res = &c->r.res;
+	Fedlora__Metric mm[4], *pmm[4];
+	size_t nm = 0;
+	add_metric(mm, pmm, &nm, "train_loss", res->train_loss);
+	if (!isnan(c->r.eval_loss)) {
+		add_metric(mm, pmm, &nm, "eval_loss", c->r.eval_loss);
+		add_metric(mm, pmm, &nm, "eval_version", (double)c->r.version);
+	}
+	u.round_id = c->sa.round_id;
+	u.base_version = c->r.version;
+	u.sample_count = c->sa.w;
+	u.tokens = res->tokens;
+	u.metrics = pmm;
+	u.n_metrics = nm;
+	u.masked.data = (uint8_t *)packed;
+	u.masked.len = len;
+	env.body_case = FEDLORA__ENVELOPE__BODY_UPDATE;
+	env.update = &u;
+	uint8_t *bytes = NULL;
+	size_t blen = 0;
+	if ((rc = encode(c, &env, &bytes, &blen)) != 0) {
+		sec_abort(c, "cannot encode the masked update");
+		return;
+	}
+	drop_upload(c);
+	c->up.active = 1;
+	c->up.round_id = c->sa.round_id;
+	c->up.base_version = c->r.version;
+	c->up.bytes = bytes;
+	c->up.len = blen;
+	c->up.fp32_len = (size_t)(c->sa.r.dim - 1) * sizeof(float) + (blen - len);
+	c->up.residual_new = c->sa.resid;
+	c->sa.resid = NULL;
+	c->sa.masked = 1;
+	c->r.st = R_UPLOAD;
+	LOGI("client",
+	     "round %" PRIu64 ": uploading the masked update (%zu bytes, %u bits x %" PRIu64
+	     " elements)",
+	     c->sa.round_id, blen, c->sa.r.mod_bits, c->sa.r.dim);
+	if (c->welcomed && send_bytes(c, c->up.bytes, c->up.len) == 0)
+		nst_counters_mut(c->st)->updates_sent++;
+	save_state(c);
+}
+
+/* Training done in a secure round: the update on the grid (x), its
+ * residual kept for when the coordinator acknowledges the masked input. */
+static int sec_encode(ncl *c, const tset *delta)
+{
+	const Fedlora__TrainParams *p = &c->r.params;
+	size_t nt = c->sa.nt, k = 0;
+	int rc = FL_ENOMEM;
+	tset *resid = NULL;
+	const tensor **d = calloc(nt ? nt : 1, sizeof *d);
+	tensor **r = calloc(nt ? nt : 1, sizeof *r);
+	uint32_t *x = malloc((size_t)c->sa.r.dim * sizeof *x);
+	if (!d || !r || !x)
+		goto out;
+	if (p->error_feedback && (rc = residual_for(c, delta, c->cfg.lora.ffa, &resid)) != 0)
+		goto out;
+	for (size_t i = 0; i < tset_count(delta); i++) {
+		const tensor *t = tset_at(delta, i);
+		if (!sec_exchanged(c, t))
+			continue;
+		if (k == nt) {
+			rc = FL_EMISMATCH;
+			goto out;
+		}
+		d[k] = t;
+		r[k] = resid ? tset_find(resid, t->name) : NULL;
+		k++;
+	}
+	rc = FL_EMISMATCH;
+	if (k != nt)
+		goto out;
+	uint64_t seed = p->seed ^ (c->cfg.node_seed * 0x9e3779b97f4a7c15ULL) ^ 0x5ecaa99ULL;
+	double norm = 0;
+	rc = sag_encode(d, resid ? r : NULL, nt, c->sa.steps, c->sa.clip, c->sa.bits, c->sa.w,
+	                c->sa.w_max, c->sa.r.mod_bits, seed, x, &norm);
+	if (rc)
+		goto out;
+	LOGD("client", "secure update: norm %.6g, clip %g", norm, c->sa.clip);
+	free(c->sa.x);
+	c->sa.x = x;
+	x = NULL;
+	tset_free(c->sa.resid);
+	c->sa.resid = resid;
+	resid = NULL;
+out:
+	free(d);
+	free(r);
+	free(x);
+	tset_free(resid);
+	return rc;
+}
+
+/* Phase 4: reveal what the coordinator asks, once. */
+static void sec_on_unmask(ncl *c, const Fedlora__SecAggUnmask *m)
+{
+	if (!sec_round_ok(c, m->round_id, "SecAggUnmask"))
+		return;
+	char why[300] = "";
+	if (!c->sa.masked || c->sa.revealed) {
+		sec_abort(c, "unmask request %s",
+		          c->sa.revealed ? "repeated" : "before the masked input");
+		return;
+	}
+	if (m->n_survivors > c->sa.r.n || m->n_dropped > c->sa.r.n) {
+		sec_abort(c, "unmask request longer than the round");
+		return;
+	}
+	const sa_reveal *rv = NULL;
+	uint32_t nrv = 0;
+	int rc = sa_client_reveal(c->sa.cl, m->survivors, (uint32_t)m->n_survivors, m->dropped,
+	                          (uint32_t)m->n_dropped, &rv, &nrv, why, sizeof why);
+	c->sa.revealed = 1;
+	if (rc) {
+		sec_abort(c, "unmask request refused: %s", why);
+		return;
+	}
+	Fedlora__SecAggRevealShare *ms = calloc(nrv ? nrv : 1, sizeof *ms);
+	Fedlora__SecAggRevealShare **ps = calloc(nrv ? nrv : 1, sizeof *ps);
+	if (!ms || !ps) {
+		free(ms);
+		free(ps);
+		sec_abort(c, "out of memory");
+		return;
+	}
+	for (uint32_t i = 0; i < nrv; i++) {
+		fedlora__sec_agg_reveal_share__init(&ms[i]);
+		ms[i].owner = rv[i].owner;
+		ms[i].mask_key = rv[i].is_mask_key != 0;
+		ms[i].share.data = (uint8_t *)rv[i].share;
+		ms[i].share.len = SA_SHARE_LEN;
+		ps[i] = &ms[i];
+	}
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__SecAggReveal r = FEDLORA__SEC_AGG_REVEAL__INIT;
+	r.round_id = m->round_id;
+	r.n_shares = nrv;
+	r.shares = ps;
+	env.body_case = FEDLORA__ENVELOPE__BODY_SECAGG_REVEAL;
+	env.secagg_reveal = &r;
+	if (send_env(c, &env) != 0)
+		LOGW("client", "round %" PRIu64 ": cannot send the reveal", m->round_id);
+	else
+		LOGI("client", "round %" PRIu64 ": revealed %u shares (%zu survivors, %zu dropped)",
+		     m->round_id, nrv, m->n_survivors, m->n_dropped);
+	free(ms);
+	free(ps);
+}
+
 void ncl_on_train_done(ncl *c, uint64_t job_id, int rc, tset *local, const ntr_result *res,
                        uint64_t now_ms)
 {
@@ -1042,6 +1532,21 @@ void ncl_on_train_done(ncl *c, uint64_t job_id, int rc, tset *local, const ntr_r
 	c->r.res = *res;
 	c->r.trained = 1;
 	nst_counters_mut(c->st)->rounds_trained++;
+	if (c->sa.active && c->sa.round_id == c->r.id) {
+		rc = sec_encode(c, local);
+		tset_free(local);
+		if (rc) {
+			sec_abort(c, "cannot put the update on the grid: %s", fl_strerror(rc));
+			c->r.st = R_DONE;
+			return;
+		}
+		c->r.st = R_UPLOAD;
+		LOGI("client", "round %" PRIu64 ": trained (loss %.4f -> %.4f)%s", c->r.id,
+		     res->first_loss, res->train_loss,
+		     c->sa.received ? "" : "; waiting for the neighbours' shares");
+		sec_try_mask(c);
+		return;
+	}
 	rc = build_update(c, local, res);
 	tset_free(local);
 	if (rc) {
@@ -1178,6 +1683,8 @@ static void jint(buf *b, const char *key, uint64_t v)
 
 static void on_round_end(ncl *c, const Fedlora__RoundEnd *e, uint64_t now)
 {
+	if (c->sa.active && c->sa.round_id == e->round_id)
+		sec_reset(c); /* the round's secrets are no longer needed: wiped */
 	if (!c->r.active || c->r.id != e->round_id) {
 		LOGD("client", "RoundEnd of round %" PRIu64 " (not ours)", e->round_id);
 		return;
@@ -1262,6 +1769,15 @@ void ncl_on_envelope(ncl *c, const Fedlora__Envelope *env, size_t wire_len, uint
 		on_round_end(c, env->round_end, now_ms);
 		break;
 	case FEDLORA__ENVELOPE__BODY_HEARTBEAT:
+		break;
+	case FEDLORA__ENVELOPE__BODY_SECAGG_ROSTER:
+		sec_on_roster(c, env->secagg_roster);
+		break;
+	case FEDLORA__ENVELOPE__BODY_SECAGG_SHARES:
+		sec_on_shares(c, env->secagg_shares);
+		break;
+	case FEDLORA__ENVELOPE__BODY_SECAGG_UNMASK:
+		sec_on_unmask(c, env->secagg_unmask);
 		break;
 	case FEDLORA__ENVELOPE__BODY_BYE:
 		LOGI("client", "coordinator says goodbye: %s",

@@ -40,6 +40,8 @@
 #include <stdint.h>
 
 #include "fedlora.pb-c.h"
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 #include "state.h"
 #include "tensor.h"
 #include "trainer_iface.h"
@@ -56,6 +58,13 @@ typedef struct ncl_config {
 	size_t max_msg;           /* cap on one encoded message */
 	uint64_t node_seed;       /* mixes into the stochastic-rounding streams */
 	uint32_t max_local_steps; /* refuse rounds asking more (0: no cap) */
+	/* secure aggregation (borrowed for the ncl's life; all three set: the
+	 * node announces "secagg"): the TLS key signs the round keys, the
+	 * certificate goes with them, the CA verifies the neighbours' */
+	EVP_PKEY *sa_key;
+	X509 *sa_cert;
+	X509_STORE *sa_ca;
+	const char *sa_dump_dir; /* tests only: the grid vector before masking */
 } ncl_config;
 
 enum ncl_job_kind { NCL_JOB_TRAIN = 1, NCL_JOB_EVAL = 2 };

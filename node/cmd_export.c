@@ -39,6 +39,10 @@ static void usage(FILE *f)
 	        "                     peft       adapter_model.safetensors + adapter_config.json\n"
 	        "                     merged     GGUF model with W + s*B*A in every target\n"
 	        "  --out PATH         output file (gguf-lora, merged) or directory (peft)\n"
+	        "  --base-model-id ID peft: base_model_name_or_path, the Hugging Face id of\n"
+	        "                     the base (e.g. Qwen/Qwen2-0.5B); default: the GGUF's\n"
+	        "                     general.source.huggingface.repository (or a huggingface.co\n"
+	        "                     general.source.repo_url/url), else general.name\n"
 	        "  --type T           gguf-lora: f32 (default) or f16; merged: f32, f16, q8_0,\n"
 	        "                     q4_0 for every matrix (default: the base's type)\n"
 	        "  --quantize Q       merged only: gptq-q4_0, gptq-q8_0 (GPTQ, needs --calib),\n"
@@ -64,7 +68,7 @@ static void usage(FILE *f)
 }
 
 typedef struct opts {
-	const char *model, *adapter, *format, *out, *calib, *type_s, *quant;
+	const char *model, *adapter, *format, *out, *calib, *type_s, *quant, *base_id;
 	int calib_seqs, calib_ctx, gptq_block, batch, threads, verbose, rank, rslora, has_alpha;
 	float alpha, damp;
 } opts;
@@ -81,6 +85,8 @@ static int parse(int argc, char **argv, opts *o)
 			rc = r < 0 ? CLI_USAGE : (o->model = v, 0);
 		else if ((r = cmdu_opt(CMD, argc, argv, &i, "--adapter", &v)) != 0)
 			rc = r < 0 ? CLI_USAGE : (o->adapter = v, 0);
+		else if ((r = cmdu_opt(CMD, argc, argv, &i, "--base-model-id", &v)) != 0)
+			rc = r < 0 ? CLI_USAGE : (o->base_id = v, 0);
 		else if ((r = cmdu_opt(CMD, argc, argv, &i, "--format", &v)) != 0)
 			rc = r < 0 ? CLI_USAGE : (o->format = v, 0);
 		else if ((r = cmdu_opt(CMD, argc, argv, &i, "--out", &v)) != 0)
@@ -292,8 +298,9 @@ int cmd_export(int argc, char **argv)
 	}
 	if (fmt == F_GGUF_LORA || fmt == F_PEFT) {
 		uint32_t t = type == EXP_TYPE_KEEP ? GTYPE_F32 : type;
-		rc = fmt == F_GGUF_LORA ? gguf_lora_write(ad, base, &p, t, o.out, why, sizeof why)
-		                        : peft_write_base(ad, base, &p, o.out, why, sizeof why);
+		rc = fmt == F_GGUF_LORA
+		         ? gguf_lora_write(ad, base, &p, t, o.out, why, sizeof why)
+		         : peft_write_base(ad, base, &p, o.base_id, o.out, why, sizeof why);
 		if (rc != 0) {
 			fprintf(stderr, "fedlora-node export: %s\n", why);
 			goto out;

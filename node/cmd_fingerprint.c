@@ -6,6 +6,7 @@
 
 #include "cli.h"
 #include "err.h"
+#include "gguf.h"
 #include "modelfp.h"
 #include "sha.h"
 
@@ -34,8 +35,18 @@ int cmd_fingerprint(int argc, char **argv)
 		fprintf(stderr, "fingerprint: --model M.gguf is required\n");
 		return CLI_USAGE;
 	}
+	/* opened here first so that a bad file is reported once, in this
+	 * command's words (mfp_compute would log the reason, then fail) */
+	char err[512];
+	gguf *g = NULL;
+	int rc = gguf_open(model, &g, err, sizeof err);
+	if (rc) {
+		fprintf(stderr, "fingerprint: %s: %s\n", model, err);
+		return CLI_FAIL;
+	}
+	gguf_free(g);
 	uint8_t fp[MFP_LEN];
-	int rc = mfp_compute(model, fp);
+	rc = mfp_compute(model, fp);
 	if (rc) {
 		fprintf(stderr, "fingerprint: %s: %s\n", model, fl_strerror(rc));
 		return CLI_FAIL;

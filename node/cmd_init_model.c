@@ -368,7 +368,8 @@ static int add_vocab(gguf_writer *w, const opts *o, int *n_vocab)
 	char err[256];
 	int rc = gguf_open(o->vocab_from, &src, err, sizeof err);
 	if (rc != 0) {
-		fprintf(stderr, "fedlora-node init-model: --vocab-from: %s\n", err);
+		fprintf(stderr, "fedlora-node init-model: --vocab-from %s: %s\n", o->vocab_from,
+		        err);
 		return rc;
 	}
 	const gguf_str *toks;

@@ -29,60 +29,67 @@
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-	        "Usage: fedlora-node train --model M.gguf --data FILE --out DIR [options]\n"
-	        "\n"
-	        "Fine-tunes a LoRA adapter (default) or every weight (--full) of a GGUF model on\n"
-	        "a local text or JSONL file, on the CPU. Writes DIR/adapter_model.safetensors and\n"
-	        "DIR/adapter_config.json (PEFT), or with --full DIR/model.gguf (F32).\n"
-	        "\n"
-	        "Data (docs/TRAINING.md): plain text; JSONL with {\"text\": ...}; JSONL with\n"
-	        "{\"instruction\", \"input\", \"output\"} (loss on the response only).\n"
-	        "\n"
-	        "  --model PATH        base GGUF model (llama or qwen2)\n"
-	        "  --data PATH         training data\n"
-	        "  --out DIR           output directory (created)\n"
-	        "  --format F          auto|text|jsonl (default auto: .jsonl/.json are JSONL)\n"
-	        "  --steps N           optimiser steps\n"
-	        "  --epochs E          passes over the data instead of --steps (default 1)\n"
-	        "  --lr X              peak learning rate (default 1e-3)\n"
-	        "  --schedule S        constant|cosine (default cosine)\n"
-	        "  --warmup N          linear warmup steps (default steps/20)\n"
-	        "  --min-lr-ratio X    cosine floor as a fraction of --lr (default 0.1)\n"
-	        "  --batch B           sequences per micro-batch (default 4)\n"
-	        "  --accum K           micro-batches per step (default 1)\n"
-	        "  --ctx N             tokens per sequence (default min(256, context_length))\n"
-	        "  --weight-decay X    AdamW decoupled weight decay (default 0)\n"
-	        "  --clip X            global gradient-norm clip, 0 = off (default 1)\n"
-	        "  --rank R            LoRA rank (default 8)\n"
-	        "  --alpha A           LoRA alpha (default 2 * rank)\n"
-	        "  --targets LIST      attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down\n"
-	        "                      or all (default all)\n"
-	        "  --rslora            scale alpha/sqrt(r) instead of alpha/r\n"
-	        "  --ffa               FFA-LoRA: lora_a frozen, only lora_b trains\n"
-	        "  --init PATH         start from this adapter (PEFT dir, GGUF LoRA, safetensors)\n"
-	        "  --full              train every weight (F32) and write DIR/model.gguf\n"
-	        "  --checkpoint        activation checkpointing: keep one activation per layer\n"
-	        "                      and recompute the rest in the backward pass (about 1/3\n"
-	        "                      more compute, a fraction of the activation memory)\n"
-	        "  --base-quant Q      none|q8_0|q4_0: quantize the base at load (QLoRA)\n"
-	        "  --holdout F         fraction of the data held out for evaluation\n"
-	        "                      (default 0, or 0.05 with --eval-every)\n"
-	        "  --eval-data PATH    held-out data file instead of --holdout\n"
-	        "  --eval-every N      held-out NLL every N steps (default 0: at the end only)\n"
-	        "  --eval-tokens N     at most N held-out tokens per evaluation (default 65536)\n"
-	        "  --seed S            data order, held-out choice, adapter init (default 1)\n"
-	        "  --threads N         threads (default: OpenMP default)\n"
-	        "  --log-every N       log line every N steps when not on a terminal\n"
-	        "                      (default: about 20 lines per run)\n"
-	        "  --quiet             no progress output\n");
+	fprintf(
+	    f, "Usage: fedlora-node train --model M.gguf --data FILE --out DIR [options]\n"
+	       "\n"
+	       "Fine-tunes a LoRA adapter (default) or every weight (--full) of a GGUF model on\n"
+	       "a local text or JSONL file, on the CPU. Writes DIR/adapter_model.safetensors and\n"
+	       "DIR/adapter_config.json (PEFT), or with --full DIR/model.gguf (F32).\n"
+	       "\n"
+	       "Data (docs/TRAINING.md): plain text; JSONL with {\"text\": ...}; JSONL with\n"
+	       "{\"instruction\", \"input\", \"output\"} (loss on the response only).\n"
+	       "\n"
+	       "  --model PATH        base GGUF model (llama, qwen2 or qwen3)\n"
+	       "  --data PATH         training data\n"
+	       "  --out DIR           output directory (created)\n"
+	       "  --format F          auto|text|jsonl (default auto: .jsonl/.json are JSONL)\n"
+	       "  --steps N           optimiser steps\n"
+	       "  --epochs E          passes over the data instead of --steps (default 1)\n"
+	       "  --lr X              peak learning rate (default 1e-3)\n"
+	       "  --schedule S        constant|cosine (default cosine)\n"
+	       "  --warmup N          linear warmup steps (default steps/20)\n"
+	       "  --min-lr-ratio X    cosine floor as a fraction of --lr (default 0.1)\n"
+	       "  --batch B           sequences per micro-batch (default 4)\n"
+	       "  --accum K           micro-batches per step (default 1)\n"
+	       "  --ctx N             tokens per sequence (default min(256, context_length))\n"
+	       "  --weight-decay X    AdamW decoupled weight decay (default 0)\n"
+	       "  --clip X            global gradient-norm clip, 0 = off (default 1)\n"
+	       "  --rank R            LoRA rank (default 8)\n"
+	       "  --alpha A           LoRA alpha (default 2 * rank)\n"
+	       "  --targets LIST      attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down\n"
+	       "                      or all (default all)\n"
+	       "  --rslora            scale alpha/sqrt(r) instead of alpha/r\n"
+	       "  --ffa               FFA-LoRA: lora_a frozen, only lora_b trains\n"
+	       "  --dump-grads FILE   write the first step's adapter gradients (before\n"
+	       "                      clipping) to FILE (safetensors, canonical names)\n"
+	       "  --base-model-id ID  base_model_name_or_path of the PEFT output (default:\n"
+	       "                      the GGUF's Hugging Face id or general.name)\n"
+	       "  --init PATH         start from this adapter (PEFT dir, GGUF LoRA, safetensors);\n"
+	       "                      its rank, targets, alpha and rsLoRA unless given\n"
+	       "  --full              train every weight (F32) and write DIR/model.gguf\n"
+	       "  --checkpoint        activation checkpointing: keep one activation per layer\n"
+	       "                      and recompute the rest in the backward pass (about 1/3\n"
+	       "                      more compute, a fraction of the activation memory)\n"
+	       "  --base-quant Q      none|q8_0|q4_0: quantize the base at load (QLoRA)\n"
+	       "  --holdout F         fraction of the data held out for evaluation\n"
+	       "                      (default 0, or 0.05 with --eval-every)\n"
+	       "  --eval-data PATH    held-out data file instead of --holdout\n"
+	       "  --eval-every N      held-out NLL every N steps (default 0: at the end only)\n"
+	       "  --eval-tokens N     at most N held-out tokens per evaluation (default 65536)\n"
+	       "  --seed S            data order, held-out choice, adapter init (default 1)\n"
+	       "  --threads N         threads (default: OpenMP default)\n"
+	       "  --log-every N       log line every N steps when not on a terminal\n"
+	       "                      (default: about 20 lines per run)\n"
+	       "  --quiet             no progress output\n");
 }
 
 typedef struct opts {
-	const char *model, *data, *out, *init, *eval_data, *base_quant, *targets;
+	const char *model, *data, *out, *init, *eval_data, *base_quant, *targets, *base_id;
+	const char *dump_grads;
 	int format, steps, batch, accum, ctx, rank, warmup, eval_every, threads, log_every;
 	int have_steps, have_epochs, have_alpha, have_warmup, have_holdout, rslora, ffa, full;
 	int checkpoint;
+	int have_rank;
 	int sched, quiet;
 	float epochs, lr, min_lr_ratio, wd, clip, alpha, holdout;
 	uint64_t seed, eval_tokens;
@@ -98,7 +105,7 @@ static int parse(int argc, char **argv, opts *o)
 	o->min_lr_ratio = 0.1f;
 	o->batch = 4;
 	o->accum = 1;
-	o->rank = 8;
+	o->rank = 0; /* 0: not given (8, or the --init adapter's) */
 	o->clip = 1.0f;
 	o->seed = 1;
 	o->eval_tokens = 65536;
@@ -128,6 +135,8 @@ static int parse(int argc, char **argv, opts *o)
 		STR("--data", data);
 		STR("--out", out);
 		STR("--init", init);
+		STR("--base-model-id", base_id);
+		STR("--dump-grads", dump_grads);
 		STR("--eval-data", eval_data);
 		STR("--base-quant", base_quant);
 		STR("--targets", targets);
@@ -208,13 +217,17 @@ static int parse(int argc, char **argv, opts *o)
 		return cmdu_usage(CMD, "give --steps or --epochs, not both");
 	if (o->full && (o->base_quant && strcmp(o->base_quant, "none") != 0))
 		return cmdu_usage(CMD, "--full trains f32 weights; --base-quant is for LoRA");
-	if (o->full && (o->init || o->ffa || o->rslora || o->targets))
-		return cmdu_usage(CMD,
-		                  "--full takes no LoRA option (--init --ffa --rslora --targets)");
+	if (o->full &&
+	    (o->init || o->ffa || o->rslora || o->targets || o->base_id || o->dump_grads))
+		return cmdu_usage(CMD, "--full takes no LoRA option (--init --ffa --rslora "
+		                       "--targets --base-model-id --dump-grads)");
 	if (o->eval_data && o->have_holdout)
 		return cmdu_usage(CMD, "give --eval-data or --holdout, not both");
 	if (!o->have_holdout && o->eval_every > 0 && !o->eval_data)
 		o->holdout = 0.05f;
+	o->have_rank = o->rank != 0;
+	if (!o->have_rank)
+		o->rank = 8;
 	if (!o->have_alpha)
 		o->alpha = 2.0f * (float)o->rank;
 	return 0;
@@ -378,6 +391,42 @@ int cmd_train(int argc, char **argv)
 			goto out;
 		}
 	}
+	if (!o.full && o.init) {
+		/* rank, targets, alpha and rsLoRA come from the file unless given
+		 * here; what is given must match it */
+		lfmt_override ov = {.has_alpha = o.have_alpha,
+		                    .alpha = o.alpha,
+		                    .rank = o.have_rank ? spec.rank : 0,
+		                    .rslora = o.rslora ? 1 : -1};
+		lora_spec lp;
+		char why[256];
+		if ((rc = lfmt_load(o.init, trn_base_gguf(base), &ov, &ad, &lp, why, sizeof why)) !=
+		    0) {
+			fprintf(stderr, "fedlora-node train: --init %s: %s\n", o.init, why);
+			goto out;
+		}
+		if (!o.targets) {
+			spec.targets = 0;
+			for (size_t i = 0; i < tset_count(ad); i++) {
+				uint32_t l;
+				int tg, is_b;
+				if (lora_parse_name(tset_at(ad, i)->name, &l, &tg, &is_b) == 0)
+					spec.targets |= 1u << tg;
+			}
+		}
+		spec.rank = lp.rank;
+		if ((rc = adp_check(c, &spec, ad, err, sizeof err)) != 0) {
+			fprintf(stderr,
+			        "fedlora-node train: --init %s does not match --targets: %s\n",
+			        o.init, err);
+			goto out;
+		}
+		spec.alpha = lp.alpha;
+		spec.rslora = lp.rslora;
+		o.rank = (int)lp.rank;
+		o.alpha = lp.alpha;
+		o.rslora = lp.rslora;
+	}
 	trn_opts to = {.full = o.full,
 	               .checkpoint = o.checkpoint,
 	               .lora = spec,
@@ -388,48 +437,11 @@ int cmd_train(int argc, char **argv)
 		fprintf(stderr, "fedlora-node train: %s\n", err);
 		goto out;
 	}
-	if (!o.full) {
-		if (o.init) {
-			/* alpha and rsLoRA come from the file unless given here */
-			lfmt_override ov = {.has_alpha = o.have_alpha,
-			                    .alpha = o.alpha,
-			                    .rank = spec.rank,
-			                    .rslora = o.rslora ? 1 : -1};
-			lora_spec lp;
-			char why[256];
-			if ((rc = lfmt_load(o.init, trn_base_gguf(base), &ov, &ad, &lp, why,
-			                    sizeof why)) != 0) {
-				fprintf(stderr, "fedlora-node train: --init %s: %s\n", o.init, why);
-				goto out;
-			}
-			if ((rc = adp_check(c, &spec, ad, err, sizeof err)) != 0) {
-				fprintf(stderr,
-				        "fedlora-node train: --init %s does not match "
-				        "--rank/--targets: "
-				        "%s\n",
-				        o.init, err);
-				goto out;
-			}
-			if (lp.alpha != spec.alpha || lp.rslora != spec.rslora) {
-				/* the trainer's scale must be the file's: rebuild it */
-				spec.alpha = lp.alpha;
-				spec.rslora = lp.rslora;
-				o.alpha = lp.alpha;
-				o.rslora = lp.rslora;
-				trn_free(tr);
-				tr = NULL;
-				to.lora = spec;
-				if ((rc = trn_new(base, &to, &tr, err, sizeof err)) != 0) {
-					fprintf(stderr, "fedlora-node train: %s\n", err);
-					goto out;
-				}
-			}
-		} else if ((rc = trn_adapter_init(tr, o.seed, &ad)) != 0) {
-			fprintf(stderr, "fedlora-node train: adapter init: %s\n", fl_strerror(rc));
-			goto out;
-		}
+	if (!o.full && !o.init && (rc = trn_adapter_init(tr, o.seed, &ad)) != 0) {
+		fprintf(stderr, "fedlora-node train: adapter init: %s\n", fl_strerror(rc));
+		goto out;
 	}
-	if ((rc = file_mkdirs(o.out)) != 0) {
+	if ((rc = file_mkdirs_public(o.out)) != 0) {
 		fprintf(stderr, "fedlora-node train: --out %s: %s\n", o.out, fl_strerror(rc));
 		goto out;
 	}
@@ -471,6 +483,7 @@ int cmd_train(int argc, char **argv)
 	h.weight_decay = o.wd;
 	h.max_grad_norm = o.clip;
 	h.seed = o.seed;
+	h.dump_grads = o.dump_grads;
 	prog pg = {.o = &o,
 	           .tr = tr,
 	           .eval = ev_ds,
@@ -510,8 +523,8 @@ int cmd_train(int argc, char **argv)
 		}
 		printf("wrote   %s\n", path);
 	} else {
-		if ((rc = trn_adapter_save_peft(ad, &spec, trn_base_gguf(base), o.out, err,
-		                                sizeof err)) != 0) {
+		if ((rc = trn_adapter_save_peft(ad, &spec, trn_base_gguf(base), o.base_id, o.out,
+		                                err, sizeof err)) != 0) {
 			fprintf(stderr, "fedlora-node train: %s\n", err);
 			goto out;
 		}

@@ -176,22 +176,31 @@ static size_t line_of(const char *p, size_t off)
 
 /* ---- plain text --------------------------------------------------------------- */
 
-static int parse_text(const char *name, const char *p, size_t n, const tok *tk, ds *all, char *err,
-                      size_t errlen)
+int ds_text_check(const char *name, const void *data, size_t n, char *err, size_t errlen)
 {
+	const char *p = data;
 	size_t bad, i;
 	for (i = 0; i < n && isspace((unsigned char)p[i]); i++)
 		;
 	if (i == n)
-		return fl_fail(err, errlen, FL_EFORMAT,
-		               "%s: the file is empty (no text to train on)", name);
+		return fl_fail(err, errlen, FL_EFORMAT, "%s: the file is empty (no text in it)",
+		               name);
 	if (!ds_utf8_valid(p, n, &bad))
 		return fl_fail(err, errlen, FL_EFORMAT,
 		               "%s:%zu: not valid UTF-8 (byte 0x%02x at file offset %zu)", name,
 		               line_of(p, bad), (unsigned)(uint8_t)p[bad], bad);
+	return 0;
+}
+
+static int parse_text(const char *name, const char *p, size_t n, const tok *tk, ds *all, char *err,
+                      size_t errlen)
+{
+	int rc = ds_text_check(name, p, n, err, errlen);
+	if (rc != 0)
+		return rc;
 	int32_t *ids = NULL;
 	size_t cnt = 0;
-	int rc = encode(tk, p, n, TOK_ADD_SPECIAL, &ids, &cnt);
+	rc = encode(tk, p, n, TOK_ADD_SPECIAL, &ids, &cnt);
 	if (rc != 0)
 		return fl_fail(err, errlen, rc, "%s: cannot tokenize: %s", name, fl_strerror(rc));
 	const int32_t bos = tok_bos(tk);
@@ -562,7 +571,7 @@ int ds_load(const char *path, const tok *tk, const ds_opts *o, ds **train, ds **
 	int rc = file_read_all(path, DS_MAX_FILE, &p, &n);
 	if (rc != 0)
 		return fl_fail(err, errlen, rc, "%s: %s", path,
-		               rc == FL_ETOOBIG ? "larger than the 1 GiB cap" : fl_strerror(rc));
+		               rc == FL_ETOOBIG ? "larger than the 1 GiB cap" : file_why(path, rc));
 	rc = ds_parse(path, p, n, tk, o, train, heldout, err, errlen);
 	free(p);
 	return rc;

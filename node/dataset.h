@@ -88,4 +88,10 @@ int ds_window_index(const ds *d, int ctx, uint32_t **idx, size_t *n);
  * the offset of the first offending byte. */
 int ds_utf8_valid(const void *p, size_t n, size_t *bad);
 
+/* The checks every plain-text input gets (training data, `eval --data`):
+ * FL_EFORMAT with "<name>: the file is empty (no text in it)" when it holds
+ * only white space, or "<name>:<line>: not valid UTF-8 (byte 0x.. at file
+ * offset N)" for binary or mis-encoded bytes. 0 when it is text. */
+int ds_text_check(const char *name, const void *p, size_t n, char *err, size_t errlen);
+
 #endif

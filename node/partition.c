@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 #include <limits.h>
+#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,9 +67,10 @@ static void keytab_fini(keytab *kt)
 
 /* Text: paragraphs separated by one or more blank lines. */
 static int split_text(const char *d, size_t n, const part_opts *o, keytab *kt, rec **out,
-                      size_t *nout)
+                      size_t *nout, const regex_t *re)
 {
 	size_t cap = 1024, cnt = 0;
+	uint32_t doc = 0;
 	rec *r = malloc(cap * sizeof *r);
 	if (!r)
 		return FL_ENOMEM;
@@ -102,7 +104,30 @@ static int split_text(const char *d, size_t n, const part_opts *o, keytab *kt, r
 		memset(x, 0, sizeof *x);
 		x->p = d + start;
 		x->n = i - start;
-		if (o->key) {
+		if (o->key && strcmp(o->key, "document") == 0) {
+			const char *e = memchr(x->p, '\n', x->n);
+			size_t l = e ? (size_t)(e - x->p) : x->n;
+			int starts;
+			if (re) {
+				char line[512];
+				size_t k = l < sizeof line - 1 ? l : sizeof line - 1;
+				memcpy(line, x->p, k);
+				line[k] = 0;
+				starts = regexec(re, line, 0, NULL, 0) == 0;
+			} else {
+				starts =
+				    (cnt - 1) % (size_t)(o->doc_size > 0 ? o->doc_size : 50) == 0;
+			}
+			if (starts && cnt > 1)
+				doc++;
+			char name[32];
+			int m = snprintf(name, sizeof name, "doc-%u", doc);
+			int rc = key_index(kt, name, (size_t)m, &x->key);
+			if (rc) {
+				free(r);
+				return rc;
+			}
+		} else if (o->key) {
 			const char *e = memchr(x->p, '\n', x->n);
 			size_t l = e ? (size_t)(e - x->p) : x->n;
 			if (l && x->p[l - 1] == ':')
@@ -321,9 +346,11 @@ out:
 	return rc;
 }
 
-/* Holds out a seeded random fraction of each shard's records. */
+/* Holds out a seeded random fraction of each shard's records; with key
+ * "document", the shard's last records in file order (its tail). */
 static int pick_holdout(rec *r, size_t cnt, const part_opts *o, rng *g)
 {
+	const int tail = o->key && !o->jsonl && strcmp(o->key, "document") == 0;
 	uint32_t *mine = malloc((cnt ? cnt : 1) * sizeof *mine);
 	if (!mine)
 		return FL_ENOMEM;
@@ -337,6 +364,11 @@ static int pick_holdout(rec *r, size_t cnt, const part_opts *o, rng *g)
 			h = 1;
 		if (h >= m && m > 0)
 			h = m - 1; /* keep at least one training record */
+		if (tail) {
+			for (size_t i = m - h; i < m; i++)
+				r[mine[i]].eval = 1;
+			continue;
+		}
 		rng_shuffle_u32(g, mine, m);
 		for (size_t i = 0; i < h; i++)
 			r[mine[i]].eval = 1;
@@ -412,6 +444,10 @@ static int write_manifest(const part_opts *o, const part_shard *sh, size_t cnt, 
 	cJSON_AddStringToObject(root, "input", o->input);
 	cJSON_AddStringToObject(root, "mode", modes[o->mode]);
 	cJSON_AddStringToObject(root, "key", o->key ? o->key : "");
+	if (o->doc_start)
+		cJSON_AddStringToObject(root, "doc_start", o->doc_start);
+	if (o->key && strcmp(o->key, "document") == 0 && !o->doc_start)
+		cJSON_AddNumberToObject(root, "doc_size", o->doc_size > 0 ? o->doc_size : 50);
 	cJSON_AddNumberToObject(root, "alpha", o->alpha);
 	cJSON_AddNumberToObject(root, "holdout", o->holdout);
 	cJSON_AddNumberToObject(root, "seed", (double)o->seed);
@@ -456,9 +492,26 @@ int part_run(const part_opts *o, part_shard **shards)
 		     "this mode needs --key (\"speaker\" for text, a field for JSONL)");
 		return FL_EINVAL;
 	}
-	if (!o->jsonl && o->key && strcmp(o->key, "speaker") != 0) {
-		LOGE("partition", "text input supports only --key speaker");
+	if (!o->jsonl && o->key && strcmp(o->key, "speaker") != 0 &&
+	    strcmp(o->key, "document") != 0) {
+		LOGE("partition", "text input supports --key speaker or --key document");
 		return FL_EINVAL;
+	}
+	if ((o->doc_start || o->doc_size) && !(o->key && strcmp(o->key, "document") == 0)) {
+		LOGE("partition", "--doc-start and --doc-size go with --key document");
+		return FL_EINVAL;
+	}
+	regex_t re;
+	int have_re = 0;
+	if (o->doc_start) {
+		int e = regcomp(&re, o->doc_start, REG_EXTENDED | REG_NOSUB);
+		if (e) {
+			char msg[128];
+			regerror(e, &re, msg, sizeof msg);
+			LOGE("partition", "--doc-start '%s': %s", o->doc_start, msg);
+			return FL_EINVAL;
+		}
+		have_re = 1;
 	}
 	if (o->mode == PART_DIRICHLET && !(o->alpha > 0)) {
 		LOGE("partition", "--alpha must be > 0");
@@ -471,11 +524,15 @@ int part_run(const part_opts *o, part_shard **shards)
 	part_shard *sh = NULL;
 	int rc = file_read_all(o->input, PART_MAX_INPUT, &data, &n);
 	if (rc) {
-		LOGE("partition", "cannot read %s: %s", o->input, fl_strerror(rc));
+		LOGE("partition", "cannot read %s: %s", o->input, file_why(o->input, rc));
+		if (have_re)
+			regfree(&re);
 		return rc;
 	}
 	rc = o->jsonl ? split_jsonl((const char *)data, n, o, &kt, &r, &cnt)
-	              : split_text((const char *)data, n, o, &kt, &r, &cnt);
+	              : split_text((const char *)data, n, o, &kt, &r, &cnt, have_re ? &re : NULL);
+	if (have_re)
+		regfree(&re);
 	if (rc)
 		goto out;
 	if (cnt < (size_t)o->nodes) {
@@ -525,7 +582,13 @@ static void part_usage(FILE *f)
 	    "  --out DIR        writes DIR/node-NNN/{train,eval}.{txt,jsonl}, DIR/partition.json\n"
 	    "  --nodes N        number of shards\n"
 	    "  --mode M         iid (default) | dirichlet | by-key\n"
-	    "  --key K          'speaker' for text (\"ROMEO:\" lines), a field name for JSONL\n"
+	    "  --key K          text: 'speaker' (\"ROMEO:\" lines) or 'document' (prose:\n"
+	    "                   whole documents go to shards, each shard's last records\n"
+	    "                   are its held-out part); JSONL: a field name\n"
+	    "  --doc-start RE   --key document: a paragraph whose first line matches RE\n"
+	    "                   (POSIX extended) starts a document (e.g. '^CHAPTER ')\n"
+	    "  --doc-size N     --key document without --doc-start: every N paragraphs\n"
+	    "                   (default 50)\n"
 	    "  --alpha A        Dirichlet concentration (default 0.5; large = close to IID)\n"
 	    "  --holdout F      fraction of each shard held out (default 0.1)\n"
 	    "  --seed S         seed (default 1)\n"
@@ -580,6 +643,15 @@ int part_main(int argc, char **argv)
 			}
 		} else if (strcmp(a, "--key") == 0) {
 			o.key = v;
+		} else if (strcmp(a, "--doc-start") == 0) {
+			o.doc_start = v;
+		} else if (strcmp(a, "--doc-size") == 0) {
+			if (cfg_parse_int(v, &iv) || iv < 1 || iv > 1000000) {
+				fprintf(stderr,
+				        "partition: --doc-size '%s' must be in 1..1000000\n", v);
+				return CLI_USAGE;
+			}
+			o.doc_size = (int)iv;
 		} else if (strcmp(a, "--alpha") == 0) {
 			if (cfg_parse_double(v, &dv) || dv <= 0) {
 				fprintf(stderr, "partition: --alpha '%s' must be a number > 0\n",

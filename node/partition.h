@@ -19,9 +19,18 @@ typedef struct part_opts {
 	const char *out_dir;
 	int nodes;
 	enum part_mode mode;
-	const char *key; /* "speaker" for text, a field name for JSONL; NULL for IID */
-	double alpha;    /* Dirichlet concentration */
-	double holdout;  /* fraction of each shard held out for evaluation */
+	const char *key; /* "speaker" or "document" for text, a field name for
+	                  * JSONL; NULL for IID */
+	/* key "document" (prose without speakers): a document starts at a
+	 * paragraph whose first line matches doc_start (POSIX extended regular
+	 * expression), or, without doc_start, every doc_size paragraphs (0:
+	 * 50). Whole documents go to shards, and each shard's held-out part is
+	 * its tail (its last records in file order), not a random sample, so
+	 * no held-out paragraph sits between training paragraphs of its story. */
+	const char *doc_start;
+	int doc_size;
+	double alpha;   /* Dirichlet concentration */
+	double holdout; /* fraction of each shard held out for evaluation */
 	uint64_t seed;
 	int jsonl; /* input format */
 	int quiet; /* no table on stdout */

@@ -15,6 +15,9 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 #include "chan.h"
 #include "cli.h"
 #include "client.h"
@@ -344,7 +347,49 @@ typedef struct runner {
 	int stopping;
 	uint64_t stop_at;
 	uint64_t kill_on_upload; /* test hook (FEDLORA_TEST_KILL_ON_UPLOAD=round) */
+	/* secure aggregation: the TLS key and certificate sign the round keys,
+	 * the CA verifies the neighbours' (loaded from the tls.* files) */
+	EVP_PKEY *sa_key;
+	X509 *sa_cert;
+	X509_STORE *sa_ca;
 } runner;
+
+/* Loads tls.key, the first certificate of tls.cert and tls.ca for secure
+ * aggregation. On failure the node simply does not announce "secagg"
+ * (logged); the channel reports unusable files itself. */
+static void sa_load(runner *r)
+{
+	cfg *c = r->cfg;
+	FILE *fk = fopen(cfg_str(c, "tls.key"), "r");
+	FILE *fc = fopen(cfg_str(c, "tls.cert"), "r");
+	FILE *fa = fopen(cfg_str(c, "tls.ca"), "r");
+	X509 *ca = NULL;
+	if (fk)
+		r->sa_key = PEM_read_PrivateKey(fk, NULL, NULL, NULL);
+	if (fc)
+		r->sa_cert = PEM_read_X509(fc, NULL, NULL, NULL);
+	if (fa)
+		ca = PEM_read_X509(fa, NULL, NULL, NULL);
+	r->sa_ca = X509_STORE_new();
+	if (!r->sa_key || !r->sa_cert || !ca || !r->sa_ca ||
+	    X509_STORE_add_cert(r->sa_ca, ca) != 1) {
+		LOGW("run", "TLS key, certificate or CA not readable for secure aggregation; the "
+		            "node will not announce \"secagg\"");
+		EVP_PKEY_free(r->sa_key);
+		X509_free(r->sa_cert);
+		X509_STORE_free(r->sa_ca);
+		r->sa_key = NULL;
+		r->sa_cert = NULL;
+		r->sa_ca = NULL;
+	}
+	X509_free(ca);
+	if (fk)
+		fclose(fk);
+	if (fc)
+		fclose(fc);
+	if (fa)
+		fclose(fa);
+}
 
 static int base_fingerprint(runner *r, uint8_t fp[32], char *err, size_t el)
 {
@@ -513,7 +558,8 @@ static void on_chan_event(runner *r, chan_event *ev)
 		if (ev->was_up)
 			ncl_on_down(r->cl, now, ev->why);
 		else
-			LOGI("run", "connection attempt failed: %s", ev->why);
+			/* the channel has logged the reason as a warning */
+			LOGD("run", "connection attempt failed: %s", ev->why);
 		break;
 	}
 	chan_event_fini(ev);
@@ -670,7 +716,10 @@ static int open_trainer(runner *r, ntr_spec *spec, char *err, size_t el)
 		return FL_ECONFIG;
 	}
 	if (strcmp(r->ops->name, "synth") != 0 && (!spec->model_path || !spec->train_path)) {
-		snprintf(err, el, "the %s trainer needs model.path and data.train", r->ops->name);
+		snprintf(err, el, "%s is not set: the %s trainer needs it ([%s] %s = PATH)",
+		         !spec->model_path ? "model.path" : "data.train", r->ops->name,
+		         !spec->model_path ? "model" : "data",
+		         !spec->model_path ? "path" : "train");
 		return FL_ECONFIG;
 	}
 	rc = r->ops->open(spec, &r->tr, err, el);
@@ -849,6 +898,14 @@ int nrun_main(int argc, char **argv)
 	nc.max_msg = r.max_msg;
 	nc.node_seed = spec.seed;
 	nc.max_local_steps = spec.max_steps;
+	const char *nosa = getenv("FEDLORA_TEST_NO_SECAGG"); /* tests: an old node */
+	if (!(nosa && *nosa == '1'))
+		sa_load(&r);
+	nc.sa_key = r.sa_key;
+	nc.sa_cert = r.sa_cert;
+	nc.sa_ca = r.sa_ca;
+	const char *sad = getenv("FEDLORA_TEST_SECAGG_DUMP"); /* tests only */
+	nc.sa_dump_dir = sad && *sad ? sad : NULL;
 	if ((rc = ncl_new(&nc, r.st, &r.cl)) != 0)
 		goto out;
 	if (nst_residual(r.st)) {
@@ -910,6 +967,9 @@ out:
 		zmq_close(net_pair);
 	}
 	ncl_free(r.cl);
+	EVP_PKEY_free(r.sa_key);
+	X509_free(r.sa_cert);
+	X509_STORE_free(r.sa_ca);
 	if (r.zctx)
 		zmq_ctx_term(r.zctx);
 	nst_free(r.st);

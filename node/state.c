@@ -68,6 +68,8 @@ static int counter_defs(nst_counters *c, kvdef *d)
 
 int nst_save(nst *s)
 {
+	if (!s->dir)
+		return 0;
 	buf b;
 	buf_init(&b, NST_MAX_STATE);
 	char line[256], hex[65];
@@ -290,6 +292,8 @@ static int save_adapter(const nst *s, const char *name, const tset *t, const cha
                         uint64_t num, const uint8_t sha[32])
 {
 	char path[NST_PATH_MAX], numtxt[24], hex[65];
+	if (!s->dir)
+		return 0;
 	int rc = path_of(s, name, path, sizeof path);
 	if (rc)
 		return rc;
@@ -305,7 +309,7 @@ static int save_adapter(const nst *s, const char *name, const tset *t, const cha
 static void remove_file(const nst *s, const char *name)
 {
 	char path[NST_PATH_MAX];
-	if (path_of(s, name, path, sizeof path) == 0 && remove(path) == 0)
+	if (s->dir && path_of(s, name, path, sizeof path) == 0 && remove(path) == 0)
 		file_fsync_dir(s->dir);
 }
 
@@ -315,14 +319,18 @@ int nst_open(const char *dir, const uint8_t base_fp[32], const uint8_t shape_fp[
 	nst *s = calloc(1, sizeof *s);
 	if (!s)
 		return FL_ENOMEM;
+	memcpy(s->base_fp, base_fp, 32);
+	memcpy(s->shape_fp, shape_fp, 32);
+	s->c.eval_loss = NAN;
+	if (!dir) {
+		*out = s;
+		return 0;
+	}
 	s->dir = strdup(dir);
 	if (!s->dir) {
 		free(s);
 		return FL_ENOMEM;
 	}
-	memcpy(s->base_fp, base_fp, 32);
-	memcpy(s->shape_fp, shape_fp, 32);
-	s->c.eval_loss = NAN;
 	if ((rc = file_mkdirs(dir)) != 0) {
 		LOGE("state", "cannot create state_dir %s: %s", dir, fl_strerror(rc));
 		nst_free(s);
@@ -483,6 +491,8 @@ const nst_counters *nst_counters_get(const nst *s)
 int nst_append_metrics(nst *s, const char *line, size_t len)
 {
 	char path[NST_PATH_MAX];
+	if (!s->dir)
+		return 0;
 	int rc = path_of(s, "metrics.jsonl", path, sizeof path);
 	if (rc)
 		return rc;

@@ -45,7 +45,10 @@ typedef struct nst nst;
 /* Opens (creating, mode 0700) dir and loads what is valid. base_fp is the
  * base model fingerprint and shape_fp the adapter shape fingerprint of this
  * configuration: state recorded under other values is discarded (logged).
- * FL_EIO when the directory cannot be created or written. */
+ * FL_EIO when the directory cannot be created or written. dir NULL: the
+ * state lives in memory only and nothing is written (the fleet load
+ * generator, tests/bench/bench_fleet.c, which holds thousands of nodes);
+ * nst_dir() is then NULL. */
 int nst_open(const char *dir, const uint8_t base_fp[32], const uint8_t shape_fp[32], nst **out);
 void nst_free(nst *s);
 const char *nst_dir(const nst *s);

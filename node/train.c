@@ -11,6 +11,8 @@
 #include "model/grad.h"
 #include "optim.h"
 #include "rng.h"
+#include "safetensors.h"
+#include "fileio.h"
 
 #include <math.h>
 #include <omp.h>
@@ -750,6 +752,28 @@ static int check_hp(const trainer *t, const trn_hparams *h, char *err, size_t er
 	return 0;
 }
 
+/* hp->dump_grads: the gradients as they are before optim_step clips them. */
+static int dump_grads(const tset *g, const char *path, double loss, char *err, size_t errlen)
+{
+	double ss = 0.0;
+	for (size_t i = 0; i < tset_count(g); i++) {
+		const tensor *x = tset_at(g, i);
+		for (size_t k = 0; k < x->n; k++)
+			ss += (double)x->data[k] * x->data[k];
+	}
+	char ls[32], gn[32];
+	snprintf(ls, sizeof ls, "%.9g", loss);
+	snprintf(gn, sizeof gn, "%.9g", sqrt(ss));
+	const st_kv meta[3] = {{"fedlora.grads.step", "1"},
+	                       {"fedlora.grads.loss", ls},
+	                       {"fedlora.grads.grad_norm", gn}};
+	int rc = st_write_mode(path, g, ST_F32, meta, 3, FILE_PUBLIC);
+	if (rc != 0)
+		return fl_fail(err, errlen, rc, "--dump-grads %s: cannot write: %s", path,
+		               fl_strerror(rc));
+	return 0;
+}
+
 int trn_train(trainer *t, tset *adapter, const tset *global, const ds *data, const trn_hparams *hp,
               trn_metrics *mt, trn_progress_fn cb, void *arg, char *err, size_t errlen)
 {
@@ -831,6 +855,9 @@ int trn_train(trainer *t, tset *adapter, const tset *global, const ds *data, con
 			step_loss += loss / hp->accum;
 			m.tokens += (uint64_t)B * T;
 		}
+		if (s == 0 && hp->dump_grads && !t->o.full &&
+		    (rc = dump_grads(t->grads, hp->dump_grads, step_loss, err, errlen)) != 0)
+			goto out;
 		double gn = 0.0;
 		rc = optim_step(t->opt, lr, &gn);
 		if (rc != 0) {
@@ -1006,12 +1033,12 @@ void trn_adapter_close(model *m, trn_adapter *a)
 	free(a);
 }
 
-int trn_adapter_save_peft(const tset *ad, const lora_spec *s, const gguf *g, const char *dir,
-                          char *err, size_t errlen)
+int trn_adapter_save_peft(const tset *ad, const lora_spec *s, const gguf *g, const char *base_id,
+                          const char *dir, char *err, size_t errlen)
 {
 	lora_spec p = {.alpha = s->alpha, .rank = s->rank, .rslora = s->rslora};
 	char why[256];
-	int rc = peft_write_base(ad, g, &p, dir, why, sizeof why);
+	int rc = peft_write_base(ad, g, &p, base_id, dir, why, sizeof why);
 	if (rc != 0)
 		return fl_fail(err, errlen, rc, "%s: %s", dir, why);
 	return 0;

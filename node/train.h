@@ -76,6 +76,12 @@ typedef struct trn_hparams {
 	float weight_decay, max_grad_norm, prox_mu;
 	float beta1, beta2, eps;
 	uint64_t seed; /* data order */
+	/* LoRA only: when not NULL, the first step's adapter gradients (of the
+	 * mean loss per target over the step's batch and accumulation, before
+	 * clipping, weight decay or the FedProx term) are written here as a
+	 * safetensors file with the canonical names (blk.N.<target>.lora_a/b),
+	 * F32, metadata fedlora.grads.{step,loss,grad_norm}. */
+	const char *dump_grads;
 } trn_hparams;
 
 /* Defaults: 100 steps, lr 1e-3 constant, batch 4, accum 1, ctx 256,
@@ -155,8 +161,8 @@ void trn_adapter_close(model *m, trn_adapter *a);
 /* Writes a trained adapter as PEFT (dir/adapter_model.safetensors with
  * Hugging Face names and q/k rows, dir/adapter_config.json) for the base
  * whose GGUF is g. */
-int trn_adapter_save_peft(const tset *ad, const lora_spec *s, const gguf *g, const char *dir,
-                          char *err, size_t errlen);
+int trn_adapter_save_peft(const tset *ad, const lora_spec *s, const gguf *g, const char *base_id,
+                          const char *dir, char *err, size_t errlen);
 
 /* The same for the weights being trained, from inside a progress callback
  * of trn_train (the adapter as trained so far, or the current weights in

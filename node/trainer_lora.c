@@ -49,8 +49,8 @@ static void lt_close(void *self)
 static int lt_open(const ntr_spec *spec, void **self, char *err, size_t errlen)
 {
 	if (!spec->model_path || !spec->train_path)
-		return fl_fail(err, errlen, FL_ECONFIG,
-		               "the lora trainer needs model.path and data.train");
+		return fl_fail(err, errlen, FL_ECONFIG, "%s is not set: the lora trainer needs it",
+		               !spec->model_path ? "model.path" : "data.train");
 	lt *t = calloc(1, sizeof *t);
 	if (!t)
 		return FL_ENOMEM;

@@ -51,6 +51,7 @@
 typedef struct ft {
 	char dir[PATH_MAX];
 	const char *node_bin, *coord_bin;
+	const char *node_bin_of[FT_MAXN]; /* binary of node i's `run` (NULL: node_bin) */
 	char trainer[16];
 	int port;
 	int nnodes;
@@ -229,8 +230,8 @@ static inline void ft_start_coord(ft *f, const char *const *extra)
 
 static inline void ft_start_node(ft *f, int i, const char *const *extra)
 {
-	const char *argv[16] = {f->node_bin, "run", "--config",
-	                        ft_path(f, "node-%02d.conf", i + 1)};
+	const char *argv[16] = {f->node_bin_of[i] ? f->node_bin_of[i] : f->node_bin, "run",
+	                        "--config", ft_path(f, "node-%02d.conf", i + 1)};
 	int n = 4;
 	for (int k = 0; extra && extra[k] && n < 15; k++)
 		argv[n++] = extra[k];

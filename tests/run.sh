@@ -8,6 +8,7 @@
 #   FEDLORA_SKIP_ASAN=1      skip the sanitizer build
 #   FEDLORA_SKIP_FUZZ=1      skip the fuzz smoke runs
 #   FEDLORA_SKIP_DOCKER=1    skip the Docker compose stage (it needs root)
+#   FEDLORA_SKIP_ARM64=1     skip the aarch64 stage (cross build, qemu-user)
 #   FEDLORA_FUZZ_SECONDS=N   seconds per fuzz target (default 10)
 #   FEDLORA_CTEST_ARGS=...   extra ctest arguments (e.g. "-L unit")
 set -uo pipefail
@@ -157,6 +158,41 @@ case $docker_rc in
 esac
 echo "docker stage: $docker_res in $(($(date +%s) - docker_t0)) s"
 # ---- end of stage "docker"
+
+# ---- stage "arm64" (deploy/cross-arm64.sh, docs/ENGINE.md "Architectures"):
+# the aarch64 cross build; its unit suite and fuzz corpus replays (the
+# quantizer and kernel bit-identity tests among them) under qemu-aarch64;
+# then tests/xarch/fed_xarch.c from the normal build: an x86-64 coordinator
+# with two aarch64 nodes, and with one x86-64 and one aarch64 node.
+if [ "${FEDLORA_SKIP_ARM64:-0}" = 1 ]; then
+	step "arm64: skipped (FEDLORA_SKIP_ARM64=1)"
+	skip=$((skip + 1))
+else
+	step "arm64 (cross build, tests under qemu-aarch64, x86-64/aarch64 federation)"
+	rm -rf build-arm64
+	if FEDLORA_ARM64_BUILD=build-arm64 bash deploy/cross-arm64.sh --build; then
+		# the unit label but a few tests too slow emulated (the script
+		# names them; they count as skipped here)
+		echo "aarch64 ctest selection: $(bash deploy/cross-arm64.sh --ctest-args)"
+		n_slow=$(bash deploy/cross-arm64.sh --ctest-args | sed -E 's/.*\^\((.*)\)\$$/\1/' | tr '|' '\n' | wc -l)
+		skip=$((skip + n_slow))
+		OMP_WAIT_POLICY=passive FEDLORA_CTEST_ARGS="$(bash deploy/cross-arm64.sh --ctest-args)" \
+			run_ctest build-arm64 "ctest (aarch64, qemu)"
+		if FEDLORA_SRC=$root FEDLORA_NODE_BIN=$root/build-test/fedlora-node \
+			FEDLORA_COORD_BIN=$root/build-test/fedlora-coordinator \
+			FEDLORA_XARCH_NODE_BIN=$root/build-arm64/tests/emu/fedlora-node \
+			FEDLORA_FED_TRAINER=synth build-test/tests/fed_xarch; then
+			pass=$((pass + 1))
+		else
+			fail=$((fail + 1))
+			failed_steps+=("arm64 federation")
+		fi
+	else
+		failed_steps+=("arm64 build")
+		fail=$((fail + 1))
+	fi
+fi
+# ---- end of stage "arm64"
 
 stage_end
 end=$(date +%s)

@@ -7,7 +7,7 @@
 # Usage (as root):
 #   netsim.sh --nodes N --coord-cmd CMD --node-cmd CMD [options]
 #
-#   --nodes N            number of node namespaces (1..250)
+#   --nodes N            number of node namespaces (1..1000; a bridge has at most 1024 ports)
 #   --coord-cmd CMD      run in the coordinator namespace (bash -c); its exit
 #                        ends the simulation and is netsim's exit status.
 #                        {ip} expands to the coordinator's address.
@@ -55,8 +55,8 @@ while [ $# -gt 0 ]; do
 	*) usage_err "unknown option '$1'" ;;
 	esac
 done
-[[ "$nodes" =~ ^[0-9]+$ ]] && [ "$nodes" -ge 1 ] && [ "$nodes" -le 250 ] ||
-	usage_err "--nodes must be 1..250"
+[[ "$nodes" =~ ^[0-9]+$ ]] && [ "$nodes" -ge 1 ] && [ "$nodes" -le 1000 ] ||
+	usage_err "--nodes must be 1..1000"
 [[ "$prefix" =~ ^[a-z0-9]{1,8}$ ]] || usage_err "--prefix must be 1-8 of [a-z0-9]"
 if [ "$selftest" -eq 0 ]; then
 	[ -n "$coord_cmd" ] || usage_err "--coord-cmd is required"

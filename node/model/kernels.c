@@ -1,6 +1,6 @@
 /* kernels — see kernels.h. */
 #include "kernels.h"
-#include "kernels_avx2.h"
+#include "kernels_simd.h"
 
 #include "err.h"
 #include "gtype.h"
@@ -24,14 +24,15 @@ static size_t PAR_MIN_MACS = (size_t)1 << 20;
 
 static pthread_once_t kern_once = PTHREAD_ONCE_INIT;
 
-/* AVX2+FMA inner loops (exp-heavy rows) when the CPU has them; set once. */
+/* Vector inner loops (AVX2+FMA when the CPU has them, NEON on aarch64;
+ * kernels_simd.h); set once. */
 static int kern_avx2;
 
 /* x[i] = exp(x[i] - mx), returns the sum. */
 static float exp_sub_sum(float *x, int n, float mx)
 {
 	if (kern_avx2)
-		return kern_avx2_exp_sub_sum(x, n, mx);
+		return KERN_SIMD(exp_sub_sum)(x, n, mx);
 	float sum = 0.0f;
 	for (int i = 0; i < n; i++) {
 		x[i] = expf(x[i] - mx);
@@ -43,7 +44,7 @@ static float exp_sub_sum(float *x, int n, float mx)
 static float sum_exp_sub(const float *x, int n, float mx)
 {
 	if (kern_avx2)
-		return kern_avx2_sum_exp_sub(x, n, mx);
+		return KERN_SIMD(sum_exp_sub)(x, n, mx);
 	float sum = 0.0f;
 	for (int i = 0; i < n; i++)
 		sum += expf(x[i] - mx);
@@ -61,7 +62,7 @@ static float row_max(const float *x, int n)
 
 static void kern_init_once(void)
 {
-	kern_avx2 = kern_avx2_usable();
+	kern_avx2 = kern_simd_usable();
 #ifdef OPENBLAS_VERSION
 	/* OpenMP threads call sgemm concurrently on disjoint tiles; a threaded
 	 * BLAS inside them would oversubscribe the cores. */
@@ -85,7 +86,7 @@ int kern_use_avx2(int on)
 {
 	kern_init();
 	int prev = kern_avx2;
-	kern_avx2 = on && kern_avx2_usable();
+	kern_avx2 = on && kern_simd_usable();
 	return prev;
 }
 
@@ -212,8 +213,9 @@ int kern_matmul(float *out, int ld_out, const float *inp, int ld_in, const kern_
 			int o0, o1;
 			split_rows(O, omp_get_num_threads(), omp_get_thread_num(), &o0, &o1);
 			for (int o = o0; o < o1; o++)
-				kern_avx2_row_dots(w->type, wb + (size_t)o * w->row_bytes, In, inp,
-				                   ld_in, N, out + o, ld_out);
+				KERN_SIMD(row_dots)
+				(w->type, wb + (size_t)o * w->row_bytes, In, inp, ld_in, N, out + o,
+				 ld_out);
 			if (bias && o1 > o0)
 				add_bias(out, ld_out, bias, N, o0, o1);
 		}
@@ -363,7 +365,7 @@ void kern_swiglu(float *out, const float *gate, const float *up, size_t n)
 #pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
 		for (size_t b = 0; b < nb; b++) {
 			size_t o = b * blk, len = n - o < blk ? n - o : blk;
-			kern_avx2_swiglu(out + o, gate + o, up + o, len);
+			KERN_SIMD(swiglu)(out + o, gate + o, up + o, len);
 		}
 		return;
 	}

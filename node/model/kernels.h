@@ -49,10 +49,11 @@ void kern_init(void);
 /* Threads used by the kernels (OpenMP); n <= 0 keeps the current setting. */
 void kern_set_threads(int n);
 int kern_threads(void);
-/* Whether the AVX2+FMA inner loops (exp in softmax, cross-entropy, SwiGLU)
- * are used: on by default when the CPU has them. kern_use_avx2(0) forces
- * the portable loops (tests run both); returns the previous setting, and
- * asking for 1 on a CPU without AVX2 leaves it off. */
+/* Whether the vector inner loops (exp in softmax, cross-entropy, SwiGLU;
+ * fused row dots) are used: AVX2+FMA, on by default when the CPU has them,
+ * or NEON, always available in aarch64 builds. kern_use_avx2(0) forces the
+ * portable loops (tests run both); returns the previous setting, and asking
+ * for 1 where neither exists leaves it off. */
 int kern_use_avx2(int on);
 /* Kernels run on the calling thread when their work is small (see
  * kernels.c); kern_parallel_always(1) removes that cut-off so tests cover
@@ -69,7 +70,7 @@ size_t kern_matmul_scratch(int max_cols, int nthreads);
  * reduced to what the scratch holds (at least 16 rows x I per thread is
  * required: returns FL_EINVAL otherwise; always pass it — only the fused
  * small-batch path below does without). For N <= 4 (decode steps) F32 runs
- * as matrix-vector products and, on AVX2 CPUs, F16/Q8_0/Q4_0 as fused
+ * as matrix-vector products and, with AVX2 or NEON, F16/Q8_0/Q4_0 as fused
  * row-dot kernels that read each stored row once for all N inputs. out must
  * not alias inp. */
 int kern_matmul(float *out, int ld_out, const float *inp, int ld_in, const kern_mat *w,

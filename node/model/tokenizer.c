@@ -14,7 +14,7 @@
  * The pre-tokenizers (tokenizer.ggml.pre) are regexes, implemented by hand
  * over the Unicode classes of tok_unicode_data.h (see pretok_gpt2 and
  * pretok_llama3); their public definitions:
- *   gpt-2, default:
+ *   gpt-2:
  *     's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
  *   llama-bpe (Llama 3):
  *     (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
@@ -617,7 +617,10 @@ int tok_from_gguf(const gguf *g, tok **out, char *err, size_t errlen)
 			return terr(err, errlen, FL_EUNSUPPORTED,
 			            "gpt2 tokenizer without tokenizer.ggml.pre: pre-tokenizer "
 			            "unknown, refusing to guess");
-		if (str_is(pre, "gpt-2") || str_is(pre, "default"))
+		/* "default" is not GPT-2's split for a gpt2 vocabulary in
+		 * llama.cpp (it splits punctuation and 3-digit groups first):
+		 * refused like any other unknown value */
+		if (str_is(pre, "gpt-2"))
 			pret = TOK_PRE_GPT2;
 		else if (str_is(pre, "llama-bpe"))
 			pret = TOK_PRE_LLAMA3;
@@ -628,7 +631,7 @@ int tok_from_gguf(const gguf *g, tok **out, char *err, size_t errlen)
 		else
 			return terr(err, errlen, FL_EUNSUPPORTED,
 			            "tokenizer.ggml.pre '%.*s' is not supported (gpt2 models: "
-			            "'gpt-2', 'default', 'llama-bpe', 'qwen2', 'smollm')",
+			            "'gpt-2', 'llama-bpe', 'qwen2', 'smollm')",
 			            (int)(pre.n > 64 ? 64 : pre.n), pre.p);
 	} else {
 		return terr(err, errlen, FL_EUNSUPPORTED,
@@ -652,7 +655,9 @@ int tok_from_gguf(const gguf *g, tok **out, char *err, size_t errlen)
 	    (rc = opt_id(g, "tokenizer.ggml.unknown_token_id", spm ? 0 : -1, t->nv, &t->unk, err,
 	                 errlen)) ||
 	    (rc = opt_id(g, "tokenizer.ggml.padding_token_id", -1, t->nv, &t->pad, err, errlen)) ||
-	    (rc = opt_bool(g, "tokenizer.ggml.add_bos_token", spm, &t->add_bos, err, errlen)) ||
+	    /* llama-bpe adds BOS unless the file says otherwise, as llama.cpp */
+	    (rc = opt_bool(g, "tokenizer.ggml.add_bos_token", spm || pret == TOK_PRE_LLAMA3,
+	                   &t->add_bos, err, errlen)) ||
 	    (rc = opt_bool(g, "tokenizer.ggml.add_eos_token", 0, &t->add_eos, err, errlen)) ||
 	    (rc = opt_bool(g, "tokenizer.ggml.add_space_prefix", spm, &t->add_space_prefix, err,
 	                   errlen)))

@@ -7,11 +7,13 @@
  *     space prefix (tokenizer.ggml.add_space_prefix, default on);
  *     tokenizer.ggml.pre absent or "default".
  *   tokenizer.ggml.model "gpt2": byte-level BPE with merges and the
- *     pre-tokenizer that tokenizer.ggml.pre names: "gpt-2"/"default",
+ *     pre-tokenizer that tokenizer.ggml.pre names: "gpt-2",
  *     "llama-bpe" (Llama 3), "qwen2" (Qwen2/2.5/3), "smollm" (SmolLM/2).
  *     No Unicode normalization is applied (HF's Qwen tokenizers NFC the
  *     text first: NFC text tokenizes the same).
- * BOS/EOS insertion follows tokenizer.ggml.add_bos_token / add_eos_token.
+ * BOS/EOS insertion follows tokenizer.ggml.add_bos_token / add_eos_token;
+ * without the key BOS is added for "llama" and "llama-bpe" vocabularies
+ * only (as llama.cpp does), EOS never.
  * User-defined tokens (type 4) written in the text always map to their id;
  * control/unknown tokens only with TOK_PARSE_SPECIAL. See docs/GGUF.md.
  *
@@ -34,7 +36,7 @@ enum tok_kind { TOK_SPM = 1, TOK_BPE = 2 };
  * tokenizer.c for their regexes. */
 enum tok_pre {
 	TOK_PRE_SPM = 0,    /* "llama" vocabularies: none */
-	TOK_PRE_GPT2 = 1,   /* "gpt-2", "default" */
+	TOK_PRE_GPT2 = 1,   /* "gpt-2" */
 	TOK_PRE_LLAMA3 = 2, /* "llama-bpe" (Llama 3.x) */
 	TOK_PRE_QWEN2 = 3,  /* "qwen2" (Qwen2, Qwen2.5, Qwen3) */
 	TOK_PRE_SMOLLM = 4, /* "smollm" (SmolLM, SmolLM2) */

@@ -1,7 +1,6 @@
 /* train_kern — see train_kern.h. */
 #include "train_kern.h"
-#include "kernels_avx2.h"
-#include "train_kern_avx2.h"
+#include "kernels_simd.h"
 
 #include "err.h"
 #include "gtype.h"
@@ -18,20 +17,21 @@
 static size_t PAR_MIN_WORK = 32768;
 static size_t PAR_MIN_MACS = (size_t)1 << 20;
 
-/* AVX2 loops: -1 not decided yet (first use asks the CPU), 0 off, 1 on. */
+/* Vector loops (AVX2 or NEON, kernels_simd.h): -1 not decided yet (first
+ * use asks the CPU), 0 off, 1 on. */
 static int tk_avx2 = -1;
 
 int tk_use_avx2(int on)
 {
-	int prev = tk_avx2 < 0 ? kern_avx2_usable() : tk_avx2;
-	tk_avx2 = on && kern_avx2_usable();
+	int prev = tk_avx2 < 0 ? kern_simd_usable() : tk_avx2;
+	tk_avx2 = on && kern_simd_usable();
 	return prev;
 }
 
 static int avx2_on(void)
 {
 	if (tk_avx2 < 0)
-		tk_avx2 = kern_avx2_usable();
+		tk_avx2 = kern_simd_usable();
 	return tk_avx2;
 }
 
@@ -332,7 +332,7 @@ void tk_swiglu_bwd(float *dgate, float *dup, const float *dh, const float *gate,
 #pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
 		for (size_t b = 0; b < nb; b++) {
 			size_t o = b * blk, len = n - o < blk ? n - o : blk;
-			tk_avx2_swiglu_bwd(dgate + o, dup + o, dh + o, gate + o, up + o, len);
+			TK_SIMD(swiglu_bwd)(dgate + o, dup + o, dh + o, gate + o, up + o, len);
 		}
 		return;
 	}

@@ -19,9 +19,10 @@
 /* Like kern_parallel_always for these kernels (tests cover the threaded
  * paths on tiny shapes). Not thread-safe: call at start-up. */
 void tk_parallel_always(int on);
-/* Whether the AVX2+FMA loops (SwiGLU backward) are used: on by default when
- * the CPU has them; 0 forces the portable loops (tests run both). Returns
- * the previous setting; asking for 1 without AVX2 leaves it off. */
+/* Whether the vector loops (SwiGLU backward) are used: AVX2+FMA, on by
+ * default when the CPU has them, or NEON, always there in aarch64 builds;
+ * 0 forces the portable loops (tests run both). Returns the previous
+ * setting; asking for 1 where neither exists leaves it off. */
 int tk_use_avx2(int on);
 
 /* LoRA forward of one projection:

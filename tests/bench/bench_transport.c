@@ -136,36 +136,6 @@ static void client_opts(chan_client_opts *o, const char *ep, int i)
 	o->ca_path = pki("ca.crt");
 }
 
-/* ---- AES-256-GCM, one core ---- */
-
-static double aes_rate(int reps)
-{
-	const size_t total = 64u << 20, rec = 16384;
-	uint8_t *src = malloc(total), *dst = malloc(rec + 16), key[32], iv[12], tag[16];
-	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-	double r[16];
-	RAND_bytes(key, sizeof key);
-	RAND_bytes(iv, sizeof iv);
-	memset(src, 0x5a, total);
-	EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, NULL);
-	for (int k = 0; k < reps && k < 16; k++) {
-		double t0 = clk_seconds();
-		for (size_t off = 0; off < total; off += rec) {
-			int n = 0;
-			iv[11]++;
-			EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, iv);
-			EVP_EncryptUpdate(ctx, dst, &n, src + off, (int)rec);
-			EVP_EncryptFinal_ex(ctx, dst + n, &n);
-			EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, tag);
-		}
-		r[k] = (double)total / (clk_seconds() - t0);
-	}
-	EVP_CIPHER_CTX_free(ctx);
-	free(src);
-	free(dst);
-	return bench_median(r, reps < 16 ? reps : 16);
-}
-
 /* ---- plaintext ZeroMQ: same sockets and framing, no TLS ---- */
 
 typedef struct pt_peer {
@@ -1089,7 +1059,7 @@ int main(int argc, char **argv)
 		mallopt(M_TRIM_THRESHOLD, 512 << 20);
 		printf("malloc: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 512 MiB (both paths)\n");
 	}
-	double aes = aes_rate(reps);
+	double aes = bench_aesgcm_rate(reps);
 	printf("\nAES-256-GCM, one core, EVP, 16 KiB records: %.0f MiB/s\n", aes / MIB);
 	if (!skip_tp) {
 		/* Every repetition measures AES-GCM, plaintext and TLS back to
@@ -1113,7 +1083,7 @@ int main(int argc, char **argv)
 			double pl[2][32], tl[2][32], ce[2][32], rp[2][32], rc[2][32];
 			double cpl[2][32], ctl[2][32], cex[2][32], need[2][32];
 			for (int r = 0; r < reps; r++) {
-				double a = aes_rate(1), pu = 1, pd = 1, tu, td;
+				double a = bench_aesgcm_rate(1), pu = 1, pd = 1, tu, td;
 				double cpu_pu = 0, cpu_pd = 0, cpu_tu, cpu_td;
 				if (!tls_only) {
 					pu = plaintext_rate(data, sizes[i], counts[i], 1, 1,
@@ -1185,7 +1155,7 @@ int main(int argc, char **argv)
 		for (int i = 0; i < 2; i++) {
 			double cv[32], av[32];
 			for (int r = 0; r < reps; r++) {
-				av[r] = aes_rate(1);
+				av[r] = bench_aesgcm_rate(1);
 				cv[r] = inmem_cpu(data, sizes[i], i ? 16 : 256);
 			}
 			double cpu = bench_median(cv, reps),

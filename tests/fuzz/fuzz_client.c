@@ -20,6 +20,7 @@
 #include "trainer_synth.h"
 #include "wire.h"
 
+#include "fuzz_ncl.h"
 #include "fuzz_tmpdir.h"
 
 static void *g_tr;
@@ -44,44 +45,6 @@ static void init(void)
 	snprintf(g_dir, sizeof g_dir, "%s", fz_tmpdir("fuzz_client"));
 }
 
-static void clean_dir(void)
-{
-	static const char *const files[] = {"node.state", "global.safetensors",
-	                                    "residual.safetensors", "metrics.jsonl"};
-	char p[128];
-	for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-		snprintf(p, sizeof p, "%s/%s", g_dir, files[i]);
-		unlink(p);
-	}
-}
-
-static void run_actions(ncl *c)
-{
-	ncl_action a;
-	while (ncl_next(c, &a) == 0) {
-		if (a.kind == NCL_ACT_JOB && a.job) {
-			ncl_job *j = a.job;
-			if (j->kind == NCL_JOB_TRAIN) {
-				tset *local = NULL;
-				ntr_result res;
-				memset(&res, 0, sizeof res);
-				int rc = tset_zeros_like(j->adapter, &local);
-				if (!rc)
-					rc = ntr_synth_ops.train(g_tr, j->adapter, &j->params,
-					                         local, &res, NULL, NULL);
-				ncl_on_train_done(c, j->id, rc, rc ? NULL : local, &res, 1000);
-				if (rc)
-					tset_free(local);
-			} else {
-				double loss = 0;
-				int rc = ntr_synth_ops.eval(g_tr, j->adapter, &loss, NULL, NULL);
-				ncl_on_eval_done(c, j->id, rc, loss, 1000);
-			}
-		}
-		ncl_action_fini(&a);
-	}
-}
-
 static void feed(ncl *c, const uint8_t *p, size_t n)
 {
 	wire_msg *m = NULL;
@@ -89,7 +52,7 @@ static void feed(ncl *c, const uint8_t *p, size_t n)
 		return;
 	ncl_on_envelope(c, wire_env(m), n, 1000);
 	wire_free(m);
-	run_actions(c);
+	fz_run_actions(c, g_tr, 0);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -97,7 +60,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (!g_tr)
 		init();
-	clean_dir();
+	fz_clean_dir(g_dir);
 	uint8_t fp[32] = {1}, sfp[32];
 	if (tset_shape_fingerprint(g_layout, sfp))
 		abort();
@@ -141,12 +104,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		feed(c, data + off, n);
 		off += n;
 		ncl_tick(c, 1000 + off);
-		run_actions(c);
+		fz_run_actions(c, g_tr, 0);
 	}
 	ncl_on_down(c, 2000, "fuzz");
 	ncl_stop(c, 2000, 0);
 	ncl_bye(c, "fuzz");
-	run_actions(c);
+	fz_run_actions(c, g_tr, 0);
 	ncl_free(c);
 	nst_free(st);
 	return 0;

@@ -39,8 +39,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	quant_set_impl(QUANT_IMPL_SCALAR);
 	if (quant_decode(&q, a, q.n) != 0)
 		abort();
-	if (quant_have_avx2()) {
-		quant_set_impl(QUANT_IMPL_AVX2);
+	if (quant_vector_impl() != QUANT_IMPL_SCALAR) {
+		quant_set_impl(quant_vector_impl());
 		if (quant_decode(&q, b, q.n) != 0 || memcmp(a, b, q.n * sizeof *a) != 0)
 			abort();
 	}

@@ -1,7 +1,8 @@
 /* fuzz_tokenizer — encodes arbitrary bytes with the built-in byte vocabulary
  * (SentencePiece-style) and with a small synthetic GPT-2 byte-level
- * vocabulary (pre-tokenizer + merges), checking decode(encode(x)) == x, and
- * decodes the input read as arbitrary token ids.
+ * vocabulary (merges) under each pre-tokenizer (gpt-2, llama-bpe, qwen2,
+ * smollm), checking decode(encode(x)) == x and that the pre-tokens tile the
+ * input, and decodes the input read as arbitrary token ids.
  * First input byte: bit 0 TOK_PARSE_SPECIAL, bit 1 TOK_ADD_SPECIAL. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -13,9 +14,11 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static tok *byte_tok, *bpe_tok;
+#define N_PRE 4
+static const char *const pre_names[N_PRE] = {"gpt-2", "llama-bpe", "qwen2", "smollm"};
+static tok *byte_tok, *bpe_tok[N_PRE];
 
-static tok *make_bpe(void)
+static tok *make_bpe(const char *pre)
 {
 	static char bytes[256][3];
 	const char *toks[256 + 4];
@@ -45,7 +48,7 @@ static tok *make_bpe(void)
 	gguf *g = NULL;
 	tok *t = NULL;
 	if (w && !gguf_set_str(w, "tokenizer.ggml.model", "gpt2") &&
-	    !gguf_set_str(w, "tokenizer.ggml.pre", "gpt-2") &&
+	    !gguf_set_str(w, "tokenizer.ggml.pre", pre) &&
 	    !gguf_set_arr_str(w, "tokenizer.ggml.tokens", toks, 260) &&
 	    !gguf_set_arr(w, "tokenizer.ggml.token_type", GGUF_I32, types, 260) &&
 	    !gguf_set_arr_str(w, "tokenizer.ggml.merges", merges, 3) &&
@@ -88,8 +91,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (!byte_tok && tok_new_byte_vocab(&byte_tok) != 0)
 		abort();
-	if (!bpe_tok && !(bpe_tok = make_bpe()))
-		abort();
+	for (int i = 0; i < N_PRE; i++)
+		if (!bpe_tok[i] && !(bpe_tok[i] = make_bpe(pre_names[i])))
+			abort();
 	if (size == 0)
 		return 0;
 	int flags = (data[0] & 1 ? TOK_PARSE_SPECIAL : 0) | (data[0] & 2 ? TOK_ADD_SPECIAL : 0);
@@ -99,7 +103,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 * literal U+2581 to its space token (SentencePiece's escape) */
 	int plain = flags == 0;
 	run(byte_tok, p, n, flags, plain && !has_seq(p, n, "\xe2\x96\x81", 3));
-	run(bpe_tok, p, n, flags, plain);
+	for (int i = 0; i < N_PRE; i++) {
+		run(bpe_tok[i], p, n, flags, plain);
+		size_t *lens = malloc((n ? n : 1) * sizeof *lens), k = 0, sum = 0;
+		if (!lens)
+			return 0;
+		if (tok_pretokenize(bpe_tok[i], p, n, lens, n, &k) != 0)
+			abort(); /* n pre-tokens always fit */
+		for (size_t j = 0; j < k; j++) {
+			if (lens[j] == 0)
+				abort();
+			sum += lens[j];
+		}
+		if (sum != n)
+			abort(); /* the pre-tokens must tile the input */
+		free(lens);
+	}
 
 	/* arbitrary ids */
 	size_t nid = n / 4;
@@ -113,7 +132,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	buf_init(&b, 1 << 20);
 	tok_decode(byte_tok, ids, nid, data[0] & 8 ? TOK_DECODE_SPECIAL : 0, &b);
 	buf_clear(&b);
-	tok_decode(bpe_tok, ids, nid, data[0] & 8 ? TOK_DECODE_SPECIAL : 0, &b);
+	tok_decode(bpe_tok[0], ids, nid, data[0] & 8 ? TOK_DECODE_SPECIAL : 0, &b);
 	buf_fini(&b);
 	free(ids);
 	return 0;

@@ -22,67 +22,14 @@
 #include "sha.h"
 #include "wire.h"
 
+#include "fuzz_fedio.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static void fz_send(void *ud, const uint64_t *peers, size_t n, const uint8_t *d, size_t len)
-{
-	(void)ud;
-	(void)peers;
-	(void)n;
-	wire_msg *m = NULL;
-	if (wire_decode(d, len, 1u << 30, 0, &m) != 0)
-		abort(); /* the coordinator must only send valid envelopes */
-	wire_free(m);
-}
-
-static void fz_close(void *ud, uint64_t peer, const char *why)
-{
-	(void)ud;
-	(void)peer;
-	(void)why;
-}
 
 static void fz_opts(fed_opts *o)
 {
-	fed_opts_default(o);
-	o->spec.rank = 2;
-	o->spec.alpha = 4;
-	o->spec.targets = 1u << LORA_ATTN_Q;
-	o->spec.init_seed = 3;
-	o->arch.n_layers = 1;
-	o->arch.in[LORA_ATTN_Q] = 16;
-	o->arch.out[LORA_ATTN_Q] = 8;
-	sha256("fuzz base", 9, o->base_sha);
-	o->min_nodes = 2;
-	o->min_updates = 1;
-	o->start_delay_ms = 0;
-	o->round_timeout_ms = 1000;
+	fz_opts_tiny(o, 2);
 	o->agg.clip_norm = 10.0;
-}
-
-static void join(fed *f, const fed_opts *o, uint64_t peer, const char *cn)
-{
-	fed_peer_up(f, peer, cn, 0);
-	tset *lay;
-	uint8_t lsha[32];
-	if (lora_layout(&o->spec, &o->arch, &lay) || tset_shape_fingerprint(lay, lsha))
-		abort();
-	tset_free(lay);
-	Fedlora__Envelope e = FEDLORA__ENVELOPE__INIT;
-	Fedlora__Join j = FEDLORA__JOIN__INIT;
-	j.sample_count = 10;
-	j.base_fingerprint.data = (uint8_t *)o->base_sha;
-	j.base_fingerprint.len = 32;
-	j.adapter_fingerprint.data = lsha;
-	j.adapter_fingerprint.len = 32;
-	e.body_case = FEDLORA__ENVELOPE__BODY_JOIN;
-	e.join = &j;
-	buf b;
-	buf_init(&b, 0);
-	if (wire_encode(&e, 0, &b))
-		abort();
-	fed_on_bytes(f, peer, b.data, b.len, 0);
-	buf_fini(&b);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -98,8 +45,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fed *f = NULL;
 	if (fed_new(&o, NULL, NULL, &io, &f))
 		abort();
-	join(f, &o, 1, "fz1");
-	join(f, &o, 2, "fz2");
+	fz_join(f, &o, 1, "fz1", NULL, 0);
+	fz_join(f, &o, 2, "fz2", NULL, 0);
 	fed_tick(f, 0);
 	if (fed_get_state(f) != FED_COLLECTING)
 		abort();

@@ -14,6 +14,9 @@
 #      version 1, round 2 is never committed, the next round builds on
 #      version 1, and the federation finishes (nodes exit 0, final SHA-256
 #      checks as in 1).
+#   3. the same fleet as a Docker Swarm stack (deploy/stack-up.sh: a
+#      single-node swarm, certificates as secrets, services on an overlay
+#      network): 2 rounds commit and every node task completes.
 # After each fleet: no containers, networks or volumes of its project left.
 # Exit 0 pass, 1 fail, 77 skipped (only when no Docker engine can be
 # started; the line says why).
@@ -126,5 +129,27 @@ grep '"type":"round_end"' "$j" 2>/dev/null | grep -q '"round":2,' &&
 grep '"type":"round_end"' "$j" 2>/dev/null | grep -q '"round":3,"committed":true,"version":2,"parent":1,' &&
 	ok "round 3 committed version 2 on top of version 1" || bad "round 3 did not build on version 1"
 final_sha fedlora-ci-kill 3
+
+# ---- 3. the same fleet as a Docker Swarm stack (deploy/stack-up.sh): this
+# machine becomes a single-node swarm manager, certificates and keys are
+# secrets, the coordinator and 3 node replicas are services on an overlay
+# network; 2 rounds commit, every node task completes by itself, and
+# nothing of the stack (services, secrets, network) or the swarm is left.
+swarm_before=$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null)
+t0=$(dk_ms)
+if bash "$root/deploy/stack-up.sh" --nodes $nodes --rounds 2 --name fedlora-ci-stack \
+	--out "$out/fedlora-ci-stack" >"$out/fedlora-ci-stack.log" 2>&1; then
+	ok "stack-up.sh: $(grep -o '2 rounds committed.*' "$out/fedlora-ci-stack.log") ($((($(dk_ms) - t0) / 1000)) s)"
+else
+	tail -n 30 "$out/fedlora-ci-stack.log"
+	bad "stack-up.sh exited non-zero (log: $out/fedlora-ci-stack.log)"
+fi
+grep -q 'Creating secret fedlora-ci-stack_node-03.key' "$out/fedlora-ci-stack/deploy.log" 2>/dev/null &&
+	ok "stack: certificates and keys deployed as swarm secrets" || bad "stack: no node secrets were created"
+[ -z "$(docker ps -aq --filter label=com.docker.stack.namespace=fedlora-ci-stack)" ] &&
+	[ -z "$(docker network ls -q --filter label=com.docker.stack.namespace=fedlora-ci-stack)" ] &&
+	[ "$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null)" = "$swarm_before" ] &&
+	ok "stack teardown: no containers or network left, swarm state back to '$swarm_before'" ||
+	bad "stack teardown left containers, a network or a changed swarm state"
 
 exit $fail

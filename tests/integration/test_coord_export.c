@@ -308,6 +308,20 @@ static void test_peft_same_as_node(void **st)
 	assert_true(same_file(p("peft_c/adapter_model.safetensors"),
 	                      p("peft_old/adapter_model.safetensors")));
 	assert_true(same_file(p("peft_c/adapter_config.json"), p("peft_old/adapter_config.json")));
+	/* --base-name with --base: the Hugging Face id in the config */
+	expect(1, 0, NULL,
+	       "--state-dir '%s' --version 1 --base '%s' --base-name Org/Base-1B --out '%s'", g_fed,
+	       g_base, p("peft_id"));
+	uint8_t *cfg_txt = NULL;
+	size_t cfg_n = 0;
+	assert_int_equal(file_read_all(p("peft_id/adapter_config.json"), 1 << 20, &cfg_txt, &cfg_n),
+	                 0);
+	const char *key = strstr((char *)cfg_txt, "\"base_model_name_or_path\":");
+	assert_non_null(key);
+	key += strlen("\"base_model_name_or_path\":");
+	key += strspn(key, " \t");
+	assert_int_equal(strncmp(key, "\"Org/Base-1B\"", 13), 0);
+	free(cfg_txt);
 
 	/* the documented route to a merged model */
 	expect(0, 0, NULL,

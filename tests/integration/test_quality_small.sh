@@ -10,23 +10,8 @@
 #   same number of training tokens, and q4 + error feedback within
 #   MARGIN (0.03 nats/byte) of f32.
 set -euo pipefail
-src=${FEDLORA_SRC:-$(cd "$(dirname "$0")/../.." && pwd)}
-build=${FEDLORA_BUILD:-$src/build}
-shared=${FEDLORA_SHARED:-}
-if [[ -z $shared || ! -f $shared/data/warpeace.txt || ! -f $shared/data/tinyshakespeare.txt ]]; then
-  echo "SKIP: FEDLORA_SHARED/data/ with warpeace.txt and tinyshakespeare.txt not found (FEDLORA_SHARED=$shared)"
-  exit 77
-fi
-for b in fedlora-node fedlora-coordinator; do
-  [[ -x $build/$b ]] || {
-    echo "SKIP: $build/$b not built"
-    exit 77
-  }
-done
-command -v openssl >/dev/null || {
-  echo "SKIP: openssl CLI needed by deploy/certs.sh"
-  exit 77
-}
+# shellcheck source=tests/integration/quality_lib.sh
+. "$(dirname "$0")/quality_lib.sh"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 MARGIN=0.03
@@ -36,7 +21,7 @@ export EVAL_TOKENS=2048 DIM=64 LAYERS=2 HEADS=4 FFN=192 MCTX=64 PRE_STEPS=150
 t0=$SECONDS
 bash "$src/tests/bench/quality/run.sh" local f32 q4ef
 echo "reduced quality experiment: $((SECONDS - t0)) s"
-m() { awk '{print $2}' "$OUT/$1.res"; }
+m() { awk '{print $2}' "$OUT/$1@$LR@1.res"; }
 base=$(awk '{s += $2} END {printf "%.5f", s / NR}' "$OUT/base.evals")
 local_=$(m local) f32=$(m f32) q4ef=$(m q4ef)
 echo "mean held-out loss: base $base, local-only $local_, fedavg f32 $f32, fedavg q4+EF $q4ef"

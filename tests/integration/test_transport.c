@@ -4,6 +4,10 @@
  * served, reload, and processes killed with SIGKILL and restarted. */
 #include "chantest.h"
 
+#include "tlsctx.h"
+
+#include <openssl/pem.h>
+
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -212,6 +216,83 @@ static void refused_node(ct_h *h, const char *pki, const char *id, int no_cert, 
 	ct_evs_clear(&h->cev[1]);
 	assert_int_equal(ct_evs_find(&h->sev, 0, CHAN_EV_PEER_UP, 0, NULL), -1);
 	ping_good(h, step);
+}
+
+static X509 *load_cert(const char *rel)
+{
+	FILE *f = fopen(ct_path(g_root, rel), "r");
+	assert_non_null(f);
+	X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+	fclose(f);
+	assert_non_null(x);
+	return x;
+}
+
+static EVP_PKEY *load_key(const char *rel)
+{
+	FILE *f = fopen(ct_path(g_root, rel), "r");
+	assert_non_null(f);
+	EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	assert_non_null(k);
+	return k;
+}
+
+/* Identities in memory and one shared client context (what the fleet
+ * load generator uses to hold thousands of sessions): two nodes, each
+ * authenticated by the coordinator under its own certificate's name;
+ * a key that does not match its certificate, or half an identity, is
+ * refused when the client is made. */
+static void test_identity_in_memory(void **state)
+{
+	(void)state;
+	ct_h *h = h_new();
+	chan_server_opts so;
+	ct_server_opts(&so, g_root);
+	assert_int_equal(chan_server_new(&so, &h->srv), 0);
+	tlsctx_opts to = {.role = TLSCTX_CLIENT, .ca_path = ct_path(g_root, "pki/ca.crt")};
+	tlsctx *tls = NULL;
+	assert_int_equal(tlsctx_new(&to, &tls), 0);
+	X509 *c1 = load_cert("pki/nodes/node-01.crt"), *c2 = load_cert("pki/nodes/node-02.crt");
+	EVP_PKEY *k1 = load_key("pki/nodes/node-01.key"), *k2 = load_key("pki/nodes/node-02.key");
+	chan_client_opts co;
+	chan_client_opts_default(&co);
+	co.endpoint = chan_server_endpoint(h->srv);
+	co.tls = tls;
+	co.reconnect_ivl_ms = 50;
+	co.linger_ms = 200;
+	co.cert = c1;
+	co.key = k1;
+	assert_int_equal(chan_client_new(&co, &h->cli[0]), 0);
+	co.cert = c2;
+	co.key = k2;
+	assert_int_equal(chan_client_new(&co, &h->cli[1]), 0);
+	/* the clients hold their own references */
+	X509_free(c2);
+	EVP_PKEY_free(k2);
+	tlsctx_unref(tls);
+	assert_true(
+	    CT_WAIT(h, 10000, chan_client_is_ready(h->cli[0]) && chan_client_is_ready(h->cli[1])));
+	assert_true(ct_evs_find(&h->sev, 0, CHAN_EV_PEER_UP, 0, "node-01") >= 0);
+	assert_true(ct_evs_find(&h->sev, 0, CHAN_EV_PEER_UP, 0, "node-02") >= 0);
+
+	chan_client *bad = NULL;
+	EVP_PKEY *k3 = load_key("pki/nodes/node-03.key");
+	co.tls = NULL;
+	co.ca_path = ct_path(g_root, "pki/ca.crt");
+	co.cert = c1;
+	co.key = k3;
+	assert_int_equal(chan_client_new(&co, &bad), FL_ECONFIG);
+	co.key = NULL;
+	assert_int_equal(chan_client_new(&co, &bad), FL_EINVAL);
+	co.key = k1;
+	co.cert_path = ct_path(g_root, "pki/nodes/node-01.crt");
+	assert_int_equal(chan_client_new(&co, &bad), FL_EINVAL);
+	assert_null(bad);
+	X509_free(c1);
+	EVP_PKEY_free(k1);
+	EVP_PKEY_free(k3);
+	h_free(h);
 }
 
 static void test_refusals(void **state)
@@ -765,13 +846,10 @@ int main(int argc, char **argv)
 	if (argc == 5 && strcmp(argv[1], "--node") == 0)
 		return child_node(argv[2], argv[3], argv[4]);
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_roundtrip),
-	    cmocka_unit_test(test_refusals),
-	    cmocka_unit_test(test_reload),
-	    cmocka_unit_test(test_zap),
-	    cmocka_unit_test(test_bind_retry),
-	    cmocka_unit_test(test_node_killed),
-	    cmocka_unit_test(test_coordinator_killed),
+	    cmocka_unit_test(test_roundtrip),   cmocka_unit_test(test_identity_in_memory),
+	    cmocka_unit_test(test_refusals),    cmocka_unit_test(test_reload),
+	    cmocka_unit_test(test_zap),         cmocka_unit_test(test_bind_retry),
+	    cmocka_unit_test(test_node_killed), cmocka_unit_test(test_coordinator_killed),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

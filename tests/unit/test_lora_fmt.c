@@ -288,7 +288,7 @@ static void test_peft_round_trip(void **state)
 	char dir[600], path[700], why[512];
 	lora_spec p = {.alpha = 16.0f, .rank = 8, .rslora = 1}, q;
 	snprintf(dir, sizeof dir, "%s/peft", f->dir);
-	int rc = peft_write_base(ad, f->g, &p, dir, why, sizeof why);
+	int rc = peft_write_base(ad, f->g, &p, NULL, dir, why, sizeof why);
 	if (rc)
 		print_error("%s\n", why);
 	assert_int_equal(rc, 0);
@@ -499,12 +499,60 @@ static void test_peft_config(void **state)
 	}
 }
 
+/* base_model_name_or_path: the Hugging Face id from the GGUF's metadata in
+ * the documented order, general.name last. */
+static void base_name_of(const char *const *kv, size_t n, char *out, size_t cap)
+{
+	gguf_writer *w = gguf_writer_new();
+	assert_non_null(w);
+	assert_int_equal(gguf_set_str(w, "general.architecture", "llama"), 0);
+	assert_int_equal(gguf_set_u32(w, "llama.block_count", 2), 0);
+	assert_int_equal(gguf_set_u32(w, "llama.attention.head_count", 4), 0);
+	for (size_t i = 0; i + 1 < n; i += 2)
+		assert_int_equal(gguf_set_str(w, kv[i], kv[i + 1]), 0);
+	uint8_t *mem = NULL;
+	size_t len = 0;
+	assert_int_equal(gguf_writer_serialize(w, &mem, &len), 0);
+	gguf_writer_free(w);
+	gguf *g = NULL;
+	char err[256];
+	assert_int_equal(gguf_open_mem(mem, len, &g, err, sizeof err), 0);
+	lfmt_base b;
+	assert_int_equal(lfmt_base_from_gguf(g, &b, err, sizeof err), 0);
+	snprintf(out, cap, "%s", b.name);
+	gguf_free(g);
+	free(mem);
+}
+
+static void test_base_hf_id(void **st)
+{
+	(void)st;
+	char name[128];
+	const char *repo[] = {
+	    "general.name",    "Qwen2 0.5B",         "general.source.huggingface.repository",
+	    "Qwen/Qwen2-0.5B", "general.source.url", "https://huggingface.co/other/x"};
+	base_name_of(repo, 6, name, sizeof name);
+	assert_string_equal(name, "Qwen/Qwen2-0.5B");
+	const char *url[] = {"general.name", "Qwen2 0.5B", "general.source.repo_url",
+	                     "https://huggingface.co/Qwen/Qwen2-0.5B/"};
+	base_name_of(url, 4, name, sizeof name);
+	assert_string_equal(name, "Qwen/Qwen2-0.5B");
+	/* a URL elsewhere names no model id: general.name */
+	const char *gh[] = {"general.name", "Qwen2 0.5B", "general.source.url",
+	                    "https://github.com/x/y"};
+	base_name_of(gh, 4, name, sizeof name);
+	assert_string_equal(name, "Qwen2 0.5B");
+	base_name_of(NULL, 0, name, sizeof name);
+	assert_string_equal(name, "");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_permutation),
 	    cmocka_unit_test(test_names_and_scale),
 	    cmocka_unit_test(test_peft_config),
+	    cmocka_unit_test(test_base_hf_id),
 	    cmocka_unit_test_setup_teardown(test_gguf_lora_round_trip, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_peft_round_trip, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_alpha_sources, setup, teardown),

@@ -165,6 +165,37 @@ static void damaged(const char *what)
 	free(d);
 }
 
+/* dir NULL: the same state in memory, nothing written anywhere. */
+static void test_in_memory(void **state)
+{
+	(void)state;
+	setup_fps();
+	nst *s = NULL;
+	assert_int_equal(nst_open(NULL, base_fp, shape_fp, &s), 0);
+	assert_null(nst_dir(s));
+	assert_null(nst_global(s));
+	tset *g = adapter(5), *g2 = NULL;
+	uint8_t sha[32], bad[32];
+	assert_int_equal(tset_fingerprint(g, sha), 0);
+	memcpy(bad, sha, 32);
+	bad[0] ^= 1;
+	assert_int_equal(tset_clone(g, &g2), 0);
+	assert_int_equal(nst_set_global(s, 2, g2, bad), FL_EMISMATCH); /* still checked */
+	assert_int_equal(nst_set_global(s, 2, g, sha), 0);
+	assert_int_equal(nst_version(s), 2);
+	assert_memory_equal(nst_version_sha(s), sha, 32);
+	tset *r = adapter(6);
+	assert_int_equal(nst_commit_residual(s, r, 7), 0);
+	assert_int_equal(nst_residual_round(s), 7);
+	nst_counters_mut(s)->updates_accepted = 1;
+	assert_int_equal(nst_save(s), 0);
+	assert_int_equal(nst_append_metrics(s, "{}", 2), 0);
+	assert_int_equal(nst_clear_global(s), 0);
+	assert_null(nst_global(s));
+	assert_int_equal(nst_counters_get(s)->updates_accepted, 1);
+	nst_free(s);
+}
+
 static void test_damage(void **state)
 {
 	(void)state;
@@ -220,6 +251,7 @@ int main(void)
 	log_set_level(LOG_LVL_OFF);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_roundtrip),
+	    cmocka_unit_test(test_in_memory),
 	    cmocka_unit_test(test_damage),
 	    cmocka_unit_test(test_foreign_state_discarded),
 	};

@@ -330,6 +330,90 @@ static void test_shakespeare_by_role(void **st)
 	free(sh);
 }
 
+/* Prose: 12 stories of 10 paragraphs, each story's first paragraph starting
+ * with "STORY <s>". --key document keeps every story in one shard and holds
+ * out each shard's tail: every held-out paragraph comes after all of the
+ * shard's training paragraphs in file order. */
+#define NSTORY 12
+static void check_documents(const char *out, int nodes)
+{
+	int shard_of[NSTORY * 10], eval_of[NSTORY * 10];
+	for (int i = 0; i < NSTORY * 10; i++)
+		shard_of[i] = -1;
+	for (int s = 0; s < nodes; s++) {
+		int max_train = -1, min_eval = 1 << 30, n_eval = 0;
+		for (int ev = 0; ev < 2; ev++) {
+			char p[1100];
+			snprintf(p, sizeof p, "%s/node-%03d/%s.txt", out, s, ev ? "eval" : "train");
+			uint8_t *d;
+			size_t n;
+			assert_int_equal(file_read_all(p, 1 << 24, &d, &n), 0);
+			for (char *c = (char *)d; (c = strstr(c, "paragraph ")) != NULL; c += 10) {
+				int k = atoi(c + 10);
+				assert_true(k >= 0 && k < NSTORY * 10);
+				assert_int_equal(shard_of[k], -1); /* each paragraph once */
+				shard_of[k] = s;
+				eval_of[k] = ev;
+				if (ev) {
+					n_eval++;
+					min_eval = k < min_eval ? k : min_eval;
+				} else {
+					max_train = k > max_train ? k : max_train;
+				}
+			}
+			free(d);
+		}
+		assert_true(n_eval > 0);
+		assert_true(max_train < min_eval); /* the held-out part is the tail */
+	}
+	for (int k = 0; k < NSTORY * 10; k++) {
+		assert_true(shard_of[k] >= 0);
+		assert_int_equal(shard_of[k], shard_of[k - k % 10]); /* one story, one shard */
+	}
+	(void)eval_of;
+}
+
+static void test_by_document(void **st)
+{
+	(void)st;
+	char in[512], out[512];
+	snprintf(in, sizeof in, "%s/prose.txt", g_dir);
+	FILE *f = fopen(in, "w");
+	assert_non_null(f);
+	for (int k = 0; k < NSTORY * 10; k++)
+		fprintf(f, "%s%d\nparagraph %d of the tale, words words.\n\n",
+		        k % 10 == 0 ? "STORY " : "Then ", k / 10, k);
+	fclose(f);
+	part_opts o = {.input = in,
+	               .nodes = 4,
+	               .mode = PART_BY_KEY,
+	               .key = "document",
+	               .doc_start = "^STORY [0-9]+$",
+	               .holdout = 0.2,
+	               .seed = 3,
+	               .quiet = 1};
+	part_shard *sh = NULL;
+	snprintf(out, sizeof out, "%s/docs-re", g_dir);
+	o.out_dir = out;
+	assert_int_equal(part_run(&o, &sh), 0);
+	free(sh);
+	check_documents(out, 4);
+	/* the same stories by size: a document every 10 paragraphs */
+	snprintf(out, sizeof out, "%s/docs-size", g_dir);
+	o.out_dir = out;
+	o.doc_start = NULL;
+	o.doc_size = 10;
+	assert_int_equal(part_run(&o, &sh), 0);
+	free(sh);
+	check_documents(out, 4);
+	/* refusals: a bad expression, document options with another key */
+	o.doc_start = "([";
+	assert_int_equal(part_run(&o, &sh), FL_EINVAL);
+	o.key = "speaker";
+	o.doc_start = "^STORY";
+	assert_int_equal(part_run(&o, &sh), FL_EINVAL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -338,6 +422,7 @@ int main(void)
 	    cmocka_unit_test(test_by_key_never_splits),
 	    cmocka_unit_test(test_deterministic_and_seed_sensitive),
 	    cmocka_unit_test(test_jsonl_and_errors),
+	    cmocka_unit_test(test_by_document),
 	    cmocka_unit_test(test_shakespeare_by_role),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);

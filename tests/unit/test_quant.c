@@ -536,15 +536,18 @@ static void test_tensor_and_set(void **state)
 	tset_free(res);
 }
 
-/* Scalar and AVX2 paths: same bytes, same floats, for every format, block,
- * rounding, with and without error feedback, and tails of every length. */
+/* Scalar and vector paths (AVX2 on x86-64, NEON on aarch64): same bytes,
+ * same floats, for every format, block, rounding, with and without error
+ * feedback, and tails of every length. */
 static void test_scalar_avx2_identical(void **state)
 {
 	(void)state;
-	if (!quant_have_avx2()) {
-		print_message("no AVX2/FMA/F16C on this CPU: scalar path only\n");
+	const enum quant_impl vi = quant_vector_impl();
+	if (vi == QUANT_IMPL_SCALAR) {
+		print_message("no AVX2/FMA/F16C or NEON here: scalar path only\n");
 		skip();
 	}
+	print_message("comparing scalar with %s\n", quant_impl_name(vi));
 	const size_t sizes[] = {1, 7, 8, 31, 32, 33, 100, 128, 129, 1000, 4103};
 	const enum qt_fmt fmts[] = {QT_F32, QT_F16, QT_Q8, QT_Q4, QT_Q2};
 	uint64_t rs = 2024;
@@ -580,8 +583,7 @@ static void test_scalar_avx2_identical(void **state)
 						                         &q0)
 						       : quant_encode(&p, "t", x, 1, shape, &q0),
 						    0);
-						assert_int_equal(quant_set_impl(QUANT_IMPL_AVX2),
-						                 0);
+						assert_int_equal(quant_set_impl(vi), 0);
 						assert_int_equal(
 						    ef ? quant_encode_ef(&p, "t", x, r1, 1, shape,
 						                         &q1)
@@ -607,8 +609,7 @@ static void test_scalar_avx2_identical(void **state)
 						assert_int_equal(quant_decode(&q0, y0, n), 0);
 						assert_int_equal(
 						    quant_accumulate(&q0, 0.123f, a0, n), 0);
-						assert_int_equal(quant_set_impl(QUANT_IMPL_AVX2),
-						                 0);
+						assert_int_equal(quant_set_impl(vi), 0);
 						assert_int_equal(quant_decode(&q0, y1, n), 0);
 						assert_int_equal(
 						    quant_accumulate(&q0, 0.123f, a1, n), 0);
@@ -650,7 +651,7 @@ static void test_fma_semantics(void **state)
 		acc[i] = -(float)L * ws * (1.0f + 0x1p-20f); /* near-cancellation */
 		ref[i] = fmaf((float)L, ws, acc[i]);
 	}
-	for (int impl = QUANT_IMPL_SCALAR; impl <= QUANT_IMPL_AVX2; impl++) {
+	for (int impl = QUANT_IMPL_SCALAR; impl <= QUANT_IMPL_NEON; impl++) {
 		if (quant_set_impl((enum quant_impl)impl))
 			continue;
 		float a[32];

@@ -503,7 +503,8 @@ static void test_small_vocabs(void **state)
 	tok_free(t);
 }
 
-/* A byte-level vocabulary (the 256 byte tokens, one merge) under
+/* A byte-level vocabulary (the 256 byte tokens, one merge; BOS id 0,
+ * add_bos_token unset) under
  * pre-tokenizer pre. */
 static tok *bytes_tok(const char *pre)
 {
@@ -533,6 +534,7 @@ static tok *bytes_tok(const char *pre)
 	assert_int_equal(gguf_set_str(w, "tokenizer.ggml.pre", pre), 0);
 	assert_int_equal(gguf_set_arr_str(w, "tokenizer.ggml.tokens", btk, 256), 0);
 	assert_int_equal(gguf_set_arr_str(w, "tokenizer.ggml.merges", merges, 1), 0);
+	assert_int_equal(gguf_set_u32(w, "tokenizer.ggml.bos_token_id", 0), 0);
 	tok *t;
 	char err[256];
 	assert_int_equal(tok_of(w, &t, err, sizeof err), 0);
@@ -577,6 +579,7 @@ static void test_pretokenizers(void **state)
 
 	t = bytes_tok("llama-bpe");
 	assert_int_equal(tok_get_pre(t), TOK_PRE_LLAMA3);
+	assert_int_equal(tok_adds_bos(t), 1); /* no add_bos_token key: on for llama-bpe */
 	expect_split(t, "Hello world's 12345  x", "Hello| world|'s| |123|45| | x");
 	expect_split(t, "I'M here 'LL", "I|'M| here| '|LL");
 	expect_split(t, "x  \n  y", "x|  \n| | y");
@@ -590,6 +593,7 @@ static void test_pretokenizers(void **state)
 
 	t = bytes_tok("qwen2");
 	assert_int_equal(tok_get_pre(t), TOK_PRE_QWEN2);
+	assert_int_equal(tok_adds_bos(t), 0);
 	expect_split(t, "x 12345", "x| |1|2|3|4|5");
 	expect_split(t, "x\xc2\xb2y", "x|\xc2\xb2|y"); /* superscript two is \p{N} */
 	expect_split(t, "you'RE", "you|'RE");
@@ -644,6 +648,8 @@ static void test_refusals(void **state)
 	expect_refused(base("gpt2", "deepseek-llm"), FL_EUNSUPPORTED,
 	               "'deepseek-llm' is not supported");
 	expect_refused(base("gpt2", "falcon"), FL_EUNSUPPORTED, "'falcon'");
+	/* llama.cpp's "default" split for BPE is not GPT-2's */
+	expect_refused(base("gpt2", "default"), FL_EUNSUPPORTED, "'default' is not supported");
 	expect_refused(base("llama", "qwen2"), FL_EUNSUPPORTED, "'qwen2' is not supported");
 	expect_refused(base("llama", NULL), FL_EFORMAT, "tokenizer.ggml.tokens is missing");
 

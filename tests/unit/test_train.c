@@ -386,8 +386,8 @@ static void test_peft_roundtrip(void **state)
 	char pdir[600];
 	snprintf(pdir, sizeof pdir, "%s/peft", dir);
 	lora_spec sp = {.rank = 8, .alpha = 16, .targets = LORA_ALL_TARGETS};
-	assert_int_equal(trn_adapter_save_peft(ad, &sp, trn_base_gguf(b), pdir, err, sizeof err),
-	                 0);
+	assert_int_equal(
+	    trn_adapter_save_peft(ad, &sp, trn_base_gguf(b), NULL, pdir, err, sizeof err), 0);
 	lora_spec lp;
 	char why[256];
 	assert_int_equal(lfmt_load(pdir, trn_base_gguf(b), NULL, &back, &lp, why, sizeof why), 0);

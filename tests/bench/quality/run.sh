@@ -5,9 +5,14 @@
 #   1. base model: `fedlora-node init-model` (byte vocabulary) then
 #      `fedlora-node train --full` on warpeace.txt (last 5 % held out);
 #      cached in $CACHE, so reruns skip it.
-#   2. task: tinyshakespeare.txt split by speaking role into $NODES shards
-#      (`fedlora-node partition --mode by-key --key speaker`, 10 % of every
-#      shard held out): non-IID, shards differ in size and style.
+#   2. task: TASK_DATA (tinyshakespeare.txt) split into $NODES shards with
+#      `fedlora-node partition --mode PART_MODE --key PART_KEY` (by-key
+#      speaker: by speaking role, 10 % of every shard held out; non-IID,
+#      shards differ in size and style). Prose without speakers: PART_KEY=
+#      document (whole documents per shard, each shard's tail held out; set
+#      the document boundaries with PART_ARGS="--doc-start RE" or
+#      "--doc-size N"). SHARD_DIR uses shards made elsewhere instead
+#      (node-000/{train,eval}.txt ...).
 #   3. runs from the same base, the same LoRA spec and the same total number
 #      of local training tokens (ROUNDS x PER_ROUND x LOCAL_STEPS x BATCH x CTX):
 #        central   one LoRA on the pooled training data of all shards
@@ -16,16 +21,26 @@
 #        f32 q8 q4ef q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef
 #                  `fedlora-coordinator serve` + NODES `fedlora-node run`
 #                  (trainer lora, 1 thread each), PER_ROUND nodes sampled a round
+#        secagg_q4 q4ef under secure aggregation (aggregation.secure = true,
+#                  docs/PRIVACY.md): nodes clip to SA_CLIP, quantize onto the
+#                  common 4-bit grid with error feedback, upload masked
 #        dp_ffa_q4ef  ffa_q4ef with central differential privacy
 #                  (docs/PRIVACY.md): Poisson sampling q = PER_ROUND / NODES,
 #                  clip DP_CLIP, noise multiplier DP_Z, delta DP_DELTA; not in
 #                  the default list
 #   4. every run's final adapter is scored on every node's held-out split
 #      (`fedlora-node eval --adapter`), next to the base model on the same data.
+#   5. every run is repeated for every learning rate in LRS and every seed in
+#      SEEDS (training seeds, adapter init, node sampling; the shards stay);
+#      a run is reported at its best learning rate (lowest mean over seeds;
+#      chosen on the same held-out splits, for every run alike, the
+#      baselines included), as mean +- standard deviation over seeds, with
+#      per-node wins against f32 (same seed), and a difference from f32
+#      smaller than the spread is marked as such.
 #
-# Writes into $OUT: table.md (the results table), <run>.curve (per-round mean
-# held-out loss), <run>.evals (per-node final losses), charts (PNG, gnuplot)
-# into $IMG when set.
+# Writes into $OUT: table.md (the results table and the learning-rate
+# sweep), <run>@<lr>@<seed>.{res,evals,curve}, charts (PNG, gnuplot) into
+# $IMG when set.
 #
 # Usage: tests/bench/quality/run.sh [RUN ...]    (default: every run)
 # Environment (defaults in brackets):
@@ -35,8 +50,12 @@
 #   LR [0.003] RANK [16] ALPHA [32] TARGETS [attn_q,attn_v] EVAL_TOKENS [4096]
 #   DIM [256] LAYERS [6] HEADS [8] FFN [768] MCTX [128] PRE_STEPS [6000]
 #   (the base: 5.25M parameters, 6000 x 8 x 128 tokens, about 30 min on 2 cores)
-#   PRE_DATA [warpeace.txt] TASK_DATA [tinyshakespeare.txt]
+#   PRE_DATA [warpeace.txt] TASK_DATA [tinyshakespeare.txt] (both in FEDLORA_SHARED/data,
+#   or absolute paths)  TASK_NAME [TASK_DATA without .txt] (named in the table)
+#   PART_MODE [by-key] PART_KEY [speaker] PART_ARGS [] SHARD_DIR [unset]
+#   LRS [$LR] (e.g. "0.001 0.003 0.01")  SEEDS [1] (e.g. "1 2 3")
 #   DP_Z [1.0] DP_CLIP [0.05] DP_DELTA [1e-3] (dp_ffa_q4ef only)
+#   SA_CLIP [10] SA_RANGE [4] (secagg_q4 only)
 # word splitting of $(stats ...) and $b into fields is intended; the scripts
 # passed to `bash -c` are single-quoted on purpose (they expand in the child)
 # shellcheck disable=SC2046,SC2086,SC2016
@@ -57,10 +76,15 @@ EVAL_TOKENS=${EVAL_TOKENS:-4096}
 DIM=${DIM:-256} LAYERS=${LAYERS:-6} HEADS=${HEADS:-8} FFN=${FFN:-768} MCTX=${MCTX:-128}
 PRE_STEPS=${PRE_STEPS:-6000} PRE_DATA=${PRE_DATA:-warpeace.txt}
 TASK_DATA=${TASK_DATA:-tinyshakespeare.txt}
+TASK_NAME=${TASK_NAME:-$(basename "$TASK_DATA" .txt)}
+PART_MODE=${PART_MODE:-by-key} PART_KEY=${PART_KEY:-speaker} PART_ARGS=${PART_ARGS:-}
+SHARD_DIR=${SHARD_DIR:-}
+LRS=${LRS:-$LR} SEEDS=${SEEDS:-1}
 DP_Z=${DP_Z:-1.0} DP_CLIP=${DP_CLIP:-0.05} DP_DELTA=${DP_DELTA:-1e-3}
+SA_CLIP=${SA_CLIP:-10} SA_RANGE=${SA_RANGE:-4}
 node_bin=$build/fedlora-node
 coord_bin=$build/fedlora-coordinator
-all_runs="central local f32 q4ef q8 q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef"
+all_runs="central local f32 q4ef q8 q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef secagg_q4"
 runs=${*:-$all_runs}
 
 die() {
@@ -69,7 +93,13 @@ die() {
 }
 say() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 [[ -x $node_bin && -x $coord_bin ]] || die "build fedlora-node and fedlora-coordinator in $build first"
-[[ -f $shared/$PRE_DATA && -f $shared/$TASK_DATA ]] || die "data missing in $shared"
+# a data file: absolute, or in FEDLORA_SHARED/data
+data_path() { if [[ $1 == /* ]]; then echo "$1"; else echo "$shared/$1"; fi; }
+pre_path=$(data_path "$PRE_DATA") task_path=$(data_path "$TASK_DATA")
+[[ -f $pre_path ]] || die "pretraining data $pre_path missing"
+[[ -n $SHARD_DIR || -f $task_path ]] || die "task data $task_path missing"
+for x in $LRS; do [[ $x =~ ^[0-9.eE+-]+$ ]] || die "LRS: '$x' is not a number"; done
+for x in $SEEDS; do [[ $x =~ ^[1-9][0-9]*$ ]] || die "SEEDS: '$x' is not a positive integer"; done
 
 pids=()
 cleanup() {
@@ -83,10 +113,10 @@ trap 'exit 130' INT TERM
 mkdir -p "$CACHE" "$OUT"
 
 # ------------------------------------------------------------------ base model
-base=$CACHE/base-d$DIM-l$LAYERS-h$HEADS-f$FFN-c$MCTX-p$PRE_STEPS.gguf
+base=$CACHE/base-d$DIM-l$LAYERS-h$HEADS-f$FFN-c$MCTX-p$PRE_STEPS-$(basename "$PRE_DATA" .txt).gguf
 if [[ ! -f $base ]]; then
   say "pretraining the base model ($PRE_STEPS steps on $PRE_DATA)"
-  split_lines "$shared/$PRE_DATA" "$CACHE/pre-train.txt" "$CACHE/pre-eval.txt"
+  split_lines "$pre_path" "$CACHE/pre-train.txt" "$CACHE/pre-eval.txt"
   "$node_bin" init-model --out "$CACHE/init.gguf" --dim "$DIM" --layers "$LAYERS" \
     --heads "$HEADS" --ffn "$FFN" --ctx "$MCTX" --seed 7 >/dev/null
   rm -rf "$CACHE/pre"
@@ -104,15 +134,26 @@ base_pre_loss=$(awk '/^result/ {print $3}' "$CACHE/base-eval.txt")
 say "base model $base: held-out loss on $PRE_DATA $base_pre_loss"
 
 # ------------------------------------------------------------------ shards
-shards=$CACHE/shards-$NODES
-if [[ ! -f $shards/partition.json ]]; then
-  "$node_bin" partition --input "$shared/$TASK_DATA" --out "$shards" --nodes "$NODES" \
-    --mode by-key --key speaker --holdout 0.1 --seed 1 >"$CACHE/partition-$NODES.log"
+if [[ -n $SHARD_DIR ]]; then
+  shards=$SHARD_DIR
+  [[ -f $shards/node-$(printf %03d $((NODES - 1)))/train.txt ]] ||
+    die "SHARD_DIR $shards has no node-$(printf %03d $((NODES - 1)))/train.txt for NODES=$NODES"
+else
+  ptag=$(printf '%s' "$TASK_NAME-$PART_MODE-$PART_KEY-$PART_ARGS" | tr -c 'A-Za-z0-9._-' _)
+  shards=$CACHE/shards-$NODES-$ptag
+  if [[ ! -f $shards/partition.json ]]; then
+    kargs=()
+    [[ $PART_MODE == iid ]] || kargs=(--key "$PART_KEY")
+    "$node_bin" partition --input "$task_path" --out "$shards" --nodes "$NODES" \
+      --mode "$PART_MODE" "${kargs[@]}" $PART_ARGS --holdout 0.1 --seed 1 \
+      >"$CACHE/partition-$NODES-$ptag.log" || die "partition failed ($CACHE/partition-$NODES-$ptag.log)"
+  fi
 fi
 shard() { printf '%s/node-%03d' "$shards" "$(($1 - 1))"; }
 nid() { printf 'node-%0*d' "$(((NODES > 99) ? ${#NODES} : 2))" "$1"; }
-pool=$CACHE/pool-$NODES.txt
-[[ -f $pool ]] || for i in $(seq 1 "$NODES"); do cat "$(shard "$i")/train.txt"; done >"$pool"
+pool=$shards.pool.txt
+[[ -n $SHARD_DIR ]] && pool=$OUT/pool.txt
+[[ -f $pool && -z $SHARD_DIR ]] || for i in $(seq 1 "$NODES"); do cat "$(shard "$i")/train.txt"; done >"$pool"
 
 # ------------------------------------------------------------------ PKI
 pki=$CACHE/pki-$NODES
@@ -138,10 +179,8 @@ score() {
 }
 stats() { awk '{s += $2; if ($2 > w) w = $2} END {printf "%.4f %.4f", s / NR, w}' "$1"; }
 
-if [[ ! -f $OUT/base.evals ]]; then
-  say "scoring the base model on every node's held-out split"
-  score base -
-fi
+say "scoring the base model on every node's held-out split"
+score base -
 
 # the federation's base fingerprint and adapter shapes (as deploy/quickstart.sh)
 fp=$("$node_bin" fingerprint --model "$base")
@@ -166,36 +205,37 @@ res() { echo "$*" >"$OUT/$1.res"; }
 lora_train() { # data out steps
   OMP_NUM_THREADS=1 "$node_bin" train --model "$base" --data "$1" --out "$2" --steps "$3" \
     --batch "$BATCH" --ctx "$CTX" --lr "$LR" --schedule constant --warmup 0 --clip 1 \
-    --rank "$RANK" --alpha "$ALPHA" --targets "$TARGETS" --seed 1 --threads 1 --quiet \
+    --rank "$RANK" --alpha "$ALPHA" --targets "$TARGETS" --seed "$SEED" --threads 1 --quiet \
     >"$2.log" 2>&1
 }
 
+# The run functions write $OUT/$tag.{res,evals,curve}: tag = RUN@LR@SEED.
 run_central() {
-  local t0=$SECONDS d=$OUT/work/central
+  local t0=$SECONDS d=$OUT/work/$tag
   rm -rf "$d" && mkdir -p "$OUT/work"
-  say "central: LoRA on the pooled data, $steps_central steps"
+  say "$tag: LoRA on the pooled data, $steps_central steps"
   lora_train "$pool" "$d" "$steps_central" || die "central training failed ($d.log)"
-  score central "$d"
-  res central $(stats "$OUT/central.evals") 0 0 0 0 0 $((SECONDS - t0))
+  score "$tag" "$d"
+  res "$tag" $(stats "$OUT/$tag.evals") 0 0 0 0 0 $((SECONDS - t0))
 }
 
 run_local() {
-  local t0=$SECONDS d=$OUT/work/local i
+  local t0=$SECONDS d=$OUT/work/$tag i
   rm -rf "$d" && mkdir -p "$d"
-  say "local: every node alone, $steps_local steps each"
+  say "$tag: every node alone, $steps_local steps each"
   for i in $(seq 1 "$NODES"); do echo "$i"; done |
     xargs -P 2 -I{} bash -c "$(declare -f lora_train); base=$base BATCH=$BATCH CTX=$CTX LR=$LR \
-      RANK=$RANK ALPHA=$ALPHA TARGETS=$TARGETS node_bin=$node_bin; \
+      RANK=$RANK ALPHA=$ALPHA TARGETS=$TARGETS SEED=$SEED node_bin=$node_bin; \
       lora_train $shards/\$(printf node-%03d \$(({} - 1)))/train.txt $d/n{} $steps_local" ||
     die "local training failed (logs in $d)"
-  score local "$d/n%d"
-  res local $(stats "$OUT/local.evals") 0 0 0 0 0 $((SECONDS - t0))
+  score "$tag" "$d/n%d"
+  res "$tag" $(stats "$OUT/$tag.evals") 0 0 0 0 0 $((SECONDS - t0))
 }
 
 # run_fed NAME UPLINK EF FFA STRATEGY
 run_fed() {
   local name=$1 fmt=$2 ef=$3 ffa=$4 strat=$5 t0=$SECONDS
-  local d=$OUT/work/$name i blk=32 extra=""
+  local d=$OUT/work/$tag i blk=32 extra=""
   [[ $fmt == f32 || $fmt == f16 ]] && blk=0
   [[ $strat == fedadam ]] && extra=$'server_lr = 0.01\nbeta1 = 0.9\nbeta2 = 0.99\ntau = 1e-3'
   [[ $strat == trimmed_mean ]] && extra="trim = 0.2"
@@ -204,8 +244,11 @@ run_fed() {
     extra+=$'\n'"noise_multiplier = $DP_Z"$'\n'"clip = $DP_CLIP"$'\n'"delta = $DP_DELTA"
     extra+=$'\n'"target_epsilon = 1000"$'\n'"population = $NODES"
   fi
+  if [[ $name == secagg_* ]]; then
+    extra=$'secure = true'$'\n'"secure_clip = $SA_CLIP"$'\n'"secure_range = $SA_RANGE"
+  fi
   rm -rf "$d" && mkdir -p "$d"
-  say "$name: $ROUNDS rounds, $NODES nodes, $PER_ROUND a round, uplink $fmt ef=$ef ffa=$ffa, $strat"
+  say "$tag: $ROUNDS rounds, $NODES nodes, $PER_ROUND a round, uplink $fmt ef=$ef ffa=$ffa, $strat"
   cat >"$d/coordinator.conf" <<EOF
 [server]
 listen = tcp://127.0.0.1:*
@@ -217,7 +260,7 @@ heartbeat_ms = 2000
 idle_timeout_ms = 120000
 [federation]
 base_sha256 = $fp
-seed = 1
+seed = $SEED
 [adapter]
 layers = $LAYERS
 dims = $dims
@@ -228,7 +271,7 @@ rank = $RANK
 alpha = $ALPHA
 targets = $TARGETS
 ffa = $ffa
-init_seed = 1
+init_seed = $SEED
 [rounds]
 min_nodes = $NODES
 nodes_per_round = $PER_ROUND
@@ -268,7 +311,7 @@ EOF
 [node]
 state_dir = $d/n$i
 trainer = lora
-seed = $i
+seed = $((i + 1000 * (SEED - 1)))
 [coordinator]
 endpoint = $(cat "$d/endpoint")
 [tls]
@@ -287,7 +330,7 @@ rank = $RANK
 alpha = $ALPHA
 targets = $TARGETS
 ffa = $ffa
-init_seed = 1
+init_seed = $SEED
 EOF
     OMP_NUM_THREADS=1 "$node_bin" run --config "$d/n$i.conf" >"$d/n$i.log" 2>&1 &
     pids+=("$!")
@@ -312,7 +355,7 @@ EOF
   cleanup
   "$coord_bin" export --state-dir "$d/coord-state" --version latest --out "$d/final" \
     >"$d/export.log" 2>&1 || die "$name: export failed ($d/export.log)"
-  score "$name" "$d/final"
+  score "$tag" "$d/final"
   # per-round curve: mean held-out loss (of the version each round starts
   # from) over the round's sampled nodes; last line: all nodes, final version
   cat "$d"/n*/metrics.jsonl >"$d/metrics.all"
@@ -321,78 +364,166 @@ EOF
       match($0, /"eval_loss":[0-9.eE+-]+/); l = substr($0, RSTART + 12, RLENGTH - 12) + 0
       s[r] += l; c[r]++; if (r > m) m = r }
     END { for (r = 1; r <= m; r++) if (c[r]) printf "%d %.5f\n", r, s[r] / c[r] }' \
-    "$d/metrics.all" >"$OUT/$name.curve"
-  echo "$((ROUNDS + 1)) $(stats "$OUT/$name.evals" | cut -d' ' -f1)" >>"$OUT/$name.curve"
+    "$d/metrics.all" >"$OUT/$tag.curve"
+  stats "$OUT/$tag.evals" | cut -d' ' -f1 >"$OUT/$tag.final"
   local b
   b=$(awk 'function num(k,   m) { if (match($0, "\"" k "\":[0-9]+")) { m = substr($0, RSTART, RLENGTH); sub(/^"[^"]*":/, "", m); return m + 0 } return 0 }
     /"type":"round"/ { up += num("bytes_up"); f += num("bytes_up_fp32"); dn += num("bytes_down"); n++ }
     END { printf "%d %d %d %d %d", up, dn, f, n ? up / n : 0, n ? dn / n : 0 }' "$d/metrics.all")
-  res "$name" $(stats "$OUT/$name.evals") $b "$secs"
+  res "$tag" $(stats "$OUT/$tag.evals") $b "$secs"
 }
 
 for r in $runs; do
   case $r in
-  central) run_central ;;
-  local) run_local ;;
-  f32) run_fed f32 f32 false false fedavg ;;
-  q8) run_fed q8 q8 false false fedavg ;;
-  q4ef) run_fed q4ef q4 true false fedavg ;;
-  q4) run_fed q4 q4 false false fedavg ;;
-  q2ef) run_fed q2ef q2 true false fedavg ;;
-  ffa_q4ef) run_fed ffa_q4ef q4 true true fedavg ;;
-  trim_q4ef) run_fed trim_q4ef q4 true false trimmed_mean ;;
-  fedadam_q4ef) run_fed fedadam_q4ef q4 true false fedadam ;;
-  dp_ffa_q4ef) run_fed dp_ffa_q4ef q4 true true fedavg ;;
-  *) die "unknown run '$r' (runs: $all_runs)" ;;
+  central | local | f32 | q8 | q4ef | q4 | q2ef | ffa_q4ef | trim_q4ef | fedadam_q4ef | dp_ffa_q4ef | secagg_q4) ;;
+  *) die "unknown run '$r' (runs: $all_runs dp_ffa_q4ef)" ;;
   esac
-  say "$r: $(cat "$OUT/$r.res")"
+done
+for r in $runs; do
+  for LR in $LRS; do
+    for SEED in $SEEDS; do
+      tag=$r@$LR@$SEED
+      case $r in
+      central) run_central ;;
+      local) run_local ;;
+      f32) run_fed f32 f32 false false fedavg ;;
+      q8) run_fed q8 q8 false false fedavg ;;
+      q4ef) run_fed q4ef q4 true false fedavg ;;
+      q4) run_fed q4 q4 false false fedavg ;;
+      q2ef) run_fed q2ef q2 true false fedavg ;;
+      ffa_q4ef) run_fed ffa_q4ef q4 true true fedavg ;;
+      trim_q4ef) run_fed trim_q4ef q4 true false trimmed_mean ;;
+      fedadam_q4ef) run_fed fedadam_q4ef q4 true false fedadam ;;
+      dp_ffa_q4ef) run_fed dp_ffa_q4ef q4 true true fedavg ;;
+      secagg_q4) run_fed secagg_q4 q4 true false fedavg ;;
+      esac
+      say "$tag: $(cat "$OUT/$tag.res")"
+    done
+  done
 done
 
 # ------------------------------------------------------------------ table
+# per run and lr: the mean over seeds of the mean held-out loss; the best lr
+# (lowest) is the one reported
+nseeds=$(wc -w <<<"$SEEDS")
+seed1=${SEEDS%% *}
+lr_mean() { # RUN LR -> mean over seeds of the run's mean held-out loss
+  local x
+  for x in $SEEDS; do awk '{print $2}' "$OUT/$1@$2@$x.res"; done | awk '{s += $1} END {printf "%.5f", s / NR}'
+}
+declare -A best
+for r in $all_runs dp_ffa_q4ef; do
+  [[ -f $OUT/$r@${LRS%% *}@$seed1.res ]] || continue
+  bl="" bmean=""
+  for lr in $LRS; do
+    m=$(lr_mean "$r" "$lr")
+    if [[ -z $bmean ]] || awk -v a="$m" -v b="$bmean" 'BEGIN { exit !(a < b) }'; then bl=$lr bmean=$m; fi
+  done
+  best[$r]=$bl
+done
+# seeds_of RUN -> "mean worst" per seed, one line each, at the run's best lr
+seeds_of() { local x; for x in $SEEDS; do awk '{print $2, $3}' "$OUT/$1@${best[$1]}@$x.res"; done; }
 base_stats=$(stats "$OUT/base.evals")
+bm=$(echo "$base_stats" | cut -d' ' -f1)
 {
-  echo "Base model: $base_pre_loss nats/byte held-out on $PRE_DATA; on the $NODES Shakespeare held-out"
+  echo "Task: $TASK_NAME ($(basename "$task_path"), $PART_MODE${PART_KEY:+ by $PART_KEY}${PART_ARGS:+ $PART_ARGS}${SHARD_DIR:+, shards from $SHARD_DIR}), $NODES nodes."
+  echo "Base model: $base_pre_loss nats/byte held-out on $PRE_DATA; on the $NODES $TASK_NAME held-out"
   echo "splits: mean $(echo "$base_stats" | cut -d' ' -f1), worst $(echo "$base_stats" | cut -d' ' -f2)."
-  echo "Each run: $tokens_total local training tokens ($ROUNDS rounds x $PER_ROUND nodes x $LOCAL_STEPS steps x $BATCH x $CTX)."
+  echo "Each run: $tokens_total local training tokens ($ROUNDS rounds x $PER_ROUND nodes x $LOCAL_STEPS steps x $BATCH x $CTX),"
+  echo "at the best of the learning rates {$LRS} for that run (lowest mean over seeds, chosen on these"
+  echo "held-out splits for every run alike), $nseeds seed(s) {$SEEDS}: mean +- standard deviation over seeds."
+  echo "wins vs f32: nodes x seeds where the run's held-out loss is below f32's (same seed, f32 at its best lr)."
+  echo "up+down vs f32: both directions against f32 both ways (a download counted as large as an f32 upload)."
   echo
-  echo "| run | mean held-out | worst node | vs base (mean) | vs f32 (mean) | bytes up total | bytes down total | up / node / round | down / node / round | up vs f32 | wall s |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|"
-  f32m=$(awk '{print $2}' "$OUT/f32.res" 2>/dev/null || true)
-  f32up=$(awk '{print $4}' "$OUT/f32.res" 2>/dev/null || true)
-  bm=$(echo "$base_stats" | cut -d' ' -f1)
-  for r in $all_runs; do
-    [[ -f $OUT/$r.res ]] || continue
-    read -r _ m w up dn upf upn dnn s <"$OUT/$r.res"
-    awk -v r="$r" -v m="$m" -v w="$w" -v up="$up" -v dn="$dn" -v upf="$upf" -v upn="$upn" \
-      -v dnn="$dnn" -v s="$s" -v bm="$bm" -v fm="$f32m" -v fu="$f32up" 'BEGIN {
-      d = (fm != "" && r != "central" && r != "local") ? sprintf("%+.4f", m - fm) : "-"
+  echo "| run | lr | $TASK_NAME mean held-out | worst node | vs base (mean) | vs f32 (mean) | wins vs f32 | bytes up total | bytes down total | up vs f32 | up+down vs f32 | wall s |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  f32s=""
+  if [[ -n ${best[f32]:-} ]]; then
+    f32s=$(seeds_of f32 | awk '{s += $1; q += $1 * $1; n++} END {printf "%.6f %.6f", s / n, (n > 1) ? sqrt((q - s * s / n) / (n - 1)) : 0}')
+  fi
+  for r in $all_runs dp_ffa_q4ef; do
+    [[ -n ${best[$r]:-} ]] || continue
+    lr=${best[$r]}
+    st=$(seeds_of "$r" | awk '{s += $1; q += $1 * $1; w += $2; n++} END {printf "%.6f %.6f %.6f", s / n, (n > 1) ? sqrt((q - s * s / n) / (n - 1)) : 0, w / n}')
+    read -r _ _ _ up dn upf _ _ secs <"$OUT/$r@$lr@$seed1.res"
+    wins="-"
+    if [[ -n ${best[f32]:-} && $r != f32 ]]; then
+      wins=$(for x in $SEEDS; do paste -d' ' "$OUT/$r@$lr@$x.evals" "$OUT/f32@${best[f32]}@$x.evals"; done |
+        awk '{w += ($2 < $4); n++} END {printf "%d/%d", w, n}')
+    fi
+    awk -v r="$r" -v lr="$lr" -v st="$st" -v f="$f32s" -v bm="$bm" -v ns="$nseeds" -v wins="$wins" \
+      -v up="$up" -v dn="$dn" -v upf="$upf" -v secs="$secs" 'BEGIN {
+      split(st, a, " "); m = a[1]; sd = a[2]; w = a[3]
+      ms = (ns > 1) ? sprintf("%.4f +- %.4f", m, sd) : sprintf("%.4f", m)
+      d = "-"
+      if (f != "" && r != "f32") {
+        split(f, b, " "); dd = m - b[1]; spread = sqrt(sd * sd + b[2] * b[2])
+        d = sprintf("%+.4f", dd)
+        if (ns > 1 && (dd < 0 ? -dd : dd) <= spread) d = d " (within the spread)"
+        if (ns == 1) d = d " (1 seed)"
+      }
       if (r == "f32") d = "0"
-      ratio = (upf > 0) ? sprintf("%.1f%%", 100 * up / upf) : "-"
-      if (up == 0) { printf "| %s | %.4f | %.4f | %+.4f | %s | - | - | - | - | - | %d |\n", r, m, w, m - bm, d, s }
-      else printf "| %s | %.4f | %.4f | %+.4f | %s | %d | %d | %d | %d | %s | %d |\n", r, m, w, m - bm, d, up, dn, upn, dnn, ratio, s }'
+      if (up == 0) printf "| %s | %s | %s | %.4f | %+.4f | %s | %s | - | - | - | - | %d |\n", r, lr, ms, w, m - bm, d, wins, secs
+      else printf "| %s | %s | %s | %.4f | %+.4f | %s | %s | %d | %d | %.1f%% | %.1f%% | %d |\n", r, lr, ms, w, m - bm, d, wins, up, dn, 100 * up / upf, 100 * (up + dn) / (2 * upf), secs
+    }'
+  done
+  echo
+  echo "Learning-rate sweep (mean held-out over seeds; * = reported):"
+  echo
+  printf '| run |'
+  for lr in $LRS; do printf ' lr %s |' "$lr"; done
+  echo
+  printf '|---|'
+  for lr in $LRS; do printf -- '---|'; done
+  echo
+  for r in $all_runs dp_ffa_q4ef; do
+    [[ -n ${best[$r]:-} ]] || continue
+    printf '| %s |' "$r"
+    for lr in $LRS; do
+      mark=""
+      [[ $lr == "${best[$r]}" ]] && mark="*"
+      printf ' %s%s |' "$(lr_mean "$r" "$lr")" "$mark"
+    done
+    echo
   done
 } >"$OUT/table.md"
 cat "$OUT/table.md"
 
 # ------------------------------------------------------------------ charts
+# per-round curves (mean over the round's sampled nodes, mean over seeds, at
+# each run's best lr); the all-node score of the final version is a separate
+# point set, not a point of the curve
 if [[ -n $IMG ]] && command -v gnuplot >/dev/null; then
   mkdir -p "$IMG"
-  plots=""
-  for r in f32 q8 q4ef q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef; do
-    [[ -s $OUT/$r.curve ]] && plots+="${plots:+, }'$OUT/$r.curve' using 1:2 with linespoints title '$r'"
+  plots="" k=0
+  for r in f32 q8 q4ef q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef secagg_q4; do
+    [[ -n ${best[$r]:-} ]] || continue
+    k=$((k + 1))
+    for x in $SEEDS; do cat "$OUT/$r@${best[$r]}@$x.curve"; done |
+      awk '{s[$1] += $2; c[$1]++; if ($1 > m) m = $1} END {for (i = 1; i <= m; i++) if (c[i]) printf "%d %.5f\n", i, s[i] / c[i]}' >"$OUT/$r.meancurve"
+    fin=$(for x in $SEEDS; do cat "$OUT/$r@${best[$r]}@$x.final"; done | awk '{s += $1} END {printf "%.5f", s / NR}')
+    echo "$((ROUNDS + 1)) $fin" >"$OUT/$r.meanfinal"
+    lw=1.5
+    [[ $r == f32 ]] && lw=3
+    plots+="${plots:+, }'$OUT/$r.meancurve' using 1:2 with linespoints lw $lw dt $k pt $k lc $k title '$r'"
+    plots+=", '$OUT/$r.meanfinal' using 1:2 with points pt $k ps 2 lc $k notitle"
   done
+  lo=NaN ce=NaN
+  [[ -n ${best[local]:-} ]] && lo=$(lr_mean local "${best[local]}")
+  [[ -n ${best[central]:-} ]] && ce=$(lr_mean central "${best[central]}")
   if [[ -n $plots ]]; then
     gnuplot <<EOF
-set terminal pngcairo size 720,420 font ",10" noenhanced
+set terminal pngcairo size 860,560 font ",10" noenhanced
 set output '$IMG/quality-loss-per-round.png'
-set title 'Held-out loss per round (mean over sampled nodes; last point: all $NODES nodes, final version)'
+set title "$TASK_NAME: held-out loss per round (lines: mean over the round's sampled nodes, $nseeds seed(s);\nbig points at round $((ROUNDS + 1)): the final version on all $NODES nodes)\nf32/q8/q4/q2: uplink format; ef: error feedback; ffa: FFA-LoRA (A frozen); trim: trimmed mean; fedadam: FedAdam"
 set xlabel 'round'
 set ylabel 'held-out loss (nats/byte)'
-set key outside right
+set key below maxrows 3
 set grid
+set xrange [0.5:$((ROUNDS + 1)).5]
 plot $plots, $bm with lines dt 2 lc rgb 'black' title 'base', \
-  $(awk '{print $2}' "$OUT/local.res" 2>/dev/null || echo NaN) with lines dt 3 lc rgb 'gray40' title 'local-only', \
-  $(awk '{print $2}' "$OUT/central.res" 2>/dev/null || echo NaN) with lines dt 4 lc rgb 'dark-green' title 'central'
+  $lo with lines dt 3 lc rgb 'gray40' title 'local-only', \
+  $ce with lines dt 4 lc rgb 'dark-green' title 'central'
 EOF
     say "chart: $IMG/quality-loss-per-round.png"
   fi
