@@ -369,7 +369,7 @@ static int p_tensor(struct pctx *c, gguf *g, struct tns *t)
 		if (tn)
 			return perr(c, FL_EUNSUPPORTED,
 			            "tensor '%s': type %s (%u) is not supported (supported: F32 "
-			            "F16 BF16 Q8_0 Q4_0 Q4_K Q6_K)",
+			            "F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K)",
 			            t->name, tn, t->type);
 		return perr(c, FL_EFORMAT, "tensor '%s': unknown tensor type id %u", t->name,
 		            t->type);

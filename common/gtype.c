@@ -3,6 +3,7 @@
 #include "gtype.h"
 
 #include "err.h"
+#include "gtype_int.h"
 #include "half.h"
 
 #include <math.h>
@@ -52,8 +53,21 @@ static int info_of(uint32_t id, struct tinfo *ti)
 	case GTYPE_Q4_0:
 		*ti = (struct tinfo){GTYPE_QK, 2 + GTYPE_QK / 2, gtype_dequant_q4_0};
 		return 1;
+	case GTYPE_Q4_1:
+		*ti = (struct tinfo){GTYPE_QK, 4 + GTYPE_QK / 2, gtype_dequant_q4_1};
+		return 1;
+	case GTYPE_Q5_0:
+		*ti = (struct tinfo){GTYPE_QK, 2 + 4 + GTYPE_QK / 2, gtype_dequant_q5_0};
+		return 1;
+	case GTYPE_Q5_1:
+		*ti = (struct tinfo){GTYPE_QK, 4 + 4 + GTYPE_QK / 2, gtype_dequant_q5_1};
+		return 1;
 	case GTYPE_Q4_K:
 		*ti = (struct tinfo){GTYPE_QKK, 4 + 12 + GTYPE_QKK / 2, gtype_dequant_q4_k};
+		return 1;
+	case GTYPE_Q5_K:
+		*ti = (struct tinfo){GTYPE_QKK, 4 + 12 + GTYPE_QKK / 8 + GTYPE_QKK / 2,
+		                     gtype_dequant_q5_k};
 		return 1;
 	case GTYPE_Q6_K:
 		*ti = (struct tinfo){GTYPE_QKK, GTYPE_QKK / 2 + GTYPE_QKK / 4 + GTYPE_QKK / 16 + 2,
@@ -222,21 +236,6 @@ void gtype_dequant_q4_0_scalar(const void *src, float *dst, size_t n)
 	}
 }
 
-/* Q4_K packs 8 six-bit scales and 8 six-bit mins into 12 bytes:
- * sub-blocks 0..3: scale = s[j] & 63, min = s[j+4] & 63;
- * sub-blocks 4..7: low 4 bits from s[j+4] (scale: low nibble, min: high
- * nibble), high 2 bits from the top bits of s[j-4] (scale) / s[j] (min). */
-static inline void q4k_scale_min(int j, const uint8_t *s, int *sc, int *mn)
-{
-	if (j < 4) {
-		*sc = s[j] & 63;
-		*mn = s[j + 4] & 63;
-	} else {
-		*sc = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
-		*mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-	}
-}
-
 void gtype_dequant_q4_k(const void *src, float *dst, size_t n)
 {
 	const uint8_t *b = src;
@@ -249,9 +248,9 @@ void gtype_dequant_q4_k(const void *src, float *dst, size_t n)
 		 * 2g) then 32 high nibbles (sub-block 2g+1) of the same 32 bytes. */
 		for (int g = 0; g < 4; g++, q += 32) {
 			int sc, mn;
-			q4k_scale_min(2 * g, s, &sc, &mn);
+			gt_kscale_min(2 * g, s, &sc, &mn);
 			const float d1 = d * (float)sc, m1 = dmin * (float)mn;
-			q4k_scale_min(2 * g + 1, s, &sc, &mn);
+			gt_kscale_min(2 * g + 1, s, &sc, &mn);
 			const float d2 = d * (float)sc, m2 = dmin * (float)mn;
 			for (int l = 0; l < 32; l++)
 				*dst++ = d1 * (float)(q[l] & 0x0f) - m1;
@@ -395,6 +394,22 @@ int gtype_quant_row(uint32_t id, const float *src, void *dst, size_t n)
 		else
 			quant_q4_0(src, p, n);
 		return 0;
+	case GTYPE_Q4_1:
+	case GTYPE_Q5_0:
+	case GTYPE_Q5_1:
+	case GTYPE_Q4_K:
+	case GTYPE_Q5_K:
+	case GTYPE_Q6_K:
+		if (n % gtype_block_elems(id) != 0)
+			return FL_EINVAL;
+		if (!all_finite(src, n))
+			return FL_ENUMERIC;
+		return id == GTYPE_Q4_1   ? gt_quant_q4_1(src, p, n)
+		       : id == GTYPE_Q5_0 ? gt_quant_q5_0(src, p, n)
+		       : id == GTYPE_Q5_1 ? gt_quant_q5_1(src, p, n)
+		       : id == GTYPE_Q4_K ? gt_quant_q4_k(src, p, n)
+		       : id == GTYPE_Q5_K ? gt_quant_q5_k(src, p, n)
+		                          : gt_quant_q6_k(src, p, n);
 	default:
 		return FL_EUNSUPPORTED;
 	}

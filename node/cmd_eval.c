@@ -286,8 +286,7 @@ int cmd_eval(int argc, char **argv)
 	}
 	const uint32_t wtype = model_wts(m)->layers[0].wq.type;
 	printf("model   %s: %s, %.1fM params, matrices %s, context_length %d\n", o.model,
-	       c->arch == MODEL_ARCH_QWEN2 ? "qwen2" : "llama", model_param_count(m) / 1e6,
-	       gtype_name(wtype), c->ctx);
+	       model_arch_name(c->arch), model_param_count(m) / 1e6, gtype_name(wtype), c->ctx);
 	printf("data    %s: %zu bytes -> %zu tokens (%s, %.2f s)", o.data, len, all,
 	       tok_adds_bos(tk) ? "BOS added" : "no BOS", tok_s);
 	if (nids < all)

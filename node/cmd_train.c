@@ -39,7 +39,7 @@ static void usage(FILE *f)
 	       "Data (docs/TRAINING.md): plain text; JSONL with {\"text\": ...}; JSONL with\n"
 	       "{\"instruction\", \"input\", \"output\"} (loss on the response only).\n"
 	       "\n"
-	       "  --model PATH        base GGUF model (llama or qwen2)\n"
+	       "  --model PATH        base GGUF model (llama, qwen2 or qwen3)\n"
 	       "  --data PATH         training data\n"
 	       "  --out DIR           output directory (created)\n"
 	       "  --format F          auto|text|jsonl (default auto: .jsonl/.json are JSONL)\n"
@@ -67,6 +67,9 @@ static void usage(FILE *f)
 	       "  --init PATH         start from this adapter (PEFT dir, GGUF LoRA, safetensors);\n"
 	       "                      its rank, targets, alpha and rsLoRA unless given\n"
 	       "  --full              train every weight (F32) and write DIR/model.gguf\n"
+	       "  --checkpoint        activation checkpointing: keep one activation per layer\n"
+	       "                      and recompute the rest in the backward pass (about 1/3\n"
+	       "                      more compute, a fraction of the activation memory)\n"
 	       "  --base-quant Q      none|q8_0|q4_0: quantize the base at load (QLoRA)\n"
 	       "  --holdout F         fraction of the data held out for evaluation\n"
 	       "                      (default 0, or 0.05 with --eval-every)\n"
@@ -85,6 +88,7 @@ typedef struct opts {
 	const char *dump_grads;
 	int format, steps, batch, accum, ctx, rank, warmup, eval_every, threads, log_every;
 	int have_steps, have_epochs, have_alpha, have_warmup, have_holdout, rslora, ffa, full;
+	int checkpoint;
 	int have_rank;
 	int sched, quiet;
 	float epochs, lr, min_lr_ratio, wd, clip, alpha, holdout;
@@ -114,6 +118,8 @@ static int parse(int argc, char **argv, opts *o)
 			o->ffa = 1;
 		else if (strcmp(a, "--full") == 0)
 			o->full = 1;
+		else if (strcmp(a, "--checkpoint") == 0)
+			o->checkpoint = 1;
 		else if (strcmp(a, "--quiet") == 0)
 			o->quiet = 1;
 #define STR(name, field)                                                                           \
@@ -422,6 +428,7 @@ int cmd_train(int argc, char **argv)
 		o.rslora = lp.rslora;
 	}
 	trn_opts to = {.full = o.full,
+	               .checkpoint = o.checkpoint,
 	               .lora = spec,
 	               .max_batch = o.batch,
 	               .max_ctx = o.ctx,
@@ -443,8 +450,8 @@ int cmd_train(int argc, char **argv)
 	char tg[128];
 	lora_targets_format(spec.targets, tg, sizeof tg);
 	printf("model   %s: %s, %.1fM params, matrices %s (%.1f MiB), context_length %d\n", o.model,
-	       c->arch == MODEL_ARCH_QWEN2 ? "qwen2" : "llama", model_param_count(m) / 1e6,
-	       trn_base_type_name(base), trn_base_weight_bytes(base) / 1048576.0, c->ctx);
+	       model_arch_name(c->arch), model_param_count(m) / 1e6, trn_base_type_name(base),
+	       trn_base_weight_bytes(base) / 1048576.0, c->ctx);
 	printf("data    %s: %zu records, %zu tokens, %zu targets, %zu windows of %d", o.data,
 	       ds_n_records(tr_ds), ds_n_tokens(tr_ds), ds_n_targets(tr_ds),
 	       ds_n_windows(tr_ds, o.ctx), o.ctx);

@@ -344,8 +344,8 @@ static kern_mat *layer_mat(model_layer *y, int t)
 
 /* The attention half of layer y for one chunk (Bc sequences of T tokens):
  * X [Nc, C] -> atty [Nc, QD]. */
-static int chunk_attn(const model_config *c, const model_layer *y, cbuf *b, const float *X,
-                      float *atty, int Bc, int T)
+static int chunk_attn(const model_config *c, const model_weights *mw, const model_layer *y, cbuf *b,
+                      const float *X, float *atty, int Bc, int T)
 {
 	const int C = c->dim, QD = c->n_heads * c->head_dim, KVD = c->n_kv_heads * c->head_dim;
 	const int N = Bc * T;
@@ -355,12 +355,7 @@ static int chunk_attn(const model_config *c, const model_layer *y, cbuf *b, cons
 	    (rc = kern_matmul(b->k, KVD, b->ln, C, &y->wk, y->bk, N, b->scratch, b->scratch_n)) ||
 	    (rc = kern_matmul(b->v, KVD, b->ln, C, &y->wv, y->bv, N, b->scratch, b->scratch_n)))
 		return rc;
-	if (c->n_rot > 0) {
-		kern_rope(b->q, QD, b->pos, N, c->n_heads, c->head_dim, c->n_rot, c->rope_base,
-		          c->rope_mode);
-		kern_rope(b->k, KVD, b->pos, N, c->n_kv_heads, c->head_dim, c->n_rot, c->rope_base,
-		          c->rope_mode);
-	}
+	model_qk_prep(c, mw, y, b->q, b->k, b->pos, N, NULL, NULL, NULL, NULL);
 	kern_attn s = {.B = Bc,
 	               .Tq = T,
 	               .Tk = T,
@@ -416,7 +411,7 @@ int exp_forward_final(model *m, const int32_t *tokens, int S, int T, int batch, 
 		float *xs = out + (size_t)s0 * T * C;
 		for (int l = 0; l < c->n_layers && rc == 0; l++) {
 			const model_layer *y = &mw->layers[l];
-			if ((rc = chunk_attn(c, y, &b, xs, att, Bc, T)) != 0 ||
+			if ((rc = chunk_attn(c, mw, y, &b, xs, att, Bc, T)) != 0 ||
 			    (rc = kern_matmul(b.tmp, C, att, QD, &y->wo, NULL, N, b.scratch,
 			                      b.scratch_n)) != 0)
 				break;
@@ -535,7 +530,8 @@ static int run_gptq(ctx *x)
 		for (int s0 = 0; s0 < S; s0 += Bmax) {
 			int Bc = S - s0 < Bmax ? S - s0 : Bmax, N = Bc * T;
 			float *att = ATT + (size_t)s0 * T * QD;
-			if ((rc = chunk_attn(c, &y, &b, X + (size_t)s0 * T * C, att, Bc, T)) != 0)
+			if ((rc = chunk_attn(c, mw, &y, &b, X + (size_t)s0 * T * C, att, Bc, T)) !=
+			    0)
 				goto kfail;
 			if ((rc = gptq_hess_add(h, att, N, QD)) != 0)
 				goto hfail;

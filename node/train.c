@@ -626,7 +626,8 @@ int trn_new(trn_base *b, const trn_opts *o, trainer **out, char *err, size_t err
 	t->scale = o->full ? 0.0f : lora_scale(&o->lora);
 	t->idx_ctx = -1;
 	const size_t N = (size_t)o->max_batch * o->max_ctx;
-	int rc = model_prepare(t->m, o->max_batch, o->max_ctx, MODEL_KEEP_ACTS);
+	int rc = model_prepare(t->m, o->max_batch, o->max_ctx,
+	                       o->checkpoint ? MODEL_CHECKPOINT : MODEL_KEEP_ACTS);
 	if (rc != 0) {
 		fl_fail(err, errlen, rc, "activation arena for batch %d x ctx %d: %s", o->max_batch,
 		        o->max_ctx, fl_strerror(rc));

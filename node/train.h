@@ -63,6 +63,7 @@ typedef struct trn_opts {
 	int max_batch;  /* windows per micro-batch, >= 1 */
 	int max_ctx;    /* tokens per window, 2..context_length */
 	int threads;    /* 0: OpenMP default */
+	int checkpoint; /* activation checkpointing (MODEL_CHECKPOINT) */
 } trn_opts;
 
 typedef struct trn_hparams {

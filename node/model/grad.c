@@ -21,6 +21,7 @@ struct grad_ws {
 	float *dk, *dv;             /* [N, KVD] */
 	float *dgate, *dup, *dhmid; /* [N, F] */
 	float *du;                  /* [N, rank] */
+	float *dqn, *dkn;           /* [N, QD], [N, KVD]: qwen3 grads before q/k norm */
 	float *mm, *att;            /* kernel scratch */
 	size_t mm_n, att_n;
 	grad_prof *prof;
@@ -44,9 +45,12 @@ int grad_ws_new(const model *m, int B, int T, int rank, grad_ws **out)
 	const size_t mm_n = tk_matmul_dx_scratch(maxc, nth);
 	const size_t att_n =
 	    tk_attention_bwd_scratch(B, T, c->n_heads, c->n_kv_heads, c->head_dim, nth);
-	/* per-row floats: 2C + 2QD + 2KVD + 3F + rank, each buffer 16-aligned */
-	size_t per_row = 2 * C + 2 * QD + 2 * KVD + 3 * F + (size_t)rank, total, bytes;
-	if (sz_mul(N, per_row, &total) != 0 || sz_add(total, 16 * 12, &total) != 0 ||
+	/* per-row floats: 2C + 2QD + 2KVD + 3F + rank (+ QD + KVD for qwen3's
+	 * q/k norms), each buffer 16-aligned */
+	const size_t qkn = c->arch == MODEL_ARCH_QWEN3;
+	size_t per_row = 2 * C + 2 * QD + 2 * KVD + 3 * F + (size_t)rank + qkn * (QD + KVD), total,
+	       bytes;
+	if (sz_mul(N, per_row, &total) != 0 || sz_add(total, 16 * 14, &total) != 0 ||
 	    sz_add(total, mm_n, &total) != 0 || sz_add(total, att_n, &total) != 0 ||
 	    sz_mul(total, sizeof(float), &bytes) != 0)
 		return FL_EOVERFLOW;
@@ -81,6 +85,8 @@ int grad_ws_new(const model *m, int B, int T, int rank, grad_ws **out)
 	TAKE(dup, N * F);
 	TAKE(dhmid, N * F);
 	TAKE(du, N * (size_t)rank);
+	TAKE(dqn, qkn * N * QD);
+	TAKE(dkn, qkn * N * KVD);
 	TAKE(mm, mm_n);
 	TAKE(att, att_n);
 #undef TAKE
@@ -202,7 +208,7 @@ int grad_backward(grad_ws *ws, model *m, const int32_t *tokens, const int32_t *t
 	const model_lora *lo = model_get_lora(m);
 	if (!a || B != a->B || T != a->T || B > ws->B || T > ws->T || !tokens || !targets)
 		return FL_EINVAL;
-	if (c->n_layers > 1 && a->stride_C == 0)
+	if (c->n_layers > 1 && a->stride_C == 0 && !a->ckpt)
 		return FL_EINVAL; /* activations not kept */
 	if (lo && lo->rank > ws->rank)
 		return FL_EINVAL;
@@ -229,7 +235,7 @@ int grad_backward(grad_ws *ws, model *m, const int32_t *tokens, const int32_t *t
 		return rc;
 	if (full)
 		mm_dw(&bc, W->tied ? gw->tok_embd : gw->output, dlogits, V, a->lnf, C, V, C);
-	const float *top = L > 0 ? a->res2 + (size_t)(L - 1) * a->stride_C : a->encoded;
+	const float *top = L > 0 ? a->res2 + (size_t)(L - 1) * a->stride_res : a->encoded;
 	tk_rmsnorm_bwd(ws->dres, full ? gw->output_norm : NULL, ws->dln, top, W->output_norm,
 	               a->lnf_rstd, N, C, 0);
 
@@ -248,6 +254,13 @@ int grad_backward(grad_ws *ws, model *m, const int32_t *tokens, const int32_t *t
 	}
 	for (int l = L - 1; l >= lmin; l--) {
 		const model_layer *y = &W->layers[l];
+		if (a->ckpt) { /* this layer's activations, from its stored input */
+			uint64_t tr = pf ? clk_mono_ns() : 0;
+			if ((rc = model_recompute_layer(m, l)) != 0)
+				return rc;
+			if (pf)
+				pf->t_recompute += (clk_mono_ns() - tr) * 1e-9;
+		}
 		const grad_layer *g = full ? &gw->layers[l] : NULL;
 		const float *ln1 = a->ln1 + l * a->stride_C, *ln1r = a->ln1_rstd + l * a->stride_N;
 		const float *q = a->q + l * a->stride_QD, *k = a->k + l * a->stride_KVD;
@@ -256,7 +269,7 @@ int grad_backward(grad_ws *ws, model *m, const int32_t *tokens, const int32_t *t
 		const float *ln2 = a->ln2 + l * a->stride_C, *ln2r = a->ln2_rstd + l * a->stride_N;
 		const float *gate = a->gate + l * a->stride_F, *up = a->up + l * a->stride_F;
 		const float *hmid = a->hmid + l * a->stride_F;
-		const float *xin = l > 0 ? a->res2 + (size_t)(l - 1) * a->stride_C : a->encoded;
+		const float *xin = l > 0 ? a->res2 + (size_t)(l - 1) * a->stride_res : a->encoded;
 		/* the input gradient below lmin is only needed for the embedding */
 		const int need_dx0 = full || l > lmin;
 
@@ -304,32 +317,45 @@ int grad_backward(grad_ws *ws, model *m, const int32_t *tokens, const int32_t *t
 		if (pf)
 			bc.t_at += clk_mono_ns() - t0;
 		if (c->n_rot > 0) {
-			tk_rope_bwd(ws->dq, QD, a->pos, N, NH, hd, c->n_rot, c->rope_base,
-			            c->rope_mode);
-			tk_rope_bwd(ws->dk, KVD, a->pos, N, NKV, hd, c->n_rot, c->rope_base,
-			            c->rope_mode);
+			tk_rope_bwd_ff(ws->dq, QD, a->pos, N, NH, hd, c->n_rot, c->rope_base,
+			               c->rope_mode, W->rope_ff);
+			tk_rope_bwd_ff(ws->dk, KVD, a->pos, N, NKV, hd, c->n_rot, c->rope_base,
+			               c->rope_mode, W->rope_ff);
+		}
+		/* qwen3: back through the per-head q/k RMSNorm; dq/dk then hold the
+		 * projections' gradients (the buffers swap roles) */
+		float *dq = ws->dq, *dk = ws->dk;
+		if (y->q_norm) {
+			tk_rmsnorm_bwd(ws->dqn, g ? g->q_norm : NULL, dq,
+			               a->qraw + l * a->stride_qr, y->q_norm,
+			               a->qrstd + l * a->stride_qn, N * NH, hd, 0);
+			tk_rmsnorm_bwd(ws->dkn, g ? g->k_norm : NULL, dk,
+			               a->kraw + l * a->stride_kr, y->k_norm,
+			               a->krstd + l * a->stride_kn, N * NKV, hd, 0);
+			dq = ws->dqn;
+			dk = ws->dkn;
 		}
 		if (g) {
 			if (g->bq && y->bq)
-				tk_bias_bwd(g->bq, ws->dq, QD, N, QD);
+				tk_bias_bwd(g->bq, dq, QD, N, QD);
 			if (g->bk && y->bk)
-				tk_bias_bwd(g->bk, ws->dk, KVD, N, KVD);
+				tk_bias_bwd(g->bk, dk, KVD, N, KVD);
 			if (g->bv && y->bv)
 				tk_bias_bwd(g->bv, ws->dv, KVD, N, KVD);
 		}
 		/* attn_q, attn_k, attn_v */
 		if (need_dx0) {
-			if ((rc = mm_dx(&bc, ws->dln, C, ws->dq, QD, &y->wq, 0)) != 0 ||
-			    (rc = mm_dx(&bc, ws->dln, C, ws->dk, KVD, &y->wk, 1)) != 0 ||
+			if ((rc = mm_dx(&bc, ws->dln, C, dq, QD, &y->wq, 0)) != 0 ||
+			    (rc = mm_dx(&bc, ws->dln, C, dk, KVD, &y->wk, 1)) != 0 ||
 			    (rc = mm_dx(&bc, ws->dln, C, ws->dv, KVD, &y->wv, 1)) != 0)
 				return rc;
 		}
-		mm_dw(&bc, g ? g->wq : NULL, ws->dq, QD, ln1, C, QD, C);
-		mm_dw(&bc, g ? g->wk : NULL, ws->dk, KVD, ln1, C, KVD, C);
+		mm_dw(&bc, g ? g->wq : NULL, dq, QD, ln1, C, QD, C);
+		mm_dw(&bc, g ? g->wk : NULL, dk, KVD, ln1, C, KVD, C);
 		mm_dw(&bc, g ? g->wv : NULL, ws->dv, KVD, ln1, C, KVD, C);
 		float *dx = need_dx0 ? ws->dln : NULL;
-		if ((rc = lora_bwd(&bc, l, 0, dx, C, ws->dq, QD, ln1, C)) != 0 ||
-		    (rc = lora_bwd(&bc, l, 1, dx, C, ws->dk, KVD, ln1, C)) != 0 ||
+		if ((rc = lora_bwd(&bc, l, 0, dx, C, dq, QD, ln1, C)) != 0 ||
+		    (rc = lora_bwd(&bc, l, 1, dx, C, dk, KVD, ln1, C)) != 0 ||
 		    (rc = lora_bwd(&bc, l, 2, dx, C, ws->dv, KVD, ln1, C)) != 0)
 			return rc;
 		/* attention norm: dres becomes d of this layer's input */

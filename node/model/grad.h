@@ -26,6 +26,8 @@ typedef struct grad_layer {
 	float *attn_norm;     /* [C] */
 	float *wq, *wk, *wv;  /* [QD, C], [KVD, C], [KVD, C] */
 	float *bq, *bk, *bv;  /* [QD], [KVD], [KVD] (models with QKV bias) */
+	float *q_norm;        /* [hd] (qwen3) */
+	float *k_norm;        /* [hd] (qwen3) */
 	float *wo;            /* [C, QD] */
 	float *ffn_norm;      /* [C] */
 	float *w_gate, *w_up; /* [F, C] */
@@ -80,6 +82,7 @@ double grad_backward_flops(const model_config *c, int B, int T, int full);
  * backward and their flops. Detach with NULL. */
 typedef struct grad_prof {
 	double t_matmul, t_attn, t_lora, t_other;
+	double t_recompute; /* checkpointing: layers recomputed (part of t_other) */
 	double f_matmul;
 	long passes;
 } grad_prof;

@@ -285,11 +285,17 @@ void kern_rmsnorm(float *out, float *rstd, const float *x, const float *w, float
 void kern_rope(float *x, int ld, const int32_t *pos, int N, int nh, int hd, int n_rot,
                float freq_base, int mode)
 {
+	kern_rope_ff(x, ld, pos, N, nh, hd, n_rot, freq_base, mode, NULL);
+}
+
+void kern_rope_ff(float *x, int ld, const int32_t *pos, int N, int nh, int hd, int n_rot,
+                  float freq_base, int mode, const float *ff)
+{
 	const int half = n_rot / 2;
 	double inv_freq[KERN_MAX_HEAD_DIM / 2];
 	assert(half <= KERN_MAX_HEAD_DIM / 2); /* callers validate head sizes */
 	for (int i = 0; i < half; i++)
-		inv_freq[i] = pow((double)freq_base, -2.0 * i / n_rot);
+		inv_freq[i] = pow((double)freq_base, -2.0 * i / n_rot) / (ff ? (double)ff[i] : 1.0);
 #pragma omp parallel for schedule(static) if ((size_t)N * nh * n_rot > PAR_MIN_WORK)
 	for (int n = 0; n < N; n++) {
 		float *row = x + (size_t)n * (size_t)ld;

@@ -89,6 +89,11 @@ void kern_rmsnorm(float *out, float *rstd, const float *x, const float *w, float
  * rotate (n_rot even, <= hd <= KERN_MAX_HEAD_DIM), the rest pass through. */
 void kern_rope(float *x, int ld, const int32_t *pos, int N, int nh, int hd, int n_rot,
                float freq_base, int mode);
+/* kern_rope with per-pair frequency factors (Llama 3 RoPE scaling, linear
+ * scaling): pair i turns by pos * base^(-2i/n_rot) / ff[i]; ff [n_rot/2]
+ * positive, NULL for none (then equal to kern_rope). */
+void kern_rope_ff(float *x, int ld, const int32_t *pos, int N, int nh, int hd, int n_rot,
+                  float freq_base, int mode, const float *ff);
 
 /* Causal grouped-query attention over B sequences.
  *   q   [B, Tq, NH*hd]   row stride q_ld, batch stride Tq*q_ld

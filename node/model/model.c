@@ -48,18 +48,28 @@ struct model {
 	size_t lora_tmp_n;
 };
 
+const char *model_arch_name(int arch)
+{
+	return arch == MODEL_ARCH_LLAMA   ? "llama"
+	       : arch == MODEL_ARCH_QWEN2 ? "qwen2"
+	       : arch == MODEL_ARCH_QWEN3 ? "qwen3"
+	                                  : "?";
+}
+
 int model_config_check(const model_config *c)
 {
 	if (!c)
 		return FL_EINVAL;
-	if (c->arch != MODEL_ARCH_LLAMA && c->arch != MODEL_ARCH_QWEN2)
+	if (c->arch != MODEL_ARCH_LLAMA && c->arch != MODEL_ARCH_QWEN2 &&
+	    c->arch != MODEL_ARCH_QWEN3)
 		return FL_EINVAL;
 	if (c->dim <= 0 || c->dim > MODEL_MAX_DIM || c->n_layers <= 0 ||
 	    c->n_layers > MODEL_MAX_LAYERS || c->n_heads <= 0 || c->n_heads > MODEL_MAX_HEADS ||
 	    c->n_kv_heads <= 0 || c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads != 0)
 		return FL_EINVAL;
+	/* NH*hd is usually C; Qwen3 has larger heads (e.g. C 1024, 16 x 128) */
 	if (c->head_dim <= 0 || c->head_dim > MODEL_MAX_HEAD_DIM ||
-	    (long long)c->head_dim * c->n_heads != c->dim)
+	    (long long)c->head_dim * c->n_heads > 16LL * MODEL_MAX_DIM)
 		return FL_EINVAL;
 	if (c->ffn_dim <= 0 || c->ffn_dim > 16 * MODEL_MAX_DIM || c->vocab <= 0 ||
 	    c->vocab > MODEL_MAX_VOCAB || c->ctx <= 0 || c->ctx > MODEL_MAX_CTX)
@@ -92,7 +102,15 @@ static int check_weights(const model_config *c, const model_weights *w)
 		    !mat_is(&y->w_gate, c->ffn_dim, C) || !mat_is(&y->w_up, c->ffn_dim, C) ||
 		    !mat_is(&y->w_down, C, c->ffn_dim))
 			return FL_EMISMATCH;
+		/* the per-head q/k norm is qwen3's and only qwen3's */
+		if ((c->arch == MODEL_ARCH_QWEN3) != (y->q_norm && y->k_norm) ||
+		    (!y->q_norm != !y->k_norm))
+			return FL_EMISMATCH;
 	}
+	if (w->rope_ff)
+		for (int i = 0; i < c->n_rot / 2; i++)
+			if (!(w->rope_ff[i] > 0.0f) || !isfinite(w->rope_ff[i]))
+				return FL_EINVAL;
 	return 0;
 }
 
@@ -169,6 +187,7 @@ size_t model_param_count(const model *m)
 	for (int l = 0; l < c->n_layers; l++) {
 		const model_layer *y = &m->w.layers[l];
 		n += (y->bq ? QD : 0) + (y->bk ? KVD : 0) + (y->bv ? KVD : 0);
+		n += (y->q_norm ? (size_t)c->head_dim : 0) + (y->k_norm ? (size_t)c->head_dim : 0);
 	}
 	return n;
 }
@@ -201,14 +220,17 @@ static int take(size_t *off, size_t n, size_t *at)
 }
 
 typedef struct lay {
-	size_t encoded, ln1, ln1_rstd, q, k, v, att, atty, res1, ln2, ln2_rstd, gate, up, hmid,
-	    res2, lnf, lnf_rstd, logits, losses, pos, scratch, total;
+	size_t encoded, ln1, ln1_rstd, q, k, v, qraw, kraw, qrstd, krstd, att, atty, res1, ln2,
+	    ln2_rstd, gate, up, hmid, res2, lnf, lnf_rstd, logits, losses, pos, scratch, total;
 	size_t sC, sN, sQD, sKVD, satt, sF; /* per-layer strides */
+	size_t sres;                        /* res2's: per layer also when checkpointing */
+	size_t sqr, skr, sqn, skn;          /* qwen3 norm inputs / rstd (0 otherwise) */
 	size_t scratch_n;
 } lay;
 
 /* Layout for B sequences of T tokens attending over up to Tk keys; keep:
- * one slot per layer (else one shared slot). */
+ * 1 one slot per layer (else one shared slot), 2 (checkpointing) a slot per
+ * layer for res2 only. */
 static int layout(const model_config *c, int B, int T, int Tk, int keep, lay *o)
 {
 	size_t N, NC, NQ, NKV, NF, NV, A, tmp, L;
@@ -216,7 +238,8 @@ static int layout(const model_config *c, int B, int T, int Tk, int keep, lay *o)
 	             KVD = (size_t)c->n_kv_heads * c->head_dim;
 	int rc = 0;
 	memset(o, 0, sizeof *o);
-	L = keep ? (size_t)c->n_layers : 1;
+	L = keep == 1 ? (size_t)c->n_layers : 1;
+	const size_t Lres = keep ? (size_t)c->n_layers : 1;
 	rc |= sz_mul((size_t)B, (size_t)T, &N);
 	rc |= sz_mul(N, C, &NC);
 	rc |= sz_mul(N, QD, &NQ);
@@ -235,6 +258,16 @@ static int layout(const model_config *c, int B, int T, int Tk, int keep, lay *o)
 	STRIDE(o->sKVD, NKV);
 	STRIDE(o->satt, A);
 	STRIDE(o->sF, NF);
+	if (c->arch == MODEL_ARCH_QWEN3) {
+		STRIDE(o->sqr, NQ);
+		STRIDE(o->skr, NKV);
+		rc |= sz_mul(N, (size_t)c->n_heads, &tmp);
+		STRIDE(o->sqn, tmp);
+		rc |= sz_mul(N, (size_t)c->n_kv_heads, &tmp);
+		STRIDE(o->skn, tmp);
+		if (rc != 0)
+			return FL_EOVERFLOW;
+	}
 #undef STRIDE
 	size_t off = 0, t;
 #define TAKE(field, n)                                                                             \
@@ -254,6 +287,10 @@ static int layout(const model_config *c, int B, int T, int Tk, int keep, lay *o)
 	TAKEL(q, o->sQD);
 	TAKEL(k, o->sKVD);
 	TAKEL(v, o->sKVD);
+	TAKEL(qraw, o->sqr);
+	TAKEL(kraw, o->skr);
+	TAKEL(qrstd, o->sqn);
+	TAKEL(krstd, o->skn);
 	TAKEL(att, o->satt);
 	TAKEL(atty, o->sQD);
 	TAKEL(res1, o->sC);
@@ -262,7 +299,10 @@ static int layout(const model_config *c, int B, int T, int Tk, int keep, lay *o)
 	TAKEL(gate, o->sF);
 	TAKEL(up, o->sF);
 	TAKEL(hmid, o->sF);
-	TAKEL(res2, o->sC);
+	if (sz_mul(Lres, o->sC, &t) != 0)
+		return FL_EOVERFLOW;
+	TAKE(res2, t);
+	o->sres = keep ? o->sC : 0;
 	TAKE(lnf, NC);
 	TAKE(lnf_rstd, N);
 	TAKE(logits, NV);
@@ -276,8 +316,11 @@ static int layout(const model_config *c, int B, int T, int Tk, int keep, lay *o)
 #undef TAKE
 #undef TAKEL
 	o->total = off;
-	if (!keep)
+	if (keep != 1)
 		o->sC = o->sN = o->sQD = o->sKVD = o->satt = o->sF = 0;
+	/* the qwen3 norm inputs are per layer only when kept (and present) */
+	if (keep != 1)
+		o->sqr = o->skr = o->sqn = o->skn = 0;
 	return 0;
 }
 
@@ -289,6 +332,10 @@ static void bind(model_acts *a, float *base, const lay *o)
 	a->q = base + o->q;
 	a->k = base + o->k;
 	a->v = base + o->v;
+	a->qraw = base + o->qraw;
+	a->kraw = base + o->kraw;
+	a->qrstd = base + o->qrstd;
+	a->krstd = base + o->krstd;
 	a->att = base + o->att;
 	a->atty = base + o->atty;
 	a->res1 = base + o->res1;
@@ -309,6 +356,11 @@ static void bind(model_acts *a, float *base, const lay *o)
 	a->stride_KVD = o->sKVD;
 	a->stride_att = o->satt;
 	a->stride_F = o->sF;
+	a->stride_qn = o->sqn;
+	a->stride_kn = o->skn;
+	a->stride_qr = o->sqr;
+	a->stride_kr = o->skr;
+	a->stride_res = o->sres;
 }
 
 /* Arena bytes beyond which we refuse rather than try (a misconfigured shape
@@ -333,7 +385,8 @@ int model_prepare(model *m, int B, int T, int flags)
 	float *p = NULL;
 	if (B <= 0 || T <= 0 || T > m->cfg.ctx)
 		return FL_EINVAL;
-	int rc = layout(&m->cfg, B, T, T, (flags & MODEL_KEEP_ACTS) != 0, &o);
+	const int keep = (flags & MODEL_CHECKPOINT) ? 2 : (flags & MODEL_KEEP_ACTS) ? 1 : 0;
+	int rc = layout(&m->cfg, B, T, T, keep, &o);
 	if (rc != 0)
 		return rc;
 	rc = alloc_arena(&o, &p);
@@ -349,6 +402,7 @@ int model_prepare(model *m, int B, int T, int flags)
 	m->aflags = flags;
 	memset(&m->acts, 0, sizeof m->acts);
 	bind(&m->acts, p, &o);
+	m->acts.ckpt = keep == 2;
 	m->scratch = p + o.scratch;
 	m->scratch_n = o.scratch_n;
 	return lora_fit(m);
@@ -461,11 +515,41 @@ static void lora_add(model *m, int l, int t, float *out, int ld_out, const float
 	tk_lora_forward(out, ld_out, x, ld_x, A, B, lo->rank, in, o, lo->scale, N, u);
 }
 
+void model_qk_prep(const model_config *c, const model_weights *w, const model_layer *y, float *q,
+                   float *k, const int32_t *pos, int N, float *qraw, float *qrstd, float *kraw,
+                   float *krstd)
+{
+	const int NH = c->n_heads, NKV = c->n_kv_heads, hd = c->head_dim;
+	const int QD = NH * hd, KVD = NKV * hd;
+	if (y->q_norm) {
+		/* rows of hd: q is [N*NH, hd], k [N*NKV, hd], contiguous */
+		const float *qi = q, *ki = k;
+		if (qraw) {
+			memcpy(qraw, q, sizeof(float) * (size_t)N * QD);
+			qi = qraw;
+		}
+		if (kraw) {
+			memcpy(kraw, k, sizeof(float) * (size_t)N * KVD);
+			ki = kraw;
+		}
+		kern_rmsnorm(q, qrstd, qi, y->q_norm, c->norm_eps, N * NH, hd);
+		kern_rmsnorm(k, krstd, ki, y->k_norm, c->norm_eps, N * NKV, hd);
+	}
+	if (c->n_rot > 0) {
+		kern_rope_ff(q, QD, pos, N, NH, hd, c->n_rot, c->rope_base, c->rope_mode,
+		             w->rope_ff);
+		kern_rope_ff(k, KVD, pos, N, NKV, hd, c->n_rot, c->rope_base, c->rope_mode,
+		             w->rope_ff);
+	}
+}
+
 /* The forward pass proper. With use_cache the new K/V rows go to the cache
  * at positions pos0.. and attention reads the cache; otherwise attention
- * reads this batch's K/V (pos0 must be 0). */
+ * reads this batch's K/V (pos0 must be 0). only >= 0: recompute layer
+ * `only` alone from its stored input (checkpointed arena): no embedding, no
+ * final norm or logits, no profile. */
 static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const int32_t *tokens,
-               int B, int T, int pos0, int use_cache)
+               int B, int T, int pos0, int use_cache, int only)
 {
 	const model_config *c = &m->cfg;
 	const int C = c->dim, NH = c->n_heads, NKV = c->n_kv_heads, hd = c->head_dim;
@@ -474,7 +558,7 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 	const float eps = c->norm_eps;
 	int rc;
 
-	model_prof *pf = m->prof;
+	model_prof *pf = only >= 0 ? NULL : m->prof;
 	uint64_t t_mm = 0, t_at = 0, t_lo = 0, t_all = pf ? clk_mono_ns() : 0, t0 = 0;
 #define TM(acc, stmt)                                                                              \
 	do {                                                                                       \
@@ -490,10 +574,13 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 	for (int b = 0; b < B; b++)
 		for (int t = 0; t < T; t++)
 			a->pos[b * T + t] = pos0 + t;
-	kern_embed(a->encoded, tokens, &m->w.tok_embd, N);
 	const float *resid = a->encoded; /* [N, C] */
+	if (only < 0)
+		kern_embed(a->encoded, tokens, &m->w.tok_embd, N);
+	else if (only > 0)
+		resid = a->res2 + (size_t)(only - 1) * a->stride_res;
 
-	for (int l = 0; l < c->n_layers; l++) {
+	for (int l = only < 0 ? 0 : only; l < (only < 0 ? c->n_layers : only + 1); l++) {
 		const model_layer *y = &m->w.layers[l];
 		float *ln1 = a->ln1 + l * a->stride_C, *ln1r = a->ln1_rstd + l * a->stride_N;
 		float *q = a->q + l * a->stride_QD, *k = a->k + l * a->stride_KVD;
@@ -501,7 +588,7 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 		float *atty = a->atty + l * a->stride_QD, *res1 = a->res1 + l * a->stride_C;
 		float *ln2 = a->ln2 + l * a->stride_C, *ln2r = a->ln2_rstd + l * a->stride_N;
 		float *gate = a->gate + l * a->stride_F, *up = a->up + l * a->stride_F;
-		float *hmid = a->hmid + l * a->stride_F, *res2 = a->res2 + l * a->stride_C;
+		float *hmid = a->hmid + l * a->stride_F, *res2 = a->res2 + l * a->stride_res;
 
 		/* attention block */
 		kern_rmsnorm(ln1, ln1r, resid, y->attn_norm, eps, N, C);
@@ -519,10 +606,9 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 			TM(t_lo, lora_add(m, l, 1, k, KVD, ln1, C, N, !use_cache));
 			TM(t_lo, lora_add(m, l, 2, v, KVD, ln1, C, N, !use_cache));
 		}
-		if (c->n_rot > 0) {
-			kern_rope(q, QD, a->pos, N, NH, hd, c->n_rot, c->rope_base, c->rope_mode);
-			kern_rope(k, KVD, a->pos, N, NKV, hd, c->n_rot, c->rope_base, c->rope_mode);
-		}
+		model_qk_prep(c, &m->w, y, q, k, a->pos, N, a->qraw + l * a->stride_qr,
+		              a->qrstd + l * a->stride_qn, a->kraw + l * a->stride_kr,
+		              a->krstd + l * a->stride_kn);
 		kern_attn s = {.B = B,
 		               .Tq = T,
 		               .pos0 = pos0,
@@ -582,6 +668,8 @@ static int run(model *m, model_acts *a, float *scratch, size_t scratch_n, const 
 		kern_add(res2, res2, res1, (size_t)N * C);
 		resid = res2;
 	}
+	if (only >= 0)
+		return 0;
 	kern_rmsnorm(a->lnf, a->lnf_rstd, resid, m->w.output_norm, eps, N, C);
 	TM(t_mm,
 	   rc = kern_matmul(a->logits, V, a->lnf, C, &m->w.output, NULL, N, scratch, scratch_n));
@@ -615,7 +703,7 @@ int model_forward(model *m, const int32_t *tokens, const int32_t *targets, int B
 	if (check_ids(tokens, N, m->cfg.vocab, 0) != 0 ||
 	    (targets && check_ids(targets, N, m->cfg.vocab, 1) != 0))
 		return FL_EINVAL;
-	int rc = run(m, &m->acts, m->scratch, m->scratch_n, tokens, B, T, 0, 0);
+	int rc = run(m, &m->acts, m->scratch, m->scratch_n, tokens, B, T, 0, 0, -1);
 	if (rc != 0)
 		return rc;
 	if (targets) {
@@ -626,6 +714,14 @@ int model_forward(model *m, const int32_t *tokens, const int32_t *targets, int B
 			*loss = cnt > 0 ? (float)(sum / cnt) : NAN;
 	}
 	return 0;
+}
+
+int model_recompute_layer(model *m, int l)
+{
+	model_acts *a = &m->acts;
+	if (!m->arena || !a->ckpt || l < 0 || l >= m->cfg.n_layers || a->B <= 0)
+		return FL_EINVAL;
+	return run(m, a, m->scratch, m->scratch_n, NULL, a->B, a->T, 0, 0, l);
 }
 
 int model_cache_init(model *m, int B, int max_T, int chunk)
@@ -690,7 +786,7 @@ int model_decode(model *m, const int32_t *tokens, int B, int Tn, const float **l
 		return FL_ETOOBIG;
 	if (check_ids(tokens, (size_t)B * Tn, m->cfg.vocab, 0) != 0)
 		return FL_EINVAL;
-	int rc = run(m, &m->cacts, m->cscratch, m->cscratch_n, tokens, B, Tn, m->cpos, 1);
+	int rc = run(m, &m->cacts, m->cscratch, m->cscratch_n, tokens, B, Tn, m->cpos, 1, -1);
 	if (rc != 0)
 		return rc;
 	m->cpos += Tn;
@@ -836,9 +932,12 @@ static int load_config(loader *ld, model_config *c)
 	} else if (a.n == 5 && memcmp(a.p, "qwen2", 5) == 0) {
 		c->arch = MODEL_ARCH_QWEN2;
 		c->rope_mode = KERN_ROPE_NEOX;
+	} else if (a.n == 5 && memcmp(a.p, "qwen3", 5) == 0) {
+		c->arch = MODEL_ARCH_QWEN3;
+		c->rope_mode = KERN_ROPE_NEOX;
 	} else {
 		return lfail(ld, FL_EUNSUPPORTED,
-		             "architecture '%.*s' is not supported (llama, qwen2 are)",
+		             "architecture '%.*s' is not supported (llama, qwen2, qwen3 are)",
 		             (int)(a.n > 64 ? 64 : a.n), a.p);
 	}
 	memcpy(ld->arch, a.p, a.n);
@@ -854,14 +953,24 @@ static int load_config(loader *ld, model_config *c)
 	    (rc = key_float(ld, "rope.freq_base", 10000.0, &c->rope_base)) != 0 ||
 	    (rc = key_float(ld, "attention.layer_norm_rms_epsilon", -1, &c->norm_eps)) != 0)
 		return rc;
-	if (c->dim % c->n_heads != 0)
-		return lfail(ld, FL_EFORMAT,
-		             "embedding_length %d is not a multiple of head_count %d", c->dim,
-		             c->n_heads);
 	if (c->n_heads % c->n_kv_heads != 0)
 		return lfail(ld, FL_EFORMAT, "head_count %d is not a multiple of head_count_kv %d",
 		             c->n_heads, c->n_kv_heads);
-	c->head_dim = c->dim / c->n_heads;
+	/* head size: attention.key_length (Qwen3: NH*hd != C), else C / NH */
+	int kl = 0, vl = 0;
+	if ((rc = key_int(ld, "attention.key_length", 0, MODEL_MAX_HEAD_DIM, 0, &kl)) != 0 ||
+	    (rc = key_int(ld, "attention.value_length", 0, MODEL_MAX_HEAD_DIM, kl, &vl)) != 0)
+		return rc;
+	if (kl != vl)
+		return lfail(
+		    ld, FL_EUNSUPPORTED,
+		    "attention.key_length %d != attention.value_length %d is not supported", kl,
+		    vl);
+	if (kl == 0 && c->dim % c->n_heads != 0)
+		return lfail(ld, FL_EFORMAT,
+		             "embedding_length %d is not a multiple of head_count %d", c->dim,
+		             c->n_heads);
+	c->head_dim = kl > 0 ? kl : c->dim / c->n_heads;
 	if ((rc = key_int(ld, "rope.dimension_count", 0, c->head_dim, c->head_dim, &c->n_rot)) != 0)
 		return rc;
 	if (c->n_rot % 2 != 0)
@@ -877,6 +986,58 @@ static int load_config(loader *ld, model_config *c)
 	if (rc != 0)
 		return lfail(ld, FL_EFORMAT, "inconsistent hyper-parameters (head_dim %d)",
 		             c->head_dim);
+	return 0;
+}
+
+/* RoPE frequency factors: rope_freqs.weight [n_rot/2] (Llama 3.x: the
+ * converter stores llama3-scaled factors there) times the factor of
+ * `<arch>.rope.scaling.type` linear. *ff NULL when neither applies. */
+static int load_rope_ff(loader *ld, const model_config *c, const float **ff)
+{
+	const int half = c->n_rot / 2;
+	float factor = 1.0f;
+	char key[96];
+	gguf_str st;
+	*ff = NULL;
+	snprintf(key, sizeof key, "%s.rope.scaling.type", ld->arch);
+	int rc = gguf_get_str(ld->g, key, &st);
+	if (rc == 0) {
+		if (st.n == 6 && memcmp(st.p, "linear", 6) == 0) {
+			if ((rc = key_float(ld, "rope.scaling.factor", -1, &factor)) != 0)
+				return rc;
+		} else if (!(st.n == 4 && memcmp(st.p, "none", 4) == 0)) {
+			return lfail(ld, FL_EUNSUPPORTED,
+			             "%s '%.*s' is not supported (none, linear; Llama 3 scaling "
+			             "comes as the rope_freqs.weight tensor)",
+			             key, (int)(st.n > 32 ? 32 : st.n), st.p);
+		}
+	} else if (rc != FL_ENOENT) {
+		return lfail(ld, FL_EFORMAT, "metadata key %s is not a string", key);
+	}
+	const float *rf = NULL;
+	if (half > 0 && (rc = get_vec(ld, "rope_freqs.weight", half, 1, &rf)) != 0)
+		return rc;
+	if (!rf && factor == 1.0f)
+		return 0;
+	if (half == 0)
+		return 0;
+	float *dst = (float *)rf;
+	if (!dst) {
+		if (ld->small_used + (size_t)half > ld->small_cap)
+			return lfail(ld, FL_EFORMAT, "too many vector tensors");
+		dst = ld->small + ld->small_used;
+		ld->small_used += ((size_t)half + 15) & ~(size_t)15;
+		for (int i = 0; i < half; i++)
+			dst[i] = 1.0f;
+	}
+	for (int i = 0; i < half; i++) {
+		dst[i] *= factor;
+		if (!(dst[i] > 0.0f) || !isfinite(dst[i]))
+			return lfail(ld, FL_EFORMAT,
+			             "RoPE frequency factor %d is %g (must be positive, finite)", i,
+			             (double)dst[i]);
+	}
+	*ff = dst;
 	return 0;
 }
 
@@ -899,8 +1060,11 @@ int model_load(const char *path, model **out, char *err, size_t errlen)
 	if ((rc = load_config(&ld, &c)) != 0)
 		goto out;
 	const int C = c.dim, QD = c.n_heads * c.head_dim, KVD = c.n_kv_heads * c.head_dim;
-	/* 1-D parameters per layer: 2 norms + 3 biases, each rounded to 16 */
-	ld.small_cap = (size_t)(c.n_layers + 1) * (((size_t)2 * C + QD + 2 * KVD) + 5 * 16);
+	/* 1-D parameters per layer: 2 norms + 3 biases + 2 head norms, each
+	 * rounded to 16; the RoPE factors once */
+	ld.small_cap = (size_t)(c.n_layers + 1) *
+	                   (((size_t)2 * C + QD + 2 * KVD + 2 * (size_t)c.head_dim) + 7 * 16) +
+	               (size_t)c.n_rot / 2 + 16;
 	ld.small = malloc(sizeof(float) * ld.small_cap);
 	layers = calloc((size_t)c.n_layers, sizeof *layers);
 	if (!ld.small || !layers) {
@@ -916,6 +1080,8 @@ int model_load(const char *path, model **out, char *err, size_t errlen)
 		w.output = w.tok_embd;
 		w.tied = 1;
 	}
+	if ((rc = load_rope_ff(&ld, &c, &w.rope_ff)) != 0)
+		goto out;
 	for (int l = 0; l < c.n_layers; l++) {
 		model_layer *y = &layers[l];
 		char n[GGUF_MAX_NAME + 1];
@@ -927,6 +1093,8 @@ int model_load(const char *path, model **out, char *err, size_t errlen)
 		    (rc = get_vec(&ld, NM("attn_q.bias"), QD, 1, &y->bq)) != 0 ||
 		    (rc = get_vec(&ld, NM("attn_k.bias"), KVD, 1, &y->bk)) != 0 ||
 		    (rc = get_vec(&ld, NM("attn_v.bias"), KVD, 1, &y->bv)) != 0 ||
+		    (rc = get_vec(&ld, NM("attn_q_norm.weight"), c.head_dim, 1, &y->q_norm)) != 0 ||
+		    (rc = get_vec(&ld, NM("attn_k_norm.weight"), c.head_dim, 1, &y->k_norm)) != 0 ||
 		    (rc = get_mat(&ld, NM("attn_output.weight"), C, QD, 0, &y->wo, NULL)) != 0 ||
 		    (rc = get_vec(&ld, NM("ffn_norm.weight"), C, 0, &y->ffn_norm)) != 0 ||
 		    (rc = get_mat(&ld, NM("ffn_gate.weight"), c.ffn_dim, C, 0, &y->w_gate, NULL)) !=
@@ -939,6 +1107,18 @@ int model_load(const char *path, model **out, char *err, size_t errlen)
 #undef NM
 		if (c.arch == MODEL_ARCH_QWEN2 && (!y->bq || !y->bk || !y->bv)) {
 			rc = lfail(&ld, FL_EFORMAT, "qwen2 layer %d lacks attn_q/k/v.bias", l);
+			goto out;
+		}
+		if (c.arch == MODEL_ARCH_QWEN3 && (!y->q_norm || !y->k_norm)) {
+			rc = lfail(&ld, FL_EFORMAT, "qwen3 layer %d lacks attn_q_norm/attn_k_norm",
+			           l);
+			goto out;
+		}
+		if (c.arch != MODEL_ARCH_QWEN3 && (y->q_norm || y->k_norm)) {
+			rc = lfail(&ld, FL_EUNSUPPORTED,
+			           "layer %d has attn_q_norm/attn_k_norm, which architecture %s "
+			           "does not use",
+			           l, ld.arch);
 			goto out;
 		}
 	}

@@ -1,4 +1,4 @@
-/* model — Llama-family decoder (architectures `llama` and `qwen2`): weights
+/* model — Llama-family decoder (architectures `llama`, `qwen2`, `qwen3`): weights
  * from a GGUF file (mmapped, kept in their stored type) or from memory,
  * batched forward over [B, T] token ids to logits and mean cross-entropy,
  * and incremental decoding with a KV cache.
@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum model_arch { MODEL_ARCH_LLAMA = 0, MODEL_ARCH_QWEN2 = 1 };
+enum model_arch { MODEL_ARCH_LLAMA = 0, MODEL_ARCH_QWEN2 = 1, MODEL_ARCH_QWEN3 = 2 };
 
 /* Caps on shapes accepted from files (bigger is refused, not allocated). */
 #define MODEL_MAX_DIM      65536
@@ -35,12 +35,12 @@ typedef struct model_config {
 	int n_layers;    /* L: block_count */
 	int n_heads;     /* NH: attention.head_count */
 	int n_kv_heads;  /* NKV: attention.head_count_kv (NH % NKV == 0) */
-	int head_dim;    /* hd = C / NH */
+	int head_dim;    /* hd: attention.key_length, else C / NH (NH*hd may differ from C) */
 	int ffn_dim;     /* F: feed_forward_length */
 	int vocab;       /* V: rows of token_embd */
 	int ctx;         /* context_length: the longest position we accept */
 	int n_rot;       /* rope.dimension_count (default hd) */
-	int rope_mode;   /* enum kern_rope_mode: NORM for llama, NEOX for qwen2 */
+	int rope_mode;   /* enum kern_rope_mode: NORM for llama, NEOX for qwen2/qwen3 */
 	float rope_base; /* rope.freq_base (default 10000) */
 	float norm_eps;  /* attention.layer_norm_rms_epsilon (default 1e-5) */
 } model_config;
@@ -51,6 +51,8 @@ typedef struct model_layer {
 	kern_mat wq;               /* [NH*hd, C] */
 	kern_mat wk, wv;           /* [NKV*hd, C] */
 	const float *bq, *bk, *bv; /* [NH*hd], [NKV*hd], [NKV*hd]; qwen2 only, else NULL */
+	const float *q_norm;       /* [hd] per-head RMSNorm of q, k before RoPE; */
+	const float *k_norm;       /* qwen3 only (required there), else NULL */
 	kern_mat wo;               /* [C, NH*hd] */
 	const float *ffn_norm;     /* [C] */
 	kern_mat w_gate, w_up;     /* [F, C] */
@@ -63,17 +65,26 @@ typedef struct model_weights {
 	const float *output_norm; /* [C] */
 	kern_mat output;          /* [V, C]; a copy of tok_embd when tied */
 	int tied;                 /* 1 when output is the embedding table */
+	/* RoPE frequency factors [n_rot/2] (rope_freqs.weight of Llama 3.x, or
+	 * linear scaling folded in), pair i turning at base^(-2i/n_rot)/ff[i];
+	 * NULL: none. */
+	const float *rope_ff;
 } model_weights;
 
 typedef struct model model;
+
+/* "llama", "qwen2", "qwen3" (the GGUF general.architecture), "?" otherwise. */
+const char *model_arch_name(int arch);
 
 /* Checks a configuration (positive sizes within the caps, NH % NKV == 0,
  * C == NH*hd, n_rot even and <= hd, finite positive eps/base). FL_EINVAL. */
 int model_config_check(const model_config *c);
 
-/* Loads a GGUF file (general.architecture llama or qwen2): hyper-parameters
- * from `<arch>.*` metadata, tensors by their standard names, tied output when
- * output.weight is absent. Matrices stay in the mapping in their stored type;
+/* Loads a GGUF file (general.architecture llama, qwen2 or qwen3):
+ * hyper-parameters from `<arch>.*` metadata, tensors by their standard names,
+ * tied output when output.weight is absent, RoPE frequency factors from
+ * rope_freqs.weight and/or `<arch>.rope.scaling.type` linear (other scaling
+ * types are refused by name). Matrices stay in the mapping in their stored type;
  * 1-D tensors are converted to f32 copies. On failure returns FL_EFORMAT
  * (missing/invalid key or tensor, wrong shape), FL_EUNSUPPORTED (another
  * architecture or tensor type), FL_EIO, FL_ENOMEM, and writes a one-line
@@ -139,9 +150,26 @@ const model_lora *model_get_lora(const model *m);
 /* In/out width of LoRA target t (0..MODEL_LORA_NT-1) under config c. */
 void model_lora_dims(const model_config *c, int t, int *in, int *out);
 
+/* The part of attention between projection and scores, shared by the
+ * forward and the export calibration pass: q [N, NH*hd] and k [N, NKV*hd]
+ * (projections incl. bias and LoRA) get the per-head RMSNorm of y when it
+ * has one (qwen3; then qraw/kraw, if non-NULL, keep the inputs and
+ * qrstd/krstd [N*NH]/[N*NKV] the 1/rms), then RoPE at positions pos [N]
+ * with the model's frequency factors. */
+void model_qk_prep(const model_config *c, const model_weights *w, const model_layer *y, float *q,
+                   float *k, const int32_t *pos, int N, float *qraw, float *qrstd, float *kraw,
+                   float *krstd);
+
 /* Flags for model_prepare. */
 enum {
 	MODEL_KEEP_ACTS = 1, /* keep every layer's activations (backward pass) */
+	/* activation checkpointing for the backward pass (instead of KEEP_ACTS):
+	 * keep only each layer's output res2 [L, N, C]; the other activations
+	 * live in one shared slot and grad_backward recomputes a layer's
+	 * (model_recompute_layer) before its gradient. Activation memory drops
+	 * from about L*(6C + 2QD + 2KVD + 3F + NH*T) floats per token to L*C plus
+	 * one layer's set, for one more forward pass of the blocks per step. */
+	MODEL_CHECKPOINT = 2,
 };
 
 /* Sizes the forward arena for batches up to [B, T] (T <= ctx). Replaces an
@@ -171,8 +199,12 @@ typedef struct model_acts {
 	float *encoded;  /* [N, C] token embeddings */
 	float *ln1;      /* [L, N, C] attn RMSNorm output */
 	float *ln1_rstd; /* [L, N] */
-	float *q;        /* [L, N, NH*hd] after bias and RoPE */
-	float *k;        /* [L, N, NKV*hd] after bias and RoPE */
+	float *q;        /* [L, N, NH*hd] after bias (qk-norm) and RoPE */
+	float *k;        /* [L, N, NKV*hd] after bias (qk-norm) and RoPE */
+	float *qraw;     /* [L, N, NH*hd] q before its per-head norm (qwen3 only) */
+	float *kraw;     /* [L, N, NKV*hd] */
+	float *qrstd;    /* [L, N*NH] per-head 1/rms of q (qwen3 only) */
+	float *krstd;    /* [L, N*NKV] */
 	float *v;        /* [L, N, NKV*hd] */
 	float *att;      /* [L, B, NH, T, T] softmax probabilities */
 	float *atty;     /* [L, N, NH*hd] attention output */
@@ -182,15 +214,24 @@ typedef struct model_acts {
 	float *gate;     /* [L, N, F] pre-activation */
 	float *up;       /* [L, N, F] */
 	float *hmid;     /* [L, N, F] silu(gate) * up */
-	float *res2;     /* [L, N, C] residual after the block */
+	float *res2;     /* [L, N, C] residual after the block (stride_res) */
 	float *lnf;      /* [N, C] */
 	float *lnf_rstd; /* [N] */
 	float *logits;   /* [N, V] */
 	float *losses;   /* [N] */
 	int32_t *pos;    /* [N] positions */
 	size_t stride_C, stride_N, stride_QD, stride_KVD, stride_att, stride_F; /* per-layer */
+	size_t stride_qr, stride_kr, stride_qn, stride_kn; /* qraw, kraw, qrstd, krstd (qwen3) */
+	size_t stride_res; /* res2's per-layer stride (also set when checkpointing) */
+	int ckpt;          /* prepared with MODEL_CHECKPOINT */
 } model_acts;
 const model_acts *model_get_acts(const model *m);
+
+/* Checkpointed arena: recomputes layer l's activations (into the shared
+ * slot) from its stored input, for the batch of the last model_forward,
+ * LoRA u kept as the forward keeps it. FL_EINVAL without MODEL_CHECKPOINT
+ * or a forward. */
+int model_recompute_layer(model *m, int l);
 
 /* KV cache for incremental decoding of B sequences of up to max_T tokens
  * (<= ctx), processed in steps of up to chunk tokens per model_decode call.

@@ -293,10 +293,16 @@ void tk_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, con
 void tk_rope_bwd(float *dx, int ld, const int32_t *pos, int N, int nh, int hd, int n_rot,
                  float freq_base, int mode)
 {
+	tk_rope_bwd_ff(dx, ld, pos, N, nh, hd, n_rot, freq_base, mode, NULL);
+}
+
+void tk_rope_bwd_ff(float *dx, int ld, const int32_t *pos, int N, int nh, int hd, int n_rot,
+                    float freq_base, int mode, const float *ff)
+{
 	const int half = n_rot / 2;
 	double inv_freq[KERN_MAX_HEAD_DIM / 2];
 	for (int i = 0; i < half && i < KERN_MAX_HEAD_DIM / 2; i++)
-		inv_freq[i] = pow((double)freq_base, -2.0 * i / n_rot);
+		inv_freq[i] = pow((double)freq_base, -2.0 * i / n_rot) / (ff ? (double)ff[i] : 1.0);
 #pragma omp parallel for schedule(static) if ((size_t)N * nh * n_rot > PAR_MIN_WORK)
 	for (int n = 0; n < N; n++) {
 		float *row = dx + (size_t)n * (size_t)ld;

@@ -73,6 +73,9 @@ void tk_rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, con
  * transpose of the rotation, i.e. a rotation by the negative angle. */
 void tk_rope_bwd(float *dx, int ld, const int32_t *pos, int N, int nh, int hd, int n_rot,
                  float freq_base, int mode);
+/* The same for kern_rope_ff (ff [n_rot/2] or NULL). */
+void tk_rope_bwd_ff(float *dx, int ld, const int32_t *pos, int N, int nh, int hd, int n_rot,
+                    float freq_base, int mode, const float *ff);
 
 /* Backward of out = silu(gate) * up (overwrite):
  *   dgate = dh * up * sig(g) * (1 + g * (1 - sig(g))),  dup = dh * silu(g)

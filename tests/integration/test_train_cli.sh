@@ -3,7 +3,8 @@
 # model: full training writes a GGUF that eval/generate load and that
 # scores the text better than the random base; LoRA on instruction JSONL
 # writes a PEFT adapter that eval/generate take with --adapter (and that
-# makes the model answer as its data does); QLoRA (--base-quant q8_0); the same seed
+# makes the model answer as its data does); QLoRA (--base-quant q8_0); LoRA
+# on qwen3 and Llama-3-scaled models with K-quant bases; the same seed
 # gives the same adapter bytes; plain log lines when not on a terminal;
 # exit codes 0 / 1 (bad data, naming file and line) / 2 (usage).
 set -u
@@ -91,6 +92,29 @@ check "the adapted model answers from its data" "grep -q 'all clear' '$DIR/out'"
 expect_rc "train --base-quant q8_0" 0 "$BIN" train --model "$DIR/full/model.gguf" \
 	--data "$DIR/inst.jsonl" --out "$DIR/qlora" --steps 5 --batch 2 --ctx 64 --base-quant q8_0 --threads 2
 check "QLoRA says Q8_0" "grep -q 'matrices Q8_0' '$DIR/out'"
+
+# LoRA training smoke test on the newer architectures with K-quant bases:
+# qwen3 (per-head q/k norm, heads of 96 on dim 256) as a Q4_K_M-style mix,
+# llama with Llama 3 RoPE factors as Q5_K_M; every target adapted; the
+# adapter must lower the NLL of its training text by more than 1 nat
+for spec in "qwen3 q4_k_m --head-dim 96" "llama q5_k_m --rope-llama3 8,1,4,32"; do
+	set -- $spec
+	a=$1 t=$2
+	shift 2
+	expect_rc "init-model $a $t" 0 "$BIN" init-model --out "$DIR/$a.gguf" --dim 256 --layers 2 \
+		--heads 4 --kv-heads 2 --ffn 256 --ctx 64 --arch "$a" --type "$t" --seed 4 "$@"
+	expect_rc "train LoRA $a $t" 0 "$BIN" train --model "$DIR/$a.gguf" --data "$DIR/logs.txt" \
+		--out "$DIR/lora-$a" --steps 40 --lr 2e-2 --batch 4 --ctx 64 --rank 4 --alpha 8 --seed 5 --threads 2
+	grep '^done' "$DIR/out"
+	check "$a $t: adapter written" "[ -s '$DIR/lora-$a/adapter_model.safetensors' ]"
+	expect_rc "eval $a base" 0 "$BIN" eval --model "$DIR/$a.gguf" --data "$DIR/logs.txt" --ctx 64
+	e0=$(nll_of "$DIR/out")
+	expect_rc "eval $a --adapter" 0 "$BIN" eval --model "$DIR/$a.gguf" --data "$DIR/logs.txt" --ctx 64 \
+		--adapter "$DIR/lora-$a"
+	e1=$(nll_of "$DIR/out")
+	echo "$a $t: nll base $e0, with adapter $e1"
+	check "$a $t: LoRA lowered the NLL by > 1 nat" "lt $e1 $(awk -v x="$e0" 'BEGIN{print x-1}')"
+done
 
 # errors
 printf '{"text": "ok"}\n{"text": "ok"\n' >"$DIR/bad.jsonl"

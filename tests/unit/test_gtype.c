@@ -1,6 +1,11 @@
 /* test_gtype — ggml tensor types: geometry, row sizes, dequantization of
  * hand-built blocks whose values are known, and the Q8_0/Q4_0 reference
- * quantizers (exact bytes on known inputs, round-trip error bounds).
+ * quantizers (exact bytes on known inputs, round-trip error bounds); for
+ * Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K an independent double-precision
+ * decoder written here (element -> byte/bit, from the format description)
+ * checks the library's decoders on random blocks and our quantizers by
+ * round trip (error within half a step, step no coarser than the range
+ * allows).
  *
  * The blocks are built by packing functions written here from the layout
  * description (element -> byte/bit position), the inverse of the decoder's
@@ -41,9 +46,10 @@ static void test_geometry(void **state)
 		const char *name;
 		size_t elems, bytes;
 	} t[] = {
-	    {0, "F32", 1, 4},       {1, "F16", 1, 2},    {30, "BF16", 1, 2},
-	    {8, "Q8_0", 32, 34},    {2, "Q4_0", 32, 18}, {12, "Q4_K", 256, 144},
-	    {14, "Q6_K", 256, 210},
+	    {0, "F32", 1, 4},       {1, "F16", 1, 2},       {30, "BF16", 1, 2},
+	    {8, "Q8_0", 32, 34},    {2, "Q4_0", 32, 18},    {12, "Q4_K", 256, 144},
+	    {14, "Q6_K", 256, 210}, {3, "Q4_1", 32, 20},    {6, "Q5_0", 32, 22},
+	    {7, "Q5_1", 32, 24},    {13, "Q5_K", 256, 176},
 	};
 	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
 		assert_int_equal(gtype_supported(t[i].id), 1);
@@ -53,15 +59,15 @@ static void test_geometry(void **state)
 		assert_non_null(gtype_dequant_fn_of(t[i].id));
 	}
 	/* known but unsupported ids are named, never sized */
-	assert_string_equal(gtype_name(13), "Q5_K");
-	assert_string_equal(gtype_name(3), "Q4_1");
+	assert_string_equal(gtype_name(11), "Q3_K");
+	assert_string_equal(gtype_name(10), "Q2_K");
 	assert_string_equal(gtype_name(28), "F64");
 	assert_string_equal(gtype_name(39), "MXFP4");
 	assert_null(gtype_name(40));
 	assert_null(gtype_name(0xffffffffu));
 	for (uint32_t id = 0; id < 64; id++) {
-		int sup =
-		    id == 0 || id == 1 || id == 2 || id == 8 || id == 12 || id == 14 || id == 30;
+		int sup = id == 0 || id == 1 || id == 2 || id == 3 || id == 6 || id == 7 ||
+		          id == 8 || id == 12 || id == 13 || id == 14 || id == 30;
 		assert_int_equal(gtype_supported(id), sup);
 		if (!sup) {
 			size_t sz = 7;
@@ -371,9 +377,15 @@ static void test_quant_refusals(void **state)
 	(void)state;
 	float x[64] = {0};
 	uint8_t b[128];
-	assert_int_equal(gtype_quant_row(GTYPE_Q4_K, x, b, 32), FL_EUNSUPPORTED);
-	assert_int_equal(gtype_quant_row(GTYPE_Q6_K, x, b, 32), FL_EUNSUPPORTED);
-	assert_int_equal(gtype_quant_row(13, x, b, 32), FL_EUNSUPPORTED);
+	assert_int_equal(gtype_quant_row(GTYPE_Q4_K, x, b, 32), FL_EINVAL);
+	assert_int_equal(gtype_quant_row(GTYPE_Q6_K, x, b, 32), FL_EINVAL);
+	assert_int_equal(gtype_quant_row(GTYPE_Q5_1, x, b, 40), FL_EINVAL);
+	assert_int_equal(gtype_quant_row(11, x, b, 32), FL_EUNSUPPORTED);
+	/* a block whose scale exceeds the f16 range is refused, not wrapped */
+	x[3] = 1e7f;
+	assert_int_equal(gtype_quant_row(GTYPE_Q5_0, x, b, 32), FL_ENUMERIC);
+	assert_int_equal(gtype_quant_row(GTYPE_Q4_1, x, b, 32), FL_ENUMERIC);
+	x[3] = 0.0f;
 	assert_int_equal(gtype_quant_row(GTYPE_Q8_0, x, b, 40), FL_EINVAL);
 	x[5] = NAN;
 	assert_int_equal(gtype_quant_row(GTYPE_Q8_0, x, b, 32), FL_ENUMERIC);
@@ -459,6 +471,315 @@ static void test_roundtrip(void **state)
 	}
 }
 
+/* ---- independent double-precision decoders of the newer block types ----
+ *
+ * Written element by element from the public format description (which
+ * byte and bit of a block holds element e), the opposite direction of the
+ * decoder's loops: ref_elem returns element e's value of the block at b and
+ * its quantization step (the value of one unit of q). */
+static double h2d(const uint8_t *p)
+{
+	return half_to_f32((uint16_t)(p[0] | p[1] << 8));
+}
+
+/* nibble of element e < 32 in the 16 bytes qs: low nibbles hold 0..15 */
+static int nib32(const uint8_t *qs, int e)
+{
+	return e < 16 ? qs[e] & 15 : qs[e - 16] >> 4;
+}
+
+/* 6-bit scale (which 0) or min (which 1) of sub-block k of a Q4_K/Q5_K
+ * block's 12 scale bytes s: k < 4 in the low 6 bits of s[k] (scales) or
+ * s[4 + k] (mins); k >= 4 low 4 bits in s[8 + k - 4] (scale low nibble, min
+ * high nibble) and high 2 bits in the top bits of s[k - 4] / s[k]. */
+static int kscale(const uint8_t *s, int k, int which)
+{
+	if (k < 4)
+		return s[4 * which + k] & 63;
+	int lo = which ? s[8 + k - 4] >> 4 : s[8 + k - 4] & 15;
+	int hi = s[4 * which + k - 4] >> 6;
+	return lo | hi << 4;
+}
+
+static double ref_elem(uint32_t id, const uint8_t *b, int e, double *step, double *offs)
+{
+	*offs = 0;
+	switch (id) {
+	case GTYPE_Q4_1:
+		*step = h2d(b);
+		*offs = fabs(h2d(b + 2));
+		return h2d(b) * nib32(b + 4, e) + h2d(b + 2);
+	case GTYPE_Q5_0: {
+		int q = nib32(b + 6, e) | ((b[2 + e / 8] >> (e % 8)) & 1) << 4;
+		*step = fabs(h2d(b));
+		return h2d(b) * (q - 16);
+	}
+	case GTYPE_Q5_1: {
+		int q = nib32(b + 8, e) | ((b[4 + e / 8] >> (e % 8)) & 1) << 4;
+		*step = h2d(b);
+		*offs = fabs(h2d(b + 2));
+		return h2d(b) * q + h2d(b + 2);
+	}
+	case GTYPE_Q4_K:
+	case GTYPE_Q5_K: {
+		/* element e = 64g + 32h + l: sub-block k = 2g + h, 4 low bits in
+		 * the (h ? high : low) nibble of qs[32g + l]; Q5_K's fifth bit is
+		 * bit k of qh[l] */
+		int k = e / 32, g = e / 64, h = k & 1, l = e % 32;
+		int five = id == GTYPE_Q5_K;
+		const uint8_t *qs = b + (five ? 48 : 16);
+		int q = (qs[32 * g + l] >> (4 * h)) & 15;
+		if (five)
+			q |= ((b[16 + l] >> k) & 1) << 4;
+		double d = h2d(b), dmin = h2d(b + 2);
+		*step = fabs(d * kscale(b + 4, k, 0));
+		*offs = fabs(dmin * kscale(b + 4, k, 1));
+		return d * kscale(b + 4, k, 0) * q - dmin * kscale(b + 4, k, 1);
+	}
+	case GTYPE_Q6_K: {
+		int h = e / 128, t = (e % 128) / 32, l = e % 32;
+		int lo = (b[64 * h + l + 32 * (t & 1)] >> (t < 2 ? 0 : 4)) & 15;
+		int hi = (b[128 + 32 * h + l] >> (2 * t)) & 3;
+		int sc = (int8_t)b[192 + e / 16];
+		*step = fabs(h2d(b + 208) * sc);
+		return h2d(b + 208) * sc * ((lo | hi << 4) - 32);
+	}
+	default:
+		fail_msg("no reference for type %u", id);
+		return 0;
+	}
+}
+
+static const uint32_t new_types[] = {GTYPE_Q4_1, GTYPE_Q5_0, GTYPE_Q5_1,
+                                     GTYPE_Q4_K, GTYPE_Q5_K, GTYPE_Q6_K};
+
+/* offsets of the f16 fields of each type (random bytes there would often
+ * be Inf/NaN; the test puts moderate finite values) */
+static void f16_fields(uint32_t id, int off[2], int *nf)
+{
+	*nf = 1;
+	off[0] = id == GTYPE_Q6_K ? 208 : 0;
+	off[1] = 2;
+	if (id == GTYPE_Q4_1 || id == GTYPE_Q5_1 || id == GTYPE_Q4_K || id == GTYPE_Q5_K)
+		*nf = 2;
+}
+
+/* Random blocks: the library's decoder equals the reference decoder to
+ * the rounding of its f32 arithmetic (2^-22 of the terms' magnitude). */
+static void test_dequant_new_vs_reference(void **state)
+{
+	(void)state;
+	uint64_t rng = 7;
+	for (size_t t = 0; t < sizeof new_types / sizeof new_types[0]; t++) {
+		const uint32_t id = new_types[t];
+		const size_t be = gtype_block_elems(id), bb = gtype_block_bytes(id);
+		enum { NB = 24 };
+		static uint8_t blk[NB * 256];
+		static float out[NB * 256];
+		for (size_t i = 0; i < NB * bb; i++)
+			blk[i] = (uint8_t)(tu_randu(&rng) * 256);
+		for (int k = 0; k < NB; k++) {
+			int off[2], nf;
+			f16_fields(id, off, &nf);
+			for (int f = 0; f < nf; f++)
+				put16(blk + k * bb + off[f],
+				      half_from_f32((float)((tu_randu(&rng) * 2 - 1) * 4.0)));
+		}
+		size_t rs = 0;
+		assert_int_equal(gtype_row_size(id, NB * be, &rs), 0);
+		assert_int_equal(rs, NB * bb);
+		assert_int_equal(gtype_dequant_row(id, blk, out, NB * be), 0);
+		for (int k = 0; k < NB; k++)
+			for (size_t e = 0; e < be; e++) {
+				double step, offs;
+				double want = ref_elem(id, blk + k * bb, (int)e, &step, &offs);
+				double tol = ldexp(fabs(want) + 2 * offs, -22);
+				double got = out[k * be + e];
+				if (fabs(got - want) > tol) {
+					print_error("%s block %d elem %zu: got %.9g want %.9g\n",
+					            gtype_name(id), k, e, got, want);
+					fail();
+				}
+			}
+		/* a length that is not a block multiple is refused */
+		assert_int_equal(gtype_dequant_row(id, blk, out, be + be / 2), FL_EINVAL);
+	}
+}
+
+/* Hand-packed Q5_K / Q5_0 / Q5_1 / Q4_1 blocks with exact known values
+ * (the packers place element e's bits as the layout describes). */
+static void pack_q5_k(uint8_t *b, uint16_t d, uint16_t dmin, const int sc[8], const int mn[8],
+                      const int q[256])
+{
+	uint8_t tmp[144];
+	int lo[256];
+	for (int e = 0; e < 256; e++)
+		lo[e] = q[e] & 15;
+	pack_q4_k(tmp, d, dmin, sc, mn, lo);
+	memcpy(b, tmp, 16);            /* d, dmin, scales */
+	memcpy(b + 48, tmp + 16, 128); /* low nibbles */
+	memset(b + 16, 0, 32);
+	for (int e = 0; e < 256; e++)
+		b[16 + e % 32] |= (uint8_t)((q[e] >> 4) << (e / 32));
+}
+
+static void pack_32(uint8_t *qs, uint8_t *qh, const int q[32])
+{
+	memset(qs, 0, 16);
+	if (qh)
+		memset(qh, 0, 4);
+	for (int e = 0; e < 32; e++) {
+		qs[e % 16] |= (uint8_t)((q[e] & 15) << (e < 16 ? 0 : 4));
+		if (qh)
+			qh[e / 8] |= (uint8_t)((q[e] >> 4) << (e % 8));
+	}
+}
+
+static void test_dequant_new_known(void **state)
+{
+	(void)state;
+	const int sc[8] = {1, 63, 17, 32, 48, 5, 63, 34};
+	const int mn[8] = {0, 21, 63, 2, 33, 62, 16, 47};
+	int q[256];
+	for (int e = 0; e < 256; e++)
+		q[e] = (e * 7 + e / 32) % 32; /* every 5-bit value in every sub-block */
+	uint8_t blk[176];
+	pack_q5_k(blk, 0x3800 /* 0.5 */, 0x3400 /* 0.25 */, sc, mn, q);
+	double want[256];
+	float out[256];
+	for (int e = 0; e < 256; e++)
+		want[e] = 0.5 * sc[e / 32] * q[e] - 0.25 * mn[e / 32];
+	assert_int_equal(gtype_dequant_row(GTYPE_Q5_K, blk, out, 256), 0);
+	expect_floats(out, want, 256, 0);
+
+	/* Q5_0 (d = -0.5), Q5_1 (d = 2, m = -3), Q4_1 (d = 0.25, m = 1) */
+	int q5[32], q4[32];
+	for (int e = 0; e < 32; e++) {
+		q5[e] = (e * 13 + 5) % 32;
+		q4[e] = (e * 5 + 3) % 16;
+	}
+	uint8_t b5[24];
+	put16(b5, 0xb800);
+	pack_32(b5 + 6, b5 + 2, q5);
+	for (int e = 0; e < 32; e++)
+		want[e] = -0.5 * (q5[e] - 16);
+	assert_int_equal(gtype_dequant_row(GTYPE_Q5_0, b5, out, 32), 0);
+	expect_floats(out, want, 32, 0);
+	put16(b5, 0x4000);
+	put16(b5 + 2, 0xc200);
+	pack_32(b5 + 8, b5 + 4, q5);
+	for (int e = 0; e < 32; e++)
+		want[e] = 2.0 * q5[e] - 3.0;
+	assert_int_equal(gtype_dequant_row(GTYPE_Q5_1, b5, out, 32), 0);
+	expect_floats(out, want, 32, 0);
+	put16(b5, 0x3400);
+	put16(b5 + 2, 0x3c00);
+	pack_32(b5 + 4, NULL, q4);
+	for (int e = 0; e < 32; e++)
+		want[e] = 0.25 * q4[e] + 1.0;
+	assert_int_equal(gtype_dequant_row(GTYPE_Q4_1, b5, out, 32), 0);
+	expect_floats(out, want, 32, 0);
+}
+
+/* Our quantizers for the newer types, decoded by the reference above:
+ * every element within half its step (plus f32 rounding of the decode), the
+ * step no coarser than the block's range allows (range / levels plus one
+ * unit of the f16 super-scale), and the library decoder agrees with the
+ * reference on the quantized bytes. */
+static void test_quant_new_roundtrip(void **state)
+{
+	(void)state;
+	enum { N = 256 * 16 };
+	static float x[N], y[N];
+	static uint8_t b[N * 2];
+	uint64_t rng = 99;
+	for (int rep = 0; rep < 4; rep++) {
+		double scale = rep == 0 ? 1.0 : rep == 1 ? 1e-3 : rep == 2 ? 300.0 : 0.02;
+		for (int i = 0; i < N; i++) {
+			double u = (tu_randu(&rng) * 2 - 1) * scale * (i % 32 == 7 ? 4 : 1);
+			/* rep 3: a weight-like sub-block of one sign, then zeros */
+			if (rep == 3)
+				u = (i / 64) % 4 == 1 ? fabs(u) : (i / 64) % 4 == 3 ? 0.0 : u;
+			x[i] = (float)u;
+		}
+		for (size_t t = 0; t < sizeof new_types / sizeof new_types[0]; t++) {
+			const uint32_t id = new_types[t];
+			const size_t be = gtype_block_elems(id), bb = gtype_block_bytes(id);
+			/* levels per sub-block and sub-block length */
+			const int lev = id == GTYPE_Q4_1 || id == GTYPE_Q4_K ? 15
+			                : id == GTYPE_Q6_K                   ? 31
+			                                                     : 31;
+			const int sub = id == GTYPE_Q6_K ? 16 : 32;
+			assert_int_equal(gtype_quant_row(id, x, b, N), 0);
+			assert_int_equal(gtype_dequant_row(id, b, y, N), 0);
+			double worst = 0;
+			for (size_t k = 0; k < N / be; k++) {
+				const uint8_t *blk = b + k * bb;
+				/* the f16 unit of the block's scales (K types) */
+				double unit = id == GTYPE_Q4_K || id == GTYPE_Q5_K ? h2d(blk)
+				              : id == GTYPE_Q6_K                   ? h2d(blk + 208)
+				                                                   : 0;
+				double munit =
+				    id == GTYPE_Q4_K || id == GTYPE_Q5_K ? h2d(blk + 2) : 0;
+				for (size_t s0 = 0; s0 < be; s0 += (size_t)sub) {
+					double lo = 0, hi = 0, amax = 0;
+					lo = hi = x[k * be + s0];
+					for (int j = 0; j < sub; j++) {
+						double v = x[k * be + s0 + (size_t)j];
+						lo = fmin(lo, v);
+						hi = fmax(hi, v);
+						amax = fmax(amax, fabs(v));
+					}
+					/* the ideal step for this sub-block's range */
+					double ideal =
+					    id == GTYPE_Q5_0   ? amax / 15
+					    : id == GTYPE_Q6_K ? amax / 31
+					    : id == GTYPE_Q4_1 || id == GTYPE_Q5_1
+					        ? (hi - lo + fabs(lo) * ldexp(1, -10)) / lev
+					        : (hi - fmin(lo, 0) + munit) / lev;
+					for (int j = 0; j < sub; j++) {
+						size_t i = k * be + s0 + (size_t)j;
+						double step, offs;
+						double r = ref_elem(id, blk, (int)(s0 + (size_t)j),
+						                    &step, &offs);
+						double maxstep = ideal * (1 + ldexp(1, -10)) +
+						                 unit * (1 + 1e-6) + 1e-30;
+						if (step > maxstep) {
+							print_error("%s elem %zu: step %g > %g\n",
+							            gtype_name(id), i, step,
+							            maxstep);
+							fail();
+						}
+						double bound = step / 2 * (1 + 1e-6) +
+						               ldexp(fabs(x[i]) + 2 * offs, -21) +
+						               1e-30;
+						double e = fabs(x[i] - r);
+						if (e > bound) {
+							print_error(
+							    "%s scale %g elem %zu: x %g ref %g err "
+							    "%g > bound %g\n",
+							    gtype_name(id), scale, i, (double)x[i],
+							    r, e, bound);
+							fail();
+						}
+						worst = fmax(worst, e / bound);
+						if (fabs(y[i] - r) >
+						    ldexp(fabs(r) + 2 * offs, -22)) {
+							print_error(
+							    "%s elem %zu: decoder %g ref %g\n",
+							    gtype_name(id), i, (double)y[i], r);
+							fail();
+						}
+					}
+				}
+			}
+			print_message("%s scale %g: worst err/bound %.3f\n", gtype_name(id), scale,
+			              worst);
+			assert_true(worst > 0.3 && worst <= 1.0);
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -473,6 +794,9 @@ int main(void)
 	    cmocka_unit_test(test_quant_known),
 	    cmocka_unit_test(test_quant_refusals),
 	    cmocka_unit_test(test_roundtrip),
+	    cmocka_unit_test(test_dequant_new_vs_reference),
+	    cmocka_unit_test(test_dequant_new_known),
+	    cmocka_unit_test(test_quant_new_roundtrip),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,11 +3,15 @@
  * RMSNorm, Q/K/V with optional bias, RoPE as complex rotation, causal GQA
  * softmax attention, SwiGLU, tied or separate output), on tiny odd shapes;
  * quantized weights against the same weights dequantized; KV-cache decoding
- * against the full forward; argument and id checks.
+ * against the full forward; argument and id checks. Qwen3 (per-head q/k
+ * RMSNorm, NH*hd != C) and Llama 3 (RoPE frequency factors) go through the
+ * second reference of tiny_model.h (shared with the gradient check), also
+ * with KV-cache decoding.
  *
  * Error measure: normwise relative error max|got - ref| / max|ref| over all
  * logits (printed), tolerance 1e-4. */
 #include "testutil.h"
+#include "tiny_model.h"
 
 #include "err.h"
 #include "gtype.h"
@@ -151,7 +155,7 @@ static void ref_rope(double *x, int nh, const model_config *c, int p)
 }
 
 /* logits [B, T, V] and mean loss for tokens/targets [B, T]. */
-static double ref_forward(const model_config *c, const model_weights *w, const int32_t *tok,
+static double ref_forward(const model_config *c, const model_weights *w, const int32_t *toks,
                           const int32_t *tgt, int B, int T, double *logits)
 {
 	const int C = c->dim, NH = c->n_heads, NKV = c->n_kv_heads, hd = c->head_dim;
@@ -168,7 +172,7 @@ static double ref_forward(const model_config *c, const model_weights *w, const i
 	for (int b = 0; b < B; b++) {
 		for (int t = 0; t < T; t++)
 			for (int i = 0; i < C; i++)
-				x[t * C + i] = wget(&w->tok_embd, tok[b * T + t], i);
+				x[t * C + i] = wget(&w->tok_embd, toks[b * T + t], i);
 		for (int l = 0; l < c->n_layers; l++) {
 			const model_layer *y = &w->layers[l];
 			for (int t = 0; t < T; t++) {
@@ -285,24 +289,24 @@ static void forward_vs_ref(const char *name, tw *t, int B, int T, int flags)
 {
 	model *m = NULL;
 	const int V = t->c.vocab;
-	int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * T);
+	int32_t *toks = malloc(sizeof(int32_t) * (size_t)B * T);
 	int32_t *tgt = malloc(sizeof(int32_t) * (size_t)B * T);
 	double *ref = malloc(sizeof(double) * (size_t)B * T * V);
-	rand_ids(tok, B * T, V);
+	rand_ids(toks, B * T, V);
 	rand_ids(tgt, B * T, V);
 	tgt[1] = -1; /* ignored position */
 	assert_int_equal(model_new_from_weights(&t->c, &t->w, &m), 0);
 	assert_int_equal(model_prepare(m, B, T, flags), 0);
 	float loss = -1;
-	assert_int_equal(model_forward(m, tok, tgt, B, T, &loss), 0);
-	double rloss = ref_forward(&t->c, &t->w, tok, tgt, B, T, ref);
+	assert_int_equal(model_forward(m, toks, tgt, B, T, &loss), 0);
+	double rloss = ref_forward(&t->c, &t->w, toks, tgt, B, T, ref);
 	char what[128];
 	snprintf(what, sizeof what, "%s logits B=%d T=%d", name, B, T);
 	check(what, relerr(model_logits(m), ref, (size_t)B * T * V), TOL);
 	snprintf(what, sizeof what, "%s mean loss (%.5f)", name, rloss);
 	check(what, fabs(loss - rloss) / fabs(rloss), TOL);
 	model_free(m);
-	free(tok);
+	free(toks);
 	free(tgt);
 	free(ref);
 }
@@ -404,26 +408,30 @@ static void quant_case(uint32_t type, int tied)
 {
 	tw t;
 	qset s;
-	/* C=64, F=96, V=50: block-size multiples for Q8_0/Q4_0 */
-	make_tw(&t, MODEL_ARCH_LLAMA, 2, 4, 2, 16, 96, 50, tied, 0);
+	/* C=64, F=96, V=50: block-size multiples for the 32-element types;
+	 * C=F=256 for the 256-element K-quants */
+	if (gtype_block_elems(type) > 32)
+		make_tw(&t, MODEL_ARCH_LLAMA, 2, 4, 2, 64, 256, 50, tied, 0);
+	else
+		make_tw(&t, MODEL_ARCH_LLAMA, 2, 4, 2, 16, 96, 50, tied, 0);
 	make_qset(&s, &t, type);
 	const int B = 2, T = 9, V = t.c.vocab;
-	int32_t tok[18];
-	rand_ids(tok, B * T, V);
+	int32_t toks[18];
+	rand_ids(toks, B * T, V);
 	model *mq = NULL, *md = NULL;
 	assert_int_equal(model_new_from_weights(&s.q.c, &s.q.w, &mq), 0);
 	assert_int_equal(model_new_from_weights(&s.d.c, &s.d.w, &md), 0);
 	assert_int_equal(model_prepare(mq, B, T, 0), 0);
 	assert_int_equal(model_prepare(md, B, T, 0), 0);
-	assert_int_equal(model_forward(mq, tok, NULL, B, T, NULL), 0);
-	assert_int_equal(model_forward(md, tok, NULL, B, T, NULL), 0);
+	assert_int_equal(model_forward(mq, toks, NULL, B, T, NULL), 0);
+	assert_int_equal(model_forward(md, toks, NULL, B, T, NULL), 0);
 	char what[96];
 	snprintf(what, sizeof what, "%s weights vs dequantized f32%s", gtype_name(type),
 	         tied ? " (tied)" : "");
 	check(what, relerr_f(model_logits(mq), model_logits(md), (size_t)B * T * V), 1e-5);
 	/* and the quantized forward against the double reference of its values */
 	double *ref = malloc(sizeof(double) * (size_t)B * T * V);
-	ref_forward(&s.q.c, &s.q.w, tok, NULL, B, T, ref);
+	ref_forward(&s.q.c, &s.q.w, toks, NULL, B, T, ref);
 	snprintf(what, sizeof what, "%s weights vs double reference", gtype_name(type));
 	check(what, relerr(model_logits(mq), ref, (size_t)B * T * V), TOL);
 	free(ref);
@@ -440,6 +448,14 @@ static void test_forward_quantized(void **state)
 	quant_case(GTYPE_Q8_0, 1);
 	quant_case(GTYPE_Q4_0, 0);
 	quant_case(GTYPE_F16, 0);
+	/* the other types of Q4_K_M / Q5_K_M downloads */
+	quant_case(GTYPE_Q4_1, 0);
+	quant_case(GTYPE_Q5_0, 1);
+	quant_case(GTYPE_Q5_1, 0);
+	quant_case(GTYPE_Q4_K, 1);
+	quant_case(GTYPE_Q5_K, 0);
+	quant_case(GTYPE_Q6_K, 0);
+	quant_case(GTYPE_BF16, 0);
 }
 
 /* Decoding through the KV cache in steps of `step` tokens gives the logits
@@ -448,20 +464,20 @@ static void kv_case(tw *t, int B, int T, int step, const char *name)
 {
 	model *m = NULL;
 	const int V = t->c.vocab;
-	int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * T);
+	int32_t *toks = malloc(sizeof(int32_t) * (size_t)B * T);
 	int32_t *chunk = malloc(sizeof(int32_t) * (size_t)B * step);
 	float *dec = malloc(sizeof(float) * (size_t)B * T * V);
-	rand_ids(tok, B * T, V);
+	rand_ids(toks, B * T, V);
 	assert_int_equal(model_new_from_weights(&t->c, &t->w, &m), 0);
 	assert_int_equal(model_prepare(m, B, T, 0), 0);
-	assert_int_equal(model_forward(m, tok, NULL, B, T, NULL), 0);
+	assert_int_equal(model_forward(m, toks, NULL, B, T, NULL), 0);
 	assert_int_equal(model_cache_init(m, B, T, step), 0);
 	for (int pass = 0; pass < 2; pass++) { /* second pass: after a reset */
 		model_cache_reset(m);
 		for (int t0 = 0; t0 < T; t0 += step) {
 			int n = T - t0 < step ? T - t0 : step;
 			for (int b = 0; b < B; b++)
-				memcpy(chunk + b * n, tok + b * T + t0,
+				memcpy(chunk + b * n, toks + b * T + t0,
 				       sizeof(int32_t) * (size_t)n);
 			const float *lg = NULL;
 			assert_int_equal(model_cache_pos(m), t0);
@@ -477,9 +493,9 @@ static void kv_case(tw *t, int B, int T, int step, const char *name)
 	}
 	/* the cache is full now */
 	const float *lg = NULL;
-	assert_int_equal(model_decode(m, tok, B, 1, &lg), FL_ETOOBIG);
+	assert_int_equal(model_decode(m, toks, B, 1, &lg), FL_ETOOBIG);
 	model_free(m);
-	free(tok);
+	free(toks);
 	free(chunk);
 	free(dec);
 }
@@ -513,6 +529,91 @@ static void test_kv_cache(void **state)
 	free(t.blob);
 }
 
+/* A tiny_model.h model: forward (inference and keep-acts arenas) against
+ * its double reference, and KV-cache decoding against the forward. */
+static void tm_case(const char *name, tm_model *t, int B, int T)
+{
+	const int V = t->c.vocab;
+	int32_t *toks = malloc(sizeof(int32_t) * (size_t)B * T);
+	int32_t *tgt = malloc(sizeof(int32_t) * (size_t)B * T);
+	double *ref = malloc(sizeof(double) * (size_t)B * T * V);
+	rand_ids(toks, B * T, V);
+	rand_ids(tgt, B * T, V);
+	double rloss = tm_ref_loss(t, NULL, toks, tgt, B, T, ref);
+	static const int flags[3] = {0, MODEL_KEEP_ACTS, MODEL_CHECKPOINT};
+	static const char *const fname[3] = {"", " keep-acts", " checkpoint"};
+	for (int keep = 0; keep < 3; keep++) {
+		model *m = NULL;
+		float loss = -1;
+		assert_int_equal(model_new_from_weights(&t->c, &t->w, &m), 0);
+		assert_int_equal(model_prepare(m, B, T, flags[keep]), 0);
+		assert_int_equal(model_forward(m, toks, tgt, B, T, &loss), 0);
+		char what[128];
+		snprintf(what, sizeof what, "%s logits B=%d T=%d%s", name, B, T, fname[keep]);
+		check(what, tm_relerr(model_logits(m), ref, (size_t)B * T * V), TOL);
+		snprintf(what, sizeof what, "%s mean loss (%.5f)", name, rloss);
+		check(what, fabs(loss - rloss) / fabs(rloss), TOL);
+		model_free(m);
+	}
+	tw x = {.c = t->c, .w = t->w};
+	kv_case(&x, B, T, 1, name);
+	kv_case(&x, B, T, 3, name);
+	free(toks);
+	free(tgt);
+	free(ref);
+}
+
+static void test_forward_qwen3(void **state)
+{
+	(void)state;
+	tm_model t;
+	/* qwen3: 4 query heads of 6 on 2 KV heads, NH*hd = 24 != C = 16,
+	 * per-head q/k RMSNorm, NeoX RoPE, no bias, tied */
+	tm_opts o = {.C = 16};
+	tm_make2(&t, MODEL_ARCH_QWEN3, 2, 4, 2, 6, 20, 29, 1, 0, 41, &o);
+	tm_case("qwen3 qk-norm hd*NH != C", &t, 2, 9);
+	tm_free(&t);
+}
+
+static void test_forward_llama3_rope_scaling(void **state)
+{
+	(void)state;
+	tm_model t;
+	/* Llama 3 RoPE factors over the 3 regimes: with n_rot 8, base 1e4,
+	 * orig 64, low 1, high 4, pair 0 keeps its frequency, pair 1 is
+	 * interpolated, pairs 2-3 are divided by 8 */
+	float ff[4];
+	tm_llama3_ff(ff, 8, 10000.0, 8.0, 1.0, 4.0, 64.0);
+	assert_true(ff[0] == 1.0f && ff[1] > 1.0f && ff[1] < 8.0f && ff[3] == 8.0f);
+	tm_opts o = {.ff = ff};
+	tm_make2(&t, MODEL_ARCH_LLAMA, 2, 4, 2, 8, 24, 31, 0, 0, 42, &o);
+	tm_case("llama3 rope_freqs untied", &t, 2, 40);
+	/* the factors matter: without them the logits differ */
+	model *m = NULL;
+	model_weights w = t.w;
+	w.rope_ff = NULL;
+	int32_t toks[40];
+	rand_ids(toks, 40, t.c.vocab);
+	double *ref = malloc(sizeof(double) * 40 * (size_t)t.c.vocab);
+	int32_t tgt[40];
+	memcpy(tgt, toks, sizeof tgt);
+	tm_ref_loss(&t, NULL, toks, tgt, 1, 40, ref);
+	assert_int_equal(model_new_from_weights(&t.c, &w, &m), 0);
+	assert_int_equal(model_prepare(m, 1, 40, 0), 0);
+	assert_int_equal(model_forward(m, toks, NULL, 1, 40, NULL), 0);
+	double e = tm_relerr(model_logits(m), ref, 40 * (size_t)t.c.vocab);
+	printf("  without the factors: rel err %.2e (must be large)\n", e);
+	assert_true(e > 1e-3);
+	/* a non-positive factor is refused */
+	ff[2] = 0.0f;
+	w.rope_ff = ff;
+	model_free(m);
+	m = NULL;
+	assert_int_equal(model_new_from_weights(&t.c, &w, &m), FL_EINVAL);
+	free(ref);
+	tm_free(&t);
+}
+
 static void test_bad_args(void **state)
 {
 	(void)state;
@@ -532,32 +633,32 @@ static void test_bad_args(void **state)
 	assert_null(m);
 
 	assert_int_equal(model_new_from_weights(&t.c, &t.w, &m), 0);
-	int32_t tok[4] = {1, 2, 3, 4}, tgt[4] = {2, 3, 4, 5};
+	int32_t toks[4] = {1, 2, 3, 4}, tgt[4] = {2, 3, 4, 5};
 	float loss;
-	assert_int_equal(model_forward(m, tok, tgt, 1, 4, &loss), FL_EINVAL); /* not prepared */
-	assert_int_equal(model_prepare(m, 1, 65, 0), FL_EINVAL);              /* T > ctx */
+	assert_int_equal(model_forward(m, toks, tgt, 1, 4, &loss), FL_EINVAL); /* not prepared */
+	assert_int_equal(model_prepare(m, 1, 65, 0), FL_EINVAL);               /* T > ctx */
 	assert_int_equal(model_prepare(m, 1, 4, 0), 0);
-	assert_int_equal(model_forward(m, tok, tgt, 1, 5, &loss), FL_EINVAL); /* T > prepared */
-	assert_int_equal(model_forward(m, tok, tgt, 2, 2, &loss), FL_EINVAL); /* B > prepared */
-	tok[2] = 10;
-	assert_int_equal(model_forward(m, tok, tgt, 1, 4, &loss), FL_EINVAL); /* id >= V */
-	tok[2] = -1;
-	assert_int_equal(model_forward(m, tok, tgt, 1, 4, &loss), FL_EINVAL);
-	tok[2] = 3;
+	assert_int_equal(model_forward(m, toks, tgt, 1, 5, &loss), FL_EINVAL); /* T > prepared */
+	assert_int_equal(model_forward(m, toks, tgt, 2, 2, &loss), FL_EINVAL); /* B > prepared */
+	toks[2] = 10;
+	assert_int_equal(model_forward(m, toks, tgt, 1, 4, &loss), FL_EINVAL); /* id >= V */
+	toks[2] = -1;
+	assert_int_equal(model_forward(m, toks, tgt, 1, 4, &loss), FL_EINVAL);
+	toks[2] = 3;
 	tgt[0] = 10;
-	assert_int_equal(model_forward(m, tok, tgt, 1, 4, &loss), FL_EINVAL);
+	assert_int_equal(model_forward(m, toks, tgt, 1, 4, &loss), FL_EINVAL);
 	/* all targets ignored: NAN mean */
 	int32_t none[4] = {-1, -1, -1, -1};
-	assert_int_equal(model_forward(m, tok, none, 1, 4, &loss), 0);
+	assert_int_equal(model_forward(m, toks, none, 1, 4, &loss), 0);
 	assert_true(isnan(loss));
 	/* a smaller batch than prepared works */
-	assert_int_equal(model_forward(m, tok, NULL, 1, 3, NULL), 0);
+	assert_int_equal(model_forward(m, toks, NULL, 1, 3, NULL), 0);
 	const float *lg;
-	assert_int_equal(model_decode(m, tok, 1, 1, &lg), FL_EINVAL); /* no cache */
+	assert_int_equal(model_decode(m, toks, 1, 1, &lg), FL_EINVAL); /* no cache */
 	assert_int_equal(model_cache_init(m, 1, 65, 1), FL_EINVAL);
 	assert_int_equal(model_cache_init(m, 1, 8, 2), 0);
-	assert_int_equal(model_decode(m, tok, 1, 3, &lg), FL_EINVAL); /* > chunk */
-	assert_int_equal(model_decode(m, tok, 2, 1, &lg), FL_EINVAL); /* B mismatch */
+	assert_int_equal(model_decode(m, toks, 1, 3, &lg), FL_EINVAL); /* > chunk */
+	assert_int_equal(model_decode(m, toks, 2, 1, &lg), FL_EINVAL); /* B mismatch */
 	assert_true(model_param_count(m) > 0);
 	model_free(m);
 	model_free(NULL);
@@ -576,6 +677,8 @@ int main(void)
 	    cmocka_unit_test(test_forward_long_partial_rope),
 	    cmocka_unit_test(test_forward_quantized),
 	    cmocka_unit_test(test_kv_cache),
+	    cmocka_unit_test(test_forward_qwen3),
+	    cmocka_unit_test(test_forward_llama3_rope_scaling),
 	    cmocka_unit_test(test_bad_args),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

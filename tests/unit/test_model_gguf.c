@@ -1,4 +1,6 @@
-/* test_model_gguf — model_load: a tiny llama and a tiny qwen2 written with
+/* test_model_gguf — model_load: tiny llama, qwen2 and qwen3 models (the
+ * latter with key_length heads, NH*hd != C, and q/k norms; llama also with
+ * rope_freqs.weight and linear RoPE scaling) written with
  * the GGUF writer load to the same forward as the in-memory model built from
  * the same arrays (exactly: same kernels, same values); quantized tensors
  * stay quantized; tied output when output.weight is absent; every missing
@@ -44,7 +46,22 @@ typedef struct spec {
 	const char *drop_key;  /* metadata key to leave out */
 	const char *bad_shape; /* tensor to write with a wrong shape */
 	int heads_kv;          /* head_count_kv written */
+	int hd;                /* 0: HD from C/NH; else written as attention.key_length */
+	int vl;                /* value_length written when != 0 (default hd) */
+	int qknorm;            /* write attn_q_norm / attn_k_norm */
+	int ropeff;            /* write rope_freqs.weight */
+	const char *scaling;   /* rope.scaling.type ("linear": factor 4) */
 } spec;
+
+static int hd_of(const spec *s)
+{
+	return s->hd ? s->hd : HD;
+}
+
+static int linear_of(const spec *s)
+{
+	return s->scaling && strcmp(s->scaling, "linear") == 0;
+}
 
 /* Values of tensor `name` (deterministic in the name), n floats. */
 static void values(const char *name, float *out, size_t n, int is_norm)
@@ -64,7 +81,7 @@ static int add(gguf_writer *w, const spec *s, const char *name, int rows, int co
 	int vec = rows == 0;
 	size_t n = (size_t)(vec ? 1 : rows) * cols;
 	float *f = malloc(sizeof(float) * n);
-	values(name, f, n, vec && strstr(name, "norm") != NULL);
+	values(name, f, n, vec && (strstr(name, "norm") || strstr(name, "rope_freqs")));
 	uint32_t type = vec ? GTYPE_F32 : s->type;
 	size_t rb;
 	assert_int_equal(gtype_row_size(type, (uint64_t)cols, &rb), 0);
@@ -111,7 +128,21 @@ static const char *write_model(const spec *s, const char *file)
 		snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", s->arch);
 		assert_int_equal(gguf_set_f32(w, key, 1e-5f), 0);
 	}
+	if (s->hd) {
+		setk(w, s, "attention.key_length", (uint32_t)s->hd);
+		setk(w, s, "attention.value_length", (uint32_t)(s->vl ? s->vl : s->hd));
+	}
+	if (s->scaling) {
+		char key[96];
+		snprintf(key, sizeof key, "%s.rope.scaling.type", s->arch);
+		assert_int_equal(gguf_set_str(w, key, s->scaling), 0);
+		snprintf(key, sizeof key, "%s.rope.scaling.factor", s->arch);
+		assert_int_equal(gguf_set_f32(w, key, 4.0f), 0);
+	}
+	const int HDs = hd_of(s);
 	char n[64];
+	if (s->ropeff)
+		assert_int_equal(add(w, s, "rope_freqs.weight", 0, HDs / 2), 0);
 	assert_int_equal(add(w, s, "token_embd.weight", V, C), 0);
 	assert_int_equal(add(w, s, "output_norm.weight", 0, C), 0);
 	if (!s->tied)
@@ -119,15 +150,19 @@ static const char *write_model(const spec *s, const char *file)
 	for (int l = 0; l < L; l++) {
 #define NM(x) (snprintf(n, sizeof n, "blk.%d." x, l), n)
 		assert_int_equal(add(w, s, NM("attn_norm.weight"), 0, C), 0);
-		assert_int_equal(add(w, s, NM("attn_q.weight"), NH * HD, C), 0);
-		assert_int_equal(add(w, s, NM("attn_k.weight"), NKV * HD, C), 0);
-		assert_int_equal(add(w, s, NM("attn_v.weight"), NKV * HD, C), 0);
+		assert_int_equal(add(w, s, NM("attn_q.weight"), NH * HDs, C), 0);
+		assert_int_equal(add(w, s, NM("attn_k.weight"), NKV * HDs, C), 0);
+		assert_int_equal(add(w, s, NM("attn_v.weight"), NKV * HDs, C), 0);
 		if (s->bias) {
-			assert_int_equal(add(w, s, NM("attn_q.bias"), 0, NH * HD), 0);
-			assert_int_equal(add(w, s, NM("attn_k.bias"), 0, NKV * HD), 0);
-			assert_int_equal(add(w, s, NM("attn_v.bias"), 0, NKV * HD), 0);
+			assert_int_equal(add(w, s, NM("attn_q.bias"), 0, NH * HDs), 0);
+			assert_int_equal(add(w, s, NM("attn_k.bias"), 0, NKV * HDs), 0);
+			assert_int_equal(add(w, s, NM("attn_v.bias"), 0, NKV * HDs), 0);
 		}
-		assert_int_equal(add(w, s, NM("attn_output.weight"), C, NH * HD), 0);
+		if (s->qknorm) {
+			assert_int_equal(add(w, s, NM("attn_q_norm.weight"), 0, HDs), 0);
+			assert_int_equal(add(w, s, NM("attn_k_norm.weight"), 0, HDs), 0);
+		}
+		assert_int_equal(add(w, s, NM("attn_output.weight"), C, NH * HDs), 0);
 		assert_int_equal(add(w, s, NM("ffn_norm.weight"), 0, C), 0);
 		assert_int_equal(add(w, s, NM("ffn_gate.weight"), F, C), 0);
 		assert_int_equal(add(w, s, NM("ffn_up.weight"), F, C), 0);
@@ -177,6 +212,7 @@ static void build_mem(mem *m, const spec *s)
 {
 	size_t off = 0;
 	char n[64];
+	const int HDs = hd_of(s);
 	memset(m, 0, sizeof *m);
 	m->blob = malloc(sizeof(float) * 400000);
 	m->w.tok_embd = mat(m, &off, "token_embd.weight", V, C, s->type);
@@ -192,20 +228,33 @@ static void build_mem(mem *m, const spec *s)
 		memset(y, 0, sizeof *y);
 #define NM(x) (snprintf(n, sizeof n, "blk.%d." x, l), n)
 		y->attn_norm = vec(m, &off, NM("attn_norm.weight"), C);
-		y->wq = mat(m, &off, NM("attn_q.weight"), NH * HD, C, s->type);
-		y->wk = mat(m, &off, NM("attn_k.weight"), NKV * HD, C, s->type);
-		y->wv = mat(m, &off, NM("attn_v.weight"), NKV * HD, C, s->type);
+		y->wq = mat(m, &off, NM("attn_q.weight"), NH * HDs, C, s->type);
+		y->wk = mat(m, &off, NM("attn_k.weight"), NKV * HDs, C, s->type);
+		y->wv = mat(m, &off, NM("attn_v.weight"), NKV * HDs, C, s->type);
 		if (s->bias) {
-			y->bq = vec(m, &off, NM("attn_q.bias"), NH * HD);
-			y->bk = vec(m, &off, NM("attn_k.bias"), NKV * HD);
-			y->bv = vec(m, &off, NM("attn_v.bias"), NKV * HD);
+			y->bq = vec(m, &off, NM("attn_q.bias"), NH * HDs);
+			y->bk = vec(m, &off, NM("attn_k.bias"), NKV * HDs);
+			y->bv = vec(m, &off, NM("attn_v.bias"), NKV * HDs);
 		}
-		y->wo = mat(m, &off, NM("attn_output.weight"), C, NH * HD, s->type);
+		if (s->qknorm) {
+			y->q_norm = vec(m, &off, NM("attn_q_norm.weight"), HDs);
+			y->k_norm = vec(m, &off, NM("attn_k_norm.weight"), HDs);
+		}
+		y->wo = mat(m, &off, NM("attn_output.weight"), C, NH * HDs, s->type);
 		y->ffn_norm = vec(m, &off, NM("ffn_norm.weight"), C);
 		y->w_gate = mat(m, &off, NM("ffn_gate.weight"), F, C, s->type);
 		y->w_up = mat(m, &off, NM("ffn_up.weight"), F, C, s->type);
 		y->w_down = mat(m, &off, NM("ffn_down.weight"), C, F, s->type);
 #undef NM
+	}
+	if (s->ropeff || linear_of(s)) {
+		float *ff = m->blob + off;
+		if (s->ropeff)
+			values("rope_freqs.weight", ff, (size_t)HDs / 2, 1);
+		for (int i = 0; i < HDs / 2; i++)
+			ff[i] = (s->ropeff ? ff[i] : 1.0f) * (linear_of(s) ? 4.0f : 1.0f);
+		off += (size_t)HDs / 2;
+		m->w.rope_ff = ff;
 	}
 	assert_true(off <= 400000);
 	m->w.layers = m->layers;
@@ -221,19 +270,19 @@ static void roundtrip(const spec *s, const char *file)
 		print_error("model_load: %s\n", err);
 	assert_int_equal(rc, 0);
 	const model_config *c = model_cfg(a);
-	assert_int_equal(c->arch,
-	                 strcmp(s->arch, "qwen2") == 0 ? MODEL_ARCH_QWEN2 : MODEL_ARCH_LLAMA);
+	assert_string_equal(model_arch_name(c->arch), s->arch);
 	assert_int_equal(c->dim, C);
 	assert_int_equal(c->n_layers, L);
 	assert_int_equal(c->n_heads, NH);
 	assert_int_equal(c->n_kv_heads, NKV);
-	assert_int_equal(c->head_dim, HD);
+	assert_int_equal(c->head_dim, hd_of(s));
 	assert_int_equal(c->ffn_dim, F);
 	assert_int_equal(c->vocab, V);
 	assert_int_equal(c->ctx, CTX);
-	assert_int_equal(c->n_rot, HD);
+	assert_int_equal(c->n_rot, hd_of(s));
 	assert_int_equal(c->rope_mode,
-	                 strcmp(s->arch, "qwen2") == 0 ? KERN_ROPE_NEOX : KERN_ROPE_NORM);
+	                 strcmp(s->arch, "llama") != 0 ? KERN_ROPE_NEOX : KERN_ROPE_NORM);
+	assert_int_equal(model_wts(a)->rope_ff != NULL, s->ropeff || linear_of(s));
 	assert_true(c->rope_base == 10000.0f);
 	assert_true(c->norm_eps == 1e-5f);
 	assert_int_equal(model_wts(a)->tied, s->tied);
@@ -260,9 +309,10 @@ static void roundtrip(const spec *s, const char *file)
 		worst = fmax(worst, fabs((double)ga[i] - gb[i]));
 		den = fmax(den, fabs((double)gb[i]));
 	}
-	printf("  %s %s%s%s: loaded vs in-memory logits max rel diff %.2e, loss %.5f/%.5f\n",
+	printf("  %s %s%s%s%s%s%s: loaded vs in-memory logits max rel diff %.2e, loss %.5f/%.5f\n",
 	       s->arch, gtype_name(s->type), s->tied ? " tied" : "", s->bias ? " bias" : "",
-	       worst / den, la, lb);
+	       s->ropeff ? " rope_freqs" : "", s->scaling ? " scaling " : "",
+	       s->scaling ? s->scaling : "", worst / den, la, lb);
 	assert_true(worst / den <= 1e-6);
 	model_free(a);
 	model_free(b);
@@ -280,6 +330,18 @@ static void test_load_roundtrip(void **state)
 	roundtrip(&s3, "qwen2-q4.gguf");
 	spec s4 = {.arch = "llama", .type = GTYPE_F16, .tied = 1, .heads_kv = NKV};
 	roundtrip(&s4, "llama-f16.gguf");
+	/* qwen3: 4 heads of 24 (96 != C 64), per-head q/k norms, tied */
+	spec s5 = {
+	    .arch = "qwen3", .type = GTYPE_Q8_0, .tied = 1, .heads_kv = NKV, .hd = 24, .qknorm = 1};
+	roundtrip(&s5, "qwen3-q8.gguf");
+	/* llama 3: RoPE factors, also combined with linear scaling */
+	spec s6 = {.arch = "llama", .type = GTYPE_Q5_0, .heads_kv = NKV, .ropeff = 1};
+	roundtrip(&s6, "llama3-q5_0.gguf");
+	spec s7 = {
+	    .arch = "llama", .type = GTYPE_F32, .heads_kv = NKV, .ropeff = 1, .scaling = "linear"};
+	roundtrip(&s7, "llama-linear.gguf");
+	spec s8 = {.arch = "llama", .type = GTYPE_Q4_1, .heads_kv = NKV, .scaling = "none"};
+	roundtrip(&s8, "llama-q4_1.gguf");
 }
 
 static void expect_refused(const spec *s, int want_rc, const char *want_text)
@@ -325,6 +387,28 @@ static void test_load_refusals(void **state)
 	s = base;
 	s.arch = "qwen2"; /* qwen2 without its biases */
 	expect_refused(&s, FL_EFORMAT, "bias");
+	s = base;
+	s.arch = "qwen3"; /* qwen3 without its q/k norms */
+	expect_refused(&s, FL_EFORMAT, "attn_q_norm");
+	s = base;
+	s.qknorm = 1; /* llama with q/k norms: not silently ignored */
+	expect_refused(&s, FL_EUNSUPPORTED, "attn_q_norm");
+	s = base;
+	s.arch = "qwen3";
+	s.qknorm = 1;
+	s.drop = "blk.1.attn_k_norm.weight";
+	expect_refused(&s, FL_EFORMAT, "attn_k_norm");
+	s = base;
+	s.scaling = "yarn";
+	expect_refused(&s, FL_EUNSUPPORTED, "yarn");
+	s = base;
+	s.hd = 24;
+	s.vl = 16;
+	expect_refused(&s, FL_EUNSUPPORTED, "value_length");
+	s = base;
+	s.hd = 24;
+	s.bad_shape = "blk.0.attn_q.weight";
+	expect_refused(&s, FL_EFORMAT, "blk.0.attn_q.weight");
 	/* not a GGUF at all */
 	char path[512];
 	snprintf(path, sizeof path, "%s/junk.gguf", tmpdir);

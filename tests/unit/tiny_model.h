@@ -51,15 +51,54 @@ static inline void tm_mat(kern_mat *m, float *data, int rows, int cols)
 	assert_int_equal(kern_mat_init(m, GTYPE_F32, data, rows, cols), 0);
 }
 
+/* Llama 3 RoPE frequency factors, as Meta's reference defines them (and
+ * llama.cpp's converter stores them in rope_freqs.weight): for pair i with
+ * wavelength wl = 2 pi / base^(-2i/n_rot), factor 1 when wl < orig/high,
+ * `factor` when wl > orig/low, else 1 / ((1 - s)/factor + s) with
+ * s = (orig/wl - low)/(high - low). */
+static inline void tm_llama3_ff(float *ff, int n_rot, double base, double factor, double low,
+                                double high, double orig)
+{
+	for (int i = 0; i < n_rot / 2; i++) {
+		double wl = 2 * M_PI / pow(base, -2.0 * i / n_rot);
+		if (wl < orig / high)
+			ff[i] = 1.0f;
+		else if (wl > orig / low)
+			ff[i] = (float)factor;
+		else {
+			double sm = (orig / wl - low) / (high - low);
+			ff[i] = (float)(1.0 / ((1 - sm) / factor + sm));
+		}
+	}
+}
+
+/* Shape extras of tm_make2: model width C (0: NH*hd) and RoPE factors. */
+typedef struct tm_opts {
+	int C;           /* 0: NH*hd */
+	int n_rot;       /* 0: hd & ~1 */
+	float rope_base; /* 0: 10000 */
+	const float *ff; /* [n_rot/2] RoPE frequency factors, copied; NULL: none */
+} tm_opts;
+
+static inline void tm_make2(tm_model *t, int arch, int L, int NH, int NKV, int hd, int F, int V,
+                            int tied, int bias, uint64_t seed, const tm_opts *op);
+
 /* A random f32 model. C = NH*hd. */
 static inline void tm_make(tm_model *t, int arch, int L, int NH, int NKV, int hd, int F, int V,
                            int tied, int bias, uint64_t seed)
+{
+	tm_make2(t, arch, L, NH, NKV, hd, F, V, tied, bias, seed, NULL);
+}
+
+/* A random f32 model; qwen3 gets per-head q/k norms. */
+static inline void tm_make2(tm_model *t, int arch, int L, int NH, int NKV, int hd, int F, int V,
+                            int tied, int bias, uint64_t seed, const tm_opts *op)
 {
 	memset(t, 0, sizeof *t);
 	assert_true(L <= TM_MAXL);
 	model_config *c = &t->c;
 	c->arch = arch;
-	c->dim = NH * hd;
+	c->dim = op && op->C ? op->C : NH * hd;
 	c->n_layers = L;
 	c->n_heads = NH;
 	c->n_kv_heads = NKV;
@@ -67,13 +106,14 @@ static inline void tm_make(tm_model *t, int arch, int L, int NH, int NKV, int hd
 	c->ffn_dim = F;
 	c->vocab = V;
 	c->ctx = 128;
-	c->n_rot = hd & ~1;
-	c->rope_mode = arch == MODEL_ARCH_QWEN2 ? KERN_ROPE_NEOX : KERN_ROPE_NORM;
-	c->rope_base = 10000.0f;
+	c->n_rot = op && op->n_rot ? op->n_rot : hd & ~1;
+	c->rope_mode = arch == MODEL_ARCH_LLAMA ? KERN_ROPE_NORM : KERN_ROPE_NEOX;
+	c->rope_base = op && op->rope_base > 0 ? op->rope_base : 10000.0f;
 	c->norm_eps = 1e-5f;
 	const size_t C = (size_t)c->dim, QD = (size_t)NH * hd, KVD = (size_t)NKV * hd;
-	size_t per = 2 * C + 2 * QD * C + 2 * KVD * C + 3 * (size_t)F * C + QD + 2 * KVD;
-	t->n = (size_t)L * per + 2 * (size_t)V * C + C;
+	size_t per =
+	    2 * C + 2 * QD * C + 2 * KVD * C + 3 * (size_t)F * C + QD + 2 * KVD + 2 * (size_t)hd;
+	t->n = (size_t)L * per + 2 * (size_t)V * C + C + (size_t)c->n_rot / 2;
 	t->blob = calloc(t->n, sizeof(float));
 	t->dblob = calloc(t->n, sizeof(double));
 	assert_non_null(t->blob);
@@ -93,6 +133,10 @@ static inline void tm_make(tm_model *t, int arch, int L, int NH, int NKV, int hd
 			y->bk = tm_take(t, &off, KVD, 0.5f, 0, &s);
 			y->bv = tm_take(t, &off, KVD, 0.5f, 0, &s);
 		}
+		if (arch == MODEL_ARCH_QWEN3) {
+			y->q_norm = tm_take(t, &off, (size_t)hd, 0.3f, 1.0f, &s);
+			y->k_norm = tm_take(t, &off, (size_t)hd, 0.3f, 1.0f, &s);
+		}
 		tm_mat(&y->wo, tm_take(t, &off, C * QD, sc, 0, &s), (int)C, (int)QD);
 		y->ffn_norm = tm_take(t, &off, C, 0.2f, 1.0f, &s);
 		tm_mat(&y->w_gate, tm_take(t, &off, (size_t)F * C, sc, 0, &s), F, (int)C);
@@ -106,6 +150,12 @@ static inline void tm_make(tm_model *t, int arch, int L, int NH, int NKV, int hd
 		t->w.tied = 1;
 	} else {
 		tm_mat(&t->w.output, tm_take(t, &off, (size_t)V * C, 0.5f, 0, &s), V, (int)C);
+	}
+	if (op && op->ff) {
+		float *ff = t->blob + off;
+		memcpy(ff, op->ff, sizeof(float) * (size_t)(c->n_rot / 2));
+		off += (size_t)c->n_rot / 2;
+		t->w.rope_ff = ff;
 	}
 	t->n = off;
 	for (size_t i = 0; i < t->n; i++)
@@ -172,13 +222,15 @@ static inline void tm_rms(double *y, const double *x, const double *w, int C, do
 		y[i] = x[i] * r * w[i];
 }
 
-static inline void tm_rope(double *x, int nh, const model_config *c, int p)
+/* ff: frequency factors (double copy) or NULL */
+static inline void tm_rope(double *x, int nh, const model_config *c, int p, const double *ff)
 {
 	for (int h = 0; h < nh; h++)
 		for (int i = 0; i < c->n_rot / 2; i++) {
 			int a = c->rope_mode == KERN_ROPE_NEOX ? i : 2 * i;
 			int b = c->rope_mode == KERN_ROPE_NEOX ? i + c->n_rot / 2 : 2 * i + 1;
-			double th = p * pow((double)c->rope_base, -2.0 * i / c->n_rot);
+			double th =
+			    p * pow((double)c->rope_base, -2.0 * i / c->n_rot) / (ff ? ff[i] : 1.0);
 			double re = x[h * c->head_dim + a], im = x[h * c->head_dim + b];
 			x[h * c->head_dim + a] = re * cos(th) - im * sin(th);
 			x[h * c->head_dim + b] = re * sin(th) + im * cos(th);
@@ -219,8 +271,17 @@ static inline double tm_ref_loss(const tm_model *t, const tm_lora *lo, const int
 				       lo, ix + 1);
 				tm_lin(v + tt * KVD, tm_d(t, y->wv.data), tm_d(t, y->bv), h, KVD, C,
 				       lo, ix + 2);
-				tm_rope(q + tt * QD, NH, c, tt);
-				tm_rope(k + tt * KVD, NKV, c, tt);
+				if (y->q_norm) /* qwen3: RMSNorm of every head */
+					for (int hh = 0; hh < NH; hh++)
+						tm_rms(q + tt * QD + hh * hd, q + tt * QD + hh * hd,
+						       tm_d(t, y->q_norm), hd, c->norm_eps);
+				if (y->k_norm)
+					for (int hh = 0; hh < NKV; hh++)
+						tm_rms(k + tt * KVD + hh * hd,
+						       k + tt * KVD + hh * hd, tm_d(t, y->k_norm),
+						       hd, c->norm_eps);
+				tm_rope(q + tt * QD, NH, c, tt, tm_d(t, t->w.rope_ff));
+				tm_rope(k + tt * KVD, NKV, c, tt, tm_d(t, t->w.rope_ff));
 			}
 			for (int tt = 0; tt < T; tt++) {
 				for (int hh = 0; hh < NH; hh++) {
