@@ -174,8 +174,11 @@ else
 		# the unit label but a few tests too slow emulated (the script
 		# names them; they count as skipped here)
 		echo "aarch64 ctest selection: $(bash deploy/cross-arm64.sh --ctest-args)"
-		n_slow=$(bash deploy/cross-arm64.sh --ctest-args | sed -E 's/.*\^\((.*)\)\$$/\1/' | tr '|' '\n' | wc -l)
+		slow=$(bash deploy/cross-arm64.sh --ctest-args | sed -E 's/.*\^\((.*)\)\$$/\1/' | tr '|' ' ')
+		n_slow=$(wc -w <<<"$slow")
 		skip=$((skip + n_slow))
+		echo "ctest (aarch64, qemu): $n_slow test(s) skipped (too slow under qemu; they run in the x86-64 builds):"
+		for t in $slow; do echo "  $t"; done
 		OMP_WAIT_POLICY=passive FEDLORA_CTEST_ARGS="$(bash deploy/cross-arm64.sh --ctest-args)" \
 			run_ctest build-arm64 "ctest (aarch64, qemu)"
 		if FEDLORA_SRC=$root FEDLORA_NODE_BIN=$root/build-test/fedlora-node \
