@@ -214,8 +214,8 @@ int kern_matmul(float *out, int ld_out, const float *inp, int ld_in, const kern_
 			split_rows(O, omp_get_num_threads(), omp_get_thread_num(), &o0, &o1);
 			for (int o = o0; o < o1; o++)
 				KERN_SIMD(row_dots)
-				(w->type, wb + (size_t)o * w->row_bytes, In, inp, ld_in, N, out + o,
-				 ld_out);
+			(w->type, wb + (size_t)o * w->row_bytes, In, inp, ld_in, N, out + o,
+			 ld_out);
 			if (bias && o1 > o0)
 				add_bias(out, ld_out, bias, N, o0, o1);
 		}
