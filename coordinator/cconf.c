@@ -155,6 +155,8 @@ const cfg_key cconf_schema[] = {
     /* log */
     {"log", "level", CFG_ENUM, "info", 0, 0, "debug|info|warn|error", "log level"},
     {"log", "format", CFG_ENUM, "text", 0, 0, "text|json", "log line format"},
+    /* coordinator tiers (docs/COORDINATOR.md, "Tiers") */
+    UPSTREAM_CFG_KEYS,
 };
 const int cconf_nkeys = (int)(sizeof cconf_schema / sizeof cconf_schema[0]);
 
@@ -352,6 +354,9 @@ int cconf_build(const cfg *c, cconf *o, char *why, size_t whylen)
 		    f->down_block, qt_fmt_name(f->down_fmt));
 		return FL_ECONFIG;
 	}
+	/* first: what does not compose with a region, naming both keys */
+	if (upstream_from_cfg(c, f, &o->up, why, whylen))
+		return FL_ECONFIG;
 	if (fed_opts_check(f, w2, sizeof w2)) {
 		WHY("%s", w2);
 		return FL_ECONFIG;

@@ -184,7 +184,7 @@ typedef struct sess {
 	fnode *node; /* NULL until a valid Join */
 } sess;
 
-enum job_type { JOB_UPDATE = 1, JOB_COMMIT = 2 };
+enum job_type { JOB_UPDATE = 1, JOB_COMMIT = 2, JOB_TIER = 3 };
 
 struct fed_job {
 	fed *f;
@@ -274,6 +274,11 @@ struct fed {
 	double dp_q;     /* Poisson sampling rate K / population */
 	dp_rng *dp_samp; /* CSPRNG for the sampling */
 	dp_ledger led;
+	/* coordinator tiers (o.tier): the root's training parameters and the
+	 * deadline of the regional round fed_tier_round starts */
+	Fedlora__TrainParams tier_tp;
+	int tier_tp_set;
+	uint32_t tier_deadline_ms;
 };
 
 static uint64_t wall(const fed *f)
@@ -1557,6 +1562,10 @@ static size_t eligible_nodes(fed *f, fnode ***out)
 
 static void update_ready(fed *f, uint64_t now_ms)
 {
+	if (f->o.tier) { /* a region's rounds start with the root's */
+		f->ready = 0;
+		return;
+	}
 	if (f->state != FED_IDLE || f->stopping)
 		return;
 	if (f->wf_since || f->wf_pending) {
@@ -1716,6 +1725,8 @@ static void send_round_start(fed *f, fnode **nodes, size_t n, uint64_t now_ms)
 	tp.stochastic_rounding = f->o.train.stochastic_rounding;
 	tp.error_feedback = f->o.train.error_feedback;
 	tp.dp_clip = f->dp_on ? (float)f->o.priv.clip : 0.0f;
+	if (f->tier_tp_set) /* a region passes the root's parameters on */
+		tp = f->tier_tp;
 	Fedlora__RoundStart rs = FEDLORA__ROUND_START__INIT;
 	rs.round_id = f->round_id;
 	rs.global_version = f->version;
@@ -1873,7 +1884,7 @@ static void start_round(fed *f, uint64_t now_ms)
 	f->ready = 0;
 	f->round_version = f->version;
 	f->round_started = now_ms;
-	f->deadline = now_ms + f->o.round_timeout_ms;
+	f->deadline = now_ms + (f->o.tier ? f->tier_deadline_ms : f->o.round_timeout_ms);
 	f->sp_deadline = now_ms + f->o.secure.phase_ms;
 	f->answered = 0;
 	f->bytes_in = f->bytes_out = 0;
@@ -2065,9 +2076,15 @@ static void after_round(fed *f, uint64_t now_ms)
 	update_ready(f, now_ms);
 }
 
+static void tier_report(fed *f, const fed_tier_result *r);
+
 static void abandon_round(fed *f, const char *detail, uint64_t now_ms)
 {
 	sa_reset(f);
+	if (f->o.tier) { /* the region has nothing to forward */
+		fed_tier_result tr = {.round_id = f->round_id, .detail = detail};
+		tier_report(f, &tr);
+	}
 	size_t acc = agg_count(f->agg);
 	LOGW(MOD, "round %" PRIu64 " abandoned: %s (version stays %" PRIu64 ")", f->round_id,
 	     detail, f->version);
@@ -2104,7 +2121,7 @@ static void finish_round(fed *f, uint64_t now_ms)
 		return;
 	}
 	job->f = f;
-	job->type = JOB_COMMIT;
+	job->type = f->o.tier ? JOB_TIER : JOB_COMMIT; /* a region forwards its mean */
 	job->round_id = f->round_id;
 	job->parent = f->version;
 	uint64_t mv = f->st ? store_max_version(f->st) : 0;
@@ -3015,6 +3032,10 @@ void fed_job_run(fed_job *job)
 		/* the bulk is no longer needed: free it on the worker */
 		wire_free(job->msg);
 		job->msg = NULL;
+	} else if (job->type == JOB_TIER) {
+		double t0 = clk_seconds();
+		job->rc = agg_finish(job->f->agg, job->f->step);
+		job->agg_secs = clk_seconds() - t0;
 	} else {
 		run_commit(job);
 	}
@@ -3082,6 +3103,8 @@ static void done_update(fed *f, fed_job *job, uint64_t now_ms)
 	else
 		finish_round(f, now_ms);
 }
+
+static void tier_done(fed *f, fed_job *job, uint64_t now_ms);
 
 static void done_commit(fed *f, fed_job *job, uint64_t now_ms)
 {
@@ -3153,6 +3176,8 @@ void fed_job_done(fed *f, fed_job *job, uint64_t now_ms)
 		f->jobs--;
 	if (job->type == JOB_UPDATE)
 		done_update(f, job, now_ms);
+	else if (job->type == JOB_TIER)
+		tier_done(f, job, now_ms);
 	else
 		done_commit(f, job, now_ms);
 	wire_free(job->msg);
@@ -3395,4 +3420,165 @@ const char *fed_node_state(const fed *f, const char *cn)
 	if (!n)
 		return NULL;
 	return nstate_names[n->peer ? n->st : N_GONE];
+}
+
+/* ------------------------------------------------------------------ */
+/* coordinator tiers: the regional side (docs/COORDINATOR.md, "Tiers") */
+/*                                                                     */
+/* A region's rounds mirror the root's: fed_tier_round adopts the      */
+/* root's exact version and starts a round with the root's training    */
+/* parameters; when collection closes, the worker runs agg_finish      */
+/* (plain FedAvg, server_lr 1: the sample-weighted mean of the         */
+/* accepted deltas) and tier_done hands that mean and the weight sum   */
+/* to the upstream side, which forwards them to the root. Nothing is   */
+/* committed here: the next version comes from the root.               */
+
+static void tier_report(fed *f, const fed_tier_result *r)
+{
+	if (f->o.tier && f->o.tier->done)
+		f->o.tier->done(f->o.tier->ud, r);
+}
+
+static void tier_done(fed *f, fed_job *job, uint64_t now_ms)
+{
+	size_t acc = agg_count(f->agg);
+	double tl, el;
+	int ht, he;
+	round_losses(f, &tl, &el, &ht, &he);
+	char d[200];
+	fed_tier_result r = {.round_id = f->round_id, .detail = d};
+	if (job->rc) {
+		snprintf(d, sizeof d, "aggregation failed: %s",
+		         job->rc == FL_ENUMERIC ? "result not finite" : fl_strerror(job->rc));
+		LOGW(MOD, "round %" PRIu64 ": %s; nothing forwarded to the root", f->round_id, d);
+	} else {
+		double w = agg_weight_sum(f->agg);
+		r.ok = 1;
+		r.mean = f->step;
+		r.weight = w < 1 ? 1 : w > 9e18 ? (uint64_t)9e18 : (uint64_t)llround(w);
+		r.accepted = acc;
+		r.train_loss = tl;
+		r.has_train_loss = ht;
+		snprintf(d, sizeof d, "forwarded to the root: %zu update%s, weight %" PRIu64, acc,
+		         acc == 1 ? "" : "s", r.weight);
+		LOGI(MOD, "round %" PRIu64 " (version %" PRIu64 "): %s; aggregate %.1f ms",
+		     f->round_id, f->version, d, job->agg_secs * 1e3);
+	}
+	tier_report(f, &r);
+	met_add(f, "fedlora_rounds_total", r.ok ? "outcome=\"forwarded\"" : "outcome=\"abandoned\"",
+	        1);
+	met_observe(f, "fedlora_round_seconds", (double)(now_ms - f->round_started) / 1e3);
+	round_end_msg(f, r.ok, d, acc, tl, el, ht, he);
+	/* journal: "committed" stays false, a region commits nothing */
+	round_journal(f, 0, d, now_ms, job, tl, el, ht, he);
+	if (!r.ok)
+		f->abandoned++;
+	after_round(f, now_ms);
+}
+
+/* Takes the root's version: global (owned), the delta that led to it
+ * from our current version (or none), encodings, state directory. */
+static int tier_adopt(fed *f, uint64_t version, const uint8_t sha[32], tset *global,
+                      const uint8_t *delta, size_t delta_len)
+{
+	buf_clear(&f->delta);
+	f->has_parent = 0;
+	if (delta && delta_len) {
+		if (buf_append(&f->delta, delta, delta_len)) {
+			tset_free(global);
+			return FL_ENOMEM;
+		}
+		f->parent = f->version;
+		memcpy(f->parent_sha, f->sha, 32);
+		f->has_parent = 1;
+	}
+	tset_free(f->global);
+	f->global = global;
+	f->version = version;
+	memcpy(f->sha, sha, 32);
+	int rc = set_global_encodings(f);
+	if (rc) {
+		LOGE(MOD, "cannot encode version %" PRIu64 " of the root: %s", version,
+		     fl_strerror(rc));
+		return rc;
+	}
+	char h[65];
+	hex_encode(sha, 32, h);
+	LOGI(MOD, "took the root's version %" PRIu64 " (%.16s...) from a %s", version, h,
+	     f->has_parent ? "delta (forwarded as is)" : "snapshot");
+	met_set(f, "fedlora_global_version", NULL, (double)version);
+	if (f->st) { /* a restarted region starts from it (no optimiser state) */
+		store_info in;
+		/* round 0: no round of ours made it (nothing to recover at start) */
+		fill_info(f, &in, version, 0, f->has_parent ? f->parent : 0, sha);
+		errno = 0;
+		rc = store_commit(f->st, f->global, &in, NULL, f->o.keep_versions);
+		if (rc)
+			LOGW(MOD,
+			     "cannot write the root's version %" PRIu64
+			     " to the state directory (%s); the region goes on from memory",
+			     version, fl_strerror(rc));
+	}
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "tier_version");
+	cJSON_AddNumberToObject(j, "version", (double)version);
+	add_hex(j, "sha256", sha, 32);
+	cJSON_AddBoolToObject(j, "delta", f->has_parent);
+	journal_rec(f, j);
+	return 0;
+}
+
+int fed_tier_round(fed *f, uint64_t version, const uint8_t sha[32], tset *global,
+                   const uint8_t *delta, size_t delta_len, const Fedlora__TrainParams *tp,
+                   uint32_t deadline_ms, uint64_t now_ms)
+{
+	if (!f->o.tier || !global || !tp || !sha) {
+		tset_free(global);
+		return FL_EINVAL;
+	}
+	if (f->state != FED_IDLE || f->jobs || f->stopping) {
+		tset_free(global);
+		return FL_EBUSY;
+	}
+	uint8_t chk[32];
+	if (tset_same_layout(global, f->global) || tset_fingerprint(global, chk) ||
+	    memcmp(chk, sha, 32)) {
+		tset_free(global);
+		return FL_EMISMATCH;
+	}
+	if (version != f->version || memcmp(sha, f->sha, 32)) {
+		int rc = tier_adopt(f, version, sha, global, delta, delta_len);
+		if (rc)
+			return rc;
+	} else {
+		tset_free(global);
+	}
+	f->tier_tp = *tp; /* scalars only */
+	f->tier_tp.base.n_unknown_fields = 0;
+	f->tier_tp.base.unknown_fields = NULL;
+	f->tier_tp_set = 1;
+	f->tier_deadline_ms = deadline_ms ? deadline_ms : 1;
+	start_round(f, now_ms);
+	return f->state == FED_COLLECTING ? 0 : FL_EAGAIN;
+}
+
+void fed_tier_abort(fed *f, uint64_t now_ms)
+{
+	if (!f->o.tier || f->state != FED_COLLECTING)
+		return;
+	LOGI(MOD, "round %" PRIu64 ": the root moved on; closing collection now", f->round_id);
+	f->deadline = now_ms;
+	maybe_close_round(f, now_ms);
+}
+
+void fed_tier_finish(fed *f, uint64_t now_ms)
+{
+	if (f->state == FED_IDLE && !f->jobs) {
+		LOGI(MOD, "the root finished the federation; so does this region");
+		f->state = FED_STOPPED;
+		f->ready = 0;
+		say_goodbye(f, "federation finished");
+	} else {
+		fed_shutdown(f, now_ms);
+	}
 }

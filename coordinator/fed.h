@@ -94,6 +94,10 @@ typedef struct fed_opts {
 	 * "optimizer", "written"), e.g. to pause so a test can kill -9 */
 	void (*commit_hook)(const char *stage, void *ud);
 	void *commit_hook_ud;
+	/* coordinator tiers (docs/COORDINATOR.md, "Tiers"): a regional
+	 * coordinator never starts a round by itself (fed_tier_round does) and
+	 * never commits: its closed round's weighted mean goes to tier_done */
+	struct fed_tier_hooks *tier;
 } fed_opts;
 
 /* Defaults: min_nodes 2, fraction 1, min_updates 1, deadline 60 s, start
@@ -188,6 +192,47 @@ size_t fed_participants(const fed *f, const char **cns, size_t cap);
 /* Node state for a CN: "idle" "training" "uploading" "gone", NULL if
  * unknown. */
 const char *fed_node_state(const fed *f, const char *cn);
+
+/* ---- coordinator tiers (the regional side; coordinator/upstream.h) ---- */
+
+/* What a regional round produced: the sample-weighted mean of its accepted
+ * updates (valid during the call only) and their combined weight, or
+ * ok = 0 with detail saying why there is none. */
+typedef struct fed_tier_result {
+	uint64_t round_id; /* the region's own round id */
+	int ok;
+	const tset *mean;
+	uint64_t weight; /* sum of the accepted updates' sample weights */
+	size_t accepted;
+	double train_loss; /* sample-weighted, when has_train_loss */
+	int has_train_loss;
+	const char *detail;
+} fed_tier_result;
+
+typedef struct fed_tier_hooks {
+	void *ud;
+	void (*done)(void *ud, const fed_tier_result *r); /* loop thread */
+} fed_tier_hooks;
+
+/* Regional round: takes the root's version (version, sha = its
+ * tset_fingerprint, global: owned by fed from here on, also on failure),
+ * and starts a round with this coordinator's nodes at it, with the root's
+ * training parameters and a deadline of deadline_ms. delta/delta_len: the
+ * root's packed AdapterPayload that took fed's current version to this one
+ * (forwarded as is to nodes holding the parent), or NULL (nodes that lack
+ * the version get a snapshot). The adopted version is written to the
+ * state directory. Needs opts.tier and an idle federation (FL_EBUSY
+ * otherwise); FL_EAGAIN when fewer than rounds.min_nodes nodes are
+ * connected (no round); FL_EMISMATCH when global's layout or sha is wrong. */
+int fed_tier_round(fed *f, uint64_t version, const uint8_t sha[32], tset *global,
+                   const uint8_t *delta, size_t delta_len, const Fedlora__TrainParams *tp,
+                   uint32_t deadline_ms, uint64_t now_ms);
+/* The root moved on: closes a collecting regional round now (its result
+ * still goes to tier.done). */
+void fed_tier_abort(fed *f, uint64_t now_ms);
+/* The root said the federation is finished: Bye "federation finished" to
+ * the region's nodes and stop (as fed_shutdown when a round is open). */
+void fed_tier_finish(fed *f, uint64_t now_ms);
 
 /* Encodes an Envelope holding a RoundStart whose adapter field is the
  * already-encoded AdapterPayload `payload` (so a large payload is packed

@@ -9,6 +9,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "store.h"
+#include "upstream.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -38,6 +39,7 @@ typedef struct srv {
 	int sigpipe[2]; /* self-pipe: the signal handler writes the signal number */
 	int stopping;
 	int forced;
+	upstream *up; /* a regional coordinator's side towards the root (tiers) */
 } srv;
 
 static int g_pause_commit_ms, g_pause_rename_ms;
@@ -348,10 +350,17 @@ int serve_run(const cconf *cc)
 		fo.secure.dump_dir = dump;
 	fo.commit_hook = g_pause_commit_ms >= 0 ? commit_hook : NULL;
 	fed_io io = {.ud = &S, .send = io_send, .close = io_close, .submit = io_submit};
+	if (upstream_on(&cc->up)) { /* a region: rounds come from the root */
+		if (upstream_new(&cc->up, S.zctx, &S.up))
+			goto out;
+		fo.tier = upstream_hooks(S.up);
+	}
 	if (fed_new(&fo, S.st, S.m, &io, &S.f)) {
 		LOGE(MOD, "cannot start the federation (see above)");
 		goto out;
 	}
+	if (S.up && upstream_start(S.up, S.f, &fo))
+		goto out;
 
 	raise_fd_limit(cc->max_sessions);
 	chan_server_opts co;
@@ -394,7 +403,7 @@ int serve_run(const cconf *cc)
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL); /* only the loop thread takes signals */
 	uint64_t last_stats = 0;
 	while (!S.forced) {
-		zmq_pollitem_t it[CHAN_POLLITEMS_MAX + 2];
+		zmq_pollitem_t it[2 * CHAN_POLLITEMS_MAX + 2];
 		int n = chan_server_pollitems(S.ch, it, CHAN_POLLITEMS_MAX);
 		it[n].socket = S.wsock;
 		it[n].fd = 0;
@@ -404,15 +413,19 @@ int serve_run(const cconf *cc)
 		it[n + 1].fd = S.sigpipe[0];
 		it[n + 1].events = ZMQ_POLLIN;
 		it[n + 1].revents = 0;
+		int nu = S.up ? upstream_pollitems(S.up, it + n + 2, CHAN_POLLITEMS_MAX) : 0;
 		uint64_t now = clk_mono_ms();
 		long tmo = 1000;
+		long ut = S.up ? upstream_timeout(S.up, now) : -1;
+		if (ut >= 0 && ut < tmo)
+			tmo = ut;
 		int ct = chan_server_timeout(S.ch);
 		if (ct >= 0 && ct < tmo)
 			tmo = ct;
 		int64_t ft = fed_timeout(S.f, now);
 		if (ft >= 0 && ft < tmo)
 			tmo = (long)ft;
-		int pr = zmq_poll(it, n + 2, tmo);
+		int pr = zmq_poll(it, n + 2 + nu, tmo);
 		if (pr < 0 && zmq_errno() != EINTR) {
 			LOGE(MOD, "zmq_poll: %s", zmq_strerror(zmq_errno()));
 			break;
@@ -423,6 +436,17 @@ int serve_run(const cconf *cc)
 			drain_jobs(&S);
 		if (it[n + 1].revents & ZMQ_POLLIN)
 			handle_signals(&S);
+		if (S.up) {
+			upstream_process(S.up, it + n + 2, nu, clk_mono_ms());
+			if (upstream_failed(S.up) && !S.stopping) {
+				S.stopping = 1;
+				fed_shutdown(S.f, clk_mono_ms());
+			}
+			if (upstream_finished(S.up) && !S.stopping) {
+				S.stopping = 1;
+				fed_tier_finish(S.f, clk_mono_ms());
+			}
+		}
 		fed_tick(S.f, clk_mono_ms());
 		now = clk_mono_ms();
 		if (now - last_stats >= 1000) {
@@ -430,7 +454,7 @@ int serve_run(const cconf *cc)
 			last_stats = now;
 		}
 		if (fed_done(S.f)) {
-			rc = 0;
+			rc = upstream_failed(S.up) ? 1 : 0;
 			break;
 		}
 	}
@@ -456,6 +480,7 @@ out:
 		}
 	}
 	chan_server_free(S.ch);
+	upstream_free(S.up, S.stopping ? "region shutting down" : NULL);
 	if (S.worker_up) {
 		fed_job *stop = NULL;
 		zmq_send(S.wsock, &stop, sizeof stop, 0);

@@ -7,6 +7,9 @@
 #       empty CRL. Refuses if DIR already holds a CA: a CA is never replaced.
 #   certs.sh coordinator DIR (--dns NAME | --ip ADDR)... [--name CN] [VALIDITY] [--force]
 #       Coordinator certificate: EKU serverAuth, SAN = every --dns / --ip.
+#   certs.sh region DIR ID (--dns NAME | --ip ADDR)... [VALIDITY] [--force]
+#       Regional coordinator (tiers): regions/ID.crt/.key, EKU serverAuth and
+#       clientAuth, CN = ID (its identity at the root), SAN as coordinator.
 #   certs.sh node DIR ID [ID ...] [VALIDITY] [--force]
 #   certs.sh node DIR --count N [--prefix P] [VALIDITY] [--force]
 #       Node certificates: EKU clientAuth, subject CN = node id. --count makes
@@ -267,8 +270,10 @@ cmd_coordinator() {
   [ -n "$san" ] || usage_err "coordinator needs at least one --dns NAME or --ip ADDR (nodes check it)"
   need_ca "$dir"
   ca_env "$dir"
-  if [ -e "$dir/coordinator.crt" ] && [ "$force" -eq 0 ]; then
-    die "$dir/coordinator.crt exists (use --force to issue a new one)"
+  # a region (cmd_region) is a server to its nodes and a client to the root
+  local base=${FL_CERT_BASE:-$dir/coordinator} eku=${FL_CERT_EKU:-serverAuth}
+  if [ -e "$base.crt" ] && [ "$force" -eq 0 ]; then
+    die "$base.crt exists (use --force to issue a new one)"
   fi
   local ext
   ext=$(mktemp)
@@ -276,14 +281,26 @@ cmd_coordinator() {
 [ coord_ext ]
 basicConstraints       = critical, CA:FALSE
 keyUsage               = critical, digitalSignature
-extendedKeyUsage       = serverAuth
+extendedKeyUsage       = $eku
 subjectKeyIdentifier   = hash
 authorityKeyIdentifier = keyid:always
 subjectAltName         = $san
 EOF
-  issue "$dir" "$name" "$dir/coordinator.key" "$dir/coordinator.crt" -extfile "$ext" -extensions coord_ext
+  issue "$dir" "$name" "$base.key" "$base.crt" -extfile "$ext" -extensions coord_ext
   rm -f "$ext"
-  echo "$prog: coordinator certificate $dir/coordinator.crt (CN=$name, SAN $san)"
+  echo "$prog: coordinator certificate $base.crt (CN=$name, SAN $san)"
+}
+
+# A regional coordinator (docs/COORDINATOR.md, "Tiers"): one certificate
+# with EKU serverAuth (its nodes) and clientAuth (the root; CN = ID).
+cmd_region() {
+  [ $# -ge 2 ] || usage_err "region needs DIR and ID"
+  local dir=$1 id=$2
+  shift 2
+  valid_id "$id" || usage_err "region ID: 1-64 of [A-Za-z0-9._-]"
+  mkdir -p "$dir/regions"
+  FL_CERT_BASE="$dir/regions/$id" FL_CERT_EKU="serverAuth, clientAuth" \
+    cmd_coordinator "$dir" --name "$id" "$@"
 }
 
 cmd_node() {
@@ -419,6 +436,7 @@ case "$cmd" in
   -h | --help | help) usage ;;
   init) cmd_init "$@" ;;
   coordinator) cmd_coordinator "$@" ;;
+  region) cmd_region "$@" ;;
   node) cmd_node "$@" ;;
   revoke) cmd_revoke "$@" ;;
   crl) cmd_crl "$@" ;;
