@@ -1361,6 +1361,8 @@ static fnode *node_new(fed *f, const char *cn)
 static void send_round_start(fed *f, fnode **nodes, size_t n, uint64_t now_ms);
 static void update_ready(fed *f, uint64_t now_ms);
 
+static int tier_join_refused(fed *f, const sess *s, const Fedlora__Join *j, uint64_t peer);
+
 static void handle_join(fed *f, sess *s, const Fedlora__Join *j, uint64_t now_ms)
 {
 	char d[256];
@@ -1456,6 +1458,8 @@ static void handle_join(fed *f, sess *s, const Fedlora__Join *j, uint64_t now_ms
 			return;
 		}
 	}
+	if (tier_join_refused(f, s, j, peer))
+		return;
 	fnode *n = node_get(f, s->cn);
 	if (!n) {
 		size_t joined = 0;
@@ -3581,4 +3585,26 @@ void fed_tier_finish(fed *f, uint64_t now_ms)
 	} else {
 		fed_shutdown(f, now_ms);
 	}
+}
+
+/* The root's side: differential privacy counts and clips participants, so
+ * with regions as participants it would protect regions, not nodes: a
+ * region's Join is refused (Reject VERSION, fatal for the region) naming
+ * both keys. 1 = refused. */
+static int tier_join_refused(fed *f, const sess *s, const Fedlora__Join *j, uint64_t peer)
+{
+	if (!f->dp_on)
+		return 0;
+	for (size_t i = 0; i < j->n_capabilities; i++) {
+		if (!j->capabilities[i] || strcmp(j->capabilities[i], "region") != 0)
+			continue;
+		char d[300];
+		snprintf(d, sizeof d,
+		         "%s is a regional coordinator (upstream.endpoint) and this federation "
+		         "runs privacy.mode = %s, which would clip and count regions, not nodes",
+		         s->cn, f->o.priv.mode == DP_CENTRAL ? "central" : "distributed");
+		reject_join(f, peer, FEDLORA__REJECT__REASON__REASON_VERSION, "privacy", d);
+		return 1;
+	}
+	return 0;
 }

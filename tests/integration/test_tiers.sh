@@ -15,7 +15,10 @@
 #    rounds at most 0.4 x the update bytes the regions received from
 #    their 12 nodes (1/4 expected: 3 uploads, not 12);
 #  - everything stops by itself (the root's max_rounds: Bye "federation
-#    finished" flows down through the regions to the nodes).
+#    finished" flows down through the regions to the nodes), exit 0;
+#  - check-config refuses secure, DP and non-FedAvg regions naming both
+#    keys; a root with privacy.mode = central refuses a region at Join (the
+#    region exits 1 and says why).
 set -euo pipefail
 src=${FEDLORA_SRC:?}
 node_bin=${FEDLORA_NODE_BIN:?}
@@ -103,6 +106,7 @@ for _ in $(seq 1 600); do
 	sleep 0.1
 done
 kill -0 "$tiers_pid_region_3" 2>/dev/null && tiers_fail "region-3 did not die in root round 2"
+killed=$tiers_pid_region_3
 grep -q 'FEDLORA_TEST_KILL_ON_FORWARD' "$work/logs/region-3.log" ||
 	tiers_fail "region-3 died, but not from the test hook"
 echo "test: region-3 killed (SIGKILL) in root round 2"
@@ -121,7 +125,11 @@ for p in "${tiers_pids[@]}"; do
 		sleep 0.1
 	done
 	kill -0 "$p" 2>/dev/null && tiers_fail "a process (pid $p) did not stop after the last round"
+	[ "$p" = "$killed" ] && continue
+	# exit 0 for all the others (sanitizer builds: no error, no leak)
+	wait "$p" || tiers_fail "a process (pid $p) exited with status $?"
 done
+tiers_pids=()
 
 j=$work/root/journal.jsonl
 committed=$(grep -c '"type":"round_end".*"committed":true' "$j" || true)
@@ -168,4 +176,34 @@ full = [e for e in root if len(e["accepted"]) == R]
 assert full and all(e["bytes_in"] <= (R + 1) * per_node for e in full), \
     "a round with all regions brought more than %d node-sized uploads to the root" % (R + 1)
 PY
+
+# a root with differential privacy refuses a region at Join (it would count
+# and clip regions, not nodes): the region stops with exit 1, naming both
+tiers_rounds="min_nodes = 1
+nodes_per_round = 1
+deadline_ms = 30000
+max_rounds = 1"
+tiers_coord_conf "$work/conf/dp-root.conf" "$work/dp-root" "$work/pki/coordinator" \
+	"tcp://127.0.0.1:*" "[privacy]
+mode = central
+clip = 1.0
+noise_multiplier = 1.0
+target_epsilon = 10
+population = 100
+[aggregation]
+weighting = uniform"
+tiers_start dp-root "$coord_bin" serve --config "$work/conf/dp-root.conf"
+tiers_wait_file "$work/dp-root.endpoint" 20 || tiers_fail "the DP root did not start"
+rc=0
+timeout 60 "$coord_bin" serve --config "$work/conf/region-1.conf" \
+	"--upstream.endpoint=$(cat "$work/dp-root.endpoint")" "--state.dir=$work/dp-region" \
+	>"$work/logs/dp-region.log" 2>&1 || rc=$?
+[ "$rc" -eq 1 ] || tiers_fail "a region joining a DP root exited $rc, not 1"
+grep -q 'privacy.mode = central' "$work/logs/dp-region.log" &&
+	grep -q 'upstream.endpoint' "$work/logs/dp-region.log" ||
+	tiers_fail "the region's log does not say why the DP root refused it"
+kill -TERM "$tiers_pid_dp_root"
+wait "$tiers_pid_dp_root" || tiers_fail "the DP root did not stop cleanly"
+tiers_pids=()
+echo "ok: a root with privacy.mode = central refuses a region at Join; the region exits 1"
 echo "ok: 1 root + $R regions + $N nodes: 4 rounds committed, region-3 killed in round 2 and back, versions exact"

@@ -54,7 +54,7 @@ idle_timeout_ms = 8000
 base_gguf = $work/base.gguf
 seed = 7
 [lora]
-rank = 4
+rank = ${tiers_rank:-4}
 alpha = 8
 targets = attn_q,attn_v
 [rounds]
@@ -92,7 +92,7 @@ train = $work/data/$id/train.txt
 eval = $work/data/$id/eval.txt
 eval_max_tokens = 2048
 [lora]
-rank = 4
+rank = ${tiers_rank:-4}
 alpha = 8
 targets = attn_q,attn_v
 CONF
