@@ -1784,6 +1784,220 @@ static void test_encode_round_start(void **st)
 	buf_fini(&b);
 }
 
+/* ---- coordinator tiers: the regional side (fed_tier_*) ---- */
+
+typedef struct tier_cap {
+	int calls, ok;
+	uint64_t round_id, weight;
+	size_t accepted;
+	tset *mean;
+	char detail[200];
+} tier_cap;
+
+static void tier_cb(void *ud, const fed_tier_result *r)
+{
+	tier_cap *c = ud;
+	c->calls++;
+	c->ok = r->ok;
+	c->round_id = r->round_id;
+	c->weight = r->weight;
+	c->accepted = r->accepted;
+	snprintf(c->detail, sizeof c->detail, "%s", r->detail ? r->detail : "");
+	tset_free(c->mean);
+	c->mean = NULL;
+	if (r->ok)
+		assert_int_equal(tset_clone(r->mean, &c->mean), 0);
+}
+
+/* The RoundStart of harness message i: its params and packed adapter. */
+static void tier_peek(const harness *h, size_t i, uint32_t *steps, uint64_t *seed, buf *adapter)
+{
+	wire_msg *w;
+	assert_int_equal(wire_decode(h->m[i].data, h->m[i].len, 1u << 30, 0, &w), 0);
+	const Fedlora__Envelope *e = wire_env(w);
+	assert_int_equal(e->body_case, FEDLORA__ENVELOPE__BODY_ROUND_START);
+	*steps = e->round_start->params->local_steps;
+	*seed = e->round_start->params->seed;
+	size_t n = fedlora__adapter_payload__get_packed_size(e->round_start->adapter);
+	buf_clear(adapter);
+	assert_int_equal(buf_reserve(adapter, n), 0);
+	adapter->len = fedlora__adapter_payload__pack(e->round_start->adapter, adapter->data);
+	wire_free(w);
+}
+
+static void test_tier_region(void **st)
+{
+	(void)st;
+	harness h = {0};
+	fed_opts o;
+	opts(&o);
+	tier_cap cap = {0};
+	fed_tier_hooks hk = {.ud = &cap, .done = tier_cb};
+	o.tier = &hk;
+	fed *f = mk_fed(&o, NULL, &h, 0);
+	sim s[3];
+	char cn[16];
+	for (int i = 0; i < 3; i++) {
+		snprintf(cn, sizeof cn, "n%d", i);
+		sim_init(&s[i], (uint64_t)(i + 1), cn);
+		sim_join(f, &o, &s[i], 1);
+		sim_recv(&h, &s[i]);
+	}
+	/* a region never starts a round by itself */
+	fed_tick(f, 5000);
+	assert_int_equal(fed_get_state(f), FED_IDLE);
+	assert_int_equal(fed_timeout(f, 5000), -1);
+	assert_int_equal(fed_round_id(f), 0);
+
+	/* root round at the version the region holds (v0), root's parameters */
+	Fedlora__TrainParams tp = FEDLORA__TRAIN_PARAMS__INIT;
+	tp.local_steps = 7;
+	tp.lr = 0.25f;
+	tp.seed = 0xfeedbeefull;
+	tp.uplink_format = FEDLORA__QFORMAT__QFORMAT_Q8;
+	tp.uplink_block = 32;
+	tset *v0;
+	uint8_t sha0[32], bad[32];
+	assert_int_equal(tset_clone(fed_global(f), &v0), 0);
+	fed_version_sha(f, sha0);
+	memcpy(bad, sha0, 32);
+	bad[0] ^= 1;
+	tset *g;
+	assert_int_equal(tset_clone(v0, &g), 0);
+	assert_int_equal(fed_tier_round(f, 0, bad, g, NULL, 0, &tp, 500, 6000), FL_EMISMATCH);
+	assert_int_equal(tset_clone(v0, &g), 0);
+	assert_int_equal(fed_tier_round(f, 0, sha0, g, NULL, 0, &tp, 500, 6000), 0);
+	assert_int_equal(fed_get_state(f), FED_COLLECTING);
+	assert_int_equal(fed_timeout(f, 6000), 500); /* the deadline it was given */
+	assert_int_equal(tset_clone(v0, &g), 0);
+	assert_int_equal(fed_tier_round(f, 0, sha0, g, NULL, 0, &tp, 500, 6000), FL_EBUSY);
+	buf pk;
+	buf_init(&pk, 0);
+	uint32_t steps;
+	uint64_t seed;
+	assert_true(h.n >= 3);
+	tier_peek(&h, 0, &steps, &seed, &pk);
+	assert_int_equal(steps, 7);
+	assert_int_equal(seed, 0xfeedbeefull);
+	/* updates (f32, exact) with weights 3, 5, 9: the callback gets their
+	 * weighted mean (double reference) and the weight sum */
+	uint64_t w[3] = {3, 5, 9};
+	tset *d[3];
+	for (int i = 0; i < 3; i++) {
+		sim_recv(&h, &s[i]);
+		assert_true(s[i].got_round_start && s[i].sha_ok);
+		uint64_t sd = 77 + (uint64_t)i;
+		d[i] = mk_delta(&s[i], 0, 0.05, &sd);
+		sim_update_ex(f, &s[i], d[i], QT_F32, s[i].round, 0, w[i], 0, 6100);
+	}
+	assert_int_equal(cap.calls, 1);
+	assert_true(cap.ok);
+	assert_int_equal(cap.weight, 17);
+	assert_int_equal(cap.accepted, 3);
+	assert_int_equal(cap.round_id, fed_round_id(f));
+	assert_non_null(cap.mean);
+	double worst = 0;
+	for (size_t t = 0; t < tset_count(d[0]); t++) {
+		const tensor *m = tset_find(cap.mean, tset_at(d[0], t)->name);
+		assert_non_null(m);
+		for (size_t k = 0; k < m->n; k++) {
+			double ref = 0;
+			for (int i = 0; i < 3; i++)
+				ref += (double)w[i] * (double)tset_at(d[i], t)->data[k];
+			ref /= 17.0;
+			double e = fabs((double)m->data[k] - ref);
+			worst = e > worst ? e : worst;
+		}
+	}
+	assert_true(worst < 1e-6); /* f32 accumulation of 3 terms */
+	/* nodes hear the round is over; nothing was committed here */
+	for (int i = 0; i < 3; i++) {
+		sim_recv(&h, &s[i]);
+		assert_true(s[i].end_seen);
+		assert_int_equal(s[i].end_version, 0);
+	}
+	assert_int_equal(fed_version(f), 0);
+	assert_int_equal(fed_rounds_committed(f), 0);
+	assert_int_equal(fed_get_state(f), FED_IDLE);
+
+	/* the root's next version arrives as a q8 delta from v0: the region's
+	 * nodes get those very payload bytes and reach the same SHA-256 */
+	size_t nt = tset_count(v0);
+	qtensor *qs = calloc(nt, sizeof *qs);
+	Fedlora__QTensor *qm = calloc(nt, sizeof *qm);
+	Fedlora__QTensor **qp = calloc(nt, sizeof *qp);
+	tset *v1;
+	assert_int_equal(tset_clone(v0, &v1), 0);
+	quant_params qpar = {.fmt = QT_Q8, .block = 32, .round = QUANT_NEAREST};
+	for (size_t i = 0; i < nt; i++) {
+		qt_init(&qs[i]);
+		assert_int_equal(quant_encode_tensor(&qpar, tset_at(cap.mean, i), &qs[i]), 0);
+		qt_to_proto(&qs[i], &qm[i]);
+		qp[i] = &qm[i];
+	}
+	assert_int_equal(quant_apply_set(v1, qs, nt), 0);
+	uint8_t sha1[32];
+	assert_int_equal(tset_fingerprint(v1, sha1), 0);
+	Fedlora__AdapterPayload pl = FEDLORA__ADAPTER_PAYLOAD__INIT;
+	pl.kind = FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA;
+	pl.from_version = 0;
+	pl.to_version = 1;
+	pl.to_sha256.data = sha1;
+	pl.to_sha256.len = 32;
+	pl.n_tensors = nt;
+	pl.tensors = qp;
+	buf root_pl;
+	buf_init(&root_pl, 0);
+	size_t pn = fedlora__adapter_payload__get_packed_size(&pl);
+	assert_int_equal(buf_reserve(&root_pl, pn), 0);
+	root_pl.len = fedlora__adapter_payload__pack(&pl, root_pl.data);
+	assert_int_equal(tset_clone(v1, &g), 0);
+	h_clear(&h);
+	assert_int_equal(fed_tier_round(f, 1, sha1, g, root_pl.data, root_pl.len, &tp, 500, 7000),
+	                 0);
+	assert_int_equal(fed_version(f), 1);
+	tier_peek(&h, 0, &steps, &seed, &pk);
+	assert_int_equal(pk.len, root_pl.len);
+	assert_memory_equal(pk.data, root_pl.data, pk.len);
+	for (int i = 0; i < 3; i++) {
+		sim_recv(&h, &s[i]);
+		assert_int_equal(s[i].payload_kind, FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA);
+		assert_int_equal(s[i].version, 1);
+		assert_true(s[i].sha_ok);
+		assert_same_global(f, &s[i]);
+	}
+	/* the root moved on: the round closes now; 1 update < min_updates */
+	sim_update_ex(f, &s[0], d[0], QT_F32, s[0].round, 1, 3, 0, 7100);
+	fed_tier_abort(f, 7200);
+	assert_int_equal(cap.calls, 2);
+	assert_false(cap.ok);
+	assert_non_null(strstr(cap.detail, "min_updates"));
+	assert_int_equal(fed_get_state(f), FED_IDLE);
+	/* fewer than min_nodes connected: no round */
+	fed_peer_gone(f, s[1].peer, 7300);
+	fed_peer_gone(f, s[2].peer, 7300);
+	assert_int_equal(tset_clone(v1, &g), 0);
+	assert_int_equal(fed_tier_round(f, 1, sha1, g, NULL, 0, &tp, 500, 7400), FL_EAGAIN);
+	assert_int_equal(fed_get_state(f), FED_IDLE);
+
+	for (size_t i = 0; i < nt; i++)
+		qt_fini(&qs[i]);
+	free(qs);
+	free(qm);
+	free(qp);
+	buf_fini(&root_pl);
+	buf_fini(&pk);
+	for (int i = 0; i < 3; i++) {
+		tset_free(d[i]);
+		sim_fini(&s[i]);
+	}
+	tset_free(v0);
+	tset_free(v1);
+	tset_free(cap.mean);
+	fed_free(f);
+	h_fini(&h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1803,6 +2017,7 @@ int main(void)
 	    cmocka_unit_test(test_ffa),
 	    cmocka_unit_test(test_dp_central),
 	    cmocka_unit_test(test_encode_round_start),
+	    cmocka_unit_test(test_tier_region),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
