@@ -150,6 +150,10 @@ node)
 	shift
 	if [ -n "${FLEET_SLOT:-}" ]; then
 		[[ "$FLEET_SLOT" =~ ^[1-9][0-9]{0,2}$ ]] || { log "FLEET_SLOT must be 1..999"; exit 2; }
+		# a region's node service (stack-up.sh --regions): its replicas
+		# are node-(FLEET_SLOT_BASE + slot)
+		[[ "${FLEET_SLOT_BASE:-0}" =~ ^[0-9]{1,3}$ ]] || { log "FLEET_SLOT_BASE must be 0..999"; exit 2; }
+		FLEET_SLOT=$((FLEET_SLOT + ${FLEET_SLOT_BASE:-0}))
 		secrets=${FLEET_SECRETS:-/run/secrets}
 		id=$(printf 'node-%02d' "$FLEET_SLOT")
 		[ -r "$secrets/$id.crt" ] && [ -r "$secrets/$id.key" ] && [ -r "$secrets/ca.crt" ] ||

@@ -130,14 +130,16 @@ grep '"type":"round_end"' "$j" 2>/dev/null | grep -q '"round":3,"committed":true
 	ok "round 3 committed version 2 on top of version 1" || bad "round 3 did not build on version 1"
 final_sha fedlora-ci-kill 3
 
-# ---- 3. the same fleet as a Docker Swarm stack (deploy/stack-up.sh): this
-# machine becomes a single-node swarm manager, certificates and keys are
-# secrets, the coordinator and 3 node replicas are services on an overlay
-# network; 2 rounds commit, every node task completes by itself, and
-# nothing of the stack (services, secrets, network) or the swarm is left.
+# ---- 3. a Docker Swarm stack with coordinator tiers (deploy/stack-up.sh
+# --regions 2): this machine becomes a single-node swarm manager,
+# certificates and keys are secrets, the root, 2 regional coordinators and
+# 2 x 2 node replicas are services on an overlay network; 2 root rounds
+# commit with both regions' updates, every region and node task completes
+# by itself, and nothing of the stack (services, secrets, network) or the
+# swarm is left.
 swarm_before=$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null)
 t0=$(dk_ms)
-if bash "$root/deploy/stack-up.sh" --nodes $nodes --rounds 2 --name fedlora-ci-stack \
+if bash "$root/deploy/stack-up.sh" --nodes 4 --regions 2 --rounds 2 --name fedlora-ci-stack \
 	--out "$out/fedlora-ci-stack" >"$out/fedlora-ci-stack.log" 2>&1; then
 	ok "stack-up.sh: $(grep -o '2 rounds committed.*' "$out/fedlora-ci-stack.log") ($((($(dk_ms) - t0) / 1000)) s)"
 else
@@ -145,6 +147,7 @@ else
 	bad "stack-up.sh exited non-zero (log: $out/fedlora-ci-stack.log)"
 fi
 grep -q 'Creating secret fedlora-ci-stack_node-03.key' "$out/fedlora-ci-stack/deploy.log" 2>/dev/null &&
+	grep -q 'Creating secret fedlora-ci-stack_region-2.key' "$out/fedlora-ci-stack/deploy.log" &&
 	ok "stack: certificates and keys deployed as swarm secrets" || bad "stack: no node secrets were created"
 [ -z "$(docker ps -aq --filter label=com.docker.stack.namespace=fedlora-ci-stack)" ] &&
 	[ -z "$(docker network ls -q --filter label=com.docker.stack.namespace=fedlora-ci-stack)" ] &&

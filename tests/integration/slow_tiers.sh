@@ -148,10 +148,11 @@ def cpu(mode, name):
     u, s, m = open("%s/%s/%s.time" % (top, mode, name)).read().split()[-3:]
     return float(u) + float(s)
 cf, ct = curve("flat"), curve("tiers")
-if bench:
+if bench:  # the synthetic trainer: no learning curve to compare
     cf = ct = {v: 0.0 for v in range(R)}
-print("held-out loss (nats/byte), mean of the %d nodes, by global version:" % N)
-print("version  flat      tiers     diff")
+if not bench:
+    print("held-out loss (nats/byte), mean of the %d nodes, by global version:" % N)
+    print("version  flat      tiers     diff")
 worst = 0.0
 for v in range(0, R):
     if v not in cf or v not in ct:
@@ -159,9 +160,11 @@ for v in range(0, R):
         sys.exit(1)
     d = ct[v] - cf[v]
     worst = max(worst, abs(d))
-    print("%7d  %.5f  %.5f  %+.5f" % (v, cf[v], ct[v], d))
-print("learning: flat %.4f -> %.4f, tiers %.4f -> %.4f; largest |diff| %.5f (tolerance %g)"
-      % (cf[0], cf[R - 1], ct[0], ct[R - 1], worst, tol))
+    if not bench:
+        print("%7d  %.5f  %.5f  %+.5f" % (v, cf[v], ct[v], d))
+if not bench:
+    print("learning: flat %.4f -> %.4f, tiers %.4f -> %.4f; largest |diff| %.5f (tolerance %g)"
+          % (cf[0], cf[R - 1], ct[0], ct[R - 1], worst, tol))
 ef, cpuf, rssf = root("flat")
 et, cput, rsst = root("tiers")
 bf = sum(e["bytes_in"] for e in ef) / len(ef)
