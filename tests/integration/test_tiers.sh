@@ -5,9 +5,13 @@
 # rounds. Region 3 kills itself (SIGKILL, FEDLORA_TEST_KILL_ON_FORWARD)
 # in root round 2 after collecting its nodes' updates, before forwarding;
 # the test restarts it on the same endpoint and state.
+# After root round 3 the root itself is SIGKILLed and restarted (same
+# endpoint and state) with 2 more rounds to run.
 # Checks:
-#  - the root commits 4 rounds; round 2 from regions 1 and 2 only
+#  - the root commits 5 rounds; round 2 from regions 1 and 2 only
 #    (min_updates 2), and region 3 takes part again afterwards;
+#  - while the root is away the regions stay up and say so; after its
+#    restart both rounds commit with all three regions;
 #  - every node and every region holds the root's versions: each SHA-256 a
 #    node verified equals the root's for that version;
 #  - bytes at the root scale with regions, not nodes: the root receives one
@@ -118,22 +122,49 @@ echo "test: root round 2 ended; restarting region-3"
 tiers_start region-3 "$coord_bin" serve --config "$work/conf/region-3.conf" \
 	"--server.listen=$(cat "$work/region-3.endpoint")"
 
-# everything stops by itself after the root's 4th round
+# the root goes away (SIGKILL) once round 3 has committed: the regions keep
+# their nodes and reconnect with back-off; the root comes back on the same
+# endpoint and state directory and runs 2 more rounds (max_rounds counts
+# this process's rounds), with all three regions
+tiers_wait_grep '"type":"round_end","round":3,"committed":true' "$work/root/journal.jsonl" 60 ||
+	tiers_fail "root round 3 did not commit"
+kill -KILL "$tiers_pid_root"
+wait "$tiers_pid_root" 2>/dev/null || true
+killed_root=$tiers_pid_root
+echo "test: root killed (SIGKILL) after round 3"
+for r in $(seq 1 $R); do
+	tiers_wait_grep 'lost the root' "$work/logs/region-$r.log" 20 ||
+		tiers_fail "region-$r did not notice the root was gone"
+done
+sleep 1
+for p in "$tiers_pid_region_1" "$tiers_pid_region_2" "$tiers_pid_region_3"; do
+	kill -0 "$p" 2>/dev/null || tiers_fail "a region stopped while the root was away"
+done
+tiers_start root "$coord_bin" serve --config "$work/conf/root.conf" "--server.listen=$root_ep" \
+	--rounds.max_rounds=2
+echo "test: root restarted"
+
+# everything stops by itself after the restarted root's 2 rounds
 for p in "${tiers_pids[@]}"; do
 	for _ in $(seq 1 900); do
 		kill -0 "$p" 2>/dev/null || break
 		sleep 0.1
 	done
 	kill -0 "$p" 2>/dev/null && tiers_fail "a process (pid $p) did not stop after the last round"
-	[ "$p" = "$killed" ] && continue
+	[ "$p" = "$killed" ] || [ "$p" = "$killed_root" ] && continue
 	# exit 0 for all the others (sanitizer builds: no error, no leak)
 	wait "$p" || tiers_fail "a process (pid $p) exited with status $?"
 done
 tiers_pids=()
 
+# regions 1 and 2 kept their nodes through both outages: each node joined once
+for r in 1 2; do
+	joins=$(grep -c 'node node-[0-9]* joined' "$work/logs/region-$r.log" || true)
+	[ "$joins" -eq $PER ] || tiers_fail "region-$r saw $joins joins, not $PER: it lost nodes"
+done
 j=$work/root/journal.jsonl
 committed=$(grep -c '"type":"round_end".*"committed":true' "$j" || true)
-[ "$committed" -eq 4 ] || tiers_fail "the root committed $committed of 4 rounds"
+[ "$committed" -eq 5 ] || tiers_fail "the root committed $committed of 5 rounds (3 + 2 after its restart)"
 python3 - "$j" <<'PY' || tiers_fail "round 2 / rejoin check"
 import json, sys
 ends = [json.loads(l) for l in open(sys.argv[1]) if '"round_end"' in l]
@@ -143,6 +174,9 @@ assert r2["committed"] and sorted(r2["accepted"]) == ["region-1", "region-2"], r
 later = [e for e in ends if e["round"] > 2 and "region-3" in e["accepted"]]
 assert later, "region-3 never took part again after its restart"
 print("round 2 committed from %s; region-3 back in round %d" % (r2["accepted"], later[0]["round"]))
+after = [e for e in ends if e["round"] > 3 and e.get("committed")]
+assert len(after) == 2 and all(sorted(e["accepted"]) == ["region-1", "region-2", "region-3"] for e in after), after
+print("after the root's restart: rounds %s committed from all 3 regions" % [e["round"] for e in after])
 PY
 metrics=()
 for i in $(seq 1 $N); do metrics+=("$work/$(printf 'node-%02d' "$i")/metrics.jsonl"); done
@@ -206,4 +240,4 @@ kill -TERM "$tiers_pid_dp_root"
 wait "$tiers_pid_dp_root" || tiers_fail "the DP root did not stop cleanly"
 tiers_pids=()
 echo "ok: a root with privacy.mode = central refuses a region at Join; the region exits 1"
-echo "ok: 1 root + $R regions + $N nodes: 4 rounds committed, region-3 killed in round 2 and back, versions exact"
+echo "ok: 1 root + $R regions + $N nodes: 5 rounds committed, region-3 killed in round 2 and back, root killed and back, versions exact"
