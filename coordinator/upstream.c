@@ -136,6 +136,7 @@ struct upstream {
 	uint64_t region_round;
 	uint64_t job_deadline_at;
 	uint32_t round_cap;       /* the region's rounds.deadline_ms */
+	uint32_t min_nodes;       /* the region's rounds.min_nodes */
 	uint64_t kill_on_forward; /* test hook (FEDLORA_TEST_KILL_ON_FORWARD=root round) */
 };
 
@@ -183,6 +184,7 @@ int upstream_start(upstream *u, fed *f, const fed_opts *fo)
 {
 	u->f = f;
 	u->round_cap = fo->round_timeout_ms;
+	u->min_nodes = fo->min_nodes;
 	uint8_t shape_fp[32];
 	int rc = tset_zeros_like(fed_global(f), &u->layout);
 	if (!rc)
@@ -382,6 +384,8 @@ static void try_start(upstream *u, uint64_t now)
 		         now);
 		return;
 	}
+	if (fed_nodes_connected(u->f) < u->min_nodes)
+		return; /* not yet enough nodes: tried again on the next turn */
 	uint64_t d = left - u->o.margin_ms;
 	if (u->round_cap && d > u->round_cap) /* the region's own rounds.deadline_ms */
 		d = u->round_cap;

@@ -25,6 +25,11 @@ coord_bin=${FEDLORA_COORD_BIN:?}
 # shellcheck source=tests/integration/tiers_lib.sh
 . "$src/tests/integration/tiers_lib.sh"
 ROUNDS=${ROUNDS:-6}
+# SEED (default 1) varies the base model's initialisation, the federation
+# seed (sampling, round seeds) and the nodes' seeds (data order)
+SEED=${SEED:-1}
+[[ "$SEED" =~ ^[1-9][0-9]{0,3}$ ]] || { echo "SEED must be 1..9999"; exit 2; }
+tiers_seed=$((6 + SEED))
 TOL=${TOL:-0.005}
 R=3
 PER=4
@@ -43,7 +48,7 @@ if [ "$bench" = 1 ]; then
 		--ctx 64 --type q4_0 --seed 3 >/dev/null
 else
 	"$node_bin" init-model --out "$top/base.gguf" --dim 32 --layers 2 --heads 2 --ffn 64 \
-		--ctx 64 --seed 3 >/dev/null
+		--ctx 64 --seed $((2 + SEED)) >/dev/null
 fi
 sites=(harbor foundry mill plant)
 for i in $(seq 1 $N); do
@@ -101,7 +106,7 @@ key = $work/pki/regions/region-$r.key"
 		id=$(printf 'node-%02d' "$i")
 		ep=$work/root.endpoint
 		[ "$mode" = tiers ] && ep=$work/region-$(((i - 1) / PER + 1)).endpoint
-		tiers_node_conf "$id" "$ep" "$i" "$trainer"
+		tiers_node_conf "$id" "$ep" "$(((SEED - 1) * 100 + i))" "$trainer"
 		OMP_NUM_THREADS=1 tiers_start "$id" "$node_bin" run --config "$work/conf/$id.conf"
 	done
 	local p

@@ -52,7 +52,7 @@ heartbeat_ms = 1000
 idle_timeout_ms = 8000
 [federation]
 base_gguf = $work/base.gguf
-seed = 7
+seed = ${tiers_seed:-7}
 [lora]
 rank = ${tiers_rank:-4}
 alpha = 8
