@@ -235,8 +235,11 @@ int upstream_start(upstream *u, fed *f, const fed_opts *fo)
 		     u->o.endpoint, fl_strerror(rc));
 		return rc;
 	}
-	LOGI(MOD, "region of %s: holding root version %" PRIu64 "%s", u->o.endpoint,
-	     nst_version(u->st), nst_global(u->st) ? "" : " (none yet)");
+	if (nst_global(u->st))
+		LOGI(MOD, "region of %s: holding the root's version %" PRIu64, u->o.endpoint,
+		     nst_version(u->st));
+	else
+		LOGI(MOD, "region of %s: no version of the root held yet", u->o.endpoint);
 	return 0;
 }
 
