@@ -14,9 +14,11 @@
 #      version 1, round 2 is never committed, the next round builds on
 #      version 1, and the federation finishes (nodes exit 0, final SHA-256
 #      checks as in 1).
-#   3. the same fleet as a Docker Swarm stack (deploy/stack-up.sh: a
-#      single-node swarm, certificates as secrets, services on an overlay
-#      network): 2 rounds commit and every node task completes.
+#   3. a Docker Swarm stack with coordinator tiers (deploy/stack-up.sh
+#      --nodes 4 --regions 2: a single-node swarm, certificates as secrets,
+#      root, 2 regional coordinators and 2 x 2 nodes as services on an
+#      overlay network): 2 root rounds commit with both regions' updates and
+#      every region and node task completes.
 # After each fleet: no containers, networks or volumes of its project left.
 # Exit 0 pass, 1 fail, 77 skipped (only when no Docker engine can be
 # started; the line says why).

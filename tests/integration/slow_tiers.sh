@@ -25,6 +25,8 @@ coord_bin=${FEDLORA_COORD_BIN:?}
 # shellcheck source=tests/integration/tiers_lib.sh
 . "$src/tests/integration/tiers_lib.sh"
 ROUNDS=${ROUNDS:-6}
+# ROOT_AGG: [aggregation] lines for the root of both runs, e.g.
+# ROOT_AGG=$'strategy = fedadam\nserver_lr = 0.01' (regions stay FedAvg).
 # SEED (default 1) varies the base model's initialisation, the federation
 # seed (sampling, round seeds) and the nodes' seeds (data order)
 SEED=${SEED:-1}
@@ -80,7 +82,8 @@ start_delay_ms = 300
 gap_ms = 200
 max_rounds = $ROUNDS"
 	tiers_coord_conf "$work/conf/root.conf" "$work/root" "$work/pki/coordinator" \
-		"tcp://127.0.0.1:*" ""
+		"tcp://127.0.0.1:*" "${ROOT_AGG:+[aggregation]
+$ROOT_AGG}"
 	tiers_start root /usr/bin/time -o "$work/root.time" -f "%U %S %M" \
 		"$coord_bin" serve --config "$work/conf/root.conf"
 	tiers_wait_file "$work/root.endpoint" 20 || tiers_fail "$mode: the root did not start"
