@@ -1,7 +1,7 @@
 /* Resumable chunked transfers end to end, all real processes on 127.0.0.1
- * over mutual TLS: a coordinator and two nodes with a 524,288-parameter
- * adapter (rank 256 on the tiny model) exchanged in f32, so every
- * RoundStart delta and every Update is about 2 MiB, sent in 16 KiB chunks
+ * over mutual TLS: a coordinator and two nodes with a 262,144-parameter
+ * adapter (rank 128 on the tiny model) exchanged in f32, so every
+ * RoundStart delta and every Update is about 1 MiB, sent in 16 KiB chunks
  * with a window of 4 (transport.* keys). Node 1 reaches the coordinator
  * through a TCP proxy in this test that cuts its connection at several
  * points: twice during uploads, twice during downloads. Checks: every
@@ -197,11 +197,11 @@ static void test_link_cut_mid_transfer(void **state)
 	proxy_start(&P, f.port);
 	/* connection 0: cut during the round-1 upload; 1: during a download;
 	 * 2: again during that download; 3: during the next upload */
-	P.up[0] = 700000;
-	P.down[1] = 900000;
-	P.down[2] = 600000;
-	P.up[3] = 1200000;
-	const char *cx[] = {"--lora.rank=256",
+	P.up[0] = 350000;
+	P.down[1] = 450000;
+	P.down[2] = 300000;
+	P.up[3] = 600000;
+	const char *cx[] = {"--lora.rank=128",
 	                    "--train.uplink_format=f32",
 	                    "--train.uplink_block=0",
 	                    "--aggregation.downlink_format=f32",
@@ -209,19 +209,19 @@ static void test_link_cut_mid_transfer(void **state)
 	                    "--transport.chunk_threshold=64KiB",
 	                    "--transport.chunk_size=16KiB",
 	                    "--transport.chunk_window=4",
-	                    "--state.keep_versions=100",
+	                    "--train.local_steps=1",
 	                    "--rounds.max_rounds=4",
 	                    NULL};
 	ft_start_coord(&f, cx);
 	char ep[64];
 	snprintf(ep, sizeof ep, "--coordinator.endpoint=tcp://127.0.0.1:%d", P.port);
-	const char *nx0[] = {"--lora.rank=256",
+	const char *nx0[] = {"--lora.rank=128",
 	                     "--transport.chunk_threshold=64KiB",
 	                     "--transport.chunk_size=16KiB",
 	                     "--transport.chunk_window=4",
 	                     ep,
 	                     NULL};
-	const char *nx1[] = {"--lora.rank=256", "--transport.chunk_threshold=64KiB",
+	const char *nx1[] = {"--lora.rank=128", "--transport.chunk_threshold=64KiB",
 	                     "--transport.chunk_size=16KiB", "--transport.chunk_window=4", NULL};
 	ft_start_node(&f, 0, nx0);
 	ft_start_node(&f, 1, nx1);

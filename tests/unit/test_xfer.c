@@ -24,7 +24,8 @@
 #endif
 #endif
 #ifdef HAVE_ASAN
-#include <sanitizer/allocator_interface.h>
+/* from the ASan runtime (its header is not installed everywhere) */
+size_t __sanitizer_get_current_allocated_bytes(void);
 static size_t heap_in_use(void)
 {
 	return __sanitizer_get_current_allocated_bytes();
