@@ -54,7 +54,7 @@ cert = $work/pki/coordinator.crt
 key = $work/pki/coordinator.key
 ca = $work/pki/ca.crt
 heartbeat_ms = 1000
-idle_timeout_ms = 8000
+idle_timeout_ms = 30000
 [transport]
 chunk_threshold = $threshold
 chunk_size = 256KiB
@@ -196,34 +196,40 @@ if [ "$threshold" = 0 ]; then
 fi
 # per direction: resumed, bytes re-sent per flap, time against the link rate
 rate_bps=$(echo "$rate" | awk '{v=$1+0; if ($1 ~ /gbit/) v*=1e9; else if ($1 ~ /mbit/) v*=1e6; else if ($1 ~ /kbit/) v*=1e3; print v}')
-report() { # log key dir
-	awk -v key="$2" -v dir="$3" -v cs=$cs -v win=$win -v bps="$rate_bps" '
-	function ts(s,  t) { # 2026-12-08T02:33:32.547Z -> seconds of the day
+report() { # sender-log receiver-log key peer-name-in-receiver-log dir
+	# One large message each way: every chunk byte the sender sent for it
+	# (the "cut after X" lines of cut sessions, the "delivered: Y" line of
+	# the last one, if its final acknowledgement arrived) against its size
+	# as the receiver verified it; the time from the first offer to that
+	# verification.
+	cat "$1" "$2" | sort | awk -v key="$3" -v from="$4" -v dir="$5" -v cs=$cs -v win=$win \
+		-v bps="$rate_bps" '
+	function ts(s,  t, a) { # 2026-12-08T02:33:32.547Z -> seconds of the day
 		t = substr(s, 12, 12); split(t, a, ":"); return a[1] * 3600 + a[2] * 60 + a[3]
 	}
 	$0 ~ ("bytes to " key " in [0-9]+ chunks") { if (!start) start = ts($1) }
 	$0 ~ ("bytes to " key " cut after ") {
-		for (i = 1; i <= NF; i++) if ($i == "after") { acc += $(i + 1) }
-		cuts++
+		for (i = 1; i <= NF; i++) if ($i == "after") { sent += $(i + 1); if ($(i + 1) > 0) cuts++ }
 	}
 	$0 ~ ("-byte message to " key " delivered: ") {
-		for (i = 1; i <= NF; i++) {
-			if ($i ~ /-byte$/) { size = $i; sub(/-byte/, "", size) }
-			if ($i == "delivered:") sent = acc + $(i + 1)
-		}
-		if (size + 0 < 16 * 1048576) { acc = 0; cuts = 0; start = 0; next }
-		secs = ts($1) - start
-		re = sent - size
-		printf "%s: %d bytes in %.1f s (link alone: %.1f s at %s bit/s, ratio %.2f), %d flap(s), %d chunk bytes re-sent (%.0f per flap; window %d x %d = %d)\n", \
-			dir, size, secs, size * 8 / bps, bps, secs / (size * 8 / bps), cuts, re, cuts ? re / cuts : 0, win, cs, win * cs
-		if (cuts < 1) { print "NOFLAP"; exit }
-		if (re / cuts > win * cs + 65536) { print "TOOMUCH"; exit }
-		found = 1; exit
+		for (i = 1; i <= NF; i++) if ($i == "delivered:") sent += $(i + 1)
 	}
-	END { if (!found) print "NOTDONE" }' "$1"
+	$0 ~ ("from " from ": verified") && !size {
+		for (i = 1; i <= NF; i++) if ($i == "received") size = $(i + 1)
+		end = ts($1)
+	}
+	END {
+		if (!size || !start) { print "NOTDONE"; exit }
+		secs = end - start
+		re = sent - size
+		printf "%s: %d bytes in %.1f s from offer to verified (link alone: %.1f s at %s bit/s, ratio %.2f), %d cut(s) with bytes in flight, %d chunk bytes re-sent (%.0f per cut; window %d x %d = %d)\n", \
+			dir, size, secs, size * 8 / bps, bps, secs / (size * 8 / bps), cuts, re, cuts ? re / cuts : 0, win, cs, win * cs
+		if (cuts < 1) print "NOFLAP"
+		else if (re / cuts > win * cs + 65536) print "TOOMUCH"
+	}'
 }
-down=$(report "$logs/coordinator.log" node-01 download)
-up=$(report "$logs/node-01.log" coordinator upload)
+down=$(report "$logs/coordinator.log" "$logs/node-01.log" node-01 coordinator download)
+up=$(report "$logs/node-01.log" "$logs/coordinator.log" coordinator node-01 upload)
 echo "$down"
 echo "$up"
 for r in "$down" "$up"; do
