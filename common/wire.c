@@ -206,6 +206,14 @@ const char *wire_body_name(const Fedlora__Envelope *env)
 		return "secagg_unmask";
 	case FEDLORA__ENVELOPE__BODY_SECAGG_REVEAL:
 		return "secagg_reveal";
+	case FEDLORA__ENVELOPE__BODY_XFER_OFFER:
+		return "xfer_offer";
+	case FEDLORA__ENVELOPE__BODY_XFER_ACCEPT:
+		return "xfer_accept";
+	case FEDLORA__ENVELOPE__BODY_XFER_CHUNK:
+		return "xfer_chunk";
+	case FEDLORA__ENVELOPE__BODY_XFER_ACK:
+		return "xfer_ack";
 	default:
 		return "none";
 	}

@@ -37,6 +37,8 @@ const cfg_key cconf_schema[] = {
      "unauthenticated connections from one IP address at most (same eviction)"},
     {"server", "idle_timeout_ms", CFG_INT, "30000", 1000, 3600000, NULL,
      "session dropped after this long without traffic"},
+    /* chunked transfers (common/xfer.h) */
+    XFER_CFG_KEYS,
     /* federation */
     {"federation", "base_gguf", CFG_STR, NULL, 0, 0, NULL,
      "base model GGUF: shapes and fingerprint (common/modelfp.h)"},
@@ -220,6 +222,7 @@ int cconf_build(const cfg *c, cconf *o, char *why, size_t whylen)
 	f->max_nodes = (uint32_t)cfg_int(c, "server.max_nodes");
 	f->heartbeat_ms = (uint32_t)cfg_int(c, "server.heartbeat_ms");
 	f->max_msg = o->max_message;
+	xfer_opts_from_cfg(c, &o->xfer);
 	/* lora */
 	if (lora_spec_from_cfg(c, &f->spec, why, whylen) != 0)
 		return FL_ECONFIG;

@@ -13,6 +13,7 @@
 #include "config.h"
 #include "fed.h"
 #include "upstream.h"
+#include "xfer.h"
 
 extern const cfg_key cconf_schema[];
 extern const int cconf_nkeys;
@@ -34,6 +35,7 @@ typedef struct cconf {
 	const char *log_level, *log_format;
 	const char *base_name; /* for the PEFT export's base_model_name_or_path */
 	upstream_opts up;      /* [upstream]: a regional coordinator (tiers) */
+	xfer_opts xfer;        /* transport.*: chunked transfers (dir, max_msg set by serve) */
 } cconf;
 
 /* Builds a cfg from the file (may be NULL), the environment and argv's

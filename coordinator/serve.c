@@ -10,6 +10,7 @@
 #include "metrics.h"
 #include "store.h"
 #include "upstream.h"
+#include "xfer.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -31,6 +32,7 @@ typedef struct srv {
 	void *zctx;
 	chan_server *ch;
 	fed *f;
+	xfer *xf; /* chunked transfers of large messages (NULL: off) */
 	store *st;
 	metrics *m;
 	void *wsock; /* loop side of the worker pair */
@@ -91,17 +93,31 @@ static void *worker_main(void *arg)
 
 /* ---- fed_io ---- */
 
+/* A large message (or one queued behind it) goes through xfer: one copy
+ * for all its peers, made on first use. */
+static int xfer_send_one(srv *S, uint64_t peer, const uint8_t *data, size_t len, xfer_blob **blob)
+{
+	if (!*blob && xfer_blob_new(data, len, blob))
+		return FL_ENOMEM;
+	return xfer_send(S->xf, peer, *blob);
+}
+
 static void io_send(void *ud, const uint64_t *peers, size_t n, const uint8_t *data, size_t len)
 {
 	srv *S = ud;
 	chan_shared *sh = NULL;
-	if (n > 1 && chan_shared_new(data, len, &sh)) {
+	xfer_blob *blob = NULL;
+	/* peer 0 never exists: xfer_wants(.., 0, len) is "len is over the
+	 * threshold", and then no peer needs the channel's shared copy */
+	if (n > 1 && !(S->xf && xfer_wants(S->xf, 0, len)) && chan_shared_new(data, len, &sh)) {
 		LOGE(MOD, "out of memory queuing %zu bytes for %zu nodes", len, n);
 		return;
 	}
 	for (size_t i = 0; i < n; i++) {
-		int rc = sh ? chan_server_send_shared(S->ch, peers[i], sh)
-		            : chan_server_send(S->ch, peers[i], data, len);
+		int rc = S->xf && xfer_wants(S->xf, peers[i], len)
+		             ? xfer_send_one(S, peers[i], data, len, &blob)
+		         : sh ? chan_server_send_shared(S->ch, peers[i], sh)
+		              : chan_server_send(S->ch, peers[i], data, len);
 		if (rc == FL_EAGAIN) {
 			/* the node cannot keep up: end its session; it re-joins and,
 			 * if it is a participant, gets its round again */
@@ -116,6 +132,27 @@ static void io_send(void *ud, const uint64_t *peers, size_t n, const uint8_t *da
 		}
 	}
 	chan_shared_release(sh);
+	xfer_blob_release(blob);
+}
+
+/* ---- xfer_io ---- */
+
+static int xio_send(void *ud, uint64_t peer, const uint8_t *data, size_t len)
+{
+	srv *S = ud;
+	return chan_server_send(S->ch, peer, data, len);
+}
+
+static void xio_deliver(void *ud, uint64_t peer, const uint8_t *data, size_t len)
+{
+	srv *S = ud;
+	fed_on_bytes(S->f, peer, data, len, clk_mono_ms());
+}
+
+static void xio_fail(void *ud, uint64_t peer, const char *why)
+{
+	srv *S = ud;
+	chan_server_close_peer(S->ch, peer, why);
 }
 
 static void io_close(void *ud, uint64_t peer, const char *why)
@@ -186,12 +223,19 @@ static void drain_events(srv *S)
 		uint64_t now = clk_mono_ms();
 		switch (ev.type) {
 		case CHAN_EV_PEER_UP:
+			if (S->xf && xfer_peer_up(S->xf, ev.peer, ev.cn, now))
+				LOGE(MOD, "out of memory: no chunked transfers with %s", ev.cn);
 			fed_peer_up(S->f, ev.peer, ev.cn, now);
 			break;
 		case CHAN_EV_MESSAGE:
-			fed_on_bytes(S->f, ev.peer, ev.data, ev.len, now);
+			if (S->xf && xfer_is_mine(ev.data, ev.len))
+				xfer_on_message(S->xf, ev.peer, ev.data, ev.len, now);
+			else
+				fed_on_bytes(S->f, ev.peer, ev.data, ev.len, now);
 			break;
 		case CHAN_EV_PEER_GONE:
+			if (S->xf)
+				xfer_peer_gone(S->xf, ev.peer, now);
 			fed_peer_gone(S->f, ev.peer, now);
 			break;
 		}
@@ -236,6 +280,40 @@ static void chan_metrics(srv *S)
 	metrics_set_total(S->m, "fedlora_wire_bytes_total", "direction=\"in\"", (double)cs.wire_in);
 	metrics_set_total(S->m, "fedlora_wire_bytes_total", "direction=\"out\"",
 	                  (double)cs.wire_out);
+	if (S->xf) {
+		xfer_stats xs;
+		xfer_get_stats(S->xf, &xs);
+		const struct {
+			const char *name;
+			uint64_t out, in;
+		} xm[] = {
+		    {"fedlora_xfer_chunk_bytes_total", xs.out_chunk_bytes, xs.in_chunk_bytes},
+		    {"fedlora_xfer_resumed_bytes_total", xs.out_held_bytes, xs.in_reused_bytes},
+		    {"fedlora_xfer_messages_total", xs.out_msgs, xs.in_msgs},
+		};
+		for (size_t i = 0; i < sizeof xm / sizeof xm[0]; i++) {
+			metrics_set_total(S->m, xm[i].name, "direction=\"out\"", (double)xm[i].out);
+			metrics_set_total(S->m, xm[i].name, "direction=\"in\"", (double)xm[i].in);
+		}
+	}
+}
+
+/* Chunked transfers: spill directory <state.dir>/xfer. */
+static int start_xfer(srv *S)
+{
+	if (!S->cc->xfer.threshold)
+		LOGI(MOD, "transport.chunk_threshold = 0: large messages are sent whole (chunked "
+		          "messages from nodes are still accepted)");
+	xfer_opts xo = S->cc->xfer;
+	char dir[4096];
+	int k = snprintf(dir, sizeof dir, "%s/xfer", S->cc->state_dir);
+	if (k < 0 || (size_t)k >= sizeof dir)
+		return FL_ETOOBIG;
+	xo.dir = dir;
+	xo.max_msg = S->cc->max_message;
+	xo.queue_max = S->cc->max_message + (1u << 20);
+	xfer_io xio = {.ud = S, .send = xio_send, .deliver = xio_deliver, .fail = xio_fail};
+	return xfer_new(&xo, &xio, &S->xf);
 }
 
 static int write_endpoint(const char *path, const char *ep)
@@ -322,6 +400,12 @@ int serve_run(const cconf *cc)
 	                "TLS handshakes since start, by result");
 	metrics_declare(S.m, "fedlora_wire_bytes_total", METRICS_COUNTER,
 	                "ZeroMQ frame bytes since start, by direction");
+	metrics_declare(S.m, "fedlora_xfer_chunk_bytes_total", METRICS_COUNTER,
+	                "Chunked transfers: chunk payload bytes sent/received, by direction");
+	metrics_declare(S.m, "fedlora_xfer_resumed_bytes_total", METRICS_COUNTER,
+	                "Chunked transfers: bytes the receiver already held from a cut transfer");
+	metrics_declare(S.m, "fedlora_xfer_messages_total", METRICS_COUNTER,
+	                "Chunked transfers completed, by direction");
 	if (store_open(cc->state_dir, &S.st)) {
 		LOGE(MOD, "cannot use state directory %s (state.dir)", cc->state_dir);
 		goto out;
@@ -362,6 +446,10 @@ int serve_run(const cconf *cc)
 	if (S.up && upstream_start(S.up, S.f, &fo))
 		goto out;
 
+	if (start_xfer(&S)) {
+		LOGE(MOD, "cannot start chunked transfers (transport.*, state.dir)");
+		goto out;
+	}
 	raise_fd_limit(cc->max_sessions);
 	chan_server_opts co;
 	chan_server_opts_default(&co);
@@ -425,6 +513,9 @@ int serve_run(const cconf *cc)
 		int64_t ft = fed_timeout(S.f, now);
 		if (ft >= 0 && ft < tmo)
 			tmo = (long)ft;
+		int xt = xfer_timeout(S.xf, now);
+		if (xt >= 0 && xt < tmo)
+			tmo = xt;
 		int pr = zmq_poll(it, n + 2 + nu, tmo);
 		if (pr < 0 && zmq_errno() != EINTR) {
 			LOGE(MOD, "zmq_poll: %s", zmq_strerror(zmq_errno()));
@@ -448,6 +539,7 @@ int serve_run(const cconf *cc)
 			}
 		}
 		fed_tick(S.f, clk_mono_ms());
+		xfer_tick(S.xf, clk_mono_ms());
 		now = clk_mono_ms();
 		if (now - last_stats >= 1000) {
 			chan_metrics(&S);
@@ -479,6 +571,7 @@ out:
 				fed_job_done(S.f, job, clk_mono_ms());
 		}
 	}
+	xfer_free(S.xf);
 	chan_server_free(S.ch);
 	upstream_free(S.up, S.stopping ? "region shutting down" : NULL);
 	if (S.worker_up) {

@@ -31,6 +31,7 @@
 #include "state.h"
 #include "trainer_iface.h"
 #include "wire.h"
+#include "xfer.h"
 
 extern char **environ;
 
@@ -91,6 +92,7 @@ static const cfg_key schema[] = {
     {"data", "max_batch", CFG_INT, "32", 1, 65536, NULL,
      "largest batch a round may ask for (memory bound)"},
     LORA_CFG_KEYS,
+    XFER_CFG_KEYS,
     {"log", "level", CFG_ENUM, "info", 0, 0, "debug|info|warn|error", "log level"},
     {"log", "format", CFG_ENUM, "text", 0, 0, "text|json", "log format"},
 };
@@ -336,6 +338,8 @@ typedef struct runner {
 	void *zctx;
 	void *pair;
 	chan_client *ch;
+	xfer *xf;       /* chunked transfers of large messages */
+	uint64_t xpeer; /* the UP session (chan event peer), 0 when down */
 	worker w;
 	size_t max_msg;
 	int lock_fd; /* flock on state_dir/LOCK, held for the whole run */
@@ -436,11 +440,31 @@ static int need(cfg *c, const char *key)
 
 static void carry_out(runner *r, ncl_action *a);
 
+/* Sends a->data: a large message (or one queued behind it) through xfer,
+ * which then owns the bytes (a->data is NULL afterwards, and a full xfer
+ * queue drops the message, logged), the rest on the channel. */
+static int run_send(runner *r, ncl_action *a)
+{
+	if (!r->xf || !r->xpeer || !xfer_wants(r->xf, r->xpeer, a->len))
+		return chan_client_send(r->ch, a->data, a->len);
+	xfer_blob *b = NULL;
+	int rc = xfer_blob_wrap(a->data, a->len, &b);
+	a->data = NULL;
+	if (rc == 0)
+		rc = xfer_send(r->xf, r->xpeer, b);
+	xfer_blob_release(b);
+	if (rc == FL_EAGAIN) {
+		LOGW("run", "transfer queue full: %zu-byte message dropped", a->len);
+		rc = FL_ETOOBIG;
+	}
+	return rc;
+}
+
 static void flush_pending(runner *r)
 {
 	int i = 0;
 	for (; i < r->npend; i++) {
-		int rc = chan_client_send(r->ch, r->pend[i].data, r->pend[i].len);
+		int rc = run_send(r, &r->pend[i]);
 		if (rc == FL_EAGAIN)
 			break;
 		if (rc)
@@ -472,7 +496,7 @@ static void carry_out(runner *r, ncl_action *a)
 			}
 			break;
 		}
-		rc = chan_client_send(r->ch, a->data, a->len);
+		rc = run_send(r, a);
 		if (rc == 0 && a->body == FEDLORA__ENVELOPE__BODY_UPDATE && r->kill_on_upload &&
 		    a->round_id == r->kill_on_upload) {
 			/* test hook: die while the update is on its way — queued in
@@ -539,9 +563,15 @@ static void on_chan_event(runner *r, chan_event *ev)
 	switch (ev->type) {
 	case CHAN_EV_UP:
 		LOGI("run", "TLS session %" PRIu64 " up with coordinator '%s'", ev->peer, ev->cn);
+		if (r->xf && xfer_peer_up(r->xf, ev->peer, "coordinator", now) == 0)
+			r->xpeer = ev->peer;
 		ncl_on_up(r->cl, now);
 		break;
 	case CHAN_EV_MESSAGE: {
+		if (r->xf && xfer_is_mine(ev->data, ev->len)) {
+			xfer_on_message(r->xf, ev->peer, ev->data, ev->len, now);
+			break;
+		}
 		wire_msg *m = NULL;
 		int rc = wire_decode(ev->data, ev->len, r->max_msg, 0, &m);
 		if (rc) {
@@ -554,6 +584,10 @@ static void on_chan_event(runner *r, chan_event *ev)
 		break;
 	}
 	case CHAN_EV_DOWN:
+		if (r->xf && r->xpeer) {
+			xfer_peer_gone(r->xf, r->xpeer, now);
+			r->xpeer = 0;
+		}
 		drop_pending(r);
 		if (ev->was_up)
 			ncl_on_down(r->cl, now, ev->why);
@@ -600,10 +634,13 @@ static int loop(runner *r)
 		items[isig] = (zmq_pollitem_t){NULL, g_sigpipe[0], ZMQ_POLLIN, 0};
 		uint64_t now = clk_mono_ms();
 		int t = chan_client_timeout(r->ch), tc = ncl_timeout(r->cl, now);
+		int tx = r->xf ? xfer_timeout(r->xf, now) : -1;
 		if (t < 0 || t > RUN_MAX_POLL_MS)
 			t = RUN_MAX_POLL_MS;
 		if (tc >= 0 && tc < t)
 			t = tc;
+		if (tx >= 0 && tx < t)
+			t = tx;
 		if (r->npend)
 			t = t > 20 ? 20 : t;
 		int pr = zmq_poll(items, n + 2, t);
@@ -642,6 +679,8 @@ static int loop(runner *r)
 		on_worker_msgs(r);
 		now = clk_mono_ms();
 		ncl_tick(r->cl, now);
+		if (r->xf)
+			xfer_tick(r->xf, now);
 		if (r->npend)
 			flush_pending(r);
 		drain_actions(r);
@@ -765,6 +804,52 @@ static int chan_open(runner *r, char *err, size_t el)
 		snprintf(err, el, "cannot set up the channel to %s: %s (see the log above)",
 		         o.endpoint, fl_strerror(rc));
 	return rc;
+}
+
+/* xfer_io: the channel's current session. */
+static int xio_send(void *ud, uint64_t peer, const uint8_t *data, size_t len)
+{
+	runner *r = ud;
+	(void)peer;
+	return chan_client_send(r->ch, data, len);
+}
+
+static void xio_deliver(void *ud, uint64_t peer, const uint8_t *data, size_t len)
+{
+	runner *r = ud;
+	(void)peer;
+	wire_msg *m = NULL;
+	int rc = wire_decode(data, len, r->max_msg, 0, &m);
+	if (rc) {
+		LOGW("run", "undecodable message from the coordinator (%zu bytes): %s", len,
+		     fl_strerror(rc));
+		return;
+	}
+	ncl_on_envelope(r->cl, wire_env(m), len, clk_mono_ms());
+	wire_free(m);
+}
+
+static void xio_fail(void *ud, uint64_t peer, const char *why)
+{
+	runner *r = ud;
+	(void)peer;
+	chan_client_reset(r->ch, why);
+}
+
+/* Spill directory <node.state_dir>/xfer. */
+static int xfer_open(runner *r)
+{
+	xfer_opts o;
+	xfer_opts_from_cfg(r->cfg, &o);
+	char dir[PATH_MAX];
+	if (snprintf(dir, sizeof dir, "%s/xfer", cfg_str(r->cfg, "node.state_dir")) >=
+	    (int)sizeof dir)
+		return FL_ETOOBIG;
+	o.dir = dir;
+	o.max_msg = r->max_msg;
+	o.queue_max = r->max_msg + (1u << 20);
+	xfer_io io = {.ud = r, .send = xio_send, .deliver = xio_deliver, .fail = xio_fail};
+	return xfer_new(&o, &io, &r->xf);
 }
 
 static void usage(FILE *f)
@@ -949,6 +1034,10 @@ int nrun_main(int argc, char **argv)
 		    rc == FL_ENOENT || rc == FL_ECONFIG || rc == FL_EINVAL ? CLI_USAGE : CLI_FAIL;
 		goto out;
 	}
+	if ((rc = xfer_open(&r)) != 0) {
+		LOGE("run", "cannot start chunked transfers (transport.*, node.state_dir)");
+		goto out;
+	}
 	rc = loop(&r);
 	if (rc == 0) {
 		exit_code = CLI_OK;
@@ -961,6 +1050,7 @@ out:
 	drop_pending(&r);
 	if (r.st)
 		nst_save(r.st);
+	xfer_free(r.xf);
 	chan_client_free(r.ch); /* flushes the Bye within linger */
 	if (net_pair) {
 		worker_stop(&r.w, net_pair);

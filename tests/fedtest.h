@@ -506,6 +506,21 @@ static inline int ft_wait_node_rounds(const ft *f, int n, int ms)
 	}
 }
 
+/* Every version node i verified (its metrics.jsonl) equals the
+ * coordinator's file of that version. */
+static inline void ft_check_versions(const ft *f, int i)
+{
+	ft_node_metrics m = ft_node(f, i);
+	assert_true(m.globals > 0);
+	for (int k = 0; k < m.globals; k++) {
+		uint8_t c[32];
+		char hex[65];
+		assert_int_equal(ft_coord_version_sha(f, m.gver[k], c, NULL), 0);
+		hex_encode(c, 32, hex);
+		assert_string_equal(m.gsha[k], hex);
+	}
+}
+
 /* cmocka teardown: stops whatever the test left running. A federation
  * still current here was not cleaned up: an assertion ended the test, so
  * its logs are shown and its files kept. */

@@ -20,20 +20,6 @@ static const char *long_steps(const ft *f)
 	                                        : "--train.local_steps=30";
 }
 
-/* Every version a node verified equals the coordinator's file. */
-static void check_versions(const ft *f, int i)
-{
-	ft_node_metrics m = ft_node(f, i);
-	assert_true(m.globals > 0);
-	for (int k = 0; k < m.globals; k++) {
-		uint8_t c[32];
-		char hex[65];
-		assert_int_equal(ft_coord_version_sha(f, m.gver[k], c, NULL), 0);
-		hex_encode(c, 32, hex);
-		assert_string_equal(m.gsha[k], hex);
-	}
-}
-
 static void test_node_killed_mid_training(void **state)
 {
 	(void)state;
@@ -77,7 +63,7 @@ static void test_node_killed_mid_training(void **state)
 	assert_true(m.globals >= 3);
 	assert_int_equal(m.gver[m.globals - 1], 2);
 	for (int i = 0; i < 4; i++)
-		check_versions(&f, i);
+		ft_check_versions(&f, i);
 	assert_true(ft_log_has(&f, "node-03.log", "joining (have version 1"));
 	ft_cleanup(&f, 0);
 }
@@ -126,7 +112,7 @@ static void test_node_killed_mid_upload(void **state)
 	assert_int_equal(r.participants[2], 4);
 	ft_stop_all(&f);
 	for (int i = 0; i < 4; i++)
-		check_versions(&f, i);
+		ft_check_versions(&f, i);
 	ft_cleanup(&f, 0);
 }
 
@@ -169,7 +155,7 @@ static void test_coordinator_restart_mid_round(void **state)
 	ft_rounds after = ft_journal(&f);
 	assert_true(after.last_version >= 4);
 	for (int i = 0; i < 4; i++) {
-		check_versions(&f, i);
+		ft_check_versions(&f, i);
 		ft_node_metrics m = ft_node(&f, i);
 		/* versions arrive in order, none skipped backwards */
 		for (int k = 1; k < m.globals; k++)
