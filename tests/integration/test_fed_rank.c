@@ -39,20 +39,22 @@ static void test_rank(void **state)
 	if (ft_bins(&f) != 0)
 		skip();
 	ft_setup(&f, 5, 0);
-	const char *cx[] = {"--rounds.max_rounds=3",
-	                    "--state.keep_versions=100",
-	                    "--rounds.min_nodes=4",
-	                    "--lora.rank=16",
-	                    "--lora.alpha=32",
+	const char *cx[] = {"--rounds.max_rounds=3", "--state.keep_versions=100",
+	                    "--rounds.min_nodes=4", "--lora.rank=16", "--lora.alpha=32",
 	                    "--rank.groups=node-0[15]:4:q4 node-02:8:q8",
-	                    NULL};
+	                    /* few steps and no per-version evaluation: the test
+	                     * is about slots, versions and bytes (test_rank
+	                     * checks the training of the slots) */
+	                    "--train.local_steps=3", "--rounds.deadline_ms=600000", NULL};
 	ft_start_coord(&f, cx);
-	const char *n1[] = {"--lora.rank=16", "--lora.alpha=32", "--node.max_rank=4",
-	                    "--node.upload_formats=q4", NULL};
-	const char *n2[] = {"--lora.rank=16", "--lora.alpha=32", "--node.max_rank=8",
-	                    "--node.upload_formats=q8,q4", NULL};
-	const char *n3[] = {"--lora.rank=16", "--lora.alpha=32", "--node.max_rank=16", NULL};
-	const char *n4[] = {"--lora.rank=16", "--lora.alpha=32", NULL};
+	const char *n1[] = {"--lora.rank=16",           "--lora.alpha=32",   "--node.max_rank=4",
+	                    "--node.upload_formats=q4", "--node.eval=false", NULL};
+	const char *n2[] = {"--lora.rank=16",    "--lora.alpha=32",
+	                    "--node.max_rank=8", "--node.upload_formats=q8,q4",
+	                    "--node.eval=false", NULL};
+	const char *n3[] = {"--lora.rank=16", "--lora.alpha=32", "--node.max_rank=16",
+	                    "--node.eval=false", NULL};
+	const char *n4[] = {"--lora.rank=16", "--lora.alpha=32", "--node.eval=false", NULL};
 	const char *n5[] = {"--lora.rank=16", "--lora.alpha=32", "--node.max_rank=2", NULL};
 	const char *const *ex[5] = {n1, n2, n3, n4, n5};
 	for (int i = 0; i < 5; i++)
