@@ -5,6 +5,8 @@
 #include "err.h"
 #include "fedlora.pb-c.h"
 #include "log.h"
+#include "lora.h"
+#include "lrank.h"
 #include "quant.h"
 
 #include <math.h>
@@ -53,6 +55,13 @@ struct agg {
 	/* DP: noise stream and a max_n double scratch for the noised sum */
 	dp_rng *noise;
 	double *dscratch;
+	/* rank slots (docs/TRAINING.md, "Per-node rank"): the layout's rank
+	 * (0: not a LoRA layout), the rank of the update being added, the
+	 * weight sum of each slot this round, whether an update had fewer
+	 * slots than rfull */
+	uint32_t rfull, cur_rank;
+	double *wslot;
+	int mixed;
 };
 
 void agg_opts_default(agg_opts *o)
@@ -229,6 +238,7 @@ void agg_free(agg *a)
 	free(a->seen);
 	free(a->scratch);
 	free(a->dscratch);
+	free(a->wslot);
 	dp_rng_free(a->noise);
 	if (a->views) {
 		for (size_t i = 0; i < a->nt; i++)
@@ -310,6 +320,10 @@ int agg_new(const agg_opts *o, const tset *layout, agg **out)
 	a->scratch = malloc((a->max_n ? a->max_n : 1) * sizeof(float));
 	if (!a->scratch)
 		goto out;
+	a->rfull = a->cur_rank = lrank_set_rank(a->lay);
+	a->wslot = calloc(a->rfull ? a->rfull : 1, sizeof *a->wslot);
+	if (!a->wslot)
+		goto out;
 	if (o->dp_clip > 0) {
 		a->dscratch = malloc((a->max_n ? a->max_n : 1) * sizeof(double));
 		if (!a->dscratch)
@@ -377,6 +391,9 @@ void agg_begin(agg *a)
 	a->count = 0;
 	a->nslots = 0;
 	a->have_new = 0;
+	a->mixed = 0;
+	if (a->rfull)
+		memset(a->wslot, 0, a->rfull * sizeof *a->wslot);
 }
 
 int agg_set_sum(agg *a, const tset *sum, double wsum, size_t count)
@@ -474,6 +491,79 @@ static double sumsq(const float *x, size_t n)
 	return s;
 }
 
+/* ---- rank slots (docs/TRAINING.md, "Per-node rank") ---- */
+
+/* t's shape cut to rank r (t a layout tensor of rank rfull). */
+static void slot_shape(tensor *t, uint32_t r)
+{
+	if (lora_is_b(t->name))
+		t->shape[1] = r;
+	else
+		t->shape[0] = r;
+	t->n = (size_t)t->shape[0] * t->shape[1];
+}
+
+/* Accumulates w x the update of rank cur_rank (checked) into the first
+ * cur_rank slots of acc: decode each slice into scratch, then scatter. */
+static int slot_accumulate(agg *a, const qtensor *qs, size_t nq, float w)
+{
+	for (size_t i = 0; i < nq; i++) {
+		long idx = find_idx(a, qs[i].name);
+		int rc = quant_decode(&qs[i], a->scratch, qs[i].n);
+		if (rc) /* cannot happen after the norm pass */
+			return rc;
+		lrank_scatter_add(a->tacc[idx], a->cur_rank, a->scratch, w);
+	}
+	return 0;
+}
+
+/* The per-slot weighted mean: slot j of every tensor divided by the weight
+ * of the updates that carried slot j; 0 where none did. */
+static void slot_mean(agg *a, tset *step)
+{
+	for (size_t i = 0; i < a->nt; i++) {
+		tensor *d = tset_find(step, a->tl[i]->name);
+		const float *acc = a->tacc[i]->data;
+		int b = lora_is_b(d->name);
+		size_t cols = d->shape[1];
+		for (size_t k = 0; k < d->n; k++) {
+			size_t j = b ? k % cols : k / cols; /* the slot of element k */
+			double ws = a->wslot[j];
+			d->data[k] = ws > 0 ? (float)((double)acc[k] / ws) : 0.0f;
+		}
+	}
+}
+
+uint32_t agg_rank(const agg *a)
+{
+	return a->rfull;
+}
+
+double agg_slot_weight(const agg *a, uint32_t slot)
+{
+	return slot < a->rfull ? a->wslot[slot] : 0.0;
+}
+
+int agg_add_rank(agg *a, const qtensor *qs, size_t nq, uint64_t samples, uint32_t rank,
+                 agg_result *res)
+{
+	if (rank && rank < a->rfull)
+		a->cur_rank = rank;
+	int rc = agg_add(a, qs, nq, samples, res);
+	a->cur_rank = a->rfull;
+	return rc;
+}
+
+int agg_add_payload_rank(agg *a, const Fedlora__AdapterPayload *p, uint64_t samples, uint32_t rank,
+                         agg_result *res)
+{
+	if (rank && rank < a->rfull)
+		a->cur_rank = rank;
+	int rc = agg_add_payload(a, p, samples, res);
+	a->cur_rank = a->rfull;
+	return rc;
+}
+
 /* Makes sure slot nslots exists. */
 static int slot_reserve(agg *a)
 {
@@ -525,10 +615,13 @@ int agg_add(agg *a, const qtensor *qs, size_t nq, uint64_t samples, agg_result *
 			return refuse(res, AGG_MALFORMED);
 		}
 		a->seen[idx] = a->stamp;
-		if (!shape_eq(q, a->tl[idx])) {
+		tensor want = *a->tl[idx];
+		if (a->cur_rank < a->rfull)
+			slot_shape(&want, a->cur_rank);
+		if (!shape_eq(q, &want)) {
 			char s1[48], s2[48];
 			shape_str(q->ndim, q->shape, s1, sizeof s1);
-			shape_str(a->tl[idx]->ndim, a->tl[idx]->shape, s2, sizeof s2);
+			shape_str(want.ndim, want.shape, s2, sizeof s2);
 			WHY("tensor '%.40s' has shape %.47s, expected %.47s", q->name, s1, s2);
 			return refuse(res, AGG_MALFORMED);
 		}
@@ -538,6 +631,12 @@ int agg_add(agg *a, const qtensor *qs, size_t nq, uint64_t samples, agg_result *
 		}
 	}
 	int buffering = agg_strategy_buffers(a->o.strategy);
+	if (a->cur_rank < a->rfull && (buffering || a->o.dp_clip > 0)) {
+		WHY("an update of rank %u (of %u) needs a mean strategy without central DP "
+		    "(rank slots; docs/TRAINING.md)",
+		    a->cur_rank, a->rfull);
+		return refuse(res, AGG_MALFORMED);
+	}
 	float *slot = NULL;
 	if (buffering) {
 		int rc = slot_reserve(a);
@@ -560,12 +659,12 @@ int agg_add(agg *a, const qtensor *qs, size_t nq, uint64_t samples, agg_result *
 	for (size_t i = 0; i < nq; i++) {
 		long idx = find_idx(a, qs[i].name);
 		float *dst = buffering ? slot + a->off[idx] : a->scratch;
-		int rc = quant_decode(&qs[i], dst, a->tl[idx]->n);
+		int rc = quant_decode(&qs[i], dst, qs[i].n); /* n: checked against the shape */
 		if (rc) {
 			WHY("tensor '%.64s' cannot be decoded (%s)", qs[i].name, fl_strerror(rc));
 			return refuse(res, AGG_MALFORMED);
 		}
-		ss += sumsq(dst, a->tl[idx]->n);
+		ss += sumsq(dst, qs[i].n);
 	}
 	double norm = sqrt(ss);
 	res->norm = norm;
@@ -603,6 +702,10 @@ int agg_add(agg *a, const qtensor *qs, size_t nq, uint64_t samples, agg_result *
 				slot[k] *= fs;
 		}
 		a->nslots++;
+	} else if (a->cur_rank < a->rfull) {
+		int rc = slot_accumulate(a, qs, nq, (float)(w * scale));
+		if (rc)
+			return rc;
 	} else {
 		float fw = (float)(w * scale);
 		for (size_t i = 0; i < nq; i++) {
@@ -614,6 +717,9 @@ int agg_add(agg *a, const qtensor *qs, size_t nq, uint64_t samples, agg_result *
 	}
 	a->wsum += w;
 	a->count++;
+	for (uint32_t j = 0; j < a->cur_rank; j++)
+		a->wslot[j] += w;
+	a->mixed |= a->cur_rank < a->rfull;
 	res->verdict = AGG_ACCEPTED;
 	return 0;
 }
@@ -901,6 +1007,8 @@ int agg_finish(agg *a, tset *step)
 			for (size_t k = 0; k < d->n; k++)
 				d->data[k] = (float)(x[k] * inv);
 		}
+	} else if (a->mixed) {
+		slot_mean(a, step);
 	} else {
 		double inv = 1.0 / a->wsum;
 		for (size_t i = 0; i < a->nt; i++) {

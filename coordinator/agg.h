@@ -130,6 +130,29 @@ struct Fedlora__AdapterPayload;
 int agg_add_payload(agg *a, const struct Fedlora__AdapterPayload *p, uint64_t samples,
                     agg_result *res);
 
+/* Per-node rank (rank slots; docs/TRAINING.md, "Per-node rank"). Slot j
+ * of a rank-R layout is row j of every lora_a and column j of every
+ * lora_b. An update of rank r < R carries only slots 0..r-1 (lora_a
+ * [r, in], lora_b [out, r]); it is checked, clipped and weighted like any
+ * other (its norm is the slice's), and once a round holds such an update
+ * agg_finish takes the mean of each slot over the updates that carried it:
+ *   step[slot j] = sum_{i: r_i > j} w_i s_i d_i[j] / sum_{i: r_i > j} w_i
+ * (s_i the clip factor), and 0 for a slot no update carried. Rounds whose
+ * updates are all full rank are computed exactly as before. Mean
+ * strategies without central DP only: a smaller update under a buffering
+ * strategy or dp_clip is refused (AGG_MALFORMED, why says so). */
+/* The layout's rank R (0: the exchanged tensors are not a LoRA layout of
+ * one rank; every update is then full). */
+uint32_t agg_rank(const agg *a);
+/* agg_add / agg_add_payload for an update of rank `rank` (0 or >= R: a
+ * full update). */
+int agg_add_rank(agg *a, const qtensor *qs, size_t nq, uint64_t samples, uint32_t rank,
+                 agg_result *res);
+int agg_add_payload_rank(agg *a, const struct Fedlora__AdapterPayload *p, uint64_t samples,
+                         uint32_t rank, agg_result *res);
+/* Weight sum of slot j this round (0 for j >= R). */
+double agg_slot_weight(const agg *a, uint32_t slot);
+
 /* Secure aggregation: the round's weighted sum sum_i w_i * update_i of
  * count updates arrives already summed (tensors named and shaped like
  * agg_layout) with wsum = sum_i w_i. Replaces whatever was added since

@@ -148,6 +148,12 @@ const cfg_key cconf_schema[] = {
      "budget: no round starts that would take epsilon past it"},
     {"privacy", "population", CFG_INT, "0", 0, 1e12, NULL,
      "N: nodes sampling draws from; each is sampled with q = rounds.nodes_per_round / N"},
+    /* per-node rank and upload precision (docs/COORDINATOR.md) */
+    {"rank", "groups", CFG_STR, "", 0, 0, NULL,
+     "node groups \"PATTERN:RANK[:FORMAT] ...\": nodes whose id matches the glob train rank "
+     "slots 0..RANK-1 and upload FORMAT (first match wins)"},
+    {"rank", "default", CFG_INT, "0", 0, 4096, NULL,
+     "rank of nodes in no group, capped by their node.max_rank (0 = lora.rank)"},
     /* state */
     {"state", "dir", CFG_STR, "./fedlora-state", 0, 0, NULL, "state directory"},
     {"state", "keep_versions", CFG_INT, "5", 1, 1000000, NULL, "committed versions kept"},
@@ -334,6 +340,10 @@ int cconf_build(const cfg *c, cconf *o, char *why, size_t whylen)
 	f->priv.delta = cfg_double(c, "privacy.delta");
 	f->priv.target_eps = cfg_double(c, "privacy.target_epsilon");
 	f->priv.population = (uint64_t)cfg_int(c, "privacy.population");
+	/* per-node rank */
+	f->rank.def_rank = (uint32_t)cfg_int(c, "rank.default");
+	if (nrank_parse(cfg_str(c, "rank.groups"), &f->rank, why, whylen))
+		return FL_ECONFIG;
 	/* state, metrics, log */
 	o->state_dir = cfg_str(c, "state.dir");
 	f->keep_versions = (unsigned)cfg_int(c, "state.keep_versions");

@@ -161,6 +161,7 @@ typedef struct fnode {
 	int has_eval_loss;
 	uint64_t part_round; /* round it participates in (0 = none) */
 	size_t part_idx;
+	nrank_assign rk; /* rank slots and uplink format it was assigned at Join */
 } fnode;
 
 typedef struct part {
@@ -194,6 +195,7 @@ struct fed_job {
 	size_t part_idx;
 	wire_msg *msg;
 	uint64_t samples;
+	uint32_t rank; /* the node's rank slots (0 = all) */
 	agg_result res;
 	/* commit */
 	uint64_t version, parent;
@@ -411,6 +413,42 @@ static int secure_check(const fed_opts *o, char *why, size_t whylen)
 
 /* The aggregator's options: o->agg, plus DP-FedAvg's clip, noise on the
  * sum (z C) and fixed denominator (the expected cohort K) in central mode. */
+/* Rank slots need per-slot weights: a mean strategy that sees each
+ * update, without central DP (the per-slot divisor is not the fixed
+ * expected count the accountant assumes). */
+static const char *rank_conflict(const fed_opts *o)
+{
+	if (o->secure.on)
+		return "aggregation.secure";
+	if (agg_strategy_buffers(o->agg.strategy))
+		return "aggregation.strategy";
+	if (o->priv.mode != DP_OFF)
+		return "privacy.mode";
+	return NULL;
+}
+
+static int rank_check(const fed_opts *o, char *why, size_t whylen)
+{
+	int rc = nrank_check(&o->rank, o->spec.rank, why, whylen);
+	const char *k = rank_conflict(o);
+	if (!rc && k && nrank_mixed(&o->rank, o->spec.rank)) {
+		WHY("rank.groups / rank.default assign ranks below lora.rank (%u), which %s does "
+		    "not support (rank slots need a mean strategy without secure aggregation or "
+		    "DP; docs/COORDINATOR.md)",
+		    o->spec.rank, k);
+		rc = FL_EINVAL;
+	}
+	for (size_t i = 0; !rc && o->secure.on && i < o->rank.ng; i++)
+		if (o->rank.g[i].fmt && o->rank.g[i].fmt != o->train.uplink_fmt) {
+			WHY("rank.groups gives '%s' the uplink format %s, but aggregation.secure = "
+			    "true puts every update on one grid of train.uplink_format (%s)",
+			    o->rank.g[i].pattern, qt_fmt_name(o->rank.g[i].fmt),
+			    qt_fmt_name(o->train.uplink_fmt));
+			rc = FL_EINVAL;
+		}
+	return rc;
+}
+
 static void agg_opts_for(const fed_opts *o, agg_opts *ao)
 {
 	*ao = o->agg;
@@ -484,6 +522,8 @@ int fed_opts_check(const fed_opts *o, char *why, size_t whylen)
 		return FL_EINVAL;
 	}
 	rc = secure_check(o, why, whylen);
+	if (!rc)
+		rc = rank_check(o, why, whylen);
 	if (rc)
 		return rc;
 	agg_opts ao;
@@ -1362,6 +1402,32 @@ static void send_round_start(fed *f, fnode **nodes, size_t n, uint64_t now_ms);
 static void update_ready(fed *f, uint64_t now_ms);
 
 static int tier_join_refused(fed *f, const sess *s, const Fedlora__Join *j, uint64_t peer);
+/* The rank slots and uplink format of a joining node (nrank), or a
+ * refusal: one that cannot do what its group requires, or one that can
+ * only train fewer slots than the federation's rank where rank slots are
+ * not supported (rank_conflict). */
+static int join_rank(const fed *f, const char *cn, const Fedlora__Join *j, nrank_assign *out,
+                     char *why, size_t whylen)
+{
+	uint32_t R = f->o.spec.rank;
+	const char *k = rank_conflict(&f->o);
+	if (k && j->max_rank && j->max_rank < R) {
+		WHY("node %s announces node.max_rank %u, below lora.rank %u, and this federation "
+		    "runs %s, which rank slots do not support",
+		    cn, j->max_rank, R, k);
+		return FL_EINVAL;
+	}
+	int fm[8];
+	size_t nf = j->n_upload_formats < 8 ? j->n_upload_formats : 8;
+	for (size_t i = 0; i < nf; i++)
+		fm[i] = (int)j->upload_formats[i];
+	int rc = nrank_assign_node(&f->o.rank, R, f->o.train.uplink_fmt, f->o.train.uplink_block,
+	                           cn, j->max_rank, fm, nf, out, why, whylen);
+	if (!rc && (out->rank < R || out->fmt != f->o.train.uplink_fmt))
+		LOGI(MOD, "node %s: rank %u of %u, uploads %s", cn, out->rank, R,
+		     qt_fmt_name(out->fmt));
+	return rc;
+}
 
 static void handle_join(fed *f, sess *s, const Fedlora__Join *j, uint64_t now_ms)
 {
@@ -1460,6 +1526,11 @@ static void handle_join(fed *f, sess *s, const Fedlora__Join *j, uint64_t now_ms
 	}
 	if (tier_join_refused(f, s, j, peer))
 		return;
+	nrank_assign rk;
+	if (join_rank(f, s->cn, j, &rk, d, sizeof d) != 0) {
+		reject_join(f, peer, FEDLORA__REJECT__REASON__REASON_RANK, "rank", d);
+		return;
+	}
 	fnode *n = node_get(f, s->cn);
 	if (!n) {
 		size_t joined = 0;
@@ -1503,6 +1574,7 @@ static void handle_join(fed *f, sess *s, const Fedlora__Join *j, uint64_t now_ms
 	n->samples = j->sample_count;
 	n->last_seen = now_ms;
 	n->st = N_IDLE;
+	n->rk = rk;
 	n->held_known = j->have_sha256.len == 32;
 	if (n->held_known) {
 		n->held_version = j->have_version;
@@ -1710,6 +1782,21 @@ static int payload_kind(const fed *f, const fnode *n)
 	return PL_SNAP;
 }
 
+/* Nodes that get the same TrainParams (rank slots and uplink format). A
+ * node assigned nothing (rank 0: joined before this was set) gets the
+ * federation's. */
+static int same_profile(const nrank_assign *a, const nrank_assign *b)
+{
+	return a->rank == b->rank && a->fmt == b->fmt && a->block == b->block;
+}
+
+static void profile_params(const fed *f, const nrank_assign *pr, Fedlora__TrainParams *tp)
+{
+	tp->uplink_format = (Fedlora__QFormat)(pr->fmt ? pr->fmt : f->o.train.uplink_fmt);
+	tp->uplink_block = pr->fmt ? pr->block : f->o.train.uplink_block;
+	tp->train_rank = pr->rank && pr->rank < f->o.spec.rank ? pr->rank : 0;
+}
+
 /* RoundStart to the given participants, grouped by payload so each
  * encoding is sent once with the list of its peers. */
 static void send_round_start(fed *f, fnode **nodes, size_t n, uint64_t now_ms)
@@ -1747,13 +1834,32 @@ static void send_round_start(fed *f, fnode **nodes, size_t n, uint64_t now_ms)
 	uint64_t *peers = malloc((n ? n : 1) * sizeof *peers);
 	if (!peers)
 		return;
-	for (int kind = PL_EMPTY; kind <= PL_SNAP; kind++) {
+	/* one encoding per payload kind and per assigned (rank, format): the
+	 * distinct profiles first (few: one per group at most) */
+	const nrank_assign **prof = malloc((n ? n : 1) * sizeof *prof);
+	size_t nprof = 0;
+	if (!prof) {
+		free(peers);
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		size_t k = 0;
+		while (k < nprof && !same_profile(prof[k], &nodes[i]->rk))
+			k++;
+		if (k == nprof)
+			prof[nprof++] = &nodes[i]->rk;
+	}
+	for (size_t pi = 0; pi < nprof * 3; pi++) {
+		int kind = PL_EMPTY + (int)(pi % 3);
+		const nrank_assign *pr = prof[pi / 3];
 		size_t np = 0;
 		for (size_t i = 0; i < n; i++)
-			if (nodes[i]->peer && payload_kind(f, nodes[i]) == kind)
+			if (nodes[i]->peer && payload_kind(f, nodes[i]) == kind &&
+			    same_profile(&nodes[i]->rk, pr))
 				peers[np++] = nodes[i]->peer;
 		if (!np)
 			continue;
+		profile_params(f, pr, &tp);
 		const buf *pl = kind == PL_EMPTY   ? &f->empty
 		                : kind == PL_DELTA ? &f->delta
 		                                   : &f->snap;
@@ -1778,6 +1884,7 @@ static void send_round_start(fed *f, fnode **nodes, size_t n, uint64_t now_ms)
 		memcpy(nodes[i]->held_sha, f->sha, 32);
 		nodes[i]->st = N_TRAINING;
 	}
+	free(prof);
 	free(peers);
 }
 
@@ -2823,6 +2930,7 @@ static void handle_update(fed *f, sess *s, wire_msg *m, size_t wire_len, uint64_
 	job->part_idx = n->part_idx;
 	job->msg = m;
 	job->samples = u->sample_count;
+	job->rank = n->rk.rank;
 	p->pending = 1;
 	p->samples = u->sample_count;
 	n->st = N_UPLOADING;
@@ -3031,7 +3139,8 @@ void fed_job_run(fed_job *job)
 	if (job->type == JOB_UPDATE) {
 		double t0 = clk_seconds();
 		const Fedlora__Update *u = wire_env(job->msg)->update;
-		job->rc = agg_add_payload(job->f->agg, u->delta, job->samples, &job->res);
+		job->rc =
+		    agg_add_payload_rank(job->f->agg, u->delta, job->samples, job->rank, &job->res);
 		job->agg_secs = clk_seconds() - t0;
 		/* the bulk is no longer needed: free it on the worker */
 		wire_free(job->msg);

@@ -23,6 +23,7 @@
 #include "dp.h"
 #include "lora.h"
 #include "metrics.h"
+#include "nrank.h"
 #include "qtensor.h"
 #include "store.h"
 #include "tensor.h"
@@ -86,6 +87,8 @@ typedef struct fed_opts {
 	 * started past target_eps. */
 	dp_opts priv;
 	fed_secure secure;
+	/* per-node rank and upload precision (coordinator/nrank.h) */
+	nrank_opts rank;
 	unsigned keep_versions; /* versions kept in the state directory (>= 1) */
 	size_t max_msg;         /* cap on an inbound message (fed_on_bytes) */
 	/* tests: wall clock for deadline_unix_ms (NULL = clk_wall_ms) */

@@ -13,6 +13,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "lrank.h"
 #include "qtensor.h"
 #include "quant.h"
 #include "sagrid.h"
@@ -355,6 +356,12 @@ static void send_join(ncl *c)
 		j.have_sha256.len = 32;
 	}
 	j.lora = &spec;
+	j.max_rank = c->cfg.max_rank;
+	Fedlora__QFormat uf[8];
+	for (size_t i = 0; i < c->cfg.n_upload_formats && i < 8; i++)
+		uf[i] = (Fedlora__QFormat)c->cfg.upload_formats[i];
+	j.upload_formats = uf;
+	j.n_upload_formats = c->cfg.n_upload_formats < 8 ? c->cfg.n_upload_formats : 8;
 	/* With an upload still unacknowledged, say so: the coordinator then
 	 * waits for the resend instead of announcing the round again. */
 	j.last_round_id = c->up.active && !c->up.acked
@@ -474,6 +481,12 @@ static void on_reject(ncl *c, const Fedlora__Reject *r)
 		return;
 	case FEDLORA__REJECT__REASON__REASON_NOT_ALLOWED:
 		fatal(c, FL_EAUTH, "coordinator rejected this node: identity not allowed (%s)", d);
+		return;
+	case FEDLORA__REJECT__REASON__REASON_RANK:
+		fatal(c, FL_EMISMATCH,
+		      "coordinator rejected this node: it cannot train the rank or upload the "
+		      "format it is assigned (%s)",
+		      d);
 		return;
 	default:
 		LOGW("client", "coordinator refused the session (%s: %s); retrying after back-off",
@@ -701,6 +714,42 @@ static int params_ok(const ncl *c, const Fedlora__TrainParams *p, char *why, siz
 		snprintf(why, wl, "learning rate %g is not a positive number", (double)p->lr);
 		return FL_EPROTO;
 	}
+	if (p->train_rank && (p->train_rank >= c->cfg.lora.rank || !c->cfg.max_rank ||
+	                      p->train_rank > c->cfg.max_rank)) {
+		snprintf(why, wl,
+		         "RoundStart asks for rank %u of %u, this node trains at most %u "
+		         "(node.max_rank)",
+		         p->train_rank, c->cfg.lora.rank,
+		         c->cfg.max_rank ? c->cfg.max_rank : c->cfg.lora.rank);
+		return FL_EPROTO;
+	}
+	if (c->cfg.n_upload_formats) {
+		int ok = 0;
+		for (size_t i = 0; i < c->cfg.n_upload_formats && !ok; i++)
+			ok = c->cfg.upload_formats[i] == (int)p->uplink_format;
+		if (!ok) {
+			snprintf(why, wl,
+			         "RoundStart asks for uplink format %s, not in node.upload_formats",
+			         qt_fmt_name((enum qt_fmt)p->uplink_format));
+			return FL_EPROTO;
+		}
+	}
+	return 0;
+}
+
+/* With TrainParams.train_rank r, the delta (full layout; slots r.. are 0
+ * since the trainer left them alone) becomes its rank-r slices. */
+static int slice_delta(ncl *c, tset **delta)
+{
+	uint32_t r = c->r.params.train_rank;
+	if (!r)
+		return 0;
+	tset *s = NULL;
+	int rc = lrank_slice_set(*delta, r, &s);
+	if (rc)
+		return rc;
+	tset_free(*delta);
+	*delta = s;
 	return 0;
 }
 
@@ -1547,7 +1596,8 @@ void ncl_on_train_done(ncl *c, uint64_t job_id, int rc, tset *local, const ntr_r
 		sec_try_mask(c);
 		return;
 	}
-	rc = build_update(c, local, res);
+	if ((rc = slice_delta(c, &local)) == 0)
+		rc = build_update(c, local, res);
 	tset_free(local);
 	if (rc) {
 		LOGE("client", "round %" PRIu64 ": no update sent: %s", c->r.id, fl_strerror(rc));

@@ -22,6 +22,9 @@
  *    the delta or take the snapshot), verify its SHA-256 against the
  *    announcement, on a mismatch or a gap send one SnapshotRequest; persist
  *    it; evaluate it on held-out data (once per version); train;
+ *  - TrainParams.train_rank r > 0: the trainer trains rank slots 0..r-1
+ *    only and the update carries those slices (lora_a [r, in], lora_b
+ *    [out, r]); error feedback keeps a residual of the slices;
  *  - training done: delta = local - global, quantized per tensor with the
  *    round's uplink format, stochastic rounding and error feedback (the
  *    residual becomes durable only when the coordinator accepts the update,
@@ -58,6 +61,12 @@ typedef struct ncl_config {
 	size_t max_msg;           /* cap on one encoded message */
 	uint64_t node_seed;       /* mixes into the stochastic-rounding streams */
 	uint32_t max_local_steps; /* refuse rounds asking more (0: no cap) */
+	/* per-node rank (docs/TRAINING.md, "Per-node rank"): the most rank
+	 * slots this node trains (Join.max_rank; 0: every slot, no slices) and
+	 * the uplink formats it accepts (Join.upload_formats; n 0: any) */
+	uint32_t max_rank;
+	int upload_formats[8];
+	size_t n_upload_formats;
 	/* secure aggregation (borrowed for the ncl's life; all three set: the
 	 * node announces "secagg"): the TLS key signs the round keys, the
 	 * certificate goes with them, the CA verifies the neighbours' */

@@ -27,6 +27,7 @@
 #include "fileio.h"
 #include "log.h"
 #include "modelfp.h"
+#include "qtensor.h"
 #include "sha.h"
 #include "state.h"
 #include "trainer_iface.h"
@@ -57,6 +58,10 @@ static const cfg_key schema[] = {
     {"node", "max_local_steps", CFG_INT, "0", 0, 100000000, NULL,
      "refuse rounds asking more local steps; 0 = no cap"},
     {"node", "capabilities", CFG_STR, "", 0, 0, NULL, "extra capabilities announced in Join"},
+    {"node", "max_rank", CFG_INT, "0", 0, 4096, NULL,
+     "most LoRA rank slots this node trains (0 = all of lora.rank; docs/TRAINING.md)"},
+    {"node", "upload_formats", CFG_STR, "", 0, 0, NULL,
+     "uplink formats this node accepts, e.g. \"q8,q4\" (empty = any)"},
     {"node", "max_message", CFG_SIZE, "256MiB", 1024, 4294967295.0, NULL,
      "largest message accepted from the coordinator"},
     {"coordinator", "endpoint", CFG_STR, NULL, 0, 0, NULL,
@@ -393,6 +398,41 @@ static void sa_load(runner *r)
 		fclose(fc);
 	if (fa)
 		fclose(fa);
+}
+
+/* node.max_rank and node.upload_formats into the client's config. */
+static int rank_caps(const cfg *c, const ntr_spec *spec, ncl_config *nc, char *err, size_t el)
+{
+	uint32_t mr = (uint32_t)cfg_int(c, "node.max_rank");
+	if (mr > spec->lora.rank) {
+		snprintf(err, el, "node.max_rank %u exceeds lora.rank %u", mr, spec->lora.rank);
+		return FL_ECONFIG;
+	}
+	nc->max_rank = mr;
+	const char *s = cfg_str(c, "node.upload_formats");
+	nc->n_upload_formats = 0;
+	while (s && *s) {
+		while (*s == ',' || *s == ' ')
+			s++;
+		size_t n = strcspn(s, ", ");
+		if (!n)
+			break;
+		char f[8];
+		enum qt_fmt q;
+		if (n >= sizeof f || (memcpy(f, s, n), f[n] = 0, qt_fmt_parse(f, &q) != 0)) {
+			snprintf(err, el,
+			         "node.upload_formats: '%.*s' is not f32, f16, q8, q4 or q2",
+			         (int)(n > 16 ? 16 : n), s);
+			return FL_ECONFIG;
+		}
+		if (nc->n_upload_formats == 8) {
+			snprintf(err, el, "node.upload_formats: more than 8 formats");
+			return FL_ECONFIG;
+		}
+		nc->upload_formats[nc->n_upload_formats++] = (int)q;
+		s += n;
+	}
+	return 0;
 }
 
 static int base_fingerprint(runner *r, uint8_t fp[32], char *err, size_t el)
@@ -983,6 +1023,11 @@ int nrun_main(int argc, char **argv)
 	nc.max_msg = r.max_msg;
 	nc.node_seed = spec.seed;
 	nc.max_local_steps = spec.max_steps;
+	if ((rc = rank_caps(c, &spec, &nc, err, sizeof err)) != 0) {
+		LOGE("run", "%s", err);
+		exit_code = CLI_USAGE;
+		goto out;
+	}
 	const char *nosa = getenv("FEDLORA_TEST_NO_SECAGG"); /* tests: an old node */
 	if (!(nosa && *nosa == '1'))
 		sa_load(&r);

@@ -6,6 +6,7 @@
 #include "err.h"
 #include "gtype.h"
 #include "log.h"
+#include "lrank.h"
 #include "lora_fmt.h"
 #include "peft.h"
 #include "model/grad.h"
@@ -858,8 +859,16 @@ int trn_train(trainer *t, tset *adapter, const tset *global, const ds *data, con
 		if (s == 0 && hp->dump_grads && !t->o.full &&
 		    (rc = dump_grads(t->grads, hp->dump_grads, step_loss, err, errlen)) != 0)
 			goto out;
+		if (hp->train_rank > 0 && !t->o.full)
+			for (size_t i = 0; i < tset_count(t->grads); i++)
+				lrank_zero_tail(tset_at(t->grads, i), (uint32_t)hp->train_rank);
 		double gn = 0.0;
 		rc = optim_step(t->opt, lr, &gn);
+		if (rc == 0 && hp->train_rank > 0 && !t->o.full) /* undo decay of frozen slots */
+			for (size_t i = 0; i < tset_count(t->cur); i++)
+				lrank_copy_tail(tset_at(t->cur, i),
+				                tset_find(adapter, tset_at(t->cur, i)->name),
+				                (uint32_t)hp->train_rank);
 		if (rc != 0) {
 			fl_fail(err, errlen, rc, "step %ld: gradient norm %g is not finite", s + 1,
 			        gn);

@@ -82,6 +82,12 @@ typedef struct trn_hparams {
 	 * safetensors file with the canonical names (blk.N.<target>.lora_a/b),
 	 * F32, metadata fedlora.grads.{step,loss,grad_norm}. */
 	const char *dump_grads;
+	/* LoRA only: > 0 and below the adapter's rank: only rank slots
+	 * 0..train_rank-1 (rows of lora_a, columns of lora_b) are trained; the
+	 * other slots keep the adapter's values bit for bit (their gradients
+	 * are zeroed before clipping, and weight decay is undone), while the
+	 * forward pass uses every slot (docs/TRAINING.md, "Per-node rank"). */
+	int train_rank;
 } trn_hparams;
 
 /* Defaults: 100 steps, lr 1e-3 constant, batch 4, accum 1, ctx 256,

@@ -193,6 +193,8 @@ static int lt_train(void *self, const tset *global, const Fedlora__TrainParams *
 	h.max_grad_norm = isfinite(p->max_grad_norm) && p->max_grad_norm > 0 ? p->max_grad_norm : 0;
 	h.prox_mu = isfinite(p->fedprox_mu) && p->fedprox_mu > 0 ? p->fedprox_mu : 0;
 	h.seed = p->seed ^ (t->seed * 0x94d049bb133111ebULL);
+	if (p->train_rank && p->train_rank < t->spec.rank)
+		h.train_rank = (int)p->train_rank;
 	if ((rc = ensure(t, h.batch, h.ctx)) != 0)
 		return rc;
 	if ((rc = tset_copy(local, global)) != 0)

@@ -11,6 +11,7 @@
 #include "clock.h"
 #include "err.h"
 #include "gguf.h"
+#include "lrank.h"
 #include "rng.h"
 
 #define SYN_DEFAULT_LAYERS 2
@@ -424,6 +425,10 @@ static int syn_train(void *self, const tset *global, const Fedlora__TrainParams 
 				tensor *gA = peer(s->grad, s->pairs[pi].a);
 				memset(gA->data, 0, gA->n * sizeof(float));
 			}
+		uint32_t tr = p->train_rank && p->train_rank < s->lora.rank ? p->train_rank : 0;
+		if (tr) /* rank slots tr.. stay the global's (docs/TRAINING.md) */
+			for (size_t ti = 0; ti < tset_count(s->grad); ti++)
+				lrank_zero_tail(tset_at(s->grad, ti), tr);
 		if (clip > 0) {
 			double nrm = tset_norm(s->grad);
 			if (nrm > clip)
@@ -443,6 +448,8 @@ static int syn_train(void *self, const tset *global, const Fedlora__TrainParams 
 				double upd = (m->data[i] / bc1) / (sqrt(v->data[i] / bc2) + eps);
 				th->data[i] = (float)(th->data[i] - lr * (upd + wd * th->data[i]));
 			}
+			if (tr)
+				lrank_copy_tail(th, tset_find(global, th->name), tr);
 		}
 		if (!isfinite(loss))
 			return FL_ENUMERIC;

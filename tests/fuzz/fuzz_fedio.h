@@ -48,6 +48,9 @@ static inline void fz_opts_tiny(fed_opts *o, uint32_t min_nodes)
 
 /* Session `peer` with CN cn comes up and joins with the federation's base
  * and adapter fingerprints and the given capabilities. */
+/* Join.max_rank of the next fz_join (per-node rank; 0: every slot). */
+static uint32_t fz_join_max_rank;
+
 static inline void fz_join(fed *f, const fed_opts *o, uint64_t peer, const char *cn, char **caps,
                            size_t ncaps)
 {
@@ -60,6 +63,7 @@ static inline void fz_join(fed *f, const fed_opts *o, uint64_t peer, const char 
 	Fedlora__Envelope e = FEDLORA__ENVELOPE__INIT;
 	Fedlora__Join j = FEDLORA__JOIN__INIT;
 	j.sample_count = 10;
+	j.max_rank = fz_join_max_rank;
 	j.capabilities = caps;
 	j.n_capabilities = ncaps;
 	j.base_fingerprint.data = (uint8_t *)o->base_sha;

@@ -2,7 +2,9 @@
  * adapter, two joined nodes, round 1 open) receives the input as one
  * message from a participant — decode, round/participant/version checks,
  * payload validation, clipping, accumulation — then the deadline passes and
- * the round commits or is abandoned. Invariants (abort otherwise): the
+ * the round commits or is abandoned. Node fz2 is assigned one rank slot
+ * (per-node rank), so the bytes also go through the slice checks and the
+ * per-slot mean. Invariants (abort otherwise): the
  * global adapter stays finite, the version moves by at most one, every
  * message the coordinator sends decodes.
  *
@@ -30,6 +32,9 @@ static void fz_opts(fed_opts *o)
 {
 	fz_opts_tiny(o, 2);
 	o->agg.clip_norm = 10.0;
+	/* per-node rank: fz2 sends rank-1 slices (lora_a [1, 16], lora_b [8, 1]) */
+	if (nrank_parse("fz2:1", &o->rank, NULL, 0))
+		abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -46,7 +51,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (fed_new(&o, NULL, NULL, &io, &f))
 		abort();
 	fz_join(f, &o, 1, "fz1", NULL, 0);
+	fz_join_max_rank = 1; /* fz2 trains rank slot 0 only (rank.groups) */
 	fz_join(f, &o, 2, "fz2", NULL, 0);
+	fz_join_max_rank = 0;
 	fed_tick(f, 0);
 	if (fed_get_state(f) != FED_COLLECTING)
 		abort();

@@ -28,6 +28,11 @@
 #                  (docs/PRIVACY.md): Poisson sampling q = PER_ROUND / NODES,
 #                  clip DP_CLIP, noise multiplier DP_Z, delta DP_DELTA; not in
 #                  the default list
+#        rank4_q4ef mixed_q4ef  per-node rank (docs/TRAINING.md, "Per-node
+#                  rank"): the rank-RANK federation with every node training
+#                  4 rank slots (node.max_rank = 4), or nodes i = 1, 2, 3 mod 3
+#                  training 4, 8 and all RANK slots; q4ef otherwise (q4ef is
+#                  the all-RANK run to compare with); not in the default list
 #   4. every run's final adapter is scored on every node's held-out split
 #      (`fedlora-node eval --adapter`), next to the base model on the same data.
 #   5. every run is repeated for every learning rate in LRS and every seed in
@@ -247,6 +252,8 @@ run_fed() {
   if [[ $name == secagg_* ]]; then
     extra=$'secure = true'$'\n'"secure_clip = $SA_CLIP"$'\n'"secure_range = $SA_RANGE"
   fi
+  # per-node rank: the slots node i trains (0 = all)
+  node_rank() { case $name in rank4_*) echo 4 ;; mixed_*) echo $((($1 % 3 == 1) ? 4 : ($1 % 3 == 2) ? 8 : 0)) ;; *) echo 0 ;; esac; }
   rm -rf "$d" && mkdir -p "$d"
   say "$tag: $ROUNDS rounds, $NODES nodes, $PER_ROUND a round, uplink $fmt ef=$ef ffa=$ffa, $strat"
   cat >"$d/coordinator.conf" <<EOF
@@ -312,6 +319,7 @@ EOF
 state_dir = $d/n$i
 trainer = lora
 seed = $((i + 1000 * (SEED - 1)))
+max_rank = $(node_rank "$i")
 [coordinator]
 endpoint = $(cat "$d/endpoint")
 [tls]
@@ -376,7 +384,8 @@ EOF
 for r in $runs; do
   case $r in
   central | local | f32 | q8 | q4ef | q4 | q2ef | ffa_q4ef | trim_q4ef | fedadam_q4ef | dp_ffa_q4ef | secagg_q4) ;;
-  *) die "unknown run '$r' (runs: $all_runs dp_ffa_q4ef)" ;;
+  rank4_q4ef | mixed_q4ef) ;;
+  *) die "unknown run '$r' (runs: $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef)" ;;
   esac
 done
 for r in $runs; do
@@ -396,6 +405,8 @@ for r in $runs; do
       fedadam_q4ef) run_fed fedadam_q4ef q4 true false fedadam ;;
       dp_ffa_q4ef) run_fed dp_ffa_q4ef q4 true true fedavg ;;
       secagg_q4) run_fed secagg_q4 q4 true false fedavg ;;
+      rank4_q4ef) run_fed rank4_q4ef q4 true false fedavg ;;
+      mixed_q4ef) run_fed mixed_q4ef q4 true false fedavg ;;
       esac
       say "$tag: $(cat "$OUT/$tag.res")"
     done
@@ -412,7 +423,7 @@ lr_mean() { # RUN LR -> mean over seeds of the run's mean held-out loss
   for x in $SEEDS; do awk '{print $2}' "$OUT/$1@$2@$x.res"; done | awk '{s += $1} END {printf "%.5f", s / NR}'
 }
 declare -A best
-for r in $all_runs dp_ffa_q4ef; do
+for r in $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef; do
   [[ -f $OUT/$r@${LRS%% *}@$seed1.res ]] || continue
   bl="" bmean=""
   for lr in $LRS; do
@@ -441,7 +452,7 @@ bm=$(echo "$base_stats" | cut -d' ' -f1)
   if [[ -n ${best[f32]:-} ]]; then
     f32s=$(seeds_of f32 | awk '{s += $1; q += $1 * $1; n++} END {printf "%.6f %.6f", s / n, (n > 1) ? sqrt((q - s * s / n) / (n - 1)) : 0}')
   fi
-  for r in $all_runs dp_ffa_q4ef; do
+  for r in $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef; do
     [[ -n ${best[$r]:-} ]] || continue
     lr=${best[$r]}
     st=$(seeds_of "$r" | awk '{s += $1; q += $1 * $1; w += $2; n++} END {printf "%.6f %.6f %.6f", s / n, (n > 1) ? sqrt((q - s * s / n) / (n - 1)) : 0, w / n}')
@@ -476,7 +487,7 @@ bm=$(echo "$base_stats" | cut -d' ' -f1)
   printf '|---|'
   for lr in $LRS; do printf -- '---|'; done
   echo
-  for r in $all_runs dp_ffa_q4ef; do
+  for r in $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef; do
     [[ -n ${best[$r]:-} ]] || continue
     printf '| %s |' "$r"
     for lr in $LRS; do
