@@ -1307,8 +1307,9 @@ void fed_peer_gone(fed *f, uint64_t peer, uint64_t now_ms)
 	if (p && !p->answered)
 		p->gone_at = now_ms ? now_ms : 1;
 	/* a secure round cannot resume a session: the messages relayed
-	 * meanwhile are lost, so the node is out of this round at once */
-	if (p && f->sa)
+	 * meanwhile are lost, so the node is out of this round at once
+	 * (unless the round is past its phases: finish job in flight) */
+	if (p && f->sa && f->state == FED_COLLECTING)
 		sa_drop(f, p, "session", "disconnected");
 	maybe_close_round(f, now_ms);
 }

@@ -85,6 +85,7 @@ static void test_phases(void **state)
 	                    "--train.local_steps=2",
 	                    "--state.keep_versions=100",
 	                    "--aggregation.secure_phase_ms=8000",
+	                    "--rounds.deadline_ms=300000", /* training under ASan, loaded */
 	                    NULL};
 	sat_start_coord(&f, cx);
 	unsetenv("FEDLORA_TEST_SECAGG_FINISH_PAUSE_MS");
@@ -133,7 +134,7 @@ static void test_phases(void **state)
 			t_join = clk_mono_ms();
 			failed = back != 2 || log_pos(&f, "node node-08 joined", rpos) < 0;
 		}
-		uint64_t end = clk_mono_ms() + 180000;
+		uint64_t end = clk_mono_ms() + 360000;
 		ft_rounds now;
 		do {
 			clk_sleep_ms(100);
