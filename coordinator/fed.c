@@ -185,7 +185,7 @@ typedef struct sess {
 	fnode *node; /* NULL until a valid Join */
 } sess;
 
-enum job_type { JOB_UPDATE = 1, JOB_COMMIT = 2, JOB_TIER = 3 };
+enum job_type { JOB_UPDATE = 1, JOB_COMMIT = 2, JOB_TIER = 3, JOB_SA_FINISH = 4 };
 
 struct fed_job {
 	fed *f;
@@ -206,6 +206,8 @@ struct fed_job {
 	int rc;
 	int store_errno; /* the version store could not be written: its errno */
 	char detail[256];
+	/* secure finish: reconstruction and unmasking into sum (sar.dim) */
+	uint32_t *sum;
 };
 
 struct fed {
@@ -1350,8 +1352,9 @@ void fed_peer_gone(fed *f, uint64_t peer, uint64_t now_ms)
 	if (p && !p->answered)
 		p->gone_at = now_ms ? now_ms : 1;
 	/* a secure round cannot resume a session: the messages relayed
-	 * meanwhile are lost, so the node is out of this round at once */
-	if (p && f->sa)
+	 * meanwhile are lost, so the node is out of this round at once
+	 * (unless the round is past its phases: finish job in flight) */
+	if (p && f->sa && f->state == FED_COLLECTING)
 		sa_drop(f, p, "session", "disconnected");
 	maybe_close_round(f, now_ms);
 }
@@ -2293,8 +2296,11 @@ static void maybe_close_round(fed *f, uint64_t now_ms)
 /* which agg_set_sum hands to the strategy. The coordinator relays     */
 /* keys and ciphertexts; the only vector it ever decodes is the sum.   */
 
-enum sa_phase { SP_NONE = 0, SP_KEYS, SP_SHARES, SP_MASKED, SP_UNMASK };
-static const char *const sp_names[] = {"none", "keys", "shares", "masked", "unmask"};
+/* SP_FINISH: the unmask phase is closed and sa_server_finish runs as a
+ * job (JOB_SA_FINISH) on the worker; the loop leaves f->sa alone (the
+ * round is FED_CLOSING, late secure messages are answered, not applied). */
+enum sa_phase { SP_NONE = 0, SP_KEYS, SP_SHARES, SP_MASKED, SP_UNMASK, SP_FINISH };
+static const char *const sp_names[] = {"none", "keys", "shares", "masked", "unmask", "finish"};
 
 static void sa_reset(fed *f)
 {
@@ -2468,21 +2474,56 @@ static void sa_abandon(fed *f, const char *detail, uint64_t now_ms)
 	abandon_round(f, detail, now_ms);
 }
 
+/* The unmask phase is over: reconstruction and unmasking (seconds at
+ * n = 1000) run as a JOB_SA_FINISH job on the worker, so the loop keeps
+ * answering heartbeats and handshakes; sa_finish_done takes the result
+ * back on the loop. Meanwhile the round is FED_CLOSING in SP_FINISH and
+ * nothing on the loop touches f->sa. */
+static void sa_finish_submit(fed *f, uint64_t now_ms)
+{
+	fed_job *job = calloc(1, sizeof *job);
+	size_t dim = (size_t)f->sar.dim;
+	if (job)
+		job->sum = malloc((dim ? dim : 1) * sizeof *job->sum);
+	if (!job || !job->sum) {
+		free(job);
+		sa_abandon(f, "secure aggregation failed: out of memory", now_ms);
+		return;
+	}
+	job->f = f;
+	job->type = JOB_SA_FINISH;
+	job->round_id = f->round_id;
+	buf_init(&job->snap, 0);
+	buf_init(&job->delta, 0);
+	f->collect_ms = now_ms - f->round_started;
+	f->state = FED_CLOSING;
+	f->sp = SP_FINISH;
+	submit(f, job, now_ms);
+}
+
+static void hook(fed *f, const char *stage);
+
+/* Worker side of JOB_SA_FINISH: touches only f->sa and the job. */
+static void sa_finish_run(fed_job *job)
+{
+	double t0 = clk_seconds();
+	hook(job->f, "unmask");
+	job->rc = sa_server_finish(job->f->sa, job->sum, job->detail, sizeof job->detail);
+	job->agg_secs = clk_seconds() - t0;
+}
+
 /* The unmasked sum: decoded on the grid, handed to the aggregator as the
  * round's weighted sum, and the round goes on to the usual commit. */
-static void sa_finish(fed *f, uint64_t now_ms)
+static void sa_finish_done(fed *f, fed_job *job, uint64_t now_ms)
 {
 	char why[256] = "", d[480];
-	uint32_t *sum = NULL;
+	uint32_t *sum = job->sum;
 	tset *ts = NULL;
 	tensor **out = NULL;
 	size_t dim = (size_t)f->sar.dim;
-	int rc = FL_ENOMEM;
-	sum = malloc(dim * sizeof *sum);
-	out = calloc(f->sa_nt ? f->sa_nt : 1, sizeof *out);
-	if (!sum || !out)
-		goto fail;
-	rc = sa_server_finish(f->sa, sum, why, sizeof why);
+	int rc = job->rc;
+	snprintf(why, sizeof why, "%s", job->detail);
+	job->sum = NULL; /* freed here */
 	const uint32_t *liars;
 	uint32_t nl;
 	sa_server_liars(f->sa, &liars, &nl);
@@ -2494,6 +2535,9 @@ static void sa_finish(fed *f, uint64_t now_ms)
 		snprintf(d, sizeof d, "secure aggregation could not unmask the sum: %s", why);
 		goto abandon;
 	}
+	rc = FL_ENOMEM;
+	if (!(out = calloc(f->sa_nt ? f->sa_nt : 1, sizeof *out)))
+		goto fail;
 	if (f->o.secure.dump_dir) {
 		uint8_t *le = malloc(dim * 4);
 		if (le) {
@@ -2545,12 +2589,12 @@ static void sa_finish(fed *f, uint64_t now_ms)
 	tset_free(f->sa_mean);
 	f->sa_mean = ts;
 	ts = NULL;
-	LOGI(MOD, "round %" PRIu64 ": secure sum of %u inputs unmasked (weight sum %" PRIu64 ")",
-	     f->round_id, nsv, wsum);
+	LOGI(MOD,
+	     "round %" PRIu64 ": secure sum of %u inputs unmasked (weight sum %" PRIu64
+	     ", %.1f ms on the worker)",
+	     f->round_id, nsv, wsum, job->agg_secs * 1e3);
 	free(sum);
 	free(out);
-	f->collect_ms = now_ms - f->round_started;
-	f->state = FED_CLOSING;
 	sa_reset(f);
 	finish_round(f, now_ms);
 	return;
@@ -2664,7 +2708,7 @@ static void sa_advance(fed *f, uint64_t now_ms)
 			f->sp = SP_UNMASK;
 			f->sp_deadline = now_ms + f->o.secure.phase_ms;
 		} else if (f->sp == SP_UNMASK) {
-			sa_finish(f, now_ms);
+			sa_finish_submit(f, now_ms);
 			return;
 		}
 		if (!sent) {
@@ -2687,6 +2731,12 @@ static part *sa_part(fed *f, sess *s, uint64_t rid, int phase, const char *what)
 	if (!f->sa || rid != f->round_id || !p || p->sa_out) {
 		snprintf(d, sizeof d, "%s for round %" PRIu64 ": no secure round of yours is open",
 		         what, rid);
+		send_error(f, s->peer, FEDLORA__ERROR__CODE__CODE_UNEXPECTED, d);
+		return NULL;
+	}
+	if (f->sp == SP_FINISH) { /* late, not a fault: the unmask phase closed */
+		snprintf(d, sizeof d, "%s for round %" PRIu64 ": the unmask phase is closed", what,
+		         rid);
 		send_error(f, s->peer, FEDLORA__ERROR__CODE__CODE_UNEXPECTED, d);
 		return NULL;
 	}
@@ -3149,6 +3199,8 @@ void fed_job_run(fed_job *job)
 		double t0 = clk_seconds();
 		job->rc = agg_finish(job->f->agg, job->f->step);
 		job->agg_secs = clk_seconds() - t0;
+	} else if (job->type == JOB_SA_FINISH) {
+		sa_finish_run(job);
 	} else {
 		run_commit(job);
 	}
@@ -3291,8 +3343,11 @@ void fed_job_done(fed *f, fed_job *job, uint64_t now_ms)
 		done_update(f, job, now_ms);
 	else if (job->type == JOB_TIER)
 		tier_done(f, job, now_ms);
+	else if (job->type == JOB_SA_FINISH)
+		sa_finish_done(f, job, now_ms);
 	else
 		done_commit(f, job, now_ms);
+	free(job->sum);
 	wire_free(job->msg);
 	tset_free(job->new_global);
 	buf_fini(&job->snap);

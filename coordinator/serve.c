@@ -45,6 +45,7 @@ typedef struct srv {
 } srv;
 
 static int g_pause_commit_ms, g_pause_rename_ms;
+static int g_pause_sa_finish_ms; /* tests: FEDLORA_TEST_SECAGG_FINISH_PAUSE_MS */
 static volatile int g_sig_wfd = -1;
 
 /* Async-signal-safe: one byte per signal into the self-pipe. Whatever
@@ -182,8 +183,10 @@ static void commit_hook(const char *stage, void *ud)
 {
 	(void)ud;
 	LOGI(MOD, "commit stage %s", stage);
-	if (g_pause_commit_ms > 0)
-		clk_sleep_ms((uint64_t)g_pause_commit_ms);
+	/* "unmask": a secure round's finish job, before the unmasking */
+	int ms = strcmp(stage, "unmask") == 0 ? g_pause_sa_finish_ms : g_pause_commit_ms;
+	if (ms > 0)
+		clk_sleep_ms((uint64_t)ms);
 }
 
 static void rename_hook(const char *tmp)
@@ -356,6 +359,7 @@ int serve_run(const cconf *cc)
 	int rc = 1;
 	g_pause_commit_ms = env_ms("FEDLORA_TEST_COMMIT_PAUSE_MS");
 	g_pause_rename_ms = env_ms("FEDLORA_TEST_RENAME_PAUSE_MS");
+	g_pause_sa_finish_ms = env_ms("FEDLORA_TEST_SECAGG_FINISH_PAUSE_MS");
 	if (g_pause_rename_ms >= 0)
 		fileio_test_hook = rename_hook;
 
@@ -432,7 +436,7 @@ int serve_run(const cconf *cc)
 	const char *dump = getenv("FEDLORA_TEST_SECAGG_DUMP");
 	if (dump && *dump)
 		fo.secure.dump_dir = dump;
-	fo.commit_hook = g_pause_commit_ms >= 0 ? commit_hook : NULL;
+	fo.commit_hook = g_pause_commit_ms >= 0 || g_pause_sa_finish_ms >= 0 ? commit_hook : NULL;
 	fed_io io = {.ud = &S, .send = io_send, .close = io_close, .submit = io_submit};
 	if (upstream_on(&cc->up)) { /* a region: rounds come from the root */
 		if (upstream_new(&cc->up, S.zctx, &S.up))

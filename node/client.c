@@ -4,6 +4,7 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1141,6 +1142,24 @@ static void sec_abort(ncl *c, const char *fmt, ...)
 	sec_reset(c);
 }
 
+/* Tests only (ncl_config.sa_die_at): a real dropout at a chosen phase. */
+static void sec_die(const ncl *c, const char *phase, uint64_t rid)
+{
+	const char *s = c->cfg.sa_die_at;
+	size_t pl = strlen(phase);
+	while (s && *s) {
+		const char *e = strchr(s, ',');
+		size_t len = e ? (size_t)(e - s) : strlen(s);
+		if (len > pl && strncmp(s, phase, pl) == 0 && s[pl] == ':' &&
+		    strtoull(s + pl + 1, NULL, 10) == rid) {
+			LOGW("client", "round %" PRIu64 ": test hook: dying in the %s phase", rid,
+			     phase);
+			raise(SIGKILL);
+		}
+		s = e ? e + 1 : NULL;
+	}
+}
+
 static int sec_exchanged(const ncl *c, const tensor *t)
 {
 	return !c->cfg.lora.ffa || lora_is_b(t->name);
@@ -1240,6 +1259,7 @@ static int sec_begin(ncl *c, const Fedlora__RoundStart *rs, char *why, size_t wl
 	c->sa.w = (uint32_t)(w < 1 ? 1 : w > su->w_max ? su->w_max : w);
 	c->sa.w_max = su->w_max;
 	c->sa.active = 1;
+	sec_die(c, "keys", rs->round_id);
 	if ((rc = sa_client_new(&r, idx, c->node_id, &c->sa.cl, why, wl)) != 0)
 		return rc;
 	sa_keys k;
@@ -1337,6 +1357,7 @@ static void sec_on_shares(ncl *c, const Fedlora__SecAggShares *m)
 {
 	if (!sec_round_ok(c, m->round_id, "SecAggShares"))
 		return;
+	sec_die(c, "shares", m->round_id);
 	if (!c->sa.shared || c->sa.received || m->n_shares > c->sa.r.n) {
 		sec_abort(c, "routed shares out of order or too many");
 		return;
@@ -1503,6 +1524,7 @@ static void sec_on_unmask(ncl *c, const Fedlora__SecAggUnmask *m)
 {
 	if (!sec_round_ok(c, m->round_id, "SecAggUnmask"))
 		return;
+	sec_die(c, "unmask", m->round_id);
 	char why[300] = "";
 	if (!c->sa.masked || c->sa.revealed) {
 		sec_abort(c, "unmask request %s",
@@ -1683,6 +1705,8 @@ static void on_update_ack(ncl *c, const Fedlora__UpdateAck *a)
 		     a->round_id);
 		return;
 	}
+	if (c->sa.active && c->sa.masked && c->sa.round_id == a->round_id && a->accepted)
+		sec_die(c, "masked", a->round_id);
 	nst_counters *k = nst_counters_mut(c->st);
 	int dup = a->reason == FEDLORA__UPDATE_ACK__REASON__REASON_DUPLICATE;
 	if (c->up.acked) {

@@ -74,6 +74,12 @@ typedef struct ncl_config {
 	X509 *sa_cert;
 	X509_STORE *sa_ca;
 	const char *sa_dump_dir; /* tests only: the grid vector before masking */
+	/* tests only (FEDLORA_TEST_SECAGG_DIE): "PHASE:ROUND[,PHASE:ROUND...]";
+	 * the node SIGKILLs itself on entering PHASE of secure round ROUND:
+	 * keys (before advertising), shares (its shares sent, the routed ones
+	 * just arrived), masked (its masked input acknowledged), unmask (the
+	 * unmask request just arrived, nothing revealed) */
+	const char *sa_die_at;
 } ncl_config;
 
 enum ncl_job_kind { NCL_JOB_TRAIN = 1, NCL_JOB_EVAL = 2 };

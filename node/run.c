@@ -1036,6 +1036,8 @@ int nrun_main(int argc, char **argv)
 	nc.sa_ca = r.sa_ca;
 	const char *sad = getenv("FEDLORA_TEST_SECAGG_DUMP"); /* tests only */
 	nc.sa_dump_dir = sad && *sad ? sad : NULL;
+	const char *sdie = getenv("FEDLORA_TEST_SECAGG_DIE"); /* tests only */
+	nc.sa_die_at = sdie && *sdie ? sdie : NULL;
 	if ((rc = ncl_new(&nc, r.st, &r.cl)) != 0)
 		goto out;
 	if (nst_residual(r.st)) {
