@@ -174,12 +174,10 @@ __attribute__((format(printf, 3, 4)))
 static int
 perr(struct pctx *c, int code, const char *fmt, ...)
 {
-	if (c->err && c->errlen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(c->err, c->errlen, fmt, ap);
-		va_end(ap);
-	}
+	va_list ap;
+	va_start(ap, fmt);
+	fl_vfail(c->err, c->errlen, code, fmt, ap);
+	va_end(ap);
 	return code;
 }
 

@@ -87,7 +87,7 @@ terr(char *err, size_t errlen, int code, const char *fmt, ...)
 	size_t el = err && errlen ? errlen : sizeof local;
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(e, el, fmt, ap);
+	fl_vfail(e, el, code, fmt, ap);
 	va_end(ap);
 	if (!(err && errlen))
 		LOGE("tok", "%s", e);
