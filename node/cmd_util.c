@@ -25,22 +25,25 @@ int cmdu_usage(const char *cmd, const char *fmt, ...)
 
 int cmdu_opt(const char *cmd, int argc, char **argv, int *i, const char *name, const char **val)
 {
-	const char *a = argv[*i];
-	size_t n = strlen(name);
-	if (strncmp(a, name, n) != 0)
-		return 0;
-	if (a[n] == '=') {
-		*val = a + n + 1;
-		return 1;
-	}
-	if (a[n] != 0)
-		return 0;
-	if (*i + 1 >= argc) {
+	int r = cli_opt(argc, argv, i, name, val);
+	if (r < 0)
 		cmdu_usage(cmd, "option %s needs a value", name);
-		return -1;
+	return r;
+}
+
+int cmdu_begin(int argc, char **argv, void (*usage)(FILE *f),
+               int (*parse)(int argc, char **argv, void *opts), void *opts, const int *threads)
+{
+	if (cli_wants_help(argc, argv)) {
+		usage(stdout);
+		return CLI_OK;
 	}
-	*val = argv[++*i];
-	return 1;
+	cmdu_passive_openmp(argv);
+	int rc = parse(argc, argv, opts);
+	if (rc != 0)
+		return rc;
+	cmdu_threads(*threads);
+	return -1;
 }
 
 int cmdu_int(const char *cmd, const char *opt, const char *s, long long lo, long long hi, int *out)
