@@ -187,19 +187,8 @@ int cmd_eval(int argc, char **argv)
 	char err[512];
 	size_t len = 0, nids = 0;
 
-	if ((rc = model_load(o.model, &m, err, sizeof err)) != 0) {
-		fprintf(stderr, "fedlora-node eval: %s\n", err);
+	if ((rc = cmdu_open_model(CMD, o.model, o.adapter, o.alpha, &m, &adapter)) != 0)
 		goto out;
-	}
-	if (o.adapter) {
-		char desc[160];
-		if ((rc = trn_adapter_open(m, o.adapter, o.alpha, &adapter, desc, sizeof desc, err,
-		                           sizeof err)) != 0) {
-			fprintf(stderr, "fedlora-node eval: --adapter %s\n", err);
-			goto out;
-		}
-		fprintf(stderr, "adapter %s: %s\n", o.adapter, desc);
-	}
 	const model_config *c = model_cfg(m);
 	if (o.ctx == 0)
 		o.ctx = c->ctx < 512 ? c->ctx : 512;
@@ -218,10 +207,8 @@ int cmd_eval(int argc, char **argv)
 		               o.stride, o.ctx);
 		goto out;
 	}
-	if ((rc = tok_from_gguf(model_gguf(m), &tk, err, sizeof err)) != 0) {
-		fprintf(stderr, "fedlora-node eval: %s: tokenizer: %s\n", o.model, err);
+	if ((rc = cmdu_open_tok(CMD, o.model, model_gguf(m), &tk)) != 0)
 		goto out;
-	}
 	if ((rc = file_read_all(o.data, EVAL_MAX_FILE, &text, &len)) != 0) {
 		fprintf(stderr, "fedlora-node eval: --data %s: %s\n", o.data, file_why(o.data, rc));
 		goto out;

@@ -110,27 +110,13 @@ int cmd_generate(int argc, char **argv)
 	int32_t *ids = NULL;
 	float *work = NULL;
 	int ret = CLI_FAIL;
-	char err[512];
 	size_t np = 0, plen = strlen(o.prompt);
 
-	if ((rc = model_load(o.model, &m, err, sizeof err)) != 0) {
-		fprintf(stderr, "fedlora-node generate: %s\n", err);
+	if ((rc = cmdu_open_model(CMD, o.model, o.adapter, o.alpha, &m, &adapter)) != 0)
 		goto out;
-	}
-	if (o.adapter) {
-		char desc[160];
-		if ((rc = trn_adapter_open(m, o.adapter, o.alpha, &adapter, desc, sizeof desc, err,
-		                           sizeof err)) != 0) {
-			fprintf(stderr, "fedlora-node generate: --adapter %s\n", err);
-			goto out;
-		}
-		fprintf(stderr, "adapter %s: %s\n", o.adapter, desc);
-	}
 	const model_config *c = model_cfg(m);
-	if ((rc = tok_from_gguf(model_gguf(m), &tk, err, sizeof err)) != 0) {
-		fprintf(stderr, "fedlora-node generate: %s: tokenizer: %s\n", o.model, err);
+	if ((rc = cmdu_open_tok(CMD, o.model, model_gguf(m), &tk)) != 0)
 		goto out;
-	}
 	size_t cap = tok_encode_bound(plen);
 	ids = cap == SIZE_MAX ? NULL : malloc(sizeof(int32_t) * (cap + 1));
 	work = malloc(sizeof(float) * 2 * (size_t)c->vocab);

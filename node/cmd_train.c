@@ -359,10 +359,8 @@ int cmd_train(int argc, char **argv)
 		ret = cmdu_usage(CMD, "--targets: %s", err);
 		goto out;
 	}
-	if ((rc = tok_from_gguf(trn_base_gguf(base), &tk, err, sizeof err)) != 0) {
-		fprintf(stderr, "fedlora-node train: %s: tokenizer: %s\n", o.model, err);
+	if ((rc = cmdu_open_tok(CMD, o.model, trn_base_gguf(base), &tk)) != 0)
 		goto out;
-	}
 	ds_opts dopt = {.format = o.format, .holdout = o.eval_data ? 0 : o.holdout, .seed = o.seed};
 	if ((rc = ds_load(o.data, tk, &dopt, &tr_ds, dopt.holdout > 0 ? &ev_ds : NULL, err,
 	                  sizeof err)) != 0) {

@@ -11,6 +11,13 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/* gguf.h, model/model.h, model/tokenizer.h, train.h (struct tags only, so
+ * that including this header does not bring their names into scope) */
+struct gguf;
+struct model;
+struct tok;
+struct trn_adapter;
+
 /* If argv[*i] is the option `name` ("--dim"), sets *val to its value (the
  * next argument, or the text after '=') and advances *i past it; returns 1.
  * Returns 0 when argv[*i] is another option. A missing value prints an error
@@ -36,6 +43,18 @@ int cmdu_usage(const char *cmd, const char *fmt, ...);
  * goes on, else its exit code (CLI_OK after --help, parse's code). */
 int cmdu_begin(int argc, char **argv, void (*usage)(FILE *f),
                int (*parse)(int argc, char **argv, void *opts), void *opts, const int *threads);
+
+/* Opens the model at path and, when adapter_path is set, the adapter on it
+ * (scale alpha), printing "fedlora-node <cmd>: <why>" on failure and
+ * "adapter <path>: <description>" on success. 0 or the error code; on
+ * failure *m and *ad are left as they were (the caller frees what it has).
+ * ad may be NULL when adapter_path is NULL. */
+int cmdu_open_model(const char *cmd, const char *path, const char *adapter_path, float alpha,
+                    struct model **m, struct trn_adapter **ad);
+
+/* The tokenizer stored in g (the GGUF of model_path), printing
+ * "fedlora-node <cmd>: <model_path>: tokenizer: <why>" on failure. */
+int cmdu_open_tok(const char *cmd, const char *model_path, const struct gguf *g, struct tok **tk);
 
 /* Applies --threads (0 = leave the OpenMP default) to the model kernels. */
 void cmdu_threads(int n);
