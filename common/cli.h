@@ -1,5 +1,5 @@
 /* cli — subcommand dispatch, --help and --version, and option matching for
- * both binaries (node/cmd_util.h adds the node's typed values).
+ * both binaries (node/cmd/cmd_util.h adds the node's typed values).
  *
  * Exit codes (DESIGN.md): 0 ok, 1 runtime failure, 2 usage or configuration
  * error. A subcommand's function receives argv starting at its own name. */
