@@ -142,7 +142,7 @@ int cmd_generate(int argc, char **argv)
 	}
 	size_t total = np + (size_t)o.n < (size_t)c->ctx ? np + (size_t)o.n : (size_t)c->ctx;
 	int chunk = total < GEN_CHUNK ? (int)total : GEN_CHUNK;
-	if ((rc = model_cache_init(m, 1, (int)total, chunk)) != 0) {
+	if ((rc = model_cache_alloc(m, 1, (int)total, chunk)) != 0) {
 		fprintf(stderr, "fedlora-node generate: KV cache for %zu tokens: %s\n", total,
 		        fl_strerror(rc));
 		goto out;
