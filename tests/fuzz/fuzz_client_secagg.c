@@ -162,23 +162,9 @@ static void init(void)
 	X509_free(ca);
 }
 
-static void feed(ncl *c, const uint8_t *p, size_t n)
-{
-	wire_msg *m = NULL;
-	if (wire_decode(p, n, 1u << 24, 0, &m) != 0)
-		return;
-	ncl_on_envelope(c, wire_env(m), n, 1000);
-	wire_free(m);
-	fz_run_actions(c, g_tr, 1);
-}
-
 static void feed_env(ncl *c, Fedlora__Envelope *e)
 {
-	buf b;
-	buf_init(&b, 0);
-	if (wire_encode(e, 0, &b) == 0)
-		feed(c, b.data, b.len);
-	buf_fini(&b);
+	fz_feed_env(c, g_tr, 1, e);
 }
 
 static void round_start(ncl *c)
@@ -286,30 +272,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		nst_free(st);
 		return 0;
 	}
-	ncl_on_up(c, 0);
-	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
-	Fedlora__Welcome w = FEDLORA__WELCOME__INIT;
-	w.node_id = "fuzz";
-	env.body_case = FEDLORA__ENVELOPE__BODY_WELCOME;
-	env.welcome = &w;
-	feed_env(c, &env);
+	fz_welcome(c, g_tr, 1);
 	round_start(c);
-	size_t off = 0;
-	while (off + 4 <= size) {
-		uint32_t n = (uint32_t)data[off] | (uint32_t)data[off + 1] << 8 |
-		             (uint32_t)data[off + 2] << 16 | (uint32_t)data[off + 3] << 24;
-		off += 4;
-		if (n > size - off)
-			n = (uint32_t)(size - off);
-		feed(c, data + off, n);
-		off += n;
-		ncl_tick(c, 1000 + off);
-		fz_run_actions(c, g_tr, 1);
-	}
-	ncl_on_down(c, 2000, "fuzz");
-	ncl_stop(c, 2000, 0);
-	ncl_bye(c, "fuzz");
-	fz_run_actions(c, g_tr, 1);
+	fz_feed_frames(c, g_tr, 1, data, size);
 	ncl_free(c);
 	nst_free(st);
 	return 0;

@@ -1,7 +1,7 @@
 /* fuzz_ncl — shared by the node-side fuzz targets (fuzz_client,
  * fuzz_client_secagg): a clean state directory per input, and the client's
  * actions carried out in place, training and evaluation on the synth
- * trainer. Header-only. */
+ * trainer, and the input fed as length-prefixed envelopes. Header-only. */
 #ifndef FL_FUZZ_NCL_H
 #define FL_FUZZ_NCL_H
 #include <stdio.h>
@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "client.h"
 #include "trainer_synth.h"
 #include "wire.h"
@@ -57,6 +58,65 @@ static inline void fz_run_actions(ncl *c, void *tr, int check_send)
 		}
 		ncl_action_fini(&a);
 	}
+}
+
+/* Decodes one envelope and hands it to the client, then runs its actions
+ * (undecodable bytes are dropped, as the channel would drop them). */
+static inline void fz_feed(ncl *c, void *tr, int check_send, const uint8_t *p, size_t n)
+{
+	wire_msg *m = NULL;
+	if (wire_decode(p, n, 1u << 24, 0, &m) != 0)
+		return;
+	ncl_on_envelope(c, wire_env(m), n, 1000);
+	wire_free(m);
+	fz_run_actions(c, tr, check_send);
+}
+
+/* Encodes e and feeds it (fz_feed). */
+static inline void fz_feed_env(ncl *c, void *tr, int check_send, Fedlora__Envelope *e)
+{
+	buf b;
+	buf_init(&b, 0);
+	if (wire_encode(e, 0, &b) == 0)
+		fz_feed(c, tr, check_send, b.data, b.len);
+	buf_fini(&b);
+}
+
+/* The session comes up and the coordinator welcomes node "fuzz". */
+static inline void fz_welcome(ncl *c, void *tr, int check_send)
+{
+	ncl_on_up(c, 0);
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__Welcome w = FEDLORA__WELCOME__INIT;
+	w.node_id = "fuzz";
+	env.body_case = FEDLORA__ENVELOPE__BODY_WELCOME;
+	env.welcome = &w;
+	fz_feed_env(c, tr, check_send, &env);
+}
+
+/* The fuzz input as frames [u32 LE length][bytes] (a length past the end
+ * takes what is left), each fed as one message with a tick and the
+ * actions after it; then the session goes down, the client stops and says
+ * bye, and the last actions run. */
+static inline void fz_feed_frames(ncl *c, void *tr, int check_send, const uint8_t *data,
+                                  size_t size)
+{
+	size_t off = 0;
+	while (off + 4 <= size) {
+		uint32_t n = (uint32_t)data[off] | (uint32_t)data[off + 1] << 8 |
+		             (uint32_t)data[off + 2] << 16 | (uint32_t)data[off + 3] << 24;
+		off += 4;
+		if (n > size - off)
+			n = (uint32_t)(size - off);
+		fz_feed(c, tr, check_send, data + off, n);
+		off += n;
+		ncl_tick(c, 1000 + off);
+		fz_run_actions(c, tr, check_send);
+	}
+	ncl_on_down(c, 2000, "fuzz");
+	ncl_stop(c, 2000, 0);
+	ncl_bye(c, "fuzz");
+	fz_run_actions(c, tr, check_send);
 }
 
 #endif
