@@ -51,23 +51,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!g_tr)
 		init();
 	fz_clean_dir(g_dir);
-	uint8_t fp[32] = {1}, sfp[32];
-	if (tset_shape_fingerprint(g_layout, sfp))
-		abort();
+	uint8_t fp[32];
 	nst *st = NULL;
-	if (nst_open(g_dir, fp, sfp, &st))
+	if (fz_open_state(g_dir, g_layout, fp, &st))
 		return 0;
 	ncl_config cfg;
-	memset(&cfg, 0, sizeof cfg);
-	memcpy(cfg.base_fp, fp, 32);
-	cfg.lora.rank = 2;
-	cfg.lora.alpha = 4;
-	cfg.lora.targets = 1u << LORA_ATTN_Q;
-	cfg.layout = g_layout;
-	cfg.sample_count = 10;
+	fz_config(&cfg, fp, g_layout);
 	cfg.eval = 1;
-	cfg.max_msg = 1u << 24;
-	cfg.max_local_steps = 4;
 	ncl *c = NULL;
 	if (ncl_new(&cfg, st, &c)) {
 		nst_free(st);

@@ -11,6 +11,9 @@
 
 #include "buf.h"
 #include "client.h"
+#include "lora.h"
+#include "state.h"
+#include "tensor.h"
 #include "trainer_synth.h"
 #include "wire.h"
 
@@ -23,6 +26,34 @@ static inline void fz_clean_dir(const char *dir)
 		snprintf(p, sizeof p, "%s/%s", dir, files[i]);
 		unlink(p);
 	}
+}
+
+/* A fresh node state in dir for a base with fingerprint fp (all 0 but a
+ * leading 1) and the adapter layout; 0, or nonzero when it cannot be
+ * opened (the input is then skipped). */
+static inline int fz_open_state(const char *dir, const tset *layout, uint8_t fp[32], nst **st)
+{
+	uint8_t sfp[32];
+	memset(fp, 0, 32);
+	fp[0] = 1;
+	if (tset_shape_fingerprint(layout, sfp))
+		abort();
+	return nst_open(dir, fp, sfp, st);
+}
+
+/* The client configuration both node targets share: base fp, a rank-2
+ * LoRA on attn_q, 10 samples, 16 MiB messages, at most 4 local steps. */
+static inline void fz_config(ncl_config *cfg, const uint8_t fp[32], tset *layout)
+{
+	memset(cfg, 0, sizeof *cfg);
+	memcpy(cfg->base_fp, fp, 32);
+	cfg->lora.rank = 2;
+	cfg->lora.alpha = 4;
+	cfg->lora.targets = 1u << LORA_ATTN_Q;
+	cfg->layout = layout;
+	cfg->sample_count = 10;
+	cfg->max_msg = 1u << 24;
+	cfg->max_local_steps = 4;
 }
 
 /* Runs jobs synchronously on trainer tr; with check_send every envelope
