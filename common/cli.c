@@ -12,6 +12,26 @@ int cli_wants_help(int argc, char **argv)
 	return 0;
 }
 
+int cli_opt(int argc, char **argv, int *i, const char *name, const char **val)
+{
+	const char *a = argv[*i];
+	size_t n = strlen(name);
+	if (strncmp(a, name, n) != 0)
+		return 0;
+	if (a[n] == '=') {
+		*val = a + n + 1;
+		return 1;
+	}
+	if (a[n] != 0)
+		return 0;
+	if (*i + 1 >= argc) {
+		*val = NULL;
+		return -1;
+	}
+	*val = argv[++*i];
+	return 1;
+}
+
 static void usage(FILE *f, const char *prog, const char *about, const cli_cmd *cmds, int ncmds)
 {
 	fprintf(f, "%s %s — %s\n\nUsage: %s COMMAND [options]\n       %s --help | --version\n\n",

@@ -50,7 +50,7 @@ static int set_err(cfg *c, int rc, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(c->err, sizeof c->err, fmt, ap);
+	fl_vfail(c->err, sizeof c->err, rc, fmt, ap);
 	va_end(ap);
 	return rc;
 }

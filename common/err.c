@@ -49,13 +49,18 @@ const char *fl_errname(int err)
 	return "FL_E?";
 }
 
+int fl_vfail(char *why, size_t whylen, int rc, const char *fmt, va_list ap)
+{
+	if (why && whylen)
+		vsnprintf(why, whylen, fmt, ap);
+	return rc;
+}
+
 int fl_fail(char *why, size_t whylen, int rc, const char *fmt, ...)
 {
-	if (why && whylen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(why, whylen, fmt, ap);
-		va_end(ap);
-	}
+	va_list ap;
+	va_start(ap, fmt);
+	fl_vfail(why, whylen, rc, fmt, ap);
+	va_end(ap);
 	return rc;
 }

@@ -4,6 +4,7 @@
  * failure. fl_strerror() gives a short text for any code. */
 #ifndef FL_ERR_H
 #define FL_ERR_H
+#include <stdarg.h>
 #include <stddef.h>
 
 enum fl_err {
@@ -45,5 +46,11 @@ const char *fl_errname(int err);
 __attribute__((format(printf, 4, 5)))
 #endif
 int fl_fail(char *why, size_t whylen, int rc, const char *fmt, ...);
+/* fl_fail with a va_list, for a module's own wrapper that also logs or
+ * prefixes (ap is consumed as by vsnprintf). */
+#if defined(__GNUC__)
+__attribute__((format(printf, 4, 0)))
+#endif
+int fl_vfail(char *why, size_t whylen, int rc, const char *fmt, va_list ap);
 
 #endif

@@ -13,6 +13,7 @@
 #include "err.h"
 #include "fileio.h"
 #include "gtype.h"
+#include "hmap.h"
 #include "log.h"
 
 #include <stdarg.h>
@@ -69,47 +70,42 @@ static size_t vsize(uint32_t t)
 /* ------------------------------------------------------------------ */
 /* Name hash tables (open addressing, slots hold index + 1)             */
 
-static uint64_t hash_name(const char *s)
-{
-	uint64_t h = 0xcbf29ce484222325ull;
-	for (; *s; s++)
-		h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
-	return h;
-}
-
 typedef const char *(*name_at_fn)(const void *arr, size_t i);
 
-typedef struct htab {
-	uint32_t *slot;
-	size_t cap; /* power of two */
-} htab;
+struct names {
+	const void *arr;
+	name_at_fn name_at;
+};
 
-static int htab_init(htab *h, size_t count)
+static int name_eq(const void *ctx, uint32_t i, const void *name)
 {
-	size_t cap = 16;
-	while (cap < 2 * count)
-		cap *= 2;
-	h->slot = calloc(cap, sizeof *h->slot);
-	h->cap = cap;
-	return h->slot ? 0 : FL_ENOMEM;
+	const struct names *c = ctx;
+	return strcmp(c->name_at(c->arr, i), name) == 0;
 }
 
-/* Finds name; returns index or -1. With insert_idx >= 0, inserts it when
- * absent (the table never fills: cap >= 2 * count). */
-static long htab_find(const htab *h, const void *arr, name_at_fn name_at, const char *name,
-                      long insert_idx)
+/* The slot of name in h (reserved for the file's count: never full). */
+static uint32_t *name_slot(const hidx *h, const void *arr, name_at_fn name_at, const char *name)
 {
-	size_t m = h->cap - 1;
-	for (size_t i = (size_t)hash_name(name) & m;; i = (i + 1) & m) {
-		uint32_t s = h->slot[i];
-		if (s == 0) {
-			if (insert_idx >= 0)
-				h->slot[i] = (uint32_t)insert_idx + 1;
-			return -1;
-		}
-		if (strcmp(name_at(arr, s - 1), name) == 0)
-			return (long)(s - 1);
-	}
+	struct names c = {arr, name_at};
+	return hidx_slot(h, hmap_hash(name, strlen(name)), name_eq, &c, name);
+}
+
+/* Index of name, or -1. */
+static long htab_find(const hidx *h, const void *arr, name_at_fn name_at, const char *name)
+{
+	uint32_t v = *name_slot(h, arr, name_at, name);
+	return v ? (long)(v - 1) : -1;
+}
+
+/* Adds entry idx under its name; 1 if the name was already present (not
+ * added), else 0. */
+static int htab_add(hidx *h, const void *arr, name_at_fn name_at, const char *name, size_t idx)
+{
+	uint32_t *s = name_slot(h, arr, name_at, name);
+	if (*s)
+		return 1;
+	hidx_fill(h, s, (uint32_t)idx);
+	return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -147,7 +143,7 @@ struct gguf {
 	size_t nkv;
 	struct tns *t;
 	size_t nt;
-	htab kvh, th;
+	hidx kvh, th; /* names -> index (keyed: names come from files) */
 };
 
 static const char *kv_name_at(const void *arr, size_t i)
@@ -178,12 +174,10 @@ __attribute__((format(printf, 3, 4)))
 static int
 perr(struct pctx *c, int code, const char *fmt, ...)
 {
-	if (c->err && c->errlen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(c->err, c->errlen, fmt, ap);
-		va_end(ap);
-	}
+	va_list ap;
+	va_start(ap, fmt);
+	fl_vfail(c->err, c->errlen, code, fmt, ap);
+	va_end(ap);
 	return code;
 }
 
@@ -318,7 +312,7 @@ static int p_value(struct pctx *c, struct kv *kv)
 static int p_alignment(struct pctx *c, gguf *g)
 {
 	g->alignment = GGUF_DEFAULT_ALIGNMENT;
-	long i = htab_find(&g->kvh, g->kv, kv_name_at, "general.alignment", -1);
+	long i = htab_find(&g->kvh, g->kv, kv_name_at, "general.alignment");
 	if (i < 0)
 		return 0;
 	const struct kv *kv = &g->kv[i];
@@ -471,7 +465,8 @@ static int parse(gguf *g, char *err, size_t errlen)
 		            (unsigned long long)nt, g->n);
 	g->kv = calloc(nkv ? (size_t)nkv : 1, sizeof *g->kv);
 	g->t = calloc(nt ? (size_t)nt : 1, sizeof *g->t);
-	if (!g->kv || !g->t || htab_init(&g->kvh, (size_t)nkv) || htab_init(&g->th, (size_t)nt))
+	if (!g->kv || !g->t || hidx_reserve(&g->kvh, (size_t)nkv, NULL, NULL) ||
+	    hidx_reserve(&g->th, (size_t)nt, NULL, NULL))
 		return perr(&c, FL_ENOMEM, "out of memory");
 
 	for (size_t i = 0; i < nkv; i++) {
@@ -479,7 +474,7 @@ static int parse(gguf *g, char *err, size_t errlen)
 		g->nkv = i + 1; /* so gguf_free releases what this entry holds */
 		if ((rc = p_name(&c, &kv->key, GGUF_MAX_KEY, "metadata key")))
 			return rc;
-		if (htab_find(&g->kvh, g->kv, kv_name_at, kv->key, (long)i) >= 0)
+		if (htab_add(&g->kvh, g->kv, kv_name_at, kv->key, i))
 			return perr(&c, FL_EFORMAT, "duplicate metadata key '%s'", kv->key);
 		if ((rc = p_value(&c, kv)))
 			return rc;
@@ -491,7 +486,7 @@ static int parse(gguf *g, char *err, size_t errlen)
 		g->nt = i + 1;
 		if ((rc = p_tensor(&c, g, t)))
 			return rc;
-		if (htab_find(&g->th, g->t, tns_name_at, t->name, (long)i) >= 0)
+		if (htab_add(&g->th, g->t, tns_name_at, t->name, i))
 			return perr(&c, FL_EFORMAT, "duplicate tensor name '%s'", t->name);
 	}
 	size_t pos = ppos(&c);
@@ -512,8 +507,8 @@ void gguf_free(gguf *g)
 		free(g->t[i].name);
 	free(g->kv);
 	free(g->t);
-	free(g->kvh.slot);
-	free(g->th.slot);
+	hidx_fini(&g->kvh);
+	hidx_fini(&g->th);
 	if (g->mapped)
 		file_map_close(&g->map);
 	free(g);
@@ -598,7 +593,7 @@ enum gguf_vtype gguf_kv_type(const gguf *g, size_t i)
 
 int gguf_find_key(const gguf *g, const char *key)
 {
-	long i = key ? htab_find(&g->kvh, g->kv, kv_name_at, key, -1) : -1;
+	long i = key ? htab_find(&g->kvh, g->kv, kv_name_at, key) : -1;
 	return i < 0 ? FL_ENOENT : (int)i;
 }
 
@@ -874,7 +869,7 @@ int gguf_tensor_at(const gguf *g, size_t i, gguf_tensor *out)
 
 int gguf_tensor_find(const gguf *g, const char *name, gguf_tensor *out)
 {
-	long i = name ? htab_find(&g->th, g->t, tns_name_at, name, -1) : -1;
+	long i = name ? htab_find(&g->th, g->t, tns_name_at, name) : -1;
 	if (i < 0)
 		return FL_ENOENT;
 	return gguf_tensor_at(g, (size_t)i, out);

@@ -20,20 +20,6 @@ _Static_assert((int)QT_Q2 == (int)FEDLORA__QFORMAT__QFORMAT_Q2, "QFormat numberi
  * indexes elements with 32 bits). Peers are held to qt_limits. */
 #define QT_HARD_MAX_ELEMS (1ull << 31)
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static void
-say(char *why, size_t len, const char *fmt, ...)
-{
-	if (!why || !len)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, len, fmt, ap);
-	va_end(ap);
-}
-
 void qt_init(qtensor *q)
 {
 	memset(q, 0, sizeof *q);
@@ -222,80 +208,72 @@ static int check_hdr(const qt_hdr *h, const qt_limits *lim, uint64_t *n_out, cha
 		max = QT_HARD_MAX_ELEMS;
 	size_t nl = h->name ? strnlen(h->name, QT_NAME_MAX + 1) : 0;
 	if (nl == 0) {
-		say(why, wl, "tensor without a name");
-		return FL_EPROTO;
+		return fl_fail(why, wl, FL_EPROTO, "tensor without a name");
 	}
 	if (nl > QT_NAME_MAX) {
-		say(why, wl, "tensor name longer than %d bytes", QT_NAME_MAX);
-		return FL_EPROTO;
+		return fl_fail(why, wl, FL_EPROTO, "tensor name longer than %d bytes", QT_NAME_MAX);
 	}
 	for (size_t i = 0; i < nl; i++)
 		if ((uint8_t)h->name[i] < 0x20 || h->name[i] == 0x7f) {
-			say(why, wl, "tensor name contains a control character");
-			return FL_EPROTO;
+			return fl_fail(why, wl, FL_EPROTO,
+			               "tensor name contains a control character");
 		}
 	const char *nm = h->name;
 	if (!qt_fmt_bits((enum qt_fmt)h->fmt)) {
-		say(why, wl, "%.64s: unknown format %d", nm, h->fmt);
-		return FL_EPROTO;
+		return fl_fail(why, wl, FL_EPROTO, "%.64s: unknown format %d", nm, h->fmt);
 	}
 	if (qt_check_fmt_block((enum qt_fmt)h->fmt, h->block)) {
-		say(why, wl, "%.64s: block size %u not valid for %s (want %s)", nm, h->block,
-		    qt_fmt_name((enum qt_fmt)h->fmt),
-		    is_q((enum qt_fmt)h->fmt) ? "32, 64 or 128" : "0");
-		return FL_EPROTO;
+		return fl_fail(why, wl, FL_EPROTO,
+		               "%.64s: block size %u not valid for %s (want %s)", nm, h->block,
+		               qt_fmt_name((enum qt_fmt)h->fmt),
+		               is_q((enum qt_fmt)h->fmt) ? "32, 64 or 128" : "0");
 	}
 	if (h->ndim < 1 || h->ndim > QT_MAX_DIM) {
-		say(why, wl, "%.64s: %zu dimensions (want 1..%d)", nm, h->ndim, QT_MAX_DIM);
-		return FL_EPROTO;
+		return fl_fail(why, wl, FL_EPROTO, "%.64s: %zu dimensions (want 1..%d)", nm,
+		               h->ndim, QT_MAX_DIM);
 	}
 	uint64_t n = 1;
 	for (size_t i = 0; i < h->ndim; i++) {
 		if (h->shape[i] == 0) {
-			say(why, wl, "%.64s: dimension %zu is 0", nm, i);
-			return FL_EPROTO;
+			return fl_fail(why, wl, FL_EPROTO, "%.64s: dimension %zu is 0", nm, i);
 		}
 		if (n > UINT64_MAX / h->shape[i]) {
-			say(why, wl, "%.64s: shape product overflows 64 bits", nm);
-			return FL_EOVERFLOW;
+			return fl_fail(why, wl, FL_EOVERFLOW,
+			               "%.64s: shape product overflows 64 bits", nm);
 		}
 		n *= h->shape[i];
 	}
 	if (n > max) {
-		say(why, wl, "%.64s: %llu elements exceed the cap of %llu", nm,
-		    (unsigned long long)n, (unsigned long long)max);
-		return FL_ETOOBIG;
+		return fl_fail(why, wl, FL_ETOOBIG, "%.64s: %llu elements exceed the cap of %llu",
+		               nm, (unsigned long long)n, (unsigned long long)max);
 	}
 	size_t sl, dl;
 	if (qt_layout((enum qt_fmt)h->fmt, h->block, n, &sl, &dl)) {
-		say(why, wl, "%.64s: layout size overflows", nm);
-		return FL_EOVERFLOW;
+		return fl_fail(why, wl, FL_EOVERFLOW, "%.64s: layout size overflows", nm);
 	}
 	if (h->scales_len != sl) {
-		say(why, wl,
+		return fl_fail(
+		    why, wl, FL_EPROTO,
 		    "%.64s: %zu scale bytes, expected %zu for %llu elements in blocks of %u", nm,
 		    h->scales_len, sl, (unsigned long long)n, h->block);
-		return FL_EPROTO;
 	}
 	if (h->data_len != dl) {
-		say(why, wl, "%.64s: %zu data bytes, expected %zu for %llu %s elements", nm,
-		    h->data_len, dl, (unsigned long long)n, qt_fmt_name((enum qt_fmt)h->fmt));
-		return FL_EPROTO;
+		return fl_fail(
+		    why, wl, FL_EPROTO, "%.64s: %zu data bytes, expected %zu for %llu %s elements",
+		    nm, h->data_len, dl, (unsigned long long)n, qt_fmt_name((enum qt_fmt)h->fmt));
 	}
 	if ((sl && !h->scales) || (dl && !h->data)) {
-		say(why, wl, "%.64s: missing bytes", nm);
-		return FL_EPROTO;
+		return fl_fail(why, wl, FL_EPROTO, "%.64s: missing bytes", nm);
 	}
 	for (size_t i = 0; i < sl / 2; i++) {
 		uint16_t s = (uint16_t)(h->scales[2 * i] | h->scales[2 * i + 1] << 8);
 		if ((s & 0x7c00) == 0x7c00) {
-			say(why, wl, "%.64s: scale of block %zu is %s", nm, i,
-			    (s & 0x3ff) ? "NaN" : "infinite");
-			return FL_ENUMERIC;
+			return fl_fail(why, wl, FL_ENUMERIC, "%.64s: scale of block %zu is %s", nm,
+			               i, (s & 0x3ff) ? "NaN" : "infinite");
 		}
 		if (s & 0x8000) {
-			say(why, wl, "%.64s: scale of block %zu is negative", nm, i);
-			return FL_EPROTO;
+			return fl_fail(why, wl, FL_EPROTO, "%.64s: scale of block %zu is negative",
+			               nm, i);
 		}
 	}
 	unsigned bits = qt_fmt_bits((enum qt_fmt)h->fmt);
@@ -303,8 +281,9 @@ static int check_hdr(const qt_hdr *h, const qt_limits *lim, uint64_t *n_out, cha
 		/* unused high bits of the last byte must be zero (one encoding) */
 		unsigned used = (unsigned)(n % (8 / bits)) * bits;
 		if (h->data[dl - 1] >> used) {
-			say(why, wl, "%.64s: padding bits of the last data byte are not zero", nm);
-			return FL_EPROTO;
+			return fl_fail(why, wl, FL_EPROTO,
+			               "%.64s: padding bits of the last data byte are not zero",
+			               nm);
 		}
 	}
 	if (h->fmt == QT_F32) {
@@ -313,15 +292,15 @@ static int check_hdr(const qt_hdr *h, const qt_limits *lim, uint64_t *n_out, cha
 			             (uint32_t)h->data[i + 2] << 16 |
 			             (uint32_t)h->data[i + 3] << 24;
 			if ((u & 0x7f800000u) == 0x7f800000u) {
-				say(why, wl, "%.64s: element %zu is not finite", nm, i / 4);
-				return FL_ENUMERIC;
+				return fl_fail(why, wl, FL_ENUMERIC,
+				               "%.64s: element %zu is not finite", nm, i / 4);
 			}
 		}
 	} else if (h->fmt == QT_F16) {
 		for (size_t i = 0; i < dl; i += 2)
 			if ((h->data[i + 1] & 0x7c) == 0x7c) {
-				say(why, wl, "%.64s: element %zu is not finite", nm, i / 2);
-				return FL_ENUMERIC;
+				return fl_fail(why, wl, FL_ENUMERIC,
+				               "%.64s: element %zu is not finite", nm, i / 2);
 			}
 	}
 	*n_out = n;
@@ -335,9 +314,8 @@ int qt_check(const qtensor *q, const qt_limits *lim, char *why, size_t whylen)
 	uint64_t n;
 	int rc = check_hdr(&h, lim, &n, why, whylen);
 	if (!rc && n != q->n) {
-		say(why, whylen, "%.64s: element count %zu does not match the shape", q->name,
-		    q->n);
-		rc = FL_EPROTO;
+		rc = fl_fail(why, whylen, FL_EPROTO,
+		             "%.64s: element count %zu does not match the shape", q->name, q->n);
 	}
 	return rc;
 }
@@ -404,8 +382,7 @@ static int from_proto(const Fedlora__QTensor *m, const qt_limits *lim, qtensor *
 {
 	qt_reset(q);
 	if (!m) {
-		say(why, wl, "no tensor");
-		return FL_EPROTO;
+		return fl_fail(why, wl, FL_EPROTO, "no tensor");
 	}
 	qt_hdr h = {m->name,        (int)m->format, m->block_size, m->n_shape, m->shape,
 	            m->scales.data, m->scales.len,  m->data.data,  m->data.len};
@@ -419,8 +396,8 @@ static int from_proto(const Fedlora__QTensor *m, const qt_limits *lim, qtensor *
 	} else {
 		if (grow(&q->own_scales, &q->own_scales_cap, h.scales_len) ||
 		    grow(&q->own_data, &q->own_data_cap, h.data_len)) {
-			say(why, wl, "out of memory copying %zu bytes", h.data_len);
-			return FL_ENOMEM;
+			return fl_fail(why, wl, FL_ENOMEM, "out of memory copying %zu bytes",
+			               h.data_len);
 		}
 		if (h.scales_len)
 			memcpy(q->own_scales, h.scales, h.scales_len);

@@ -12,6 +12,7 @@
 
 #include "err.h"
 #include "half.h"
+#include "quant_int.h"
 
 #include <float.h>
 #include <math.h>

@@ -16,6 +16,7 @@
 #ifdef __AVX2__
 #include "err.h"
 #include "half.h"
+#include "quant_int.h"
 
 #include <float.h>
 #include <immintrin.h>

@@ -22,6 +22,7 @@
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #include "err.h"
 #include "half.h"
+#include "quant_int.h"
 
 #include <arm_neon.h>
 #include <float.h>

@@ -14,6 +14,7 @@
 #define FL_QUANT_SIMD_H
 #include "err.h"
 #include "half.h"
+#include "quant_int.h"
 #include "quant.h"
 
 #include <string.h>

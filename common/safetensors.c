@@ -66,20 +66,6 @@ struct st_file {
 	size_t nmeta;
 };
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static void
-say(char *why, size_t len, const char *fmt, ...)
-{
-	if (!why || !len)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, len, fmt, ap);
-	va_end(ap);
-}
-
 void st_close(st_file *f)
 {
 	if (!f)
@@ -141,8 +127,7 @@ static int parse_tensor(const cJSON *t, st_ent *e, uint64_t buflen, uint64_t max
 	const char *nm = t->string;
 	const cJSON *dt = NULL, *sh = NULL, *off = NULL;
 	if (!cJSON_IsObject(t)) {
-		say(why, wl, "tensor '%.80s': entry is not an object", nm);
-		return FL_EFORMAT;
+		return fl_fail(why, wl, FL_EFORMAT, "tensor '%.80s': entry is not an object", nm);
 	}
 	for (const cJSON *c = t->child; c; c = c->next) {
 		const cJSON **slot = NULL;
@@ -153,86 +138,81 @@ static int parse_tensor(const cJSON *t, st_ent *e, uint64_t buflen, uint64_t max
 		else if (strcmp(c->string, "data_offsets") == 0)
 			slot = &off;
 		if (!slot) {
-			say(why, wl, "tensor '%.80s': unexpected key '%.40s'", nm, c->string);
-			return FL_EFORMAT;
+			return fl_fail(why, wl, FL_EFORMAT,
+			               "tensor '%.80s': unexpected key '%.40s'", nm, c->string);
 		}
 		if (*slot) {
-			say(why, wl, "tensor '%.80s': key '%s' appears twice", nm, c->string);
-			return FL_EFORMAT;
+			return fl_fail(why, wl, FL_EFORMAT,
+			               "tensor '%.80s': key '%s' appears twice", nm, c->string);
 		}
 		*slot = c;
 	}
 	if (!dt || !sh || !off) {
-		say(why, wl, "tensor '%.80s': missing %s", nm,
-		    !dt   ? "dtype"
-		    : !sh ? "shape"
-		          : "data_offsets");
-		return FL_EFORMAT;
+		return fl_fail(why, wl, FL_EFORMAT, "tensor '%.80s': missing %s", nm,
+		               !dt   ? "dtype"
+		               : !sh ? "shape"
+		                     : "data_offsets");
 	}
 	if (!cJSON_IsString(dt)) {
-		say(why, wl, "tensor '%.80s': dtype is not a string", nm);
-		return FL_EFORMAT;
+		return fl_fail(why, wl, FL_EFORMAT, "tensor '%.80s': dtype is not a string", nm);
 	}
 	int d = -1;
 	for (int k = 0; k < ST_DTYPE_COUNT; k++)
 		if (strcmp(dt->valuestring, dtypes[k].name) == 0)
 			d = k;
 	if (d < 0) {
-		say(why, wl, "tensor '%.80s': unknown dtype '%.16s'", nm, dt->valuestring);
-		return FL_EUNSUPPORTED;
+		return fl_fail(why, wl, FL_EUNSUPPORTED, "tensor '%.80s': unknown dtype '%.16s'",
+		               nm, dt->valuestring);
 	}
 	e->dtype = (enum st_dtype)d;
 	if (!cJSON_IsArray(sh)) {
-		say(why, wl, "tensor '%.80s': shape is not an array", nm);
-		return FL_EFORMAT;
+		return fl_fail(why, wl, FL_EFORMAT, "tensor '%.80s': shape is not an array", nm);
 	}
 	uint64_t numel = 1;
 	uint32_t nd = 0;
 	for (const cJSON *c = sh->child; c; c = c->next, nd++) {
 		uint64_t v;
 		if (nd >= ST_MAX_DIM) {
-			say(why, wl, "tensor '%.80s': more than %d dimensions", nm, ST_MAX_DIM);
-			return FL_EUNSUPPORTED;
+			return fl_fail(why, wl, FL_EUNSUPPORTED,
+			               "tensor '%.80s': more than %d dimensions", nm, ST_MAX_DIM);
 		}
 		if (!json_u64(c, &v)) {
-			say(why, wl, "tensor '%.80s': dimension %u is not a non-negative integer",
-			    nm, nd);
-			return FL_EFORMAT;
+			return fl_fail(why, wl, FL_EFORMAT,
+			               "tensor '%.80s': dimension %u is not a non-negative integer",
+			               nm, nd);
 		}
 		if (v && numel > UINT64_MAX / v) {
-			say(why, wl, "tensor '%.80s': shape product overflows 64 bits", nm);
-			return FL_EOVERFLOW;
+			return fl_fail(why, wl, FL_EOVERFLOW,
+			               "tensor '%.80s': shape product overflows 64 bits", nm);
 		}
 		numel *= v;
 		e->shape[nd] = v;
 	}
 	e->ndim = nd;
 	if (numel > max_elems) {
-		say(why, wl, "tensor '%.80s': %" PRIu64 " elements exceed the cap of %" PRIu64, nm,
-		    numel, max_elems);
-		return FL_ETOOBIG;
+		return fl_fail(why, wl, FL_ETOOBIG,
+		               "tensor '%.80s': %" PRIu64 " elements exceed the cap of %" PRIu64,
+		               nm, numel, max_elems);
 	}
 	e->numel = numel;
 	if (!cJSON_IsArray(off) || cJSON_GetArraySize(off) != 2 ||
 	    !json_u64(off->child, &e->begin) || !json_u64(off->child->next, &e->end)) {
-		say(why, wl, "tensor '%.80s': data_offsets is not a pair of non-negative integers",
-		    nm);
-		return FL_EFORMAT;
+		return fl_fail(
+		    why, wl, FL_EFORMAT,
+		    "tensor '%.80s': data_offsets is not a pair of non-negative integers", nm);
 	}
 	if (e->begin > e->end || e->end > buflen) {
-		say(why, wl,
-		    "tensor '%.80s': data_offsets [%" PRIu64 ", %" PRIu64 "] outside the %" PRIu64
-		    "-byte data buffer",
-		    nm, e->begin, e->end, buflen);
-		return FL_EFORMAT;
+		return fl_fail(why, wl, FL_EFORMAT,
+		               "tensor '%.80s': data_offsets [%" PRIu64 ", %" PRIu64
+		               "] outside the %" PRIu64 "-byte data buffer",
+		               nm, e->begin, e->end, buflen);
 	}
 	uint64_t want = numel * dtypes[d].size; /* numel <= 2^31, size <= 8 */
 	if (e->end - e->begin != want) {
-		say(why, wl,
-		    "tensor '%.80s': %" PRIu64 " data bytes, but %s x %" PRIu64
-		    " elements need %" PRIu64,
-		    nm, e->end - e->begin, dtypes[d].name, numel, want);
-		return FL_EFORMAT;
+		return fl_fail(why, wl, FL_EFORMAT,
+		               "tensor '%.80s': %" PRIu64 " data bytes, but %s x %" PRIu64
+		               " elements need %" PRIu64,
+		               nm, e->end - e->begin, dtypes[d].name, numel, want);
 	}
 	return 0;
 }
@@ -242,8 +222,7 @@ static int parse_meta(st_file *f, const cJSON *m, char *why, size_t wl)
 	if (cJSON_IsNull(m))
 		return 0;
 	if (!cJSON_IsObject(m)) {
-		say(why, wl, "__metadata__ is not an object");
-		return FL_EFORMAT;
+		return fl_fail(why, wl, FL_EFORMAT, "__metadata__ is not an object");
 	}
 	size_t cnt = (size_t)cJSON_GetArraySize(m);
 	if (!cnt)
@@ -253,13 +232,13 @@ static int parse_meta(st_file *f, const cJSON *m, char *why, size_t wl)
 		return FL_ENOMEM;
 	for (const cJSON *c = m->child; c; c = c->next) {
 		if (!cJSON_IsString(c)) {
-			say(why, wl, "__metadata__ value of '%.60s' is not a string", c->string);
-			return FL_EFORMAT;
+			return fl_fail(why, wl, FL_EFORMAT,
+			               "__metadata__ value of '%.60s' is not a string", c->string);
 		}
 		for (size_t i = 0; i < f->nmeta; i++)
 			if (strcmp(f->meta[i].key, c->string) == 0) {
-				say(why, wl, "__metadata__ key '%.60s' appears twice", c->string);
-				return FL_EFORMAT;
+				return fl_fail(why, wl, FL_EFORMAT,
+				               "__metadata__ key '%.60s' appears twice", c->string);
 			}
 		char *k = strdup(c->string), *v = strdup(c->valuestring);
 		if (!k || !v) {
@@ -298,24 +277,23 @@ static int check_cover(const st_file *f, char *why, size_t wl)
 	int rc = 0;
 	for (size_t i = 0; i < f->n && !rc; i++) {
 		if (v[i]->begin < at) {
-			say(why, wl,
-			    "tensor '%.80s' at [%" PRIu64 ", %" PRIu64 ") overlaps '%.80s'",
-			    v[i]->name, v[i]->begin, v[i]->end, v[i - 1]->name);
-			rc = FL_EFORMAT;
+			rc =
+			    fl_fail(why, wl, FL_EFORMAT,
+			            "tensor '%.80s' at [%" PRIu64 ", %" PRIu64 ") overlaps '%.80s'",
+			            v[i]->name, v[i]->begin, v[i]->end, v[i - 1]->name);
 		} else if (v[i]->begin > at) {
-			say(why, wl,
-			    "data buffer has a gap at [%" PRIu64 ", %" PRIu64 ") before '%.80s'",
-			    at, v[i]->begin, v[i]->name);
-			rc = FL_EFORMAT;
+			rc = fl_fail(why, wl, FL_EFORMAT,
+			             "data buffer has a gap at [%" PRIu64 ", %" PRIu64
+			             ") before '%.80s'",
+			             at, v[i]->begin, v[i]->name);
 		}
 		at = v[i]->end;
 	}
 	if (!rc && at != f->buflen) {
-		say(why, wl,
-		    "data buffer has %" PRIu64 " bytes after the last tensor (ends at %" PRIu64
-		    " of %" PRIu64 ")",
-		    f->buflen - at, at, f->buflen);
-		rc = FL_EFORMAT;
+		rc = fl_fail(why, wl, FL_EFORMAT,
+		             "data buffer has %" PRIu64
+		             " bytes after the last tensor (ends at %" PRIu64 " of %" PRIu64 ")",
+		             f->buflen - at, at, f->buflen);
 	}
 	free(v);
 	return rc;
@@ -336,39 +314,43 @@ int st_parse(const uint8_t *p, size_t n, const st_limits *lim, st_file **out, ch
 	int rc = FL_EFORMAT;
 
 	if (n < 8) {
-		say(why, wl, "file is %zu bytes, shorter than the 8-byte header length", n);
+		rc = fl_fail(why, wl, FL_EFORMAT,
+		             "file is %zu bytes, shorter than the 8-byte header length", n);
 		goto out;
 	}
 	uint64_t hl = ld_u64le(p);
 	if (hl > max_header) {
-		say(why, wl, "header length %" PRIu64 " exceeds the cap of %" PRIu64 " bytes", hl,
-		    max_header);
-		rc = hl > n - 8 ? FL_EFORMAT : FL_ETOOBIG;
+		rc = fl_fail(why, wl, hl > n - 8 ? FL_EFORMAT : FL_ETOOBIG,
+		             "header length %" PRIu64 " exceeds the cap of %" PRIu64 " bytes", hl,
+		             max_header);
 		goto out;
 	}
 	if (hl > n - 8) {
-		say(why, wl, "header length %" PRIu64 " runs past the end of the %zu-byte file", hl,
-		    n);
+		rc = fl_fail(why, wl, FL_EFORMAT,
+		             "header length %" PRIu64 " runs past the end of the %zu-byte file", hl,
+		             n);
 		goto out;
 	}
 	if (hl < 2) {
-		say(why, wl, "header length %" PRIu64 " is too short for a JSON object", hl);
+		rc = fl_fail(why, wl, FL_EFORMAT,
+		             "header length %" PRIu64 " is too short for a JSON object", hl);
 		goto out;
 	}
 	const char *h = (const char *)p + 8;
 	if (h[0] != '{') {
-		say(why, wl, "header does not start with '{'");
+		rc = fl_fail(why, wl, FL_EFORMAT, "header does not start with '{'");
 		goto out;
 	}
 	for (size_t i = 0; i < hl; i++) {
 		if (h[i] == 0) {
-			say(why, wl, "header contains a NUL byte at %zu", i);
+			rc = fl_fail(why, wl, FL_EFORMAT, "header contains a NUL byte at %zu", i);
 			goto out;
 		}
 		/* \u0000 would silently truncate a name or value in cJSON */
 		if (h[i] == '\\' && i + 5 < hl && h[i + 1] == 'u' &&
 		    memcmp(h + i + 2, "0000", 4) == 0) {
-			say(why, wl, "header contains an escaped NUL (\\u0000) at %zu", i);
+			rc = fl_fail(why, wl, FL_EFORMAT,
+			             "header contains an escaped NUL (\\u0000) at %zu", i);
 			goto out;
 		}
 	}
@@ -376,18 +358,20 @@ int st_parse(const uint8_t *p, size_t n, const st_limits *lim, st_file **out, ch
 	root = cJSON_ParseWithLengthOpts(h, (size_t)hl, &end, 0);
 	if (!root) {
 		size_t at = end && end >= h ? (size_t)(end - h) : 0;
-		say(why, wl, "header is not valid JSON (error near byte %zu of %" PRIu64 ")", at,
-		    hl);
+		rc = fl_fail(why, wl, FL_EFORMAT,
+		             "header is not valid JSON (error near byte %zu of %" PRIu64 ")", at,
+		             hl);
 		goto out;
 	}
 	if (!cJSON_IsObject(root)) {
-		say(why, wl, "header is not a JSON object");
+		rc = fl_fail(why, wl, FL_EFORMAT, "header is not a JSON object");
 		goto out;
 	}
 	for (const char *c = end; c < h + hl; c++)
 		if (*c != ' ' && *c != '\t' && *c != '\n' && *c != '\r') {
-			say(why, wl, "header has trailing bytes after the JSON object (offset %zu)",
-			    (size_t)(c - h));
+			rc = fl_fail(why, wl, FL_EFORMAT,
+			             "header has trailing bytes after the JSON object (offset %zu)",
+			             (size_t)(c - h));
 			goto out;
 		}
 
@@ -403,14 +387,13 @@ int st_parse(const uint8_t *p, size_t n, const st_limits *lim, st_file **out, ch
 	for (const cJSON *c = root->child; c; c = c->next) {
 		if (strcmp(c->string, "__metadata__") == 0) {
 			if (have_meta++) {
-				say(why, wl, "__metadata__ appears twice");
+				rc = fl_fail(why, wl, FL_EFORMAT, "__metadata__ appears twice");
 				goto out;
 			}
 			continue;
 		}
 		if (++cnt > max_tensors) {
-			say(why, wl, "more than %zu tensors", max_tensors);
-			rc = FL_ETOOBIG;
+			rc = fl_fail(why, wl, FL_ETOOBIG, "more than %zu tensors", max_tensors);
 			goto out;
 		}
 	}
@@ -428,11 +411,11 @@ int st_parse(const uint8_t *p, size_t n, const st_limits *lim, st_file **out, ch
 			continue;
 		}
 		if (!name_ok(c->string, TSET_NAME_MAX)) {
-			say(why, wl,
+			rc = fl_fail(
+			    why, wl, FL_EFORMAT,
 			    "tensor name '%.80s' is empty, longer than %d bytes or has control "
 			    "characters",
 			    c->string, TSET_NAME_MAX);
-			rc = FL_EFORMAT;
 			goto out;
 		}
 		st_ent *e = &f->ents[f->n];
@@ -449,8 +432,7 @@ int st_parse(const uint8_t *p, size_t n, const st_limits *lim, st_file **out, ch
 	}
 	const char *dup = find_dup(names, f->n);
 	if (dup) {
-		say(why, wl, "tensor name '%.80s' appears twice", dup);
-		rc = FL_EFORMAT;
+		rc = fl_fail(why, wl, FL_EFORMAT, "tensor name '%.80s' appears twice", dup);
 		goto out;
 	}
 	rc = check_cover(f, why, wl);
@@ -477,7 +459,7 @@ int st_open(const char *path, const st_limits *lim, st_file **out, char *why, si
 	file_map m;
 	int rc = file_map_open(path, &m);
 	if (rc) {
-		say(why, whylen, "cannot map the file (%s)", fl_strerror(rc));
+		rc = fl_fail(why, whylen, rc, "cannot map the file (%s)", fl_strerror(rc));
 		LOGW("st", "%s: %s", path, why);
 		return rc;
 	}

@@ -6,6 +6,7 @@
 
 #include "buf.h"
 #include "err.h"
+#include "hmap.h"
 #include "sha.h"
 
 #include <math.h>
@@ -21,18 +22,22 @@
 struct tset {
 	tensor **t; /* insertion order; each tensor separately allocated */
 	size_t n, cap;
-	size_t *hash; /* open addressing: index + 1, 0 = empty; hcap is a power of 2 */
-	size_t hcap;
+	hidx idx; /* name -> index into t (keyed: names come from peers' files) */
 };
 
 static uint64_t name_hash(const char *s)
 {
-	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-	for (; *s; s++) {
-		h ^= (uint8_t)*s;
-		h *= 0x100000001b3ull;
-	}
-	return h;
+	return hmap_hash(s, strlen(s));
+}
+
+static uint64_t hash_at(const void *ctx, uint32_t i)
+{
+	return name_hash(((const tset *)ctx)->t[i]->name);
+}
+
+static int name_eq(const void *ctx, uint32_t i, const void *name)
+{
+	return strcmp(((const tset *)ctx)->t[i]->name, name) == 0;
 }
 
 int tset_new(tset **out)
@@ -40,6 +45,7 @@ int tset_new(tset **out)
 	tset *s = calloc(1, sizeof *s);
 	if (!s)
 		return FL_ENOMEM;
+	hidx_init(&s->idx);
 	*out = s;
 	return 0;
 }
@@ -60,7 +66,7 @@ void tset_free(tset *s)
 	for (size_t i = 0; i < s->n; i++)
 		tensor_free(s->t[i]);
 	free(s->t);
-	free(s->hash);
+	hidx_fini(&s->idx);
 	free(s);
 }
 
@@ -76,16 +82,10 @@ tensor *tset_at(const tset *s, size_t i)
 
 tensor *tset_find(const tset *s, const char *name)
 {
-	if (!s->hcap || !name)
+	if (!s->idx.cap || !name)
 		return NULL;
-	size_t mask = s->hcap - 1;
-	for (size_t k = (size_t)name_hash(name) & mask;; k = (k + 1) & mask) {
-		size_t v = s->hash[k];
-		if (!v)
-			return NULL;
-		if (strcmp(s->t[v - 1]->name, name) == 0)
-			return s->t[v - 1];
-	}
+	uint32_t v = *hidx_slot(&s->idx, name_hash(name), name_eq, s, name);
+	return v ? s->t[v - 1] : NULL;
 }
 
 size_t tset_numel(const tset *s)
@@ -94,26 +94,6 @@ size_t tset_numel(const tset *s)
 	for (size_t i = 0; i < s->n; i++)
 		total += s->t[i]->n; /* bounded: each <= 2^31, count <= 2^16 */
 	return total;
-}
-
-static int rehash(tset *s, size_t want)
-{
-	size_t hcap = 16;
-	while (hcap < want * 2)
-		hcap *= 2;
-	size_t *h = calloc(hcap, sizeof *h);
-	if (!h)
-		return FL_ENOMEM;
-	for (size_t i = 0; i < s->n; i++) {
-		size_t k = (size_t)name_hash(s->t[i]->name) & (hcap - 1);
-		while (h[k])
-			k = (k + 1) & (hcap - 1);
-		h[k] = i + 1;
-	}
-	free(s->hash);
-	s->hash = h;
-	s->hcap = hcap;
-	return 0;
 }
 
 static int name_ok(const char *name)
@@ -180,15 +160,10 @@ int tset_insert(tset *s, const char *name, uint32_t ndim, const uint64_t *shape,
 	t->data = data;
 
 	s->t[s->n++] = t;
-	int rc = 0;
-	if (s->n * 2 > s->hcap) {
-		rc = rehash(s, s->n);
-	} else {
-		size_t k = (size_t)name_hash(name) & (s->hcap - 1);
-		while (s->hash[k])
-			k = (k + 1) & (s->hcap - 1);
-		s->hash[k] = s->n;
-	}
+	int rc = hidx_reserve(&s->idx, s->n, hash_at, s);
+	if (!rc)
+		hidx_fill(&s->idx, hidx_slot(&s->idx, name_hash(name), name_eq, s, name),
+		          (uint32_t)(s->n - 1));
 	if (rc) {
 		s->n--;
 		tensor_free(t);

@@ -30,27 +30,13 @@ extern char **environ;
 
 /* ---- small argument helpers ---- */
 
-/* "--name VALUE" or "--name=VALUE" at argv[*i]; advances *i. */
+/* "--name VALUE" or "--name=VALUE" at argv[*i]; advances *i (cli_opt). */
 static int opt_val(int argc, char **argv, int *i, const char *name, const char **out)
 {
-	size_t n = strlen(name);
-	const char *a = argv[*i];
-	if (strncmp(a, name, n) != 0)
-		return 0;
-	if (a[n] == '=') {
-		*out = a + n + 1;
-		return 1;
-	}
-	if (a[n] == 0) {
-		if (*i + 1 >= argc) {
-			fprintf(stderr, "%s needs a value\n", name);
-			*out = NULL;
-			return -1;
-		}
-		*out = argv[++*i];
-		return 1;
-	}
-	return 0;
+	int r = cli_opt(argc, argv, i, name, out);
+	if (r < 0)
+		fprintf(stderr, "%s needs a value\n", name);
+	return r;
 }
 
 static int setup_log(const char *level, const char *format)

@@ -12,6 +12,7 @@
 #ifndef FL_FEDTEST_H
 #define FL_FEDTEST_H
 #include "testutil.h"
+#include "procutil.h"
 
 #include "clock.h"
 #include "err.h"
@@ -81,20 +82,7 @@ static inline const char *ft_path(const ft *f, const char *fmt, ...)
  * bind the same one). */
 static inline int ft_free_port(void)
 {
-	int s = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a;
-	socklen_t l = sizeof a;
-	memset(&a, 0, sizeof a);
-	a.sin_family = AF_INET;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) != 0 ||
-	    getsockname(s, (struct sockaddr *)&a, &l) != 0) {
-		if (s >= 0)
-			close(s);
-		return -1;
-	}
-	close(s);
-	return ntohs(a.sin_port);
+	return pu_free_port();
 }
 
 /* Returns 0 when the binaries exist; tests skip otherwise. */

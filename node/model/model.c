@@ -724,7 +724,7 @@ int model_recompute_layer(model *m, int l)
 	return run(m, a, m->scratch, m->scratch_n, NULL, a->B, a->T, 0, 0, l);
 }
 
-int model_cache_init(model *m, int B, int max_T, int chunk)
+int model_cache_alloc(model *m, int B, int max_T, int chunk)
 {
 	lay o;
 	float *p = NULL, *kc = NULL, *vc = NULL;

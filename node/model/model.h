@@ -7,7 +7,7 @@
  * the caller's buffers; the small 1-D parameters (norms, biases) are copied
  * once to f32; all activations of a forward pass live in one arena sized
  * once for [B, T] (model_prepare) and are laid out below; the KV cache and
- * its own small activation arena are a second allocation (model_cache_init).
+ * its own small activation arena are a second allocation (model_cache_alloc).
  *
  * Threads: a model is used by one thread at a time; the kernels inside use
  * OpenMP (kern_set_threads). */
@@ -233,10 +233,11 @@ const model_acts *model_get_acts(const model *m);
  * or a forward. */
 int model_recompute_layer(model *m, int l);
 
-/* KV cache for incremental decoding of B sequences of up to max_T tokens
- * (<= ctx), processed in steps of up to chunk tokens per model_decode call.
- * Replaces an earlier cache. */
-int model_cache_init(model *m, int B, int max_T, int chunk);
+/* Allocates the KV cache for incremental decoding of B sequences of up to
+ * max_T tokens (<= ctx), processed in steps of up to chunk tokens per
+ * model_decode call. The model owns it (model_free frees it); it replaces
+ * an earlier cache. (Was model_cache_init: an _init does not allocate.) */
+int model_cache_alloc(model *m, int B, int max_T, int chunk);
 /* Drops the cached positions (keeps the allocation). */
 void model_cache_reset(model *m);
 /* Tokens already in the cache (the position of the next one). */

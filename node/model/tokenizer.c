@@ -28,6 +28,7 @@
 #include "tokenizer.h"
 
 #include "err.h"
+#include "hmap.h"
 #include "log.h"
 
 #include <stdarg.h>
@@ -47,12 +48,6 @@ struct tokent {
 	int8_t type;
 };
 
-/* Open-addressing map from byte strings to small integers (stored + 1). */
-struct smap {
-	uint32_t *slot;
-	size_t cap; /* power of two */
-};
-
 struct merge {
 	uint32_t loff, llen, roff, rlen;
 };
@@ -63,10 +58,10 @@ struct tok {
 	struct tokent *v;
 	char *arena;
 	size_t alen, acap;
-	struct smap map; /* token text -> id */
+	hidx map; /* token text -> id (keyed hash: the vocabulary comes from a file) */
 	struct merge *mg;
 	size_t nmg;
-	struct smap mmap; /* merge pair -> rank */
+	hidx mmap; /* merge pair -> rank */
 	int32_t bos, eos, unk, pad;
 	int add_bos, add_eos, add_space_prefix;
 	int32_t byte_tok[256]; /* token standing for each byte (-1: none) */
@@ -92,31 +87,11 @@ terr(char *err, size_t errlen, int code, const char *fmt, ...)
 	size_t el = err && errlen ? errlen : sizeof local;
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(e, el, fmt, ap);
+	fl_vfail(e, el, code, fmt, ap);
 	va_end(ap);
 	if (!(err && errlen))
 		LOGE("tok", "%s", e);
 	return code;
-}
-
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-	const uint8_t *s = p;
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ s[i]) * 0x100000001b3ull;
-	return h;
-}
-
-#define FNV0 0xcbf29ce484222325ull
-
-static int smap_init(struct smap *m, size_t count)
-{
-	size_t cap = 16;
-	while (cap < 2 * count)
-		cap *= 2;
-	m->slot = calloc(cap, sizeof *m->slot);
-	m->cap = cap;
-	return m->slot ? 0 : FL_ENOMEM;
 }
 
 static const char *tok_text(const tok *t, size_t id, size_t *n)
@@ -125,53 +100,58 @@ static const char *tok_text(const tok *t, size_t id, size_t *n)
 	return t->arena + t->v[id].off;
 }
 
-/* Slot index for text s: either the slot holding it or the empty slot
- * where it would go. */
-static size_t tmap_slot(const tok *t, const void *s, size_t n)
+struct bytes {
+	const void *p;
+	size_t n;
+};
+
+static int text_eq(const void *ctx, uint32_t id, const void *key)
 {
-	size_t m = t->map.cap - 1;
-	for (size_t i = (size_t)fnv(FNV0, s, n) & m;; i = (i + 1) & m) {
-		uint32_t v = t->map.slot[i];
-		if (v == 0)
-			return i;
-		size_t ln;
-		const char *p = tok_text(t, v - 1, &ln);
-		if (ln == n && memcmp(p, s, n) == 0)
-			return i;
-	}
+	const struct bytes *k = key;
+	size_t ln;
+	const char *p = tok_text(ctx, id, &ln);
+	return ln == k->n && memcmp(p, k->p, k->n) == 0;
+}
+
+/* The slot for text s: either the one holding it or the empty one where it
+ * would go. */
+static uint32_t *tmap_slot(const tok *t, const void *s, size_t n)
+{
+	struct bytes k = {s, n};
+	return hidx_slot(&t->map, hmap_hash(s, n), text_eq, t, &k);
 }
 
 int32_t tok_find(const tok *t, const void *s, size_t n)
 {
-	uint32_t v = t->map.slot[tmap_slot(t, s, n)];
+	uint32_t v = *tmap_slot(t, s, n);
 	return v ? (int32_t)(v - 1) : FL_ENOENT;
 }
 
-static uint64_t merge_hash(const void *l, size_t ln, const void *r, size_t rn)
+struct pair {
+	const void *l, *r;
+	size_t ln, rn;
+};
+
+static int pair_eq(const void *ctx, uint32_t i, const void *key)
 {
-	uint64_t h = fnv(FNV0, l, ln);
-	h = (h ^ 0x100) * 0x100000001b3ull; /* separator outside the byte range */
-	return fnv(h, r, rn);
+	const tok *t = ctx;
+	const struct pair *k = key;
+	const struct merge *g = &t->mg[i];
+	return g->llen == k->ln && g->rlen == k->rn &&
+	       memcmp(t->arena + g->loff, k->l, k->ln) == 0 &&
+	       memcmp(t->arena + g->roff, k->r, k->rn) == 0;
 }
 
-static size_t mmap_slot(const tok *t, const void *l, size_t ln, const void *r, size_t rn)
+static uint32_t *mmap_slot(const tok *t, const void *l, size_t ln, const void *r, size_t rn)
 {
-	size_t m = t->mmap.cap - 1;
-	for (size_t i = (size_t)merge_hash(l, ln, r, rn) & m;; i = (i + 1) & m) {
-		uint32_t v = t->mmap.slot[i];
-		if (v == 0)
-			return i;
-		const struct merge *g = &t->mg[v - 1];
-		if (g->llen == ln && g->rlen == rn && memcmp(t->arena + g->loff, l, ln) == 0 &&
-		    memcmp(t->arena + g->roff, r, rn) == 0)
-			return i;
-	}
+	struct pair k = {l, r, ln, rn};
+	return hidx_slot(&t->mmap, hmap_hash2(l, ln, r, rn), pair_eq, t, &k);
 }
 
 /* Rank of merging l and r, or -1. */
 static long merge_rank(const tok *t, const void *l, size_t ln, const void *r, size_t rn)
 {
-	uint32_t v = t->mmap.slot[mmap_slot(t, l, ln, r, rn)];
+	uint32_t v = *mmap_slot(t, l, ln, r, rn);
 	return v ? (long)(v - 1) : -1;
 }
 
@@ -308,9 +288,9 @@ void tok_free(tok *t)
 		return;
 	free(t->v);
 	free(t->arena);
-	free(t->map.slot);
+	hidx_fini(&t->map);
 	free(t->mg);
-	free(t->mmap.slot);
+	hidx_fini(&t->mmap);
 	free(t->spec);
 	free(t);
 }
@@ -405,7 +385,7 @@ static int load_vocab(tok *t, const gguf *g, char *err, size_t errlen)
 	t->v = calloc(n, sizeof *t->v);
 	float *scores = calloc(n, sizeof *scores);
 	int64_t *types = calloc(n, sizeof *types);
-	if (!t->v || !scores || !types || smap_init(&t->map, n)) {
+	if (!t->v || !scores || !types || hidx_reserve(&t->map, n, NULL, NULL)) {
 		rc = terr(err, errlen, FL_ENOMEM, "out of memory");
 		goto out;
 	}
@@ -439,7 +419,11 @@ static int load_vocab(tok *t, const gguf *g, char *err, size_t errlen)
 		}
 		e->len = (uint32_t)toks[i].n;
 		/* a repeated text maps to its last id, as other runtimes do */
-		t->map.slot[tmap_slot(t, toks[i].p, toks[i].n)] = (uint32_t)i + 1;
+		uint32_t *slot = tmap_slot(t, toks[i].p, toks[i].n);
+		if (*slot)
+			*slot = (uint32_t)i + 1;
+		else
+			hidx_fill(&t->map, slot, (uint32_t)i);
 	}
 	rc = 0;
 out:
@@ -456,7 +440,7 @@ static int load_merges(tok *t, const gguf *g, char *err, size_t errlen)
 	if (rc)
 		return terr(err, errlen, FL_EFORMAT, "gpt2 tokenizer: tokenizer.ggml.merges is %s",
 		            rc == FL_ENOENT ? "missing" : "not an array of strings");
-	if (n >= UINT32_MAX || smap_init(&t->mmap, n))
+	if (n >= UINT32_MAX || hidx_reserve(&t->mmap, n, NULL, NULL))
 		return terr(err, errlen, FL_ENOMEM, "out of memory");
 	t->mg = calloc(n ? n : 1, sizeof *t->mg);
 	if (!t->mg)
@@ -475,9 +459,9 @@ static int load_merges(tok *t, const gguf *g, char *err, size_t errlen)
 		e->llen = (uint32_t)ln;
 		e->rlen = (uint32_t)rn;
 		t->nmg = i + 1;
-		size_t s = mmap_slot(t, m[i].p, ln, sp + 1, rn);
-		if (t->mmap.slot[s] == 0) /* a repeated pair keeps its first rank */
-			t->mmap.slot[s] = (uint32_t)i + 1;
+		uint32_t *s = mmap_slot(t, m[i].p, ln, sp + 1, rn);
+		if (*s == 0) /* a repeated pair keeps its first rank */
+			hidx_fill(&t->mmap, s, (uint32_t)i);
 	}
 	return 0;
 }

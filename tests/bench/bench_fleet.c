@@ -43,6 +43,7 @@
 #include "tlsctx.h"
 #include "wire.h"
 
+#include "../procutil.h"
 #include "../testpki.h"
 #include "bench_util.h"
 
@@ -151,33 +152,6 @@ static double proc_cpu_s(pid_t pid)
 	if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
 		return -1;
 	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static long proc_rss_kb(pid_t pid)
-{
-	char path[64], line[256];
-	snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-	FILE *f = fopen(path, "r");
-	long kb = -1;
-	while (f && fgets(line, sizeof line, f))
-		if (strncmp(line, "VmRSS:", 6) == 0)
-			kb = strtol(line + 6, NULL, 10);
-	if (f)
-		fclose(f);
-	return kb;
-}
-
-static int free_port(void)
-{
-	int s = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t l = sizeof a;
-	if (s >= 0 && bind(s, (struct sockaddr *)&a, sizeof a) == 0 &&
-	    getsockname(s, (struct sockaddr *)&a, &l) == 0)
-		port = ntohs(a.sin_port);
-	if (s >= 0)
-		close(s);
-	return port;
 }
 
 static int port_open(int port)
@@ -784,7 +758,7 @@ int main(int argc, char **argv)
 	char base_hex[65];
 	for (int i = 0; i < 32; i++)
 		snprintf(base_hex + 2 * i, 3, "%02x", base_fp[i]);
-	int port = free_port();
+	int port = pu_free_port();
 	FILE *c = fopen(p_conf, "w");
 	if (!c || port <= 0)
 		return 1;
@@ -820,7 +794,7 @@ int main(int argc, char **argv)
 		usleep(20000);
 	}
 	usleep(500000);
-	long rss_idle = proc_rss_kb(coord);
+	long rss_idle = pu_rss_kb(coord);
 	char endpoint[64];
 	snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
 
@@ -946,7 +920,7 @@ int main(int argc, char **argv)
 					       nn, t_connected, nn / t_connected);
 					fflush(stdout);
 					usleep(300000);
-					rss_full = proc_rss_kb(coord);
+					rss_full = pu_rss_kb(coord);
 				}
 			} else if (line[0] == 'R') {
 				uint64_t v[9];

@@ -180,7 +180,7 @@ static int32_t *sample_seqs(model *m, int S, int T, uint64_t seed)
 	int32_t cur[16];
 	sample_rng r;
 	sample_seed(&r, seed);
-	if (!o || !work || model_cache_init(m, Bs, T, 1) != 0) {
+	if (!o || !work || model_cache_alloc(m, Bs, T, 1) != 0) {
 		free(o);
 		free(work);
 		return NULL;

@@ -45,71 +45,26 @@ static void init(void)
 	snprintf(g_dir, sizeof g_dir, "%s", fz_tmpdir("fuzz_client"));
 }
 
-static void feed(ncl *c, const uint8_t *p, size_t n)
-{
-	wire_msg *m = NULL;
-	if (wire_decode(p, n, 1u << 24, 0, &m) != 0)
-		return;
-	ncl_on_envelope(c, wire_env(m), n, 1000);
-	wire_free(m);
-	fz_run_actions(c, g_tr, 0);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (!g_tr)
 		init();
 	fz_clean_dir(g_dir);
-	uint8_t fp[32] = {1}, sfp[32];
-	if (tset_shape_fingerprint(g_layout, sfp))
-		abort();
+	uint8_t fp[32];
 	nst *st = NULL;
-	if (nst_open(g_dir, fp, sfp, &st))
+	if (fz_open_state(g_dir, g_layout, fp, &st))
 		return 0;
 	ncl_config cfg;
-	memset(&cfg, 0, sizeof cfg);
-	memcpy(cfg.base_fp, fp, 32);
-	cfg.lora.rank = 2;
-	cfg.lora.alpha = 4;
-	cfg.lora.targets = 1u << LORA_ATTN_Q;
-	cfg.layout = g_layout;
-	cfg.sample_count = 10;
+	fz_config(&cfg, fp, g_layout);
 	cfg.eval = 1;
-	cfg.max_msg = 1u << 24;
-	cfg.max_local_steps = 4;
 	ncl *c = NULL;
 	if (ncl_new(&cfg, st, &c)) {
 		nst_free(st);
 		return 0;
 	}
-	ncl_on_up(c, 0);
-	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
-	Fedlora__Welcome w = FEDLORA__WELCOME__INIT;
-	w.node_id = "fuzz";
-	env.body_case = FEDLORA__ENVELOPE__BODY_WELCOME;
-	env.welcome = &w;
-	buf b;
-	buf_init(&b, 0);
-	if (wire_encode(&env, 0, &b) == 0)
-		feed(c, b.data, b.len);
-	buf_fini(&b);
-	size_t off = 0;
-	while (off + 4 <= size) {
-		uint32_t n = (uint32_t)data[off] | (uint32_t)data[off + 1] << 8 |
-		             (uint32_t)data[off + 2] << 16 | (uint32_t)data[off + 3] << 24;
-		off += 4;
-		if (n > size - off)
-			n = (uint32_t)(size - off);
-		feed(c, data + off, n);
-		off += n;
-		ncl_tick(c, 1000 + off);
-		fz_run_actions(c, g_tr, 0);
-	}
-	ncl_on_down(c, 2000, "fuzz");
-	ncl_stop(c, 2000, 0);
-	ncl_bye(c, "fuzz");
-	fz_run_actions(c, g_tr, 0);
+	fz_welcome(c, g_tr, 0);
+	fz_feed_frames(c, g_tr, 0, data, size);
 	ncl_free(c);
 	nst_free(st);
 	return 0;

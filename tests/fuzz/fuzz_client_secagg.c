@@ -162,23 +162,9 @@ static void init(void)
 	X509_free(ca);
 }
 
-static void feed(ncl *c, const uint8_t *p, size_t n)
-{
-	wire_msg *m = NULL;
-	if (wire_decode(p, n, 1u << 24, 0, &m) != 0)
-		return;
-	ncl_on_envelope(c, wire_env(m), n, 1000);
-	wire_free(m);
-	fz_run_actions(c, g_tr, 1);
-}
-
 static void feed_env(ncl *c, Fedlora__Envelope *e)
 {
-	buf b;
-	buf_init(&b, 0);
-	if (wire_encode(e, 0, &b) == 0)
-		feed(c, b.data, b.len);
-	buf_fini(&b);
+	fz_feed_env(c, g_tr, 1, e);
 }
 
 static void round_start(ncl *c)
@@ -261,23 +247,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!g_tr)
 		init();
 	fz_clean_dir(g_dir);
-	uint8_t fp[32] = {1}, sfp[32];
-	if (tset_shape_fingerprint(g_layout, sfp))
-		abort();
+	uint8_t fp[32];
 	nst *st = NULL;
-	if (nst_open(g_dir, fp, sfp, &st))
+	if (fz_open_state(g_dir, g_layout, fp, &st))
 		return 0;
 	ncl_config cfg;
-	memset(&cfg, 0, sizeof cfg);
-	memcpy(cfg.base_fp, fp, 32);
-	cfg.lora.rank = 2;
-	cfg.lora.alpha = 4;
-	cfg.lora.targets = 1u << LORA_ATTN_Q;
+	fz_config(&cfg, fp, g_layout);
 	cfg.lora.init_seed = 1;
-	cfg.layout = g_layout;
-	cfg.sample_count = 10;
-	cfg.max_msg = 1u << 24;
-	cfg.max_local_steps = 4;
 	cfg.sa_key = g_key;
 	cfg.sa_cert = g_cert;
 	cfg.sa_ca = g_ca;
@@ -286,30 +262,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		nst_free(st);
 		return 0;
 	}
-	ncl_on_up(c, 0);
-	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
-	Fedlora__Welcome w = FEDLORA__WELCOME__INIT;
-	w.node_id = "fuzz";
-	env.body_case = FEDLORA__ENVELOPE__BODY_WELCOME;
-	env.welcome = &w;
-	feed_env(c, &env);
+	fz_welcome(c, g_tr, 1);
 	round_start(c);
-	size_t off = 0;
-	while (off + 4 <= size) {
-		uint32_t n = (uint32_t)data[off] | (uint32_t)data[off + 1] << 8 |
-		             (uint32_t)data[off + 2] << 16 | (uint32_t)data[off + 3] << 24;
-		off += 4;
-		if (n > size - off)
-			n = (uint32_t)(size - off);
-		feed(c, data + off, n);
-		off += n;
-		ncl_tick(c, 1000 + off);
-		fz_run_actions(c, g_tr, 1);
-	}
-	ncl_on_down(c, 2000, "fuzz");
-	ncl_stop(c, 2000, 0);
-	ncl_bye(c, "fuzz");
-	fz_run_actions(c, g_tr, 1);
+	fz_feed_frames(c, g_tr, 1, data, size);
 	ncl_free(c);
 	nst_free(st);
 	return 0;

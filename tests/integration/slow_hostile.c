@@ -34,21 +34,6 @@
 #define FT_ASAN 0
 #endif
 
-static long rss_kb(pid_t pid)
-{
-	char p[64], line[256];
-	long kb = -1;
-	snprintf(p, sizeof p, "/proc/%d/status", (int)pid);
-	FILE *f = fopen(p, "r");
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof line, f))
-		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
-			break;
-	fclose(f);
-	return kb;
-}
-
 /* The largest number of channel warnings in any 990 ms (log lines start
  * with an ISO time to the millisecond), the lines saying how many were
  * suppressed counted apart. */
@@ -103,7 +88,7 @@ static void *sample(void *arg)
 {
 	sampler *s = arg;
 	while (!s->stop) {
-		long kb = rss_kb(s->pid);
+		long kb = pu_rss_kb(s->pid);
 		if (kb > s->peak_kb)
 			s->peak_kb = kb;
 		clk_sleep_ms(50);
@@ -158,7 +143,7 @@ static void test_hostile(void **state)
 		fail_msg("the federation did not start");
 	}
 	clk_sleep_ms(1000);
-	long base_kb = rss_kb(f.coord);
+	long base_kb = pu_rss_kb(f.coord);
 	print_message("coordinator RSS before the attacks: %ld KiB%s\n", base_kb,
 	              FT_ASAN ? " (ASan build: the memory bounds are not checked, its "
 	                        "quarantine keeps freed memory)"
@@ -270,7 +255,7 @@ static void test_hostile(void **state)
 	clk_sleep_ms(5000);
 	sm.stop = 1;
 	pthread_join(sm.th, NULL);
-	long after_kb = rss_kb(f.coord);
+	long after_kb = pu_rss_kb(f.coord);
 	print_message("coordinator RSS: before %ld KiB, peak %ld KiB (phase 1 peak %ld KiB), 5 s "
 	              "after the attacks %ld KiB\n",
 	              base_kb, sm.peak_kb, peak1, after_kb);

@@ -183,7 +183,7 @@ static void b_zero_equals_base(int arch, int NKV, int tied, int bias)
 	for (int pass = 0; pass < 2; pass++) {
 		static float dec[2][2 * 9 * 23];
 		assert_int_equal(model_set_lora(m, pass ? adp_binding_lora(bd) : NULL), 0);
-		assert_int_equal(model_cache_init(m, B, T, 4), 0);
+		assert_int_equal(model_cache_alloc(m, B, T, 4), 0);
 		int32_t step[2 * 4];
 		for (int t0 = 0; t0 < T; t0 += 4) {
 			int n = T - t0 < 4 ? T - t0 : 4;
@@ -293,7 +293,7 @@ static void lora_vs_ref(int arch, int NKV, uint32_t targets, int rslora)
 	check(what, num / den, 1e-5);
 
 	/* KV-cache decoding in steps of 3 with LoRA */
-	assert_int_equal(model_cache_init(m, B, T, 3), 0);
+	assert_int_equal(model_cache_alloc(m, B, T, 3), 0);
 	num = 0;
 	for (int t0 = 0; t0 < T; t0 += 3) {
 		int n = T - t0 < 3 ? T - t0 : 3;

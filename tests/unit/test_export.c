@@ -547,7 +547,7 @@ static int32_t *sample_seqs(model *m, int S, int T, uint64_t seed)
 	sample_seed(&r, seed);
 	assert_non_null(o);
 	assert_non_null(work);
-	assert_int_equal(model_cache_init(m, 1, T, 1), 0);
+	assert_int_equal(model_cache_alloc(m, 1, T, 1), 0);
 	for (int s = 0; s < S; s++) {
 		model_cache_reset(m);
 		int32_t t = 1; /* BOS */

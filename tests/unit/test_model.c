@@ -471,7 +471,7 @@ static void kv_case(tw *t, int B, int T, int step, const char *name)
 	assert_int_equal(model_new_from_weights(&t->c, &t->w, &m), 0);
 	assert_int_equal(model_prepare(m, B, T, 0), 0);
 	assert_int_equal(model_forward(m, toks, NULL, B, T, NULL), 0);
-	assert_int_equal(model_cache_init(m, B, T, step), 0);
+	assert_int_equal(model_cache_alloc(m, B, T, step), 0);
 	for (int pass = 0; pass < 2; pass++) { /* second pass: after a reset */
 		model_cache_reset(m);
 		for (int t0 = 0; t0 < T; t0 += step) {
@@ -655,8 +655,8 @@ static void test_bad_args(void **state)
 	assert_int_equal(model_forward(m, toks, NULL, 1, 3, NULL), 0);
 	const float *lg;
 	assert_int_equal(model_decode(m, toks, 1, 1, &lg), FL_EINVAL); /* no cache */
-	assert_int_equal(model_cache_init(m, 1, 65, 1), FL_EINVAL);
-	assert_int_equal(model_cache_init(m, 1, 8, 2), 0);
+	assert_int_equal(model_cache_alloc(m, 1, 65, 1), FL_EINVAL);
+	assert_int_equal(model_cache_alloc(m, 1, 8, 2), 0);
 	assert_int_equal(model_decode(m, toks, 1, 3, &lg), FL_EINVAL); /* > chunk */
 	assert_int_equal(model_decode(m, toks, 2, 1, &lg), FL_EINVAL); /* B mismatch */
 	assert_true(model_param_count(m) > 0);

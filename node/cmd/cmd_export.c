@@ -73,8 +73,9 @@ typedef struct opts {
 	float alpha, damp;
 } opts;
 
-static int parse(int argc, char **argv, opts *o)
+static int parse(int argc, char **argv, void *out)
 {
+	opts *o = out;
 	const char *v;
 	int r, rc = 0;
 	memset(o, 0, sizeof *o);
@@ -172,11 +173,9 @@ static int load_calib(const opts *o, const char *model_path, int32_t **ids, int 
 	uint8_t *text = NULL;
 	size_t len = 0, avail = 0;
 	char err[512];
-	int rc = model_load(model_path, &m, err, sizeof err);
-	if (rc != 0) {
-		fprintf(stderr, "fedlora-node export: %s\n", err);
+	int rc = cmdu_open_model(CMD, model_path, NULL, 0, &m, NULL);
+	if (rc != 0)
 		return CLI_FAIL;
-	}
 	const model_config *c = model_cfg(m);
 	int T = o->calib_ctx ? o->calib_ctx : (c->ctx < 256 ? c->ctx : 256);
 	int ret = CLI_FAIL;
@@ -186,10 +185,8 @@ static int load_calib(const opts *o, const char *model_path, int32_t **ids, int 
 		goto out;
 	}
 	*min_tokens = c->dim > c->ffn_dim ? c->dim : c->ffn_dim;
-	if ((rc = tok_from_gguf(model_gguf(m), &tk, err, sizeof err)) != 0) {
-		fprintf(stderr, "fedlora-node export: %s: tokenizer: %s\n", model_path, err);
+	if ((rc = cmdu_open_tok(CMD, model_path, model_gguf(m), &tk)) != 0)
 		goto out;
-	}
 	if ((rc = file_read_all(o->calib, CALIB_MAX_FILE, &text, &len)) != 0) {
 		fprintf(stderr, "fedlora-node export: --calib %s: %s\n", o->calib, fl_strerror(rc));
 		goto out;
@@ -212,16 +209,10 @@ out:
 
 int cmd_export(int argc, char **argv)
 {
-	if (cli_wants_help(argc, argv)) {
-		usage(stdout);
-		return CLI_OK;
-	}
-	cmdu_passive_openmp(argv);
-	opts o;
-	int rc = parse(argc, argv, &o);
-	if (rc != 0)
+	opts o = {0}; /* parse fills it */
+	int rc = cmdu_begin(argc, argv, usage, parse, &o, &o.threads);
+	if (rc >= 0)
 		return rc;
-	cmdu_threads(o.threads);
 
 	enum { F_GGUF_LORA, F_PEFT, F_MERGED } fmt;
 	if (strcmp(o.format, "gguf-lora") == 0)

@@ -124,8 +124,9 @@ static uint32_t mat_type(const opts *o, int kind, int layer, int cols)
 	return t;
 }
 
-static int parse(int argc, char **argv, opts *o)
+static int parse(int argc, char **argv, void *out)
 {
+	opts *o = out;
 	const char *v;
 	int r, rc = 0;
 	memset(o, 0, sizeof *o);
@@ -395,16 +396,10 @@ static int add_vocab(gguf_writer *w, const opts *o, int *n_vocab)
 
 int cmd_init_model(int argc, char **argv)
 {
-	if (cli_wants_help(argc, argv)) {
-		usage(stdout);
-		return CLI_OK;
-	}
-	cmdu_passive_openmp(argv);
-	opts o;
-	int rc = parse(argc, argv, &o);
-	if (rc != 0)
+	opts o = {0}; /* parse fills it */
+	int rc = cmdu_begin(argc, argv, usage, parse, &o, &o.threads);
+	if (rc >= 0)
 		return rc;
-	cmdu_threads(o.threads);
 
 	const char *arch = model_arch_name(o.arch);
 	const int C = o.dim, L = o.layers, hd = o.head_dim;

@@ -51,8 +51,9 @@ typedef struct opts {
 	uint64_t seed;
 } opts;
 
-static int parse(int argc, char **argv, opts *o)
+static int parse(int argc, char **argv, void *out)
 {
+	opts *o = out;
 	const char *v;
 	int r, rc = 0;
 	memset(o, 0, sizeof *o);
@@ -96,16 +97,10 @@ static int parse(int argc, char **argv, opts *o)
 
 int cmd_generate(int argc, char **argv)
 {
-	if (cli_wants_help(argc, argv)) {
-		usage(stdout);
-		return CLI_OK;
-	}
-	cmdu_passive_openmp(argv);
-	opts o;
-	int rc = parse(argc, argv, &o);
-	if (rc != 0)
+	opts o = {0}; /* parse fills it */
+	int rc = cmdu_begin(argc, argv, usage, parse, &o, &o.threads);
+	if (rc >= 0)
 		return rc;
-	cmdu_threads(o.threads);
 	if (!o.have_seed)
 		o.seed = clk_wall_ms() ^ (clk_mono_ns() << 16);
 
@@ -115,27 +110,13 @@ int cmd_generate(int argc, char **argv)
 	int32_t *ids = NULL;
 	float *work = NULL;
 	int ret = CLI_FAIL;
-	char err[512];
 	size_t np = 0, plen = strlen(o.prompt);
 
-	if ((rc = model_load(o.model, &m, err, sizeof err)) != 0) {
-		fprintf(stderr, "fedlora-node generate: %s\n", err);
+	if ((rc = cmdu_open_model(CMD, o.model, o.adapter, o.alpha, &m, &adapter)) != 0)
 		goto out;
-	}
-	if (o.adapter) {
-		char desc[160];
-		if ((rc = trn_adapter_open(m, o.adapter, o.alpha, &adapter, desc, sizeof desc, err,
-		                           sizeof err)) != 0) {
-			fprintf(stderr, "fedlora-node generate: --adapter %s\n", err);
-			goto out;
-		}
-		fprintf(stderr, "adapter %s: %s\n", o.adapter, desc);
-	}
 	const model_config *c = model_cfg(m);
-	if ((rc = tok_from_gguf(model_gguf(m), &tk, err, sizeof err)) != 0) {
-		fprintf(stderr, "fedlora-node generate: %s: tokenizer: %s\n", o.model, err);
+	if ((rc = cmdu_open_tok(CMD, o.model, model_gguf(m), &tk)) != 0)
 		goto out;
-	}
 	size_t cap = tok_encode_bound(plen);
 	ids = cap == SIZE_MAX ? NULL : malloc(sizeof(int32_t) * (cap + 1));
 	work = malloc(sizeof(float) * 2 * (size_t)c->vocab);
@@ -161,7 +142,7 @@ int cmd_generate(int argc, char **argv)
 	}
 	size_t total = np + (size_t)o.n < (size_t)c->ctx ? np + (size_t)o.n : (size_t)c->ctx;
 	int chunk = total < GEN_CHUNK ? (int)total : GEN_CHUNK;
-	if ((rc = model_cache_init(m, 1, (int)total, chunk)) != 0) {
+	if ((rc = model_cache_alloc(m, 1, (int)total, chunk)) != 0) {
 		fprintf(stderr, "fedlora-node generate: KV cache for %zu tokens: %s\n", total,
 		        fl_strerror(rc));
 		goto out;

@@ -68,8 +68,9 @@ typedef struct opts {
 	int ctx, stride, max_tokens, batch, threads;
 } opts;
 
-static int parse(int argc, char **argv, opts *o)
+static int parse(int argc, char **argv, void *out)
 {
+	opts *o = out;
 	const char *v;
 	int r, rc = 0;
 	memset(o, 0, sizeof *o);
@@ -170,16 +171,10 @@ static int flush(model *m, batch *b, double *sum, long long *count)
 
 int cmd_eval(int argc, char **argv)
 {
-	if (cli_wants_help(argc, argv)) {
-		usage(stdout);
-		return CLI_OK;
-	}
-	cmdu_passive_openmp(argv);
-	opts o;
-	int rc = parse(argc, argv, &o);
-	if (rc != 0)
+	opts o = {0}; /* parse fills it */
+	int rc = cmdu_begin(argc, argv, usage, parse, &o, &o.threads);
+	if (rc >= 0)
 		return rc;
-	cmdu_threads(o.threads);
 
 	model *m = NULL;
 	trn_adapter *adapter = NULL;
@@ -192,19 +187,8 @@ int cmd_eval(int argc, char **argv)
 	char err[512];
 	size_t len = 0, nids = 0;
 
-	if ((rc = model_load(o.model, &m, err, sizeof err)) != 0) {
-		fprintf(stderr, "fedlora-node eval: %s\n", err);
+	if ((rc = cmdu_open_model(CMD, o.model, o.adapter, o.alpha, &m, &adapter)) != 0)
 		goto out;
-	}
-	if (o.adapter) {
-		char desc[160];
-		if ((rc = trn_adapter_open(m, o.adapter, o.alpha, &adapter, desc, sizeof desc, err,
-		                           sizeof err)) != 0) {
-			fprintf(stderr, "fedlora-node eval: --adapter %s\n", err);
-			goto out;
-		}
-		fprintf(stderr, "adapter %s: %s\n", o.adapter, desc);
-	}
 	const model_config *c = model_cfg(m);
 	if (o.ctx == 0)
 		o.ctx = c->ctx < 512 ? c->ctx : 512;
@@ -223,10 +207,8 @@ int cmd_eval(int argc, char **argv)
 		               o.stride, o.ctx);
 		goto out;
 	}
-	if ((rc = tok_from_gguf(model_gguf(m), &tk, err, sizeof err)) != 0) {
-		fprintf(stderr, "fedlora-node eval: %s: tokenizer: %s\n", o.model, err);
+	if ((rc = cmdu_open_tok(CMD, o.model, model_gguf(m), &tk)) != 0)
 		goto out;
-	}
 	if ((rc = file_read_all(o.data, EVAL_MAX_FILE, &text, &len)) != 0) {
 		fprintf(stderr, "fedlora-node eval: --data %s: %s\n", o.data, file_why(o.data, rc));
 		goto out;

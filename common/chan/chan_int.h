@@ -59,13 +59,10 @@
  * elsewhere). */
 void chan_heap_trim(void);
 
-/* ---- clock, randomness, hashing ---- */
+/* ---- clock, randomness ---- */
 uint64_t chan_now_ms(void);
 /* Cryptographic randomness (RAND_bytes); FL_ECRYPTO if it fails. */
 int chan_random(void *p, size_t n);
-/* Keyed hash (SipHash-2-4 with a per-process random key): routing ids come
- * from unauthenticated peers. */
-uint64_t chan_hash(const void *p, size_t n);
 
 /* ---- wire header ---- */
 void chan_hdr_put(uint8_t hdr[CHAN_HDR_LEN], enum chan_kind k, uint64_t sid);
@@ -108,21 +105,6 @@ struct chan_shared {
 	uint8_t data[];
 };
 chan_shared *chan_shared_ref(chan_shared *m);
-
-/* ---- intrusive hash map (chained) ---- */
-typedef struct chan_hmap {
-	void **slots;
-	size_t nslots, n;
-	size_t link_off; /* offset of the item's `void *next` link */
-	/* key of an item */
-	void (*key)(const void *item, const uint8_t **k, size_t *kn);
-} chan_hmap;
-int chan_hmap_init(chan_hmap *m, size_t link_off,
-                   void (*key)(const void *item, const uint8_t **k, size_t *kn));
-void chan_hmap_fini(chan_hmap *m);
-void *chan_hmap_get(const chan_hmap *m, const void *k, size_t kn);
-int chan_hmap_put(chan_hmap *m, void *item); /* item's key must not be present */
-void chan_hmap_del(chan_hmap *m, void *item);
 
 /* ---- one TLS session ---- */
 typedef struct chan_counters {

@@ -6,6 +6,7 @@
 #include "buf.h"
 #include "clock.h"
 #include "err.h"
+#include "hmap.h"
 #include "log.h"
 
 #include <errno.h>
@@ -97,7 +98,7 @@ struct chan_server {
 	int detached;
 	chan_out_fn out;
 	void *out_arg;
-	chan_hmap by_rid, by_handle, by_cn, by_addr;
+	hmap by_rid, by_handle, by_cn, by_addr;
 	srv_sess *all;
 	srv_sess *dirty;
 	srv_conn *conns;
@@ -223,10 +224,14 @@ static int common_new(const chan_server_opts *o, chan_server **out)
 		rc = FL_ENOMEM;
 		goto out;
 	}
-	if ((rc = chan_hmap_init(&s->by_rid, offsetof(srv_conn, link_rid), key_rid)) ||
-	    (rc = chan_hmap_init(&s->by_handle, offsetof(srv_sess, link_h), key_handle)) ||
-	    (rc = chan_hmap_init(&s->by_cn, offsetof(srv_sess, link_cn), key_cn)) ||
-	    (rc = chan_hmap_init(&s->by_addr, offsetof(srv_addr, link), key_addr)))
+	/* Keyed hashes: routing ids, addresses and names come from peers. The
+	 * tables are allocated here so that puts cannot fail later. */
+	hmap_init(&s->by_rid, offsetof(srv_conn, link_rid), key_rid);
+	hmap_init(&s->by_handle, offsetof(srv_sess, link_h), key_handle);
+	hmap_init(&s->by_cn, offsetof(srv_sess, link_cn), key_cn);
+	hmap_init(&s->by_addr, offsetof(srv_addr, link), key_addr);
+	if ((rc = hmap_reserve(&s->by_rid, 64)) || (rc = hmap_reserve(&s->by_handle, 64)) ||
+	    (rc = hmap_reserve(&s->by_cn, 64)) || (rc = hmap_reserve(&s->by_addr, 64)))
 		goto out;
 	if ((rc = tlsctx_new(&s->topts, &s->tls)))
 		goto out;
@@ -472,9 +477,9 @@ static void maps_del(chan_server *s, srv_sess *ss)
 {
 	if (!ss->in_maps)
 		return;
-	chan_hmap_del(&s->by_handle, ss);
-	if (chan_hmap_get(&s->by_cn, ss->peer.cn, strlen(ss->peer.cn)) == ss)
-		chan_hmap_del(&s->by_cn, ss);
+	hmap_del(&s->by_handle, ss);
+	if (hmap_get(&s->by_cn, ss->peer.cn, strlen(ss->peer.cn)) == ss)
+		hmap_del(&s->by_cn, ss);
 	ss->in_maps = 0;
 }
 
@@ -531,7 +536,7 @@ static srv_sess *by_handle(const chan_server *s, uint64_t peer)
 {
 	uint8_t k[8];
 	st_u64le(k, peer);
-	return chan_hmap_get(&s->by_handle, k, sizeof k);
+	return hmap_get(&s->by_handle, k, sizeof k);
 }
 
 /* ---- connections and admission ---- */
@@ -582,12 +587,12 @@ static void conn_set_pending(chan_server *s, srv_conn *c, int pending)
 	if (c->pending == pending)
 		return;
 	if (pending) {
-		srv_addr *a = chan_hmap_get(&s->by_addr, c->addr, strlen(c->addr));
+		srv_addr *a = hmap_get(&s->by_addr, c->addr, strlen(c->addr));
 		if (!a) {
 			a = calloc(1, sizeof *a);
 			if (a) {
 				snprintf(a->addr, sizeof a->addr, "%s", c->addr);
-				chan_hmap_put(&s->by_addr, a);
+				hmap_put(&s->by_addr, a);
 			}
 		}
 		if (a)
@@ -601,7 +606,7 @@ static void conn_set_pending(chan_server *s, srv_conn *c, int pending)
 	} else {
 		pend_unlink(s, c);
 		if (c->pa && --c->pa->n == 0) {
-			chan_hmap_del(&s->by_addr, c->pa);
+			hmap_del(&s->by_addr, c->pa);
 			free(c->pa);
 		}
 		c->pa = NULL;
@@ -615,7 +620,7 @@ static void conn_unlink(chan_server *s, srv_conn *c)
 {
 	c->closed = 1;
 	conn_set_pending(s, c, 0);
-	chan_hmap_del(&s->by_rid, c);
+	hmap_del(&s->by_rid, c);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -675,7 +680,7 @@ static srv_conn *oldest_pending(chan_server *s, const srv_addr *a)
  * connections that are newer and at least as far along can push it out. */
 static int admit(chan_server *s, const char *addr)
 {
-	srv_addr *a = chan_hmap_get(&s->by_addr, addr, strlen(addr));
+	srv_addr *a = hmap_get(&s->by_addr, addr, strlen(addr));
 	srv_conn *victim = NULL;
 	const char *cap = NULL;
 	if (a && a->n >= (unsigned)s->o.max_pending_per_addr) {
@@ -736,7 +741,7 @@ static srv_conn *conn_new(chan_server *s, const uint8_t *rid, size_t rid_len, co
 	snprintf(c->addr, sizeof c->addr, "%s", addr);
 	chan_zmtp_init(&c->z);
 	c->last_in = c->last_out = chan_now_ms();
-	chan_hmap_put(&s->by_rid, c);
+	hmap_put(&s->by_rid, c);
 	c->next = s->conns;
 	if (s->conns)
 		s->conns->prev = c;
@@ -761,7 +766,7 @@ static int on_up(void *arg)
 	s->st.hs_ok++;
 	if (ss->conn)
 		conn_set_pending(s, ss->conn, 0);
-	srv_sess *old = chan_hmap_get(&s->by_cn, ss->peer.cn, strlen(ss->peer.cn));
+	srv_sess *old = hmap_get(&s->by_cn, ss->peer.cn, strlen(ss->peer.cn));
 	if (old) {
 		s->st.replaced++;
 		LOGI(CHAN_MOD, "node %s: new session from %s replaces the one from %s (last wins)",
@@ -769,8 +774,8 @@ static int on_up(void *arg)
 		end(s, old, FL_ECLOSED, "replaced by a newer session of the same node",
 		    END_CLOSE_NOTIFY | END_RESET);
 	}
-	chan_hmap_put(&s->by_handle, ss);
-	chan_hmap_put(&s->by_cn, ss);
+	hmap_put(&s->by_handle, ss);
+	hmap_put(&s->by_cn, ss);
 	ss->in_maps = 1;
 	LOGI(CHAN_MOD, "node %s authenticated from %s (peer %llu)", ss->peer.cn, ss->addr,
 	     (unsigned long long)ss->handle);
@@ -1068,7 +1073,7 @@ int chan_server_feed(chan_server *s, const void *rid, size_t rid_len, const chan
 {
 	if (!s || !s->detached || (!rid && rid_len) || nframes < 0 || (nframes && !frames))
 		return FL_EINVAL;
-	srv_conn *c = rid_len ? chan_hmap_get(&s->by_rid, rid, rid_len) : NULL;
+	srv_conn *c = rid_len ? hmap_get(&s->by_rid, rid, rid_len) : NULL;
 	if (!c && !(c = conn_new(s, rid, rid_len, "detached"))) {
 		/* refused: a real connection would be closed; here the node
 		 * hears a RESET for the session it tried */
@@ -1168,7 +1173,7 @@ static void recv_all(chan_server *s)
 		const uint8_t *rid = zmq_msg_data(&part[0]);
 		size_t rid_len = zmq_msg_size(&part[0]);
 		size_t len = n > 1 ? zmq_msg_size(&part[1]) : 0;
-		srv_conn *c = rid_len ? chan_hmap_get(&s->by_rid, rid, rid_len) : NULL;
+		srv_conn *c = rid_len ? hmap_get(&s->by_rid, rid, rid_len) : NULL;
 		if (n != 2) {
 			/* a STREAM socket always delivers [routing id, data] */
 		} else if (len == 0) {
@@ -1385,10 +1390,10 @@ void chan_server_free(chan_server *s)
 	if (s->own_ctx && s->ctx)
 		zmq_ctx_term(s->ctx);
 	chan_evq_fini(&s->evq);
-	chan_hmap_fini(&s->by_rid);
-	chan_hmap_fini(&s->by_handle);
-	chan_hmap_fini(&s->by_cn);
-	chan_hmap_fini(&s->by_addr);
+	hmap_fini(&s->by_rid);
+	hmap_fini(&s->by_handle);
+	hmap_fini(&s->by_cn);
+	hmap_fini(&s->by_addr);
 	free(s->rbuf);
 	tlsctx_unref(s->tls);
 	free(s->s_endpoint);

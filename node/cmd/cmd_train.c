@@ -95,8 +95,9 @@ typedef struct opts {
 	uint64_t seed, eval_tokens;
 } opts;
 
-static int parse(int argc, char **argv, opts *o)
+static int parse(int argc, char **argv, void *out)
 {
+	opts *o = out;
 	const char *v;
 	int r, rc = 0;
 	memset(o, 0, sizeof *o);
@@ -322,16 +323,10 @@ static double peak_rss_mib(void)
 
 int cmd_train(int argc, char **argv)
 {
-	if (cli_wants_help(argc, argv)) {
-		usage(stdout);
-		return CLI_OK;
-	}
-	cmdu_passive_openmp(argv);
-	opts o;
-	int rc = parse(argc, argv, &o);
-	if (rc != 0)
+	opts o = {0}; /* parse fills it */
+	int rc = cmdu_begin(argc, argv, usage, parse, &o, &o.threads);
+	if (rc >= 0)
 		return rc;
-	cmdu_threads(o.threads);
 
 	trn_base *base = NULL;
 	tok *tk = NULL;
@@ -364,10 +359,8 @@ int cmd_train(int argc, char **argv)
 		ret = cmdu_usage(CMD, "--targets: %s", err);
 		goto out;
 	}
-	if ((rc = tok_from_gguf(trn_base_gguf(base), &tk, err, sizeof err)) != 0) {
-		fprintf(stderr, "fedlora-node train: %s: tokenizer: %s\n", o.model, err);
+	if ((rc = cmdu_open_tok(CMD, o.model, trn_base_gguf(base), &tk)) != 0)
 		goto out;
-	}
 	ds_opts dopt = {.format = o.format, .holdout = o.eval_data ? 0 : o.holdout, .seed = o.seed};
 	if ((rc = ds_load(o.data, tk, &dopt, &tr_ds, dopt.holdout > 0 ? &ev_ds : NULL, err,
 	                  sizeof err)) != 0) {

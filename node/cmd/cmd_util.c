@@ -3,6 +3,9 @@
 
 #include "cli.h"
 #include "model/kernels.h"
+#include "model/model.h"
+#include "model/tokenizer.h"
+#include "train.h"
 
 #include <errno.h>
 #include <math.h>
@@ -25,22 +28,25 @@ int cmdu_usage(const char *cmd, const char *fmt, ...)
 
 int cmdu_opt(const char *cmd, int argc, char **argv, int *i, const char *name, const char **val)
 {
-	const char *a = argv[*i];
-	size_t n = strlen(name);
-	if (strncmp(a, name, n) != 0)
-		return 0;
-	if (a[n] == '=') {
-		*val = a + n + 1;
-		return 1;
-	}
-	if (a[n] != 0)
-		return 0;
-	if (*i + 1 >= argc) {
+	int r = cli_opt(argc, argv, i, name, val);
+	if (r < 0)
 		cmdu_usage(cmd, "option %s needs a value", name);
-		return -1;
+	return r;
+}
+
+int cmdu_begin(int argc, char **argv, void (*usage)(FILE *f),
+               int (*parse)(int argc, char **argv, void *opts), void *opts, const int *threads)
+{
+	if (cli_wants_help(argc, argv)) {
+		usage(stdout);
+		return CLI_OK;
 	}
-	*val = argv[++*i];
-	return 1;
+	cmdu_passive_openmp(argv);
+	int rc = parse(argc, argv, opts);
+	if (rc != 0)
+		return rc;
+	cmdu_threads(*threads);
+	return -1;
 }
 
 int cmdu_int(const char *cmd, const char *opt, const char *s, long long lo, long long hi, int *out)
@@ -76,6 +82,38 @@ int cmdu_float(const char *cmd, const char *opt, const char *s, double lo, doubl
 		                  s);
 	*out = (float)v;
 	return 0;
+}
+
+int cmdu_open_model(const char *cmd, const char *path, const char *adapter_path, float alpha,
+                    model **m, trn_adapter **ad)
+{
+	char err[512];
+	model *mm = NULL;
+	int rc = model_load(path, &mm, err, sizeof err);
+	if (rc != 0) {
+		fprintf(stderr, "fedlora-node %s: %s\n", cmd, err);
+		return rc;
+	}
+	*m = mm;
+	if (!adapter_path)
+		return 0;
+	char desc[160];
+	rc = trn_adapter_open(mm, adapter_path, alpha, ad, desc, sizeof desc, err, sizeof err);
+	if (rc != 0) {
+		fprintf(stderr, "fedlora-node %s: --adapter %s\n", cmd, err);
+		return rc;
+	}
+	fprintf(stderr, "adapter %s: %s\n", adapter_path, desc);
+	return 0;
+}
+
+int cmdu_open_tok(const char *cmd, const char *model_path, const gguf *g, tok **tk)
+{
+	char err[512];
+	int rc = tok_from_gguf(g, tk, err, sizeof err);
+	if (rc != 0)
+		fprintf(stderr, "fedlora-node %s: %s: tokenizer: %s\n", cmd, model_path, err);
+	return rc;
 }
 
 void cmdu_threads(int n)
