@@ -3970,10 +3970,13 @@ static void fa_committed(fed *f, fed_job *job, uint64_t now_ms)
 	add_hex(j, "sha256", f->sha, 32);
 	cJSON_AddStringToObject(j, "strategy", agg_strategy_name(f->o.agg.strategy));
 	cJSON_AddStringToObject(j, "staleness_fn", fa_stale_name(f->o.async.fn));
+	/* participants = accepted: the nodes whose updates are in the version */
+	cJSON *pa = cJSON_AddArrayToObject(j, "participants");
 	cJSON *ac = cJSON_AddArrayToObject(j, "accepted");
 	cJSON *ua = cJSON_AddArrayToObject(j, "updates");
 	for (size_t i = 0; i < f->fa_nbuf; i++) {
 		const fa_entry *e = &f->fa_buf[i];
+		cJSON_AddItemToArray(pa, cJSON_CreateString(e->cn));
 		cJSON_AddItemToArray(ac, cJSON_CreateString(e->cn));
 		cJSON *u = cJSON_CreateObject();
 		cJSON_AddStringToObject(u, "node", e->cn);
@@ -4086,6 +4089,8 @@ static void fa_tick(fed *f, uint64_t now_ms)
 			fa_release(f, n);
 		}
 	}
+	fa_assign(f, now_ms); /* IDLE -> COLLECTING once writable again */
+	fa_drain(f, now_ms);  /* updates held while the state was not collecting */
 	fa_maybe_commit(f, now_ms);
 	fa_assign(f, now_ms);
 }
@@ -4097,7 +4102,7 @@ static int64_t fa_timeout(const fed *f, uint64_t now_ms)
 		return -1;
 	if (f->wf_since && f->state == FED_IDLE && !f->jobs)
 		due = f->wf_retry_at;
-	if (f->fa_want && !f->jobs && f->state == FED_COLLECTING)
+	if (f->state == FED_COLLECTING && ((f->fa_want && !f->jobs) || (f->fa_nq && !f->fa_want)))
 		return 0;
 	for (size_t i = 0; i < f->nnodes; i++) {
 		const fnode *n = f->nodes[i];
