@@ -62,6 +62,10 @@ struct agg {
 	uint32_t rfull, cur_rank;
 	double *wslot;
 	int mixed;
+	/* agg_add_payload_scaled: factor on the next update's numerator
+	 * weight (set only during that call) */
+	int sfac_on;
+	double sfac;
 };
 
 void agg_opts_default(agg_opts *o)
@@ -703,11 +707,12 @@ int agg_add(agg *a, const qtensor *qs, size_t nq, uint64_t samples, agg_result *
 		}
 		a->nslots++;
 	} else if (a->cur_rank < a->rfull) {
-		int rc = slot_accumulate(a, qs, nq, (float)(w * scale));
+		int rc = slot_accumulate(a, qs, nq,
+		                         (float)(w * scale * (a->sfac_on ? a->sfac : 1.0)));
 		if (rc)
 			return rc;
 	} else {
-		float fw = (float)(w * scale);
+		float fw = (float)(w * scale * (a->sfac_on ? a->sfac : 1.0));
 		for (size_t i = 0; i < nq; i++) {
 			long idx = find_idx(a, qs[i].name);
 			int rc = quant_accumulate(&qs[i], fw, a->tacc[idx]->data, a->tacc[idx]->n);
@@ -756,6 +761,21 @@ int agg_add_payload(agg *a, const Fedlora__AdapterPayload *p, uint64_t samples, 
 		}
 	}
 	return agg_add(a, a->views, p->n_tensors, samples, res);
+}
+
+int agg_add_payload_scaled(agg *a, const Fedlora__AdapterPayload *p, uint64_t samples,
+                           double factor, agg_result *res)
+{
+	if (!(factor > 0 && factor <= 1) || agg_strategy_buffers(a->o.strategy) ||
+	    a->o.dp_clip > 0) {
+		memset(res, 0, sizeof *res);
+		return FL_EINVAL;
+	}
+	a->sfac_on = 1;
+	a->sfac = factor;
+	int rc = agg_add_payload(a, p, samples, res);
+	a->sfac_on = 0;
+	return rc;
 }
 
 /* ---- coordinate-wise selection ---- */

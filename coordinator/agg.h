@@ -152,6 +152,15 @@ int agg_add_payload_rank(agg *a, const struct Fedlora__AdapterPayload *p, uint64
                          uint32_t rank, agg_result *res);
 /* Weight sum of slot j this round (0 for j >= R). */
 double agg_slot_weight(const agg *a, uint32_t slot);
+/* Asynchronous aggregation (staleness): the same as agg_add_payload, but
+ * the update enters the numerator of the mean with weight factor * w and
+ * the denominator with w (w its sample or uniform weight), so that
+ * agg_finish yields sum_i f_i w_i d_i / sum_i w_i: stale updates shrink
+ * the step rather than only their share of it (FedBuff). res->weight is w.
+ * factor in (0, 1]; mean strategies without dp_clip only (FL_EINVAL
+ * otherwise, nothing added). */
+int agg_add_payload_scaled(agg *a, const struct Fedlora__AdapterPayload *p, uint64_t samples,
+                           double factor, agg_result *res);
 
 /* Secure aggregation: the round's weighted sum sum_i w_i * update_i of
  * count updates arrives already summed (tensors named and shaped like

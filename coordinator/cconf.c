@@ -135,6 +135,22 @@ const cfg_key cconf_schema[] = {
      "secure: the grid spans +-range x the previous mean update's RMS per tensor"},
     {"aggregation", "secure_phase_ms", CFG_INT, "30000", 1, 86400000, NULL,
      "secure: deadline of each key, share and unmask phase"},
+    /* asynchronous buffered aggregation (docs/COORDINATOR.md) */
+    {"aggregation", "mode", CFG_ENUM, "sync", 0, 0, "sync|async",
+     "sync: rounds; async: FedBuff, a version every buffer_size updates, no round barrier"},
+    {"aggregation", "buffer_size", CFG_INT, "4", 1, 1000000, NULL,
+     "async: accepted updates per committed version (K)"},
+    {"aggregation", "staleness", CFG_ENUM, "polynomial", 0, 0, "constant|polynomial|hinge",
+     "async: weight of an update s versions behind: 1, (1+s)^-a, or 1 up to b then "
+     "1/(1+a(s-b))"},
+    {"aggregation", "staleness_exponent", CFG_DOUBLE, "0.5", 0, 10, NULL,
+     "async: a of the polynomial and hinge staleness functions"},
+    {"aggregation", "staleness_hinge", CFG_INT, "4", 0, 1000000, NULL,
+     "async: b of the hinge staleness function"},
+    {"aggregation", "max_staleness", CFG_INT, "16", 0, 1000000, NULL,
+     "async: updates more versions behind than this are refused (too_stale)"},
+    {"aggregation", "max_concurrent", CFG_INT, "0", 0, 1000000, NULL,
+     "async: tasks out at once (training or uploading); 0 = every connected node"},
     /* privacy (docs/PRIVACY.md) */
     {"privacy", "mode", CFG_ENUM, "off", 0, 0, "off|central|distributed",
      "differential privacy: off, central (noise added by the coordinator), distributed "
@@ -328,6 +344,13 @@ int cconf_build(const cfg *c, cconf *o, char *why, size_t whylen)
 	f->secure.w_max = (uint32_t)cfg_int(c, "aggregation.secure_w_max");
 	f->secure.range = cfg_double(c, "aggregation.secure_range");
 	f->secure.phase_ms = (uint32_t)cfg_int(c, "aggregation.secure_phase_ms");
+	f->async.on = strcmp(cfg_str(c, "aggregation.mode"), "async") == 0;
+	f->async.buffer_size = (uint32_t)cfg_int(c, "aggregation.buffer_size");
+	fa_stale_parse(cfg_str(c, "aggregation.staleness"), &f->async.fn);
+	f->async.a = cfg_double(c, "aggregation.staleness_exponent");
+	f->async.hinge_b = (uint32_t)cfg_int(c, "aggregation.staleness_hinge");
+	f->async.max_staleness = (uint32_t)cfg_int(c, "aggregation.max_staleness");
+	f->async.max_concurrent = (uint32_t)cfg_int(c, "aggregation.max_concurrent");
 	fmt_of(c, "aggregation.downlink_format", &f->down_fmt);
 	f->down_block = (uint32_t)cfg_int(c, "aggregation.downlink_block");
 	/* privacy */

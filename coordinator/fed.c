@@ -162,6 +162,11 @@ typedef struct fnode {
 	uint64_t part_round; /* round it participates in (0 = none) */
 	size_t part_idx;
 	nrank_assign rk; /* rank slots and uplink format it was assigned at Join */
+	/* async: the node's task (RoundStart round id, 0 = none), the version
+	 * it was given, its deadline, whether its update arrived (held or in
+	 * a job), when its session went (0 = connected) */
+	uint64_t fa_task, fa_base, fa_deadline, fa_gone;
+	int fa_uploaded;
 } fnode;
 
 typedef struct part {
@@ -208,6 +213,12 @@ struct fed_job {
 	char detail[256];
 	/* secure finish: reconstruction and unmasking into sum (sar.dim) */
 	uint32_t *sum;
+	/* async update: its node, staleness, weight factor and losses */
+	fnode *fa_node;
+	uint64_t fa_stale;
+	double fa_factor;
+	double fa_tl, fa_el;
+	int fa_ht, fa_he;
 };
 
 struct fed {
@@ -283,7 +294,33 @@ struct fed {
 	Fedlora__TrainParams tier_tp;
 	int tier_tp_set;
 	uint32_t tier_deadline_ms;
+	/* asynchronous aggregation (o.async.on): accepted updates in the
+	 * buffer, updates held back while a commit is due or running, tasks
+	 * out, the round-robin cursor of task assignment */
+	struct fa_entry *fa_buf;
+	size_t fa_nbuf, fa_bufcap;
+	struct fa_held *fa_q;
+	size_t fa_nq, fa_qcap;
+	size_t fa_out;
+	size_t fa_rr;
+	int fa_want; /* the buffer is full: commit once no update job runs */
+	uint64_t fa_buf_opened;
 };
+
+/* asynchronous aggregation (the "async" section at the end) */
+static int fa_check(const fed_opts *o, char *why, size_t whylen);
+static void fa_assign(fed *f, uint64_t now_ms);
+static void fa_handle_update(fed *f, sess *s, wire_msg *m, size_t wire_len, uint64_t now_ms);
+static void fa_resend(fed *f, fnode *n, uint64_t now_ms);
+static void fa_done_update(fed *f, fed_job *job, uint64_t now_ms);
+static void fa_committed(fed *f, fed_job *job, uint64_t now_ms);
+static void fa_commit_failed(fed *f, fed_job *job, uint64_t now_ms);
+static void fa_tick(fed *f, uint64_t now_ms);
+static int64_t fa_timeout(const fed *f, uint64_t now_ms);
+static void fa_shutdown(fed *f, uint64_t now_ms);
+static void fa_fini(fed *f);
+static void fa_met_declare(fed *f);
+static void fa_rejoin(fed *f, fnode *n, uint64_t now_ms);
 
 static uint64_t wall(const fed *f)
 {
@@ -340,6 +377,7 @@ void fed_opts_default(fed_opts *o)
 	o->secure.clip = 1.0;
 	o->secure.range = 4.0;
 	o->secure.phase_ms = 30000;
+	fa_opts_default(&o->async);
 }
 
 #define WHY(...)                                                                                   \
@@ -426,6 +464,10 @@ static const char *rank_conflict(const fed_opts *o)
 		return "aggregation.strategy";
 	if (o->priv.mode != DP_OFF)
 		return "privacy.mode";
+	if (o->async.on)
+		return "aggregation.mode";
+	if (o->tier) /* a region forwards one full-rank mean: slot weights are lost */
+		return "upstream.endpoint";
 	return NULL;
 }
 
@@ -435,8 +477,8 @@ static int rank_check(const fed_opts *o, char *why, size_t whylen)
 	const char *k = rank_conflict(o);
 	if (!rc && k && nrank_mixed(&o->rank, o->spec.rank)) {
 		WHY("rank.groups / rank.default assign ranks below lora.rank (%u), which %s does "
-		    "not support (rank slots need a mean strategy without secure aggregation or "
-		    "DP; docs/COORDINATOR.md)",
+		    "not support (rank slots need synchronous rounds at the root with a mean "
+		    "strategy, without secure aggregation or DP; docs/COORDINATOR.md)",
 		    o->spec.rank, k);
 		rc = FL_EINVAL;
 	}
@@ -528,6 +570,8 @@ int fed_opts_check(const fed_opts *o, char *why, size_t whylen)
 		rc = rank_check(o, why, whylen);
 	if (rc)
 		return rc;
+	if ((rc = fa_check(o, why, whylen)) != 0)
+		return rc;
 	agg_opts ao;
 	agg_opts_for(o, &ao);
 	return agg_opts_check(&ao, why, whylen);
@@ -588,6 +632,8 @@ static void met_declare(fed *f)
 	                "Failed state-directory writes and retries (journal or versions)");
 	metrics_declare(f->m, "fedlora_journal_backlog", METRICS_GAUGE,
 	                "Journal records waiting in memory for the disk");
+	if (f->o.async.on)
+		fa_met_declare(f);
 	if (f->o.priv.mode != DP_OFF) {
 		metrics_declare(f->m, "fedlora_privacy_epsilon_spent", METRICS_GAUGE,
 		                "Epsilon spent so far at privacy.delta (RDP accountant)");
@@ -688,6 +734,8 @@ static const char *ack_reason_name(int r)
 		return "non_finite";
 	case FEDLORA__UPDATE_ACK__REASON__REASON_NORM:
 		return "norm";
+	case FEDLORA__UPDATE_ACK__REASON__REASON_TOO_STALE:
+		return "too_stale";
 	}
 	return "other";
 }
@@ -1285,6 +1333,7 @@ void fed_free(fed *f)
 	buf_fini(&f->snap);
 	buf_fini(&f->delta);
 	buf_fini(&f->empty);
+	fa_fini(f);
 	free(f);
 }
 
@@ -1348,6 +1397,10 @@ void fed_peer_gone(fed *f, uint64_t peer, uint64_t now_ms)
 		f->connected--;
 	set_connected_gauge(f);
 	LOGI(MOD, "node %s disconnected", n->cn);
+	if (f->o.async.on) {
+		n->fa_gone = now_ms ? now_ms : 1;
+		return;
+	}
 	part *p = part_of(f, n);
 	if (p && !p->answered)
 		p->gone_at = now_ms ? now_ms : 1;
@@ -1618,6 +1671,8 @@ static void handle_join(fed *f, sess *s, const Fedlora__Join *j, uint64_t now_ms
 			send_round_start(f, &one, 1, now_ms);
 		}
 	}
+	if (f->o.async.on)
+		fa_rejoin(f, n, now_ms);
 	update_ready(f, now_ms);
 }
 
@@ -1643,6 +1698,10 @@ static void update_ready(fed *f, uint64_t now_ms)
 {
 	if (f->o.tier) { /* a region's rounds start with the root's */
 		f->ready = 0;
+		return;
+	}
+	if (f->o.async.on) {
+		fa_assign(f, now_ms);
 		return;
 	}
 	if (f->state != FED_IDLE || f->stopping)
@@ -1834,6 +1893,8 @@ static void send_round_start(fed *f, fnode **nodes, size_t n, uint64_t now_ms)
 		sa_setup_msg(f, &su);
 		rs.secagg = &su;
 	}
+	if (f->o.async.on)
+		rs.async_buffer = f->o.async.buffer_size;
 	uint64_t *peers = malloc((n ? n : 1) * sizeof *peers);
 	if (!peers)
 		return;
@@ -2210,6 +2271,24 @@ static void abandon_round(fed *f, const char *detail, uint64_t now_ms)
 	after_round(f, now_ms);
 }
 
+/* A commit job for the next version (parent: the current one); NULL when
+ * out of memory. */
+static fed_job *commit_job_new(fed *f)
+{
+	fed_job *job = calloc(1, sizeof *job);
+	if (!job)
+		return NULL;
+	job->f = f;
+	job->type = JOB_COMMIT;
+	job->round_id = f->round_id;
+	job->parent = f->version;
+	uint64_t mv = f->st ? store_max_version(f->st) : 0;
+	job->version = (mv > f->version ? mv : f->version) + 1;
+	buf_init(&job->snap, 0);
+	buf_init(&job->delta, 0);
+	return job;
+}
+
 /* Collection is over: commit or abandon once in-flight updates are done. */
 static void finish_round(fed *f, uint64_t now_ms)
 {
@@ -2229,19 +2308,13 @@ static void finish_round(fed *f, uint64_t now_ms)
 		abandon_round(f, d, now_ms);
 		return;
 	}
-	fed_job *job = calloc(1, sizeof *job);
+	fed_job *job = commit_job_new(f);
 	if (!job) {
 		abandon_round(f, "out of memory", now_ms);
 		return;
 	}
-	job->f = f;
-	job->type = f->o.tier ? JOB_TIER : JOB_COMMIT; /* a region forwards its mean */
-	job->round_id = f->round_id;
-	job->parent = f->version;
-	uint64_t mv = f->st ? store_max_version(f->st) : 0;
-	job->version = (mv > f->version ? mv : f->version) + 1;
-	buf_init(&job->snap, 0);
-	buf_init(&job->delta, 0);
+	if (f->o.tier)
+		job->type = JOB_TIER; /* a region forwards its mean */
 	f->state = FED_COMMITTING;
 	submit(f, job, now_ms);
 }
@@ -2250,7 +2323,7 @@ static void sa_advance(fed *f, uint64_t now_ms);
 
 static void maybe_close_round(fed *f, uint64_t now_ms)
 {
-	if (f->state != FED_COLLECTING)
+	if (f->state != FED_COLLECTING || f->o.async.on)
 		return;
 	if (f->sa) {
 		sa_advance(f, now_ms);
@@ -2996,6 +3069,10 @@ static void handle_snapshot_request(fed *f, sess *s, const Fedlora__SnapshotRequ
 	fnode *n = s->node;
 	LOGI(MOD, "node %s asks for a snapshot (holds v%" PRIu64 ")", n->cn, r->have_version);
 	n->held_known = 0;
+	if (f->o.async.on) {
+		fa_resend(f, n, now_ms);
+		return;
+	}
 	part *p = part_of(f, n);
 	if (p && f->state == FED_COLLECTING && !p->answered && !p->pending) {
 		fnode *one = n;
@@ -3029,7 +3106,10 @@ void fed_on_message(fed *f, uint64_t peer, wire_msg *m, size_t wire_len, uint64_
 	n->last_seen = now_ms;
 	switch (env->body_case) {
 	case FEDLORA__ENVELOPE__BODY_UPDATE:
-		handle_update(f, s, m, wire_len, now_ms);
+		if (f->o.async.on)
+			fa_handle_update(f, s, m, wire_len, now_ms);
+		else
+			handle_update(f, s, m, wire_len, now_ms);
 		return; /* handle_update owns m */
 	case FEDLORA__ENVELOPE__BODY_HEARTBEAT: {
 		const Fedlora__Heartbeat *h = env->heartbeat;
@@ -3189,8 +3269,12 @@ void fed_job_run(fed_job *job)
 	if (job->type == JOB_UPDATE) {
 		double t0 = clk_seconds();
 		const Fedlora__Update *u = wire_env(job->msg)->update;
-		job->rc =
-		    agg_add_payload_rank(job->f->agg, u->delta, job->samples, job->rank, &job->res);
+		if (job->fa_node)
+			job->rc = agg_add_payload_scaled(job->f->agg, u->delta, job->samples,
+			                                 job->fa_factor, &job->res);
+		else
+			job->rc = agg_add_payload_rank(job->f->agg, u->delta, job->samples,
+			                               job->rank, &job->res);
 		job->agg_secs = clk_seconds() - t0;
 		/* the bulk is no longer needed: free it on the worker */
 		wire_free(job->msg);
@@ -3222,6 +3306,18 @@ static int verdict_reason(enum agg_verdict v)
 	return FEDLORA__UPDATE_ACK__REASON__REASON_MALFORMED;
 }
 
+/* The UpdateAck reason of a finished update job, and its detail. */
+static int job_reason(const fed_job *job, const fnode *n, const char **detail)
+{
+	if (job->rc) {
+		*detail = "coordinator could not process the update";
+		LOGE(MOD, "update from %s: %s", n->cn, fl_strerror(job->rc));
+		return FEDLORA__UPDATE_ACK__REASON__REASON_MALFORMED;
+	}
+	*detail = job->res.verdict == AGG_ACCEPTED ? "" : job->res.why;
+	return verdict_reason(job->res.verdict);
+}
+
 static void done_update(fed *f, fed_job *job, uint64_t now_ms)
 {
 	part *p = job->part_idx < f->nparts ? &f->parts[job->part_idx] : NULL;
@@ -3233,16 +3329,8 @@ static void done_update(fed *f, fed_job *job, uint64_t now_ms)
 	p->pending = 0;
 	p->answered = 1;
 	f->answered++;
-	int reason;
 	const char *detail;
-	if (job->rc) {
-		reason = FEDLORA__UPDATE_ACK__REASON__REASON_MALFORMED;
-		detail = "coordinator could not process the update";
-		LOGE(MOD, "update from %s: %s", n->cn, fl_strerror(job->rc));
-	} else {
-		reason = verdict_reason(job->res.verdict);
-		detail = job->res.verdict == AGG_ACCEPTED ? "" : job->res.why;
-	}
+	int reason = job_reason(job, n, &detail);
 	p->reason = reason;
 	p->accepted = reason == FEDLORA__UPDATE_ACK__REASON__REASON_NONE;
 	p->norm = job->res.norm;
@@ -3279,6 +3367,10 @@ static void done_commit(fed *f, fed_job *job, uint64_t now_ms)
 			snprintf(w, sizeof w, "writing version %" PRIu64, job->version);
 			write_failed(f, w, job->store_errno);
 		}
+		if (f->o.async.on) {
+			fa_commit_failed(f, job, now_ms);
+			return;
+		}
 		f->state = FED_CLOSING; /* for abandon_round's bookkeeping */
 		abandon_round(f, job->detail[0] ? job->detail : "commit failed", now_ms);
 		return;
@@ -3307,6 +3399,10 @@ static void done_commit(fed *f, fed_job *job, uint64_t now_ms)
 	p.to_sha256.data = f->sha;
 	p.to_sha256.len = 32;
 	pack_payload(&p, &f->empty);
+	if (f->o.async.on) {
+		fa_committed(f, job, now_ms);
+		return;
+	}
 	f->committed++;
 	double tl, el;
 	int ht, he;
@@ -3339,7 +3435,9 @@ void fed_job_done(fed *f, fed_job *job, uint64_t now_ms)
 {
 	if (f->jobs)
 		f->jobs--;
-	if (job->type == JOB_UPDATE)
+	if (job->type == JOB_UPDATE && job->fa_node)
+		fa_done_update(f, job, now_ms);
+	else if (job->type == JOB_UPDATE)
 		done_update(f, job, now_ms);
 	else if (job->type == JOB_TIER)
 		tier_done(f, job, now_ms);
@@ -3453,6 +3551,10 @@ static void backoff_tick(fed *f, uint64_t now_ms)
 void fed_tick(fed *f, uint64_t now_ms)
 {
 	backoff_tick(f, now_ms);
+	if (f->o.async.on) {
+		fa_tick(f, now_ms);
+		return;
+	}
 	switch (f->state) {
 	case FED_IDLE:
 		update_ready(f, now_ms);
@@ -3472,6 +3574,8 @@ int64_t fed_timeout(const fed *f, uint64_t now_ms)
 	uint64_t due = UINT64_MAX;
 	if (f->wf_pending)
 		return 0;
+	if (f->o.async.on)
+		return fa_timeout(f, now_ms);
 	if (f->wf_since && f->state == FED_IDLE && !f->jobs)
 		due = f->wf_retry_at;
 	if (f->state == FED_IDLE && f->ready)
@@ -3499,6 +3603,10 @@ void fed_shutdown(fed *f, uint64_t now_ms)
 		return;
 	}
 	f->stopping = 1;
+	if (f->o.async.on) {
+		fa_shutdown(f, now_ms);
+		return;
+	}
 	LOGI(MOD, "shutting down (state %s)", fed_state_name(f->state));
 	switch (f->state) {
 	case FED_IDLE:
@@ -3771,4 +3879,656 @@ static int tier_join_refused(fed *f, const sess *s, const Fedlora__Join *j, uint
 		return 1;
 	}
 	return 0;
+}
+/* asynchronous buffered aggregation (aggregation.mode = async)        */
+/*                                                                     */
+/* No rounds: every connected node without a task is given one (a      */
+/* RoundStart whose round_id is a fresh task id, on the current        */
+/* version), up to async.max_concurrent tasks out. An arriving Update  */
+/* is checked against its node's task, weighted by the staleness of    */
+/* its base version (async.h) and accumulated; every buffer_size       */
+/* accepted updates the buffer is committed as a new version by the    */
+/* same commit job as a synchronous round (exact versions, state       */
+/* directory, optimiser). Updates arriving while a commit is due or    */
+/* running are held and added after it, on the new version. The buffer */
+/* lives in memory only: a crash loses the uncommitted updates, never  */
+/* a committed version (docs/COORDINATOR.md).                          */
+
+typedef struct fa_entry {
+	char cn[65];
+	uint64_t task, base, stale, samples;
+	double factor, weight, norm, scale;
+	double train_loss, eval_loss;
+	int has_train, has_eval;
+} fa_entry;
+
+typedef struct fa_held {
+	fnode *n;
+	wire_msg *m;
+	double tl, el;
+	int ht, he;
+} fa_held;
+
+static int fa_check(const fed_opts *o, char *why, size_t whylen)
+{
+	int rc = fa_opts_check(&o->async, why, whylen);
+	if (rc || !o->async.on)
+		return rc;
+	if (o->secure.on) {
+		WHY("aggregation.mode = async does not combine with aggregation.secure = true: "
+		    "secure aggregation needs a fixed cohort per version (buffered SecAgg is "
+		    "not implemented)");
+		return FL_EINVAL;
+	}
+	if (o->priv.mode != DP_OFF) {
+		WHY("aggregation.mode = async does not combine with privacy.mode = %s: the "
+		    "privacy accountant assumes Poisson-sampled synchronous rounds",
+		    o->priv.mode == DP_CENTRAL ? "central" : "distributed");
+		return FL_EINVAL;
+	}
+	if (o->tier) {
+		WHY("aggregation.mode = async does not combine with upstream.endpoint: a region's "
+		    "rounds follow the root's");
+		return FL_EINVAL;
+	}
+	if (agg_strategy_buffers(o->agg.strategy)) {
+		WHY("aggregation.mode = async does not combine with aggregation.strategy = %s: "
+		    "the staleness weight scales a mean (use fedavg, fedavgm, fedadam or "
+		    "fedyogi)",
+		    agg_strategy_name(o->agg.strategy));
+		return FL_EINVAL;
+	}
+	return 0;
+}
+
+static void fa_met_declare(fed *f)
+{
+	metrics_declare(f->m, "fedlora_async_buffered", METRICS_GAUGE,
+	                "Async: accepted updates in the buffer of the next version");
+	metrics_declare(f->m, "fedlora_async_tasks_out", METRICS_GAUGE,
+	                "Async: tasks given and not answered (training or uploading)");
+	metrics_declare(f->m, "fedlora_async_updates_total", METRICS_COUNTER,
+	                "Async: accepted updates by staleness (versions behind when added)");
+	metrics_declare(f->m, "fedlora_async_weight_total", METRICS_COUNTER,
+	                "Async: sum of the staleness weight factors of accepted updates");
+	metrics_add(f->m, "fedlora_async_weight_total", NULL, 0);
+	metrics_add(f->m, "fedlora_updates_rejected_total", "reason=\"too_stale\"", 0);
+}
+
+static void fa_gauges(fed *f)
+{
+	met_set(f, "fedlora_async_buffered", NULL, (double)f->fa_nbuf);
+	met_set(f, "fedlora_async_tasks_out", NULL, (double)f->fa_out);
+}
+
+static void fa_release(fed *f, fnode *n)
+{
+	if (!n->fa_task)
+		return;
+	n->fa_task = 0;
+	n->fa_uploaded = 0;
+	if (f->fa_out)
+		f->fa_out--;
+}
+
+/* RoundStart of n's task: its id and deadline, the current version. */
+static void fa_send(fed *f, fnode *n, uint64_t now_ms)
+{
+	uint64_t rid = f->round_id, dl = f->deadline;
+	f->round_id = n->fa_task;
+	f->deadline = n->fa_deadline;
+	send_round_start(f, &n, 1, now_ms);
+	f->round_id = rid;
+	f->deadline = dl;
+}
+
+static void fa_give(fed *f, fnode *n, uint64_t now_ms)
+{
+	n->fa_task = ++f->round_id;
+	n->fa_base = f->version;
+	n->fa_deadline = now_ms + f->o.round_timeout_ms;
+	n->fa_uploaded = 0;
+	n->fa_gone = 0;
+	f->fa_out++;
+	LOGD(MOD, "task %" PRIu64 " to %s on version %" PRIu64, n->fa_task, n->cn, f->version);
+	fa_send(f, n, now_ms);
+	met_set(f, "fedlora_round_id", NULL, (double)f->round_id);
+}
+
+/* Hands tasks to connected nodes without one, in round-robin order, up
+ * to max_concurrent; none while a commit is due or running, while the
+ * state directory cannot be written, below rounds.min_nodes or stopping. */
+static void fa_assign(fed *f, uint64_t now_ms)
+{
+	if (f->stopping || f->state == FED_STOPPED || f->wf_since || f->wf_pending)
+		return;
+	if (f->connected < f->o.min_nodes)
+		return;
+	if (f->state == FED_IDLE) {
+		f->state = FED_COLLECTING;
+		f->fa_buf_opened = now_ms;
+	}
+	if (f->state != FED_COLLECTING || f->fa_want || !f->nnodes)
+		return;
+	size_t cap = f->o.async.max_concurrent ? f->o.async.max_concurrent : SIZE_MAX;
+	size_t nn = f->nnodes, last = SIZE_MAX;
+	for (size_t k = 0; k < nn && f->fa_out < cap; k++) {
+		size_t i = (f->fa_rr + k) % nn;
+		fnode *n = f->nodes[i];
+		if (!n->peer || n->fa_task)
+			continue;
+		fa_give(f, n, now_ms);
+		last = i;
+	}
+	if (last != SIZE_MAX) /* next time, start after it (nodes may join meanwhile) */
+		f->fa_rr = last + 1;
+	fa_gauges(f);
+}
+
+static void fa_journal_update(fed *f, const fnode *n, uint64_t task, uint64_t base, uint64_t stale,
+                              double factor, int reason, const char *detail, double weight)
+{
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "async_update");
+	cJSON_AddNumberToObject(j, "round", (double)task);
+	cJSON_AddStringToObject(j, "node", n->cn);
+	cJSON_AddNumberToObject(j, "base_version", (double)base);
+	cJSON_AddNumberToObject(j, "version", (double)f->version);
+	cJSON_AddNumberToObject(j, "staleness", (double)stale);
+	int acc = reason == FEDLORA__UPDATE_ACK__REASON__REASON_NONE;
+	cJSON_AddBoolToObject(j, "accepted", acc);
+	if (acc) {
+		cJSON_AddNumberToObject(j, "factor", factor);
+		cJSON_AddNumberToObject(j, "weight", weight);
+		cJSON_AddNumberToObject(j, "buffered", (double)f->fa_nbuf);
+	} else {
+		cJSON_AddStringToObject(j, "reason", ack_reason_name(reason));
+		cJSON_AddStringToObject(j, "detail", detail ? detail : "");
+	}
+	journal_rec(f, j);
+}
+
+/* Refuses n's update for its task (the task ends; the node gets another). */
+static void fa_refuse(fed *f, fnode *n, uint64_t stale, int reason, const char *detail,
+                      uint64_t now_ms)
+{
+	uint64_t task = n->fa_task;
+	LOGW(MOD, "task %" PRIu64 ": update from %s refused (%s): %s", task, n->cn,
+	     ack_reason_name(reason), detail);
+	fa_journal_update(f, n, task, n->fa_base, stale, 0, reason, detail, 0);
+	fa_release(f, n);
+	if (n->peer && n->st == N_UPLOADING)
+		n->st = N_IDLE;
+	send_ack(f, n->peer, task, reason, detail);
+	fa_assign(f, now_ms);
+}
+
+static void fa_maybe_commit(fed *f, uint64_t now_ms)
+{
+	if (!f->fa_want || f->jobs || f->state != FED_COLLECTING)
+		return;
+	fed_job *job = commit_job_new(f);
+	if (!job) {
+		LOGE(MOD, "out of memory starting a commit; retried at the next tick");
+		return;
+	}
+	f->collect_ms = now_ms - f->fa_buf_opened;
+	f->state = FED_COMMITTING;
+	submit(f, job, now_ms);
+}
+
+/* Hands a held update to the worker, weighted by its staleness now. */
+static void fa_submit(fed *f, const fa_held *h, uint64_t now_ms)
+{
+	fnode *n = h->n;
+	uint64_t stale = fa_staleness(f->version, n->fa_base);
+	char d[200];
+	if (fa_too_stale(&f->o.async, stale)) {
+		snprintf(d, sizeof d,
+		         "trained from version %" PRIu64 ", %" PRIu64 " versions behind %" PRIu64
+		         "; aggregation.max_staleness is %u",
+		         n->fa_base, stale, f->version, f->o.async.max_staleness);
+		wire_free(h->m);
+		fa_refuse(f, n, stale, FEDLORA__UPDATE_ACK__REASON__REASON_TOO_STALE, d, now_ms);
+		return;
+	}
+	fed_job *job = calloc(1, sizeof *job);
+	if (!job) {
+		wire_free(h->m);
+		fa_refuse(f, n, stale, FEDLORA__UPDATE_ACK__REASON__REASON_MALFORMED,
+		          "coordinator out of memory", now_ms);
+		return;
+	}
+	job->f = f;
+	job->type = JOB_UPDATE;
+	job->round_id = n->fa_task;
+	job->msg = h->m;
+	job->samples = wire_env(h->m)->update->sample_count;
+	job->fa_node = n;
+	job->fa_stale = stale;
+	job->fa_factor = fa_weight(&f->o.async, stale);
+	job->fa_tl = h->tl;
+	job->fa_el = h->el;
+	job->fa_ht = h->ht;
+	job->fa_he = h->he;
+	submit(f, job, now_ms);
+}
+
+/* Held updates go to the worker once no commit is due or running. */
+static void fa_drain(fed *f, uint64_t now_ms)
+{
+	while (f->fa_nq && !f->fa_want && f->state == FED_COLLECTING) {
+		fa_held h = f->fa_q[0];
+		memmove(f->fa_q, f->fa_q + 1, (f->fa_nq - 1) * sizeof *f->fa_q);
+		f->fa_nq--;
+		fa_submit(f, &h, now_ms);
+	}
+}
+
+static void fa_handle_update(fed *f, sess *s, wire_msg *m, size_t wire_len, uint64_t now_ms)
+{
+	const Fedlora__Update *u = wire_env(m)->update;
+	fnode *n = s->node;
+	char d[200];
+	f->bytes_in += wire_len;
+	if (f->stopping || f->state == FED_STOPPED) {
+		send_ack(f, s->peer, u->round_id, FEDLORA__UPDATE_ACK__REASON__REASON_LATE,
+		         "the coordinator is stopping");
+		goto drop;
+	}
+	if (!n->fa_task || u->round_id != n->fa_task) {
+		snprintf(d, sizeof d,
+		         "task %" PRIu64 " is not open for %s (expired, answered or never given)",
+		         u->round_id, n->cn);
+		int late = u->round_id && u->round_id <= f->round_id;
+		send_ack(f, s->peer, u->round_id,
+		         late ? FEDLORA__UPDATE_ACK__REASON__REASON_LATE
+		              : FEDLORA__UPDATE_ACK__REASON__REASON_WRONG_ROUND,
+		         d);
+		goto drop;
+	}
+	if (n->fa_uploaded) {
+		snprintf(d, sizeof d, "an update from %s for task %" PRIu64 " was already received",
+		         n->cn, u->round_id);
+		send_ack(f, s->peer, u->round_id, FEDLORA__UPDATE_ACK__REASON__REASON_DUPLICATE, d);
+		goto drop;
+	}
+	uint64_t stale = fa_staleness(f->version, n->fa_base);
+	if (u->base_version != n->fa_base) {
+		snprintf(d, sizeof d,
+		         "trained from version %" PRIu64 ", task %" PRIu64 " gave version %" PRIu64,
+		         u->base_version, u->round_id, n->fa_base);
+		fa_refuse(f, n, stale, FEDLORA__UPDATE_ACK__REASON__REASON_STALE, d, now_ms);
+		goto drop;
+	}
+	if (!u->delta || u->delta->from_version != u->base_version) {
+		fa_refuse(f, n, stale, FEDLORA__UPDATE_ACK__REASON__REASON_MALFORMED,
+		          !u->delta ? "update carries no delta"
+		                    : "delta.from_version differs from base_version",
+		          now_ms);
+		goto drop;
+	}
+	fa_held h = {.n = n, .m = m};
+	for (size_t i = 0; i < u->n_metrics; i++) {
+		const Fedlora__Metric *mt = u->metrics[i];
+		if (!mt || !mt->name || !isfinite(mt->value))
+			continue;
+		if (strcmp(mt->name, "train_loss") == 0) {
+			h.tl = mt->value;
+			h.ht = 1;
+		} else if (strcmp(mt->name, "eval_loss") == 0) {
+			h.el = mt->value;
+			h.he = 1;
+			n->eval_loss = mt->value;
+			n->has_eval_loss = 1;
+		}
+	}
+	n->fa_uploaded = 1;
+	n->st = N_UPLOADING;
+	if (f->fa_want || f->state != FED_COLLECTING) {
+		if (f->fa_nq == f->fa_qcap) {
+			size_t nc = f->fa_qcap ? 2 * f->fa_qcap : 16;
+			fa_held *q = realloc(f->fa_q, nc * sizeof *q);
+			if (!q) {
+				n->fa_uploaded = 0;
+				fa_refuse(f, n, stale,
+				          FEDLORA__UPDATE_ACK__REASON__REASON_MALFORMED,
+				          "coordinator out of memory", now_ms);
+				goto drop;
+			}
+			f->fa_q = q;
+			f->fa_qcap = nc;
+		}
+		f->fa_q[f->fa_nq++] = h;
+		return;
+	}
+	fa_submit(f, &h, now_ms);
+	return;
+drop:
+	wire_free(m);
+}
+
+static void fa_done_update(fed *f, fed_job *job, uint64_t now_ms)
+{
+	fnode *n = job->fa_node;
+	const char *detail;
+	int reason = job_reason(job, n, &detail);
+	met_observe(f, "fedlora_update_seconds", job->agg_secs);
+	if (reason != FEDLORA__UPDATE_ACK__REASON__REASON_NONE) {
+		fa_refuse(f, n, job->fa_stale, reason, detail, now_ms);
+		fa_maybe_commit(f, now_ms);
+		return;
+	}
+	if (f->fa_nbuf == f->fa_bufcap) {
+		size_t nc = f->fa_bufcap ? 2 * f->fa_bufcap : 16;
+		fa_entry *b = realloc(f->fa_buf, nc * sizeof *b);
+		if (!b) { /* the sum already holds it: counted, but not itemised */
+			LOGE(MOD, "out of memory recording an update in the buffer");
+		} else {
+			f->fa_buf = b;
+			f->fa_bufcap = nc;
+		}
+	}
+	if (f->fa_nbuf < f->fa_bufcap) {
+		fa_entry *e = &f->fa_buf[f->fa_nbuf++];
+		memset(e, 0, sizeof *e);
+		snprintf(e->cn, sizeof e->cn, "%s", n->cn);
+		e->task = job->round_id;
+		e->base = n->fa_base;
+		e->stale = job->fa_stale;
+		e->samples = job->samples;
+		e->factor = job->fa_factor;
+		e->weight = job->res.weight;
+		e->norm = job->res.norm;
+		e->scale = job->res.scale;
+		e->train_loss = job->fa_tl;
+		e->eval_loss = job->fa_el;
+		e->has_train = job->fa_ht;
+		e->has_eval = job->fa_he;
+	}
+	LOGI(MOD,
+	     "task %" PRIu64 ": update from %s accepted (base v%" PRIu64 ", staleness %" PRIu64
+	     ", factor %.4g, norm %.4g%s); %zu of %u buffered",
+	     job->round_id, n->cn, n->fa_base, job->fa_stale, job->fa_factor, job->res.norm,
+	     job->res.scale < 1 ? ", clipped" : "", agg_count(f->agg), f->o.async.buffer_size);
+	if (job->res.scale < 1)
+		met_add(f, "fedlora_updates_clipped_total", NULL, 1);
+	char lab[48];
+	snprintf(lab, sizeof lab, "staleness=\"%" PRIu64 "\"", job->fa_stale);
+	met_add(f, "fedlora_async_updates_total", lab, 1);
+	met_add(f, "fedlora_async_weight_total", NULL, job->fa_factor);
+	fa_journal_update(f, n, job->round_id, n->fa_base, job->fa_stale, job->fa_factor, reason,
+	                  "", job->res.weight);
+	fa_release(f, n);
+	if (n->peer && n->st == N_UPLOADING)
+		n->st = N_IDLE;
+	send_ack(f, n->peer, job->round_id, reason, "");
+	if (agg_count(f->agg) >= f->o.async.buffer_size)
+		f->fa_want = 1;
+	fa_maybe_commit(f, now_ms);
+	fa_assign(f, now_ms);
+}
+
+/* Ends the federation (max_rounds, shutdown): held updates are dropped. */
+static void fa_stop(fed *f, const char *why)
+{
+	for (size_t i = 0; i < f->fa_nq; i++)
+		wire_free(f->fa_q[i].m);
+	f->fa_nq = 0;
+	f->state = FED_STOPPED;
+	say_goodbye(f, why);
+}
+
+/* The buffer is consumed: a fresh one opens on the (new) version. */
+static void fa_reset_buffer(fed *f, uint64_t now_ms)
+{
+	agg_begin(f->agg);
+	f->fa_nbuf = 0;
+	f->fa_want = 0;
+	f->fa_buf_opened = now_ms;
+	f->bytes_in = f->bytes_out = 0;
+	memset(f->rejected, 0, sizeof f->rejected);
+}
+
+static void fa_after_buffer(fed *f, uint64_t now_ms)
+{
+	if (f->stopping) {
+		fa_stop(f, "coordinator shutting down");
+		return;
+	}
+	if (f->o.max_rounds && f->committed >= f->o.max_rounds) {
+		LOGI(MOD, "federation finished: %" PRIu64 " versions committed", f->committed);
+		fa_stop(f, "federation finished");
+		return;
+	}
+	fa_drain(f, now_ms);
+	fa_maybe_commit(f, now_ms);
+	fa_assign(f, now_ms);
+	fa_gauges(f);
+}
+
+/* done_commit after the new global is in place. */
+static void fa_committed(fed *f, fed_job *job, uint64_t now_ms)
+{
+	f->committed++;
+	double ts = 0, tw = 0, es = 0, ew = 0, nsum = 0;
+	size_t nclip = 0;
+	uint64_t smax = 0;
+	for (size_t i = 0; i < f->fa_nbuf; i++) {
+		const fa_entry *e = &f->fa_buf[i];
+		double w = e->samples ? (double)e->samples : 1.0;
+		if (e->has_train) {
+			ts += w * e->train_loss;
+			tw += w;
+		}
+		if (e->has_eval) {
+			es += w * e->eval_loss;
+			ew += w;
+		}
+		nsum += e->norm;
+		nclip += e->scale < 1.0;
+		if (e->stale > smax)
+			smax = e->stale;
+	}
+	char h[65];
+	hex_encode(f->sha, 32, h);
+	LOGI(MOD,
+	     "async: version %" PRIu64 " (%.16s...) committed from %zu buffered updates "
+	     "(staleness up to %" PRIu64 "); aggregate %.1f ms, write %.1f ms",
+	     f->version, h, agg_count(f->agg), smax, job->agg_secs * 1e3, job->commit_secs * 1e3);
+	met_add(f, "fedlora_rounds_total", "outcome=\"committed\"", 1);
+	met_set(f, "fedlora_global_version", NULL, (double)f->version);
+	met_observe(f, "fedlora_aggregation_seconds", job->agg_secs);
+	met_observe(f, "fedlora_commit_seconds", job->commit_secs);
+	met_observe(f, "fedlora_round_seconds", (double)(now_ms - f->fa_buf_opened) / 1e3);
+	if (ew > 0)
+		met_set(f, "fedlora_global_loss", NULL, es / ew);
+	if (tw > 0)
+		met_set(f, "fedlora_train_loss", NULL, ts / tw);
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "round_end");
+	cJSON_AddNumberToObject(j, "round", (double)job->round_id);
+	cJSON_AddBoolToObject(j, "committed", 1);
+	cJSON_AddStringToObject(j, "mode", "async");
+	cJSON_AddNumberToObject(j, "version", (double)f->version);
+	cJSON_AddNumberToObject(j, "parent", (double)f->parent);
+	add_hex(j, "sha256", f->sha, 32);
+	cJSON_AddStringToObject(j, "strategy", agg_strategy_name(f->o.agg.strategy));
+	cJSON_AddStringToObject(j, "staleness_fn", fa_stale_name(f->o.async.fn));
+	/* participants = accepted: the nodes whose updates are in the version */
+	cJSON *pa = cJSON_AddArrayToObject(j, "participants");
+	cJSON *ac = cJSON_AddArrayToObject(j, "accepted");
+	cJSON *ua = cJSON_AddArrayToObject(j, "updates");
+	for (size_t i = 0; i < f->fa_nbuf; i++) {
+		const fa_entry *e = &f->fa_buf[i];
+		cJSON_AddItemToArray(pa, cJSON_CreateString(e->cn));
+		cJSON_AddItemToArray(ac, cJSON_CreateString(e->cn));
+		cJSON *u = cJSON_CreateObject();
+		cJSON_AddStringToObject(u, "node", e->cn);
+		cJSON_AddNumberToObject(u, "task", (double)e->task);
+		cJSON_AddNumberToObject(u, "base_version", (double)e->base);
+		cJSON_AddNumberToObject(u, "staleness", (double)e->stale);
+		cJSON_AddNumberToObject(u, "factor", e->factor);
+		cJSON_AddNumberToObject(u, "weight", e->weight);
+		cJSON_AddItemToArray(ua, u);
+	}
+	cJSON *rj = cJSON_AddObjectToObject(j, "rejected");
+	for (int r = 1; r < 16; r++)
+		if (f->rejected[r])
+			cJSON_AddNumberToObject(rj, ack_reason_name(r), (double)f->rejected[r]);
+	cJSON_AddNumberToObject(j, "bytes_in", (double)f->bytes_in);
+	cJSON_AddNumberToObject(j, "bytes_out", (double)f->bytes_out);
+	cJSON *mj = cJSON_AddObjectToObject(j, "metrics");
+	if (tw > 0)
+		cJSON_AddNumberToObject(mj, "train_loss", ts / tw);
+	if (ew > 0)
+		cJSON_AddNumberToObject(mj, "eval_loss", es / ew);
+	if (f->fa_nbuf) {
+		cJSON_AddNumberToObject(mj, "mean_update_norm", nsum / (double)f->fa_nbuf);
+		cJSON_AddNumberToObject(mj, "clipped", (double)nclip);
+	}
+	cJSON *tj = cJSON_AddObjectToObject(j, "timings");
+	cJSON_AddNumberToObject(tj, "collect_ms", (double)f->collect_ms);
+	cJSON_AddNumberToObject(tj, "aggregate_ms", job->agg_secs * 1e3);
+	cJSON_AddNumberToObject(tj, "commit_ms", job->commit_secs * 1e3);
+	cJSON_AddNumberToObject(tj, "round_ms", (double)(now_ms - f->fa_buf_opened));
+	journal_rec(f, j);
+	f->state = FED_COLLECTING;
+	fa_reset_buffer(f, now_ms);
+	fa_after_buffer(f, now_ms);
+}
+
+/* done_commit when the commit job failed: the version stays, the buffer
+ * is dropped (its updates were acknowledged: that work is lost). */
+static void fa_commit_failed(fed *f, fed_job *job, uint64_t now_ms)
+{
+	const char *d = job->detail[0] ? job->detail : "commit failed";
+	LOGW(
+	    MOD,
+	    "async: version not committed: %s; %zu buffered updates dropped (version stays %" PRIu64
+	    ")",
+	    d, agg_count(f->agg), f->version);
+	f->abandoned++;
+	met_add(f, "fedlora_rounds_total", "outcome=\"abandoned\"", 1);
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "round_end");
+	cJSON_AddNumberToObject(j, "round", (double)job->round_id);
+	cJSON_AddBoolToObject(j, "committed", 0);
+	cJSON_AddStringToObject(j, "mode", "async");
+	cJSON_AddNumberToObject(j, "version", (double)f->version);
+	cJSON_AddStringToObject(j, "detail", d);
+	cJSON_AddNumberToObject(j, "dropped", (double)agg_count(f->agg));
+	journal_rec(f, j);
+	/* IDLE lets the state-directory back-off retry; fa_assign resumes */
+	f->state = f->wf_since || f->wf_pending ? FED_IDLE : FED_COLLECTING;
+	fa_reset_buffer(f, now_ms);
+	if (f->state == FED_IDLE && !f->stopping) {
+		fa_gauges(f);
+		return;
+	}
+	fa_after_buffer(f, now_ms);
+}
+
+/* A node joined again while it has a task: the same task again when the
+ * version has not moved (a node still training carries on, one that
+ * restarted trains it, one that uploaded resends); otherwise the task
+ * stays (the node resends its update or finishes training, both marked
+ * async) until its deadline. */
+static void fa_rejoin(fed *f, fnode *n, uint64_t now_ms)
+{
+	n->fa_gone = 0;
+	if (n->fa_task && !n->fa_uploaded && n->fa_base == f->version && f->state != FED_STOPPED &&
+	    !f->stopping)
+		fa_send(f, n, now_ms);
+}
+
+/* SnapshotRequest: the same task with a snapshot while the version has
+ * not moved, else a new task on the current version. */
+static void fa_resend(fed *f, fnode *n, uint64_t now_ms)
+{
+	if (!n->fa_task || n->fa_uploaded || f->state == FED_STOPPED || f->stopping)
+		return;
+	if (n->fa_base == f->version) {
+		fa_send(f, n, now_ms);
+		return;
+	}
+	fa_release(f, n);
+	fa_assign(f, now_ms);
+}
+
+static void fa_tick(fed *f, uint64_t now_ms)
+{
+	if (f->state == FED_STOPPED)
+		return;
+	for (size_t i = 0; i < f->nnodes; i++) {
+		fnode *n = f->nodes[i];
+		if (!n->fa_task || n->fa_uploaded)
+			continue;
+		if (now_ms >= n->fa_deadline) {
+			LOGI(MOD, "task %" PRIu64 " of %s expired (rounds.deadline_ms %u)",
+			     n->fa_task, n->cn, f->o.round_timeout_ms);
+			fa_release(f, n);
+		} else if (!n->peer && n->fa_gone && now_ms >= n->fa_gone + f->o.gone_grace_ms) {
+			LOGI(MOD, "task %" PRIu64 " of %s dropped: disconnected for %u ms",
+			     n->fa_task, n->cn, f->o.gone_grace_ms);
+			fa_release(f, n);
+		}
+	}
+	fa_assign(f, now_ms); /* IDLE -> COLLECTING once writable again */
+	fa_drain(f, now_ms);  /* updates held while the state was not collecting */
+	fa_maybe_commit(f, now_ms);
+	fa_assign(f, now_ms);
+}
+
+static int64_t fa_timeout(const fed *f, uint64_t now_ms)
+{
+	uint64_t due = UINT64_MAX;
+	if (f->state == FED_STOPPED)
+		return -1;
+	if (f->wf_since && f->state == FED_IDLE && !f->jobs)
+		due = f->wf_retry_at;
+	if (f->state == FED_COLLECTING && ((f->fa_want && !f->jobs) || (f->fa_nq && !f->fa_want)))
+		return 0;
+	for (size_t i = 0; i < f->nnodes; i++) {
+		const fnode *n = f->nodes[i];
+		if (!n->fa_task || n->fa_uploaded)
+			continue;
+		if (n->fa_deadline < due)
+			due = n->fa_deadline;
+		if (!n->peer && n->fa_gone && n->fa_gone + f->o.gone_grace_ms < due)
+			due = n->fa_gone + f->o.gone_grace_ms;
+	}
+	if (due == UINT64_MAX)
+		return -1;
+	return due > now_ms ? (int64_t)(due - now_ms) : 0;
+}
+
+static void fa_shutdown(fed *f, uint64_t now_ms)
+{
+	(void)now_ms;
+	LOGI(MOD, "shutting down (state %s)", fed_state_name(f->state));
+	if (f->state == FED_COMMITTING)
+		return; /* fa_committed / fa_commit_failed stop after it */
+	size_t nb = agg_count(f->agg);
+	if (nb || f->fa_nq) {
+		LOGW(MOD, "async: %zu buffered and %zu held updates are not committed", nb,
+		     f->fa_nq);
+		cJSON *j = cJSON_CreateObject();
+		cJSON_AddStringToObject(j, "type", "async_dropped");
+		cJSON_AddNumberToObject(j, "round", (double)f->round_id);
+		cJSON_AddNumberToObject(j, "version", (double)f->version);
+		cJSON_AddNumberToObject(j, "buffered", (double)nb);
+		cJSON_AddNumberToObject(j, "held", (double)f->fa_nq);
+		cJSON_AddStringToObject(j, "detail", "coordinator shutting down");
+		journal_rec(f, j);
+	}
+	fa_stop(f, "coordinator shutting down");
+}
+
+static void fa_fini(fed *f)
+{
+	for (size_t i = 0; i < f->fa_nq; i++)
+		wire_free(f->fa_q[i].m);
+	free(f->fa_q);
+	free(f->fa_buf);
 }

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "agg.h"
+#include "async.h"
 #include "dp.h"
 #include "lora.h"
 #include "metrics.h"
@@ -89,6 +90,10 @@ typedef struct fed_opts {
 	fed_secure secure;
 	/* per-node rank and upload precision (coordinator/nrank.h) */
 	nrank_opts rank;
+	/* asynchronous buffered aggregation (async.h, docs/COORDINATOR.md):
+	 * no rounds; idle nodes get tasks on the current version, a version is
+	 * committed every async.buffer_size accepted updates */
+	fa_opts async;
 	unsigned keep_versions; /* versions kept in the state directory (>= 1) */
 	size_t max_msg;         /* cap on an inbound message (fed_on_bytes) */
 	/* tests: wall clock for deadline_unix_ms (NULL = clk_wall_ms) */

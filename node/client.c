@@ -44,6 +44,7 @@ typedef struct nround {
 	double eval_loss; /* held-out loss of global `version` (NaN: none) */
 	uint32_t step, steps;
 	double step_loss;
+	int async; /* RoundStart.async_buffer > 0: a task of asynchronous aggregation */
 } nround;
 
 typedef struct nupload {
@@ -54,6 +55,7 @@ typedef struct nupload {
 	uint8_t *bytes;
 	size_t len, fp32_len;
 	tset *residual_new; /* committed when accepted */
+	int async;          /* an async task's update: resent whatever the version */
 } nupload;
 
 /* A secure round in progress (sec_* below). */
@@ -433,7 +435,7 @@ static void on_welcome(ncl *c, const Fedlora__Welcome *w, uint64_t now)
 	/* An upload cut by the disconnect: resend while its round can still be
 	 * open (the global has not moved), else skip the round. */
 	if (c->up.active && !c->up.acked) {
-		if (w->global_version == c->up.base_version) {
+		if (w->global_version == c->up.base_version || c->up.async) {
 			LOGI("client", "resending the update for round %" PRIu64 " after reconnect",
 			     c->up.round_id);
 			if (send_bytes(c, c->up.bytes, c->up.len) == 0)
@@ -448,7 +450,7 @@ static void on_welcome(ncl *c, const Fedlora__Welcome *w, uint64_t now)
 			drop_upload(c);
 		}
 	}
-	if (c->r.active && c->r.st == R_TRAIN && w->global_version != c->r.version) {
+	if (c->r.active && c->r.st == R_TRAIN && w->global_version != c->r.version && !c->r.async) {
 		LOGI("client",
 		     "round %" PRIu64 " closed while offline (global now %" PRIu64
 		     "): local training abandoned",
@@ -821,6 +823,7 @@ static void on_round_start(ncl *c, const Fedlora__RoundStart *rs, size_t wire_le
 	c->r.bytes_down = wire_len;
 	c->r.eval_loss = NAN;
 	c->r.snapshot_requested = again;
+	c->r.async = rs->async_buffer > 0;
 	if (rs->global_sha256.len == 32)
 		memcpy(c->r.sha, rs->global_sha256.data, 32);
 	nst_counters *k = nst_counters_mut(c->st);
@@ -1089,6 +1092,7 @@ static int build_update(ncl *c, tset *delta, const ntr_result *res)
 	c->up.active = 1;
 	c->up.round_id = c->r.id;
 	c->up.base_version = c->r.version;
+	c->up.async = c->r.async;
 	c->up.bytes = bytes;
 	c->up.len = len;
 	c->up.fp32_len = len32;

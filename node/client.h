@@ -15,8 +15,11 @@
  *  - Welcome: the session is ready; an upload left unacknowledged by a
  *    disconnect is resent if the round can still be open (the global
  *    version has not moved since), else dropped (a round missed while
- *    offline is skipped, never replayed); Reject: fatal for a base-model,
- *    adapter, version or identity refusal, retried after back-off for
+ *    offline is skipped, never replayed); the task of an asynchronous
+ *    federation (RoundStart.async_buffer > 0) is resent, or trained on,
+ *    whatever the version (the coordinator weighs or refuses it);
+ *    Reject: fatal for a base-model, adapter, version or identity
+ *    refusal, retried after back-off for
  *    "full" / "shutting down";
  *  - RoundStart: bring the global adapter to the announced version (apply
  *    the delta or take the snapshot), verify its SHA-256 against the

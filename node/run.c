@@ -62,6 +62,9 @@ static const cfg_key schema[] = {
      "most LoRA rank slots this node trains (0 = all of lora.rank; docs/TRAINING.md)"},
     {"node", "upload_formats", CFG_STR, "", 0, 0, NULL,
      "uplink formats this node accepts, e.g. \"q8,q4\" (empty = any)"},
+    {"train", "slowdown", CFG_DOUBLE, "1", 1, 1000, NULL,
+     "simulated slow device: after every local training step the node sleeps (f - 1) x "
+     "that step's measured time, so training takes f times as long whatever the load"},
     {"node", "max_message", CFG_SIZE, "256MiB", 1024, 4294967295.0, NULL,
      "largest message accepted from the coordinator"},
     {"coordinator", "endpoint", CFG_STR, NULL, 0, 0, NULL,
@@ -189,6 +192,9 @@ typedef struct worker {
 	void *sock;
 	uint64_t cur_job;
 	uint64_t last_progress_ms;
+	double slowdown; /* train.slowdown (>= 1) */
+	int in_train;    /* a TRAIN job runs: steps are slowed down */
+	double step_t0;  /* when the current step began (clk_seconds) */
 } worker;
 
 static int wsend(void *sock, const wmsg *m)
@@ -210,6 +216,20 @@ static int w_progress(void *arg, uint32_t step, uint32_t total, double loss)
 	worker *w = arg;
 	if (atomic_load(&w->cancel_upto) >= w->cur_job)
 		return 1;
+	if (w->in_train && w->slowdown > 1) {
+		/* train.slowdown: sleep (f - 1) x the step just measured, in
+		 * slices so that a cancel is still seen within 50 ms */
+		double t = clk_seconds();
+		double left = (w->slowdown - 1) * (t - w->step_t0);
+		while (left > 0 && atomic_load(&w->cancel_upto) < w->cur_job) {
+			double sl = left < 0.05 ? left : 0.05;
+			clk_sleep_ms((uint64_t)(sl * 1e3 + 0.5));
+			left -= sl;
+		}
+		w->step_t0 = clk_seconds();
+		if (atomic_load(&w->cancel_upto) >= w->cur_job)
+			return 1;
+	}
 	uint64_t now = clk_mono_ms();
 	if (now - w->last_progress_ms >= RUN_PROGRESS_MS || step == total) {
 		w->last_progress_ms = now;
@@ -233,9 +253,12 @@ static void w_run_job(worker *w, ncl_job *j)
 	} else if (j->kind == NCL_JOB_TRAIN) {
 		tset *local = NULL;
 		m.rc = tset_zeros_like(j->adapter, &local);
+		w->in_train = 1;
+		w->step_t0 = clk_seconds();
 		if (!m.rc)
 			m.rc = w->ops->train(w->tr, j->adapter, &j->params, local, &m.res,
 			                     w_progress, w);
+		w->in_train = 0;
 		if (!m.rc) {
 			m.local = local;
 			local = NULL;
@@ -1072,6 +1095,7 @@ int nrun_main(int argc, char **argv)
 	r.w.zctx = r.zctx;
 	r.w.ops = r.ops;
 	r.w.tr = r.tr;
+	r.w.slowdown = cfg_double(c, "train.slowdown");
 	if ((rc = worker_start(&r.w, &net_pair)) != 0)
 		goto out;
 	r.pair = net_pair;

@@ -476,6 +476,28 @@ static inline ft_node_metrics ft_node(const ft *f, int i)
 	return m;
 }
 
+/* 1 when every version node i verified (metrics.jsonl "global" lines)
+ * equals, bit for bit, the coordinator's file of that version. */
+static inline int ft_versions_match(const ft *f, int i)
+{
+	ft_node_metrics m = ft_node(f, i);
+	if (m.globals == 0)
+		return 0;
+	for (int k = 0; k < m.globals; k++) {
+		uint8_t c[32];
+		char hex[65];
+		if (ft_coord_version_sha(f, m.gver[k], c, NULL) != 0)
+			return 0;
+		hex_encode(c, 32, hex);
+		if (strcmp(m.gsha[k], hex) != 0) {
+			fprintf(stderr, "node %d: version %llu is %s, the coordinator's %s\n",
+			        i + 1, (unsigned long long)m.gver[k], m.gsha[k], hex);
+			return 0;
+		}
+	}
+	return 1;
+}
+
 /* Waits until every node has written `n` round lines to its metrics (a
  * node writes one when the coordinator's RoundEnd reaches it, which can be
  * after the journal shows the commit). Returns 1, or 0 after ms. */

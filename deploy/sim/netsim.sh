@@ -19,6 +19,17 @@
 #   --loss P             packet loss per node link (needs netem), e.g. 1%
 #   --flap I:AT:DUR      take node I's link down AT seconds after start for
 #                        DUR seconds (repeatable)
+#   Uneven fleets:
+#   --node-rate I:R      node I's link rate instead of --rate (repeatable)
+#   --slowdown I:F       node I is a slow device: {slowdown} in --node-cmd
+#                        expands to F for it and to 1 for the others; pass it
+#                        as --train.slowdown={slowdown} (the node sleeps
+#                        (F - 1) x each measured training step: the ratio
+#                        holds whatever the machine's load, which a cgroup
+#                        cpu.max quota on a shared machine does not give)
+#   --avail I:ON:OFF[:AT]  on/off availability: from AT seconds after start
+#                        (default 0), node I's link is up ON seconds, down
+#                        OFF seconds, repeating until the end (repeatable)
 #   --timeout S          stop everything after S seconds (default 900)
 #   --logdir DIR         coordinator.log and node-NN.log (default ./netsim-logs)
 #   --prefix P           namespace name prefix (default fls<PID>)
@@ -38,6 +49,7 @@ usage_err() { echo "$prog: $* (try --help)" >&2; exit 2; }
 nodes=0 coord_cmd="" node_cmd="" rate="" delay="" loss="" timeout=900
 logdir=./netsim-logs prefix="fls$$" selftest=0
 flaps=()
+node_rates=() slowdowns=() avails=()
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--nodes) nodes=${2:?}; shift 2 ;;
@@ -47,6 +59,9 @@ while [ $# -gt 0 ]; do
 	--delay) delay=${2:?}; shift 2 ;;
 	--loss) loss=${2:?}; shift 2 ;;
 	--flap) flaps+=("${2:?}"); shift 2 ;;
+	--node-rate) node_rates+=("${2:?}"); shift 2 ;;
+	--slowdown) slowdowns+=("${2:?}"); shift 2 ;;
+	--avail) avails+=("${2:?}"); shift 2 ;;
 	--timeout) timeout=${2:?}; shift 2 ;;
 	--logdir) logdir=${2:?}; shift 2 ;;
 	--prefix) prefix=${2:?}; shift 2 ;;
@@ -73,6 +88,12 @@ width=${#nodes}; [ "$width" -lt 2 ] && width=2
 nsname() { echo "$prefix-n$1"; }
 node_ip() { echo "10.213.$(($1 / 200 + 1)).$(($1 % 200 + 10))"; }
 pids=()
+# of_node LIST I DEFAULT: the value after "I:" in LIST ("I:V" items), else DEFAULT
+of_node() {
+	local v=$3 it
+	for it in $1; do [ "${it%%:*}" = "$2" ] && v=${it#*:}; done
+	printf '%s' "$v"
+}
 
 cleanup() {
 	local rc=$?
@@ -151,8 +172,9 @@ for i in $(seq 1 "$nodes"); do
 	ip -n "$ns" link set eth0 up
 	ip -n "$ns" link set lo up
 	ip -n "$br" link set "vn$i" master br0 up
-	shape "$ns" eth0        # node -> coordinator (upload)
-	shape "$br" "vn$i"      # coordinator -> node (download)
+	nrate=$(of_node "${node_rates[*]:-}" "$i" "$rate")
+	rate=$nrate shape "$ns" eth0   # node -> coordinator (upload)
+	rate=$nrate shape "$br" "vn$i" # coordinator -> node (download)
 done
 mkdir -p "$logdir"
 
@@ -187,6 +209,7 @@ expand() { # CMD I
 	c=${c//\{i2\}/$i2}
 	c=${c//\{i\}/$i}
 	c=${c//\{coord\}/$coord_ip}
+	c=${c//\{slowdown\}/$(of_node "${slowdowns[*]:-}" "$i" 1)}
 	if [ "$i" -eq 0 ]; then c=${c//\{ip\}/$coord_ip}; else c=${c//\{ip\}/$(node_ip "$i")}; fi
 	printf '%s' "$c"
 }
@@ -211,6 +234,25 @@ for f in "${flaps[@]}"; do
 		sleep "$fdur"
 		ip -n "$br" link set "vn$fi" up
 		echo "$prog: flap: node $fi link up" >&2
+	) &
+	pids+=($!)
+done
+
+for a in "${avails[@]}"; do
+	IFS=: read -r ai aon aoff aat <<<"$a"
+	[[ "$ai" =~ ^[0-9]+$ && "$ai" -ge 1 && "$ai" -le "$nodes" ]] || usage_err "--avail $a: bad node"
+	[[ "$aon" =~ ^[0-9]+$ && "$aoff" =~ ^[0-9]+$ && "${aat:-0}" =~ ^[0-9]+$ ]] ||
+		usage_err "--avail $a: ON, OFF and AT are whole seconds"
+	(
+		sleep "${aat:-0}"
+		while :; do
+			sleep "$aon"
+			echo "$prog: avail: node $ai offline for ${aoff}s" >&2
+			ip -n "$br" link set "vn$ai" down
+			sleep "$aoff"
+			ip -n "$br" link set "vn$ai" up
+			echo "$prog: avail: node $ai online" >&2
+		done
 	) &
 	pids+=($!)
 done

@@ -10,12 +10,9 @@ set -euo pipefail
 src=${FEDLORA_SRC:?}
 node_bin=${FEDLORA_NODE_BIN:?}
 coord_bin=${FEDLORA_COORD_BIN:?}
-skip() { echo "SKIP: $*"; exit 77; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
-[ "$(id -u)" -eq 0 ] || skip "needs root for network namespaces"
-command -v ip >/dev/null && ip netns list >/dev/null 2>&1 || skip "ip netns unavailable"
-ip netns add flprobe$$ 2>/dev/null || skip "cannot create network namespaces here"
-ip netns del flprobe$$
+# shellcheck source=tests/integration/netsim_lib.sh
+. "$src/tests/integration/netsim_lib.sh"
+netsim_require
 
 work=$(mktemp -d /tmp/fltest.XXXXXX)
 prefix="fln$$"
@@ -23,17 +20,7 @@ prefix=${prefix:0:8}
 nodes=${FEDLORA_NETSIM_NODES:-8} # set 50 to try a bigger fleet (min 4, max 99)
 trap '[ "${FEDLORA_KEEP:-0}" = 1 ] || rm -rf "$work"' EXIT
 
-bash "$src/deploy/certs.sh" init "$work/pki" >/dev/null
-bash "$src/deploy/certs.sh" coordinator "$work/pki" --ip 10.213.0.1 >/dev/null
-bash "$src/deploy/certs.sh" node "$work/pki" --count $nodes >/dev/null
-"$node_bin" init-model --out "$work/base.gguf" --dim 32 --layers 2 --heads 2 --ffn 64 --ctx 64 \
-	--seed 3 >/dev/null
-sites=(harbor foundry mill plant)
-for i in $(seq 1 $nodes); do
-	id=$(printf 'node-%02d' "$i")
-	"$node_bin" gen-data --site "${sites[$(((i - 1) % 4))]}" --seed "$i" --lines 400 \
-		--eval-lines 60 --out "$work/data/$id" >/dev/null
-done
+netsim_fleet "$src" "$work" "$nodes"
 
 cat >"$work/coordinator.conf" <<CONF
 [server]

@@ -24,6 +24,21 @@
 #        secagg_q4 q4ef under secure aggregation (aggregation.secure = true,
 #                  docs/PRIVACY.md): nodes clip to SA_CLIP, quantize onto the
 #                  common 4-bit grid with error feedback, upload masked
+#        sync_uneven / async_uneven  q4ef on an uneven fleet (not in the
+#                  default list): every node i with i % 10 in {1,4,7} (30 %)
+#                  trains 5x slower (train.slowdown = 5), every node with
+#                  i % 10 in {2,9} (20 %) is offline half the time (the process
+#                  is stopped and restarted: UNEVEN_ON_S on, UNEVEN_OFF_S off,
+#                  phase-shifted per node); rounds.min_nodes = PER_ROUND,
+#                  min_updates = PER_ROUND / 2. sync: ROUNDS rounds of PER_ROUND
+#                  nodes; async: aggregation.mode = async, buffer_size
+#                  PER_ROUND / 2, max_concurrent PER_ROUND, 2 x ROUNDS versions,
+#                  staleness (1+s)^-1/2: the same number of aggregated updates.
+#                  Each committed version is scored afterwards on the held-out
+#                  splits of the first UNEVEN_EVAL_NODES nodes ->
+#                  RUN@LR@SEED.timecurve ("seconds version loss"); uneven.md
+#                  gives the time each run needs to reach the sync run's final
+#                  loss (same seed), IMG gets quality-uneven-loss-vs-time.png
 #        dp_ffa_q4ef  ffa_q4ef with central differential privacy
 #                  (docs/PRIVACY.md): Poisson sampling q = PER_ROUND / NODES,
 #                  clip DP_CLIP, noise multiplier DP_Z, delta DP_DELTA; not in
@@ -61,6 +76,9 @@
 #   LRS [$LR] (e.g. "0.001 0.003 0.01")  SEEDS [1] (e.g. "1 2 3")
 #   DP_Z [1.0] DP_CLIP [0.05] DP_DELTA [1e-3] (dp_ffa_q4ef only)
 #   SA_CLIP [10] SA_RANGE [4] (secagg_q4 only)
+#   UNEVEN_ON_S [60] UNEVEN_OFF_S [60] UNEVEN_EVAL_NODES [8] (*_uneven only)
+#   UNEVEN_SEEDS [$SEEDS]: seeds uneven.md and the chart cover (run one seed
+#   per call, sync then async, and name them all in the last call)
 # word splitting of $(stats ...) and $b into fields is intended; the scripts
 # passed to `bash -c` are single-quoted on purpose (they expand in the child)
 # shellcheck disable=SC2046,SC2086,SC2016
@@ -87,6 +105,8 @@ SHARD_DIR=${SHARD_DIR:-}
 LRS=${LRS:-$LR} SEEDS=${SEEDS:-1}
 DP_Z=${DP_Z:-1.0} DP_CLIP=${DP_CLIP:-0.05} DP_DELTA=${DP_DELTA:-1e-3}
 SA_CLIP=${SA_CLIP:-10} SA_RANGE=${SA_RANGE:-4}
+UNEVEN_ON_S=${UNEVEN_ON_S:-60} UNEVEN_OFF_S=${UNEVEN_OFF_S:-60} UNEVEN_EVAL_NODES=${UNEVEN_EVAL_NODES:-8}
+UNEVEN_SEEDS=${UNEVEN_SEEDS:-$SEEDS}
 node_bin=$build/fedlora-node
 coord_bin=$build/fedlora-coordinator
 all_runs="central local f32 q4ef q8 q4 q2ef ffa_q4ef trim_q4ef fedadam_q4ef secagg_q4"
@@ -237,6 +257,32 @@ run_local() {
   res "$tag" $(stats "$OUT/$tag.evals") 0 0 0 0 0 $((SECONDS - t0))
 }
 
+# time_curve DIR: every committed version of the run in DIR scored on the
+# held-out splits of nodes 1..UNEVEN_EVAL_NODES; $OUT/$tag.timecurve gets
+# "seconds-since-start version mean-loss" (v0 at 0 s)
+time_curve() {
+  local d=$1 t v l
+  awk 'function num(k,   m) { if (match($0, "\"" k "\":[0-9.]+")) { m = substr($0, RSTART, RLENGTH); sub(/^"[^"]*":/, "", m); return m + 0 } return -1 }
+    /"type":"start"/ && t0 == "" { t0 = num("ts") }
+    /"type":"round_end"/ && /"committed":true/ { print (num("ts") - t0) / 1000, num("version") }' \
+    "$d/coord-state/journal.jsonl" >"$d/commits.txt"
+  {
+    echo "0 0"
+    cat "$d/commits.txt"
+  } | while read -r t v; do
+    "$coord_bin" export --state-dir "$d/coord-state" --version "$v" --out "$d/v$v" >/dev/null 2>&1 ||
+      die "$tag: export of version $v failed"
+    l=$(for i in $(seq 1 "$UNEVEN_EVAL_NODES"); do echo "$i"; done |
+      xargs -P 2 -I{} bash -c '"$1" eval --model "$2" --data "$3/$(printf node-%03d $(($4 - 1)))/eval.txt" \
+        --ctx "$5" --max-tokens "$6" --batch 8 --threads 1 --adapter "$7" 2>/dev/null | awk "/^result/ {print \$3}"' \
+        _ "$node_bin" "$base" "$shards" {} "$CTX" "$EVAL_TOKENS" "$d/v$v" |
+      awk '{s += $1; n++} END {if (n) printf "%.5f", s / n}')
+    [[ -n $l ]] || die "$tag: scoring version $v failed"
+    echo "$t $v $l"
+    rm -rf "$d/v$v"
+  done >"$OUT/$tag.timecurve"
+}
+
 # run_fed NAME UPLINK EF FFA STRATEGY
 run_fed() {
   local name=$1 fmt=$2 ef=$3 ffa=$4 strat=$5 t0=$SECONDS
@@ -254,6 +300,15 @@ run_fed() {
   fi
   # per-node rank: the slots node i trains (0 = all)
   node_rank() { case $name in rank4_*) echo 4 ;; mixed_*) echo $((($1 % 3 == 1) ? 4 : ($1 % 3 == 2) ? 8 : 0)) ;; *) echo 0 ;; esac; }
+  local minn=$NODES minu=$((PER_ROUND - 2 > 0 ? PER_ROUND - 2 : 1)) maxr=$ROUNDS
+  if [[ $name == *_uneven ]]; then
+    minn=$PER_ROUND minu=$((PER_ROUND / 2 > 0 ? PER_ROUND / 2 : 1))
+  fi
+  if [[ $name == async_uneven ]]; then
+    maxr=$((2 * ROUNDS))
+    extra=$'mode = async\nstaleness = polynomial\nstaleness_exponent = 0.5\nmax_staleness = 20'
+    extra+=$'\n'"buffer_size = $minu"$'\n'"max_concurrent = $PER_ROUND"
+  fi
   rm -rf "$d" && mkdir -p "$d"
   say "$tag: $ROUNDS rounds, $NODES nodes, $PER_ROUND a round, uplink $fmt ef=$ef ffa=$ffa, $strat"
   cat >"$d/coordinator.conf" <<EOF
@@ -280,12 +335,12 @@ targets = $TARGETS
 ffa = $ffa
 init_seed = $SEED
 [rounds]
-min_nodes = $NODES
+min_nodes = $minn
 nodes_per_round = $PER_ROUND
-min_updates = $((PER_ROUND - 2 > 0 ? PER_ROUND - 2 : 1))
+min_updates = $minu
 deadline_ms = 900000
 start_delay_ms = 300
-max_rounds = $ROUNDS
+max_rounds = $maxr
 [train]
 local_steps = $LOCAL_STEPS
 lr = $LR
@@ -340,6 +395,31 @@ targets = $TARGETS
 ffa = $ffa
 init_seed = $SEED
 EOF
+    if [[ $name == *_uneven ]] && ((i % 10 == 1 || i % 10 == 4 || i % 10 == 7)); then
+      printf '[train]\nslowdown = 5\n' >>"$d/n$i.conf"
+    fi
+    if [[ $name == *_uneven ]] && ((i % 10 == 2 || i % 10 == 9)); then
+      # offline half the time: on for UNEVEN_ON_S, stopped for UNEVEN_OFF_S,
+      # the phase shifted per node (the one with i % 10 == 9 starts offline)
+      (
+        np=""
+        trap '[[ -n $np ]] && kill -TERM $np 2>/dev/null; wait 2>/dev/null; exit 0' TERM
+        if ((i % 10 == 9)); then sleep "$UNEVEN_OFF_S" & wait $!; fi
+        while :; do
+          OMP_NUM_THREADS=1 "$node_bin" run --config "$d/n$i.conf" >>"$d/n$i.log" 2>&1 &
+          np=$!
+          sleep "$UNEVEN_ON_S" & wait $!
+          kill -0 "$np" 2>/dev/null || exit 0 # the federation finished
+          echo "[uneven] offline for ${UNEVEN_OFF_S}s" >>"$d/n$i.log"
+          kill -TERM "$np" 2>/dev/null
+          wait "$np" 2>/dev/null
+          np=""
+          sleep "$UNEVEN_OFF_S" & wait $!
+        done
+      ) &
+      pids+=("$!")
+      continue
+    fi
     OMP_NUM_THREADS=1 "$node_bin" run --config "$d/n$i.conf" >"$d/n$i.log" 2>&1 &
     pids+=("$!")
   done
@@ -361,6 +441,7 @@ EOF
   wait "$cpid" || die "$name: coordinator failed ($d/coordinator.log)"
   local secs=$((SECONDS - t0))
   cleanup
+  if [[ $name == *_uneven ]]; then time_curve "$d"; fi
   "$coord_bin" export --state-dir "$d/coord-state" --version latest --out "$d/final" \
     >"$d/export.log" 2>&1 || die "$name: export failed ($d/export.log)"
   score "$tag" "$d/final"
@@ -384,8 +465,8 @@ EOF
 for r in $runs; do
   case $r in
   central | local | f32 | q8 | q4ef | q4 | q2ef | ffa_q4ef | trim_q4ef | fedadam_q4ef | dp_ffa_q4ef | secagg_q4) ;;
-  rank4_q4ef | mixed_q4ef) ;;
-  *) die "unknown run '$r' (runs: $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef)" ;;
+  rank4_q4ef | mixed_q4ef | sync_uneven | async_uneven) ;;
+  *) die "unknown run '$r' (runs: $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef sync_uneven async_uneven)" ;;
   esac
 done
 for r in $runs; do
@@ -407,6 +488,8 @@ for r in $runs; do
       secagg_q4) run_fed secagg_q4 q4 true false fedavg ;;
       rank4_q4ef) run_fed rank4_q4ef q4 true false fedavg ;;
       mixed_q4ef) run_fed mixed_q4ef q4 true false fedavg ;;
+      sync_uneven) run_fed sync_uneven q4 true false fedavg ;;
+      async_uneven) run_fed async_uneven q4 true false fedavg ;;
       esac
       say "$tag: $(cat "$OUT/$tag.res")"
     done
@@ -537,5 +620,58 @@ plot $plots, $bm with lines dt 2 lc rgb 'black' title 'base', \
   $ce with lines dt 4 lc rgb 'dark-green' title 'central'
 EOF
     say "chart: $IMG/quality-loss-per-round.png"
+  fi
+fi
+
+# ------------------------------------------------------------------ uneven fleets
+# time to reach the target (the sync_uneven run's final loss, same lr and
+# seed): the first committed version at or below it, per seed
+lr=${LRS%% *}
+if [[ -f $OUT/sync_uneven@$lr@${UNEVEN_SEEDS%% *}.timecurve && -f $OUT/async_uneven@$lr@${UNEVEN_SEEDS%% *}.timecurve ]]; then
+  {
+    echo "Uneven fleet ($NODES nodes: 30 % 5x slower, 20 % offline half the time, ${UNEVEN_ON_S} s on / ${UNEVEN_OFF_S} s off),"
+    echo "lr $lr, held-out loss of each committed version on the first $UNEVEN_EVAL_NODES nodes' splits."
+    echo "Target: the sync run's final loss (same seed)."
+    echo
+    echo "| seed | target | sync: s to target | async: s to target | ratio sync/async | sync versions | async versions | sync end s | async end s | async final loss |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
+    for x in $UNEVEN_SEEDS; do
+      s=$OUT/sync_uneven@$lr@$x.timecurve a=$OUT/async_uneven@$lr@$x.timecurve
+      [[ -f $s && -f $a ]] || continue
+      tgt=$(tail -n 1 "$s" | awk '{print $3}')
+      ts=$(awk -v g="$tgt" '$3 <= g && f == "" {f = $1} END {print f}' "$s")
+      ta=$(awk -v g="$tgt" '$3 <= g && f == "" {f = $1} END {print (f == "" ? "never" : f)}' "$a")
+      awk -v x="$x" -v g="$tgt" -v ts="$ts" -v ta="$ta" -v ns="$(($(wc -l <"$s") - 1))" \
+        -v na="$(($(wc -l <"$a") - 1))" -v es="$(tail -n 1 "$s" | cut -d' ' -f1)" \
+        -v ea="$(tail -n 1 "$a" | cut -d' ' -f1)" -v fa="$(tail -n 1 "$a" | cut -d' ' -f3)" 'BEGIN {
+        r = (ta == "never") ? "-" : sprintf("%.2f", ts / ta)
+        printf "| %s | %.4f | %.0f | %s | %s | %d | %d | %.0f | %.0f | %.4f |\n", x, g, ts,
+          (ta == "never") ? "not reached" : sprintf("%.0f", ta), r, ns, na, es, ea, fa }'
+    done
+  } >"$OUT/uneven.md"
+  cat "$OUT/uneven.md"
+  if [[ -n $IMG ]] && command -v gnuplot >/dev/null; then
+    mkdir -p "$IMG"
+    plots="" k=0
+    for x in $UNEVEN_SEEDS; do
+      for r in sync_uneven async_uneven; do
+        [[ -f $OUT/$r@$lr@$x.timecurve ]] || continue
+        k=$((k + 1))
+        c=1
+        [[ $r == async_uneven ]] && c=2
+        plots+="${plots:+, }'$OUT/$r@$lr@$x.timecurve' using 1:3 with linespoints lw 1.5 dt $k pt $k lc $c title '$r seed $x'"
+      done
+    done
+    gnuplot <<EOF
+set terminal pngcairo size 860,560 font ",10" noenhanced
+set output '$IMG/quality-uneven-loss-vs-time.png'
+set title "$TASK_NAME, uneven fleet: held-out loss of each committed version vs wall time\n($NODES nodes: 30 % 5x slower, 20 % offline half the time; sync rounds of $PER_ROUND vs async FedBuff K=$((PER_ROUND / 2)))"
+set xlabel 'seconds since the coordinator started'
+set ylabel 'held-out loss (nats/byte), first $UNEVEN_EVAL_NODES nodes'
+set key top right
+set grid
+plot $plots
+EOF
+    say "chart: $IMG/quality-uneven-loss-vs-time.png"
   fi
 fi
