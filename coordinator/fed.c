@@ -3,6 +3,7 @@
 
 #include "buf.h"
 #include "clock.h"
+#include "downlink.h"
 #include "err.h"
 #include "journal.h"
 #include "log.h"
@@ -223,6 +224,7 @@ struct fed {
 	tset *step;             /* scratch for the commit job */
 	qtensor *dq;            /* downlink-quantized step, one per exchanged tensor */
 	size_t ndq;
+	down *down; /* aggregation.downlink_mode = grid; NULL otherwise */
 	/* registry */
 	hmap sess_by_peer, node_by_cn;
 	fnode **nodes;
@@ -457,6 +459,10 @@ int fed_opts_check(const fed_opts *o, char *why, size_t whylen)
 		WHY("downlink format %s with block %u is not valid (q8/q4/q2 need 32, 64 or 128; "
 		    "f32/f16 need 0)",
 		    qt_fmt_name(o->down_fmt), o->down_block);
+		return FL_EINVAL;
+	}
+	if (o->down_grid && o->down_fmt == QT_F32) {
+		WHY("aggregation.downlink_mode grid needs a downlink_format other than f32");
 		return FL_EINVAL;
 	}
 	if (qt_check_fmt_block(o->train.uplink_fmt, o->train.uplink_block)) {
@@ -759,8 +765,11 @@ static int pack_payload(const Fedlora__AdapterPayload *p, buf *out)
 	return 0;
 }
 
-/* Full adapter as f32 tensors (exact). */
-static int build_snapshot(const tset *g, uint64_t version, const uint8_t sha[32], buf *out)
+/* Full adapter as f32 tensors (exact), or, when grid is not NULL, as its
+ * grid encoding (one qtensor per tensor of g, in g's order; deq(grid) = g,
+ * coordinator/downlink.h). */
+static int build_snapshot(const tset *g, const qtensor *grid, uint64_t version,
+                          const uint8_t sha[32], buf *out)
 {
 	size_t n = tset_count(g);
 	Fedlora__QTensor *qm = calloc(n ? n : 1, sizeof *qm);
@@ -781,6 +790,9 @@ static int build_snapshot(const tset *g, uint64_t version, const uint8_t sha[32]
 		qm[i].block_size = 0;
 		qm[i].data.data = (uint8_t *)t->data;
 		qm[i].data.len = t->n * sizeof(float);
+		for (size_t k = 0; grid && k < n; k++) /* the layout's order may differ */
+			if (strcmp(grid[k].name, t->name) == 0)
+				qt_to_proto(&grid[k], &qm[i]);
 		qp[i] = &qm[i];
 	}
 	Fedlora__AdapterPayload p = FEDLORA__ADAPTER_PAYLOAD__INIT;
@@ -903,7 +915,9 @@ static int jscan_cb(const cJSON *o, void *ud)
 
 static int set_global_encodings(fed *f)
 {
-	int rc = build_snapshot(f->global, f->version, f->sha, &f->snap);
+	size_t ng = 0;
+	const qtensor *grid = f->down ? down_grid(f->down, &ng) : NULL;
+	int rc = build_snapshot(f->global, grid, f->version, f->sha, &f->snap);
 	if (rc)
 		return rc;
 	Fedlora__AdapterPayload p = FEDLORA__ADAPTER_PAYLOAD__INIT;
@@ -913,6 +927,54 @@ static int set_global_encodings(fed *f)
 	p.to_sha256.data = f->sha;
 	p.to_sha256.len = 32;
 	return pack_payload(&p, &f->empty);
+}
+
+/* Grid mode (coordinator/downlink.h), resuming: the residual out of the
+ * optimiser state *optst (NULL: none saved; what is left stays in *optst
+ * for agg_state_import) and the grid encoding of the loaded version. A
+ * version that is not on the grid (a state directory of the delta mode)
+ * goes out as an f32 snapshot until the next version puts it on. */
+static int grid_resume(fed *f, tset **optst)
+{
+	size_t bad = 0;
+	int rc = 0;
+	if (*optst) {
+		tset *rest = NULL;
+		if ((rc = down_state_import(f->down, *optst, &rest, &bad)) != 0)
+			return rc;
+		tset_free(*optst);
+		*optst = rest;
+	}
+	if (!*optst || bad)
+		LOGW(MOD,
+		     "no downlink residual saved for %zu tensors of version %" PRIu64
+		     "; they start again from zero",
+		     *optst ? bad : tset_count(f->global), f->version);
+	rc = down_reencode(f->down, f->global);
+	if (rc == FL_EMISMATCH) {
+		LOGW(MOD,
+		     "version %" PRIu64 " is not on the downlink grid: nodes get it as an f32 "
+		     "snapshot, the next version is on the grid",
+		     f->version);
+		rc = 0;
+	}
+	return rc;
+}
+
+/* Grid mode, a new federation: v0 goes on the grid (what rounding drops
+ * stays in the residual) and *opt gets the residual for the store. */
+static int grid_v0(fed *f, tset **opt)
+{
+	tset *g = NULL;
+	int rc = down_next(f->down, f->global, NULL, &g);
+	if (rc)
+		return rc;
+	tset_free(f->global);
+	f->global = g;
+	down_commit(f->down);
+	if ((rc = tset_new(opt)) != 0)
+		return rc;
+	return down_state_export(f->down, 0, *opt);
 }
 
 static void fill_info(const fed *f, store_info *in, uint64_t version, uint64_t round,
@@ -1069,6 +1131,8 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 	}
 	for (size_t i = 0; i < f->ndq; i++)
 		qt_init(&f->dq[i]);
+	if (o->down_grid && (rc = down_new(o->down_fmt, o->down_block, layout, &f->down)) != 0)
+		goto fail;
 
 	store_info in;
 	int have = 0;
@@ -1097,6 +1161,8 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 		f->version = in.version;
 		memcpy(f->sha, in.sha, 32);
 		if (store_load_opt(st, in.version, &optst) == 0) {
+			if (f->down && (rc = grid_resume(f, &optst)) != 0)
+				goto fail;
 			if (agg_state_import(f->agg, optst))
 				LOGW(MOD,
 				     "optimiser state of version %" PRIu64
@@ -1108,6 +1174,8 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 			LOGW(MOD, "no optimiser state for version %" PRIu64 "; starting it afresh",
 			     in.version);
 		}
+		if (f->down && !optst && (rc = grid_resume(f, &optst)) != 0)
+			goto fail;
 		LOGI(MOD, "resumed at version %" PRIu64 " (round %" PRIu64 ") from %s", in.version,
 		     in.round, store_dir(st));
 	} else {
@@ -1121,12 +1189,14 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 			LOGE(MOD, "no valid version in %s; starting again at version %" PRIu64,
 			     store_dir(st), f->version);
 		}
+		if (f->down && (rc = grid_v0(f, &optst)) != 0)
+			goto fail;
 		rc = tset_fingerprint(f->global, f->sha);
 		if (rc)
 			goto fail;
 		if (st) {
 			fill_info(f, &in, f->version, 0, 0, f->sha);
-			rc = store_commit(st, f->global, &in, NULL, o->keep_versions);
+			rc = store_commit(st, f->global, &in, optst, o->keep_versions);
 			if (rc)
 				goto fail;
 			cJSON *j = cJSON_CreateObject();
@@ -1228,6 +1298,7 @@ void fed_free(fed *f)
 		free(f->dq);
 	}
 	tset_free(f->step);
+	down_free(f->down);
 	sa_server_free(f->sa);
 	free(f->sa_ids);
 	free(f->sa_steps);
@@ -2942,15 +3013,18 @@ static void run_commit(fed_job *job)
 	/* exact versions: quantize the step with the downlink format and apply
 	 * the dequantized values, as every node will */
 	quant_params qp = {.fmt = f->o.down_fmt, .block = f->o.down_block, .round = QUANT_NEAREST};
-	for (size_t i = 0; i < f->ndq && !rc; i++)
+	for (size_t i = 0; i < f->ndq && !rc && !f->down; i++)
 		rc = quant_encode_tensor(&qp, tset_at(f->step, i), &f->dq[i]);
+	if (f->down) /* grid mode: the new version itself is on the grid */
+		rc = down_next(f->down, f->global, f->step, &ng);
 	if (rc) {
 		snprintf(job->detail, sizeof job->detail,
 		         "cannot quantize the step with the downlink format (%s)", fl_strerror(rc));
 		goto out;
 	}
-	rc = tset_clone(f->global, &ng);
-	if (!rc)
+	if (!f->down)
+		rc = tset_clone(f->global, &ng);
+	if (!rc && !f->down)
 		rc = quant_apply_set(ng, f->dq, f->ndq);
 	if (rc) {
 		snprintf(job->detail, sizeof job->detail, "cannot apply the step (%s)",
@@ -2965,9 +3039,11 @@ static void run_commit(fed_job *job)
 		goto out;
 	}
 	rc = tset_fingerprint(ng, job->sha);
+	size_t ngrid = 0;
+	const qtensor *grid = f->down ? down_grid(f->down, &ngrid) : NULL;
 	if (!rc)
-		rc = build_snapshot(ng, job->version, job->sha, &job->snap);
-	if (!rc)
+		rc = build_snapshot(ng, grid, job->version, job->sha, &job->snap);
+	if (!rc && !f->down) /* grid mode: the snapshot is as small as a delta */
 		rc = build_delta(f->dq, f->ndq, job->parent, job->version, job->sha, &job->delta);
 	if (rc) {
 		snprintf(job->detail, sizeof job->detail, "cannot encode the new version (%s)",
@@ -2979,6 +3055,8 @@ static void run_commit(fed_job *job)
 	if (f->st) {
 		tset *opt = NULL;
 		rc = agg_state_export(f->agg, 1, &opt);
+		if (!rc && f->down)
+			rc = down_state_export(f->down, 1, opt);
 		hook(f, "optimizer");
 		if (!rc) {
 			store_info in;
@@ -3096,6 +3174,8 @@ static void done_commit(fed *f, fed_job *job, uint64_t now_ms)
 		return;
 	}
 	agg_commit_state(f->agg);
+	if (f->down)
+		down_commit(f->down);
 	if (!f->wf_since && !f->wf_pending)
 		f->wf_level = 0;
 	tset_free(f->global);

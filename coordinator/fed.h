@@ -78,6 +78,11 @@ typedef struct fed_opts {
 	/* downlink: format of the aggregated delta (exact versions) */
 	enum qt_fmt down_fmt;
 	uint32_t down_block;
+	/* aggregation.downlink_mode = grid: every version lies on the downlink
+	 * format's grid (server-side error feedback, coordinator/downlink.h) and
+	 * every node gets the same grid snapshot; 0 = delta (the step as a delta
+	 * to nodes holding the parent, an f32 snapshot to the others) */
+	int down_grid;
 	agg_opts agg;
 	/* differential privacy (docs/PRIVACY.md). Central mode: Poisson
 	 * sampling with q = nodes_per_round / population from a CSPRNG, clip

@@ -1118,6 +1118,25 @@ static void run_round(fed *f, harness *h, sim *s, int n, uint64_t seed, uint64_t
 	assert_true(fed_get_state(f) == FED_IDLE || fed_get_state(f) == FED_STOPPED);
 }
 
+/* Two nodes named PFX0, PFX1 (peers peer0, peer0 + 1) join f and ref, the
+ * same twins on both, and take part in rounds 1..rounds on both. */
+static void twin_rounds(fed *f, harness *h, sim *s, fed *ref, harness *hr, sim *r,
+                        const fed_opts *o, const char *pfx, uint64_t peer0, uint64_t rounds)
+{
+	for (int i = 0; i < 2; i++) {
+		char cn[8];
+		snprintf(cn, sizeof cn, "%s%d", pfx, i);
+		sim_init(&s[i], peer0 + (uint64_t)i, cn);
+		sim_init(&r[i], peer0 + (uint64_t)i, cn);
+		sim_join(f, o, &s[i], 0);
+		sim_join(ref, o, &r[i], 0);
+	}
+	for (uint64_t k = 1; k <= rounds; k++) {
+		run_round(f, h, s, 2, k, k * 10);
+		run_round(ref, hr, r, 2, k, k * 10);
+	}
+}
+
 typedef struct jcount {
 	int init, start, round_start, round_end, restart, committed, recovered;
 	uint64_t last_restart_round;
@@ -1167,18 +1186,7 @@ static void test_store_resume(void **st)
 	fed *ref = mk_fed(&o, NULL, &hr, 0);
 	assert_int_equal(fed_version(f), 0);
 	sim s[2], r[2];
-	for (int i = 0; i < 2; i++) {
-		char cn[8];
-		snprintf(cn, sizeof cn, "p%d", i);
-		sim_init(&s[i], (uint64_t)(90 + i), cn);
-		sim_init(&r[i], (uint64_t)(90 + i), cn);
-		sim_join(f, &o, &s[i], 0);
-		sim_join(ref, &o, &r[i], 0);
-	}
-	for (uint64_t k = 1; k <= 2; k++) {
-		run_round(f, &h, s, 2, k, k * 10);
-		run_round(ref, &hr, r, 2, k, k * 10);
-	}
+	twin_rounds(f, &h, s, ref, &hr, r, &o, "p", 90, 2);
 	assert_int_equal(fed_version(f), 2);
 	uint8_t sha2[32];
 	fed_version_sha(f, sha2);
@@ -1722,6 +1730,187 @@ static void test_ffa(void **st)
 	h_fini(&h);
 }
 
+/* ---- downlink grid (aggregation.downlink_mode = grid) ---- */
+
+/* Bytes queued for a peer (RoundStart and anything else not yet read). */
+static size_t queued_len(const harness *h, uint64_t peer)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < h->n; i++)
+		if (h->m[i].peer == peer)
+			n += h->m[i].len;
+	return n;
+}
+
+/* Node a takes part in every round; d leaves holding v1, c holding v18,
+ * b stays holding v20; after version 21 c and d come back: b missed 1
+ * version, c 3 and d 20. len gets the RoundStart bytes of round 22 for
+ * a, b, c, d and kind their payload kinds. Every node checks the SHA-256
+ * of what it applied against the announced one. */
+static void missed_versions(int grid, size_t len[4], int kind[4])
+{
+	harness h = {0};
+	fed_opts o;
+	opts(&o);
+	o.min_nodes = 1;
+	o.min_updates = 1;
+	o.down_fmt = QT_Q4;
+	o.down_grid = grid;
+	fed *f = mk_fed(&o, NULL, &h, 0);
+	sim s[4];
+	const char *cn[4] = {"a", "b", "c", "d"};
+	for (int i = 0; i < 4; i++) {
+		sim_init(&s[i], (uint64_t)(300 + i), cn[i]);
+		sim_join(f, &o, &s[i], 0);
+		sim_recv(&h, &s[i]);
+	}
+	for (uint64_t k = 1; k <= 21; k++) {
+		int n = k <= 2 ? 4 : k <= 19 ? 3 : 2;
+		run_round(f, &h, s, n, k, k * 10);
+		if (k == 2)
+			fed_peer_gone(f, s[3].peer, k * 10 + 5);
+		if (k == 19)
+			fed_peer_gone(f, s[2].peer, k * 10 + 5);
+	}
+	assert_int_equal(fed_version(f), 21);
+	assert_int_equal(s[1].version, 20);
+	assert_int_equal(s[2].version, 18);
+	assert_int_equal(s[3].version, 1);
+	for (int i = 2; i < 4; i++) {
+		s[i].peer += 100;
+		sim_join(f, &o, &s[i], 300);
+	}
+	for (int i = 0; i < 4; i++)
+		sim_recv(&h, &s[i]); /* Welcome, RoundEnd */
+	fed_tick(f, 300);
+	assert_int_equal(fed_get_state(f), FED_COLLECTING);
+	for (int i = 0; i < 4; i++) {
+		len[i] = queued_len(&h, s[i].peer);
+		s[i].got_round_start = 0;
+		sim_recv(&h, &s[i]);
+		assert_int_equal(s[i].got_round_start, 1);
+		assert_same_global(f, &s[i]);
+		kind[i] = s[i].payload_kind;
+	}
+	for (int i = 0; i < 4; i++)
+		sim_fini(&s[i]);
+	fed_free(f);
+	h_fini(&h);
+}
+
+static void test_grid_missed_versions(void **st)
+{
+	(void)st;
+	size_t dl[4], gl[4];
+	int dk[4], gk[4];
+	missed_versions(0, dl, dk);
+	missed_versions(1, gl, gk);
+	/* delta mode: the parent's holder gets the step, the others f32 */
+	assert_int_equal(dk[1], FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA);
+	assert_int_equal(dk[2], FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_SNAPSHOT);
+	assert_int_equal(dk[3], FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_SNAPSHOT);
+	/* grid mode: the same grid snapshot for everyone, as small as the step */
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(gk[i], FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_SNAPSHOT);
+		assert_int_equal(gl[i], gl[0]);
+	}
+	print_message("RoundStart bytes, delta mode: step %zu, f32 snapshot %zu; grid mode: %zu\n",
+	              dl[1], dl[3], gl[0]);
+	assert_true(gl[0] <= dl[1] + 64);
+	assert_true(gl[0] * 4 < dl[3]); /* tiny adapter: headers weigh */
+}
+
+/* Grid mode across a restart: the residual comes back from the state
+ * directory (versions equal those of a coordinator that never stopped) and
+ * the loaded version goes out as a grid snapshot again. */
+static void test_grid_restart(void **st)
+{
+	(void)st;
+	char *dir = tu_mkdtemp();
+	harness h = {0}, hr = {0};
+	fed_opts o;
+	opts(&o);
+	o.min_nodes = 2;
+	o.down_fmt = QT_Q4;
+	o.down_grid = 1;
+	store *sto;
+	assert_int_equal(store_open(dir, &sto), 0);
+	fed *f = mk_fed(&o, sto, &h, 0);
+	fed *ref = mk_fed(&o, NULL, &hr, 0);
+	uint8_t a[32], b[32];
+	fed_version_sha(f, a);
+	fed_version_sha(ref, b);
+	assert_memory_equal(a, b, 32); /* v0 on the grid, the same both ways */
+	sim s[2], r[2];
+	twin_rounds(f, &h, s, ref, &hr, r, &o, "g", 400, 3);
+	fed_version_sha(f, a);
+	fed_free(f);
+	store_free(sto);
+	assert_int_equal(store_open(dir, &sto), 0);
+	h_clear(&h);
+	f = mk_fed(&o, sto, &h, 0);
+	assert_int_equal(fed_version(f), 3);
+	fed_version_sha(f, b);
+	assert_memory_equal(a, b, 32);
+	/* s[0] holds v2 (one behind), a new node none: both get the grid
+	 * snapshot, the same bytes, and verify it */
+	sim n;
+	sim_init(&n, 450, "gn");
+	s[0].peer += 100;
+	s[1].peer += 100;
+	sim_join(f, &o, &s[0], 100);
+	sim_join(f, &o, &n, 100);
+	sim_recv(&h, &s[0]);
+	sim_recv(&h, &n);
+	fed_tick(f, 100);
+	size_t l0 = queued_len(&h, s[0].peer), ln = queued_len(&h, n.peer);
+	sim_recv(&h, &s[0]);
+	sim_recv(&h, &n);
+	assert_int_equal(s[0].payload_kind, FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_SNAPSHOT);
+	assert_int_equal(n.payload_kind, FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_SNAPSHOT);
+	assert_int_equal(l0, ln);
+	assert_same_global(f, &s[0]);
+	assert_same_global(f, &n);
+	/* q4: 4.5 bits a parameter; an f32 snapshot would be 7x larger */
+	assert_true(l0 * 8 < tset_numel(n.ad) * 4 * 2);
+	/* one more round on both: equal versions, so the residual survived */
+	for (uint64_t k = 0; k < 2; k++) {
+		uint64_t sd = 4 * 31 + k;
+		sim *x = k ? &n : &s[0];
+		tset *d = mk_delta(x, 0, 0.01, &sd);
+		sim_update(f, x, d, (k + 1) * 3, 101);
+		tset_free(d);
+		sim_recv(&h, x);
+	}
+	fed_tick(ref, 100);
+	for (int i = 0; i < 2; i++)
+		sim_recv(&hr, &r[i]);
+	for (int i = 0; i < 2; i++) {
+		uint64_t sd = 4 * 31 + (uint64_t)i;
+		tset *d = mk_delta(&r[i], 0, 0.01, &sd);
+		sim_update(ref, &r[i], d, (uint64_t)(i + 1) * 3, 101);
+		tset_free(d);
+		sim_recv(&hr, &r[i]);
+	}
+	assert_int_equal(fed_version(f), 4);
+	assert_int_equal(fed_version(ref), 4);
+	fed_version_sha(f, a);
+	fed_version_sha(ref, b);
+	assert_memory_equal(a, b, 32);
+	sim_fini(&n);
+	for (int i = 0; i < 2; i++) {
+		sim_fini(&s[i]);
+		sim_fini(&r[i]);
+	}
+	fed_free(f);
+	fed_free(ref);
+	store_free(sto);
+	h_fini(&h);
+	h_fini(&hr);
+	tu_rmtree(dir);
+	free(dir);
+}
+
 static void test_encode_round_start(void **st)
 {
 	(void)st;
@@ -1803,6 +1992,8 @@ int main(void)
 	    cmocka_unit_test(test_ffa),
 	    cmocka_unit_test(test_dp_central),
 	    cmocka_unit_test(test_encode_round_start),
+	    cmocka_unit_test(test_grid_missed_versions),
+	    cmocka_unit_test(test_grid_restart),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
