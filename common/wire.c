@@ -206,6 +206,10 @@ const char *wire_body_name(const Fedlora__Envelope *env)
 		return "secagg_unmask";
 	case FEDLORA__ENVELOPE__BODY_SECAGG_REVEAL:
 		return "secagg_reveal";
+	case FEDLORA__ENVELOPE__BODY_DOWN_FINAL:
+		return "down_final";
+	case FEDLORA__ENVELOPE__BODY_DOWN_FINAL_EVAL:
+		return "down_final_eval";
 	default:
 		return "none";
 	}

@@ -162,6 +162,7 @@ typedef struct fnode {
 	int has_eval_loss;
 	uint64_t part_round; /* round it participates in (0 = none) */
 	size_t part_idx;
+	int final_st; /* the final version: 0 not sent, 1 sent, 2 answered */
 } fnode;
 
 typedef struct part {
@@ -225,6 +226,14 @@ struct fed {
 	qtensor *dq;            /* downlink-quantized step, one per exchanged tensor */
 	size_t ndq;
 	down *down; /* aggregation.downlink_mode = grid; NULL otherwise */
+	/* the final version to the nodes (o.final_timeout_ms; "The final
+	 * version" in docs/COORDINATOR.md): DownFinal sent, waiting for the
+	 * DownFinalEval answers until final_deadline (0: set at the next tick) */
+	int final_wait, final_done;
+	uint64_t final_deadline;
+	char final_why[64];
+	size_t final_sent, final_answered, final_evals;
+	double final_loss_sum;
 	/* registry */
 	hmap sess_by_peer, node_by_cn;
 	fnode **nodes;
@@ -842,6 +851,9 @@ out:
 /* journal                                                             */
 
 static void journal_rec(fed *f, cJSON *o);
+static void final_check(fed *f);
+static void final_end(fed *f, const char *ended);
+static void final_tick(fed *f, uint64_t now_ms);
 
 /* A write to the state directory failed: the next fed_tick starts (or
  * continues) the back-off. Only the first failure of an outage is kept and
@@ -1380,6 +1392,8 @@ void fed_peer_gone(fed *f, uint64_t peer, uint64_t now_ms)
 	if (p && f->sa)
 		sa_drop(f, p, "session", "disconnected");
 	maybe_close_round(f, now_ms);
+	if (f->final_wait)
+		final_check(f);
 }
 
 static fnode *node_new(fed *f, const char *cn)
@@ -2110,11 +2124,183 @@ static void round_losses(const fed *f, double *tl, double *el, int *ht, int *he)
 	*el = *he ? es / ew : 0;
 }
 
+static int final_begin(fed *f, const char *why);
+
 static void say_goodbye(fed *f, const char *why)
 {
+	if (f->o.final_timeout_ms && !f->final_wait && !f->final_done && final_begin(f, why))
+		return; /* Bye follows each node's DownFinalEval, or the deadline */
 	for (size_t i = 0; i < f->nnodes; i++)
 		if (f->nodes[i]->peer)
 			send_bye(f, f->nodes[i]->peer, why);
+}
+
+/* ------------------------------------------------------------------ */
+/* the final version (docs/COORDINATOR.md "The final version")         */
+
+/* DownFinal with the last committed version to every connected node,
+ * grouped by payload like RoundStart. Returns 0 when it went to nobody
+ * (then there is nothing to wait for), else 1 and the wait begins. */
+static int final_begin(fed *f, const char *why)
+{
+	snprintf(f->final_why, sizeof f->final_why, "%s", why);
+	f->final_sent = f->final_answered = f->final_evals = 0;
+	f->final_loss_sum = 0;
+	uint64_t *peers = malloc((f->nnodes ? f->nnodes : 1) * sizeof *peers);
+	if (!peers)
+		return 0;
+	for (int kind = PL_EMPTY; kind <= PL_SNAP; kind++) {
+		size_t np = 0;
+		for (size_t i = 0; i < f->nnodes; i++)
+			if (f->nodes[i]->peer && payload_kind(f, f->nodes[i]) == kind)
+				peers[np++] = f->nodes[i]->peer;
+		if (!np)
+			continue;
+		const buf *pl = kind == PL_EMPTY   ? &f->empty
+		                : kind == PL_DELTA ? &f->delta
+		                                   : &f->snap;
+		Fedlora__AdapterPayload *ap =
+		    fedlora__adapter_payload__unpack(NULL, pl->len, pl->data);
+		if (!ap) {
+			LOGE(MOD, "cannot decode our own adapter payload for the final version");
+			continue;
+		}
+		Fedlora__DownFinal df = FEDLORA__DOWN_FINAL__INIT;
+		df.version = f->version;
+		df.sha256.data = f->sha;
+		df.sha256.len = 32;
+		df.reason = f->final_why;
+		df.adapter = ap;
+		Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+		env.body_case = FEDLORA__ENVELOPE__BODY_DOWN_FINAL;
+		env.down_final = &df;
+		send_env(f, peers, np, &env);
+		fedlora__adapter_payload__free_unpacked(ap, NULL);
+		for (size_t i = 0; i < f->nnodes; i++) {
+			fnode *n = f->nodes[i];
+			if (n->peer && n->final_st == 0 && payload_kind(f, n) == kind) {
+				n->final_st = 1;
+				f->final_sent++;
+			}
+		}
+	}
+	free(peers);
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "final_sent");
+	cJSON_AddNumberToObject(j, "version", (double)f->version);
+	add_hex(j, "sha256", f->sha, 32);
+	cJSON_AddNumberToObject(j, "nodes", (double)f->final_sent);
+	cJSON_AddStringToObject(j, "reason", f->final_why);
+	journal_rec(f, j);
+	if (!f->final_sent) {
+		f->final_done = 1;
+		return 0;
+	}
+	LOGI(MOD,
+	     "%s: version %" PRIu64 " sent to %zu nodes; waiting up to %u ms for their "
+	     "evaluations",
+	     f->final_why, f->version, f->final_sent, f->o.final_timeout_ms);
+	f->final_wait = 1;
+	f->final_deadline = 0; /* the next fed_tick sets it */
+	return 1;
+}
+
+/* The wait is over: Bye to the nodes that did not answer, the summary. */
+static void final_end(fed *f, const char *ended)
+{
+	size_t late = 0;
+	for (size_t i = 0; i < f->nnodes; i++) {
+		fnode *n = f->nodes[i];
+		if (n->final_st == 1)
+			late++;
+		if (n->peer && n->final_st != 2)
+			send_bye(f, n->peer, f->final_why);
+	}
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "final");
+	cJSON_AddNumberToObject(j, "version", (double)f->version);
+	add_hex(j, "sha256", f->sha, 32);
+	cJSON_AddStringToObject(j, "reason", f->final_why);
+	cJSON_AddNumberToObject(j, "nodes", (double)f->final_sent);
+	cJSON_AddNumberToObject(j, "answered", (double)f->final_answered);
+	cJSON_AddNumberToObject(j, "evaluated", (double)f->final_evals);
+	if (f->final_evals)
+		cJSON_AddNumberToObject(j, "mean_eval_loss",
+		                        f->final_loss_sum / (double)f->final_evals);
+	cJSON_AddNumberToObject(j, "unanswered", (double)late);
+	cJSON_AddStringToObject(j, "ended", ended);
+	journal_rec(f, j);
+	if (f->final_evals)
+		LOGI(MOD,
+		     "final version %" PRIu64
+		     ": %zu of %zu nodes answered, mean held-out loss %.5f "
+		     "over %zu (%s)",
+		     f->version, f->final_answered, f->final_sent,
+		     f->final_loss_sum / (double)f->final_evals, f->final_evals, ended);
+	else
+		LOGI(MOD,
+		     "final version %" PRIu64 ": %zu of %zu nodes answered, none evaluated (%s)",
+		     f->version, f->final_answered, f->final_sent, ended);
+	f->final_wait = 0;
+	f->final_done = 1;
+}
+
+/* Ends the wait once no connected node still owes an answer. */
+static void final_check(fed *f)
+{
+	for (size_t i = 0; i < f->nnodes; i++)
+		if (f->nodes[i]->peer && f->nodes[i]->final_st == 1)
+			return;
+	final_end(f, "every connected node answered");
+}
+
+static void final_tick(fed *f, uint64_t now_ms)
+{
+	if (!f->final_deadline)
+		f->final_deadline = now_ms + f->o.final_timeout_ms;
+	else if (now_ms >= f->final_deadline)
+		final_end(f, "rounds.final_timeout_ms passed");
+}
+
+static void handle_final_eval(fed *f, sess *s, const Fedlora__DownFinalEval *e)
+{
+	fnode *n = s->node;
+	if (!f->final_wait || n->final_st != 1) {
+		LOGW(MOD, "node %s: DownFinalEval not asked for; ignored", n->cn);
+		return;
+	}
+	n->final_st = 2;
+	f->final_answered++;
+	int ok = e->verified && e->version == f->version;
+	int ev = ok && e->has_eval && isfinite(e->eval_loss);
+	char detail[201];
+	snprintf(detail, sizeof detail, "%.200s", e->detail ? e->detail : "");
+	if (ev) {
+		f->final_evals++;
+		f->final_loss_sum += e->eval_loss;
+		n->eval_loss = e->eval_loss;
+		n->has_eval_loss = 1;
+	}
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "final_eval");
+	cJSON_AddStringToObject(j, "node", n->cn);
+	cJSON_AddNumberToObject(j, "version", (double)e->version);
+	cJSON_AddBoolToObject(j, "verified", ok);
+	if (ev)
+		cJSON_AddNumberToObject(j, "eval_loss", e->eval_loss);
+	if (detail[0])
+		cJSON_AddStringToObject(j, "detail", detail);
+	journal_rec(f, j);
+	if (ev)
+		LOGI(MOD, "node %s holds final version %" PRIu64 ": held-out loss %.5f", n->cn,
+		     e->version, e->eval_loss);
+	else
+		LOGW(MOD, "node %s: final version %s%s%s", n->cn,
+		     ok ? "verified, not evaluated" : "not verified", detail[0] ? ": " : "",
+		     detail);
+	if (n->peer)
+		send_bye(f, n->peer, f->final_why);
+	final_check(f);
 }
 
 static void after_round(fed *f, uint64_t now_ms)
@@ -2943,6 +3129,9 @@ void fed_on_message(fed *f, uint64_t peer, wire_msg *m, size_t wire_len, uint64_
 	case FEDLORA__ENVELOPE__BODY_SNAPSHOT_REQUEST:
 		handle_snapshot_request(f, s, env->snapshot_request, now_ms);
 		break;
+	case FEDLORA__ENVELOPE__BODY_DOWN_FINAL_EVAL:
+		handle_final_eval(f, s, env->down_final_eval);
+		break;
 	case FEDLORA__ENVELOPE__BODY_SECAGG_KEYS:
 		handle_sa_keys(f, s, env->secagg_keys, now_ms);
 		break;
@@ -3340,6 +3529,8 @@ static void backoff_tick(fed *f, uint64_t now_ms)
 void fed_tick(fed *f, uint64_t now_ms)
 {
 	backoff_tick(f, now_ms);
+	if (f->final_wait)
+		final_tick(f, now_ms);
 	switch (f->state) {
 	case FED_IDLE:
 		update_ready(f, now_ms);
@@ -3374,6 +3565,8 @@ int64_t fed_timeout(const fed *f, uint64_t now_ms)
 				due = p->gone_at + f->o.gone_grace_ms;
 		}
 	}
+	if (f->final_wait)
+		due = f->final_deadline ? f->final_deadline : now_ms;
 	if (due == UINT64_MAX)
 		return -1;
 	return due > now_ms ? (int64_t)(due - now_ms) : 0;
@@ -3383,6 +3576,8 @@ void fed_shutdown(fed *f, uint64_t now_ms)
 {
 	if (f->stopping || f->state == FED_STOPPED) {
 		f->stopping = 1;
+		if (f->final_wait) /* asked again: stop waiting for the nodes */
+			final_end(f, "coordinator shutting down");
 		return;
 	}
 	f->stopping = 1;
@@ -3404,7 +3599,7 @@ void fed_shutdown(fed *f, uint64_t now_ms)
 
 int fed_done(const fed *f)
 {
-	return f->state == FED_STOPPED && f->jobs == 0;
+	return f->state == FED_STOPPED && f->jobs == 0 && !f->final_wait;
 }
 
 int fed_idle(const fed *f)

@@ -83,6 +83,10 @@ typedef struct fed_opts {
 	 * every node gets the same grid snapshot; 0 = delta (the step as a delta
 	 * to nodes holding the parent, an f32 snapshot to the others) */
 	int down_grid;
+	/* when the federation ends, send the last version to the connected
+	 * nodes (DownFinal) and wait up to this long for their evaluations
+	 * before Bye; 0 = Bye at once (fed_opts_default) */
+	uint32_t final_timeout_ms;
 	agg_opts agg;
 	/* differential privacy (docs/PRIVACY.md). Central mode: Poisson
 	 * sampling with q = nodes_per_round / population from a CSPRNG, clip

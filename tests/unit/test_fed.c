@@ -164,6 +164,7 @@ typedef struct sim {
 	int end_seen, end_committed;
 	uint64_t end_version;
 	int sha_ok;            /* every applied payload matched its announced fingerprint */
+	int got_final;         /* DownFinal received (and applied) */
 	uint64_t join_samples; /* 0 = 100 */
 } sim;
 
@@ -325,6 +326,17 @@ static void sim_recv(harness *h, sim *s)
 			uint8_t fp[32];
 			assert_int_equal(tset_fingerprint(s->ad, fp), 0);
 			if (r->global_sha256.len != 32 || memcmp(fp, r->global_sha256.data, 32))
+				s->sha_ok = 0;
+			break;
+		}
+		case FEDLORA__ENVELOPE__BODY_DOWN_FINAL: {
+			const Fedlora__DownFinal *df = e->down_final;
+			s->got_final++;
+			sim_apply(s, df->adapter);
+			assert_int_equal(s->version, df->version);
+			uint8_t fp[32];
+			assert_int_equal(tset_fingerprint(s->ad, fp), 0);
+			if (df->sha256.len != 32 || memcmp(fp, df->sha256.data, 32))
 				s->sha_ok = 0;
 			break;
 		}
@@ -1911,6 +1923,111 @@ static void test_grid_restart(void **st)
 	free(dir);
 }
 
+/* The final version: DownFinal to the connected nodes when the federation
+ * ends, Bye after each answer; a node that leaves is not waited for, one
+ * that stays silent until rounds.final_timeout_ms; the journal has it all. */
+static void send_final_eval(fed *f, sim *s, double loss, uint64_t now)
+{
+	Fedlora__Envelope e = FEDLORA__ENVELOPE__INIT;
+	Fedlora__DownFinalEval fe = FEDLORA__DOWN_FINAL_EVAL__INIT;
+	fe.version = s->version;
+	fe.verified = 1;
+	fe.has_eval = 1;
+	fe.eval_loss = loss;
+	e.body_case = FEDLORA__ENVELOPE__BODY_DOWN_FINAL_EVAL;
+	e.down_final_eval = &fe;
+	send_env(f, s->peer, &e, now);
+}
+
+typedef struct fcount {
+	int sent, evals, summaries, answered, evaluated;
+	double mean;
+} fcount;
+
+static int fcount_cb(const cJSON *o, void *ud)
+{
+	fcount *c = ud;
+	const char *t = cJSON_GetObjectItemCaseSensitive(o, "type")->valuestring;
+	if (!strcmp(t, "final_sent"))
+		c->sent = (int)cJSON_GetObjectItemCaseSensitive(o, "nodes")->valuedouble;
+	if (!strcmp(t, "final_eval"))
+		c->evals++;
+	if (!strcmp(t, "final")) {
+		c->summaries++;
+		c->answered = (int)cJSON_GetObjectItemCaseSensitive(o, "answered")->valuedouble;
+		c->evaluated = (int)cJSON_GetObjectItemCaseSensitive(o, "evaluated")->valuedouble;
+		c->mean = cJSON_GetObjectItemCaseSensitive(o, "mean_eval_loss")->valuedouble;
+	}
+	return 0;
+}
+
+static void test_final_version(void **st)
+{
+	(void)st;
+	char *dir = tu_mkdtemp();
+	harness h = {0};
+	fed_opts o;
+	opts(&o);
+	o.max_rounds = 1;
+	o.final_timeout_ms = 1000;
+	store *sto;
+	assert_int_equal(store_open(dir, &sto), 0);
+	fed *f = mk_fed(&o, sto, &h, 0);
+	sim s[3];
+	for (int i = 0; i < 3; i++) {
+		char cn[8];
+		snprintf(cn, sizeof cn, "f%d", i);
+		sim_init(&s[i], (uint64_t)(500 + i), cn);
+		sim_join(f, &o, &s[i], 0);
+	}
+	run_round(f, &h, s, 3, 1, 10);
+	assert_int_equal(fed_version(f), 1);
+	assert_int_equal(fed_get_state(f), FED_STOPPED);
+	assert_false(fed_done(f)); /* waiting for the nodes */
+	for (int i = 0; i < 3; i++) {
+		sim_recv(&h, &s[i]);
+		assert_int_equal(s[i].got_final, 1);
+		assert_int_equal(s[i].got_bye, 0);
+		/* they hold v0, the parent: the step */
+		assert_int_equal(s[i].payload_kind, FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA);
+		assert_same_global(f, &s[i]);
+	}
+	send_final_eval(f, &s[0], 2.5, 20);
+	sim_recv(&h, &s[0]);
+	assert_int_equal(s[0].got_bye, 1);
+	assert_false(fed_done(f));
+	fed_peer_gone(f, s[1].peer, 21); /* not waited for */
+	assert_false(fed_done(f));
+	fed_tick(f, 22); /* sets the deadline */
+	assert_int_equal(fed_timeout(f, 22), 1000);
+	fed_tick(f, 500);
+	assert_false(fed_done(f));
+	fed_tick(f, 1022);
+	assert_true(fed_done(f));
+	sim_recv(&h, &s[2]);
+	assert_int_equal(s[2].got_bye, 1);
+	/* a late answer is ignored */
+	send_final_eval(f, &s[2], 3.0, 1100);
+	fed_free(f);
+	store_free(sto);
+	fcount c = {0};
+	size_t nl, nbad;
+	char jp[512];
+	snprintf(jp, sizeof jp, "%s/journal.jsonl", dir);
+	assert_int_equal(journal_read(jp, fcount_cb, &c, &nl, &nbad), 0);
+	assert_int_equal(c.sent, 3);
+	assert_int_equal(c.evals, 1);
+	assert_int_equal(c.summaries, 1);
+	assert_int_equal(c.answered, 1);
+	assert_int_equal(c.evaluated, 1);
+	assert_true(c.mean == 2.5);
+	for (int i = 0; i < 3; i++)
+		sim_fini(&s[i]);
+	h_fini(&h);
+	tu_rmtree(dir);
+	free(dir);
+}
+
 static void test_encode_round_start(void **st)
 {
 	(void)st;
@@ -1994,6 +2111,7 @@ int main(void)
 	    cmocka_unit_test(test_encode_round_start),
 	    cmocka_unit_test(test_grid_missed_versions),
 	    cmocka_unit_test(test_grid_restart),
+	    cmocka_unit_test(test_final_version),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

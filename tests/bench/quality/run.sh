@@ -60,6 +60,7 @@
 #   LRS [$LR] (e.g. "0.001 0.003 0.01")  SEEDS [1] (e.g. "1 2 3")
 #   DP_Z [1.0] DP_CLIP [0.05] DP_DELTA [1e-3] (dp_ffa_q4ef only)
 #   SA_CLIP [10] SA_RANGE [4] (secagg_q4 only)
+#   TABLE_ONLY [unset] set: run nothing, write the table from the results in $OUT
 # word splitting of $(stats ...) and $b into fields is intended; the scripts
 # passed to `bash -c` are single-quoted on purpose (they expand in the child)
 # shellcheck disable=SC2046,SC2086,SC2016
@@ -373,6 +374,11 @@ EOF
     END { for (r = 1; r <= m; r++) if (c[r]) printf "%d %.5f\n", r, s[r] / c[r] }' \
     "$d/metrics.all" >"$OUT/$tag.curve"
   stats "$OUT/$tag.evals" | cut -d' ' -f1 >"$OUT/$tag.final"
+  # the nodes' own evaluation of the final version (DownFinal, each node on
+  # its held-out split): "mean count" over the nodes that reported one
+  awk '/"type":"final"/ && /"eval_loss":[0-9]/ {
+      match($0, /"eval_loss":[0-9.eE+-]+/); s += substr($0, RSTART + 12, RLENGTH - 12) + 0; n++ }
+    END { if (n) printf "%.5f %d\n", s / n, n; else print "- 0" }' "$d/metrics.all" >"$OUT/$tag.own"
   local b
   b=$(awk 'function num(k,   m) { if (match($0, "\"" k "\":[0-9]+")) { m = substr($0, RSTART, RLENGTH); sub(/^"[^"]*":/, "", m); return m + 0 } return 0 }
     /"type":"round"/ { up += num("bytes_up"); f += num("bytes_up_fp32"); dn += num("bytes_down"); n++ }
@@ -387,6 +393,7 @@ for r in $runs; do
   *) die "unknown run '$r' (runs: $all_runs dp_ffa_q4ef q4ef_grid4 q4ef_grid8)" ;;
   esac
 done
+[[ -n ${TABLE_ONLY:-} ]] && runs=""
 for r in $runs; do
   for LR in $LRS; do
     for SEED in $SEEDS; do
@@ -444,8 +451,8 @@ bm=$(echo "$base_stats" | cut -d' ' -f1)
   echo "wins vs f32: nodes x seeds where the run's held-out loss is below f32's (same seed, f32 at its best lr)."
   echo "up+down vs f32: both directions against f32 both ways (a download counted as large as an f32 upload)."
   echo
-  echo "| run | lr | $TASK_NAME mean held-out | worst node | vs base (mean) | vs f32 (mean) | wins vs f32 | bytes up total | bytes down total | up per node-round | down per node-round | up vs f32 | up+down vs f32 | wall s |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| run | lr | $TASK_NAME mean held-out | worst node | vs base (mean) | vs f32 (mean) | wins vs f32 | bytes up total | bytes down total | up per node-round | down per node-round | up vs f32 | up+down vs f32 | nodes' own eval of the final version | wall s |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   f32s=""
   if [[ -n ${best[f32]:-} ]]; then
     f32s=$(seeds_of f32 | awk '{s += $1; q += $1 * $1; n++} END {printf "%.6f %.6f", s / n, (n > 1) ? sqrt((q - s * s / n) / (n - 1)) : 0}')
@@ -455,13 +462,15 @@ bm=$(echo "$base_stats" | cut -d' ' -f1)
     lr=${best[$r]}
     st=$(seeds_of "$r" | awk '{s += $1; q += $1 * $1; w += $2; n++} END {printf "%.6f %.6f %.6f", s / n, (n > 1) ? sqrt((q - s * s / n) / (n - 1)) : 0, w / n}')
     read -r _ _ _ up dn upf upn dnn secs <"$OUT/$r@$lr@$seed1.res"
+    own=$(for x in $SEEDS; do cat "$OUT/$r@$lr@$x.own" 2>/dev/null || echo "- 0"; done |
+      awk '$1 != "-" {s += $1; c += $2; n++} END {if (n) printf "%.4f (%d nodes)", s / n, c / n; else print "-"}')
     wins="-"
     if [[ -n ${best[f32]:-} && $r != f32 ]]; then
       wins=$(for x in $SEEDS; do paste -d' ' "$OUT/$r@$lr@$x.evals" "$OUT/f32@${best[f32]}@$x.evals"; done |
         awk '{w += ($2 < $4); n++} END {printf "%d/%d", w, n}')
     fi
     awk -v r="$r" -v lr="$lr" -v st="$st" -v f="$f32s" -v bm="$bm" -v ns="$nseeds" -v wins="$wins" \
-      -v up="$up" -v dn="$dn" -v upf="$upf" -v upn="$upn" -v dnn="$dnn" -v secs="$secs" 'BEGIN {
+      -v up="$up" -v dn="$dn" -v upf="$upf" -v upn="$upn" -v dnn="$dnn" -v own="$own" -v secs="$secs" 'BEGIN {
       split(st, a, " "); m = a[1]; sd = a[2]; w = a[3]
       ms = (ns > 1) ? sprintf("%.4f +- %.4f", m, sd) : sprintf("%.4f", m)
       d = "-"
@@ -472,8 +481,8 @@ bm=$(echo "$base_stats" | cut -d' ' -f1)
         if (ns == 1) d = d " (1 seed)"
       }
       if (r == "f32") d = "0"
-      if (up == 0) printf "| %s | %s | %s | %.4f | %+.4f | %s | %s | - | - | - | - | - | - | %d |\n", r, lr, ms, w, m - bm, d, wins, secs
-      else printf "| %s | %s | %s | %.4f | %+.4f | %s | %s | %d | %d | %d | %d | %.1f%% | %.1f%% | %d |\n", r, lr, ms, w, m - bm, d, wins, up, dn, upn, dnn, 100 * up / upf, 100 * (up + dn) / (2 * upf), secs
+      if (up == 0) printf "| %s | %s | %s | %.4f | %+.4f | %s | %s | - | - | - | - | - | - | - | %d |\n", r, lr, ms, w, m - bm, d, wins, secs
+      else printf "| %s | %s | %s | %.4f | %+.4f | %s | %s | %d | %d | %d | %d | %.1f%% | %.1f%% | %s | %d |\n", r, lr, ms, w, m - bm, d, wins, up, dn, upn, dnn, 100 * up / upf, 100 * (up + dn) / (2 * upf), own, secs
     }'
   done
   echo
