@@ -214,6 +214,10 @@ const char *wire_body_name(const Fedlora__Envelope *env)
 		return "xfer_chunk";
 	case FEDLORA__ENVELOPE__BODY_XFER_ACK:
 		return "xfer_ack";
+	case FEDLORA__ENVELOPE__BODY_DOWN_FINAL:
+		return "down_final";
+	case FEDLORA__ENVELOPE__BODY_DOWN_FINAL_EVAL:
+		return "down_final_eval";
 	default:
 		return "none";
 	}

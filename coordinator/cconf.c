@@ -118,6 +118,12 @@ const cfg_key cconf_schema[] = {
      "format of the global delta sent to nodes"},
     {"aggregation", "downlink_block", CFG_INT, "32", 0, 128, NULL,
      "block size of downlink_format (32/64/128; 0 for f32/f16)"},
+    {"rounds", "final_timeout_ms", CFG_INT, "30000", 0, 3600000, NULL,
+     "when the federation ends: wait this long for the nodes to verify and evaluate the "
+     "last version (0: say Bye at once)"},
+    {"aggregation", "downlink_mode", CFG_ENUM, "delta", 0, 0, "delta|grid",
+     "grid: every version on the downlink_format grid (server error feedback), one "
+     "snapshot as small as a delta for every node; delta: the step, f32 snapshots"},
     /* secure aggregation (docs/PRIVACY.md, "Secure aggregation") */
     {"aggregation", "secure", CFG_BOOL, "false", 0, 0, NULL,
      "secure aggregation (SecAgg+): the coordinator learns only the sum of the updates"},
@@ -353,6 +359,8 @@ int cconf_build(const cfg *c, cconf *o, char *why, size_t whylen)
 	f->async.max_concurrent = (uint32_t)cfg_int(c, "aggregation.max_concurrent");
 	fmt_of(c, "aggregation.downlink_format", &f->down_fmt);
 	f->down_block = (uint32_t)cfg_int(c, "aggregation.downlink_block");
+	f->down_grid = strcmp(cfg_str(c, "aggregation.downlink_mode"), "grid") == 0;
+	f->final_timeout_ms = (uint32_t)cfg_int(c, "rounds.final_timeout_ms");
 	/* privacy */
 	const char *pm = cfg_str(c, "privacy.mode");
 	f->priv.mode = strcmp(pm, "central") == 0       ? DP_CENTRAL

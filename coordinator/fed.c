@@ -3,6 +3,7 @@
 
 #include "buf.h"
 #include "clock.h"
+#include "downlink.h"
 #include "err.h"
 #include "journal.h"
 #include "log.h"
@@ -167,6 +168,7 @@ typedef struct fnode {
 	 * a job), when its session went (0 = connected) */
 	uint64_t fa_task, fa_base, fa_deadline, fa_gone;
 	int fa_uploaded;
+	int final_st; /* the final version: 0 not sent, 1 sent, 2 answered */
 } fnode;
 
 typedef struct part {
@@ -238,6 +240,15 @@ struct fed {
 	tset *step;             /* scratch for the commit job */
 	qtensor *dq;            /* downlink-quantized step, one per exchanged tensor */
 	size_t ndq;
+	down *down; /* aggregation.downlink_mode = grid; NULL otherwise */
+	/* the final version to the nodes (o.final_timeout_ms; "The final
+	 * version" in docs/COORDINATOR.md): DownFinal sent, waiting for the
+	 * DownFinalEval answers until final_deadline (0: set at the next tick) */
+	int final_wait, final_done;
+	uint64_t final_deadline;
+	char final_why[64];
+	size_t final_sent, final_answered, final_evals;
+	double final_loss_sum;
 	/* registry */
 	hmap sess_by_peer, node_by_cn;
 	fnode **nodes;
@@ -544,6 +555,10 @@ int fed_opts_check(const fed_opts *o, char *why, size_t whylen)
 		WHY("downlink format %s with block %u is not valid (q8/q4/q2 need 32, 64 or 128; "
 		    "f32/f16 need 0)",
 		    qt_fmt_name(o->down_fmt), o->down_block);
+		return FL_EINVAL;
+	}
+	if (o->down_grid && o->down_fmt == QT_F32) {
+		WHY("aggregation.downlink_mode grid needs a downlink_format other than f32");
 		return FL_EINVAL;
 	}
 	if (qt_check_fmt_block(o->train.uplink_fmt, o->train.uplink_block)) {
@@ -854,8 +869,11 @@ static int pack_payload(const Fedlora__AdapterPayload *p, buf *out)
 	return 0;
 }
 
-/* Full adapter as f32 tensors (exact). */
-static int build_snapshot(const tset *g, uint64_t version, const uint8_t sha[32], buf *out)
+/* Full adapter as f32 tensors (exact), or, when grid is not NULL, as its
+ * grid encoding (one qtensor per tensor of g, in g's order; deq(grid) = g,
+ * coordinator/downlink.h). */
+static int build_snapshot(const tset *g, const qtensor *grid, uint64_t version,
+                          const uint8_t sha[32], buf *out)
 {
 	size_t n = tset_count(g);
 	Fedlora__QTensor *qm = calloc(n ? n : 1, sizeof *qm);
@@ -876,6 +894,9 @@ static int build_snapshot(const tset *g, uint64_t version, const uint8_t sha[32]
 		qm[i].block_size = 0;
 		qm[i].data.data = (uint8_t *)t->data;
 		qm[i].data.len = t->n * sizeof(float);
+		for (size_t k = 0; grid && k < n; k++) /* the layout's order may differ */
+			if (strcmp(grid[k].name, t->name) == 0)
+				qt_to_proto(&grid[k], &qm[i]);
 		qp[i] = &qm[i];
 	}
 	Fedlora__AdapterPayload p = FEDLORA__ADAPTER_PAYLOAD__INIT;
@@ -925,6 +946,9 @@ out:
 /* journal                                                             */
 
 static void journal_rec(fed *f, cJSON *o);
+static void final_check(fed *f);
+static void final_end(fed *f, const char *ended);
+static void final_tick(fed *f, uint64_t now_ms);
 
 /* A write to the state directory failed: the next fed_tick starts (or
  * continues) the back-off. Only the first failure of an outage is kept and
@@ -998,7 +1022,9 @@ static int jscan_cb(const cJSON *o, void *ud)
 
 static int set_global_encodings(fed *f)
 {
-	int rc = build_snapshot(f->global, f->version, f->sha, &f->snap);
+	size_t ng = 0;
+	const qtensor *grid = f->down ? down_grid(f->down, &ng) : NULL;
+	int rc = build_snapshot(f->global, grid, f->version, f->sha, &f->snap);
 	if (rc)
 		return rc;
 	Fedlora__AdapterPayload p = FEDLORA__ADAPTER_PAYLOAD__INIT;
@@ -1008,6 +1034,54 @@ static int set_global_encodings(fed *f)
 	p.to_sha256.data = f->sha;
 	p.to_sha256.len = 32;
 	return pack_payload(&p, &f->empty);
+}
+
+/* Grid mode (coordinator/downlink.h), resuming: the residual out of the
+ * optimiser state *optst (NULL: none saved; what is left stays in *optst
+ * for agg_state_import) and the grid encoding of the loaded version. A
+ * version that is not on the grid (a state directory of the delta mode)
+ * goes out as an f32 snapshot until the next version puts it on. */
+static int grid_resume(fed *f, tset **optst)
+{
+	size_t bad = 0;
+	int rc = 0;
+	if (*optst) {
+		tset *rest = NULL;
+		if ((rc = down_state_import(f->down, *optst, &rest, &bad)) != 0)
+			return rc;
+		tset_free(*optst);
+		*optst = rest;
+	}
+	if (!*optst || bad)
+		LOGW(MOD,
+		     "no downlink residual saved for %zu tensors of version %" PRIu64
+		     "; they start again from zero",
+		     *optst ? bad : tset_count(f->global), f->version);
+	rc = down_reencode(f->down, f->global);
+	if (rc == FL_EMISMATCH) {
+		LOGW(MOD,
+		     "version %" PRIu64 " is not on the downlink grid: nodes get it as an f32 "
+		     "snapshot, the next version is on the grid",
+		     f->version);
+		rc = 0;
+	}
+	return rc;
+}
+
+/* Grid mode, a new federation: v0 goes on the grid (what rounding drops
+ * stays in the residual) and *opt gets the residual for the store. */
+static int grid_v0(fed *f, tset **opt)
+{
+	tset *g = NULL;
+	int rc = down_next(f->down, f->global, NULL, &g);
+	if (rc)
+		return rc;
+	tset_free(f->global);
+	f->global = g;
+	down_commit(f->down);
+	if ((rc = tset_new(opt)) != 0)
+		return rc;
+	return down_state_export(f->down, 0, *opt);
 }
 
 static void fill_info(const fed *f, store_info *in, uint64_t version, uint64_t round,
@@ -1164,6 +1238,8 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 	}
 	for (size_t i = 0; i < f->ndq; i++)
 		qt_init(&f->dq[i]);
+	if (o->down_grid && (rc = down_new(o->down_fmt, o->down_block, layout, &f->down)) != 0)
+		goto fail;
 
 	store_info in;
 	int have = 0;
@@ -1192,6 +1268,8 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 		f->version = in.version;
 		memcpy(f->sha, in.sha, 32);
 		if (store_load_opt(st, in.version, &optst) == 0) {
+			if (f->down && (rc = grid_resume(f, &optst)) != 0)
+				goto fail;
 			if (agg_state_import(f->agg, optst))
 				LOGW(MOD,
 				     "optimiser state of version %" PRIu64
@@ -1203,6 +1281,8 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 			LOGW(MOD, "no optimiser state for version %" PRIu64 "; starting it afresh",
 			     in.version);
 		}
+		if (f->down && !optst && (rc = grid_resume(f, &optst)) != 0)
+			goto fail;
 		LOGI(MOD, "resumed at version %" PRIu64 " (round %" PRIu64 ") from %s", in.version,
 		     in.round, store_dir(st));
 	} else {
@@ -1216,12 +1296,14 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 			LOGE(MOD, "no valid version in %s; starting again at version %" PRIu64,
 			     store_dir(st), f->version);
 		}
+		if (f->down && (rc = grid_v0(f, &optst)) != 0)
+			goto fail;
 		rc = tset_fingerprint(f->global, f->sha);
 		if (rc)
 			goto fail;
 		if (st) {
 			fill_info(f, &in, f->version, 0, 0, f->sha);
-			rc = store_commit(st, f->global, &in, NULL, o->keep_versions);
+			rc = store_commit(st, f->global, &in, optst, o->keep_versions);
 			if (rc)
 				goto fail;
 			cJSON *j = cJSON_CreateObject();
@@ -1323,6 +1405,7 @@ void fed_free(fed *f)
 		free(f->dq);
 	}
 	tset_free(f->step);
+	down_free(f->down);
 	sa_server_free(f->sa);
 	free(f->sa_ids);
 	free(f->sa_steps);
@@ -1410,6 +1493,8 @@ void fed_peer_gone(fed *f, uint64_t peer, uint64_t now_ms)
 	if (p && f->sa && f->state == FED_COLLECTING)
 		sa_drop(f, p, "session", "disconnected");
 	maybe_close_round(f, now_ms);
+	if (f->final_wait)
+		final_check(f);
 }
 
 static fnode *node_new(fed *f, const char *cn)
@@ -2225,11 +2310,183 @@ static void round_losses(const fed *f, double *tl, double *el, int *ht, int *he)
 	*el = *he ? es / ew : 0;
 }
 
+static int final_begin(fed *f, const char *why);
+
 static void say_goodbye(fed *f, const char *why)
 {
+	if (f->o.final_timeout_ms && !f->final_wait && !f->final_done && final_begin(f, why))
+		return; /* Bye follows each node's DownFinalEval, or the deadline */
 	for (size_t i = 0; i < f->nnodes; i++)
 		if (f->nodes[i]->peer)
 			send_bye(f, f->nodes[i]->peer, why);
+}
+
+/* ------------------------------------------------------------------ */
+/* the final version (docs/COORDINATOR.md "The final version")         */
+
+/* DownFinal with the last committed version to every connected node,
+ * grouped by payload like RoundStart. Returns 0 when it went to nobody
+ * (then there is nothing to wait for), else 1 and the wait begins. */
+static int final_begin(fed *f, const char *why)
+{
+	snprintf(f->final_why, sizeof f->final_why, "%s", why);
+	f->final_sent = f->final_answered = f->final_evals = 0;
+	f->final_loss_sum = 0;
+	uint64_t *peers = malloc((f->nnodes ? f->nnodes : 1) * sizeof *peers);
+	if (!peers)
+		return 0;
+	for (int kind = PL_EMPTY; kind <= PL_SNAP; kind++) {
+		size_t np = 0;
+		for (size_t i = 0; i < f->nnodes; i++)
+			if (f->nodes[i]->peer && payload_kind(f, f->nodes[i]) == kind)
+				peers[np++] = f->nodes[i]->peer;
+		if (!np)
+			continue;
+		const buf *pl = kind == PL_EMPTY   ? &f->empty
+		                : kind == PL_DELTA ? &f->delta
+		                                   : &f->snap;
+		Fedlora__AdapterPayload *ap =
+		    fedlora__adapter_payload__unpack(NULL, pl->len, pl->data);
+		if (!ap) {
+			LOGE(MOD, "cannot decode our own adapter payload for the final version");
+			continue;
+		}
+		Fedlora__DownFinal df = FEDLORA__DOWN_FINAL__INIT;
+		df.version = f->version;
+		df.sha256.data = f->sha;
+		df.sha256.len = 32;
+		df.reason = f->final_why;
+		df.adapter = ap;
+		Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+		env.body_case = FEDLORA__ENVELOPE__BODY_DOWN_FINAL;
+		env.down_final = &df;
+		send_env(f, peers, np, &env);
+		fedlora__adapter_payload__free_unpacked(ap, NULL);
+		for (size_t i = 0; i < f->nnodes; i++) {
+			fnode *n = f->nodes[i];
+			if (n->peer && n->final_st == 0 && payload_kind(f, n) == kind) {
+				n->final_st = 1;
+				f->final_sent++;
+			}
+		}
+	}
+	free(peers);
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "final_sent");
+	cJSON_AddNumberToObject(j, "version", (double)f->version);
+	add_hex(j, "sha256", f->sha, 32);
+	cJSON_AddNumberToObject(j, "nodes", (double)f->final_sent);
+	cJSON_AddStringToObject(j, "reason", f->final_why);
+	journal_rec(f, j);
+	if (!f->final_sent) {
+		f->final_done = 1;
+		return 0;
+	}
+	LOGI(MOD,
+	     "%s: version %" PRIu64 " sent to %zu nodes; waiting up to %u ms for their "
+	     "evaluations",
+	     f->final_why, f->version, f->final_sent, f->o.final_timeout_ms);
+	f->final_wait = 1;
+	f->final_deadline = 0; /* the next fed_tick sets it */
+	return 1;
+}
+
+/* The wait is over: Bye to the nodes that did not answer, the summary. */
+static void final_end(fed *f, const char *ended)
+{
+	size_t late = 0;
+	for (size_t i = 0; i < f->nnodes; i++) {
+		fnode *n = f->nodes[i];
+		if (n->final_st == 1)
+			late++;
+		if (n->peer && n->final_st != 2)
+			send_bye(f, n->peer, f->final_why);
+	}
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "final");
+	cJSON_AddNumberToObject(j, "version", (double)f->version);
+	add_hex(j, "sha256", f->sha, 32);
+	cJSON_AddStringToObject(j, "reason", f->final_why);
+	cJSON_AddNumberToObject(j, "nodes", (double)f->final_sent);
+	cJSON_AddNumberToObject(j, "answered", (double)f->final_answered);
+	cJSON_AddNumberToObject(j, "evaluated", (double)f->final_evals);
+	if (f->final_evals)
+		cJSON_AddNumberToObject(j, "mean_eval_loss",
+		                        f->final_loss_sum / (double)f->final_evals);
+	cJSON_AddNumberToObject(j, "unanswered", (double)late);
+	cJSON_AddStringToObject(j, "ended", ended);
+	journal_rec(f, j);
+	if (f->final_evals)
+		LOGI(MOD,
+		     "final version %" PRIu64
+		     ": %zu of %zu nodes answered, mean held-out loss %.5f "
+		     "over %zu (%s)",
+		     f->version, f->final_answered, f->final_sent,
+		     f->final_loss_sum / (double)f->final_evals, f->final_evals, ended);
+	else
+		LOGI(MOD,
+		     "final version %" PRIu64 ": %zu of %zu nodes answered, none evaluated (%s)",
+		     f->version, f->final_answered, f->final_sent, ended);
+	f->final_wait = 0;
+	f->final_done = 1;
+}
+
+/* Ends the wait once no connected node still owes an answer. */
+static void final_check(fed *f)
+{
+	for (size_t i = 0; i < f->nnodes; i++)
+		if (f->nodes[i]->peer && f->nodes[i]->final_st == 1)
+			return;
+	final_end(f, "every connected node answered");
+}
+
+static void final_tick(fed *f, uint64_t now_ms)
+{
+	if (!f->final_deadline)
+		f->final_deadline = now_ms + f->o.final_timeout_ms;
+	else if (now_ms >= f->final_deadline)
+		final_end(f, "rounds.final_timeout_ms passed");
+}
+
+static void handle_final_eval(fed *f, sess *s, const Fedlora__DownFinalEval *e)
+{
+	fnode *n = s->node;
+	if (!f->final_wait || n->final_st != 1) {
+		LOGW(MOD, "node %s: DownFinalEval not asked for; ignored", n->cn);
+		return;
+	}
+	n->final_st = 2;
+	f->final_answered++;
+	int ok = e->verified && e->version == f->version;
+	int ev = ok && e->has_eval && isfinite(e->eval_loss);
+	char detail[201];
+	snprintf(detail, sizeof detail, "%.200s", e->detail ? e->detail : "");
+	if (ev) {
+		f->final_evals++;
+		f->final_loss_sum += e->eval_loss;
+		n->eval_loss = e->eval_loss;
+		n->has_eval_loss = 1;
+	}
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "type", "final_eval");
+	cJSON_AddStringToObject(j, "node", n->cn);
+	cJSON_AddNumberToObject(j, "version", (double)e->version);
+	cJSON_AddBoolToObject(j, "verified", ok);
+	if (ev)
+		cJSON_AddNumberToObject(j, "eval_loss", e->eval_loss);
+	if (detail[0])
+		cJSON_AddStringToObject(j, "detail", detail);
+	journal_rec(f, j);
+	if (ev)
+		LOGI(MOD, "node %s holds final version %" PRIu64 ": held-out loss %.5f", n->cn,
+		     e->version, e->eval_loss);
+	else
+		LOGW(MOD, "node %s: final version %s%s%s", n->cn,
+		     ok ? "verified, not evaluated" : "not verified", detail[0] ? ": " : "",
+		     detail);
+	if (n->peer)
+		send_bye(f, n->peer, f->final_why);
+	final_check(f);
 }
 
 static void after_round(fed *f, uint64_t now_ms)
@@ -3131,6 +3388,9 @@ void fed_on_message(fed *f, uint64_t peer, wire_msg *m, size_t wire_len, uint64_
 	case FEDLORA__ENVELOPE__BODY_SNAPSHOT_REQUEST:
 		handle_snapshot_request(f, s, env->snapshot_request, now_ms);
 		break;
+	case FEDLORA__ENVELOPE__BODY_DOWN_FINAL_EVAL:
+		handle_final_eval(f, s, env->down_final_eval);
+		break;
 	case FEDLORA__ENVELOPE__BODY_SECAGG_KEYS:
 		handle_sa_keys(f, s, env->secagg_keys, now_ms);
 		break;
@@ -3201,15 +3461,18 @@ static void run_commit(fed_job *job)
 	/* exact versions: quantize the step with the downlink format and apply
 	 * the dequantized values, as every node will */
 	quant_params qp = {.fmt = f->o.down_fmt, .block = f->o.down_block, .round = QUANT_NEAREST};
-	for (size_t i = 0; i < f->ndq && !rc; i++)
+	for (size_t i = 0; i < f->ndq && !rc && !f->down; i++)
 		rc = quant_encode_tensor(&qp, tset_at(f->step, i), &f->dq[i]);
+	if (f->down) /* grid mode: the new version itself is on the grid */
+		rc = down_next(f->down, f->global, f->step, &ng);
 	if (rc) {
 		snprintf(job->detail, sizeof job->detail,
 		         "cannot quantize the step with the downlink format (%s)", fl_strerror(rc));
 		goto out;
 	}
-	rc = tset_clone(f->global, &ng);
-	if (!rc)
+	if (!f->down)
+		rc = tset_clone(f->global, &ng);
+	if (!rc && !f->down)
 		rc = quant_apply_set(ng, f->dq, f->ndq);
 	if (rc) {
 		snprintf(job->detail, sizeof job->detail, "cannot apply the step (%s)",
@@ -3224,9 +3487,11 @@ static void run_commit(fed_job *job)
 		goto out;
 	}
 	rc = tset_fingerprint(ng, job->sha);
+	size_t ngrid = 0;
+	const qtensor *grid = f->down ? down_grid(f->down, &ngrid) : NULL;
 	if (!rc)
-		rc = build_snapshot(ng, job->version, job->sha, &job->snap);
-	if (!rc)
+		rc = build_snapshot(ng, grid, job->version, job->sha, &job->snap);
+	if (!rc && !f->down) /* grid mode: the snapshot is as small as a delta */
 		rc = build_delta(f->dq, f->ndq, job->parent, job->version, job->sha, &job->delta);
 	if (rc) {
 		snprintf(job->detail, sizeof job->detail, "cannot encode the new version (%s)",
@@ -3238,6 +3503,8 @@ static void run_commit(fed_job *job)
 	if (f->st) {
 		tset *opt = NULL;
 		rc = agg_state_export(f->agg, 1, &opt);
+		if (!rc && f->down)
+			rc = down_state_export(f->down, 1, opt);
 		hook(f, "optimizer");
 		if (!rc) {
 			store_info in;
@@ -3376,6 +3643,8 @@ static void done_commit(fed *f, fed_job *job, uint64_t now_ms)
 		return;
 	}
 	agg_commit_state(f->agg);
+	if (f->down)
+		down_commit(f->down);
 	if (!f->wf_since && !f->wf_pending)
 		f->wf_level = 0;
 	tset_free(f->global);
@@ -3551,6 +3820,8 @@ static void backoff_tick(fed *f, uint64_t now_ms)
 void fed_tick(fed *f, uint64_t now_ms)
 {
 	backoff_tick(f, now_ms);
+	if (f->final_wait)
+		final_tick(f, now_ms);
 	if (f->o.async.on) {
 		fa_tick(f, now_ms);
 		return;
@@ -3591,6 +3862,8 @@ int64_t fed_timeout(const fed *f, uint64_t now_ms)
 				due = p->gone_at + f->o.gone_grace_ms;
 		}
 	}
+	if (f->final_wait)
+		due = f->final_deadline ? f->final_deadline : now_ms;
 	if (due == UINT64_MAX)
 		return -1;
 	return due > now_ms ? (int64_t)(due - now_ms) : 0;
@@ -3600,6 +3873,8 @@ void fed_shutdown(fed *f, uint64_t now_ms)
 {
 	if (f->stopping || f->state == FED_STOPPED) {
 		f->stopping = 1;
+		if (f->final_wait) /* asked again: stop waiting for the nodes */
+			final_end(f, "coordinator shutting down");
 		return;
 	}
 	f->stopping = 1;
@@ -3625,7 +3900,7 @@ void fed_shutdown(fed *f, uint64_t now_ms)
 
 int fed_done(const fed *f)
 {
-	return f->state == FED_STOPPED && f->jobs == 0;
+	return f->state == FED_STOPPED && f->jobs == 0 && !f->final_wait;
 }
 
 int fed_idle(const fed *f)

@@ -80,6 +80,15 @@ typedef struct fed_opts {
 	/* downlink: format of the aggregated delta (exact versions) */
 	enum qt_fmt down_fmt;
 	uint32_t down_block;
+	/* aggregation.downlink_mode = grid: every version lies on the downlink
+	 * format's grid (server-side error feedback, coordinator/downlink.h) and
+	 * every node gets the same grid snapshot; 0 = delta (the step as a delta
+	 * to nodes holding the parent, an f32 snapshot to the others) */
+	int down_grid;
+	/* when the federation ends, send the last version to the connected
+	 * nodes (DownFinal) and wait up to this long for their evaluations
+	 * before Bye; 0 = Bye at once (fed_opts_default) */
+	uint32_t final_timeout_ms;
 	agg_opts agg;
 	/* differential privacy (docs/PRIVACY.md). Central mode: Poisson
 	 * sampling with q = nodes_per_round / population from a CSPRNG, clip

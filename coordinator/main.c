@@ -248,6 +248,7 @@ typedef struct stat_acc {
 	int keep;
 	uint64_t outages, lost; /* store_recovered records; journal_gap drops */
 	double outage_ms;
+	cJSON *final; /* the last "final" record (the final version's evaluations) */
 } stat_acc;
 
 static double num(const cJSON *o, const char *k, double def)
@@ -271,6 +272,9 @@ static int status_cb(const cJSON *o, void *ud)
 		s->lost += (uint64_t)num(o, "dropped", 0);
 	} else if (strcmp(t->valuestring, "round_restart") == 0) {
 		s->restarted++;
+	} else if (strcmp(t->valuestring, "final") == 0) {
+		cJSON_Delete(s->final);
+		s->final = cJSON_Duplicate(o, 1);
 	} else if (strcmp(t->valuestring, "round_end") == 0) {
 		int com = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "committed"));
 		if (com)
@@ -435,6 +439,10 @@ static int cmd_status(int argc, char **argv)
 			cJSON_AddNumberToObject(pj, "sampling_rate", led.last_q);
 			cJSON_AddNumberToObject(pj, "noise_multiplier", led.last_z);
 		}
+		if (s.final) {
+			cJSON_AddItemToObject(o, "final", s.final);
+			s.final = NULL;
+		}
 		cJSON_AddNumberToObject(o, "journal_bad_lines", (double)nb);
 		cJSON_AddNumberToObject(o, "state_write_outages", (double)s.outages);
 		cJSON_AddNumberToObject(o, "state_write_outage_ms", s.outage_ms);
@@ -484,6 +492,16 @@ static int cmd_status(int argc, char **argv)
 			       s.eval_round);
 		if (s.has_train)
 			printf("train loss: %.4f\n", s.last_train);
+		if (s.final) {
+			printf(
+			    "final version: %.0f sent to %.0f nodes, %.0f answered, %.0f evaluated",
+			    num(s.final, "version", 0), num(s.final, "nodes", 0),
+			    num(s.final, "answered", 0), num(s.final, "evaluated", 0));
+			if (cJSON_GetObjectItemCaseSensitive(s.final, "mean_eval_loss"))
+				printf(", mean held-out loss %.4f",
+				       num(s.final, "mean_eval_loss", 0));
+			printf("\n");
+		}
 		if (lrc == 0)
 			printf("privacy: epsilon %.4g spent at delta %g over %" PRIu64
 			       " rounds (last round %" PRIu64 ", q %.4g, noise multiplier %g)\n",
@@ -536,6 +554,7 @@ static int cmd_status(int argc, char **argv)
 	}
 	cJSON_Delete(s.rej);
 	cJSON_Delete(s.last);
+	cJSON_Delete(s.final);
 	tset_free(g);
 	free(vs);
 	return rc;

@@ -87,6 +87,10 @@ struct ncl {
 	char node_id[128];
 	uint64_t next_job;
 	uint64_t eval_job, eval_job_version;
+	/* DownFinal received: DownFinalEval owed for this version once its
+	 * evaluation is done */
+	int fin_pending;
+	uint64_t fin_version;
 	nround r;
 	nupload up;
 	nsec sa;
@@ -1640,6 +1644,84 @@ void ncl_on_train_done(ncl *c, uint64_t job_id, int rc, tset *local, const ntr_r
 	save_state(c);
 }
 
+/* ---- the final version (docs/COORDINATOR.md "The final version") ---- */
+
+/* Answers DownFinal and records the outcome in metrics.jsonl. */
+static void send_final_eval(ncl *c, uint64_t version, int verified, double loss, const char *detail)
+{
+	c->fin_pending = 0;
+	Fedlora__Envelope env = FEDLORA__ENVELOPE__INIT;
+	Fedlora__DownFinalEval e = FEDLORA__DOWN_FINAL_EVAL__INIT;
+	e.version = version;
+	e.verified = verified != 0;
+	e.has_eval = verified && isfinite(loss);
+	e.eval_loss = e.has_eval ? loss : 0;
+	e.detail = (char *)detail;
+	env.body_case = FEDLORA__ENVELOPE__BODY_DOWN_FINAL_EVAL;
+	env.down_final_eval = &e;
+	send_env(c, &env);
+	char line[256];
+	int n = snprintf(line, sizeof line,
+	                 "{\"type\":\"final\",\"unix_ms\":%" PRIu64
+	                 ",\"node\":\"%s\",\"version\":%" PRIu64 ",\"verified\":%s%s",
+	                 clk_wall_ms(), c->node_id, version, verified ? "true" : "false",
+	                 e.has_eval ? ",\"eval_loss\":" : "}");
+	if (n > 0 && (size_t)n < sizeof line && e.has_eval)
+		n += snprintf(line + n, sizeof line - (size_t)n, "%.9g}", loss);
+	if (n > 0 && (size_t)n < sizeof line)
+		nst_append_metrics(c->st, line, (size_t)n);
+	save_state(c);
+}
+
+/* The federation ended: verify and keep the last committed version, evaluate
+ * it on the held-out data (an evaluation job), then DownFinalEval. */
+static void on_down_final(ncl *c, const Fedlora__DownFinal *m, size_t wire_len)
+{
+	char why[300] = "";
+	Fedlora__RoundStart rs = FEDLORA__ROUND_START__INIT;
+	rs.global_version = m->version;
+	rs.global_sha256 = m->sha256;
+	rs.adapter = m->adapter;
+	tset *g = NULL;
+	int rc = apply_payload(c, &rs, &g, why, sizeof why);
+	if (rc == AP_NEW) {
+		uint8_t sha[32];
+		memcpy(sha, m->sha256.data, 32); /* apply_payload checked: 32 bytes */
+		if ((rc = nst_set_global(c->st, m->version, g, sha)) != 0)
+			snprintf(why, sizeof why, "cannot store version %" PRIu64 ": %s",
+			         m->version, fl_strerror(rc));
+		else
+			rc = AP_NEW;
+	}
+	if (rc != AP_NEW && rc != AP_SAME) {
+		LOGW("client", "final version %" PRIu64 " not taken: %s", m->version, why);
+		send_final_eval(c, nst_version(c->st), 0, NAN, why);
+		return;
+	}
+	LOGI("client", "final version %" PRIu64 " verified (%s, %zu bytes): %s", m->version,
+	     rc == AP_SAME ? "held already" : "applied", wire_len, m->reason ? m->reason : "");
+	nst_counters *k = nst_counters_mut(c->st);
+	if (!c->cfg.eval) {
+		send_final_eval(c, m->version, 1, NAN, "no held-out data configured");
+		return;
+	}
+	if (k->eval_version == m->version && !isnan(k->eval_loss)) {
+		send_final_eval(c, m->version, 1, k->eval_loss, "");
+		return;
+	}
+	if (c->eval_job)
+		cancel_job(c, c->eval_job);
+	ncl_job *e = new_job(c, NCL_JOB_EVAL, nst_global(c->st));
+	if (!e || start_job(c, e) != 0) {
+		send_final_eval(c, m->version, 1, NAN, "out of memory starting the evaluation");
+		return;
+	}
+	c->eval_job = e->id;
+	c->eval_job_version = m->version;
+	c->fin_pending = 1;
+	c->fin_version = m->version;
+}
+
 void ncl_on_eval_done(ncl *c, uint64_t job_id, int rc, double loss, uint64_t now_ms)
 {
 	(void)now_ms;
@@ -1649,6 +1731,8 @@ void ncl_on_eval_done(ncl *c, uint64_t job_id, int rc, double loss, uint64_t now
 	if (rc) {
 		LOGW("client", "held-out evaluation of version %" PRIu64 " failed: %s",
 		     c->eval_job_version, fl_strerror(rc));
+		if (c->fin_pending && c->fin_version == c->eval_job_version)
+			send_final_eval(c, c->fin_version, 1, NAN, "held-out evaluation failed");
 		return;
 	}
 	nst_counters *k = nst_counters_mut(c->st);
@@ -1666,6 +1750,8 @@ void ncl_on_eval_done(ncl *c, uint64_t job_id, int rc, double loss, uint64_t now
 	if (n > 0 && (size_t)n < sizeof line && isfinite(loss))
 		nst_append_metrics(c->st, line, (size_t)n);
 	save_state(c);
+	if (c->fin_pending && c->fin_version == c->eval_job_version)
+		send_final_eval(c, c->fin_version, 1, loss, "");
 }
 
 void ncl_on_progress(ncl *c, uint64_t job_id, uint32_t step, uint32_t total, double loss)
@@ -1856,6 +1942,9 @@ void ncl_on_envelope(ncl *c, const Fedlora__Envelope *env, size_t wire_len, uint
 		break;
 	case FEDLORA__ENVELOPE__BODY_SECAGG_UNMASK:
 		sec_on_unmask(c, env->secagg_unmask);
+		break;
+	case FEDLORA__ENVELOPE__BODY_DOWN_FINAL:
+		on_down_final(c, env->down_final, wire_len);
 		break;
 	case FEDLORA__ENVELOPE__BODY_BYE:
 		LOGI("client", "coordinator says goodbye: %s",

@@ -430,6 +430,37 @@ static inline int ft_coord_version_sha(const ft *f, uint64_t v, uint8_t out[32],
 	return rc;
 }
 
+/* The coordinator journal's account of the final version: final_eval
+ * records and the final summary. */
+typedef struct ft_finals {
+	int evals, summaries;
+	uint64_t version;
+	int answered;
+	double mean;
+} ft_finals;
+
+static inline void ft_finals_cb(const cJSON *o, void *ud)
+{
+	ft_finals *r = ud;
+	const char *t = ft_jstr(o, "type");
+	if (t && strcmp(t, "final_eval") == 0 && ft_jnum(o, "eval_loss", -1) >= 0)
+		r->evals++;
+	if (t && strcmp(t, "final") == 0) {
+		r->summaries++;
+		r->version = (uint64_t)ft_jnum(o, "version", -1);
+		r->answered = (int)ft_jnum(o, "answered", -1);
+		r->mean = ft_jnum(o, "mean_eval_loss", -1);
+	}
+}
+
+static inline ft_finals ft_journal_finals(const ft *f)
+{
+	ft_finals r;
+	memset(&r, 0, sizeof r);
+	ft_jsonl(ft_path(f, "coord-state/journal.jsonl"), ft_finals_cb, &r);
+	return r;
+}
+
 /* Per-node facts from metrics.jsonl. */
 typedef struct ft_node_metrics {
 	int globals;       /* verified versions */
@@ -441,6 +472,10 @@ typedef struct ft_node_metrics {
 	int rounds;   /* round lines */
 	int uploaded; /* rounds with an accepted upload */
 	double bytes_up[64], bytes_fp32[64];
+	/* "final" lines: the last version, answered to DownFinal */
+	int finals, final_verified;
+	uint64_t final_version;
+	double final_loss; /* -1: not evaluated */
 } ft_node_metrics;
 
 static inline void ft_nm_cb(const cJSON *o, void *ud)
@@ -458,6 +493,11 @@ static inline void ft_nm_cb(const cJSON *o, void *ud)
 		m->ever[m->evals] = (uint64_t)ft_jnum(o, "version", -1);
 		m->eloss[m->evals] = ft_jnum(o, "eval_loss", -1);
 		m->evals++;
+	} else if (strcmp(t, "final") == 0) {
+		m->finals++;
+		m->final_version = (uint64_t)ft_jnum(o, "version", -1);
+		m->final_verified = ft_jtrue(o, "verified");
+		m->final_loss = ft_jnum(o, "eval_loss", -1);
 	} else if (strcmp(t, "round") == 0) {
 		m->rounds++;
 		if (ft_jtrue(o, "uploaded") && m->uploaded < 64) {

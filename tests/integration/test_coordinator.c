@@ -130,7 +130,7 @@ typedef struct node {
 	int sha_ok, sha_checks;
 	uint64_t seq;
 	uint64_t seed;
-	int rejects, acks_ok, acks_bad, byes;
+	int rejects, acks_ok, acks_bad, byes, finals;
 	/* what RoundEnd said */
 	uint64_t end_version, ends_committed;
 	uint8_t end_sha[32];
@@ -328,6 +328,22 @@ static void node_message(node *n, const uint8_t *d, size_t len)
 		}
 		n->last_round_ms = clk_mono_ms() - n->round_started_ms;
 		break;
+	case FEDLORA__ENVELOPE__BODY_DOWN_FINAL: {
+		/* the federation ends: take the last version, answer (no
+		 * held-out data here) */
+		const Fedlora__DownFinal *df = e->down_final;
+		node_apply(n, df->adapter);
+		n->finals++;
+		Fedlora__Envelope a = FEDLORA__ENVELOPE__INIT;
+		Fedlora__DownFinalEval fe = FEDLORA__DOWN_FINAL_EVAL__INIT;
+		fe.version = df->version;
+		fe.verified = n->sha_ok;
+		fe.detail = "test node: no held-out data";
+		a.body_case = FEDLORA__ENVELOPE__BODY_DOWN_FINAL_EVAL;
+		a.down_final_eval = &fe;
+		node_send(n, &a);
+		break;
+	}
 	case FEDLORA__ENVELOPE__BODY_BYE:
 		n->byes++;
 		break;
@@ -524,6 +540,7 @@ static void test_rounds_deadline_sigterm(void **st)
 	assert_true(WIFEXITED(status));
 	assert_int_equal(WEXITSTATUS(status), 0);
 	assert_true(WAIT(&F, 2000, F.n[0].byes >= 1));
+	assert_int_equal(F.n[0].finals, 1); /* the last version came first */
 	fleet_stop(&F);
 	/* status and export on the state directory */
 	assert_int_equal(tu_system("'%s' status --state-dir '%s' > '%s'", g_bin, path("state"),

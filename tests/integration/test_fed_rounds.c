@@ -4,10 +4,15 @@
  * version the coordinator committed (the node's own SHA-256 of what it
  * applied equals the fingerprint recomputed from the coordinator's version
  * file); the held-out loss goes down; every upload is the q4 format's size
- * plus framing and at most 15 % of the same update in f32. */
+ * plus framing and at most 15 % of the same update in f32. When the
+ * federation ends, every node receives the last version (DownFinal),
+ * verifies it, keeps it, evaluates it on its held-out data and reports the
+ * loss, which the coordinator journals and `status` shows. */
 #include "fedtest.h"
 
 #include "qtensor.h"
+
+#include <math.h>
 
 #define ROUNDS 6
 
@@ -63,7 +68,7 @@ static void test_rounds(void **state)
 		payload += sl + dl;
 	}
 
-	double loss0 = 0, loss_last = 0;
+	double loss0 = 0, loss_last = 0, final_loss = 0;
 	print_message("node  loss(v0)  loss(v%d)  bytes/round  f32 bytes  ratio\n", ROUNDS - 1);
 	for (int i = 0; i < 4; i++) {
 		ft_node_metrics m = ft_node(&f, i);
@@ -76,18 +81,25 @@ static void test_rounds(void **state)
 			hex_encode(csha[k], 32, hex);
 			assert_string_equal(m.gsha[k], hex);
 		}
-		/* the node's state holds the last one, verified again on disk */
+		/* the node's state holds the final version (DownFinal), verified
+		 * again on disk */
 		tset *g = NULL;
 		uint8_t gs[32];
 		assert_int_equal(
 		    st_read_tset(ft_path(&f, "node-%02d/global.safetensors", i + 1), NULL, &g), 0);
 		assert_int_equal(tset_fingerprint(g, gs), 0);
-		assert_memory_equal(gs, csha[ROUNDS - 1], 32);
+		assert_memory_equal(gs, csha[ROUNDS], 32);
 		tset_free(g);
-		/* one held-out evaluation per version */
-		assert_int_equal(m.evals, ROUNDS);
+		/* one held-out evaluation per version, the final one included */
+		assert_int_equal(m.evals, ROUNDS + 1);
 		assert_int_equal(m.ever[0], 0);
 		assert_int_equal(m.ever[ROUNDS - 1], ROUNDS - 1);
+		assert_int_equal(m.ever[ROUNDS], ROUNDS);
+		assert_int_equal(m.finals, 1);
+		assert_true(m.final_verified);
+		assert_int_equal(m.final_version, ROUNDS);
+		assert_true(m.final_loss == m.eloss[ROUNDS]);
+		final_loss += m.eloss[ROUNDS] / 4;
 		loss0 += m.eloss[0] / 4;
 		loss_last += m.eloss[ROUNDS - 1] / 4;
 		/* uploads */
@@ -104,6 +116,19 @@ static void test_rounds(void **state)
 	print_message("mean held-out loss: v0 %.4f -> v%d %.4f (q4 payload %zu bytes per update)\n",
 	              loss0, ROUNDS - 1, loss_last, payload);
 	assert_true(loss_last < loss0);
+	/* the coordinator journaled each node's evaluation of the final version
+	 * and their mean; status shows it */
+	ft_finals jf = ft_journal_finals(&f);
+	assert_int_equal(jf.evals, 4);
+	assert_int_equal(jf.summaries, 1);
+	assert_int_equal(jf.version, ROUNDS);
+	assert_int_equal(jf.answered, 4);
+	print_message("final version v%d: mean held-out loss %.4f (nodes), %.4f (journal)\n",
+	              ROUNDS, final_loss, jf.mean);
+	assert_true(fabs(jf.mean - final_loss) < 1e-6);
+	assert_int_equal(tu_system("'%s' status --state-dir '%s' | grep -q 'final version: %d'",
+	                           f.coord_bin, ft_path(&f, "coord-state"), ROUNDS),
+	                 0);
 	tset_free(v0);
 	ft_cleanup(&f, 0);
 }

@@ -164,6 +164,7 @@ typedef struct sim {
 	int end_seen, end_committed;
 	uint64_t end_version;
 	int sha_ok;            /* every applied payload matched its announced fingerprint */
+	int got_final;         /* DownFinal received (and applied) */
 	uint64_t join_samples; /* 0 = 100 */
 } sim;
 
@@ -325,6 +326,17 @@ static void sim_recv(harness *h, sim *s)
 			uint8_t fp[32];
 			assert_int_equal(tset_fingerprint(s->ad, fp), 0);
 			if (r->global_sha256.len != 32 || memcmp(fp, r->global_sha256.data, 32))
+				s->sha_ok = 0;
+			break;
+		}
+		case FEDLORA__ENVELOPE__BODY_DOWN_FINAL: {
+			const Fedlora__DownFinal *df = e->down_final;
+			s->got_final++;
+			sim_apply(s, df->adapter);
+			assert_int_equal(s->version, df->version);
+			uint8_t fp[32];
+			assert_int_equal(tset_fingerprint(s->ad, fp), 0);
+			if (df->sha256.len != 32 || memcmp(fp, df->sha256.data, 32))
 				s->sha_ok = 0;
 			break;
 		}
@@ -1118,6 +1130,25 @@ static void run_round(fed *f, harness *h, sim *s, int n, uint64_t seed, uint64_t
 	assert_true(fed_get_state(f) == FED_IDLE || fed_get_state(f) == FED_STOPPED);
 }
 
+/* Two nodes named PFX0, PFX1 (peers peer0, peer0 + 1) join f and ref, the
+ * same twins on both, and take part in rounds 1..rounds on both. */
+static void twin_rounds(fed *f, harness *h, sim *s, fed *ref, harness *hr, sim *r,
+                        const fed_opts *o, const char *pfx, uint64_t peer0, uint64_t rounds)
+{
+	for (int i = 0; i < 2; i++) {
+		char cn[8];
+		snprintf(cn, sizeof cn, "%s%d", pfx, i);
+		sim_init(&s[i], peer0 + (uint64_t)i, cn);
+		sim_init(&r[i], peer0 + (uint64_t)i, cn);
+		sim_join(f, o, &s[i], 0);
+		sim_join(ref, o, &r[i], 0);
+	}
+	for (uint64_t k = 1; k <= rounds; k++) {
+		run_round(f, h, s, 2, k, k * 10);
+		run_round(ref, hr, r, 2, k, k * 10);
+	}
+}
+
 typedef struct jcount {
 	int init, start, round_start, round_end, restart, committed, recovered;
 	uint64_t last_restart_round;
@@ -1167,18 +1198,7 @@ static void test_store_resume(void **st)
 	fed *ref = mk_fed(&o, NULL, &hr, 0);
 	assert_int_equal(fed_version(f), 0);
 	sim s[2], r[2];
-	for (int i = 0; i < 2; i++) {
-		char cn[8];
-		snprintf(cn, sizeof cn, "p%d", i);
-		sim_init(&s[i], (uint64_t)(90 + i), cn);
-		sim_init(&r[i], (uint64_t)(90 + i), cn);
-		sim_join(f, &o, &s[i], 0);
-		sim_join(ref, &o, &r[i], 0);
-	}
-	for (uint64_t k = 1; k <= 2; k++) {
-		run_round(f, &h, s, 2, k, k * 10);
-		run_round(ref, &hr, r, 2, k, k * 10);
-	}
+	twin_rounds(f, &h, s, ref, &hr, r, &o, "p", 90, 2);
 	assert_int_equal(fed_version(f), 2);
 	uint8_t sha2[32];
 	fed_version_sha(f, sha2);
@@ -1722,6 +1742,292 @@ static void test_ffa(void **st)
 	h_fini(&h);
 }
 
+/* ---- downlink grid (aggregation.downlink_mode = grid) ---- */
+
+/* Bytes queued for a peer (RoundStart and anything else not yet read). */
+static size_t queued_len(const harness *h, uint64_t peer)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < h->n; i++)
+		if (h->m[i].peer == peer)
+			n += h->m[i].len;
+	return n;
+}
+
+/* Node a takes part in every round; d leaves holding v1, c holding v18,
+ * b stays holding v20; after version 21 c and d come back: b missed 1
+ * version, c 3 and d 20. len gets the RoundStart bytes of round 22 for
+ * a, b, c, d and kind their payload kinds. Every node checks the SHA-256
+ * of what it applied against the announced one. */
+static void missed_versions(int grid, size_t len[4], int kind[4])
+{
+	harness h = {0};
+	fed_opts o;
+	opts(&o);
+	o.min_nodes = 1;
+	o.min_updates = 1;
+	o.down_fmt = QT_Q4;
+	o.down_grid = grid;
+	fed *f = mk_fed(&o, NULL, &h, 0);
+	sim s[4];
+	const char *cn[4] = {"a", "b", "c", "d"};
+	for (int i = 0; i < 4; i++) {
+		sim_init(&s[i], (uint64_t)(300 + i), cn[i]);
+		sim_join(f, &o, &s[i], 0);
+		sim_recv(&h, &s[i]);
+	}
+	for (uint64_t k = 1; k <= 21; k++) {
+		int n = k <= 2 ? 4 : k <= 19 ? 3 : 2;
+		run_round(f, &h, s, n, k, k * 10);
+		if (k == 2)
+			fed_peer_gone(f, s[3].peer, k * 10 + 5);
+		if (k == 19)
+			fed_peer_gone(f, s[2].peer, k * 10 + 5);
+	}
+	assert_int_equal(fed_version(f), 21);
+	assert_int_equal(s[1].version, 20);
+	assert_int_equal(s[2].version, 18);
+	assert_int_equal(s[3].version, 1);
+	for (int i = 2; i < 4; i++) {
+		s[i].peer += 100;
+		sim_join(f, &o, &s[i], 300);
+	}
+	for (int i = 0; i < 4; i++)
+		sim_recv(&h, &s[i]); /* Welcome, RoundEnd */
+	fed_tick(f, 300);
+	assert_int_equal(fed_get_state(f), FED_COLLECTING);
+	for (int i = 0; i < 4; i++) {
+		len[i] = queued_len(&h, s[i].peer);
+		s[i].got_round_start = 0;
+		sim_recv(&h, &s[i]);
+		assert_int_equal(s[i].got_round_start, 1);
+		assert_same_global(f, &s[i]);
+		kind[i] = s[i].payload_kind;
+	}
+	for (int i = 0; i < 4; i++)
+		sim_fini(&s[i]);
+	fed_free(f);
+	h_fini(&h);
+}
+
+static void test_grid_missed_versions(void **st)
+{
+	(void)st;
+	size_t dl[4], gl[4];
+	int dk[4], gk[4];
+	missed_versions(0, dl, dk);
+	missed_versions(1, gl, gk);
+	/* delta mode: the parent's holder gets the step, the others f32 */
+	assert_int_equal(dk[1], FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA);
+	assert_int_equal(dk[2], FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_SNAPSHOT);
+	assert_int_equal(dk[3], FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_SNAPSHOT);
+	/* grid mode: the same grid snapshot for everyone, as small as the step */
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(gk[i], FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_SNAPSHOT);
+		assert_int_equal(gl[i], gl[0]);
+	}
+	print_message("RoundStart bytes, delta mode: step %zu, f32 snapshot %zu; grid mode: %zu\n",
+	              dl[1], dl[3], gl[0]);
+	assert_true(gl[0] <= dl[1] + 64);
+	assert_true(gl[0] * 4 < dl[3]); /* tiny adapter: headers weigh */
+}
+
+/* Grid mode across a restart: the residual comes back from the state
+ * directory (versions equal those of a coordinator that never stopped) and
+ * the loaded version goes out as a grid snapshot again. */
+static void test_grid_restart(void **st)
+{
+	(void)st;
+	char *dir = tu_mkdtemp();
+	harness h = {0}, hr = {0};
+	fed_opts o;
+	opts(&o);
+	o.min_nodes = 2;
+	o.down_fmt = QT_Q4;
+	o.down_grid = 1;
+	store *sto;
+	assert_int_equal(store_open(dir, &sto), 0);
+	fed *f = mk_fed(&o, sto, &h, 0);
+	fed *ref = mk_fed(&o, NULL, &hr, 0);
+	uint8_t a[32], b[32];
+	fed_version_sha(f, a);
+	fed_version_sha(ref, b);
+	assert_memory_equal(a, b, 32); /* v0 on the grid, the same both ways */
+	sim s[2], r[2];
+	twin_rounds(f, &h, s, ref, &hr, r, &o, "g", 400, 3);
+	fed_version_sha(f, a);
+	fed_free(f);
+	store_free(sto);
+	assert_int_equal(store_open(dir, &sto), 0);
+	h_clear(&h);
+	f = mk_fed(&o, sto, &h, 0);
+	assert_int_equal(fed_version(f), 3);
+	fed_version_sha(f, b);
+	assert_memory_equal(a, b, 32);
+	/* s[0] holds v2 (one behind), a new node none: both get the grid
+	 * snapshot, the same bytes, and verify it */
+	sim n;
+	sim_init(&n, 450, "gn");
+	s[0].peer += 100;
+	s[1].peer += 100;
+	sim_join(f, &o, &s[0], 100);
+	sim_join(f, &o, &n, 100);
+	sim_recv(&h, &s[0]);
+	sim_recv(&h, &n);
+	fed_tick(f, 100);
+	size_t l0 = queued_len(&h, s[0].peer), ln = queued_len(&h, n.peer);
+	sim_recv(&h, &s[0]);
+	sim_recv(&h, &n);
+	assert_int_equal(s[0].payload_kind, FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_SNAPSHOT);
+	assert_int_equal(n.payload_kind, FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_SNAPSHOT);
+	assert_int_equal(l0, ln);
+	assert_same_global(f, &s[0]);
+	assert_same_global(f, &n);
+	/* q4: 4.5 bits a parameter; an f32 snapshot would be 7x larger */
+	assert_true(l0 * 8 < tset_numel(n.ad) * 4 * 2);
+	/* one more round on both: equal versions, so the residual survived */
+	for (uint64_t k = 0; k < 2; k++) {
+		uint64_t sd = 4 * 31 + k;
+		sim *x = k ? &n : &s[0];
+		tset *d = mk_delta(x, 0, 0.01, &sd);
+		sim_update(f, x, d, (k + 1) * 3, 101);
+		tset_free(d);
+		sim_recv(&h, x);
+	}
+	fed_tick(ref, 100);
+	for (int i = 0; i < 2; i++)
+		sim_recv(&hr, &r[i]);
+	for (int i = 0; i < 2; i++) {
+		uint64_t sd = 4 * 31 + (uint64_t)i;
+		tset *d = mk_delta(&r[i], 0, 0.01, &sd);
+		sim_update(ref, &r[i], d, (uint64_t)(i + 1) * 3, 101);
+		tset_free(d);
+		sim_recv(&hr, &r[i]);
+	}
+	assert_int_equal(fed_version(f), 4);
+	assert_int_equal(fed_version(ref), 4);
+	fed_version_sha(f, a);
+	fed_version_sha(ref, b);
+	assert_memory_equal(a, b, 32);
+	sim_fini(&n);
+	for (int i = 0; i < 2; i++) {
+		sim_fini(&s[i]);
+		sim_fini(&r[i]);
+	}
+	fed_free(f);
+	fed_free(ref);
+	store_free(sto);
+	h_fini(&h);
+	h_fini(&hr);
+	tu_rmtree(dir);
+	free(dir);
+}
+
+/* The final version: DownFinal to the connected nodes when the federation
+ * ends, Bye after each answer; a node that leaves is not waited for, one
+ * that stays silent until rounds.final_timeout_ms; the journal has it all. */
+static void send_final_eval(fed *f, sim *s, double loss, uint64_t now)
+{
+	Fedlora__Envelope e = FEDLORA__ENVELOPE__INIT;
+	Fedlora__DownFinalEval fe = FEDLORA__DOWN_FINAL_EVAL__INIT;
+	fe.version = s->version;
+	fe.verified = 1;
+	fe.has_eval = 1;
+	fe.eval_loss = loss;
+	e.body_case = FEDLORA__ENVELOPE__BODY_DOWN_FINAL_EVAL;
+	e.down_final_eval = &fe;
+	send_env(f, s->peer, &e, now);
+}
+
+typedef struct fcount {
+	int sent, evals, summaries, answered, evaluated;
+	double mean;
+} fcount;
+
+static int fcount_cb(const cJSON *o, void *ud)
+{
+	fcount *c = ud;
+	const char *t = cJSON_GetObjectItemCaseSensitive(o, "type")->valuestring;
+	if (!strcmp(t, "final_sent"))
+		c->sent = (int)cJSON_GetObjectItemCaseSensitive(o, "nodes")->valuedouble;
+	if (!strcmp(t, "final_eval"))
+		c->evals++;
+	if (!strcmp(t, "final")) {
+		c->summaries++;
+		c->answered = (int)cJSON_GetObjectItemCaseSensitive(o, "answered")->valuedouble;
+		c->evaluated = (int)cJSON_GetObjectItemCaseSensitive(o, "evaluated")->valuedouble;
+		c->mean = cJSON_GetObjectItemCaseSensitive(o, "mean_eval_loss")->valuedouble;
+	}
+	return 0;
+}
+
+static void test_final_version(void **st)
+{
+	(void)st;
+	char *dir = tu_mkdtemp();
+	harness h = {0};
+	fed_opts o;
+	opts(&o);
+	o.max_rounds = 1;
+	o.final_timeout_ms = 1000;
+	store *sto;
+	assert_int_equal(store_open(dir, &sto), 0);
+	fed *f = mk_fed(&o, sto, &h, 0);
+	sim s[3];
+	for (int i = 0; i < 3; i++) {
+		char cn[8];
+		snprintf(cn, sizeof cn, "f%d", i);
+		sim_init(&s[i], (uint64_t)(500 + i), cn);
+		sim_join(f, &o, &s[i], 0);
+	}
+	run_round(f, &h, s, 3, 1, 10);
+	assert_int_equal(fed_version(f), 1);
+	assert_int_equal(fed_get_state(f), FED_STOPPED);
+	assert_false(fed_done(f)); /* waiting for the nodes */
+	for (int i = 0; i < 3; i++) {
+		sim_recv(&h, &s[i]);
+		assert_int_equal(s[i].got_final, 1);
+		assert_int_equal(s[i].got_bye, 0);
+		/* they hold v0, the parent: the step */
+		assert_int_equal(s[i].payload_kind, FEDLORA__ADAPTER_PAYLOAD__KIND__KIND_DELTA);
+		assert_same_global(f, &s[i]);
+	}
+	send_final_eval(f, &s[0], 2.5, 20);
+	sim_recv(&h, &s[0]);
+	assert_int_equal(s[0].got_bye, 1);
+	assert_false(fed_done(f));
+	fed_peer_gone(f, s[1].peer, 21); /* not waited for */
+	assert_false(fed_done(f));
+	fed_tick(f, 22); /* sets the deadline */
+	assert_int_equal(fed_timeout(f, 22), 1000);
+	fed_tick(f, 500);
+	assert_false(fed_done(f));
+	fed_tick(f, 1022);
+	assert_true(fed_done(f));
+	sim_recv(&h, &s[2]);
+	assert_int_equal(s[2].got_bye, 1);
+	/* a late answer is ignored */
+	send_final_eval(f, &s[2], 3.0, 1100);
+	fed_free(f);
+	store_free(sto);
+	fcount c = {0};
+	size_t nl, nbad;
+	char jp[512];
+	snprintf(jp, sizeof jp, "%s/journal.jsonl", dir);
+	assert_int_equal(journal_read(jp, fcount_cb, &c, &nl, &nbad), 0);
+	assert_int_equal(c.sent, 3);
+	assert_int_equal(c.evals, 1);
+	assert_int_equal(c.summaries, 1);
+	assert_int_equal(c.answered, 1);
+	assert_int_equal(c.evaluated, 1);
+	assert_true(c.mean == 2.5);
+	for (int i = 0; i < 3; i++)
+		sim_fini(&s[i]);
+	h_fini(&h);
+	tu_rmtree(dir);
+	free(dir);
+}
+
 static void test_encode_round_start(void **st)
 {
 	(void)st;
@@ -2018,6 +2324,9 @@ int main(void)
 	    cmocka_unit_test(test_dp_central),
 	    cmocka_unit_test(test_encode_round_start),
 	    cmocka_unit_test(test_tier_region),
+	    cmocka_unit_test(test_grid_missed_versions),
+	    cmocka_unit_test(test_grid_restart),
+	    cmocka_unit_test(test_final_version),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -39,6 +39,10 @@
 #                  RUN@LR@SEED.timecurve ("seconds version loss"); uneven.md
 #                  gives the time each run needs to reach the sync run's final
 #                  loss (same seed), IMG gets quality-uneven-loss-vs-time.png
+#        q4ef_grid4 q4ef_grid8  q4ef with the global adapter on the downlink
+#                  grid (aggregation.downlink_mode = grid, downlink_format q4
+#                  or q8; docs/COORDINATOR.md); the other federated runs use
+#                  the delta mode with q8 steps
 #        dp_ffa_q4ef  ffa_q4ef with central differential privacy
 #                  (docs/PRIVACY.md): Poisson sampling q = PER_ROUND / NODES,
 #                  clip DP_CLIP, noise multiplier DP_Z, delta DP_DELTA; not in
@@ -79,6 +83,7 @@
 #   UNEVEN_ON_S [60] UNEVEN_OFF_S [60] UNEVEN_EVAL_NODES [8] (*_uneven only)
 #   UNEVEN_SEEDS [$SEEDS]: seeds uneven.md and the chart cover (run one seed
 #   per call, sync then async, and name them all in the last call)
+#   TABLE_ONLY [unset] set: run nothing, write the table from the results in $OUT
 # word splitting of $(stats ...) and $b into fields is intended; the scripts
 # passed to `bash -c` are single-quoted on purpose (they expand in the child)
 # shellcheck disable=SC2046,SC2086,SC2016
@@ -286,7 +291,9 @@ time_curve() {
 # run_fed NAME UPLINK EF FFA STRATEGY
 run_fed() {
   local name=$1 fmt=$2 ef=$3 ffa=$4 strat=$5 t0=$SECONDS
-  local d=$OUT/work/$tag i blk=32 extra=""
+  local d=$OUT/work/$tag i blk=32 extra="" dfmt=q8 dmode=delta
+  [[ $name == *_grid4 ]] && dfmt=q4 dmode=grid
+  [[ $name == *_grid8 ]] && dfmt=q8 dmode=grid
   [[ $fmt == f32 || $fmt == f16 ]] && blk=0
   [[ $strat == fedadam ]] && extra=$'server_lr = 0.01\nbeta1 = 0.9\nbeta2 = 0.99\ntau = 1e-3'
   [[ $strat == trimmed_mean ]] && extra="trim = 0.2"
@@ -352,7 +359,8 @@ uplink_block = $blk
 error_feedback = $ef
 [aggregation]
 strategy = $strat
-downlink_format = q8
+downlink_format = $dfmt
+downlink_mode = $dmode
 $extra
 [state]
 dir = $d/coord-state
@@ -455,6 +463,11 @@ EOF
     END { for (r = 1; r <= m; r++) if (c[r]) printf "%d %.5f\n", r, s[r] / c[r] }' \
     "$d/metrics.all" >"$OUT/$tag.curve"
   stats "$OUT/$tag.evals" | cut -d' ' -f1 >"$OUT/$tag.final"
+  # the nodes' own evaluation of the final version (DownFinal, each node on
+  # its held-out split): "mean count" over the nodes that reported one
+  awk '/"type":"final"/ && /"eval_loss":[0-9]/ {
+      match($0, /"eval_loss":[0-9.eE+-]+/); s += substr($0, RSTART + 12, RLENGTH - 12) + 0; n++ }
+    END { if (n) printf "%.5f %d\n", s / n, n; else print "- 0" }' "$d/metrics.all" >"$OUT/$tag.own"
   local b
   b=$(awk 'function num(k,   m) { if (match($0, "\"" k "\":[0-9]+")) { m = substr($0, RSTART, RLENGTH); sub(/^"[^"]*":/, "", m); return m + 0 } return 0 }
     /"type":"round"/ { up += num("bytes_up"); f += num("bytes_up_fp32"); dn += num("bytes_down"); n++ }
@@ -465,10 +478,11 @@ EOF
 for r in $runs; do
   case $r in
   central | local | f32 | q8 | q4ef | q4 | q2ef | ffa_q4ef | trim_q4ef | fedadam_q4ef | dp_ffa_q4ef | secagg_q4) ;;
-  rank4_q4ef | mixed_q4ef | sync_uneven | async_uneven) ;;
-  *) die "unknown run '$r' (runs: $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef sync_uneven async_uneven)" ;;
+  rank4_q4ef | mixed_q4ef | sync_uneven | async_uneven | q4ef_grid4 | q4ef_grid8) ;;
+  *) die "unknown run '$r' (runs: $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef sync_uneven async_uneven q4ef_grid4 q4ef_grid8)" ;;
   esac
 done
+[[ -n ${TABLE_ONLY:-} ]] && runs=""
 for r in $runs; do
   for LR in $LRS; do
     for SEED in $SEEDS; do
@@ -490,6 +504,7 @@ for r in $runs; do
       mixed_q4ef) run_fed mixed_q4ef q4 true false fedavg ;;
       sync_uneven) run_fed sync_uneven q4 true false fedavg ;;
       async_uneven) run_fed async_uneven q4 true false fedavg ;;
+      q4ef_grid4 | q4ef_grid8) run_fed "$r" q4 true false fedavg ;;
       esac
       say "$tag: $(cat "$OUT/$tag.res")"
     done
@@ -506,7 +521,7 @@ lr_mean() { # RUN LR -> mean over seeds of the run's mean held-out loss
   for x in $SEEDS; do awk '{print $2}' "$OUT/$1@$2@$x.res"; done | awk '{s += $1} END {printf "%.5f", s / NR}'
 }
 declare -A best
-for r in $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef; do
+for r in $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef q4ef_grid4 q4ef_grid8; do
   [[ -f $OUT/$r@${LRS%% *}@$seed1.res ]] || continue
   bl="" bmean=""
   for lr in $LRS; do
@@ -529,24 +544,26 @@ bm=$(echo "$base_stats" | cut -d' ' -f1)
   echo "wins vs f32: nodes x seeds where the run's held-out loss is below f32's (same seed, f32 at its best lr)."
   echo "up+down vs f32: both directions against f32 both ways (a download counted as large as an f32 upload)."
   echo
-  echo "| run | lr | $TASK_NAME mean held-out | worst node | vs base (mean) | vs f32 (mean) | wins vs f32 | bytes up total | bytes down total | up vs f32 | up+down vs f32 | wall s |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| run | lr | $TASK_NAME mean held-out | worst node | vs base (mean) | vs f32 (mean) | wins vs f32 | bytes up total | bytes down total | up per node-round | down per node-round | up vs f32 | up+down vs f32 | nodes' own eval of the final version | wall s |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   f32s=""
   if [[ -n ${best[f32]:-} ]]; then
     f32s=$(seeds_of f32 | awk '{s += $1; q += $1 * $1; n++} END {printf "%.6f %.6f", s / n, (n > 1) ? sqrt((q - s * s / n) / (n - 1)) : 0}')
   fi
-  for r in $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef; do
+  for r in $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef q4ef_grid4 q4ef_grid8; do
     [[ -n ${best[$r]:-} ]] || continue
     lr=${best[$r]}
     st=$(seeds_of "$r" | awk '{s += $1; q += $1 * $1; w += $2; n++} END {printf "%.6f %.6f %.6f", s / n, (n > 1) ? sqrt((q - s * s / n) / (n - 1)) : 0, w / n}')
-    read -r _ _ _ up dn upf _ _ secs <"$OUT/$r@$lr@$seed1.res"
+    read -r _ _ _ up dn upf upn dnn secs <"$OUT/$r@$lr@$seed1.res"
+    own=$(for x in $SEEDS; do cat "$OUT/$r@$lr@$x.own" 2>/dev/null || echo "- 0"; done |
+      awk '$1 != "-" {s += $1; c += $2; n++} END {if (n) printf "%.4f (%d nodes)", s / n, c / n; else print "-"}')
     wins="-"
     if [[ -n ${best[f32]:-} && $r != f32 ]]; then
       wins=$(for x in $SEEDS; do paste -d' ' "$OUT/$r@$lr@$x.evals" "$OUT/f32@${best[f32]}@$x.evals"; done |
         awk '{w += ($2 < $4); n++} END {printf "%d/%d", w, n}')
     fi
     awk -v r="$r" -v lr="$lr" -v st="$st" -v f="$f32s" -v bm="$bm" -v ns="$nseeds" -v wins="$wins" \
-      -v up="$up" -v dn="$dn" -v upf="$upf" -v secs="$secs" 'BEGIN {
+      -v up="$up" -v dn="$dn" -v upf="$upf" -v upn="$upn" -v dnn="$dnn" -v own="$own" -v secs="$secs" 'BEGIN {
       split(st, a, " "); m = a[1]; sd = a[2]; w = a[3]
       ms = (ns > 1) ? sprintf("%.4f +- %.4f", m, sd) : sprintf("%.4f", m)
       d = "-"
@@ -557,8 +574,8 @@ bm=$(echo "$base_stats" | cut -d' ' -f1)
         if (ns == 1) d = d " (1 seed)"
       }
       if (r == "f32") d = "0"
-      if (up == 0) printf "| %s | %s | %s | %.4f | %+.4f | %s | %s | - | - | - | - | %d |\n", r, lr, ms, w, m - bm, d, wins, secs
-      else printf "| %s | %s | %s | %.4f | %+.4f | %s | %s | %d | %d | %.1f%% | %.1f%% | %d |\n", r, lr, ms, w, m - bm, d, wins, up, dn, 100 * up / upf, 100 * (up + dn) / (2 * upf), secs
+      if (up == 0) printf "| %s | %s | %s | %.4f | %+.4f | %s | %s | - | - | - | - | - | - | - | %d |\n", r, lr, ms, w, m - bm, d, wins, secs
+      else printf "| %s | %s | %s | %.4f | %+.4f | %s | %s | %d | %d | %d | %d | %.1f%% | %.1f%% | %s | %d |\n", r, lr, ms, w, m - bm, d, wins, up, dn, upn, dnn, 100 * up / upf, 100 * (up + dn) / (2 * upf), own, secs
     }'
   done
   echo
@@ -570,7 +587,7 @@ bm=$(echo "$base_stats" | cut -d' ' -f1)
   printf '|---|'
   for lr in $LRS; do printf -- '---|'; done
   echo
-  for r in $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef; do
+  for r in $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef q4ef_grid4 q4ef_grid8; do
     [[ -n ${best[$r]:-} ]] || continue
     printf '| %s |' "$r"
     for lr in $LRS; do
