@@ -61,6 +61,9 @@
 #   LRS [$LR] (e.g. "0.001 0.003 0.01")  SEEDS [1] (e.g. "1 2 3")
 #   DP_Z [1.0] DP_CLIP [0.05] DP_DELTA [1e-3] (dp_ffa_q4ef only)
 #   SA_CLIP [10] SA_RANGE [4] (secagg_q4 only)
+#   TABLE_ONLY [unset]: 1 = run nothing, write table.md from the result files
+#   already in $OUT (e.g. seeds run in parallel into separate OUTs, then
+#   their files copied into one)
 # word splitting of $(stats ...) and $b into fields is intended; the scripts
 # passed to `bash -c` are single-quoted on purpose (they expand in the child)
 # shellcheck disable=SC2046,SC2086,SC2016
@@ -184,8 +187,10 @@ score() {
 }
 stats() { awk '{s += $2; if ($2 > w) w = $2} END {printf "%.4f %.4f", s / NR, w}' "$1"; }
 
-say "scoring the base model on every node's held-out split"
-score base -
+if [[ -z ${TABLE_ONLY:-} ]]; then
+  say "scoring the base model on every node's held-out split"
+  score base -
+fi
 
 # the federation's base fingerprint and adapter shapes (as deploy/quickstart.sh)
 fp=$("$node_bin" fingerprint --model "$base")
@@ -389,6 +394,7 @@ for r in $runs; do
   esac
 done
 for r in $runs; do
+  [[ -z ${TABLE_ONLY:-} ]] || break
   for LR in $LRS; do
     for SEED in $SEEDS; do
       tag=$r@$LR@$SEED
