@@ -83,7 +83,9 @@
 #   UNEVEN_ON_S [60] UNEVEN_OFF_S [60] UNEVEN_EVAL_NODES [8] (*_uneven only)
 #   UNEVEN_SEEDS [$SEEDS]: seeds uneven.md and the chart cover (run one seed
 #   per call, sync then async, and name them all in the last call)
-#   TABLE_ONLY [unset] set: run nothing, write the table from the results in $OUT
+#   TABLE_ONLY [unset]: 1 = run nothing, write table.md from the result files
+#   already in $OUT (e.g. seeds run in parallel into separate OUTs, then
+#   their files copied into one)
 # word splitting of $(stats ...) and $b into fields is intended; the scripts
 # passed to `bash -c` are single-quoted on purpose (they expand in the child)
 # shellcheck disable=SC2046,SC2086,SC2016
@@ -209,8 +211,10 @@ score() {
 }
 stats() { awk '{s += $2; if ($2 > w) w = $2} END {printf "%.4f %.4f", s / NR, w}' "$1"; }
 
-say "scoring the base model on every node's held-out split"
-score base -
+if [[ -z ${TABLE_ONLY:-} ]]; then
+  say "scoring the base model on every node's held-out split"
+  score base -
+fi
 
 # the federation's base fingerprint and adapter shapes (as deploy/quickstart.sh)
 fp=$("$node_bin" fingerprint --model "$base")
@@ -484,6 +488,7 @@ for r in $runs; do
 done
 [[ -n ${TABLE_ONLY:-} ]] && runs=""
 for r in $runs; do
+  [[ -z ${TABLE_ONLY:-} ]] || break
   for LR in $LRS; do
     for SEED in $SEEDS; do
       tag=$r@$LR@$SEED
