@@ -55,7 +55,7 @@ static void check_grid(const down *d, const tset *g, const tset *r, enum qt_fmt 
 	double half = fmt == QT_Q2 ? 1.0 : 0.5; /* q2's levels are 2 apart */
 	for (size_t i = 0; i < nq; i++) {
 		const tensor *gt = tset_find(g, q[i].name);
-		char nm[TSET_NAME_MAX + 1];
+		char nm[TSET_NAME_MAX + 16];
 		snprintf(nm, sizeof nm, "%s%s", DOWN_STATE_PREFIX, q[i].name);
 		const tensor *rt = tset_find(r, nm);
 		assert_non_null(gt);
@@ -116,7 +116,7 @@ static void grid_invariant(enum qt_fmt fmt)
 		check_grid(d, g, r, fmt);
 		for (size_t i = 0, o = 0; i < tset_count(g); o += tset_at(g, i)->n, i++) {
 			const tensor *gt = tset_at(g, i);
-			char nm[TSET_NAME_MAX + 1];
+			char nm[TSET_NAME_MAX + 16];
 			snprintf(nm, sizeof nm, "%s%s", DOWN_STATE_PREFIX, gt->name);
 			const tensor *rt = tset_find(r, nm);
 			for (size_t k = 0; k < gt->n; k++) {
