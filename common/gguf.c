@@ -711,7 +711,8 @@ static int load_int(uint32_t t, const uint8_t *p, int64_t *sv, uint64_t *uv, int
 	return 0;
 }
 
-int gguf_get_int(const gguf *g, const char *key, int64_t *out)
+/* The integer value of key, any integer type (not bool), as load_int. */
+static int get_intval(const gguf *g, const char *key, int64_t *s, uint64_t *u, int *neg)
 {
 	const struct kv *kv;
 	int rc = lookup(g, key, UINT32_MAX, &kv);
@@ -719,10 +720,16 @@ int gguf_get_int(const gguf *g, const char *key, int64_t *out)
 		return rc;
 	if (kv->type == GGUF_BOOL)
 		return FL_EMISMATCH;
+	return load_int(kv->type, kv->data, s, u, neg);
+}
+
+int gguf_get_int(const gguf *g, const char *key, int64_t *out)
+{
 	int64_t s;
 	uint64_t u;
 	int neg;
-	if ((rc = load_int(kv->type, kv->data, &s, &u, &neg)))
+	int rc = get_intval(g, key, &s, &u, &neg);
+	if (rc)
 		return rc;
 	if (!neg && u > (uint64_t)INT64_MAX)
 		return FL_EOVERFLOW;
@@ -732,16 +739,11 @@ int gguf_get_int(const gguf *g, const char *key, int64_t *out)
 
 int gguf_get_uint(const gguf *g, const char *key, uint64_t *out)
 {
-	const struct kv *kv;
-	int rc = lookup(g, key, UINT32_MAX, &kv);
-	if (rc)
-		return rc;
-	if (kv->type == GGUF_BOOL)
-		return FL_EMISMATCH;
 	int64_t s;
 	uint64_t u;
 	int neg;
-	if ((rc = load_int(kv->type, kv->data, &s, &u, &neg)))
+	int rc = get_intval(g, key, &s, &u, &neg);
+	if (rc)
 		return rc;
 	if (neg)
 		return FL_EOVERFLOW;
