@@ -31,7 +31,8 @@
 #                  discrete Gaussian noise added on the nodes under secure
 #                  aggregation (secure_clip = DP_CLIP)
 #        dp_q4ef   dp_ffa_q4ef with plain LoRA (A and B trained and sent)
-#   4. every run's final adapter is scored on every node's held-out split
+#   4. (the base model is scored once per OUT: an OUT/base.evals with
+#      NODES lines is reused) every run's final adapter is scored on every node's held-out split
 #      (`fedlora-node eval --adapter`), next to the base model on the same data.
 #   5. every run is repeated for every learning rate in LRS and every seed in
 #      SEEDS (training seeds, adapter init, node sampling; the shards stay);
