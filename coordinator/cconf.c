@@ -160,7 +160,7 @@ const cfg_key cconf_schema[] = {
     /* privacy (docs/PRIVACY.md) */
     {"privacy", "mode", CFG_ENUM, "off", 0, 0, "off|central|distributed",
      "differential privacy: off, central (noise added by the coordinator), distributed "
-     "(needs secure aggregation; not available yet)"},
+     "(discrete Gaussian noise added by the nodes; needs aggregation.secure = true)"},
     {"privacy", "noise_multiplier", CFG_DOUBLE, "1.0", 0, 1e4, NULL,
      "z: noise standard deviation on the sum is z * privacy.clip"},
     {"privacy", "clip", CFG_DOUBLE, "0", 0, 1e6, NULL,
@@ -170,6 +170,9 @@ const cfg_key cconf_schema[] = {
      "budget: no round starts that would take epsilon past it"},
     {"privacy", "population", CFG_INT, "0", 0, 1e12, NULL,
      "N: nodes sampling draws from; each is sampled with q = rounds.nodes_per_round / N"},
+    {"privacy", "noise_shares", CFG_INT, "0", 0, 1e6, NULL,
+     "distributed: t, each node adds 1/t of the noise variance and a round with fewer "
+     "than t masked inputs is abandoned; 0 = ceil(0.8 x rounds.nodes_per_round)"},
     /* per-node rank and upload precision (docs/COORDINATOR.md) */
     {"rank", "groups", CFG_STR, "", 0, 0, NULL,
      "node groups \"PATTERN:RANK[:FORMAT] ...\": nodes whose id matches the glob train rank "
@@ -371,6 +374,7 @@ int cconf_build(const cfg *c, cconf *o, char *why, size_t whylen)
 	f->priv.delta = cfg_double(c, "privacy.delta");
 	f->priv.target_eps = cfg_double(c, "privacy.target_epsilon");
 	f->priv.population = (uint64_t)cfg_int(c, "privacy.population");
+	f->priv.shares = (uint32_t)cfg_int(c, "privacy.noise_shares");
 	/* per-node rank */
 	f->rank.def_rank = (uint32_t)cfg_int(c, "rank.default");
 	if (nrank_parse(cfg_str(c, "rank.groups"), &f->rank, why, whylen))

@@ -30,24 +30,17 @@ int dp_opts_check(const dp_opts *o, uint32_t per_round, char *why, size_t whylen
 {
 	if (o->mode == DP_OFF)
 		return 0;
-	if (o->mode == DP_DISTRIBUTED) {
-		WHY("privacy.mode = distributed needs secure aggregation, which this version does "
-		    "not have (no secagg.* keys exist yet); use privacy.mode = central");
-		return FL_EINVAL;
-	}
-	if (o->mode != DP_CENTRAL) {
+	if (o->mode != DP_CENTRAL && o->mode != DP_DISTRIBUTED) {
 		WHY("privacy.mode must be off, central or distributed");
 		return FL_EINVAL;
 	}
 	if (!(o->z >= 0.1 && o->z <= 1e4)) {
-		WHY("privacy.noise_multiplier must be in [0.1, 10000] with privacy.mode = central, "
-		    "not %g",
+		WHY("privacy.noise_multiplier must be in [0.1, 10000] with privacy.mode on, not %g",
 		    o->z);
 		return FL_EINVAL;
 	}
 	if (!(o->clip > 0 && o->clip <= 1e6)) {
-		WHY("privacy.clip must be in (0, 1e6] with privacy.mode = central, not %g",
-		    o->clip);
+		WHY("privacy.clip must be in (0, 1e6] with privacy.mode on, not %g", o->clip);
 		return FL_EINVAL;
 	}
 	if (!(o->delta > 0 && o->delta < 0.1)) {
@@ -60,11 +53,11 @@ int dp_opts_check(const dp_opts *o, uint32_t per_round, char *why, size_t whylen
 	}
 	if (o->population < 1) {
 		WHY("privacy.population (the number of nodes sampling draws from) must be set "
-		    "with privacy.mode = central");
+		    "with privacy.mode on");
 		return FL_EINVAL;
 	}
 	if (per_round < 1) {
-		WHY("privacy.mode = central needs rounds.nodes_per_round (the expected cohort K; "
+		WHY("privacy.mode needs rounds.nodes_per_round (the expected cohort K; "
 		    "each node is sampled with probability K / privacy.population)");
 		return FL_EINVAL;
 	}
@@ -73,12 +66,24 @@ int dp_opts_check(const dp_opts *o, uint32_t per_round, char *why, size_t whylen
 		    (unsigned long long)o->population);
 		return FL_EINVAL;
 	}
+	if (o->mode == DP_DISTRIBUTED &&
+	    (dp_noise_shares(o, per_round) < 2 || dp_noise_shares(o, per_round) > per_round)) {
+		WHY("privacy.noise_shares must be in [2, rounds.nodes_per_round = %u] with "
+		    "privacy.mode = distributed, not %u",
+		    per_round, dp_noise_shares(o, per_round));
+		return FL_EINVAL;
+	}
 	return 0;
+}
+
+uint32_t dp_noise_shares(const dp_opts *o, uint32_t per_round)
+{
+	return o->shares ? o->shares : (uint32_t)ceil(0.8 * per_round);
 }
 
 /* ---- accountant ---- */
 
-static double logsumexp2(double a, double b)
+double dp_logsumexp(double a, double b)
 {
 	if (a == -INFINITY)
 		return b;
@@ -104,7 +109,7 @@ double dp_rdp_step(double q, double sigma, unsigned alpha)
 		double kk = k;
 		double t = la - lgamma(kk + 1) - lgamma(a - kk + 1) + (a - kk) * l1q + kk * lq +
 		           (kk * kk - kk) / (2 * sigma * sigma);
-		acc = logsumexp2(acc, t);
+		acc = dp_logsumexp(acc, t);
 	}
 	double r = acc / (a - 1);
 	return r > 0 ? r : 0; /* A_alpha >= 1; rounding can dip below */

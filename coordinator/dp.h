@@ -31,10 +31,15 @@ typedef struct dp_opts {
 	double delta;        /* target delta */
 	double target_eps;   /* budget: no round starts that would exceed it */
 	uint64_t population; /* N: nodes the sample is drawn from; q = K / N */
+	uint32_t shares;     /* distributed: t noise shares (0 = ceil(0.8 K)) */
 } dp_opts;
 
+/* Distributed mode: the t the federation uses (o->shares, or ceil(0.8 K)). */
+uint32_t dp_noise_shares(const dp_opts *o, uint32_t per_round);
+
 /* 0, or FL_EINVAL with a sentence naming the key (privacy.*). per_round is
- * rounds.nodes_per_round (K, the expected cohort). */
+ * rounds.nodes_per_round (K, the expected cohort). Distributed mode is
+ * checked like central (that it has secure aggregation is fed's check). */
 int dp_opts_check(const dp_opts *o, uint32_t per_round, char *why, size_t whylen);
 
 /* The orders of the accountant: integers 2..64, then 72, 80, 96, 128, 192,
@@ -46,6 +51,8 @@ extern const double dp_orders[DP_NORDERS];
  * mechanism (sensitivity 1, noise std sigma, Poisson rate q in [0, 1]).
  * +inf when sigma is 0 and q > 0. */
 double dp_rdp_step(double q, double sigma, unsigned alpha);
+/* log(exp(a) + exp(b)), -inf allowed. */
+double dp_logsumexp(double a, double b);
 /* rdp[i] += steps * dp_rdp_step(q, sigma, dp_orders[i]). */
 void dp_rdp_compose(double rdp[DP_NORDERS], double q, double sigma, uint64_t steps);
 /* (epsilon, delta): min over orders of

@@ -4,6 +4,8 @@
 #include "buf.h"
 #include "clock.h"
 #include "downlink.h"
+#include "ddg.h"
+#include "dpdist.h"
 #include "err.h"
 #include "journal.h"
 #include "log.h"
@@ -420,10 +422,9 @@ static int secure_check(const fed_opts *o, char *why, size_t whylen)
 		    "update; it cannot run with aggregation.secure = true");
 		return FL_EINVAL;
 	}
-	if (o->priv.mode != DP_OFF) {
-		WHY("privacy.mode = %s clips each update on the coordinator; it cannot run with "
-		    "aggregation.secure = true",
-		    o->priv.mode == DP_CENTRAL ? "central" : "distributed");
+	if (o->priv.mode == DP_CENTRAL) {
+		WHY("privacy.mode = central clips each update on the coordinator; it cannot run "
+		    "with aggregation.secure = true (use privacy.mode = distributed)");
 		return FL_EINVAL;
 	}
 	if (o->train.uplink_fmt != QT_Q8 && o->train.uplink_fmt != QT_Q4 &&
@@ -574,6 +575,8 @@ int fed_opts_check(const fed_opts *o, char *why, size_t whylen)
 	}
 	int rc = dp_opts_check(&o->priv, o->nodes_per_round, why, whylen);
 	if (rc)
+		return rc;
+	if ((rc = dpd_check(o, why, whylen)) != 0)
 		return rc;
 	if (o->priv.mode != DP_OFF && o->sampling_weighted) {
 		WHY("rounds.sampling = weighted does not combine with privacy.mode: the "
@@ -1361,7 +1364,7 @@ int fed_new(const fed_opts *o, store *st, metrics *m, const fed_io *io, fed **ou
 		cJSON_AddStringToObject(j, "strategy", agg_strategy_name(o->agg.strategy));
 		journal_rec(f, j);
 	}
-	if (o->priv.mode == DP_CENTRAL && (rc = dp_start(f)) != 0)
+	if (o->priv.mode != DP_OFF && (rc = dp_start(f)) != 0)
 		goto fail;
 	if (o->priv.mode == DP_OFF && st) {
 		dp_ledger pl;
@@ -2047,7 +2050,12 @@ static int dp_charge(fed *f, uint64_t rid, uint64_t now_ms)
 {
 	const dp_opts *po = &f->o.priv;
 	dp_ledger n = f->led;
-	dp_rdp_compose(n.rdp, f->dp_q, po->z, 1);
+	if (po->mode == DP_DISTRIBUTED) {
+		ddg_acct a = dpd_acct(&f->o, tset_numel(agg_layout(f->agg)));
+		ddg_rdp_compose(n.rdp, f->dp_q, &a, 1);
+	} else {
+		dp_rdp_compose(n.rdp, f->dp_q, po->z, 1);
+	}
 	double eps = dp_epsilon(n.rdp, po->delta, NULL);
 	if (eps > po->target_eps) {
 		LOGW(MOD,
@@ -2688,6 +2696,13 @@ static void sa_dump(fed *f, const char *name, const uint8_t *p, size_t n)
 		fclose(fp);
 }
 
+/* Distributed DP: the sd each node's discrete Gaussian has (grid units). */
+static double dpd_sigma(const fed *f)
+{
+	ddg_acct a = dpd_acct(&f->o, tset_numel(agg_layout(f->agg)));
+	return ddg_local_sigma(&a);
+}
+
 /* Builds the round's protocol state and grid; 0 or an error with why. */
 static int sa_begin(fed *f, char *why, size_t whylen)
 {
@@ -2735,6 +2750,8 @@ static int sa_begin(fed *f, char *why, size_t whylen)
 		t = (uint32_t)ceil(so->threshold * deg);
 	f->sar.t = t;
 	f->sar.mod_bits = sa_mod_bits(f->sa_bits, n, 1); /* the weight folds into the levels */
+	if (f->o.priv.mode == DP_DISTRIBUTED)            /* room for the noise of n nodes */
+		f->sar.mod_bits = ddg_mod_bits(f->sa_bits, n, dpd_sigma(f));
 	f->sar.dim = (uint64_t)D + 1;
 	/* the graph follows from the round's public data: nodes recompute it */
 	rc = sa_graph_seed(f->round_id, (const char *const *)f->sa_ids, n, f->sar.graph_seed);
@@ -2745,7 +2762,10 @@ static int sa_begin(fed *f, char *why, size_t whylen)
 	if ((rc = sa_round_check(&f->sar, why, whylen)) != 0)
 		goto out;
 	/* the grid: from the previous secure round's mean, else from C */
-	if (f->sa_mean && tset_count(f->sa_mean) == nt) {
+	if (f->o.priv.mode == DP_DISTRIBUTED) { /* one fixed step: see dpd_acct */
+		rc = sag_steps_initial(numel, nt, f->o.priv.clip, so->range, f->sa_bits,
+		                       f->sa_steps);
+	} else if (f->sa_mean && tset_count(f->sa_mean) == nt) {
 		for (size_t i = 0; i < nt; i++)
 			mt[i] = tset_at(f->sa_mean, i);
 		rc = sag_steps_from_mean(mt, nt, so->clip, so->range, f->sa_bits, f->sa_steps);
@@ -2781,7 +2801,8 @@ static void sa_setup_msg(fed *f, Fedlora__SecAggSetup *su)
 	su->graph_seed.len = 32;
 	su->n_participants = f->nparts;
 	su->participants = f->sa_ids;
-	su->clip = (float)f->o.secure.clip;
+	su->clip = (float)(f->o.priv.mode == DP_DISTRIBUTED ? f->o.priv.clip : f->o.secure.clip);
+	su->dp_sigma = f->o.priv.mode == DP_DISTRIBUTED ? dpd_sigma(f) : 0;
 	su->level_bits = f->sa_bits;
 	su->n_steps = f->sa_nt;
 	su->steps = f->sa_steps;
@@ -2884,8 +2905,19 @@ static void sa_finish_done(fed *f, fed_job *job, uint64_t now_ms)
 	const uint32_t *sv;
 	uint32_t nsv;
 	sa_server_survivors(f->sa, &sv, &nsv);
-	if (sag_check_sum(sum, f->sar.dim, f->sar.mod_bits, f->sa_bits, nsv, f->sa_wmax, why,
-	                  sizeof why) != 0) {
+	uint32_t tmin = dp_noise_shares(&f->o.priv, f->o.nodes_per_round);
+	if (f->o.priv.mode == DP_DISTRIBUTED && nsv < tmin) {
+		snprintf(d, sizeof d,
+		         "distributed DP: %u masked inputs, fewer than privacy.noise_shares = %u "
+		         "(the sum would hold too little noise)",
+		         nsv, tmin);
+		goto abandon;
+	}
+	if (f->o.priv.mode == DP_DISTRIBUTED
+	        ? ddg_check_sum(sum, f->sar.dim, f->sar.mod_bits, f->sa_bits, nsv, dpd_sigma(f),
+	                        why, sizeof why) != 0
+	        : sag_check_sum(sum, f->sar.dim, f->sar.mod_bits, f->sa_bits, nsv, f->sa_wmax, why,
+	                        sizeof why) != 0) {
 		snprintf(d, sizeof d,
 		         "secure aggregation: the unmasked sum is not a sum of %u honest inputs "
 		         "(%s): a revealed share was wrong and no liar could be singled out",
@@ -2906,7 +2938,10 @@ static void sa_finish_done(fed *f, fed_job *job, uint64_t now_ms)
 	for (uint32_t i = 0; i < nsv; i++)
 		if (sv[i] < f->nparts)
 			f->parts[sv[i]].accepted = 1;
-	rc = agg_set_sum(f->agg, ts, (double)wsum, nsv);
+	/* distributed DP divides by the fixed K, as central mode does */
+	rc = agg_set_sum(
+	    f->agg, ts,
+	    f->o.priv.mode == DP_DISTRIBUTED ? (double)f->o.nodes_per_round : (double)wsum, nsv);
 	if (rc) {
 		snprintf(d, sizeof d, "secure aggregation: the sum cannot be aggregated (%s)",
 		         fl_strerror(rc));

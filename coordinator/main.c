@@ -5,6 +5,7 @@
 #include "cconf.h"
 #include "cli.h"
 #include "dp.h"
+#include "dpdist.h"
 #include "err.h"
 #include "gtype.h"
 #include "journal.h"
@@ -850,10 +851,16 @@ static int cmd_dp_plan(int argc, char **argv)
 		    "the coordinator uses: every node is sampled with probability q = K / N\n"
 		    "(Poisson), R rounds. With --epsilon it prints the smallest noise\n"
 		    "multiplier z that keeps epsilon <= E at delta D (default 1e-5); with\n"
-		    "--noise-multiplier it prints the epsilon spent after R rounds at z.\n");
+		    "--noise-multiplier it prints the epsilon spent after R rounds at z.\n\n"
+		    "--mode distributed [--dim D] [--bits B] [--range X] [--shares T]: the\n"
+		    "distributed mode's accountant (discrete Gaussian noise from the nodes):\n"
+		    "D exchanged elements (required), B level bits of the uplink (8, 4, 2;\n"
+		    "default 4), X = aggregation.secure_range (default 4), T =\n"
+		    "privacy.noise_shares (default ceil(0.8 K)).\n");
 		return CLI_OK;
 	}
 	const char *sn = NULL, *sk = NULL, *sr = NULL, *se = NULL, *sz = NULL, *sd = "1e-5";
+	const char *sm = "central", *sdim = NULL, *sb = "4", *sx = "4", *st = "0";
 	for (int i = 1; i < argc; i++) {
 		int r;
 		if ((r = opt_val(argc, argv, &i, "--population", &sn)) != 0 ||
@@ -861,7 +868,12 @@ static int cmd_dp_plan(int argc, char **argv)
 		    (r = opt_val(argc, argv, &i, "--rounds", &sr)) != 0 ||
 		    (r = opt_val(argc, argv, &i, "--epsilon", &se)) != 0 ||
 		    (r = opt_val(argc, argv, &i, "--noise-multiplier", &sz)) != 0 ||
-		    (r = opt_val(argc, argv, &i, "--delta", &sd)) != 0) {
+		    (r = opt_val(argc, argv, &i, "--delta", &sd)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--mode", &sm)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--dim", &sdim)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--bits", &sb)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--range", &sx)) != 0 ||
+		    (r = opt_val(argc, argv, &i, "--shares", &st)) != 0) {
 			if (r < 0)
 				return CLI_USAGE;
 		} else {
@@ -886,6 +898,12 @@ static int cmd_dp_plan(int argc, char **argv)
 	    (sz && (cfg_parse_double(sz, &z) || !(z >= 0.1 && z <= 1e4)))) {
 		fprintf(stderr, "dp-plan: give one of --epsilon E in (0, 1000] or "
 		                "--noise-multiplier Z in [0.1, 10000]\n");
+		return CLI_USAGE;
+	}
+	if (strcmp(sm, "distributed") == 0)
+		return dpd_plan(n, k, r, d, se ? e : 0, z, sdim, sb, sx, st);
+	if (strcmp(sm, "central") != 0) {
+		fprintf(stderr, "dp-plan: --mode must be central or distributed, not '%s'\n", sm);
 		return CLI_USAGE;
 	}
 	double q = (double)k / (double)n;

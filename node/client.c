@@ -19,6 +19,7 @@
 #include "quant.h"
 #include "sagrid.h"
 #include "sawire.h"
+#include "ddg.h"
 #include "secagg.h"
 #include "sha.h"
 #include "wire.h"
@@ -70,6 +71,7 @@ typedef struct nsec {
 	size_t nt;
 	double clip;
 	uint32_t bits, w, w_max;
+	double dp_sigma; /* distributed DP: discrete Gaussian sd per element, 0 = none */
 	int shared, received, masked, revealed;
 	uint32_t *x; /* the update on the grid (dim values mod 2^m) once trained */
 	tset *resid; /* its error-feedback residual, until the masked input goes */
@@ -1173,6 +1175,25 @@ static int sec_exchanged(const ncl *c, const tensor *t)
 	return !c->cfg.lora.ffa || lora_is_b(t->name);
 }
 
+/* Distributed DP (SecAggSetup.dp_sigma > 0): one step for every tensor,
+ * unit weights, a sigma the sampler takes. */
+static int sec_check_dp(const Fedlora__SecAggSetup *su, size_t nt, char *why, size_t wl)
+{
+	if (su->dp_sigma == 0)
+		return 0;
+	int ok = su->dp_sigma > 0 && su->dp_sigma <= DDG_SIGMA_MAX && su->w_max == 1;
+	for (size_t i = 1; ok && i < nt; i++)
+		ok = su->steps[i] == su->steps[0];
+	if (!ok) {
+		snprintf(why, wl,
+		         "distributed DP setup: noise sd %g (0..%g), w_max %u (must be 1) and "
+		         "one step for all tensors expected",
+		         su->dp_sigma, DDG_SIGMA_MAX, su->w_max);
+		return FL_EPROTO;
+	}
+	return 0;
+}
+
 /* Phase 1: checks the setup, makes the client and advertises. */
 static int sec_begin(ncl *c, const Fedlora__RoundStart *rs, char *why, size_t wl)
 {
@@ -1211,10 +1232,14 @@ static int sec_begin(ncl *c, const Fedlora__RoundStart *rs, char *why, size_t wl
 		}
 	}
 	uint32_t L = sag_levels(su->level_bits);
+	int rc0;
 	if (su->graph_seed.len != 32 || su->n_steps != nt || su->dim != (uint64_t)D + 1 || !L ||
 	    su->level_bits > 8 || !(su->clip > 0) || !isfinite(su->clip) || su->w_max < 1 ||
 	    su->w_max > L || su->weight_unit < 1 ||
-	    su->mod_bits != sa_mod_bits(su->level_bits, (uint32_t)su->n_participants, 1)) {
+	    su->mod_bits !=
+	        (su->dp_sigma > 0
+	             ? ddg_mod_bits(su->level_bits, (uint32_t)su->n_participants, su->dp_sigma)
+	             : sa_mod_bits(su->level_bits, (uint32_t)su->n_participants, 1))) {
 		snprintf(why, wl,
 		         "setup does not fit this adapter or the protocol (%zu steps for %zu "
 		         "tensors, dim %" PRIu64 " for %zu elements, %u level bits, m %u)",
@@ -1226,6 +1251,8 @@ static int sec_begin(ncl *c, const Fedlora__RoundStart *rs, char *why, size_t wl
 			snprintf(why, wl, "grid step %zu is %g", i, (double)su->steps[i]);
 			return FL_EPROTO;
 		}
+	if ((rc0 = sec_check_dp(su, nt, why, wl)) != 0)
+		return rc0;
 	sa_round r = {.round_id = rs->round_id,
 	              .n = (uint32_t)su->n_participants,
 	              .k = su->k,
@@ -1266,6 +1293,7 @@ static int sec_begin(ncl *c, const Fedlora__RoundStart *rs, char *why, size_t wl
 	uint64_t w = (c->cfg.sample_count + su->weight_unit / 2) / su->weight_unit;
 	c->sa.w = (uint32_t)(w < 1 ? 1 : w > su->w_max ? su->w_max : w);
 	c->sa.w_max = su->w_max;
+	c->sa.dp_sigma = su->dp_sigma;
 	c->sa.active = 1;
 	sec_die(c, "keys", rs->round_id);
 	if ((rc = sa_client_new(&r, idx, c->node_id, &c->sa.cl, why, wl)) != 0)
@@ -1476,6 +1504,25 @@ static void sec_try_mask(ncl *c)
 	save_state(c);
 }
 
+/* Distributed DP: the grid levels plus discrete Gaussian noise from
+ * RAND_bytes (common/ddg.h). */
+static int sec_encode_dp(ncl *c, const tensor *const *d, tensor *const *r, uint64_t seed,
+                         uint32_t *x, double *norm)
+{
+	ddg_src *ns = malloc(sizeof *ns);
+	if (!ns)
+		return FL_ENOMEM;
+	ddg_src_crypto(ns);
+	int rc = ddg_encode(d, r, c->sa.nt, c->sa.steps[0], c->sa.clip, c->sa.bits,
+	                    c->sa.r.mod_bits, c->sa.dp_sigma, seed, ns, x, norm);
+	free(ns);
+	if (!rc)
+		LOGI("client",
+		     "distributed DP: discrete Gaussian noise of sd %.4g grid steps added",
+		     c->sa.dp_sigma);
+	return rc;
+}
+
 /* Training done in a secure round: the update on the grid (x), its
  * residual kept for when the coordinator acknowledges the masked input. */
 static int sec_encode(ncl *c, const tset *delta)
@@ -1508,8 +1555,11 @@ static int sec_encode(ncl *c, const tset *delta)
 		goto out;
 	uint64_t seed = p->seed ^ (c->cfg.node_seed * 0x9e3779b97f4a7c15ULL) ^ 0x5ecaa99ULL;
 	double norm = 0;
-	rc = sag_encode(d, resid ? r : NULL, nt, c->sa.steps, c->sa.clip, c->sa.bits, c->sa.w,
-	                c->sa.w_max, c->sa.r.mod_bits, seed, x, &norm);
+	if (c->sa.dp_sigma > 0)
+		rc = sec_encode_dp(c, d, resid ? r : NULL, seed, x, &norm);
+	else
+		rc = sag_encode(d, resid ? r : NULL, nt, c->sa.steps, c->sa.clip, c->sa.bits,
+		                c->sa.w, c->sa.w_max, c->sa.r.mod_bits, seed, x, &norm);
 	if (rc)
 		goto out;
 	LOGD("client", "secure update: norm %.6g, clip %g", norm, c->sa.clip);

@@ -8,8 +8,9 @@
  *  - with target_epsilon between the epsilon of 5 and of 6 rounds, the
  *    federation stops by itself after exactly 5 charged rounds, saying why
  *    in the log and the journal;
- *  - privacy.mode = distributed is refused at start-up with an error naming
- *    the key;
+ *  - privacy.mode = distributed without secure aggregation is refused at
+ *    start-up with an error naming both keys (distributed mode itself:
+ *    test_fed_dpdist);
  *  - a lost ledger (fewer charges than the journal's) or a tampered one
  *    stops the coordinator at start-up. */
 #include "fedtest.h"
@@ -83,14 +84,16 @@ static void test_dp_ledger_and_budget(void **state)
 	print_message("q 0.75, z %s, delta %g: epsilon after 1..6 rounds %.3f %.3f %.3f %.3f %.3f "
 	              "%.3f; %s\n",
 	              Z, DELTA, eps[1], eps[2], eps[3], eps[4], eps[5], eps[6], target);
-	/* phase 0: distributed mode is refused */
-	const char *bad[] = {"--privacy.mode=distributed", NULL};
+	/* phase 0: distributed mode without secure aggregation is refused */
+	const char *bad[] = {"--privacy.mode=distributed", "--privacy.clip=0.5",
+	                     "--privacy.population=4",     "--privacy.target_epsilon=100",
+	                     "--rounds.nodes_per_round=3", NULL};
 	ft_start_coord(&f, bad);
 	int st = ft_wait_pid(f.coord, 20000);
 	f.coord = 0;
 	assert_true(st > 0);
 	assert_true(ft_log_has(&f, "coordinator.log", "privacy.mode = distributed"));
-	assert_true(ft_log_has(&f, "coordinator.log", "secure aggregation"));
+	assert_true(ft_log_has(&f, "coordinator.log", "aggregation.secure = true"));
 
 	/* phase 1: two rounds, clean stop (max_rounds) */
 	const char *cx[] = {"--privacy.mode=central",

@@ -46,13 +46,17 @@
 #        dp_ffa_q4ef  ffa_q4ef with central differential privacy
 #                  (docs/PRIVACY.md): Poisson sampling q = PER_ROUND / NODES,
 #                  clip DP_CLIP, noise multiplier DP_Z, delta DP_DELTA; not in
-#                  the default list
+#                  the default list; DP_MODE=distributed: the same with
+#                  discrete Gaussian noise added on the nodes under secure
+#                  aggregation (secure_clip = DP_CLIP)
+#        dp_q4ef   dp_ffa_q4ef with plain LoRA (A and B trained and sent)
 #        rank4_q4ef mixed_q4ef  per-node rank (docs/TRAINING.md, "Per-node
 #                  rank"): the rank-RANK federation with every node training
 #                  4 rank slots (node.max_rank = 4), or nodes i = 1, 2, 3 mod 3
 #                  training 4, 8 and all RANK slots; q4ef otherwise (q4ef is
 #                  the all-RANK run to compare with); not in the default list
-#   4. every run's final adapter is scored on every node's held-out split
+#   4. (the base model is scored once per OUT: an OUT/base.evals with
+#      NODES lines is reused) every run's final adapter is scored on every node's held-out split
 #      (`fedlora-node eval --adapter`), next to the base model on the same data.
 #   5. every run is repeated for every learning rate in LRS and every seed in
 #      SEEDS (training seeds, adapter init, node sampling; the shards stay);
@@ -78,7 +82,10 @@
 #   or absolute paths)  TASK_NAME [TASK_DATA without .txt] (named in the table)
 #   PART_MODE [by-key] PART_KEY [speaker] PART_ARGS [] SHARD_DIR [unset]
 #   LRS [$LR] (e.g. "0.001 0.003 0.01")  SEEDS [1] (e.g. "1 2 3")
-#   DP_Z [1.0] DP_CLIP [0.05] DP_DELTA [1e-3] (dp_ffa_q4ef only)
+#   DP_Z [1.0] DP_CLIP [0.05] DP_DELTA [1e-3] DP_MODE [central] (dp_* only)
+#   SPLIT [1]: partition into NODES/SPLIT shards, then split every shard
+#   into SPLIT nodes (records dealt round-robin), e.g. NODES=200 SPLIT=10:
+#   20 groups of roles, each split into 10 nodes
 #   SA_CLIP [10] SA_RANGE [4] (secagg_q4 only)
 #   UNEVEN_ON_S [60] UNEVEN_OFF_S [60] UNEVEN_EVAL_NODES [8] (*_uneven only)
 #   UNEVEN_SEEDS [$SEEDS]: seeds uneven.md and the chart cover (run one seed
@@ -108,9 +115,9 @@ PRE_STEPS=${PRE_STEPS:-6000} PRE_DATA=${PRE_DATA:-warpeace.txt}
 TASK_DATA=${TASK_DATA:-tinyshakespeare.txt}
 TASK_NAME=${TASK_NAME:-$(basename "$TASK_DATA" .txt)}
 PART_MODE=${PART_MODE:-by-key} PART_KEY=${PART_KEY:-speaker} PART_ARGS=${PART_ARGS:-}
-SHARD_DIR=${SHARD_DIR:-}
+SHARD_DIR=${SHARD_DIR:-} SPLIT=${SPLIT:-1}
 LRS=${LRS:-$LR} SEEDS=${SEEDS:-1}
-DP_Z=${DP_Z:-1.0} DP_CLIP=${DP_CLIP:-0.05} DP_DELTA=${DP_DELTA:-1e-3}
+DP_Z=${DP_Z:-1.0} DP_CLIP=${DP_CLIP:-0.05} DP_DELTA=${DP_DELTA:-1e-3} DP_MODE=${DP_MODE:-central}
 SA_CLIP=${SA_CLIP:-10} SA_RANGE=${SA_RANGE:-4}
 UNEVEN_ON_S=${UNEVEN_ON_S:-60} UNEVEN_OFF_S=${UNEVEN_OFF_S:-60} UNEVEN_EVAL_NODES=${UNEVEN_EVAL_NODES:-8}
 UNEVEN_SEEDS=${UNEVEN_SEEDS:-$SEEDS}
@@ -132,6 +139,7 @@ pre_path=$(data_path "$PRE_DATA") task_path=$(data_path "$TASK_DATA")
 [[ -n $SHARD_DIR || -f $task_path ]] || die "task data $task_path missing"
 for x in $LRS; do [[ $x =~ ^[0-9.eE+-]+$ ]] || die "LRS: '$x' is not a number"; done
 for x in $SEEDS; do [[ $x =~ ^[1-9][0-9]*$ ]] || die "SEEDS: '$x' is not a positive integer"; done
+[[ $SPLIT =~ ^[1-9][0-9]*$ ]] && ((NODES % SPLIT == 0)) || die "SPLIT: '$SPLIT' must divide NODES ($NODES)"
 
 pids=()
 cleanup() {
@@ -172,13 +180,38 @@ if [[ -n $SHARD_DIR ]]; then
     die "SHARD_DIR $shards has no node-$(printf %03d $((NODES - 1)))/train.txt for NODES=$NODES"
 else
   ptag=$(printf '%s' "$TASK_NAME-$PART_MODE-$PART_KEY-$PART_ARGS" | tr -c 'A-Za-z0-9._-' _)
-  shards=$CACHE/shards-$NODES-$ptag
+  pn=$((NODES / SPLIT))
+  shards=$CACHE/shards-$pn-$ptag
   if [[ ! -f $shards/partition.json ]]; then
     kargs=()
     [[ $PART_MODE == iid ]] || kargs=(--key "$PART_KEY")
-    "$node_bin" partition --input "$task_path" --out "$shards" --nodes "$NODES" \
+    "$node_bin" partition --input "$task_path" --out "$shards" --nodes "$pn" \
       --mode "$PART_MODE" "${kargs[@]}" $PART_ARGS --holdout 0.1 --seed 1 \
-      >"$CACHE/partition-$NODES-$ptag.log" || die "partition failed ($CACHE/partition-$NODES-$ptag.log)"
+      >"$CACHE/partition-$pn-$ptag.log" || die "partition failed ($CACHE/partition-$pn-$ptag.log)"
+  fi
+  if ((SPLIT > 1)); then
+    # every shard split further into SPLIT nodes, its records (paragraphs)
+    # dealt round-robin; a held-out split with fewer than SPLIT records is
+    # dealt into that many groups, shared by the nodes it does not cover
+    split=$shards-split$SPLIT
+    if [[ ! -f $split/done ]]; then
+      rm -rf "$split"
+      for b in $(seq 0 $((pn - 1))); do
+        for f in train eval; do
+          awk -v RS= -v k="$SPLIT" -v b="$b" -v f="$f" -v o="$split" '
+            { p[NR - 1] = $0 } END {
+              g = (NR < k) ? NR : k
+              if (g == 0) exit 1
+              for (j = 0; j < k; j++) {
+                d = sprintf("%s/node-%03d", o, b * k + j); system("mkdir -p " d)
+                for (i = j % g; i < NR; i += g) printf "%s\n\n", p[i] > (d "/" f ".txt")
+              }
+            }' "$shards/node-$(printf %03d "$b")/$f.txt" || die "split: shard $b has no $f records"
+        done
+      done
+      touch "$split/done"
+    fi
+    shards=$split
   fi
 fi
 shard() { printf '%s/node-%03d' "$shards" "$(($1 - 1))"; }
@@ -211,7 +244,7 @@ score() {
 }
 stats() { awk '{s += $2; if ($2 > w) w = $2} END {printf "%.4f %.4f", s / NR, w}' "$1"; }
 
-if [[ -z ${TABLE_ONLY:-} ]]; then
+if [[ -z ${TABLE_ONLY:-} ]] && [[ ! -f $OUT/base.evals || $(awk 'NF == 2' "$OUT/base.evals" | wc -l) != "$NODES" ]]; then
   say "scoring the base model on every node's held-out split"
   score base -
 fi
@@ -302,7 +335,9 @@ run_fed() {
   [[ $strat == fedadam ]] && extra=$'server_lr = 0.01\nbeta1 = 0.9\nbeta2 = 0.99\ntau = 1e-3'
   [[ $strat == trimmed_mean ]] && extra="trim = 0.2"
   if [[ $name == dp_* ]]; then
-    extra=$'weighting = uniform\n[privacy]\nmode = central'
+    extra=$'weighting = uniform'
+    [[ $DP_MODE == distributed ]] && extra+=$'\nsecure = true\n'"secure_clip = $DP_CLIP"
+    extra+=$'\n[privacy]\n'"mode = $DP_MODE"
     extra+=$'\n'"noise_multiplier = $DP_Z"$'\n'"clip = $DP_CLIP"$'\n'"delta = $DP_DELTA"
     extra+=$'\n'"target_epsilon = 1000"$'\n'"population = $NODES"
   fi
@@ -481,9 +516,9 @@ EOF
 
 for r in $runs; do
   case $r in
-  central | local | f32 | q8 | q4ef | q4 | q2ef | ffa_q4ef | trim_q4ef | fedadam_q4ef | dp_ffa_q4ef | secagg_q4) ;;
+  central | local | f32 | q8 | q4ef | q4 | q2ef | ffa_q4ef | trim_q4ef | fedadam_q4ef | dp_ffa_q4ef | dp_q4ef | secagg_q4) ;;
   rank4_q4ef | mixed_q4ef | sync_uneven | async_uneven | q4ef_grid4 | q4ef_grid8) ;;
-  *) die "unknown run '$r' (runs: $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef sync_uneven async_uneven q4ef_grid4 q4ef_grid8)" ;;
+  *) die "unknown run '$r' (runs: $all_runs dp_ffa_q4ef dp_q4ef rank4_q4ef mixed_q4ef sync_uneven async_uneven q4ef_grid4 q4ef_grid8)" ;;
   esac
 done
 [[ -n ${TABLE_ONLY:-} ]] && runs=""
@@ -504,6 +539,7 @@ for r in $runs; do
       trim_q4ef) run_fed trim_q4ef q4 true false trimmed_mean ;;
       fedadam_q4ef) run_fed fedadam_q4ef q4 true false fedadam ;;
       dp_ffa_q4ef) run_fed dp_ffa_q4ef q4 true true fedavg ;;
+      dp_q4ef) run_fed dp_q4ef q4 true false fedavg ;;
       secagg_q4) run_fed secagg_q4 q4 true false fedavg ;;
       rank4_q4ef) run_fed rank4_q4ef q4 true false fedavg ;;
       mixed_q4ef) run_fed mixed_q4ef q4 true false fedavg ;;
@@ -526,7 +562,7 @@ lr_mean() { # RUN LR -> mean over seeds of the run's mean held-out loss
   for x in $SEEDS; do awk '{print $2}' "$OUT/$1@$2@$x.res"; done | awk '{s += $1} END {printf "%.5f", s / NR}'
 }
 declare -A best
-for r in $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef q4ef_grid4 q4ef_grid8; do
+for r in $all_runs dp_ffa_q4ef dp_q4ef rank4_q4ef mixed_q4ef q4ef_grid4 q4ef_grid8; do
   [[ -f $OUT/$r@${LRS%% *}@$seed1.res ]] || continue
   bl="" bmean=""
   for lr in $LRS; do
@@ -555,7 +591,7 @@ bm=$(echo "$base_stats" | cut -d' ' -f1)
   if [[ -n ${best[f32]:-} ]]; then
     f32s=$(seeds_of f32 | awk '{s += $1; q += $1 * $1; n++} END {printf "%.6f %.6f", s / n, (n > 1) ? sqrt((q - s * s / n) / (n - 1)) : 0}')
   fi
-  for r in $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef q4ef_grid4 q4ef_grid8; do
+  for r in $all_runs dp_ffa_q4ef dp_q4ef rank4_q4ef mixed_q4ef q4ef_grid4 q4ef_grid8; do
     [[ -n ${best[$r]:-} ]] || continue
     lr=${best[$r]}
     st=$(seeds_of "$r" | awk '{s += $1; q += $1 * $1; w += $2; n++} END {printf "%.6f %.6f %.6f", s / n, (n > 1) ? sqrt((q - s * s / n) / (n - 1)) : 0, w / n}')
@@ -592,7 +628,7 @@ bm=$(echo "$base_stats" | cut -d' ' -f1)
   printf '|---|'
   for lr in $LRS; do printf -- '---|'; done
   echo
-  for r in $all_runs dp_ffa_q4ef rank4_q4ef mixed_q4ef q4ef_grid4 q4ef_grid8; do
+  for r in $all_runs dp_ffa_q4ef dp_q4ef rank4_q4ef mixed_q4ef q4ef_grid4 q4ef_grid8; do
     [[ -n ${best[$r]:-} ]] || continue
     printf '| %s |' "$r"
     for lr in $LRS; do
