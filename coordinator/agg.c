@@ -707,8 +707,8 @@ int agg_add(agg *a, const qtensor *qs, size_t nq, uint64_t samples, agg_result *
 		}
 		a->nslots++;
 	} else if (a->cur_rank < a->rfull) {
-		int rc = slot_accumulate(a, qs, nq,
-		                         (float)(w * scale * (a->sfac_on ? a->sfac : 1.0)));
+		int rc =
+		    slot_accumulate(a, qs, nq, (float)(w * scale * (a->sfac_on ? a->sfac : 1.0)));
 		if (rc)
 			return rc;
 	} else {
