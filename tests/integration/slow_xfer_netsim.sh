@@ -208,11 +208,14 @@ report() { # sender-log receiver-log key peer-name-in-receiver-log dir
 		t = substr(s, 12, 12); split(t, a, ":"); return a[1] * 3600 + a[2] * 60 + a[3]
 	}
 	$0 ~ ("bytes to " key " in [0-9]+ chunks") { if (!start) start = ts($1) }
-	$0 ~ ("bytes to " key " cut after ") {
+	# only the first message: later ones (the final version the coordinator
+	# sends when the federation ends, docs/COORDINATOR.md) are not counted
+	$0 ~ ("bytes to " key " cut after ") && !dn {
 		for (i = 1; i <= NF; i++) if ($i == "after") { sent += $(i + 1); if ($(i + 1) > 0) cuts++ }
 	}
-	$0 ~ ("-byte message to " key " delivered: ") {
+	$0 ~ ("-byte message to " key " delivered: ") && !dn {
 		for (i = 1; i <= NF; i++) if ($i == "delivered:") sent += $(i + 1)
+		dn = 1
 	}
 	$0 ~ ("from " from ": verified") && !size {
 		for (i = 1; i <= NF; i++) if ($i == "received") size = $(i + 1)
