@@ -32,3 +32,36 @@ netsim_fleet() {
 			--eval-lines 60 --out "$work/data/$id" >/dev/null
 	done
 }
+# netsim_node_conf WORK ID SEED [NODE_EXTRA] [DATA_EXTRA]: WORK/ID.conf for
+# a node of netsim_fleet's federation (coordinator 10.213.0.1:7777, its
+# certificate, shard and the LoRA spec rank 4 on attn_q/attn_v); the
+# extras are lines added to [node] and [data].
+netsim_node_conf() {
+	local work=$1 id=$2 seed=$3 node_extra=${4:-} data_extra=${5:-}
+	cat >"$work/$id.conf" <<CONF
+[node]
+state_dir = $work/$id
+seed = $seed
+$node_extra
+[coordinator]
+endpoint = tcp://10.213.0.1:7777
+[reconnect]
+min_ms = 200
+max_ms = 2000
+[tls]
+cert = $work/pki/nodes/$id.crt
+key = $work/pki/nodes/$id.key
+ca = $work/pki/ca.crt
+[model]
+path = $work/base.gguf
+threads = 1
+[data]
+train = $work/data/$id/train.txt
+eval = $work/data/$id/eval.txt
+$data_extra
+[lora]
+rank = 4
+alpha = 8
+targets = attn_q,attn_v
+CONF
+}

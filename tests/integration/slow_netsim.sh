@@ -55,31 +55,7 @@ dir = $work/coord-state
 CONF
 for i in $(seq 1 $nodes); do
 	id=$(printf 'node-%02d' "$i")
-	cat >"$work/$id.conf" <<CONF
-[node]
-state_dir = $work/$id
-seed = $i
-[coordinator]
-endpoint = tcp://10.213.0.1:7777
-[reconnect]
-min_ms = 200
-max_ms = 2000
-[tls]
-cert = $work/pki/nodes/$id.crt
-key = $work/pki/nodes/$id.key
-ca = $work/pki/ca.crt
-[model]
-path = $work/base.gguf
-threads = 1
-[data]
-train = $work/data/$id/train.txt
-eval = $work/data/$id/eval.txt
-eval_max_tokens = 2048
-[lora]
-rank = 4
-alpha = 8
-targets = attn_q,attn_v
-CONF
+	netsim_node_conf "$work" "$id" "$i" "" "eval_max_tokens = 2048"
 done
 
 # Take node 3's link down for 16 s as soon as round 1 has ended: rounds are
